@@ -1,0 +1,48 @@
+# driftloop — the README names these targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint typecheck unit slow run-all bench-prep clean install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: set everything up and run the lifecycle on built-in data (./demo)
+demo: $(STAMP)
+	$(BIN)/driftloop demo --project demo
+
+## make test: lint, format check, type check, and the whole test suite (slow tests included)
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## quick feedback: everything but the slow end-to-end tests
+unit: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow"
+
+slow: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m slow
+
+## make run-all PROJECT=path: one full pass over what is in data/raw (same as driftloop run)
+PROJECT ?= .
+run-all: $(STAMP)
+	$(BIN)/driftloop run --project $(PROJECT)
+
+bench-prep: $(STAMP)
+	$(BIN)/python benchmarks/prep.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

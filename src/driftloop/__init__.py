@@ -1,0 +1,47 @@
+"""driftloop: a self-updating machine-learning lifecycle for tabular data.
+
+The public API mirrors the CLI verbs. Heavy libraries (Polars, pandera, pyarrow) are imported
+only when a function that needs them runs, so ``import driftloop`` and ``driftloop --help``
+stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from driftloop.errors import DriftloopError
+    from driftloop.init import init_from_file, init_example
+    from driftloop.pipeline import RunResult, run
+    from driftloop.spec import Spec, load_spec
+
+__all__ = [
+    "DriftloopError",
+    "RunResult",
+    "Spec",
+    "__version__",
+    "init_example",
+    "init_from_file",
+    "load_spec",
+    "run",
+]
+
+_LAZY = {
+    "DriftloopError": "driftloop.errors",
+    "RunResult": "driftloop.pipeline",
+    "run": "driftloop.pipeline",
+    "Spec": "driftloop.spec",
+    "load_spec": "driftloop.spec",
+    "init_from_file": "driftloop.init",
+    "init_example": "driftloop.init",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'driftloop' has no attribute {name!r}")

@@ -1,0 +1,210 @@
+"""The ``driftloop`` command line.
+
+Exit codes: 0 success (quarantined rows are reported, not failures); 1 a stage failed;
+2 bad input to driftloop itself (spec, arguments, project folder). Errors print as one line;
+``--verbose`` adds the traceback. Heavy libraries load inside the commands, so ``--help``
+answers fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from driftloop.pipeline import RunResult
+
+app = typer.Typer(
+    name="driftloop",
+    help="A self-updating ML lifecycle for tabular data: ingest, validate, features, and more.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ProjectOpt = Annotated[
+    Path, typer.Option("--project", "-p", help="Project folder (holds driftloop.yaml).")
+]
+_state = {"verbose": False}
+EXIT_STAGE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+) -> None:
+    _state["verbose"] = verbose
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+@app.command()
+def init(
+    project: ProjectOpt = Path("."),
+    from_file: Annotated[
+        Path | None, typer.Option("--from", help="Sample CSV/Parquet file to infer the spec from.")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="Target column to predict.")] = None,
+    time_column: Annotated[str | None, typer.Option(help="Time column (optional).")] = None,
+    name: Annotated[str | None, typer.Option(help="Project name (default: folder name).")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification or regression (default: inferred).")
+    ] = None,
+    example: Annotated[
+        str | None, typer.Option(help="Write a built-in example project instead (e.g. 'shop').")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing driftloop.yaml.")] = False,
+) -> None:
+    """Write driftloop.yaml, inferred from a sample file or from a built-in example."""
+    from driftloop.errors import DriftloopError
+
+    console = _console()
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+        if example is not None:
+            from driftloop.init import init_example
+
+            path = init_example(project, example, force=force)
+        else:
+            if from_file is None or target is None:
+                raise typer.BadParameter("pass --from FILE and --target COLUMN, or --example NAME")
+            if task not in (None, "classification", "regression"):
+                raise typer.BadParameter("--task must be classification or regression")
+            from driftloop.init import init_from_file
+
+            path = init_from_file(
+                project, from_file, target, time_column=time_column, name=name, task=task, force=force
+            )
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    console.print(f"wrote {path}; next: driftloop run -p {project}")
+
+
+@app.command()
+def run(project: ProjectOpt = Path(".")) -> None:
+    """One full pass: ingest new raw files, then prep and features for every batch."""
+    from driftloop.errors import DriftloopError
+    from driftloop.pipeline import run as run_pipeline
+
+    try:
+        result = run_pipeline(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    print_run(result)
+    if result.failed:
+        raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+def print_run(result: RunResult) -> None:
+    """The run summary: what was ingested, what each stage did, what was quarantined."""
+    console = _console()
+    ing = result.ingest
+    if ing.batch is not None:
+        console.print(f"ingested {len(ing.new_files)} new file(s) as batch {ing.batch.batch_id}")
+    for r in ing.reuploads:
+        console.print(f"  skipped {r.path}: same content as {r.same_as} (already ingested)")
+    for path in ing.still_writing:
+        console.print(f"  waiting for {path}: still being written; the next run takes it")
+    if not result.did_work:
+        console.print("nothing to do: every batch is up to date")
+    for report in result.reports:
+        if report.outcome == "cached":
+            continue
+        if report.outcome in ("failed", "failed-earlier"):
+            earlier = " (earlier run; unchanged since)" if report.outcome == "failed-earlier" else ""
+            console.print(f"[red]FAILED[/red] {report.stage} {report.batch_id}{earlier}: {report.error}")
+            continue
+        m = report.manifest
+        if report.stage == "prep":
+            console.print(
+                f"prep {report.batch_id}: {m['rows_in']} rows in, {m['rows_ok']} ok, "
+                f"{m['rows_quarantined']} quarantined, {m['rows_duplicate']} duplicate "
+                f"({report.seconds:.2f}s)"
+            )
+            for f in m["files_quarantined"]:
+                console.print(f"  quarantined file {f['path']}: {f['error']}")
+            for w in m["warnings"]:
+                console.print(f"  note: {w}")
+            if m["rows_quarantined"]:
+                console.print(f"  reasons: data/quarantine/{report.batch_id}/manifest.json")
+        else:
+            console.print(
+                f"features {report.batch_id}: {m['rows']} rows, {len(m['schema'])} columns "
+                f"({report.seconds:.2f}s)"
+            )
+
+
+@app.command()
+def status(
+    project: ProjectOpt = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Batches, recent stage runs and recent events."""
+    from driftloop.layout import Layout
+    from driftloop.state import StateDB
+
+    layout = Layout(project)
+    if not layout.state_db.exists():
+        _fail_text(f"{layout.state_db}: no state yet; run 'driftloop run -p {project}' first")
+    with StateDB(layout.state_db) as db:
+        payload = {
+            "batches": [b.__dict__ for b in db.batches()],
+            "stage_runs": db.stage_runs(limit=20),
+            "events": db.events(limit=20),
+        }
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+        return
+    console = _console()
+    console.print(f"{len(payload['batches'])} batch(es)")
+    for run_ in payload["stage_runs"]:
+        seconds = f"{run_['seconds']:.2f}s" if run_["seconds"] is not None else "-"
+        console.print(f"  {run_['stage']:<9} {run_['batch_id']}  {run_['status']:<9} {seconds}")
+
+
+@app.command()
+def demo(
+    project: ProjectOpt = Path("demo"),
+    fresh: Annotated[bool, typer.Option(help="Delete the folder first.")] = True,
+) -> None:
+    """The lifecycle on built-in data: example project, a clean batch, then a drifted one."""
+    from driftloop.demo import run_demo
+    from driftloop.errors import DriftloopError
+
+    try:
+        ok = run_demo(project, fresh=fresh, show=print_run, console=_console())
+    except DriftloopError as exc:
+        _fail(exc, EXIT_STAGE_FAILED)
+    if not ok:
+        raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+def _fail(exc: BaseException, code: int) -> NoReturn:
+    if _state["verbose"]:
+        import traceback
+
+        traceback.print_exception(exc)
+    _fail_text(str(exc), code)
+
+
+def _fail_text(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,64 @@
+"""Every error driftloop raises on purpose.
+
+A message says what went wrong, where (file, key path, row, column), what was expected and
+how to fix it. The CLI prints the message on one line and exits non-zero; a traceback is
+shown only with ``--verbose``.
+
+    DriftloopError
+     ├── SpecError                    driftloop.yaml is missing, unreadable or invalid
+     │    └── SpecNotFoundError       no driftloop.yaml in the project folder
+     ├── ProjectError                 the project folder is not usable
+     │    └── ProjectExistsError      ``init`` would overwrite an existing project
+     ├── InitError                    ``init`` could not infer a spec from the sample
+     ├── StageError                   a stage failed; names the stage and the batch
+     │    ├── QuarantineLimitError    a batch's share of bad rows is above the spec's limit
+     │    ├── JoinError               secondary sources cannot be joined as the spec says
+     │    └── FeatureError            the feature function failed or returned bad output
+     └── StateError                   the state database is unusable
+"""
+
+from __future__ import annotations
+
+
+class DriftloopError(Exception):
+    """Root of every error driftloop raises on purpose."""
+
+
+class SpecError(DriftloopError):
+    """driftloop.yaml is unreadable or does not describe a valid project."""
+
+
+class SpecNotFoundError(SpecError):
+    """No driftloop.yaml where one was expected."""
+
+
+class ProjectError(DriftloopError):
+    """The project folder cannot be used as asked."""
+
+
+class ProjectExistsError(ProjectError):
+    """``init`` refuses to overwrite an existing project."""
+
+
+class InitError(DriftloopError):
+    """``init`` could not infer a usable spec from the sample file."""
+
+
+class StageError(DriftloopError):
+    """A stage failed on a batch."""
+
+
+class QuarantineLimitError(StageError):
+    """A batch has more bad rows than the spec's ``quarantine.max_bad_share`` allows."""
+
+
+class JoinError(StageError):
+    """Sources cannot be joined on the keys the spec names."""
+
+
+class FeatureError(StageError):
+    """The feature function failed or returned unusable output."""
+
+
+class StateError(DriftloopError):
+    """The state database is unusable."""

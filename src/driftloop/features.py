@@ -1,0 +1,139 @@
+"""Features: one function of Polars expressions from processed rows to model columns.
+
+The same :func:`build_features` runs on a whole batch and on a single request record, so
+there is no training/serving skew. Every built-in is row-wise (no statistics across rows);
+a user's function must be row-wise too, which the parity test checks on real data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from driftloop.errors import FeatureError
+from driftloop.spec import FeaturesSpec, Spec
+
+_DATE_PARTS: dict[str, Callable[[pl.Expr], pl.Expr]] = {
+    "year": lambda c: c.dt.year(),
+    "quarter": lambda c: c.dt.quarter(),
+    "month": lambda c: c.dt.month(),
+    "day": lambda c: c.dt.day(),
+    "weekday": lambda c: c.dt.weekday(),
+    "dayofyear": lambda c: c.dt.ordinal_day(),
+    "hour": lambda c: c.dt.hour(),
+    "minute": lambda c: c.dt.minute(),
+}
+
+UserFunction = Callable[[pl.LazyFrame], Any]
+
+
+def builtin_expressions(spec: FeaturesSpec) -> list[pl.Expr]:
+    """The spec's built-in features as named expressions."""
+    exprs: list[pl.Expr] = []
+    for column, parts in spec.datetime_parts.items():
+        for part in parts:
+            exprs.append(_DATE_PARTS[part](pl.col(column)).cast(pl.Int32).alias(f"{column}_{part}"))
+    for ratio in spec.ratios:
+        den = pl.col(ratio.denominator).cast(pl.Float64)
+        exprs.append(
+            pl.when(den != 0)
+            .then(pl.col(ratio.numerator).cast(pl.Float64) / den)
+            .otherwise(None)
+            .alias(ratio.name)
+        )
+    for column in spec.logs:
+        value = pl.col(column).cast(pl.Float64)
+        exprs.append(pl.when(value > -1).then(value.log1p()).otherwise(None).alias(f"log1p_{column}"))
+    for bucket in spec.buckets:
+        edges = list(bucket.edges)
+        labels = [_bucket_label(lo, hi) for lo, hi in zip([-math.inf, *edges], [*edges, math.inf], strict=True)]
+        exprs.append(
+            pl.col(bucket.column)
+            .cast(pl.Float64)
+            .cut(edges, labels=labels)
+            .cast(pl.String)
+            .alias(bucket.name or f"{bucket.column}_bucket")
+        )
+    return exprs
+
+
+def _bucket_label(lo: float, hi: float) -> str:
+    def fmt(v: float) -> str:
+        return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}"
+
+    return f"({fmt(lo)}, {fmt(hi)}]"
+
+
+def load_user_function(reference: str, project: Path) -> UserFunction:
+    """Import ``module:function`` with the project folder first on the import path."""
+    module_name, _, func_name = reference.partition(":")
+    root = str(project.resolve())
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise FeatureError(
+            f"features.function {reference!r}: cannot import module {module_name!r} ({exc}); "
+            f"put {module_name.replace('.', '/')}.py in the project folder {project}"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(root)
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise FeatureError(
+            f"features.function {reference!r}: module {module_name!r} has no function "
+            f"{func_name!r}; define 'def {func_name}(frame: pl.LazyFrame) -> pl.LazyFrame'"
+        )
+    return func  # type: ignore[no-any-return]
+
+
+def build_features(
+    frame: pl.LazyFrame, spec: Spec, user_function: UserFunction | None = None
+) -> pl.LazyFrame:
+    """Processed rows -> model columns: built-ins, then the user's function, minus excluded."""
+    out = frame.with_columns(builtin_expressions(spec.features))
+    if user_function is not None:
+        out = _apply_user(out, user_function, spec.features.function or "")
+    drop = [c for c in spec.features.exclude if c in out.collect_schema().names()]
+    return out.drop(drop) if drop else out
+
+
+def _apply_user(frame: pl.LazyFrame, func: UserFunction, name: str) -> pl.LazyFrame:
+    try:
+        result = func(frame)
+    except Exception as exc:
+        raise FeatureError(f"features.function {name!r} raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(result, pl.DataFrame):
+        return result.lazy()
+    if isinstance(result, pl.LazyFrame):
+        return result
+    if isinstance(result, pl.Expr):
+        return frame.with_columns(result)
+    if isinstance(result, Mapping):
+        return frame.with_columns(**dict(result))
+    if isinstance(result, Sequence) and all(isinstance(e, pl.Expr) for e in result):
+        return frame.with_columns(result)
+    raise FeatureError(
+        f"features.function {name!r} returned {type(result).__name__}; expected a LazyFrame, "
+        "a DataFrame, or Polars expressions (a list or a name->expression mapping)"
+    )
+
+
+def features_for_records(
+    records: Sequence[Mapping[str, Any]],
+    spec: Spec,
+    schema: Mapping[str, pl.DataType],
+    user_function: UserFunction | None = None,
+) -> pl.DataFrame:
+    """The serving path: typed raw records (as dicts) -> the same feature columns."""
+    frame = pl.DataFrame(list(records), schema=dict(schema), strict=False)
+    return build_features(frame.lazy(), spec, user_function).collect()

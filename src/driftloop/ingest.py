@@ -1,0 +1,124 @@
+"""Ingest: find raw files that have landed, take each exactly once, and form a batch.
+
+A file is identified by the SHA-256 of its content. A file re-uploaded unchanged (same
+content, any name) is recognised and not taken again. A file that is still being written is
+left for a later pass: names with a temporary suffix or a leading dot/underscore are skipped,
+and a file must keep the same size and modification time for ``ingest.settle_seconds``.
+Raw files are only ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from driftloop.layout import Layout, file_sha256
+from driftloop.spec import Spec
+from driftloop.state import Batch, RawFile, StateDB, utcnow
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
+
+
+@dataclass(frozen=True)
+class Reupload:
+    path: str
+    same_as: str
+
+
+@dataclass
+class IngestResult:
+    batch: Batch | None
+    new_files: list[RawFile] = field(default_factory=list)
+    reuploads: list[Reupload] = field(default_factory=list)
+    still_writing: list[str] = field(default_factory=list)
+
+
+def is_temporary(path: Path) -> bool:
+    name = path.name
+    return name.startswith((".", "_")) or name.endswith(TEMP_SUFFIXES)
+
+
+def candidate_files(spec: Spec, layout: Layout) -> list[tuple[str, Path]]:
+    """(source name, path) for every file matching a source's glob; first source wins."""
+    seen: set[Path] = set()
+    found: list[tuple[str, Path]] = []
+    for source in spec.sources:
+        for path in sorted(layout.root.glob(source.path)):
+            if path.is_file() and not is_temporary(path) and path not in seen:
+                seen.add(path)
+                found.append((source.name, path))
+    return found
+
+
+def ingest(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    *,
+    wait: bool = True,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> IngestResult:
+    """Take every new, complete raw file into one new batch (or none if nothing is new).
+
+    With ``wait`` the call sleeps until files younger than the settle time are old enough
+    and checks they did not change; without it such files are left for the next pass.
+    """
+    settle = spec.ingest.settle_seconds
+    candidates = candidate_files(spec, layout)
+    stats = {path: path.stat() for _, path in candidates}
+    young = [p for p, st in stats.items() if clock() - st.st_mtime < settle]
+    if young and wait:
+        youngest = max(stats[p].st_mtime for p in young)
+        sleep(max(0.0, settle - (clock() - youngest)))
+    result = IngestResult(batch=None)
+    new: list[RawFile] = []
+    taken: dict[str, str] = {}
+    for source, path in candidates:
+        rel = layout.relative(path)
+        before = stats[path]
+        now_stat = path.stat() if path.exists() else None
+        if now_stat is None:
+            continue
+        changed = (now_stat.st_size, now_stat.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+        if changed or clock() - now_stat.st_mtime < settle:
+            result.still_writing.append(rel)
+            continue
+        sha = db.known_sighting(rel, now_stat.st_size, now_stat.st_mtime_ns)
+        if sha is None:
+            sha = file_sha256(path)
+            after = path.stat()
+            if (after.st_size, after.st_mtime_ns) != (now_stat.st_size, now_stat.st_mtime_ns):
+                result.still_writing.append(rel)
+                continue
+            db.record_sighting(rel, now_stat.st_size, now_stat.st_mtime_ns, sha)
+        known = db.raw_file(sha)
+        if known is not None or sha in taken:
+            original = known.path if known is not None else taken[sha]
+            if original != rel:
+                result.reuploads.append(Reupload(rel, original))
+            continue
+        taken[sha] = rel
+        new.append(RawFile(sha, source, rel, now_stat.st_size, batch_id=""))
+    if result.reuploads:
+        for r in result.reuploads:
+            log.info("%s has the same content as %s; not ingested again", r.path, r.same_as)
+    if not new:
+        return result
+    batch_id = make_batch_id(new)
+    files = [RawFile(f.sha256, f.source, f.path, f.size, batch_id) for f in new]
+    result.batch = db.create_batch(batch_id, files)
+    result.new_files = files
+    log.info("batch %s: %d new file(s)", batch_id, len(files))
+    return result
+
+
+def make_batch_id(files: list[RawFile]) -> str:
+    digest = hashlib.sha256("".join(sorted(f.sha256 for f in files)).encode()).hexdigest()
+    return f"{utcnow():%Y%m%dT%H%M%S}-{digest[:8]}"

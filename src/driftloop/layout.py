@@ -1,0 +1,135 @@
+"""Where things live in a project folder, and the atomic-output discipline.
+
+A stage writes its output into a hidden temporary folder beside the final one, writes
+``manifest.json`` and then ``_SUCCESS`` last, and renames the folder into place. Readers
+ignore any output folder without ``_SUCCESS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders of one project."""
+
+    root: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "driftloop.yaml"
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "data" / "features"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "data" / "quarantine"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".driftloop"
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.db"
+
+    def relative(self, path: Path) -> str:
+        """A path as the user sees it: relative to the project when inside it."""
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def is_complete(output_dir: Path) -> bool:
+    return (output_dir / SUCCESS).is_file()
+
+
+def read_manifest(output_dir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((output_dir / MANIFEST).read_text(encoding="utf-8"))
+    return result
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_output(final_dir: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success, rename it to ``final_dir``.
+
+    The caller writes data files into the folder and then calls :func:`seal`. An existing
+    ``final_dir`` (an earlier run with another key) is replaced only after the new output is
+    complete, so a reader never sees a half-written folder.
+    """
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_dir.parent / f".tmp-{final_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not is_complete(tmp):
+            raise RuntimeError(f"{tmp}: output was not sealed with a manifest")
+        old = None
+        if final_dir.exists():
+            old = final_dir.parent / f".old-{final_dir.name}-{uuid.uuid4().hex[:8]}"
+            final_dir.rename(old)
+        tmp.rename(final_dir)
+        _fsync_dir(final_dir.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def seal(output_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest, then ``_SUCCESS`` last."""
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    (output_dir / MANIFEST).write_text(text + "\n", encoding="utf-8")
+    with (output_dir / SUCCESS).open("w", encoding="utf-8") as fh:
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_temporaries(parent: Path) -> None:
+    """Remove leftovers of a run that was killed between write and rename."""
+    if not parent.is_dir():
+        return
+    for child in parent.iterdir():
+        if child.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(child, ignore_errors=True)

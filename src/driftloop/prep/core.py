@@ -1,0 +1,242 @@
+"""Prep as a pure function: raw reads in, processed + quarantined + duplicate rows out.
+
+rows_in = rows_ok + rows_quarantined + rows_duplicate always holds. A record is counted in
+rows_in when it came from a file that could be read at all; files that could not be read are
+listed in ``files_quarantined`` with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from driftloop.errors import JoinError
+from driftloop.prep.contract import (
+    POS,
+    cast_columns,
+    contract_problems,
+    deduplicate,
+    describe_problems,
+    empty_problems,
+    impute,
+    normalize_strings,
+)
+from driftloop.prep.read import FILE, ROW, RawRead
+from driftloop.spec import SourceSpec, Spec
+
+REASON = "__reason"
+RULES = "__rules"
+RAW_LINE = "__raw_line"
+
+
+@dataclass(frozen=True)
+class SourceRead:
+    """A raw read together with where it came from."""
+
+    source: SourceSpec
+    sha256: str
+    read: RawRead
+    in_batch: bool = True  # secondary files from earlier batches are read but not re-reported
+
+
+@dataclass
+class Prepared:
+    processed: pl.DataFrame
+    quarantined: pl.DataFrame
+    duplicates: pl.DataFrame
+    files_quarantined: list[dict[str, str]] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    imputed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    rows_in: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "rows_in": self.rows_in,
+            "rows_ok": self.processed.height,
+            "rows_quarantined": self.quarantined.height,
+            "rows_duplicate": self.duplicates.height,
+        }
+
+
+def expected_columns(spec: Spec, source: SourceSpec) -> list[str] | None:
+    """Columns a file of ``source`` must have, or None when only its join keys are known."""
+    if len(spec.sources) == 1:
+        return list(spec.contract.columns)
+    if source.join is not None:
+        return list(source.join.on)
+    keys = {k for s in spec.sources[1:] if s.join for k in s.join.on}
+    return sorted(keys)
+
+
+def check_columns(
+    frame: pl.DataFrame, spec: Spec, source: SourceSpec
+) -> tuple[pl.DataFrame | None, str | None, list[str]]:
+    """Apply the column-set rules to one file: (frame, error, warnings)."""
+    present = [c for c in frame.columns if not c.startswith("__")]
+    required = expected_columns(spec, source) or []
+    missing = [c for c in required if c not in present]
+    if missing:
+        return None, (
+            f"missing column(s) {missing}; the file has {present}. Add the column(s) to the "
+            f"file, or remove them from contract.columns in driftloop.yaml"
+        ), []
+    extra = [c for c in present if c not in spec.contract.columns]
+    if extra and spec.contract.extra_columns == "reject":
+        return None, (
+            f"unexpected column(s) {extra} (not in contract.columns); add them to "
+            "contract.columns, or set contract.extra_columns: drop to ignore them"
+        ), []
+    if extra:
+        return frame.drop(extra), None, [f"dropped column(s) {extra} (contract.extra_columns: drop)"]
+    return frame, None, []
+
+
+def _bad_line_rows(path: str, read: RawRead) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            FILE: [path] * len(read.bad_lines),
+            ROW: [b.line for b in read.bad_lines],
+            REASON: [f"line {b.line}: {b.reason}" for b in read.bad_lines],
+            RAW_LINE: [b.text for b in read.bad_lines],
+        },
+        schema={FILE: pl.String, ROW: pl.Int64, REASON: pl.String, RAW_LINE: pl.String},
+    )
+
+
+def _collect_source(
+    reads: list[SourceRead], spec: Spec, out: Prepared
+) -> tuple[pl.DataFrame | None, list[pl.DataFrame]]:
+    """Check and normalize the reads of one source; report unreadable files."""
+    frames: list[pl.DataFrame] = []
+    bad_rows: list[pl.DataFrame] = []
+    for item in reads:
+        read = item.read
+        frame = read.frame
+        error = read.error
+        if frame is not None:
+            frame, error, warnings = check_columns(frame, spec, item.source)
+            if item.in_batch:
+                out.warnings += [f"{read.path}: {w}" for w in warnings]
+        if frame is None:
+            if item.in_batch:
+                out.files_quarantined.append({"path": read.path, "sha256": item.sha256, "error": error or ""})
+            continue
+        frame = normalize_strings(frame, item.source.csv, trim=spec.cleaning.trim_strings)
+        frames.append(frame.with_columns(pl.lit(read.path).alias(FILE)))
+        if item.in_batch:
+            out.inputs.append(
+                {"path": read.path, "sha256": item.sha256, "source": item.source.name,
+                 "rows": frame.height + len(read.bad_lines)}
+            )
+            if read.bad_lines:
+                bad_rows.append(_bad_line_rows(read.path, read))
+        else:
+            out.inputs.append(
+                {"path": read.path, "sha256": item.sha256, "source": item.source.name,
+                 "rows": frame.height, "from_earlier_batch": True}
+            )
+    if not frames:
+        return None, bad_rows
+    return pl.concat(frames, how="diagonal_relaxed"), bad_rows
+
+
+def _join(
+    primary: pl.DataFrame, spec: Spec, reads: list[SourceRead], out: Prepared
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Join each secondary source onto the primary rows; inner-join misses become problems."""
+    problems = [empty_problems()]
+    frame = primary.with_row_index(POS)
+    for source in spec.sources[1:]:
+        assert source.join is not None
+        keys = list(source.join.on)
+        mine = [r for r in reads if r.source.name == source.name]
+        table, _ = _collect_source(mine, spec, out)
+        if table is None:
+            raise JoinError(
+                f"source {source.name!r} ({source.path}) has no readable file yet, so nothing "
+                f"can be joined on {keys}; add a file there or remove the source from the spec"
+            )
+        table = table.drop(FILE, ROW).filter(pl.all_horizontal(pl.col(keys).is_not_null()))
+        repeated = table.height - table.unique(keys).height
+        if repeated:
+            out.warnings.append(
+                f"source {source.name}: {repeated} row(s) repeat a key {keys}; the latest was used"
+            )
+            table = table.unique(keys, keep="last", maintain_order=True)
+        overlap = [c for c in table.columns if c in frame.columns and c not in keys]
+        if overlap:
+            raise JoinError(
+                f"source {source.name!r} repeats column(s) {overlap} that an earlier source "
+                "already has; keep each column in one source only"
+            )
+        marker = f"__matched_{source.name}"
+        table = table.with_columns(pl.lit(True).alias(marker))
+        frame = frame.join(table, on=keys, how="left", maintain_order="left")
+        if source.join.how == "inner":
+            miss = frame.filter(pl.col(marker).is_null())
+            problems.append(
+                miss.select(
+                    pl.col(POS),
+                    pl.lit(",".join(keys)).alias("column"),
+                    pl.lit(f"join({source.name}): no matching row").alias("rule"),
+                    pl.concat_str(pl.col(keys), separator=",").alias("value"),
+                )
+            )
+        frame = frame.drop(marker)
+    missing = [c for c in spec.contract.columns if c not in frame.columns]
+    if missing:
+        raise JoinError(
+            f"no source provides contract column(s) {missing}; add them to a source's files "
+            "or remove them from contract.columns"
+        )
+    return frame.drop(POS), pl.concat(problems)
+
+
+def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
+    """Validate, clean and join the reads of one batch."""
+    out = Prepared(pl.DataFrame(), pl.DataFrame(), pl.DataFrame())
+    primary_reads = [r for r in reads if r.source.name == spec.primary.name]
+    primary, bad_lines = _collect_source(primary_reads, spec, out)
+    columns = list(spec.contract.columns)
+    if primary is None:
+        primary = pl.DataFrame(schema={c: pl.String for c in columns} | {ROW: pl.Int64, FILE: pl.String})
+    raw, join_problems = _join(primary, spec, reads, out) if len(spec.sources) > 1 else (
+        primary,
+        empty_problems(),
+    )
+    raw = raw.select(*columns, ROW, FILE)
+    out.rows_in = raw.height + sum(b.height for b in bad_lines)
+
+    typed, parse_problems = cast_columns(raw, spec.contract)
+    early = pl.concat([join_problems, parse_problems])
+    clean_mask = ~pl.int_range(pl.len(), dtype=pl.UInt32).is_in(early.get_column(POS).implode())
+    positions = typed.with_row_index(POS).filter(clean_mask)
+    imputed, out.imputed = impute(positions, dict(spec.cleaning.impute))
+    late = contract_problems(imputed.drop(POS), spec.contract)
+    late = late.with_columns(
+        imputed.get_column(POS).gather(late.get_column(POS)).alias(POS)
+    )
+    problems = pl.concat([early, late])
+    bad_positions = problems.get_column(POS).unique()
+
+    described = describe_problems(problems)
+    quarantined = (
+        raw.with_row_index(POS)
+        .join(described, on=POS, how="inner")
+        .sort(POS)
+        .drop(POS)
+    )
+    quarantined = pl.concat(
+        [quarantined.with_columns(pl.lit(None, pl.String).alias(RAW_LINE)), *bad_lines],
+        how="diagonal_relaxed",
+    )
+    good = imputed.filter(~pl.col(POS).is_in(bad_positions.implode())).drop(POS)
+    dedup = deduplicate(good, spec.cleaning, columns)
+    out.processed = dedup.kept
+    out.duplicates = dedup.duplicates
+    out.quarantined = quarantined
+    return out

@@ -1,0 +1,202 @@
+"""Read one raw file into a frame of raw strings, keeping every problem it has.
+
+Every column is read as text so that a value of the wrong type is caught per row by the
+contract, not as a failed file. Rows with the wrong number of fields are set aside with
+their line number and text; a file that cannot be read at all comes back with the reason
+and no frame. Reading is done by pyarrow's multithreaded CSV reader (which reports ragged
+rows one by one) and Polars takes the result without a copy.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from driftloop.spec import CsvOptions, SourceSpec
+
+ROW = "__row"
+FILE = "__file"
+_SNIFF_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BadLine:
+    line: int | None
+    reason: str
+    text: str
+
+
+@dataclass
+class RawRead:
+    """The outcome of reading one file: a frame of strings, or the reason there is none."""
+
+    path: str
+    frame: pl.DataFrame | None
+    bad_lines: list[BadLine] = field(default_factory=list)
+    error: str | None = None
+
+
+def read_raw(path: Path, source: SourceSpec, shown_as: str) -> RawRead:
+    """Read ``path`` as the source says; never raises for bad content."""
+    try:
+        if source.format == "parquet":
+            return _read_parquet(path, shown_as)
+        return _read_csv(path, source.csv, shown_as)
+    except OSError as exc:
+        return RawRead(shown_as, None, error=f"cannot open the file: {exc.strerror or exc}")
+
+
+def _read_parquet(path: Path, shown_as: str) -> RawRead:
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for corrupt files
+        return RawRead(shown_as, None, error=f"not a readable Parquet file: {_first_line(exc)}")
+    strings = frame.select(pl.all().cast(pl.String))
+    return RawRead(shown_as, strings.with_row_index(ROW, offset=1))
+
+
+def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
+    size = path.stat().st_size
+    if size == 0:
+        return RawRead(shown_as, None, error="the file is empty (0 bytes); expected a header row")
+    with path.open("rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    if b"\x00" in head and not opts.encoding.lower().startswith("utf-16"):
+        return RawRead(
+            shown_as,
+            None,
+            error="the file looks binary (NUL bytes in its first 64 KiB), not CSV text; "
+            "check that the right file was uploaded",
+        )
+    try:
+        names = _header(head, opts)
+    except UnicodeDecodeError as exc:
+        return RawRead(shown_as, None, error=_encoding_error(opts, exc.start))
+    except ValueError as exc:
+        return RawRead(shown_as, None, error=str(exc))
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        return RawRead(
+            shown_as,
+            None,
+            error=f"the header repeats column name(s) {dupes}; each column needs its own name",
+        )
+    bad: list[BadLine] = []
+    table = _arrow_csv(path, opts, names, bad, use_threads=True)
+    if isinstance(table, str):
+        return RawRead(shown_as, None, error=table)
+    if bad:  # the threaded reader does not know line numbers; read again to get them
+        bad.clear()
+        table = _arrow_csv(path, opts, names, bad, use_threads=False)
+        if isinstance(table, str):
+            return RawRead(shown_as, None, error=table)
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.with_columns(_record_numbers(frame.height, bad, opts))
+    if frame.height == 0 and not bad:
+        return RawRead(shown_as, None, error="the file has a header but no data rows")
+    return RawRead(shown_as, frame.select(ROW, *names), bad_lines=bad)
+
+
+def _header(head: bytes, opts: CsvOptions) -> list[str]:
+    decoder = codecs.getincrementaldecoder(opts.encoding)()
+    text = decoder.decode(head, final=False)
+    text = text.removeprefix("\ufeff")
+    lines = io.StringIO(text, newline="")
+    for _ in range(opts.skip_rows):
+        lines.readline()
+    reader = csv.reader(
+        lines, delimiter=opts.separator, quotechar=opts.quote_char or '"',
+        quoting=csv.QUOTE_MINIMAL if opts.quote_char else csv.QUOTE_NONE,
+    )
+    try:
+        first = next(reader)
+    except StopIteration:
+        raise ValueError("the file has no header row") from None
+    except csv.Error as exc:
+        raise ValueError(f"the header row cannot be parsed: {exc}") from None
+    if not opts.has_header:
+        return [f"column_{i + 1}" for i in range(len(first))]
+    names = [n.strip() for n in first]
+    if any(n == "" for n in names):
+        position = names.index("") + 1
+        raise ValueError(f"header column {position} has no name; give every column a name")
+    return names
+
+
+def _arrow_csv(
+    path: Path, opts: CsvOptions, names: list[str], bad: list[BadLine], *, use_threads: bool
+) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    def on_bad_row(row: Any) -> str:
+        reason = (
+            f"row has {row.actual_columns} field(s), expected {row.expected_columns}"
+            + (" (the file may be truncated)" if row.actual_columns < row.expected_columns else "")
+        )
+        bad.append(BadLine(row.number, reason, row.text[:500]))
+        return "skip"
+
+    read = pacsv.ReadOptions(
+        column_names=names,
+        skip_rows=opts.skip_rows + (1 if opts.has_header else 0),
+        encoding=opts.encoding,
+        use_threads=use_threads,
+    )
+    parse = pacsv.ParseOptions(
+        delimiter=opts.separator,
+        quote_char=opts.quote_char or False,
+        newlines_in_values=True,
+        invalid_row_handler=on_bad_row,
+    )
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+        null_values=[],
+        check_utf8=True,
+    )
+    try:
+        return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        text = str(exc)
+        if "UTF8" in text or "decode" in text.lower() or isinstance(exc, UnicodeDecodeError):
+            return _encoding_error(opts, None)
+        return f"the file cannot be parsed as CSV: {_first_line(exc)}"
+
+
+def _record_numbers(height: int, bad: list[BadLine], opts: CsvOptions) -> pl.Expr | pl.Series:
+    """1-based record number of each kept row, counting the set-aside rows too."""
+    header_lines = opts.skip_rows + (1 if opts.has_header else 0)
+    skipped = sorted(b.line - header_lines for b in bad if b.line is not None)
+    if not skipped:
+        return pl.int_range(1, height + 1, dtype=pl.Int64).alias(ROW)
+    numbers: list[int] = []
+    record, k = 1, 0
+    while len(numbers) < height:
+        if k < len(skipped) and skipped[k] == record:
+            k += 1
+        else:
+            numbers.append(record)
+        record += 1
+    return pl.Series(ROW, numbers, dtype=pl.Int64)
+
+
+def _encoding_error(opts: CsvOptions, offset: int | None) -> str:
+    where = f" at byte {offset}" if offset is not None else ""
+    other = "latin-1" if opts.encoding.replace("-", "").lower() == "utf8" else "utf-8"
+    return (
+        f"the file is not valid {opts.encoding} text{where}; set the source's "
+        f"csv.encoding to the file's real encoding (for example {other} or cp1252)"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,373 @@
+"""The project spec, ``driftloop.yaml``, parsed into frozen pydantic models.
+
+Unknown keys are errors (``extra="forbid"``); every problem in the file is reported at once,
+each with its key path and, for a misspelt key, the closest valid name. Loading a spec has no
+side effects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from driftloop.errors import SpecError, SpecNotFoundError
+
+SPEC_FILENAME = "driftloop.yaml"
+
+DType = Literal["int", "float", "str", "bool", "date", "datetime"]
+DatePart = Literal["year", "quarter", "month", "day", "weekday", "dayofyear", "hour", "minute"]
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CsvOptions(_Frozen):
+    """How to read a CSV source."""
+
+    separator: str = Field(",", min_length=1, max_length=1)
+    quote_char: str | None = Field('"', min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    null_values: tuple[str, ...] = ("",)
+    has_header: bool = True
+    skip_rows: int = Field(0, ge=0)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {value!r}; use a Python codec name such as utf-8, latin-1, cp1252"
+            ) from None
+        return value
+
+
+class JoinSpec(_Frozen):
+    """How a secondary source joins the primary (first) source."""
+
+    on: tuple[str, ...] = Field(min_length=1)
+    how: Literal["left", "inner"] = "left"
+
+
+class SourceSpec(_Frozen):
+    """One place raw files land: a glob under the project folder."""
+
+    name: str
+    path: str
+    format: Literal["csv", "parquet"] = "csv"
+    csv: CsvOptions = CsvOptions()
+    join: JoinSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"source name {value!r} must be letters, digits and _ (like 'orders')")
+        return value
+
+
+class ColumnContract(_Frozen):
+    """What every value of one column must satisfy."""
+
+    dtype: DType
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str | int | float | bool, ...] | None = None
+    regex: str | None = None
+    format: str | None = None  # strptime format for date/datetime; inferred when absent
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ColumnContract:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if (self.min is not None or self.max is not None) and self.dtype not in ("int", "float"):
+            raise ValueError(f"min/max apply to int and float columns, not {self.dtype}")
+        if self.regex is not None:
+            if self.dtype != "str":
+                raise ValueError(f"regex applies to str columns, not {self.dtype}")
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from None
+        return self
+
+
+class ContractSpec(_Frozen):
+    """The column contract rows must satisfy to reach ``data/processed``."""
+
+    columns: dict[str, ColumnContract] = Field(min_length=1)
+    extra_columns: Literal["reject", "drop"] = "reject"
+    max_field_length: int = Field(100_000, ge=1)
+
+
+class DedupSpec(_Frozen):
+    enabled: bool = True
+    subset: tuple[str, ...] | None = None  # None: whole rows
+
+
+class ImputeSpec(_Frozen):
+    strategy: Literal["constant", "mean", "median", "mode"]
+    value: str | int | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _value_for_constant(self) -> ImputeSpec:
+        if self.strategy == "constant" and self.value is None:
+            raise ValueError("strategy 'constant' needs a 'value'")
+        return self
+
+
+class CleaningSpec(_Frozen):
+    trim_strings: bool = True
+    deduplicate: DedupSpec = DedupSpec()
+    impute: dict[str, ImputeSpec] = {}
+
+
+class RatioFeature(_Frozen):
+    name: str
+    numerator: str
+    denominator: str
+
+
+class BucketFeature(_Frozen):
+    column: str
+    edges: tuple[float, ...] = Field(min_length=1)
+    name: str | None = None
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"edges must increase strictly, got {list(value)}")
+        return value
+
+
+class FeaturesSpec(_Frozen):
+    datetime_parts: dict[str, tuple[DatePart, ...]] = {}
+    ratios: tuple[RatioFeature, ...] = ()
+    logs: tuple[str, ...] = ()
+    buckets: tuple[BucketFeature, ...] = ()
+    exclude: tuple[str, ...] = ()  # leakage or id-like columns kept out of model inputs
+    function: str | None = None  # "module:function", imported from the project folder
+
+    @field_validator("function")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[\w.]+:\w+$", value):
+            raise ValueError(f"function {value!r} must look like 'module:function'")
+        return value
+
+
+class QuarantineSpec(_Frozen):
+    max_bad_share: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class IngestSpec(_Frozen):
+    settle_seconds: float = Field(1.0, ge=0.0)
+
+
+class _Later(_Frozen):
+    """A section that a later release fills; empty for now."""
+
+
+class Spec(_Frozen):
+    """A whole ``driftloop.yaml``."""
+
+    name: str
+    task: Literal["classification", "regression"]
+    target: str
+    time_column: str | None = None
+    id_column: str | None = None
+    sources: tuple[SourceSpec, ...] = Field(min_length=1)
+    contract: ContractSpec
+    cleaning: CleaningSpec = CleaningSpec()
+    features: FeaturesSpec = FeaturesSpec()
+    quarantine: QuarantineSpec = QuarantineSpec()
+    ingest: IngestSpec = IngestSpec()
+    model: _Later | None = None
+    promotion: _Later | None = None
+    monitoring: _Later | None = None
+    serving: _Later | None = None
+    retrain: _Later | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _project_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", value):
+            raise ValueError(f"name {value!r} must be letters, digits, '_', '-' or '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Spec:
+        problems = list(_reference_problems(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def primary(self) -> SourceSpec:
+        return self.sources[0]
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named top-level sections, for stage-run keys."""
+        payload = {s: self.model_dump(mode="json").get(s) for s in sorted(sections)}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reference_problems(spec: Spec) -> list[str]:
+    cols = spec.contract.columns
+    known = list(cols)
+
+    def missing(where: str, name: str) -> str | None:
+        if name in cols:
+            return None
+        return f"{where} names column {name!r}, which is not in contract.columns{_hint(name, known)}"
+
+    found: list[str | None] = [missing("target", spec.target)]
+    if spec.time_column is not None:
+        found.append(missing("time_column", spec.time_column))
+        tc = cols.get(spec.time_column)
+        if tc is not None and tc.dtype not in ("date", "datetime", "int", "float"):
+            found.append(
+                f"time_column {spec.time_column!r} has dtype {tc.dtype}; "
+                "expected date, datetime, int or float"
+            )
+    if spec.id_column is not None:
+        found.append(missing("id_column", spec.id_column))
+    names = [s.name for s in spec.sources]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        found.append(f"sources: name {dup!r} is used twice; give each source its own name")
+    if spec.sources[0].join is not None:
+        found.append("sources[0] is the primary source and must not have 'join'")
+    for i, source in enumerate(spec.sources[1:], start=1):
+        if source.join is None:
+            found.append(
+                f"sources[{i}] ({source.name}) needs 'join: {{on: [key], how: left}}' "
+                "to say how it joins sources[0]"
+            )
+        else:
+            found += [missing(f"sources[{i}].join.on", k) for k in source.join.on]
+    for column in spec.cleaning.impute:
+        found.append(missing("cleaning.impute", column))
+    for column in spec.cleaning.deduplicate.subset or ():
+        found.append(missing("cleaning.deduplicate.subset", column))
+    feats = spec.features
+    for column, parts in feats.datetime_parts.items():
+        found.append(missing("features.datetime_parts", column))
+        c = cols.get(column)
+        if c is not None and c.dtype not in ("date", "datetime"):
+            found.append(f"features.datetime_parts: column {column!r} is {c.dtype}, not a date")
+        if any(p in ("hour", "minute") for p in parts) and c is not None and c.dtype == "date":
+            found.append(f"features.datetime_parts: {column!r} is a date; it has no hour/minute")
+    for ratio in feats.ratios:
+        found += [missing("features.ratios", ratio.numerator)]
+        found += [missing("features.ratios", ratio.denominator)]
+    found += [missing("features.logs", c) for c in feats.logs]
+    found += [missing("features.buckets", b.column) for b in feats.buckets]
+    found += [missing("features.exclude", c) for c in feats.exclude]
+    if spec.target in feats.exclude:
+        found.append("features.exclude must not name the target")
+    return [p for p in found if p]
+
+
+def _hint(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The valid key names of the model that sits at ``loc`` (for did-you-mean hints)."""
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation such as ``tuple[X, ...]`` or ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """One line per problem: ``file: key.path: what; fix``."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            hint = _hint(key, _fields_at(loc[:-1]))
+            parent = _loc_text(loc[:-1]) or "top level"
+            lines.append(f"{where}: unknown key {key!r} in {parent}{hint or '; remove it'}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        path = _loc_text(tuple(p for p in loc if not str(p).startswith(("function-", "tagged-"))))
+        if err["type"] == "missing":
+            lines.append(f"{where}: {path}: required key is missing; add it")
+        elif path:
+            lines.append(f"{where}: {path}: {msg} (got {err.get('input')!r})")
+        else:
+            lines.append(f"{where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, where: str = SPEC_FILENAME) -> Spec:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping of sections (name, task, target, ...)")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, where)) from None
+
+
+def load_spec(project: Path) -> Spec:
+    """Read ``driftloop.yaml`` from a project folder (or a path to the file itself)."""
+    path = project if project.suffix in (".yaml", ".yml") else project / SPEC_FILENAME
+    if not path.is_file():
+        raise SpecNotFoundError(
+            f"{path}: no spec file here; run 'driftloop init --from FILE --target COLUMN' "
+            "in this folder, or pass --project to a folder that has one"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}:{at}: not valid YAML: {problem}; fix the syntax there") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    return parse_spec(data, str(path))

@@ -1,0 +1,239 @@
+"""The edges of the prep and features stages: read inputs, call the pure function, write
+outputs atomically with a manifest, and key each run for idempotence.
+
+A stage run key is the hash of (stage, stage version, the spec sections it reads, its input
+fingerprints). A key that already succeeded is a cache hit; a key that failed on bad data is
+not retried until the data or the spec changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from driftloop import __version__
+from driftloop.errors import DriftloopError, QuarantineLimitError
+from driftloop.features import build_features, load_user_function
+from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
+from driftloop.prep import SourceRead, prepare, read_raw
+from driftloop.spec import Spec
+from driftloop.state import Batch, StateDB
+
+log = logging.getLogger(__name__)
+
+PREP_VERSION = "1"
+FEATURES_VERSION = "1"
+PREP_SECTIONS = ("sources", "contract", "cleaning", "quarantine", "target", "time_column", "id_column")
+FEATURES_SECTIONS = ("features", "target", "time_column", "id_column")
+DATA_FILE = "data.parquet"
+
+Outcome = Literal["ran", "cached", "failed", "failed-earlier"]
+
+
+@dataclass
+class StageReport:
+    stage: str
+    batch_id: str
+    outcome: Outcome
+    seconds: float = 0.0
+    manifest: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_key(stage: str, version: str, spec_hash: str, inputs: list[str]) -> str:
+    text = json.dumps([stage, version, spec_hash, sorted(inputs)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cached(db: StateDB, key: str, out_dir: Path) -> bool:
+    return db.succeeded(key) and is_complete(out_dir) and read_manifest(out_dir).get("run_key") == key
+
+
+def _failed_before(db: StateDB, key: str) -> str | None:
+    for run in db.stage_runs(limit=500):
+        if run["key"] == key and run["status"] == "failed":
+            return str(run["error"])
+    return None
+
+
+def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
+    own = db.batch_files(batch.batch_id)
+    primary = [f for f in own if f.source == spec.primary.name]
+    secondary = [
+        f for s in spec.sources[1:] for f in db.source_files_until(s.name, batch.seq)
+    ]
+    files = primary + secondary
+    key = run_key(
+        "prep", PREP_VERSION, spec.section_hash(*PREP_SECTIONS), [f.sha256 for f in files]
+    )
+    out_dir = layout.processed / batch.batch_id
+    if _cached(db, key, out_dir):
+        return StageReport("prep", batch.batch_id, "cached", manifest=read_manifest(out_dir))
+    earlier = _failed_before(db, key)
+    if earlier is not None:
+        return StageReport("prep", batch.batch_id, "failed-earlier", error=earlier)
+
+    db.start_run(key, "prep", batch.batch_id)
+    started = time.perf_counter()
+    try:
+        sources = {s.name: s for s in spec.sources}
+        reads = [
+            SourceRead(
+                sources[f.source],
+                f.sha256,
+                read_raw(layout.root / f.path, sources[f.source], f.path),
+                in_batch=f.batch_id == batch.batch_id,
+            )
+            for f in files
+        ]
+        t_read = time.perf_counter() - started
+        prepared = prepare(reads, spec)
+        t_prep = time.perf_counter() - started - t_read
+        counts = prepared.counts
+        manifest: dict[str, Any] = {
+            "stage": "prep",
+            "stage_version": PREP_VERSION,
+            "code_version": __version__,
+            "run_key": key,
+            "batch_id": batch.batch_id,
+            "spec_hash": spec.section_hash(*PREP_SECTIONS),
+            "inputs": prepared.inputs,
+            "files_quarantined": prepared.files_quarantined,
+            **counts,
+            "imputed": prepared.imputed,
+            "warnings": prepared.warnings,
+            "schema": {c: str(t) for c, t in prepared.processed.schema.items()},
+        }
+        _write_quarantine(layout, batch, prepared.quarantined, prepared.duplicates, manifest)
+        bad_share = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 1.0
+        if counts["rows_in"] == 0:
+            raise QuarantineLimitError(
+                f"batch {batch.batch_id}: no usable rows; every file was quarantined "
+                f"(see data/quarantine/{batch.batch_id}/manifest.json)"
+            )
+        if bad_share > spec.quarantine.max_bad_share:
+            raise QuarantineLimitError(
+                f"batch {batch.batch_id}: {counts['rows_quarantined']} of {counts['rows_in']} "
+                f"rows ({bad_share:.1%}) broke the contract, above quarantine.max_bad_share "
+                f"{spec.quarantine.max_bad_share:.0%}; read the reasons in "
+                f"data/quarantine/{batch.batch_id}/rows.parquet, then fix the data or the "
+                "contract, or raise the limit"
+            )
+        with atomic_output(out_dir) as tmp:
+            prepared.processed.write_parquet(tmp / DATA_FILE)
+            manifest["timings"] = {
+                "read_s": round(t_read, 4),
+                "prep_s": round(t_prep, 4),
+                "total_s": round(time.perf_counter() - started, 4),
+            }
+            seal(tmp, manifest)
+    except DriftloopError as exc:
+        seconds = time.perf_counter() - started
+        db.finish_run(key, "prep", batch.batch_id, seconds, None, str(exc))
+        return StageReport("prep", batch.batch_id, "failed", seconds, error=str(exc))
+    seconds = time.perf_counter() - started
+    db.finish_run(key, "prep", batch.batch_id, seconds, layout.relative(out_dir), None)
+    log.info("prep %s: %s", batch.batch_id, counts)
+    return StageReport("prep", batch.batch_id, "ran", seconds, manifest)
+
+
+def _write_quarantine(
+    layout: Layout,
+    batch: Batch,
+    rows: pl.DataFrame,
+    duplicates: pl.DataFrame,
+    prep_manifest: dict[str, Any],
+) -> None:
+    if not rows.height and not duplicates.height and not prep_manifest["files_quarantined"]:
+        return
+    with atomic_output(layout.quarantine / batch.batch_id) as tmp:
+        rows.write_parquet(tmp / "rows.parquet")
+        duplicates.write_parquet(tmp / "duplicates.parquet")
+        reasons = (
+            rows.select(pl.col("__reason").str.split("; ").explode().str.replace(r": got .*$", ""))
+            .group_by("__reason")
+            .len()
+            .sort("len", descending=True)
+            .rows()
+            if rows.height
+            else []
+        )
+        seal(
+            tmp,
+            {
+                "batch_id": batch.batch_id,
+                "run_key": prep_manifest["run_key"],
+                "rows_quarantined": rows.height,
+                "rows_duplicate": duplicates.height,
+                "files_quarantined": prep_manifest["files_quarantined"],
+                "reasons": [{"reason": r, "rows": n} for r, n in reasons],
+            },
+        )
+
+
+def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
+    in_dir = layout.processed / batch.batch_id
+    if not is_complete(in_dir):
+        return StageReport("features", batch.batch_id, "failed-earlier", error="no processed data")
+    prep_manifest = read_manifest(in_dir)
+    user_code = _user_code_hash(spec, layout.root)
+    key = run_key(
+        "features",
+        FEATURES_VERSION,
+        spec.section_hash(*FEATURES_SECTIONS) + user_code,
+        [prep_manifest["run_key"]],
+    )
+    out_dir = layout.features / batch.batch_id
+    if _cached(db, key, out_dir):
+        return StageReport("features", batch.batch_id, "cached", manifest=read_manifest(out_dir))
+    earlier = _failed_before(db, key)
+    if earlier is not None:
+        return StageReport("features", batch.batch_id, "failed-earlier", error=earlier)
+    db.start_run(key, "features", batch.batch_id)
+    started = time.perf_counter()
+    try:
+        func = load_user_function(spec.features.function, layout.root) if spec.features.function else None
+        frame = build_features(pl.scan_parquet(in_dir / DATA_FILE), spec, func)
+        with atomic_output(out_dir) as tmp:
+            frame.sink_parquet(tmp / DATA_FILE)
+            schema = pl.read_parquet_schema(tmp / DATA_FILE)
+            rows = pl.scan_parquet(tmp / DATA_FILE).select(pl.len()).collect().item()
+            manifest = {
+                "stage": "features",
+                "stage_version": FEATURES_VERSION,
+                "code_version": __version__,
+                "run_key": key,
+                "batch_id": batch.batch_id,
+                "spec_hash": spec.section_hash(*FEATURES_SECTIONS),
+                "user_code_sha256": user_code or None,
+                "inputs": [
+                    {"path": layout.relative(in_dir / "manifest.json"), "run_key": prep_manifest["run_key"]}
+                ],
+                "rows": rows,
+                "schema": {c: str(t) for c, t in schema.items()},
+                "timings": {"total_s": round(time.perf_counter() - started, 4)},
+            }
+            seal(tmp, manifest)
+    except DriftloopError as exc:
+        seconds = time.perf_counter() - started
+        db.finish_run(key, "features", batch.batch_id, seconds, None, str(exc))
+        return StageReport("features", batch.batch_id, "failed", seconds, error=str(exc))
+    seconds = time.perf_counter() - started
+    db.finish_run(key, "features", batch.batch_id, seconds, layout.relative(out_dir), None)
+    return StageReport("features", batch.batch_id, "ran", seconds, manifest)
+
+
+def _user_code_hash(spec: Spec, root: Path) -> str:
+    """Hash of the user's feature module file, so editing it re-runs features."""
+    if not spec.features.function:
+        return ""
+    module = spec.features.function.split(":")[0]
+    path = root / (module.replace(".", "/") + ".py")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"

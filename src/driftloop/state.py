@@ -1,0 +1,236 @@
+"""The project's state database, ``.driftloop/state.db`` (SQLite in WAL mode).
+
+It holds the ingest ledger (each raw file by content hash, taken exactly once), the
+batches those files formed, the stage runs keyed for idempotence, and an append-only event
+log. Every write is one short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from driftloop.errors import StateError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS raw_files (
+    sha256      TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    batch_id    TEXT NOT NULL,
+    ingested_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sightings (
+    path      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    sha256    TEXT NOT NULL,
+    seen_at   TEXT NOT NULL,
+    PRIMARY KEY (path, size, mtime_ns)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id   TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stage_runs (
+    key         TEXT PRIMARY KEY,
+    stage       TEXT NOT NULL,
+    batch_id    TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 1,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    seconds     REAL,
+    output      TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS stage_runs_batch ON stage_runs (stage, batch_id);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RawFile:
+    sha256: str
+    source: str
+    path: str
+    size: int
+    batch_id: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    seq: int
+    created_at: str
+
+
+class StateDB:
+    """A thin, typed wrapper over the SQLite state database."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"{path}: cannot open the state database ({exc}); if the file is damaged, "
+                "move it aside and run again (raw files are re-ingested by content hash)"
+            ) from None
+        self.path = path
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> StateDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- ingest ledger -------------------------------------------------------------------
+
+    def known_sighting(self, path: str, size: int, mtime_ns: int) -> str | None:
+        row = self._conn.execute(
+            "SELECT sha256 FROM sightings WHERE path=? AND size=? AND mtime_ns=?",
+            (path, size, mtime_ns),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_sighting(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO sightings VALUES (?,?,?,?,?)",
+            (path, size, mtime_ns, sha256, utcnow().isoformat()),
+        )
+
+    def raw_file(self, sha256: str) -> RawFile | None:
+        row = self._conn.execute(
+            "SELECT sha256, source, path, size, batch_id FROM raw_files WHERE sha256=?", (sha256,)
+        ).fetchone()
+        return None if row is None else RawFile(*row)
+
+    def create_batch(self, batch_id: str, files: list[RawFile]) -> Batch:
+        """Record new files and the batch they form, in one transaction."""
+        now = utcnow().isoformat()
+        with self.transaction() as conn:
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()[0]
+            conn.execute("INSERT INTO batches VALUES (?,?,?)", (batch_id, seq, now))
+            conn.executemany(
+                "INSERT INTO raw_files VALUES (?,?,?,?,?,?)",
+                [(f.sha256, f.source, f.path, f.size, batch_id, now) for f in files],
+            )
+            self._append_event(
+                conn,
+                "DataArrived",
+                {"batch_id": batch_id, "files": [{"path": f.path, "sha256": f.sha256} for f in files]},
+            )
+        return Batch(batch_id, int(seq), now)
+
+    def batches(self) -> list[Batch]:
+        rows = self._conn.execute("SELECT batch_id, seq, created_at FROM batches ORDER BY seq")
+        return [Batch(*r) for r in rows]
+
+    def batch_files(self, batch_id: str) -> list[RawFile]:
+        rows = self._conn.execute(
+            "SELECT sha256, source, path, size, batch_id FROM raw_files WHERE batch_id=? "
+            "ORDER BY source, path",
+            (batch_id,),
+        )
+        return [RawFile(*r) for r in rows]
+
+    def source_files_until(self, source: str, seq: int) -> list[RawFile]:
+        """Every file of a source ingested in batches up to ``seq``, oldest first."""
+        rows = self._conn.execute(
+            "SELECT f.sha256, f.source, f.path, f.size, f.batch_id FROM raw_files f "
+            "JOIN batches b USING (batch_id) WHERE f.source=? AND b.seq<=? ORDER BY b.seq, f.path",
+            (source, seq),
+        )
+        return [RawFile(*r) for r in rows]
+
+    # -- stage runs ----------------------------------------------------------------------
+
+    def succeeded(self, key: str) -> bool:
+        row = self._conn.execute("SELECT status FROM stage_runs WHERE key=?", (key,)).fetchone()
+        return row is not None and row[0] == "succeeded"
+
+    def start_run(self, key: str, stage: str, batch_id: str) -> None:
+        now = utcnow().isoformat()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO stage_runs (key, stage, batch_id, status, started_at) "
+                "VALUES (?,?,?,'running',?) ON CONFLICT(key) DO UPDATE SET "
+                "status='running', attempts=attempts+1, started_at=excluded.started_at, "
+                "finished_at=NULL, error=NULL",
+                (key, stage, batch_id, now),
+            )
+            self._append_event(conn, "StageStarted", {"stage": stage, "batch_id": batch_id, "key": key})
+
+    def finish_run(
+        self, key: str, stage: str, batch_id: str, seconds: float, output: str | None, error: str | None
+    ) -> None:
+        status = "failed" if error else "succeeded"
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE stage_runs SET status=?, finished_at=?, seconds=?, output=?, error=? "
+                "WHERE key=?",
+                (status, utcnow().isoformat(), seconds, output, error, key),
+            )
+            event = "StageFailed" if error else "StageSucceeded"
+            payload = {"stage": stage, "batch_id": batch_id, "key": key, "output": output}
+            if error:
+                payload["error"] = error
+            self._append_event(conn, event, payload)
+
+    def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        cur = self._conn.execute(
+            "SELECT key, stage, batch_id, status, attempts, started_at, finished_at, seconds, "
+            "output, error FROM stage_runs ORDER BY started_at DESC LIMIT ?",
+            (limit,),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    # -- events --------------------------------------------------------------------------
+
+    @staticmethod
+    def _append_event(conn: sqlite3.Connection, type_: str, payload: dict[str, Any]) -> None:
+        conn.execute(
+            "INSERT INTO events (ts, type, payload) VALUES (?,?,?)",
+            (utcnow().isoformat(), type_, json.dumps(payload, sort_keys=True, default=str)),
+        )
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT id, ts, type, payload FROM events ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [{"id": r[0], "ts": r[1], "type": r[2], **json.loads(r[3])} for r in reversed(rows)]
