@@ -59,7 +59,8 @@ class Layout:
     def relative(self, path: Path) -> str:
         """A path as the user sees it: relative to the project when inside it."""
         try:
-            return path.resolve().relative_to(self.root.resolve()).as_posix()
+            # abspath, not resolve: a raw file may be a symlink to data kept elsewhere
+            return Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).as_posix()
         except ValueError:
             return str(path)
 

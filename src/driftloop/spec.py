@@ -353,6 +353,25 @@ def parse_spec(data: Any, where: str = SPEC_FILENAME) -> Spec:
         raise SpecError(format_validation_error(exc, where)) from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so ``on:``, ``yes`` and ``No``
+    stay strings (YAML 1.1 would turn ``join: {on: [id]}`` into ``{True: [id]}``)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text with 1.2 booleans (see :class:`_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_spec(project: Path) -> Spec:
     """Read ``driftloop.yaml`` from a project folder (or a path to the file itself)."""
     path = project if project.suffix in (".yaml", ".yml") else project / SPEC_FILENAME
@@ -362,7 +381,7 @@ def load_spec(project: Path) -> Spec:
             "in this folder, or pass --project to a folder that has one"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

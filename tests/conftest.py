@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests that need ../shared/datasets skip with a reason where it is absent
+(an outside contributor's clone); with DRIFTLOOP_REQUIRE_SHARED=1 (set by .ci/run) its
+absence is an error instead, so CI never skips them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DRIFTLOOP_SHARED_DATA", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    if not SHARED.is_dir():
+        if os.environ.get("DRIFTLOOP_REQUIRE_SHARED") == "1":
+            pytest.fail(f"{SHARED} is missing and DRIFTLOOP_REQUIRE_SHARED=1; CI needs the datasets")
+        pytest.skip(f"{SHARED} not found: the shared third-party datasets are not in this clone")
+    return SHARED

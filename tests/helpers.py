@@ -1,0 +1,20 @@
+"""Small helpers for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_spec(project: Path, text: str) -> Path:
+    project.mkdir(parents=True, exist_ok=True)
+    path = project / "driftloop.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def link_raw(project: Path, source: str, *files: Path) -> None:
+    """Put files into data/raw/<source>/ as symlinks: the raw data is read in place."""
+    folder = project / "data" / "raw" / source
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (folder / f.name).symlink_to(f)
