@@ -17,6 +17,8 @@ SHARED = Path(os.environ.get("DRIFTLOOP_SHARED_DATA", REPO.parent / "shared" / "
 def datasets() -> Path:
     if not SHARED.is_dir():
         if os.environ.get("DRIFTLOOP_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{SHARED} is missing and DRIFTLOOP_REQUIRE_SHARED=1; CI needs the datasets")
+            pytest.fail(
+                f"{SHARED} is missing and DRIFTLOOP_REQUIRE_SHARED=1; CI needs the datasets"
+            )
         pytest.skip(f"{SHARED} not found: the shared third-party datasets are not in this clone")
     return SHARED

@@ -126,7 +126,9 @@ def test_telco_blank_totalcharges_follow_the_contract(datasets: Path, tmp_path: 
     [q] = [p for p in (tmp_path / "data" / "quarantine").iterdir()]
     bad = pl.read_parquet(q / "rows.parquet")
     assert bad.height == 11
-    assert bad.get_column("__reason").str.contains("column 'TotalCharges' breaks not_nullable").all()
+    assert (
+        bad.get_column("__reason").str.contains("column 'TotalCharges' breaks not_nullable").all()
+    )
     assert bad.get_column("__file").unique().to_list() == [
         "data/raw/telco/Telco-Customer-Churn.csv"
     ]
@@ -198,9 +200,7 @@ def test_bank_semicolon_quoted_crlf_with_unknown_as_null(datasets: Path, tmp_pat
     assert not rows.get_column("y").str.contains('"').any()  # quotes are gone
     assert not rows.get_column("y").str.contains("\r").any()  # so are the CR of CRLF
     assert rows.schema["emp.var.rate"] == pl.Float64
-    features = pl.read_parquet(
-        next((tmp_path / "data" / "features").glob("*/data.parquet"))
-    )
+    features = pl.read_parquet(next((tmp_path / "data" / "features").glob("*/data.parquet")))
     assert "duration" not in features.columns
 
 

@@ -63,7 +63,7 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
 
 def test_target_must_be_in_contract_with_hint() -> None:
     data = read_yaml(BASE.replace("target: y", "target: xx"))
-    with pytest.raises(SpecError, match="target names column 'xx'.*did you mean 'x'"):
+    with pytest.raises(SpecError, match=r"target names column 'xx'.*did you mean 'x'"):
         parse_spec(data)
 
 

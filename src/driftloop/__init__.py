@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from driftloop.errors import DriftloopError
-    from driftloop.init import init_from_file, init_example
+    from driftloop.init import init_example, init_from_file
     from driftloop.pipeline import RunResult, run
     from driftloop.spec import Spec, load_spec
 

@@ -37,7 +37,9 @@ EXIT_BAD_INPUT = 2
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
+    ] = False,
 ) -> None:
     _state["verbose"] = verbose
     logging.basicConfig(
@@ -54,7 +56,7 @@ def _console() -> Any:
 
 @app.command()
 def init(
-    project: ProjectOpt = Path("."),
+    project: ProjectOpt = Path(),
     from_file: Annotated[
         Path | None, typer.Option("--from", help="Sample CSV/Parquet file to infer the spec from.")
     ] = None,
@@ -87,7 +89,13 @@ def init(
             from driftloop.init import init_from_file
 
             path = init_from_file(
-                project, from_file, target, time_column=time_column, name=name, task=task, force=force
+                project,
+                from_file,
+                target,
+                time_column=time_column,
+                name=name,
+                task=task,
+                force=force,
             )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
@@ -95,7 +103,7 @@ def init(
 
 
 @app.command()
-def run(project: ProjectOpt = Path(".")) -> None:
+def run(project: ProjectOpt = Path()) -> None:
     """One full pass: ingest new raw files, then prep and features for every batch."""
     from driftloop.errors import DriftloopError
     from driftloop.pipeline import run as run_pipeline
@@ -125,8 +133,12 @@ def print_run(result: RunResult) -> None:
         if report.outcome == "cached":
             continue
         if report.outcome in ("failed", "failed-earlier"):
-            earlier = " (earlier run; unchanged since)" if report.outcome == "failed-earlier" else ""
-            console.print(f"[red]FAILED[/red] {report.stage} {report.batch_id}{earlier}: {report.error}")
+            earlier = (
+                " (earlier run; unchanged since)" if report.outcome == "failed-earlier" else ""
+            )
+            console.print(
+                f"[red]FAILED[/red] {report.stage} {report.batch_id}{earlier}: {report.error}"
+            )
             continue
         m = report.manifest
         if report.stage == "prep":
@@ -150,7 +162,7 @@ def print_run(result: RunResult) -> None:
 
 @app.command()
 def status(
-    project: ProjectOpt = Path("."),
+    project: ProjectOpt = Path(),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Batches, recent stage runs and recent events."""

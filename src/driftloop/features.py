@@ -49,18 +49,26 @@ def builtin_expressions(spec: FeaturesSpec) -> list[pl.Expr]:
         )
     for column in spec.logs:
         value = pl.col(column).cast(pl.Float64)
-        exprs.append(pl.when(value > -1).then(value.log1p()).otherwise(None).alias(f"log1p_{column}"))
-    for bucket in spec.buckets:
-        edges = list(bucket.edges)
-        labels = [_bucket_label(lo, hi) for lo, hi in zip([-math.inf, *edges], [*edges, math.inf], strict=True)]
         exprs.append(
-            pl.col(bucket.column)
-            .cast(pl.Float64)
-            .cut(edges, labels=labels)
-            .cast(pl.String)
-            .alias(bucket.name or f"{bucket.column}_bucket")
+            pl.when(value > -1).then(value.log1p()).otherwise(None).alias(f"log1p_{column}")
+        )
+    for bucket in spec.buckets:
+        exprs.append(
+            _bucket(pl.col(bucket.column).cast(pl.Float64), list(bucket.edges)).alias(
+                bucket.name or f"{bucket.column}_bucket"
+            )
         )
     return exprs
+
+
+def _bucket(value: pl.Expr, edges: list[float]) -> pl.Expr:
+    """Right-closed intervals ``(lo, hi]`` as string labels; null stays null."""
+    bounds = list(zip([-math.inf, *edges], [*edges, math.inf], strict=True))
+    expr: Any = pl.when(value.is_null()).then(pl.lit(None, pl.String))
+    for lo, hi in bounds[:-1]:
+        expr = expr.when(value <= hi).then(pl.lit(_bucket_label(lo, hi)))
+    result: pl.Expr = expr.otherwise(pl.lit(_bucket_label(*bounds[-1])))
+    return result
 
 
 def _bucket_label(lo: float, hi: float) -> str:
@@ -111,7 +119,9 @@ def _apply_user(frame: pl.LazyFrame, func: UserFunction, name: str) -> pl.LazyFr
     try:
         result = func(frame)
     except Exception as exc:
-        raise FeatureError(f"features.function {name!r} raised {type(exc).__name__}: {exc}") from exc
+        raise FeatureError(
+            f"features.function {name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(result, pl.DataFrame):
         return result.lazy()
     if isinstance(result, pl.LazyFrame):

@@ -60,7 +60,7 @@ def sniff_csv(path: Path) -> CsvOptions:
             encoding = "cp1252"
         text = head.decode(encoding, errors="replace")
     text = text.removeprefix("\ufeff")
-    first_line = text.splitlines()[0] if text else ""
+    first_line: str = text.splitlines()[0] if text else ""
     try:
         dialect = csv.Sniffer().sniff(text[:16384], delimiters=",;\t|")
         separator = dialect.delimiter
@@ -104,9 +104,10 @@ def guess_column(col: pl.Series, *, required: bool) -> ColumnGuess:
     temporal = None if numeric else _as_temporal(col)
     if numeric:
         dtype, values = numeric
-        lo, hi = values.min(), values.max()
-        note += f"; seen {lo} .. {hi}"
-        if lo is not None and float(str(lo)) >= 0:
+        arr = values.cast(pl.Float64).to_numpy()
+        lo, hi = float(arr.min()), float(arr.max())
+        note += f"; seen {lo:g} .. {hi:g}"
+        if lo >= 0:
             rule["min"] = 0
         distinct = values.n_unique()
         if dtype == "int" and distinct <= 2 and set(values.unique().to_list()) <= {0, 1}:
@@ -136,7 +137,11 @@ def _source_name(path: Path) -> str:
 
 
 def _yaml_scalar(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip().removesuffix("\n...")
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False)
+        .strip()
+        .removesuffix("\n...")
+    )
 
 
 def _task_for(guess: ColumnGuess, column: pl.Series) -> str:
@@ -169,10 +174,10 @@ def render_spec(
         f"name: {_yaml_scalar(name)}",
         f"task: {task}            # classification | regression",
         f"target: {_yaml_scalar(target)}",
-        f"time_column: {_yaml_scalar(time_column)}   # newest rows become the holdout; null: batch order",
+        f"time_column: {_yaml_scalar(time_column)}   # orders the data; null: batch order",
         f"id_column: {_yaml_scalar(id_column)}",
         "",
-        "# Where raw files land. Files are read, never changed; each is taken once by content hash.",
+        "# Where raw files land. Files are only read; each is taken once, by content hash.",
         "sources:",
         f"  - name: {source.name}",
         f"    path: {_yaml_scalar(source.path)}",
@@ -181,13 +186,13 @@ def render_spec(
         f"      separator: {_yaml_scalar(opts.separator)}",
         f"      quote_char: {_yaml_scalar(opts.quote_char)}",
         f"      encoding: {opts.encoding}",
-        f"      null_values: {_yaml_scalar(list(opts.null_values))}   # read as missing (after trimming)",
+        f"      null_values: {_yaml_scalar(list(opts.null_values))}   # missing, after trimming",
         "      has_header: true",
         "",
         "# The column contract. A row that breaks a rule goes to data/quarantine/<batch>/ with",
         "# the rule, column and value. Rules: dtype, nullable, min, max, allowed, regex, format.",
         "contract:",
-        "  extra_columns: reject   # reject: a file with unknown columns is quarantined; drop: ignore them",
+        "  extra_columns: reject   # reject: quarantine files with unknown columns; drop: ignore",
         "  columns:",
     ]
     for g in guesses:
@@ -229,7 +234,7 @@ def init_from_file(
     layout = Layout(project)
     if layout.spec.exists() and not force:
         raise ProjectExistsError(
-            f"{layout.spec} already exists; run init in an empty folder or pass --force to overwrite"
+            f"{layout.spec} already exists; run init in an empty folder, or pass --force"
         )
     if not sample.is_file():
         raise InitError(f"{sample}: no such file; pass the path of a CSV or Parquet sample")
@@ -262,7 +267,12 @@ def init_from_file(
     if time_column is None:
         temporal = [g.name for g in guesses if g.dtype in ("date", "datetime") and g.nulls == 0]
         time_column = temporal[0] if len(temporal) == 1 else None
-    if time_column is not None and by_name[time_column].dtype not in ("date", "datetime", "int", "float"):
+    if time_column is not None and by_name[time_column].dtype not in (
+        "date",
+        "datetime",
+        "int",
+        "float",
+    ):
         raise InitError(
             f"{sample}: --time-column {time_column!r} holds {by_name[time_column].dtype} values, "
             "not dates or numbers; choose a date/datetime column, or omit it to use row order"
@@ -324,7 +334,7 @@ def init_example(project: Path, name: str, *, force: bool = False, seed: int = 0
     layout = Layout(project)
     if layout.spec.exists() and not force:
         raise ProjectExistsError(
-            f"{layout.spec} already exists; run init in an empty folder or pass --force to overwrite"
+            f"{layout.spec} already exists; run init in an empty folder, or pass --force"
         )
     write_example(project, name, seed=seed)
     load_spec(project)

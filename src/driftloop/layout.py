@@ -60,7 +60,7 @@ class Layout:
         """A path as the user sees it: relative to the project when inside it."""
         try:
             # abspath, not resolve: a raw file may be a symlink to data kept elsewhere
-            return Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).as_posix()
+            return path.absolute().relative_to(self.root.absolute()).as_posix()
         except ValueError:
             return str(path)
 

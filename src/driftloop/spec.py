@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -49,7 +50,7 @@ class CsvOptions(_Frozen):
             codecs.lookup(value)
         except LookupError:
             raise ValueError(
-                f"unknown encoding {value!r}; use a Python codec name such as utf-8, latin-1, cp1252"
+                f"unknown encoding {value!r}; use a Python codec name: utf-8, latin-1, cp1252"
             ) from None
         return value
 
@@ -149,7 +150,7 @@ class BucketFeature(_Frozen):
     @field_validator("edges")
     @classmethod
     def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError(f"edges must increase strictly, got {list(value)}")
         return value
 
@@ -234,7 +235,9 @@ def _reference_problems(spec: Spec) -> list[str]:
     def missing(where: str, name: str) -> str | None:
         if name in cols:
             return None
-        return f"{where} names column {name!r}, which is not in contract.columns{_hint(name, known)}"
+        return (
+            f"{where} names column {name!r}, which is not in contract.columns{_hint(name, known)}"
+        )
 
     found: list[str | None] = [missing("target", spec.target)]
     if spec.time_column is not None:
@@ -369,7 +372,7 @@ _Yaml12Loader.add_implicit_resolver(
 
 def read_yaml(text: str) -> Any:
     """Parse YAML text with 1.2 booleans (see :class:`_Yaml12Loader`)."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def load_spec(project: Path) -> Spec:

@@ -30,7 +30,15 @@ log = logging.getLogger(__name__)
 
 PREP_VERSION = "1"
 FEATURES_VERSION = "1"
-PREP_SECTIONS = ("sources", "contract", "cleaning", "quarantine", "target", "time_column", "id_column")
+PREP_SECTIONS = (
+    "sources",
+    "contract",
+    "cleaning",
+    "quarantine",
+    "target",
+    "time_column",
+    "id_column",
+)
 FEATURES_SECTIONS = ("features", "target", "time_column", "id_column")
 DATA_FILE = "data.parquet"
 
@@ -53,7 +61,9 @@ def run_key(stage: str, version: str, spec_hash: str, inputs: list[str]) -> str:
 
 
 def _cached(db: StateDB, key: str, out_dir: Path) -> bool:
-    return db.succeeded(key) and is_complete(out_dir) and read_manifest(out_dir).get("run_key") == key
+    return (
+        db.succeeded(key) and is_complete(out_dir) and read_manifest(out_dir).get("run_key") == key
+    )
 
 
 def _failed_before(db: StateDB, key: str) -> str | None:
@@ -66,9 +76,7 @@ def _failed_before(db: StateDB, key: str) -> str | None:
 def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
     own = db.batch_files(batch.batch_id)
     primary = [f for f in own if f.source == spec.primary.name]
-    secondary = [
-        f for s in spec.sources[1:] for f in db.source_files_until(s.name, batch.seq)
-    ]
+    secondary = [f for s in spec.sources[1:] for f in db.source_files_until(s.name, batch.seq)]
     files = primary + secondary
     key = run_key(
         "prep", PREP_VERSION, spec.section_hash(*PREP_SECTIONS), [f.sha256 for f in files]
@@ -199,7 +207,11 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
     db.start_run(key, "features", batch.batch_id)
     started = time.perf_counter()
     try:
-        func = load_user_function(spec.features.function, layout.root) if spec.features.function else None
+        func = (
+            load_user_function(spec.features.function, layout.root)
+            if spec.features.function
+            else None
+        )
         frame = build_features(pl.scan_parquet(in_dir / DATA_FILE), spec, func)
         with atomic_output(out_dir) as tmp:
             frame.sink_parquet(tmp / DATA_FILE)
@@ -214,7 +226,10 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
                 "spec_hash": spec.section_hash(*FEATURES_SECTIONS),
                 "user_code_sha256": user_code or None,
                 "inputs": [
-                    {"path": layout.relative(in_dir / "manifest.json"), "run_key": prep_manifest["run_key"]}
+                    {
+                        "path": layout.relative(in_dir / "manifest.json"),
+                        "run_key": prep_manifest["run_key"],
+                    }
                 ],
                 "rows": rows,
                 "schema": {c: str(t) for c, t in schema.items()},

@@ -152,7 +152,10 @@ class StateDB:
             self._append_event(
                 conn,
                 "DataArrived",
-                {"batch_id": batch_id, "files": [{"path": f.path, "sha256": f.sha256} for f in files]},
+                {
+                    "batch_id": batch_id,
+                    "files": [{"path": f.path, "sha256": f.sha256} for f in files],
+                },
             )
         return Batch(batch_id, int(seq), now)
 
@@ -193,10 +196,18 @@ class StateDB:
                 "finished_at=NULL, error=NULL",
                 (key, stage, batch_id, now),
             )
-            self._append_event(conn, "StageStarted", {"stage": stage, "batch_id": batch_id, "key": key})
+            self._append_event(
+                conn, "StageStarted", {"stage": stage, "batch_id": batch_id, "key": key}
+            )
 
     def finish_run(
-        self, key: str, stage: str, batch_id: str, seconds: float, output: str | None, error: str | None
+        self,
+        key: str,
+        stage: str,
+        batch_id: str,
+        seconds: float,
+        output: str | None,
+        error: str | None,
     ) -> None:
         status = "failed" if error else "succeeded"
         with self.transaction() as conn:

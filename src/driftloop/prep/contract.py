@@ -54,7 +54,9 @@ def _parse(name: str, rule: ColumnContract) -> pl.Expr:
             return raw.cast(pl.Float64, strict=False)
         case "int":
             as_float = raw.cast(pl.Float64, strict=False)
-            whole = pl.when(as_float == as_float.round(0)).then(as_float).cast(pl.Int64, strict=False)
+            whole = (
+                pl.when(as_float == as_float.round(0)).then(as_float).cast(pl.Int64, strict=False)
+            )
             return raw.cast(pl.Int64, strict=False).fill_null(whole)
         case "bool":
             low = raw.str.to_lowercase()
@@ -66,9 +68,7 @@ def _parse(name: str, rule: ColumnContract) -> pl.Expr:
     raise AssertionError(rule.dtype)  # pragma: no cover - Literal is exhaustive
 
 
-def cast_columns(
-    frame: pl.DataFrame, contract: ContractSpec
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def cast_columns(frame: pl.DataFrame, contract: ContractSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Cast raw strings to contract types; report values that did not parse or are too long."""
     limit = contract.max_field_length
     columns = [c for c in contract.columns if c in frame.columns]
@@ -90,9 +90,9 @@ def cast_columns(
         flagged.unpivot(index=POS, variable_name="column", value_name="rule")
         .drop_nulls("rule")
         .join(
-            frame.select(columns).with_row_index(POS).unpivot(
-                index=POS, variable_name="column", value_name="value"
-            ),
+            frame.select(columns)
+            .with_row_index(POS)
+            .unpivot(index=POS, variable_name="column", value_name="value"),
             on=[POS, "column"],
             how="left",
         )
@@ -177,7 +177,7 @@ def contract_problems(frame: pl.DataFrame, contract: ContractSpec) -> pl.DataFra
     try:
         schema.validate(frame.select(present), lazy=True)
     except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
+        cases: pl.DataFrame = exc.failure_cases
     else:
         return empty_problems()
     table_level = cases.filter(pl.col("index").is_null())

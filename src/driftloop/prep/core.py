@@ -80,18 +80,30 @@ def check_columns(
     required = expected_columns(spec, source) or []
     missing = [c for c in required if c not in present]
     if missing:
-        return None, (
-            f"missing column(s) {missing}; the file has {present}. Add the column(s) to the "
-            f"file, or remove them from contract.columns in driftloop.yaml"
-        ), []
+        return (
+            None,
+            (
+                f"missing column(s) {missing}; the file has {present}. Add the column(s) to the "
+                f"file, or remove them from contract.columns in driftloop.yaml"
+            ),
+            [],
+        )
     extra = [c for c in present if c not in spec.contract.columns]
     if extra and spec.contract.extra_columns == "reject":
-        return None, (
-            f"unexpected column(s) {extra} (not in contract.columns); add them to "
-            "contract.columns, or set contract.extra_columns: drop to ignore them"
-        ), []
+        return (
+            None,
+            (
+                f"unexpected column(s) {extra} (not in contract.columns); add them to "
+                "contract.columns, or set contract.extra_columns: drop to ignore them"
+            ),
+            [],
+        )
     if extra:
-        return frame.drop(extra), None, [f"dropped column(s) {extra} (contract.extra_columns: drop)"]
+        return (
+            frame.drop(extra),
+            None,
+            [f"dropped column(s) {extra} (contract.extra_columns: drop)"],
+        )
     return frame, None, []
 
 
@@ -123,21 +135,32 @@ def _collect_source(
                 out.warnings += [f"{read.path}: {w}" for w in warnings]
         if frame is None:
             if item.in_batch:
-                out.files_quarantined.append({"path": read.path, "sha256": item.sha256, "error": error or ""})
+                out.files_quarantined.append(
+                    {"path": read.path, "sha256": item.sha256, "error": error or ""}
+                )
             continue
         frame = normalize_strings(frame, item.source.csv, trim=spec.cleaning.trim_strings)
         frames.append(frame.with_columns(pl.lit(read.path).alias(FILE)))
         if item.in_batch:
             out.inputs.append(
-                {"path": read.path, "sha256": item.sha256, "source": item.source.name,
-                 "rows": frame.height + len(read.bad_lines)}
+                {
+                    "path": read.path,
+                    "sha256": item.sha256,
+                    "source": item.source.name,
+                    "rows": frame.height + len(read.bad_lines),
+                }
             )
             if read.bad_lines:
                 bad_rows.append(_bad_line_rows(read.path, read))
         else:
             out.inputs.append(
-                {"path": read.path, "sha256": item.sha256, "source": item.source.name,
-                 "rows": frame.height, "from_earlier_batch": True}
+                {
+                    "path": read.path,
+                    "sha256": item.sha256,
+                    "source": item.source.name,
+                    "rows": frame.height,
+                    "from_earlier_batch": True,
+                }
             )
     if not frames:
         return None, bad_rows
@@ -203,10 +226,16 @@ def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
     primary, bad_lines = _collect_source(primary_reads, spec, out)
     columns = list(spec.contract.columns)
     if primary is None:
-        primary = pl.DataFrame(schema={c: pl.String for c in columns} | {ROW: pl.Int64, FILE: pl.String})
-    raw, join_problems = _join(primary, spec, reads, out) if len(spec.sources) > 1 else (
-        primary,
-        empty_problems(),
+        primary = pl.DataFrame(
+            schema={c: pl.String for c in columns} | {ROW: pl.Int64, FILE: pl.String}
+        )
+    raw, join_problems = (
+        _join(primary, spec, reads, out)
+        if len(spec.sources) > 1
+        else (
+            primary,
+            empty_problems(),
+        )
     )
     raw = raw.select(*columns, ROW, FILE)
     out.rows_in = raw.height + sum(b.height for b in bad_lines)
@@ -217,19 +246,12 @@ def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
     positions = typed.with_row_index(POS).filter(clean_mask)
     imputed, out.imputed = impute(positions, dict(spec.cleaning.impute))
     late = contract_problems(imputed.drop(POS), spec.contract)
-    late = late.with_columns(
-        imputed.get_column(POS).gather(late.get_column(POS)).alias(POS)
-    )
+    late = late.with_columns(imputed.get_column(POS).gather(late.get_column(POS)).alias(POS))
     problems = pl.concat([early, late])
     bad_positions = problems.get_column(POS).unique()
 
     described = describe_problems(problems)
-    quarantined = (
-        raw.with_row_index(POS)
-        .join(described, on=POS, how="inner")
-        .sort(POS)
-        .drop(POS)
-    )
+    quarantined = raw.with_row_index(POS).join(described, on=POS, how="inner").sort(POS).drop(POS)
     quarantined = pl.concat(
         [quarantined.with_columns(pl.lit(None, pl.String).alias(RAW_LINE)), *bad_lines],
         how="diagonal_relaxed",

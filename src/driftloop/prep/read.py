@@ -23,6 +23,9 @@ from driftloop.spec import CsvOptions, SourceSpec
 ROW = "__row"
 FILE = "__file"
 _SNIFF_BYTES = 64 * 1024
+_BLOCK_BYTES = 1 << 20  # pyarrow's default; a row must fit in one block
+_MAX_BLOCK_BYTES = 1 << 28
+_OTHER_SEPARATORS = (",", ";", "\t", "|")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
         return RawRead(shown_as, None, error=_encoding_error(opts, exc.start))
     except ValueError as exc:
         return RawRead(shown_as, None, error=str(exc))
+    wrong_separator = _separator_hint(names, opts)
+    if wrong_separator:
+        return RawRead(shown_as, None, error=wrong_separator)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         return RawRead(
@@ -99,6 +105,10 @@ def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     frame = frame.with_columns(_record_numbers(frame.height, bad, opts))
+    unclosed = _quote_open_at_end(path, frame, names, opts)
+    if unclosed is not None:
+        bad.append(unclosed)
+        frame = frame.head(frame.height - 1)
     if frame.height == 0 and not bad:
         return RawRead(shown_as, None, error="the file has a header but no data rows")
     return RawRead(shown_as, frame.select(ROW, *names), bad_lines=bad)
@@ -112,7 +122,9 @@ def _header(head: bytes, opts: CsvOptions) -> list[str]:
     for _ in range(opts.skip_rows):
         lines.readline()
     reader = csv.reader(
-        lines, delimiter=opts.separator, quotechar=opts.quote_char or '"',
+        lines,
+        delimiter=opts.separator,
+        quotechar=opts.quote_char or '"',
         quoting=csv.QUOTE_MINIMAL if opts.quote_char else csv.QUOTE_NONE,
     )
     try:
@@ -121,6 +133,11 @@ def _header(head: bytes, opts: CsvOptions) -> list[str]:
         raise ValueError("the file has no header row") from None
     except csv.Error as exc:
         raise ValueError(f"the header row cannot be parsed: {exc}") from None
+    if not first:
+        raise ValueError(
+            "the first line is blank where the header row should be; remove the blank "
+            "line(s) at the top, or set the source's csv.skip_rows to skip them"
+        )
     if not opts.has_header:
         return [f"column_{i + 1}" for i in range(len(first))]
     names = [n.strip() for n in first]
@@ -130,18 +147,59 @@ def _header(head: bytes, opts: CsvOptions) -> list[str]:
     return names
 
 
+def _separator_hint(names: list[str], opts: CsvOptions) -> str | None:
+    """A one-column header that splits on another separator means the wrong separator."""
+    if len(names) != 1 or not opts.has_header:
+        return None
+    for other in _OTHER_SEPARATORS:
+        parts = [p for p in names[0].split(other) if p.strip()]
+        if other != opts.separator and len(parts) > 1:
+            return (
+                f"the header has one column {names[0][:80]!r}, which splits on {other!r} into "
+                f"{len(parts)} names; the file seems to use {other!r} as separator, but the "
+                f"source's csv.separator is {opts.separator!r}; set csv.separator: {other!r} "
+                "for this source, or export the file with the expected separator"
+            )
+    return None
+
+
 def _arrow_csv(
     path: Path, opts: CsvOptions, names: list[str], bad: list[BadLine], *, use_threads: bool
+) -> Any:
+    """Read with pyarrow; a row longer than a block is retried with larger blocks."""
+    import pyarrow as pa
+
+    block = _BLOCK_BYTES
+    while True:
+        bad.clear()
+        try:
+            return _arrow_csv_once(path, opts, names, bad, use_threads=use_threads, block=block)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                raise
+            if block >= _MAX_BLOCK_BYTES:
+                return (
+                    f"a row is longer than {_MAX_BLOCK_BYTES >> 20} MiB, more than the reader "
+                    "takes; check the file's quoting (a quote that is never closed makes the "
+                    "rest of the file one field)"
+                )
+            block *= 4
+
+
+def _arrow_csv_once(
+    path: Path,
+    opts: CsvOptions,
+    names: list[str],
+    bad: list[BadLine],
+    *,
+    use_threads: bool,
+    block: int,
 ) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     def on_bad_row(row: Any) -> str:
-        reason = (
-            f"row has {row.actual_columns} field(s), expected {row.expected_columns}"
-            + (" (the file may be truncated)" if row.actual_columns < row.expected_columns else "")
-        )
-        bad.append(BadLine(row.number, reason, row.text[:500]))
+        bad.append(BadLine(row.number, _ragged_reason(row, opts), row.text[:500]))
         return "skip"
 
     read = pacsv.ReadOptions(
@@ -149,6 +207,7 @@ def _arrow_csv(
         skip_rows=opts.skip_rows + (1 if opts.has_header else 0),
         encoding=opts.encoding,
         use_threads=use_threads,
+        block_size=block,
     )
     parse = pacsv.ParseOptions(
         delimiter=opts.separator,
@@ -167,9 +226,71 @@ def _arrow_csv(
         return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         text = str(exc)
+        if "straddl" in text:
+            raise
         if "UTF8" in text or "decode" in text.lower() or isinstance(exc, UnicodeDecodeError):
             return _encoding_error(opts, None)
         return f"the file cannot be parsed as CSV: {_first_line(exc)}"
+
+
+def _ragged_reason(row: Any, opts: CsvOptions) -> str:
+    found, expected = row.actual_columns, row.expected_columns
+    reason = f"row has {found} field(s), expected {expected}"
+    text: str = row.text
+    quote = opts.quote_char
+    opens_quote = quote is not None and (text.startswith(quote) or opts.separator + quote in text)
+    if quote is not None and opens_quote and text.count(quote) % 2 == 1:
+        swallowed = text.count("\n")
+        more = f", so it swallowed the {swallowed} line(s) after it" if swallowed else ""
+        return (
+            f"{reason}: a quote ({quote}) opened in this row is never closed{more}; close "
+            f"the quote, or double a literal quote as {quote}{quote}"
+        )
+    if found < expected:
+        return f"{reason} (the file may be truncated)"
+    return reason
+
+
+def _quote_open_at_end(
+    path: Path, frame: pl.DataFrame, names: list[str], opts: CsvOptions
+) -> BadLine | None:
+    """The last row, if the file ends inside a quoted last field (pyarrow accepts it)."""
+    quote = opts.quote_char
+    if quote is None or frame.height == 0:
+        return None
+    try:
+        ascii_like = (quote + opts.separator).encode(opts.encoding) == (
+            quote + opts.separator
+        ).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if not ascii_like:
+        return None
+    last = frame.get_column(names[-1])[-1]
+    if last is None:
+        return None
+    # An unclosed field is everything from its opening quote to the end of the file.
+    tail = (quote + str(last).replace(quote, quote * 2)).encode(opts.encoding)
+    size = path.stat().st_size
+    start = max(0, size - len(tail) - _SNIFF_BYTES)
+    with path.open("rb") as fh:
+        fh.seek(start)
+        end = fh.read()
+    if not end.endswith(tail):
+        return None
+    before = end[: len(end) - len(tail)]
+    if before and before[-1:] not in (opts.separator.encode("ascii"), b"\n", b"\r"):
+        return None
+    line_start = max(before.rfind(b"\n"), before.rfind(b"\r")) + 1
+    text = end[line_start:][:500].decode(opts.encoding, errors="replace")
+    header_lines = opts.skip_rows + (1 if opts.has_header else 0)
+    return BadLine(
+        int(frame.get_column(ROW)[-1]) + header_lines,
+        f"a quote ({quote}) opened in the last field is never closed, so the file ends "
+        "inside quotes (it may be truncated); close the quote, or double a literal quote "
+        f"as {quote}{quote}",
+        text,
+    )
 
 
 def _record_numbers(height: int, bad: list[BadLine], opts: CsvOptions) -> pl.Expr | pl.Series:

@@ -1,0 +1,121 @@
+"""The feature function: built-ins, the user's function, and batch/record parity."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from driftloop.errors import FeatureError
+from driftloop.features import build_features, features_for_records, load_user_function
+from driftloop.pipeline import run
+from driftloop.spec import parse_spec, read_yaml
+
+from .helpers import link_raw, write_spec
+
+BIKE = """
+name: bike
+task: regression
+target: cnt
+time_column: dteday
+sources:
+  - name: hours
+    path: data/raw/hours/*.csv
+contract:
+  columns:
+    instant: {dtype: int}
+    dteday: {dtype: date, format: "%Y-%m-%d"}
+    season: {dtype: int, allowed: [1, 2, 3, 4]}
+    yr: {dtype: int}
+    mnth: {dtype: int, min: 1, max: 12}
+    hr: {dtype: int, min: 0, max: 23}
+    holiday: {dtype: int}
+    weekday: {dtype: int}
+    workingday: {dtype: int}
+    weathersit: {dtype: int, min: 1, max: 4}
+    temp: {dtype: float}
+    atemp: {dtype: float}
+    hum: {dtype: float}
+    windspeed: {dtype: float}
+    casual: {dtype: int}
+    registered: {dtype: int}
+    cnt: {dtype: int, min: 0}
+features:
+  datetime_parts: {dteday: [year, month, weekday, dayofyear]}
+  ratios: [{name: temp_per_hum, numerator: temp, denominator: hum}]
+  logs: [windspeed]
+  buckets: [{column: hr, edges: [6, 10, 16, 20]}]
+  exclude: [instant, casual, registered]
+  function: bike_features:extra
+ingest: {settle_seconds: 0}
+"""
+
+USER_MODULE = """
+import polars as pl
+
+def extra(frame: pl.LazyFrame) -> list[pl.Expr]:
+    return [
+        (pl.col("hr") * 60).alias("minutes_of_day"),
+        (pl.col("atemp") - pl.col("temp")).alias("feels_delta"),
+    ]
+"""
+
+
+@pytest.mark.shared_data
+def test_batch_and_single_record_features_are_identical(datasets: Path, tmp_path: Path) -> None:
+    write_spec(tmp_path, BIKE)
+    (tmp_path / "bike_features.py").write_text(USER_MODULE)
+    link_raw(tmp_path, "hours", datasets / "bike_sharing" / "hour.csv")
+    result = run(tmp_path)
+    assert not result.failed, [r.error for r in result.failed]
+    processed = pl.read_parquet(next((tmp_path / "data/processed").glob("*/data.parquet")))
+    batch = pl.read_parquet(next((tmp_path / "data/features").glob("*/data.parquet")))
+    assert {"dteday_year", "temp_per_hum", "log1p_windspeed", "hr_bucket", "minutes_of_day"} <= set(
+        batch.columns
+    )
+    assert not {"casual", "registered", "instant"} & set(batch.columns)
+
+    spec = parse_spec(read_yaml(BIKE))
+    func = load_user_function("bike_features:extra", tmp_path)
+    raw_cols = [c for c in processed.columns if not c.startswith("__")]
+    schema = {c: processed.schema[c] for c in raw_cols}
+    picks = list(range(0, processed.height, 97))  # every 97th row, about 180 records
+    for i in picks:
+        record = processed.row(i, named=True)
+        one = features_for_records([{c: record[c] for c in raw_cols}], spec, schema, func)
+        expected = batch.slice(i, 1).select(one.columns)
+        assert one.equals(expected), (i, one.to_dicts(), expected.to_dicts())
+
+
+def test_builtins_are_row_wise_and_safe() -> None:
+    spec = parse_spec(
+        read_yaml(
+            """
+name: t
+task: regression
+target: y
+sources: [{name: s, path: x}]
+contract: {columns: {y: {dtype: float}, a: {dtype: float}, b: {dtype: float}}}
+features:
+  ratios: [{name: r, numerator: a, denominator: b}]
+  logs: [a]
+  buckets: [{column: a, edges: [0, 10]}]
+"""
+        )
+    )
+    frame = pl.LazyFrame({"y": [1.0, 2.0, 3.0], "a": [-5.0, 5.0, None], "b": [0.0, 2.0, 1.0]})
+    out = build_features(frame, spec).collect()
+    assert out.get_column("r").to_list() == [None, 2.5, None]  # no division by zero
+    assert out.get_column("log1p_a").to_list()[1] == pytest.approx(math.log1p(5.0))
+    assert out.get_column("log1p_a").to_list()[0] is None  # log of a value below -1 is missing
+    assert out.get_column("a_bucket").to_list() == ["(-inf, 0]", "(0, 10]", None]
+
+
+def test_user_function_errors_name_the_function(tmp_path: Path) -> None:
+    with pytest.raises(FeatureError, match="cannot import module 'nope'"):
+        load_user_function("nope:f", tmp_path)
+    (tmp_path / "feats_bad.py").write_text("x = 1\n")
+    with pytest.raises(FeatureError, match="has no function 'f'"):
+        load_user_function("feats_bad:f", tmp_path)

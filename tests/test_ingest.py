@@ -1,0 +1,149 @@
+"""Exactly-once ingest, re-uploads, files still being written, idempotent stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import polars as pl
+
+from driftloop.ingest import ingest
+from driftloop.layout import Layout, file_sha256
+from driftloop.pipeline import run
+from driftloop.spec import load_spec
+from driftloop.state import StateDB
+
+from .helpers import write_spec
+
+SPEC = """
+name: tiny
+task: regression
+target: y
+sources:
+  - name: s
+    path: data/raw/s/*.csv
+contract:
+  columns:
+    x: {dtype: float, min: 0}
+    y: {dtype: float}
+features:
+  logs: [x]
+ingest: {settle_seconds: 0}
+"""
+
+
+def land(project: Path, name: str, rows: list[tuple[float, float]]) -> Path:
+    folder = project / "data" / "raw" / "s"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in rows))
+    return path
+
+
+def test_each_file_is_taken_once_and_reuploads_are_recognised(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC)
+    first = land(tmp_path, "a.csv", [(1, 2), (3, 4)])
+    before = first.read_bytes(), first.stat().st_mtime_ns
+    r1 = run(tmp_path)
+    assert r1.ingest.batch is not None and len(r1.ingest.new_files) == 1
+    # The same content under another name is not taken again.
+    (tmp_path / "data" / "raw" / "s" / "a-copy.csv").write_bytes(first.read_bytes())
+    r2 = run(tmp_path)
+    assert r2.ingest.batch is None
+    assert [(r.path, r.same_as) for r in r2.ingest.reuploads] == [
+        ("data/raw/s/a-copy.csv", "data/raw/s/a.csv")
+    ]
+    assert not r2.did_work
+    # Raw files are never modified, moved or deleted.
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in first.parent.iterdir()) == ["a-copy.csv", "a.csv"]
+    with StateDB(Layout(tmp_path).state_db) as db:
+        assert len(db.batches()) == 1
+        events = [e["type"] for e in db.events()]
+    assert events.count("DataArrived") == 1
+
+
+def test_new_file_makes_a_new_batch_and_only_it_is_processed(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", [(1, 2)])
+    run(tmp_path)
+    land(tmp_path, "b.csv", [(5, 6), (7, 8)])
+    r = run(tmp_path)
+    ran = [(rep.stage, rep.outcome) for rep in r.reports]
+    assert ran == [("prep", "cached"), ("features", "cached"), ("prep", "ran"), ("features", "ran")]
+    batches = sorted(p for p in (tmp_path / "data" / "processed").iterdir())
+    assert len(batches) == 2
+    manifest = json.loads((batches[1] / "manifest.json").read_text())
+    assert [i["path"] for i in manifest["inputs"]] == ["data/raw/s/b.csv"]
+    assert manifest["inputs"][0]["sha256"] == file_sha256(tmp_path / "data/raw/s/b.csv")
+
+
+def test_second_run_does_no_work_and_spec_change_reruns_only_dependents(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", [(1, 2), (3, 4)])
+    run(tmp_path)
+    again = run(tmp_path)
+    assert {r.outcome for r in again.reports} == {"cached"}
+    assert not again.did_work
+    # A features-only change re-runs features, not prep.
+    write_spec(tmp_path, SPEC.replace("logs: [x]", "logs: [x, y]"))
+    r = run(tmp_path)
+    assert [(x.stage, x.outcome) for x in r.reports] == [("prep", "cached"), ("features", "ran")]
+    feats = pl.read_parquet(next((tmp_path / "data/features").glob("*/data.parquet")))
+    assert "log1p_y" in feats.columns
+    # A contract change re-runs prep and therefore features.
+    write_spec(tmp_path, SPEC.replace("logs: [x]", "logs: [x, y]").replace("min: 0", "min: 2"))
+    r = run(tmp_path)
+    assert [(x.stage, x.outcome) for x in r.reports] == [("prep", "ran"), ("features", "ran")]
+    assert r.reports[0].manifest["rows_quarantined"] == 1
+
+
+def test_file_still_being_written_is_left_for_later(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 30"))
+    path = land(tmp_path, "a.csv", [(1, 2)])
+    land(tmp_path, ".b.csv.tmp", [(1, 2)])  # temporary names are never read
+    spec = load_spec(tmp_path)
+    layout = Layout(tmp_path)
+    with StateDB(layout.state_db) as db:
+        result = ingest(spec, layout, db, wait=False)
+        assert result.batch is None
+        assert result.still_writing == ["data/raw/s/a.csv"]
+        # Once it has been quiet for the settle time, it is taken.
+        old = time.time() - 60
+        os.utime(path, (old, old))
+        result = ingest(spec, layout, db, wait=False)
+        assert result.batch is not None
+        assert [f.path for f in result.new_files] == ["data/raw/s/a.csv"]
+
+
+def test_file_growing_during_the_settle_wait_is_not_taken(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 5"))
+    path = land(tmp_path, "a.csv", [(1, 2)])
+    spec = load_spec(tmp_path)
+    layout = Layout(tmp_path)
+
+    def writer_keeps_writing(_: float) -> None:
+        with path.open("a") as fh:
+            fh.write("9,9\n")
+
+    with StateDB(layout.state_db) as db:
+        result = ingest(spec, layout, db, wait=True, sleep=writer_keeps_writing)
+    assert result.batch is None
+    assert result.still_writing == ["data/raw/s/a.csv"]
+
+
+def test_outputs_are_atomic_and_unsealed_outputs_are_ignored(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", [(1, 2)])
+    run(tmp_path)
+    [out] = list((tmp_path / "data/processed").iterdir())
+    assert (out / "_SUCCESS").is_file()
+    # A crash leftover (temporary folder) is swept, and a missing marker forces a re-run.
+    (tmp_path / "data/processed/.tmp-x-123").mkdir()
+    (out / "_SUCCESS").unlink()
+    r = run(tmp_path)
+    assert r.reports[0].outcome == "ran"
+    assert not (tmp_path / "data/processed/.tmp-x-123").exists()
+    assert (out / "_SUCCESS").is_file()
