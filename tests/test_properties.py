@@ -92,3 +92,24 @@ def test_prep_is_idempotent_and_deterministic(rows: list[tuple[str, str, str]]) 
         twice, counts = prep_file(second_path)
     assert counts["rows_quarantined"] == 0 and counts["rows_duplicate"] == 0
     assert twice.select("k", "x", "c").equals(data)
+
+
+def test_impute_statistic_ignores_values_the_contract_rejects() -> None:
+    from driftloop.prep.contract import impute
+
+    spec = parse_spec(
+        read_yaml(
+            """
+name: t
+task: regression
+target: age
+sources: [{name: s, path: "*.csv"}]
+contract: {columns: {age: {dtype: int, min: 18, max: 100}}}
+cleaning: {impute: {age: {strategy: mean}}}
+"""
+        )
+    )
+    frame = pl.DataFrame({"age": [30, 40, 50, None, 999]})
+    filled, report = impute(frame, dict(spec.cleaning.impute), spec.contract)
+    assert filled.get_column("age").to_list() == [30, 40, 50, 40, 999]
+    assert report["age"] == {"strategy": "mean", "value": 40, "filled": 1}

@@ -218,21 +218,23 @@ def _blank(rng: np.random.Generator, column: str, share: float, n: int) -> pl.Ex
 def _dirty_orders(rng: np.random.Generator, orders: pl.DataFrame) -> pl.DataFrame:
     n = orders.height
     unknown = pl.Series(np.asarray(UNKNOWN_CHANNELS)[rng.integers(0, len(UNKNOWN_CHANNELS), n)])
-    dirty = orders.with_columns(
-        pl.when(pl.Series(rng.random(n) < NEGATIVE_AMOUNT))
-        .then(-pl.col("amount"))
-        .otherwise(pl.col("amount"))
-        .alias("amount"),
-        pl.when(pl.Series(rng.random(n) < UNKNOWN_CHANNEL))
-        .then(unknown)
-        .otherwise(pl.col("channel"))
-        .alias("channel"),
-    ).with_columns(
-        _blank(rng, "amount", MISSING_AMOUNT, n),
-        _blank(rng, "discount", MISSING, n),
-        _blank(rng, "device", MISSING, n),
-        _pad(rng, "channel", PADDED, n),
-        _pad(rng, "device", PADDED, n),
+    dirty = (
+        orders.with_columns(
+            pl.when(pl.Series(rng.random(n) < NEGATIVE_AMOUNT))
+            .then(-pl.col("amount"))
+            .otherwise(pl.col("amount"))
+            .alias("amount"),
+            pl.when(pl.Series(rng.random(n) < UNKNOWN_CHANNEL))
+            .then(unknown)
+            .otherwise(pl.col("channel"))
+            .alias("channel"),
+        )
+        .with_columns(
+            _blank(rng, "amount", MISSING_AMOUNT, n),
+            _blank(rng, "discount", MISSING, n),
+            _blank(rng, "device", MISSING, n),
+        )
+        .with_columns(_pad(rng, "channel", PADDED, n), _pad(rng, "device", PADDED, n))
     )
     resent = np.flatnonzero(rng.random(n) < DUPLICATE)
     with_copies = pl.concat([dirty, dirty[resent]])
@@ -242,16 +244,18 @@ def _dirty_orders(rng: np.random.Generator, orders: pl.DataFrame) -> pl.DataFram
 def _dirty_customers(rng: np.random.Generator, customers: pl.DataFrame) -> pl.DataFrame:
     n = customers.height
     absurd = pl.Series(np.asarray(ABSURD_AGES)[rng.integers(0, len(ABSURD_AGES), n)])
-    return customers.with_columns(
-        pl.when(pl.Series(rng.random(n) < ABSURD_AGE))
-        .then(absurd)
-        .otherwise(pl.col("age"))
-        .alias("age"),
-    ).with_columns(
-        _blank(rng, "age", MISSING, n),
-        _blank(rng, "region", MISSING, n),
-        _pad(rng, "segment", PADDED, n),
-        _pad(rng, "region", PADDED, n),
+    return (
+        customers.with_columns(
+            pl.when(pl.Series(rng.random(n) < ABSURD_AGE))
+            .then(absurd)
+            .otherwise(pl.col("age"))
+            .alias("age"),
+        )
+        .with_columns(
+            _blank(rng, "age", MISSING, n),
+            _blank(rng, "region", MISSING, n),
+        )
+        .with_columns(_pad(rng, "segment", PADDED, n), _pad(rng, "region", PADDED, n))
     )
 
 
@@ -315,7 +319,7 @@ sources:
     path: data/raw/customers/*.csv
     format: csv
     csv: {separator: ",", encoding: utf-8, null_values: ["", "NA", "NULL"]}
-    join: {"on": [customer_id], how: left}   # quote "on": bare, YAML reads it as true
+    join: {"on": [customer_id], how: left}   # quoted for YAML 1.1 readers
 
 # The column contract, checked on the joined rows after trimming and imputing. A row that
 # breaks a rule goes to data/quarantine/<batch>/ with the rule, column and value.

@@ -107,10 +107,26 @@ def cast_columns(frame: pl.DataFrame, contract: ContractSpec) -> tuple[pl.DataFr
     return typed, problems
 
 
+def _within_contract(name: str, rule: ColumnContract) -> pl.Expr:
+    """Values of a column that satisfy its own range and allowed-values rules."""
+    ok = pl.lit(True)
+    if rule.min is not None:
+        ok = ok & (pl.col(name) >= rule.min)
+    if rule.max is not None:
+        ok = ok & (pl.col(name) <= rule.max)
+    if rule.allowed is not None:
+        ok = ok & pl.col(name).is_in(_typed_allowed(rule))
+    return ok
+
+
 def impute(
-    frame: pl.DataFrame, rules: dict[str, ImputeSpec]
+    frame: pl.DataFrame, rules: dict[str, ImputeSpec], contract: ContractSpec
 ) -> tuple[pl.DataFrame, dict[str, dict[str, Any]]]:
-    """Fill missing values per rule; return the frame and what was filled with what."""
+    """Fill missing values per rule; return the frame and what was filled with what.
+
+    Statistics (mean, median, mode) come only from values that satisfy the column's own
+    contract rules, so an absurd value that will be quarantined cannot skew the fill.
+    """
     report: dict[str, dict[str, Any]] = {}
     exprs = []
     for name, rule in rules.items():
@@ -118,14 +134,15 @@ def impute(
             continue
         col = frame.get_column(name)
         missing = col.null_count()
+        valid = frame.filter(_within_contract(name, contract.columns[name])).get_column(name)
         value: Any
         if rule.strategy == "constant":
             value = rule.value
         elif rule.strategy == "mode":
-            modes = col.drop_nulls().mode()
+            modes = valid.drop_nulls().mode()
             value = modes.sort().item(0) if len(modes) else None
         else:
-            value = col.mean() if rule.strategy == "mean" else col.median()
+            value = valid.mean() if rule.strategy == "mean" else valid.median()
             if col.dtype.is_integer() and value is not None:
                 value = round(float(str(value)))
         if value is None:

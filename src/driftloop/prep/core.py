@@ -111,7 +111,7 @@ def _bad_line_rows(path: str, read: RawRead) -> pl.DataFrame:
     return pl.DataFrame(
         {
             FILE: [path] * len(read.bad_lines),
-            ROW: [b.line for b in read.bad_lines],
+            ROW: [None if b.line is None else b.line - read.header_lines for b in read.bad_lines],
             REASON: [f"line {b.line}: {b.reason}" for b in read.bad_lines],
             RAW_LINE: [b.text for b in read.bad_lines],
         },
@@ -184,10 +184,12 @@ def _join(
                 f"can be joined on {keys}; add a file there or remove the source from the spec"
             )
         table = table.drop(FILE, ROW).filter(pl.all_horizontal(pl.col(keys).is_not_null()))
-        repeated = table.height - table.unique(keys).height
-        if repeated:
+        table = table.unique(keep="last", maintain_order=True)  # a row repeated as is: no news
+        conflicting = table.height - table.unique(keys).height
+        if conflicting:
             out.warnings.append(
-                f"source {source.name}: {repeated} row(s) repeat a key {keys}; the latest was used"
+                f"source {source.name}: {conflicting} row(s) share a key {keys} with a different "
+                "row; the latest was used"
             )
             table = table.unique(keys, keep="last", maintain_order=True)
         overlap = [c for c in table.columns if c in frame.columns and c not in keys]
@@ -244,7 +246,7 @@ def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
     early = pl.concat([join_problems, parse_problems])
     clean_mask = ~pl.int_range(pl.len(), dtype=pl.UInt32).is_in(early.get_column(POS).implode())
     positions = typed.with_row_index(POS).filter(clean_mask)
-    imputed, out.imputed = impute(positions, dict(spec.cleaning.impute))
+    imputed, out.imputed = impute(positions, dict(spec.cleaning.impute), spec.contract)
     late = contract_problems(imputed.drop(POS), spec.contract)
     late = late.with_columns(imputed.get_column(POS).gather(late.get_column(POS)).alias(POS))
     problems = pl.concat([early, late])

@@ -26,6 +26,11 @@ _SNIFF_BYTES = 64 * 1024
 _BLOCK_BYTES = 1 << 20  # pyarrow's default; a row must fit in one block
 _MAX_BLOCK_BYTES = 1 << 28
 _OTHER_SEPARATORS = (",", ";", "\t", "|")
+_MAGIC = (  # formats that land under a .csv name now and then
+    (b"\x1f\x8b", "gzip-compressed; decompress it before it lands"),
+    (b"PK\x03\x04", "a zip archive (or an Excel .xlsx); export it as CSV"),
+    (b"PAR1", "a Parquet file; give it a source with format: parquet"),
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class RawRead:
     frame: pl.DataFrame | None
     bad_lines: list[BadLine] = field(default_factory=list)
     error: str | None = None
+    header_lines: int = 0  # lines before the first record: BadLine.line - this = record number
 
 
 def read_raw(path: Path, source: SourceSpec, shown_as: str) -> RawRead:
@@ -70,7 +76,19 @@ def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
         return RawRead(shown_as, None, error="the file is empty (0 bytes); expected a header row")
     with path.open("rb") as fh:
         head = fh.read(_SNIFF_BYTES)
-    if b"\x00" in head and not opts.encoding.lower().startswith("utf-16"):
+    utf16 = codecs.lookup(opts.encoding).name.startswith("utf-16")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not utf16:
+        return RawRead(
+            shown_as,
+            None,
+            error=f"the file starts with a UTF-16 byte-order mark, so it is UTF-16 text, not "
+            f"{opts.encoding}; set the source's csv.encoding: utf-16, or save the file as "
+            f"{opts.encoding}",
+        )
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return RawRead(shown_as, None, error=f"the file is not CSV text: it is {what}")
+    if b"\x00" in head and not utf16:
         return RawRead(
             shown_as,
             None,
@@ -110,8 +128,14 @@ def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
         bad.append(unclosed)
         frame = frame.head(frame.height - 1)
     if frame.height == 0 and not bad:
-        return RawRead(shown_as, None, error="the file has a header but no data rows")
-    return RawRead(shown_as, frame.select(ROW, *names), bad_lines=bad)
+        return RawRead(
+            shown_as,
+            None,
+            error="the file has a header but no data rows; expected at least one row "
+            "under the header",
+        )
+    header_lines = opts.skip_rows + (1 if opts.has_header else 0)
+    return RawRead(shown_as, frame.select(ROW, *names), bad_lines=bad, header_lines=header_lines)
 
 
 def _header(head: bytes, opts: CsvOptions) -> list[str]:
