@@ -151,8 +151,13 @@ def print_run(result: RunResult) -> None:
                 console.print(f"  quarantined file {f['path']}: {f['error']}")
             for w in m["warnings"]:
                 console.print(f"  note: {w}")
+            reasons = m.get("quarantine_reasons", [])
+            for item in reasons[:3]:
+                console.print(f"  {item['rows']:>6} row(s): {item['reason']}")
+            if len(reasons) > 3:
+                console.print(f"  ... {len(reasons) - 3} more reason(s)")
             if m["rows_quarantined"]:
-                console.print(f"  reasons: data/quarantine/{report.batch_id}/manifest.json")
+                console.print(f"  rows and reasons: data/quarantine/{report.batch_id}/")
         else:
             console.print(
                 f"features {report.batch_id}: {m['rows']} rows, {len(m['schema'])} columns "

@@ -119,7 +119,9 @@ def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageRe
             "warnings": prepared.warnings,
             "schema": {c: str(t) for c, t in prepared.processed.schema.items()},
         }
-        _write_quarantine(layout, batch, prepared.quarantined, prepared.duplicates, manifest)
+        manifest["quarantine_reasons"] = _write_quarantine(
+            layout, batch, prepared.quarantined, prepared.duplicates, manifest
+        )
         bad_share = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 1.0
         if counts["rows_in"] == 0:
             raise QuarantineLimitError(
@@ -158,9 +160,10 @@ def _write_quarantine(
     rows: pl.DataFrame,
     duplicates: pl.DataFrame,
     prep_manifest: dict[str, Any],
-) -> None:
+) -> list[dict[str, Any]]:
+    """Write the batch's bad rows and duplicates; return the reasons, most common first."""
     if not rows.height and not duplicates.height and not prep_manifest["files_quarantined"]:
-        return
+        return []
     with atomic_output(layout.quarantine / batch.batch_id) as tmp:
         rows.write_parquet(tmp / "rows.parquet")
         duplicates.write_parquet(tmp / "duplicates.parquet")
@@ -173,6 +176,7 @@ def _write_quarantine(
             if rows.height
             else []
         )
+        summary = [{"reason": r, "rows": n} for r, n in reasons]
         seal(
             tmp,
             {
@@ -181,9 +185,10 @@ def _write_quarantine(
                 "rows_quarantined": rows.height,
                 "rows_duplicate": duplicates.height,
                 "files_quarantined": prep_manifest["files_quarantined"],
-                "reasons": [{"reason": r, "rows": n} for r, n in reasons],
+                "reasons": summary,
             },
         )
+    return summary
 
 
 def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
