@@ -19,7 +19,7 @@ from typing import Any, Literal
 import polars as pl
 
 from driftloop import __version__
-from driftloop.errors import DriftloopError, QuarantineLimitError
+from driftloop.errors import DriftloopError, QuarantineLimitError, StageError
 from driftloop.features import build_features, load_user_function
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
 from driftloop.prep import SourceRead, prepare, read_raw
@@ -103,6 +103,7 @@ def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageRe
         ]
         t_read = time.perf_counter() - started
         prepared = prepare(reads, spec)
+        check_output_schema(prepared.processed, spec)
         t_prep = time.perf_counter() - started - t_read
         counts = prepared.counts
         manifest: dict[str, Any] = {
@@ -152,6 +153,22 @@ def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageRe
     db.finish_run(key, "prep", batch.batch_id, seconds, layout.relative(out_dir), None)
     log.info("prep %s: %s", batch.batch_id, counts)
     return StageReport("prep", batch.batch_id, "ran", seconds, manifest)
+
+
+def check_output_schema(frame: pl.DataFrame, spec: Spec) -> None:
+    """pandera's schema-level check (columns and dtypes) of what prep writes."""
+    import pandera.polars as pa
+
+    from driftloop.prep.rules import pandera_schema
+
+    schema = pandera_schema(spec.contract, list(spec.contract.columns))
+    try:
+        schema.validate(frame.lazy())  # a LazyFrame: schema-level checks only, no data pass
+    except pa.errors.SchemaError as exc:
+        raise StageError(
+            f"processed output does not match the contract's schema ({exc}); this is a bug "
+            "in driftloop, please report it with the spec"
+        ) from exc
 
 
 def _write_quarantine(

@@ -13,20 +13,13 @@ from typing import Any
 import polars as pl
 
 from driftloop.errors import JoinError
-from driftloop.prep.contract import (
-    POS,
-    cast_columns,
-    contract_problems,
-    deduplicate,
-    describe_problems,
-    empty_problems,
-    impute,
-    normalize_strings,
-)
+from driftloop.prep.contract import deduplicate, imputation_values, normalize_strings
 from driftloop.prep.read import FILE, ROW, RawRead
+from driftloop.prep.rules import Rule, contract_rules, typed
 from driftloop.spec import SourceSpec, Spec
 
 REASON = "__reason"
+MATCHED = "__matched_"
 RULES = "__rules"
 RAW_LINE = "__raw_line"
 
@@ -169,10 +162,10 @@ def _collect_source(
 
 def _join(
     primary: pl.DataFrame, spec: Spec, reads: list[SourceRead], out: Prepared
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Join each secondary source onto the primary rows; inner-join misses become problems."""
-    problems = [empty_problems()]
-    frame = primary.with_row_index(POS)
+) -> tuple[pl.DataFrame, list[Rule]]:
+    """Join each secondary source onto the primary rows; inner-join misses break a rule."""
+    rules: list[Rule] = []
+    frame = primary
     for source in spec.sources[1:]:
         assert source.join is not None
         keys = list(source.join.on)
@@ -198,27 +191,26 @@ def _join(
                 f"source {source.name!r} repeats column(s) {overlap} that an earlier source "
                 "already has; keep each column in one source only"
             )
-        marker = f"__matched_{source.name}"
+        marker = f"{MATCHED}{source.name}"
         table = table.with_columns(pl.lit(True).alias(marker))
         frame = frame.join(table, on=keys, how="left", maintain_order="left")
         if source.join.how == "inner":
-            miss = frame.filter(pl.col(marker).is_null())
-            problems.append(
-                miss.select(
-                    pl.col(POS),
-                    pl.lit(",".join(keys)).alias("column"),
-                    pl.lit(f"join({source.name}): no matching row").alias("rule"),
-                    pl.concat_str(pl.col(keys), separator=",").alias("value"),
+            rules.append(
+                Rule(
+                    keys[0],
+                    f"join({source.name}): no row with this {'/'.join(keys)}",
+                    pl.col(marker).is_null(),
                 )
             )
-        frame = frame.drop(marker)
+        else:
+            frame = frame.drop(marker)
     missing = [c for c in spec.contract.columns if c not in frame.columns]
     if missing:
         raise JoinError(
             f"no source provides contract column(s) {missing}; add them to a source's files "
             "or remove them from contract.columns"
         )
-    return frame.drop(POS), pl.concat(problems)
+    return frame, rules
 
 
 def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
@@ -231,36 +223,32 @@ def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
         primary = pl.DataFrame(
             schema={c: pl.String for c in columns} | {ROW: pl.Int64, FILE: pl.String}
         )
-    raw, join_problems = (
-        _join(primary, spec, reads, out)
-        if len(spec.sources) > 1
-        else (
-            primary,
-            empty_problems(),
-        )
-    )
-    raw = raw.select(*columns, ROW, FILE)
+    raw, rules = _join(primary, spec, reads, out) if len(spec.sources) > 1 else (primary, [])
+    markers = [c for c in raw.columns if c.startswith(MATCHED)]
+    raw = raw.select(*columns, ROW, FILE, *markers)
     out.rows_in = raw.height + sum(b.height for b in bad_lines)
 
-    typed, parse_problems = cast_columns(raw, spec.contract)
-    early = pl.concat([join_problems, parse_problems])
-    clean_mask = ~pl.int_range(pl.len(), dtype=pl.UInt32).is_in(early.get_column(POS).implode())
-    positions = typed.with_row_index(POS).filter(clean_mask)
-    imputed, out.imputed = impute(positions, dict(spec.cleaning.impute), spec.contract)
-    late = contract_problems(imputed.drop(POS), spec.contract)
-    late = late.with_columns(imputed.get_column(POS).gather(late.get_column(POS)).alias(POS))
-    problems = pl.concat([early, late])
-    bad_positions = problems.get_column(POS).unique()
-
-    described = describe_problems(problems)
-    quarantined = raw.with_row_index(POS).join(described, on=POS, how="inner").sort(POS).drop(POS)
-    quarantined = pl.concat(
+    lazy = raw.lazy()
+    fills, out.imputed = imputation_values(lazy, dict(spec.cleaning.impute), spec.contract)
+    rules += contract_rules(spec.contract, columns, fills)
+    broken = pl.any_horizontal([r.failed for r in rules]) if rules else pl.lit(False)
+    good = lazy.filter(~broken).select(
+        *[typed(c, spec.contract.columns[c], fills.get(c)) for c in columns], ROW, FILE
+    )
+    bad = lazy.filter(broken).select(
+        *columns,
+        ROW,
+        FILE,
+        pl.concat_str([r.message() for r in rules], separator="; ", ignore_nulls=True).alias(
+            REASON
+        ),
+    )
+    kept, quarantined = pl.collect_all([good, bad])
+    out.quarantined = pl.concat(
         [quarantined.with_columns(pl.lit(None, pl.String).alias(RAW_LINE)), *bad_lines],
         how="diagonal_relaxed",
     )
-    good = imputed.filter(~pl.col(POS).is_in(bad_positions.implode())).drop(POS)
-    dedup = deduplicate(good, spec.cleaning, columns)
+    dedup = deduplicate(kept, spec.cleaning, columns)
     out.processed = dedup.kept
     out.duplicates = dedup.duplicates
-    out.quarantined = quarantined
     return out

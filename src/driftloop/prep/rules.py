@@ -1,0 +1,178 @@
+"""The column contract compiled to Polars expressions, so every row is checked in one pass.
+
+Each rule is a boolean "failed" expression over the raw string column and its typed value,
+with a message naming the column, the rule and the raw value. Rule names follow pandera's
+(``greater_than_or_equal_to(0.0)``, ``isin([...])``, ``str_matches('...')``,
+``not_nullable``), and a test checks that these expressions flag exactly the rows pandera's
+own data checks flag. Why not call pandera directly: its Polars backend collects the whole
+frame to validate it, which the streaming engine cannot do in bounded memory (see
+docs/architecture.md); pandera still checks the schema of every output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from driftloop.spec import ColumnContract, ContractSpec
+
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+    "str": pl.String(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us"),
+}
+_TRUE = ["true", "t", "yes", "y", "1"]
+_FALSE = ["false", "f", "no", "n", "0"]
+VALUE_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One contract rule on one column: where it fails, and how to say so."""
+
+    column: str
+    name: str
+    failed: pl.Expr  # True where the row breaks the rule, never null
+
+    def message(self) -> pl.Expr:
+        raw = pl.col(self.column)
+        value = (
+            pl.when(raw.is_null())
+            .then(pl.lit("null"))
+            .otherwise(pl.lit("'") + raw.str.slice(0, VALUE_CHARS) + pl.lit("'"))
+        )
+        text = pl.lit(f"column '{self.column}' breaks {self.name}: got ") + value
+        return pl.when(self.failed).then(text)
+
+
+def parsed(name: str, rule: ColumnContract) -> pl.Expr:
+    """The raw string column parsed to the contract's type; null where it does not parse."""
+    raw = pl.col(name)
+    match rule.dtype:
+        case "str":
+            out = raw
+        case "float":
+            out = raw.cast(pl.Float64, strict=False)
+        case "int":
+            as_float = raw.cast(pl.Float64, strict=False)
+            whole = (
+                pl.when(as_float == as_float.round(0)).then(as_float).cast(pl.Int64, strict=False)
+            )
+            out = raw.cast(pl.Int64, strict=False).fill_null(whole)
+        case "bool":
+            low = raw.str.to_lowercase()
+            out = pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
+        case "date":
+            out = raw.str.to_date(rule.format, strict=False)
+        case "datetime":
+            out = raw.str.to_datetime(rule.format, time_unit="us", strict=False)
+    return out.cast(POLARS_TYPES[rule.dtype]).alias(name)
+
+
+def typed(name: str, rule: ColumnContract, fill: Any = None) -> pl.Expr:
+    """The typed value as it reaches data/processed: parsed, then imputed where missing."""
+    expr = parsed(name, rule)
+    if fill is not None:
+        expr = expr.fill_null(pl.lit(fill).cast(POLARS_TYPES[rule.dtype]))
+    return expr.alias(name)
+
+
+def typed_allowed(rule: ColumnContract) -> list[Any]:
+    values = list(rule.allowed or ())
+    if rule.dtype == "str":
+        return [str(v) for v in values]
+    if rule.dtype == "int":
+        return [int(v) for v in values]
+    if rule.dtype == "float":
+        return [float(v) for v in values]
+    return values
+
+
+def _number(value: float, dtype: str) -> float | int:
+    return int(value) if dtype == "int" and float(value).is_integer() else float(value)
+
+
+def column_rules(
+    name: str, rule: ColumnContract, *, fill: Any = None, max_length: int
+) -> list[Rule]:
+    """Every rule of one column, in the order a reader fixes them."""
+    raw = pl.col(name)
+    value = typed(name, rule, fill)
+    unparsable = raw.is_not_null() & parsed(name, rule).is_null()
+    fmt = f", {rule.format}" if rule.format else ""
+    rules = [
+        Rule(
+            name, f"max_field_length({max_length})", raw.str.len_chars().fill_null(0) > max_length
+        ),
+        Rule(name, f"dtype({rule.dtype}{fmt})", unparsable),
+    ]
+    checked = ~unparsable
+
+    def failing(test: pl.Expr) -> pl.Expr:  # a value that parsed and breaks the test
+        return (checked & value.is_not_null() & ~test).fill_null(False)
+
+    if not rule.nullable:
+        rules.append(Rule(name, "not_nullable", checked & value.is_null()))
+    if rule.min is not None:
+        low = _number(rule.min, rule.dtype)
+        rules.append(Rule(name, f"greater_than_or_equal_to({float(low)})", failing(value >= low)))
+    if rule.max is not None:
+        high = _number(rule.max, rule.dtype)
+        rules.append(Rule(name, f"less_than_or_equal_to({float(high)})", failing(value <= high)))
+    if rule.allowed is not None:
+        allowed = typed_allowed(rule)
+        rules.append(Rule(name, f"isin({allowed})", failing(value.is_in(allowed))))
+    if rule.regex is not None:
+        pattern = rule.regex if rule.regex.startswith("^") else f"^{rule.regex}"
+        rules.append(
+            Rule(name, f"str_matches('{rule.regex}')", failing(value.str.contains(pattern)))
+        )
+    return rules
+
+
+def contract_rules(contract: ContractSpec, columns: list[str], fills: dict[str, Any]) -> list[Rule]:
+    return [
+        r
+        for c in columns
+        for r in column_rules(
+            c, contract.columns[c], fill=fills.get(c), max_length=contract.max_field_length
+        )
+    ]
+
+
+def within_contract(name: str, rule: ColumnContract) -> pl.Expr:
+    """Typed values of a column that satisfy its own range and allowed-values rules."""
+    value = parsed(name, rule)
+    ok = value.is_not_null()
+    if rule.min is not None:
+        ok = ok & (value >= rule.min)
+    if rule.max is not None:
+        ok = ok & (value <= rule.max)
+    if rule.allowed is not None:
+        ok = ok & value.is_in(typed_allowed(rule))
+    return ok
+
+
+def pandera_schema(contract: ContractSpec, columns: list[str]) -> Any:
+    """The same contract as a pandera DataFrameSchema (the reference the rules agree with)."""
+    import pandera.polars as pa
+
+    out = {}
+    for name in columns:
+        rule = contract.columns[name]
+        checks = []
+        if rule.min is not None:
+            checks.append(pa.Check.ge(_number(rule.min, rule.dtype)))
+        if rule.max is not None:
+            checks.append(pa.Check.le(_number(rule.max, rule.dtype)))
+        if rule.allowed is not None:
+            checks.append(pa.Check.isin(typed_allowed(rule)))
+        if rule.regex is not None:
+            checks.append(pa.Check.str_matches(rule.regex))
+        out[name] = pa.Column(POLARS_TYPES[rule.dtype], checks, nullable=rule.nullable)
+    return pa.DataFrameSchema(out, strict=False)
