@@ -248,10 +248,10 @@ def init_from_file(
         format="parquet" if is_parquet else "csv",
         csv=opts,
     )
-    read = read_raw(sample, source, str(sample))
+    read = read_raw(sample, source, str(sample), stream_min_bytes=None)
     if read.frame is None:
         raise InitError(f"{sample}: cannot infer a spec: {read.error}")
-    frame = _nulls_applied(read.frame.drop(ROW), opts.null_values)
+    frame = _nulls_applied(read.frame.drop(ROW).collect(), opts.null_values)
     columns = frame.columns
     for wanted, flag in ((target, "--target"), (time_column, "--time-column")):
         if wanted is not None and wanted not in columns:

@@ -86,7 +86,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def atomic_output(final_dir: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success, rename it to ``final_dir``.
 
-    The caller writes data files into the folder and then calls :func:`seal`. An existing
+    The caller writes data files into the folder and then calls :func:`seal`; a folder left
+    unsealed is discarded and nothing is published. An existing
     ``final_dir`` (an earlier run with another key) is replaced only after the new output is
     complete, so a reader never sees a half-written folder.
     """
@@ -96,7 +97,7 @@ def atomic_output(final_dir: Path) -> Iterator[Path]:
     try:
         yield tmp
         if not is_complete(tmp):
-            raise RuntimeError(f"{tmp}: output was not sealed with a manifest")
+            return  # not sealed: nothing is published, the temporary folder is removed
         old = None
         if final_dir.exists():
             old = final_dir.parent / f".old-{final_dir.name}-{uuid.uuid4().hex[:8]}"

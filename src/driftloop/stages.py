@@ -22,9 +22,10 @@ from driftloop import __version__
 from driftloop.errors import DriftloopError, QuarantineLimitError, StageError
 from driftloop.features import build_features, load_user_function
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
-from driftloop.prep import SourceRead, prepare, read_raw
+from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
+from driftloop.prep.read import STREAM_MIN_BYTES
 from driftloop.spec import Spec
-from driftloop.state import Batch, StateDB
+from driftloop.state import Batch, RawFile, StateDB
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +92,80 @@ def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageRe
     db.start_run(key, "prep", batch.batch_id)
     started = time.perf_counter()
     try:
-        sources = {s.name: s for s in spec.sources}
-        reads = [
-            SourceRead(
-                sources[f.source],
-                f.sha256,
-                read_raw(layout.root / f.path, sources[f.source], f.path),
-                in_batch=f.batch_id == batch.batch_id,
-            )
-            for f in files
-        ]
-        t_read = time.perf_counter() - started
-        prepared = prepare(reads, spec)
-        check_output_schema(prepared.processed, spec)
-        t_prep = time.perf_counter() - started - t_read
-        counts = prepared.counts
+        manifest = _run_prep(spec, layout, batch, files, key, started)
+    except DriftloopError as exc:
+        seconds = time.perf_counter() - started
+        db.finish_run(key, "prep", batch.batch_id, seconds, None, str(exc))
+        return StageReport("prep", batch.batch_id, "failed", seconds, error=str(exc))
+    seconds = time.perf_counter() - started
+    db.finish_run(key, "prep", batch.batch_id, seconds, layout.relative(out_dir), None)
+    log.info("prep %s: %s rows in, %s ok", batch.batch_id, manifest["rows_in"], manifest["rows_ok"])
+    return StageReport("prep", batch.batch_id, "ran", seconds, manifest)
+
+
+def _plan(
+    spec: Spec, layout: Layout, batch: Batch, files: list[RawFile], *, exact: bool
+) -> PrepPlan:
+    sources = {s.name: s for s in spec.sources}
+    threshold = None if exact else STREAM_MIN_BYTES
+    reads = [
+        SourceRead(
+            sources[f.source],
+            f.sha256,
+            read_raw(layout.root / f.path, sources[f.source], f.path, stream_min_bytes=threshold),
+            in_batch=f.batch_id == batch.batch_id,
+        )
+        for f in files
+    ]
+    return plan_prep(reads, spec)
+
+
+def _sink(plan: PrepPlan, good: Path, bad: Path, dups: Path) -> None:
+    """Run the three outputs of the plan in one streaming pass over the raw data."""
+    pl.collect_all(
+        [
+            plan.good.sink_parquet(good, lazy=True),
+            plan.bad.sink_parquet(bad, lazy=True),
+            plan.duplicates.sink_parquet(dups, lazy=True),
+        ],
+        engine="streaming",
+    )
+
+
+def _run_prep(
+    spec: Spec, layout: Layout, batch: Batch, files: list[RawFile], key: str, started: float
+) -> dict[str, Any]:
+    """Plan, run and write one batch's prep; raise after writing quarantine if it fails."""
+    failure: str | None = None
+    with (
+        atomic_output(layout.quarantine / batch.batch_id) as qtmp,
+        atomic_output(layout.processed / batch.batch_id) as ptmp,
+    ):
+        good, bad, dups = ptmp / DATA_FILE, qtmp / "rows.parquet", qtmp / "duplicates.parquet"
+        plan = _plan(spec, layout, batch, files, exact=False)
+        try:
+            _sink(plan, good, bad, dups)
+        except pl.exceptions.ComputeError:
+            if not plan.streamed:
+                raise
+            # A row the streaming reader cannot take (too many fields, a broken quote):
+            # read every file again with the exact reader, which sets such rows aside.
+            log.info("batch %s: streaming read failed; re-reading exactly", batch.batch_id)
+            plan = _plan(spec, layout, batch, files, exact=True)
+            _sink(plan, good, bad, dups)
+        check_output_schema(pl.scan_parquet(good), spec)
+        outputs = [pl.scan_parquet(p) for p in (good, bad, dups)]
+        per_file = rows_per_file(outputs)
+        for entry in plan.inputs:
+            if not entry.get("from_earlier_batch"):
+                entry["rows"] = per_file.get(entry["path"], 0)
+        ok, quarantined, duplicate = (_rows(p) for p in (good, bad, dups))
+        counts = {
+            "rows_in": ok + quarantined + duplicate,
+            "rows_ok": ok,
+            "rows_quarantined": quarantined,
+            "rows_duplicate": duplicate,
+        }
         manifest: dict[str, Any] = {
             "stage": "prep",
             "stage_version": PREP_VERSION,
@@ -113,49 +173,73 @@ def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageRe
             "run_key": key,
             "batch_id": batch.batch_id,
             "spec_hash": spec.section_hash(*PREP_SECTIONS),
-            "inputs": prepared.inputs,
-            "files_quarantined": prepared.files_quarantined,
+            "inputs": plan.inputs,
+            "files_quarantined": plan.files_quarantined,
             **counts,
-            "imputed": prepared.imputed,
-            "warnings": prepared.warnings,
-            "schema": {c: str(t) for c, t in prepared.processed.schema.items()},
+            "imputed": plan.imputed,
+            "warnings": plan.warnings,
+            "streamed": plan.streamed,
+            "schema": {c: str(t) for c, t in pl.read_parquet_schema(good).items()},
+            "quarantine_reasons": _reasons(bad) if quarantined else [],
         }
-        manifest["quarantine_reasons"] = _write_quarantine(
-            layout, batch, prepared.quarantined, prepared.duplicates, manifest
+        if quarantined or duplicate or plan.files_quarantined:
+            seal(qtmp, _quarantine_manifest(batch, manifest))
+        failure = _limit_failure(spec, batch.batch_id, counts)
+        if failure is None:
+            manifest["timings"] = {"total_s": round(time.perf_counter() - started, 4)}
+            seal(ptmp, manifest)
+    if failure is not None:
+        raise QuarantineLimitError(failure)
+    return manifest
+
+
+def _rows(path: Path) -> int:
+    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+
+
+def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int]) -> str | None:
+    if counts["rows_in"] == 0:
+        return (
+            f"batch {batch_id}: no usable rows; every file was quarantined "
+            f"(see data/quarantine/{batch_id}/manifest.json)"
         )
-        bad_share = counts["rows_quarantined"] / counts["rows_in"] if counts["rows_in"] else 1.0
-        if counts["rows_in"] == 0:
-            raise QuarantineLimitError(
-                f"batch {batch.batch_id}: no usable rows; every file was quarantined "
-                f"(see data/quarantine/{batch.batch_id}/manifest.json)"
-            )
-        if bad_share > spec.quarantine.max_bad_share:
-            raise QuarantineLimitError(
-                f"batch {batch.batch_id}: {counts['rows_quarantined']} of {counts['rows_in']} "
-                f"rows ({bad_share:.1%}) broke the contract, above quarantine.max_bad_share "
-                f"{spec.quarantine.max_bad_share:.0%}; read the reasons in "
-                f"data/quarantine/{batch.batch_id}/rows.parquet, then fix the data or the "
-                "contract, or raise the limit"
-            )
-        with atomic_output(out_dir) as tmp:
-            prepared.processed.write_parquet(tmp / DATA_FILE)
-            manifest["timings"] = {
-                "read_s": round(t_read, 4),
-                "prep_s": round(t_prep, 4),
-                "total_s": round(time.perf_counter() - started, 4),
-            }
-            seal(tmp, manifest)
-    except DriftloopError as exc:
-        seconds = time.perf_counter() - started
-        db.finish_run(key, "prep", batch.batch_id, seconds, None, str(exc))
-        return StageReport("prep", batch.batch_id, "failed", seconds, error=str(exc))
-    seconds = time.perf_counter() - started
-    db.finish_run(key, "prep", batch.batch_id, seconds, layout.relative(out_dir), None)
-    log.info("prep %s: %s", batch.batch_id, counts)
-    return StageReport("prep", batch.batch_id, "ran", seconds, manifest)
+    share = counts["rows_quarantined"] / counts["rows_in"]
+    if share > spec.quarantine.max_bad_share:
+        return (
+            f"batch {batch_id}: {counts['rows_quarantined']} of {counts['rows_in']} "
+            f"rows ({share:.1%}) broke the contract, above quarantine.max_bad_share "
+            f"{spec.quarantine.max_bad_share:.0%}; read the reasons in "
+            f"data/quarantine/{batch_id}/rows.parquet, then fix the data or the "
+            "contract, or raise the limit"
+        )
+    return None
 
 
-def check_output_schema(frame: pl.DataFrame, spec: Spec) -> None:
+def _reasons(bad: Path) -> list[dict[str, Any]]:
+    """Each distinct broken rule with how many rows broke it, most common first."""
+    counted = (
+        pl.scan_parquet(bad)
+        .select(pl.col("__reason").str.split("; ").explode().str.replace(r": got .*$", ""))
+        .group_by("__reason")
+        .len()
+        .sort(["len", "__reason"], descending=[True, False])
+        .collect()
+    )
+    return [{"reason": r, "rows": n} for r, n in counted.rows()]
+
+
+def _quarantine_manifest(batch: Batch, prep: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "batch_id": batch.batch_id,
+        "run_key": prep["run_key"],
+        "rows_quarantined": prep["rows_quarantined"],
+        "rows_duplicate": prep["rows_duplicate"],
+        "files_quarantined": prep["files_quarantined"],
+        "reasons": prep["quarantine_reasons"],
+    }
+
+
+def check_output_schema(frame: pl.LazyFrame, spec: Spec) -> None:
     """pandera's schema-level check (columns and dtypes) of what prep writes."""
     import pandera.polars as pa
 
@@ -163,49 +247,12 @@ def check_output_schema(frame: pl.DataFrame, spec: Spec) -> None:
 
     schema = pandera_schema(spec.contract, list(spec.contract.columns))
     try:
-        schema.validate(frame.lazy())  # a LazyFrame: schema-level checks only, no data pass
+        schema.validate(frame)  # a LazyFrame: schema-level checks only, no data pass
     except pa.errors.SchemaError as exc:
         raise StageError(
             f"processed output does not match the contract's schema ({exc}); this is a bug "
             "in driftloop, please report it with the spec"
         ) from exc
-
-
-def _write_quarantine(
-    layout: Layout,
-    batch: Batch,
-    rows: pl.DataFrame,
-    duplicates: pl.DataFrame,
-    prep_manifest: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Write the batch's bad rows and duplicates; return the reasons, most common first."""
-    if not rows.height and not duplicates.height and not prep_manifest["files_quarantined"]:
-        return []
-    with atomic_output(layout.quarantine / batch.batch_id) as tmp:
-        rows.write_parquet(tmp / "rows.parquet")
-        duplicates.write_parquet(tmp / "duplicates.parquet")
-        reasons = (
-            rows.select(pl.col("__reason").str.split("; ").explode().str.replace(r": got .*$", ""))
-            .group_by("__reason")
-            .len()
-            .sort("len", descending=True)
-            .rows()
-            if rows.height
-            else []
-        )
-        summary = [{"reason": r, "rows": n} for r, n in reasons]
-        seal(
-            tmp,
-            {
-                "batch_id": batch.batch_id,
-                "run_key": prep_manifest["run_key"],
-                "rows_quarantined": rows.height,
-                "rows_duplicate": duplicates.height,
-                "files_quarantined": prep_manifest["files_quarantined"],
-                "reasons": summary,
-            },
-        )
-    return summary
 
 
 def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:

@@ -1,24 +1,23 @@
-"""Cleaning steps around the contract check: null markers, imputation values, dedupe.
+"""Cleaning steps around the contract check: null markers and imputation values.
 
 All functions are pure: frames in, frames or values out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from driftloop.prep.rules import parsed, within_contract
-from driftloop.spec import CleaningSpec, ContractSpec, CsvOptions, ImputeSpec
+from driftloop.spec import ContractSpec, CsvOptions, ImputeSpec
 
 
-def normalize_strings(frame: pl.DataFrame, opts: CsvOptions, *, trim: bool) -> pl.DataFrame:
+def normalize_strings(frame: pl.LazyFrame, opts: CsvOptions, *, trim: bool) -> pl.LazyFrame:
     """Trim (if asked) and turn the source's null markers into real nulls."""
     nulls = list(opts.null_values)
     exprs = []
-    for name in (c for c in frame.columns if not c.startswith("__")):
+    for name in (c for c in frame.collect_schema().names() if not c.startswith("__")):
         col = pl.col(name).str.strip_chars() if trim else pl.col(name)
         exprs.append(pl.when(col.is_in(nulls)).then(None).otherwise(col).alias(name))
     return frame.with_columns(exprs)
@@ -56,18 +55,3 @@ def imputation_values(
         missing = int(row[f"{name}__missing"]) if value is not None else 0
         report[name] = {"strategy": rule.strategy, "value": value, "filled": missing}
     return fills, report
-
-
-@dataclass(frozen=True)
-class Deduplicated:
-    kept: pl.DataFrame
-    duplicates: pl.DataFrame
-
-
-def deduplicate(frame: pl.DataFrame, cleaning: CleaningSpec, columns: list[str]) -> Deduplicated:
-    """Keep the first of rows that are equal on the subset (default: every contract column)."""
-    if not cleaning.deduplicate.enabled or frame.height == 0:
-        return Deduplicated(frame, frame.clear())
-    subset = list(cleaning.deduplicate.subset or columns)
-    first = pl.struct(subset).is_first_distinct()
-    return Deduplicated(frame.filter(first), frame.filter(~first))

@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from driftloop.errors import JoinError
-from driftloop.prep.contract import deduplicate, imputation_values, normalize_strings
+from driftloop.prep.contract import imputation_values, normalize_strings
 from driftloop.prep.read import FILE, ROW, RawRead
 from driftloop.prep.rules import Rule, contract_rules, typed
 from driftloop.spec import SourceSpec, Spec
@@ -35,23 +35,36 @@ class SourceRead:
 
 
 @dataclass
-class Prepared:
-    processed: pl.DataFrame
-    quarantined: pl.DataFrame
-    duplicates: pl.DataFrame
+class PrepPlan:
+    """Prep of one batch as lazy queries; nothing has been computed yet."""
+
+    good: pl.LazyFrame
+    bad: pl.LazyFrame
+    duplicates: pl.LazyFrame
     files_quarantined: list[dict[str, str]] = field(default_factory=list)
     inputs: list[dict[str, Any]] = field(default_factory=list)
     imputed: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    rows_in: int = 0
+    streamed: bool = False
+
+
+@dataclass
+class Prepared:
+    """Prep of one batch, computed in memory (for tests and small data)."""
+
+    processed: pl.DataFrame
+    quarantined: pl.DataFrame
+    duplicates: pl.DataFrame
+    plan: PrepPlan
 
     @property
     def counts(self) -> dict[str, int]:
+        ok, bad, dup = self.processed.height, self.quarantined.height, self.duplicates.height
         return {
-            "rows_in": self.rows_in,
-            "rows_ok": self.processed.height,
-            "rows_quarantined": self.quarantined.height,
-            "rows_duplicate": self.duplicates.height,
+            "rows_in": ok + bad + dup,
+            "rows_ok": ok,
+            "rows_quarantined": bad,
+            "rows_duplicate": dup,
         }
 
 
@@ -66,10 +79,10 @@ def expected_columns(spec: Spec, source: SourceSpec) -> list[str] | None:
 
 
 def check_columns(
-    frame: pl.DataFrame, spec: Spec, source: SourceSpec
-) -> tuple[pl.DataFrame | None, str | None, list[str]]:
+    frame: pl.LazyFrame, spec: Spec, source: SourceSpec
+) -> tuple[pl.LazyFrame | None, str | None, list[str]]:
     """Apply the column-set rules to one file: (frame, error, warnings)."""
-    present = [c for c in frame.columns if not c.startswith("__")]
+    present = [c for c in frame.collect_schema().names() if not c.startswith("__")]
     required = expected_columns(spec, source) or []
     missing = [c for c in required if c not in present]
     if missing:
@@ -113,10 +126,10 @@ def _bad_line_rows(path: str, read: RawRead) -> pl.DataFrame:
 
 
 def _collect_source(
-    reads: list[SourceRead], spec: Spec, out: Prepared
-) -> tuple[pl.DataFrame | None, list[pl.DataFrame]]:
+    reads: list[SourceRead], spec: Spec, plan: PrepPlan
+) -> tuple[pl.LazyFrame | None, list[pl.DataFrame]]:
     """Check and normalize the reads of one source; report unreadable files."""
-    frames: list[pl.DataFrame] = []
+    frames: list[pl.LazyFrame] = []
     bad_rows: list[pl.DataFrame] = []
     for item in reads:
         read = item.read
@@ -125,44 +138,34 @@ def _collect_source(
         if frame is not None:
             frame, error, warnings = check_columns(frame, spec, item.source)
             if item.in_batch:
-                out.warnings += [f"{read.path}: {w}" for w in warnings]
+                plan.warnings += [f"{read.path}: {w}" for w in warnings]
         if frame is None:
             if item.in_batch:
-                out.files_quarantined.append(
+                plan.files_quarantined.append(
                     {"path": read.path, "sha256": item.sha256, "error": error or ""}
                 )
             continue
+        plan.streamed = plan.streamed or read.streamed
         frame = normalize_strings(frame, item.source.csv, trim=spec.cleaning.trim_strings)
         frames.append(frame.with_columns(pl.lit(read.path).alias(FILE)))
-        if item.in_batch:
-            out.inputs.append(
-                {
-                    "path": read.path,
-                    "sha256": item.sha256,
-                    "source": item.source.name,
-                    "rows": frame.height + len(read.bad_lines),
-                }
-            )
-            if read.bad_lines:
-                bad_rows.append(_bad_line_rows(read.path, read))
-        else:
-            out.inputs.append(
-                {
-                    "path": read.path,
-                    "sha256": item.sha256,
-                    "source": item.source.name,
-                    "rows": frame.height,
-                    "from_earlier_batch": True,
-                }
-            )
+        entry: dict[str, Any] = {
+            "path": read.path,
+            "sha256": item.sha256,
+            "source": item.source.name,
+        }
+        if not item.in_batch:
+            entry["from_earlier_batch"] = True
+        plan.inputs.append(entry)
+        if item.in_batch and read.bad_lines:
+            bad_rows.append(_bad_line_rows(read.path, read))
     if not frames:
         return None, bad_rows
     return pl.concat(frames, how="diagonal_relaxed"), bad_rows
 
 
 def _join(
-    primary: pl.DataFrame, spec: Spec, reads: list[SourceRead], out: Prepared
-) -> tuple[pl.DataFrame, list[Rule]]:
+    primary: pl.LazyFrame, spec: Spec, reads: list[SourceRead], plan: PrepPlan
+) -> tuple[pl.LazyFrame, list[Rule]]:
     """Join each secondary source onto the primary rows; inner-join misses break a rule."""
     rules: list[Rule] = []
     frame = primary
@@ -170,22 +173,27 @@ def _join(
         assert source.join is not None
         keys = list(source.join.on)
         mine = [r for r in reads if r.source.name == source.name]
-        table, _ = _collect_source(mine, spec, out)
-        if table is None:
+        lazy_table, _ = _collect_source(mine, spec, plan)
+        if lazy_table is None:
             raise JoinError(
                 f"source {source.name!r} ({source.path}) has no readable file yet, so nothing "
                 f"can be joined on {keys}; add a file there or remove the source from the spec"
             )
-        table = table.drop(FILE, ROW).filter(pl.all_horizontal(pl.col(keys).is_not_null()))
+        table = (  # a dimension table: small, so it is held in memory
+            lazy_table.drop(FILE, ROW)
+            .filter(pl.all_horizontal(pl.col(keys).is_not_null()))
+            .collect()
+        )
         table = table.unique(keep="last", maintain_order=True)  # a row repeated as is: no news
         conflicting = table.height - table.unique(keys).height
         if conflicting:
-            out.warnings.append(
+            plan.warnings.append(
                 f"source {source.name}: {conflicting} row(s) share a key {keys} with a different "
                 "row; the latest was used"
             )
             table = table.unique(keys, keep="last", maintain_order=True)
-        overlap = [c for c in table.columns if c in frame.columns and c not in keys]
+        have = frame.collect_schema().names()
+        overlap = [c for c in table.columns if c in have and c not in keys]
         if overlap:
             raise JoinError(
                 f"source {source.name!r} repeats column(s) {overlap} that an earlier source "
@@ -193,7 +201,7 @@ def _join(
             )
         marker = f"{MATCHED}{source.name}"
         table = table.with_columns(pl.lit(True).alias(marker))
-        frame = frame.join(table, on=keys, how="left", maintain_order="left")
+        frame = frame.join(table.lazy(), on=keys, how="left", maintain_order="left")
         if source.join.how == "inner":
             rules.append(
                 Rule(
@@ -204,7 +212,8 @@ def _join(
             )
         else:
             frame = frame.drop(marker)
-    missing = [c for c in spec.contract.columns if c not in frame.columns]
+    have = frame.collect_schema().names()
+    missing = [c for c in spec.contract.columns if c not in have]
     if missing:
         raise JoinError(
             f"no source provides contract column(s) {missing}; add them to a source's files "
@@ -213,42 +222,62 @@ def _join(
     return frame, rules
 
 
-def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
-    """Validate, clean and join the reads of one batch."""
-    out = Prepared(pl.DataFrame(), pl.DataFrame(), pl.DataFrame())
+def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
+    """Validate, clean and join the reads of one batch, as lazy queries."""
+    empty = pl.LazyFrame()
+    plan = PrepPlan(empty, empty, empty)
     primary_reads = [r for r in reads if r.source.name == spec.primary.name]
-    primary, bad_lines = _collect_source(primary_reads, spec, out)
+    primary, bad_lines = _collect_source(primary_reads, spec, plan)
     columns = list(spec.contract.columns)
     if primary is None:
-        primary = pl.DataFrame(
+        primary = pl.LazyFrame(
             schema={c: pl.String for c in columns} | {ROW: pl.Int64, FILE: pl.String}
         )
-    raw, rules = _join(primary, spec, reads, out) if len(spec.sources) > 1 else (primary, [])
-    markers = [c for c in raw.columns if c.startswith(MATCHED)]
+    raw, rules = _join(primary, spec, reads, plan) if len(spec.sources) > 1 else (primary, [])
+    markers = [c for c in raw.collect_schema().names() if c.startswith(MATCHED)]
     raw = raw.select(*columns, ROW, FILE, *markers)
-    out.rows_in = raw.height + sum(b.height for b in bad_lines)
 
-    lazy = raw.lazy()
-    fills, out.imputed = imputation_values(lazy, dict(spec.cleaning.impute), spec.contract)
+    fills, plan.imputed = imputation_values(raw, dict(spec.cleaning.impute), spec.contract)
     rules += contract_rules(spec.contract, columns, fills)
     broken = pl.any_horizontal([r.failed for r in rules]) if rules else pl.lit(False)
-    good = lazy.filter(~broken).select(
+    typed_rows = raw.filter(~broken).select(
         *[typed(c, spec.contract.columns[c], fills.get(c)) for c in columns], ROW, FILE
     )
-    bad = lazy.filter(broken).select(
+    dedup = spec.cleaning.deduplicate
+    if dedup.enabled:
+        # A 64-bit hash per row keeps the streaming engine's memory to 8 bytes a row.
+        first = pl.struct(list(dedup.subset or columns)).hash(seed=0).is_first_distinct()
+        plan.good = typed_rows.filter(first)
+        plan.duplicates = typed_rows.filter(~first)
+    else:
+        plan.good = typed_rows
+        plan.duplicates = typed_rows.clear()
+    messages = [r.message() for r in rules]
+    bad = raw.filter(broken).select(
         *columns,
         ROW,
         FILE,
-        pl.concat_str([r.message() for r in rules], separator="; ", ignore_nulls=True).alias(
-            REASON
-        ),
+        pl.concat_str(messages, separator="; ", ignore_nulls=True).alias(REASON),
+        pl.lit(None, pl.String).alias(RAW_LINE),
     )
-    kept, quarantined = pl.collect_all([good, bad])
-    out.quarantined = pl.concat(
-        [quarantined.with_columns(pl.lit(None, pl.String).alias(RAW_LINE)), *bad_lines],
-        how="diagonal_relaxed",
+    plan.bad = pl.concat([bad, *(b.lazy() for b in bad_lines)], how="diagonal_relaxed")
+    return plan
+
+
+def rows_per_file(frames: list[pl.LazyFrame]) -> dict[str, int]:
+    """How many rows of each raw file ended up in the given outputs."""
+    counts = pl.concat([f.select(FILE) for f in frames]).group_by(FILE).len().collect()
+    return dict(
+        zip(counts.get_column(FILE).to_list(), counts.get_column("len").to_list(), strict=True)
     )
-    dedup = deduplicate(kept, spec.cleaning, columns)
-    out.processed = dedup.kept
-    out.duplicates = dedup.duplicates
-    return out
+
+
+def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
+    """Prep of one batch computed in memory."""
+    plan = plan_prep(reads, spec)
+    good, bad, dups = pl.collect_all([plan.good, plan.bad, plan.duplicates])
+    counts = rows_per_file([good.lazy(), bad.lazy(), dups.lazy()])
+    for entry in plan.inputs:
+        if not entry.get("from_earlier_batch"):
+            entry["rows"] = counts.get(entry["path"], 0)
+    return Prepared(good, bad, dups, plan)

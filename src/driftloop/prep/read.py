@@ -1,10 +1,17 @@
-"""Read one raw file into a frame of raw strings, keeping every problem it has.
+"""Read one raw file into a lazy frame of raw strings, keeping every problem it has.
 
 Every column is read as text so that a value of the wrong type is caught per row by the
-contract, not as a failed file. Rows with the wrong number of fields are set aside with
-their line number and text; a file that cannot be read at all comes back with the reason
-and no frame. Reading is done by pyarrow's multithreaded CSV reader (which reports ragged
-rows one by one) and Polars takes the result without a copy.
+contract, not as a failed file. A file that cannot be read at all comes back with the reason
+and no frame. Two readers, one result:
+
+- exact (files below ``STREAM_MIN_BYTES``, other encodings, or any doubt): pyarrow's CSV
+  reader, which sets aside every row with the wrong number of fields with its line number
+  and text; Polars takes the table without a copy.
+- streaming (large UTF-8 files whose last record is whole): Polars' streaming CSV scan, so
+  prep runs in bounded memory. Polars fails on a row with too many fields (the stage then
+  re-reads with the exact reader) and cannot tell a row with too few fields from one with
+  empty trailing fields; the check that the last record is whole catches the common case of
+  a truncated upload.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from driftloop.spec import CsvOptions, SourceSpec
 ROW = "__row"
 FILE = "__file"
 _SNIFF_BYTES = 64 * 1024
+STREAM_MIN_BYTES = 64 << 20
 _BLOCK_BYTES = 1 << 20  # pyarrow's default; a row must fit in one block
 _MAX_BLOCK_BYTES = 1 << 28
 _OTHER_SEPARATORS = (",", ";", "\t", "|")
@@ -45,18 +53,28 @@ class RawRead:
     """The outcome of reading one file: a frame of strings, or the reason there is none."""
 
     path: str
-    frame: pl.DataFrame | None
+    frame: pl.LazyFrame | None
     bad_lines: list[BadLine] = field(default_factory=list)
     error: str | None = None
     header_lines: int = 0  # lines before the first record: BadLine.line - this = record number
+    streamed: bool = False
 
 
-def read_raw(path: Path, source: SourceSpec, shown_as: str) -> RawRead:
-    """Read ``path`` as the source says; never raises for bad content."""
+def read_raw(
+    path: Path,
+    source: SourceSpec,
+    shown_as: str,
+    *,
+    stream_min_bytes: int | None = STREAM_MIN_BYTES,
+) -> RawRead:
+    """Read ``path`` as the source says; never raises for bad content.
+
+    ``stream_min_bytes=None`` forces the exact reader.
+    """
     try:
         if source.format == "parquet":
             return _read_parquet(path, shown_as)
-        return _read_csv(path, source.csv, shown_as)
+        return _read_csv(path, source.csv, shown_as, stream_min_bytes)
     except OSError as exc:
         return RawRead(shown_as, None, error=f"cannot open the file: {exc.strerror or exc}")
 
@@ -67,10 +85,11 @@ def _read_parquet(path: Path, shown_as: str) -> RawRead:
     except Exception as exc:  # polars raises several types for corrupt files
         return RawRead(shown_as, None, error=f"not a readable Parquet file: {_first_line(exc)}")
     strings = frame.select(pl.all().cast(pl.String))
-    return RawRead(shown_as, strings.with_row_index(ROW, offset=1))
+    rows = pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(ROW)
+    return RawRead(shown_as, strings.lazy().select(rows, pl.all()))
 
 
-def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
+def _read_csv(path: Path, opts: CsvOptions, shown_as: str, stream_min_bytes: int | None) -> RawRead:
     size = path.stat().st_size
     if size == 0:
         return RawRead(shown_as, None, error="the file is empty (0 bytes); expected a header row")
@@ -111,6 +130,10 @@ def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
             None,
             error=f"the header repeats column name(s) {dupes}; each column needs its own name",
         )
+    header_lines = opts.skip_rows + (1 if opts.has_header else 0)
+    if stream_min_bytes is not None and size >= stream_min_bytes and _streamable(path, opts, names):
+        scan = _scan_csv(path, opts, names)
+        return RawRead(shown_as, scan, header_lines=header_lines, streamed=True)
     bad: list[BadLine] = []
     table = _arrow_csv(path, opts, names, bad, use_threads=True)
     if isinstance(table, str):
@@ -134,8 +157,49 @@ def _read_csv(path: Path, opts: CsvOptions, shown_as: str) -> RawRead:
             error="the file has a header but no data rows; expected at least one row "
             "under the header",
         )
-    header_lines = opts.skip_rows + (1 if opts.has_header else 0)
-    return RawRead(shown_as, frame.select(ROW, *names), bad_lines=bad, header_lines=header_lines)
+    return RawRead(
+        shown_as, frame.select(ROW, *names).lazy(), bad_lines=bad, header_lines=header_lines
+    )
+
+
+def _streamable(path: Path, opts: CsvOptions, names: list[str]) -> bool:
+    """UTF-8, and the last record has every field (a cut-off upload goes the exact way)."""
+    if codecs.lookup(opts.encoding).name != "utf-8":
+        return False
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        fh.seek(max(0, size - _SNIFF_BYTES))
+        tail = fh.read().decode("utf-8", errors="replace")
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return False
+    quote = opts.quote_char
+    if quote is not None and lines[-1].count(quote) % 2 == 1:
+        return False  # the last record spans lines or leaves a quote open
+    fields = next(
+        csv.reader(
+            [lines[-1]],
+            delimiter=opts.separator,
+            quotechar=quote or '"',
+            quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE,
+        )
+    )
+    return len(fields) == len(names)
+
+
+def _scan_csv(path: Path, opts: CsvOptions, names: list[str]) -> pl.LazyFrame:
+    scan = pl.scan_csv(
+        path,
+        has_header=opts.has_header,
+        separator=opts.separator,
+        quote_char=opts.quote_char,
+        skip_rows=opts.skip_rows,
+        schema=dict.fromkeys(names, pl.String),
+        empty_string_is_null=False,
+        row_index_name=ROW,
+        row_index_offset=1,
+    )
+    return scan.select(pl.col(ROW).cast(pl.Int64), *names)
 
 
 def _header(head: bytes, opts: CsvOptions) -> list[str]:
