@@ -8,7 +8,7 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
-from driftloop.prep.rules import contract_rules, pandera_schema, typed
+from driftloop.prep.rules import contract_rules, pandera_schema, typed, with_parsed
 from driftloop.spec import parse_spec, read_yaml
 
 from .test_datasets import BANK, TAXI
@@ -18,6 +18,7 @@ def _flagged_by_rules(raw: pl.DataFrame, spec_text: str) -> tuple[set[int], pl.D
     spec = parse_spec(read_yaml(spec_text))
     columns = list(spec.contract.columns)
     rules = contract_rules(spec.contract, columns, {})
+    raw = with_parsed(raw.lazy(), spec.contract, columns).collect()
     flags = raw.select(pl.any_horizontal([r.failed for r in rules]).alias("bad"))
     parse_ok = raw.select(
         pl.all_horizontal(

@@ -23,6 +23,8 @@ from driftloop.errors import DriftloopError, QuarantineLimitError, StageError
 from driftloop.features import build_features, load_user_function
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
+from driftloop.prep.contract import imputation_report
+from driftloop.prep.core import with_bad_lines
 from driftloop.prep.read import STREAM_MIN_BYTES
 from driftloop.spec import Spec
 from driftloop.state import Batch, RawFile, StateDB
@@ -120,16 +122,27 @@ def _plan(
     return plan_prep(reads, spec)
 
 
-def _sink(plan: PrepPlan, good: Path, bad: Path, dups: Path) -> None:
-    """Run the three outputs of the plan in one streaming pass over the raw data."""
-    pl.collect_all(
-        [
-            plan.good.sink_parquet(good, lazy=True),
-            plan.bad.sink_parquet(bad, lazy=True),
-            plan.duplicates.sink_parquet(dups, lazy=True),
-        ],
-        engine="streaming",
-    )
+def _sink(plan: PrepPlan, good: Path, bad: Path, dups: Path) -> dict[str, int]:
+    """Run the outputs of the plan in one streaming pass over the raw data.
+
+    Returns how many kept values each imputation rule filled.
+    """
+    filled = good.parent / "filled.parquet"
+    sinks = [
+        plan.good.sink_parquet(good, lazy=True),
+        plan.bad.sink_parquet(bad, lazy=True),
+        plan.duplicates.sink_parquet(dups, lazy=True),
+    ]
+    if plan.fills:
+        sinks.append(plan.filled.sink_parquet(filled, lazy=True))
+    pl.collect_all(sinks, engine="streaming")
+    if plan.bad_lines is not None:  # small: rows set aside by the exact reader
+        with_bad_lines(pl.read_parquet(bad), plan).write_parquet(bad)
+    if not plan.fills:
+        return {}
+    counts: dict[str, int] = pl.read_parquet(filled).row(0, named=True)
+    filled.unlink()
+    return counts
 
 
 def _run_prep(
@@ -144,7 +157,7 @@ def _run_prep(
         good, bad, dups = ptmp / DATA_FILE, qtmp / "rows.parquet", qtmp / "duplicates.parquet"
         plan = _plan(spec, layout, batch, files, exact=False)
         try:
-            _sink(plan, good, bad, dups)
+            filled = _sink(plan, good, bad, dups)
         except pl.exceptions.ComputeError:
             if not plan.streamed:
                 raise
@@ -152,7 +165,7 @@ def _run_prep(
             # read every file again with the exact reader, which sets such rows aside.
             log.info("batch %s: streaming read failed; re-reading exactly", batch.batch_id)
             plan = _plan(spec, layout, batch, files, exact=True)
-            _sink(plan, good, bad, dups)
+            filled = _sink(plan, good, bad, dups)
         check_output_schema(pl.scan_parquet(good), spec)
         outputs = [pl.scan_parquet(p) for p in (good, bad, dups)]
         per_file = rows_per_file(outputs)
@@ -176,7 +189,7 @@ def _run_prep(
             "inputs": plan.inputs,
             "files_quarantined": plan.files_quarantined,
             **counts,
-            "imputed": plan.imputed,
+            "imputed": imputation_report(dict(spec.cleaning.impute), plan.fills, filled),
             "warnings": plan.warnings,
             "streamed": plan.streamed,
             "schema": {c: str(t) for c, t in pl.read_parquet_schema(good).items()},

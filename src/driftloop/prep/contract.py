@@ -25,14 +25,13 @@ def normalize_strings(frame: pl.LazyFrame, opts: CsvOptions, *, trim: bool) -> p
 
 def imputation_values(
     frame: pl.LazyFrame, rules: dict[str, ImputeSpec], contract: ContractSpec
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The fill value per column, and a report of what fills what.
+) -> dict[str, Any]:
+    """The fill value per column.
 
     Statistics (mean, median, mode) come only from values that satisfy the column's own
-    contract rules, so an absurd value that will be quarantined cannot skew the fill.
+    contract rules, so an absurd value that will be quarantined cannot skew the fill. They
+    need a pass over the data before the main one; constants do not.
     """
-    if not rules:
-        return {}, {}
     stats = []
     for name, rule in rules.items():
         spec = contract.columns[name]
@@ -43,15 +42,25 @@ def imputation_values(
             stats.append(valid.median().alias(name))
         elif rule.strategy == "mode":
             stats.append(valid.mode().sort().first().alias(name))
-        stats.append(parsed(name, spec).null_count().alias(f"{name}__missing"))
-    row = frame.select(stats).collect().row(0, named=True)
+    row = frame.select(stats).collect().row(0, named=True) if stats else {}
     fills: dict[str, Any] = {}
-    report: dict[str, dict[str, Any]] = {}
     for name, rule in rules.items():
         value = rule.value if rule.strategy == "constant" else row[name]
         if value is not None and contract.columns[name].dtype == "int":
             value = round(float(value))
         fills[name] = value
-        missing = int(row[f"{name}__missing"]) if value is not None else 0
-        report[name] = {"strategy": rule.strategy, "value": value, "filled": missing}
-    return fills, report
+    return fills
+
+
+def imputation_report(
+    rules: dict[str, ImputeSpec], fills: dict[str, Any], filled: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """What filled what, and how many values of kept rows it filled."""
+    return {
+        name: {
+            "strategy": rule.strategy,
+            "value": fills.get(name),
+            "filled": int(filled.get(name, 0)) if fills.get(name) is not None else 0,
+        }
+        for name, rule in rules.items()
+    }

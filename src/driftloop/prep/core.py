@@ -13,13 +13,15 @@ from typing import Any
 import polars as pl
 
 from driftloop.errors import JoinError
-from driftloop.prep.contract import imputation_values, normalize_strings
+from driftloop.prep.contract import imputation_report, imputation_values, normalize_strings
 from driftloop.prep.read import FILE, ROW, RawRead
-from driftloop.prep.rules import Rule, contract_rules, typed
+from driftloop.prep.rules import PARSED, Rule, contract_rules, typed, with_parsed
 from driftloop.spec import SourceSpec, Spec
 
 REASON = "__reason"
 MATCHED = "__matched_"
+BROKEN = "__broken"
+FIRST = "__first"
 RULES = "__rules"
 RAW_LINE = "__raw_line"
 
@@ -41,9 +43,11 @@ class PrepPlan:
     good: pl.LazyFrame
     bad: pl.LazyFrame
     duplicates: pl.LazyFrame
+    filled: pl.LazyFrame  # one row: per imputed column, how many kept values were missing
+    bad_lines: pl.DataFrame | None = None  # rows the reader set aside (wrong field count)
+    fills: dict[str, Any] = field(default_factory=dict)
     files_quarantined: list[dict[str, str]] = field(default_factory=list)
     inputs: list[dict[str, Any]] = field(default_factory=list)
-    imputed: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     streamed: bool = False
 
@@ -56,6 +60,7 @@ class Prepared:
     quarantined: pl.DataFrame
     duplicates: pl.DataFrame
     plan: PrepPlan
+    imputed: dict[str, dict[str, Any]]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -225,7 +230,7 @@ def _join(
 def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
     """Validate, clean and join the reads of one batch, as lazy queries."""
     empty = pl.LazyFrame()
-    plan = PrepPlan(empty, empty, empty)
+    plan = PrepPlan(empty, empty, empty, empty)
     primary_reads = [r for r in reads if r.source.name == spec.primary.name]
     primary, bad_lines = _collect_source(primary_reads, spec, plan)
     columns = list(spec.contract.columns)
@@ -235,33 +240,49 @@ def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
         )
     raw, rules = _join(primary, spec, reads, plan) if len(spec.sources) > 1 else (primary, [])
     markers = [c for c in raw.collect_schema().names() if c.startswith(MATCHED)]
-    raw = raw.select(*columns, ROW, FILE, *markers)
+    raw = with_parsed(raw.select(*columns, ROW, FILE, *markers), spec.contract, columns)
 
-    fills, plan.imputed = imputation_values(raw, dict(spec.cleaning.impute), spec.contract)
+    fills = imputation_values(raw, dict(spec.cleaning.impute), spec.contract)
+    plan.fills = fills
     rules += contract_rules(spec.contract, columns, fills)
+    # Each step is computed once as a column; the outputs share it (one scan, one rule pass).
     broken = pl.any_horizontal([r.failed for r in rules]) if rules else pl.lit(False)
-    typed_rows = raw.filter(~broken).select(
+    checked = raw.with_columns(broken.alias(BROKEN)).cache()
+    kept = checked.filter(~pl.col(BROKEN))
+    plan.filled = kept.select(
+        pl.col(PARSED + c).null_count().alias(c) for c in spec.cleaning.impute
+    )
+    typed_rows = kept.select(
         *[typed(c, spec.contract.columns[c], fills.get(c)) for c in columns], ROW, FILE
     )
     dedup = spec.cleaning.deduplicate
     if dedup.enabled:
         # A 64-bit hash per row keeps the streaming engine's memory to 8 bytes a row.
         first = pl.struct(list(dedup.subset or columns)).hash(seed=0).is_first_distinct()
-        plan.good = typed_rows.filter(first)
-        plan.duplicates = typed_rows.filter(~first)
+        marked = typed_rows.with_columns(first.alias(FIRST))
+        plan.good = marked.filter(pl.col(FIRST)).drop(FIRST)
+        plan.duplicates = marked.filter(~pl.col(FIRST)).drop(FIRST)
     else:
         plan.good = typed_rows
         plan.duplicates = typed_rows.clear()
     messages = [r.message() for r in rules]
-    bad = raw.filter(broken).select(
+    bad = checked.filter(pl.col(BROKEN)).select(
         *columns,
         ROW,
         FILE,
         pl.concat_str(messages, separator="; ", ignore_nulls=True).alias(REASON),
         pl.lit(None, pl.String).alias(RAW_LINE),
     )
-    plan.bad = pl.concat([bad, *(b.lazy() for b in bad_lines)], how="diagonal_relaxed")
+    plan.bad = bad  # kept apart from bad_lines: a concat here would stop the scan being shared
+    plan.bad_lines = pl.concat(bad_lines, how="diagonal_relaxed") if bad_lines else None
     return plan
+
+
+def with_bad_lines(bad: pl.DataFrame, plan: PrepPlan) -> pl.DataFrame:
+    """The quarantined rows: contract breakers, then rows the reader set aside."""
+    if plan.bad_lines is None:
+        return bad
+    return pl.concat([bad, plan.bad_lines], how="diagonal_relaxed")
 
 
 def rows_per_file(frames: list[pl.LazyFrame]) -> dict[str, int]:
@@ -275,9 +296,12 @@ def rows_per_file(frames: list[pl.LazyFrame]) -> dict[str, int]:
 def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
     """Prep of one batch computed in memory."""
     plan = plan_prep(reads, spec)
-    good, bad, dups = pl.collect_all([plan.good, plan.bad, plan.duplicates])
+    good, bad, dups, filled = pl.collect_all([plan.good, plan.bad, plan.duplicates, plan.filled])
+    bad = with_bad_lines(bad, plan)
     counts = rows_per_file([good.lazy(), bad.lazy(), dups.lazy()])
     for entry in plan.inputs:
         if not entry.get("from_earlier_batch"):
             entry["rows"] = counts.get(entry["path"], 0)
-    return Prepared(good, bad, dups, plan)
+    filled_counts = filled.row(0, named=True) if filled.width else {}
+    imputed = imputation_report(dict(spec.cleaning.impute), plan.fills, filled_counts)
+    return Prepared(good, bad, dups, plan, imputed)

@@ -29,6 +29,7 @@ POLARS_TYPES: dict[str, pl.DataType] = {
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
 VALUE_CHARS = 200
+PARSED = "__parsed_"  # each contract column parsed once into this column, then reused
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,17 @@ def parsed(name: str, rule: ColumnContract) -> pl.Expr:
     return out.cast(POLARS_TYPES[rule.dtype]).alias(name)
 
 
+def with_parsed(frame: pl.LazyFrame, contract: ContractSpec, columns: list[str]) -> pl.LazyFrame:
+    """Add the parsed value of every contract column (``__parsed_<column>``) to the frame."""
+    return frame.with_columns(parsed(c, contract.columns[c]).alias(PARSED + c) for c in columns)
+
+
 def typed(name: str, rule: ColumnContract, fill: Any = None) -> pl.Expr:
-    """The typed value as it reaches data/processed: parsed, then imputed where missing."""
-    expr = parsed(name, rule)
+    """The typed value as it reaches data/processed: parsed, then imputed where missing.
+
+    Needs the columns :func:`with_parsed` adds.
+    """
+    expr = pl.col(PARSED + name)
     if fill is not None:
         expr = expr.fill_null(pl.lit(fill).cast(POLARS_TYPES[rule.dtype]))
     return expr.alias(name)
@@ -100,10 +109,10 @@ def _number(value: float, dtype: str) -> float | int:
 def column_rules(
     name: str, rule: ColumnContract, *, fill: Any = None, max_length: int
 ) -> list[Rule]:
-    """Every rule of one column, in the order a reader fixes them."""
+    """Every rule of one column, in the order a reader fixes them (needs :func:`with_parsed`)."""
     raw = pl.col(name)
     value = typed(name, rule, fill)
-    unparsable = raw.is_not_null() & parsed(name, rule).is_null()
+    unparsable = raw.is_not_null() & pl.col(PARSED + name).is_null()
     fmt = f", {rule.format}" if rule.format else ""
     rules = [
         Rule(
