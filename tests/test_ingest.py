@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from driftloop.ingest import ingest
 from driftloop.layout import Layout, file_sha256
@@ -147,3 +148,22 @@ def test_outputs_are_atomic_and_unsealed_outputs_are_ignored(tmp_path: Path) -> 
     assert r.reports[0].outcome == "ran"
     assert not (tmp_path / "data/processed/.tmp-x-123").exists()
     assert (out / "_SUCCESS").is_file()
+
+
+def test_unexpected_errors_are_reported_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftloop import stages
+
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", [(1, 2)])
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(stages, "_run_prep", broken)
+    first = run(tmp_path)
+    assert first.failed and "unexpected OSError: disk full" in (first.failed[0].error or "")
+    monkeypatch.undo()
+    second = run(tmp_path)  # not "failed-earlier": an unexpected error is tried again
+    assert [(r.stage, r.outcome) for r in second.reports] == [("prep", "ran"), ("features", "ran")]

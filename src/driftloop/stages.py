@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,11 +70,46 @@ def _cached(db: StateDB, key: str, out_dir: Path) -> bool:
     )
 
 
-def _failed_before(db: StateDB, key: str) -> str | None:
-    for run in db.stage_runs(limit=500):
-        if run["key"] == key and run["status"] == "failed":
-            return str(run["error"])
-    return None
+def _keyed_run(
+    db: StateDB,
+    layout: Layout,
+    stage: str,
+    batch: Batch,
+    key: str,
+    out_dir: Path,
+    work: Callable[[float], dict[str, Any]],
+) -> StageReport:
+    """Run ``work`` unless ``key`` already succeeded (cache hit) or failed on its data.
+
+    A DriftloopError is a failure of the data or spec: recorded and not retried until the
+    key changes. Any other exception is recorded as an error and retried on the next pass.
+    """
+    if _cached(db, key, out_dir):
+        return StageReport(stage, batch.batch_id, "cached", manifest=read_manifest(out_dir))
+    status, error = db.run_status(key)
+    if status == "failed":
+        return StageReport(stage, batch.batch_id, "failed-earlier", error=error)
+    db.start_run(key, stage, batch.batch_id)
+    started = time.perf_counter()
+    try:
+        manifest = work(started)
+    except Exception as exc:
+        seconds = time.perf_counter() - started
+        expected = isinstance(exc, DriftloopError)
+        message = (
+            str(exc)
+            if expected
+            else (
+                f"{stage} {batch.batch_id}: unexpected {type(exc).__name__}: {exc} "
+                "(retried on the next run; --verbose shows the traceback)"
+            )
+        )
+        log.debug("%s %s failed", stage, batch.batch_id, exc_info=True)
+        db.finish_run(key, stage, batch.batch_id, seconds, None, message, retry=not expected)
+        return StageReport(stage, batch.batch_id, "failed", seconds, error=message)
+    seconds = time.perf_counter() - started
+    db.finish_run(key, stage, batch.batch_id, seconds, layout.relative(out_dir), None)
+    return StageReport(stage, batch.batch_id, "ran", seconds, manifest)
 
 
 def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
@@ -84,25 +120,11 @@ def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageRe
     key = run_key(
         "prep", PREP_VERSION, spec.section_hash(*PREP_SECTIONS), [f.sha256 for f in files]
     )
-    out_dir = layout.processed / batch.batch_id
-    if _cached(db, key, out_dir):
-        return StageReport("prep", batch.batch_id, "cached", manifest=read_manifest(out_dir))
-    earlier = _failed_before(db, key)
-    if earlier is not None:
-        return StageReport("prep", batch.batch_id, "failed-earlier", error=earlier)
 
-    db.start_run(key, "prep", batch.batch_id)
-    started = time.perf_counter()
-    try:
-        manifest = _run_prep(spec, layout, batch, files, key, started)
-    except DriftloopError as exc:
-        seconds = time.perf_counter() - started
-        db.finish_run(key, "prep", batch.batch_id, seconds, None, str(exc))
-        return StageReport("prep", batch.batch_id, "failed", seconds, error=str(exc))
-    seconds = time.perf_counter() - started
-    db.finish_run(key, "prep", batch.batch_id, seconds, layout.relative(out_dir), None)
-    log.info("prep %s: %s rows in, %s ok", batch.batch_id, manifest["rows_in"], manifest["rows_ok"])
-    return StageReport("prep", batch.batch_id, "ran", seconds, manifest)
+    def work(started: float) -> dict[str, Any]:
+        return _run_prep(spec, layout, batch, files, key, started)
+
+    return _keyed_run(db, layout, "prep", batch, key, layout.processed / batch.batch_id, work)
 
 
 def _plan(
@@ -281,14 +303,8 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
         [prep_manifest["run_key"]],
     )
     out_dir = layout.features / batch.batch_id
-    if _cached(db, key, out_dir):
-        return StageReport("features", batch.batch_id, "cached", manifest=read_manifest(out_dir))
-    earlier = _failed_before(db, key)
-    if earlier is not None:
-        return StageReport("features", batch.batch_id, "failed-earlier", error=earlier)
-    db.start_run(key, "features", batch.batch_id)
-    started = time.perf_counter()
-    try:
+
+    def work(started: float) -> dict[str, Any]:
         func = (
             load_user_function(spec.features.function, layout.root)
             if spec.features.function
@@ -298,7 +314,6 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
         with atomic_output(out_dir) as tmp:
             frame.sink_parquet(tmp / DATA_FILE)
             schema = pl.read_parquet_schema(tmp / DATA_FILE)
-            rows = pl.scan_parquet(tmp / DATA_FILE).select(pl.len()).collect().item()
             manifest = {
                 "stage": "features",
                 "stage_version": FEATURES_VERSION,
@@ -313,18 +328,14 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
                         "run_key": prep_manifest["run_key"],
                     }
                 ],
-                "rows": rows,
+                "rows": _rows(tmp / DATA_FILE),
                 "schema": {c: str(t) for c, t in schema.items()},
                 "timings": {"total_s": round(time.perf_counter() - started, 4)},
             }
             seal(tmp, manifest)
-    except DriftloopError as exc:
-        seconds = time.perf_counter() - started
-        db.finish_run(key, "features", batch.batch_id, seconds, None, str(exc))
-        return StageReport("features", batch.batch_id, "failed", seconds, error=str(exc))
-    seconds = time.perf_counter() - started
-    db.finish_run(key, "features", batch.batch_id, seconds, layout.relative(out_dir), None)
-    return StageReport("features", batch.batch_id, "ran", seconds, manifest)
+        return manifest
+
+    return _keyed_run(db, layout, "features", batch, key, out_dir, work)
 
 
 def _user_code_hash(spec: Spec, root: Path) -> str:

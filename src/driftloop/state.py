@@ -186,6 +186,13 @@ class StateDB:
         row = self._conn.execute("SELECT status FROM stage_runs WHERE key=?", (key,)).fetchone()
         return row is not None and row[0] == "succeeded"
 
+    def run_status(self, key: str) -> tuple[str | None, str | None]:
+        """(status, error) of a stage run key, or (None, None) if it never ran."""
+        row = self._conn.execute(
+            "SELECT status, error FROM stage_runs WHERE key=?", (key,)
+        ).fetchone()
+        return (None, None) if row is None else (row[0], row[1])
+
     def start_run(self, key: str, stage: str, batch_id: str) -> None:
         now = utcnow().isoformat()
         with self.transaction() as conn:
@@ -208,8 +215,11 @@ class StateDB:
         seconds: float,
         output: str | None,
         error: str | None,
+        *,
+        retry: bool = False,
     ) -> None:
-        status = "failed" if error else "succeeded"
+        """Record the end of a run; a failure with ``retry`` is tried again next pass."""
+        status = ("error" if retry else "failed") if error else "succeeded"
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE stage_runs SET status=?, finished_at=?, seconds=?, output=?, error=? "
