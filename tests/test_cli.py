@@ -80,6 +80,7 @@ def test_init_infers_types_separator_and_time(datasets: Path, tmp_path: Path) ->
     assert spec.task == "regression"
     assert spec.time_column == "dteday"
     assert spec.contract.columns["dteday"].dtype == "date"
+    assert not spec.contract.columns["dteday"].nullable  # the time column is required
     assert spec.id_column is None or spec.id_column == "instant"
 
 

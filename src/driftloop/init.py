@@ -13,7 +13,7 @@ import csv
 import difflib
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,9 @@ def init_from_file(
     if time_column is None:
         temporal = [g.name for g in guesses if g.dtype in ("date", "datetime") and g.nulls == 0]
         time_column = temporal[0] if len(temporal) == 1 else None
+        if time_column is not None:  # the time column orders the data: required
+            guesses = [replace(g, nullable=False) if g.name == time_column else g for g in guesses]
+            by_name = {g.name: g for g in guesses}
     if time_column is not None and by_name[time_column].dtype not in (
         "date",
         "datetime",
