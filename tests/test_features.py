@@ -119,3 +119,17 @@ def test_user_function_errors_name_the_function(tmp_path: Path) -> None:
     (tmp_path / "feats_bad.py").write_text("x = 1\n")
     with pytest.raises(FeatureError, match="has no function 'f'"):
         load_user_function("feats_bad:f", tmp_path)
+
+
+def test_an_edited_feature_module_is_what_runs(tmp_path: Path) -> None:
+    module = tmp_path / "feats.py"
+    module.write_text("import polars as pl\ndef f(frame):\n    return [pl.lit(1).alias('v')]\n")
+    frame = pl.LazyFrame({"a": [1, 2]})
+    first = load_user_function("feats:f", tmp_path)
+    module.write_text("import polars as pl\ndef f(frame):\n    return [pl.lit(2).alias('v')]\n")
+    second = load_user_function("feats:f", tmp_path)
+    assert frame.with_columns(first(frame)).collect().get_column("v").to_list() == [1, 1]
+    assert frame.with_columns(second(frame)).collect().get_column("v").to_list() == [2, 2]
+    module.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(FeatureError, match=r"importing .*feats.py raised RuntimeError: boom"):
+        load_user_function("feats:f", tmp_path)

@@ -7,7 +7,8 @@ a user's function must be row-wise too, which the parity test checks on real dat
 
 from __future__ import annotations
 
-import importlib
+import hashlib
+import importlib.util
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -78,20 +79,42 @@ def _bucket_label(lo: float, hi: float) -> str:
     return f"({fmt(lo)}, {fmt(hi)}]"
 
 
+def user_module_path(reference: str, project: Path) -> Path:
+    """The file a ``module:function`` reference points at, inside the project folder."""
+    module_name = reference.partition(":")[0]
+    return project / (module_name.replace(".", "/") + ".py")
+
+
 def load_user_function(reference: str, project: Path) -> UserFunction:
-    """Import ``module:function`` with the project folder first on the import path."""
+    """Load ``module:function`` from its file in the project folder.
+
+    The file is executed afresh on every call (never taken from ``sys.modules``), so an
+    edited module is what runs, and two projects with the same module name do not collide.
+    The project folder is on the import path while it runs, for its own imports.
+    """
     module_name, _, func_name = reference.partition(":")
+    path = user_module_path(reference, project)
+    if not path.is_file():
+        raise FeatureError(
+            f"features.function {reference!r}: cannot import module {module_name!r}: no file "
+            f"{path}; put the module in the project folder"
+        )
+    source = path.read_bytes()
+    unique = f"_driftloop_features_{hashlib.sha256(source + bytes(path)).hexdigest()[:16]}"
+    module_spec = importlib.util.spec_from_file_location(unique, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
     root = str(project.resolve())
     added = root not in sys.path
     if added:
         sys.path.insert(0, root)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
         raise FeatureError(
-            f"features.function {reference!r}: cannot import module {module_name!r} ({exc}); "
-            f"put {module_name.replace('.', '/')}.py in the project folder {project}"
-        ) from None
+            f"features.function {reference!r}: importing {path} raised "
+            f"{type(exc).__name__}: {exc}; fix the module"
+        ) from exc
     finally:
         if added:
             sys.path.remove(root)

@@ -9,8 +9,10 @@ Raw files are only ever read.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,11 +51,17 @@ def candidate_files(spec: Spec, layout: Layout) -> list[tuple[str, Path]]:
     seen: set[Path] = set()
     found: list[tuple[str, Path]] = []
     for source in spec.sources:
-        for path in sorted(layout.root.glob(source.path)):
+        for path in source_paths(layout, source.path):
             if path.is_file() and not is_temporary(path) and path not in seen:
                 seen.add(path)
                 found.append((source.name, path))
     return found
+
+
+def source_paths(layout: Layout, pattern: str) -> list[Path]:
+    """Files matching a source's glob: relative to the project folder, or absolute."""
+    found = glob.glob(os.path.join(layout.root, pattern), recursive=True)  # noqa: PTH118, PTH207 - glob of an absolute or relative pattern, with **
+    return sorted(Path(p) for p in found)
 
 
 def ingest(

@@ -28,7 +28,9 @@ class RunResult:
 
     @property
     def did_work(self) -> bool:
-        return any(r.outcome == "ran" for r in self.reports) or self.ingest.batch is not None
+        """Anything ingested, run or failed in this pass (cache hits do not count)."""
+        active = ("ran", "failed", "failed-earlier")
+        return any(r.outcome in active for r in self.reports) or self.ingest.batch is not None
 
 
 def run(project: Path, *, wait: bool = True) -> RunResult:

@@ -21,11 +21,11 @@ import polars as pl
 
 from driftloop import __version__
 from driftloop.errors import DriftloopError, QuarantineLimitError, StageError
-from driftloop.features import build_features, load_user_function
+from driftloop.features import build_features, load_user_function, user_module_path
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
-from driftloop.prep.core import with_bad_lines
+from driftloop.prep.core import RULES, with_bad_lines
 from driftloop.prep.read import STREAM_MIN_BYTES
 from driftloop.spec import Spec
 from driftloop.state import Batch, RawFile, StateDB
@@ -254,10 +254,10 @@ def _reasons(bad: Path) -> list[dict[str, Any]]:
     """Each distinct broken rule with how many rows broke it, most common first."""
     counted = (
         pl.scan_parquet(bad)
-        .select(pl.col("__reason").str.split("; ").explode().str.replace(r": got .*$", ""))
-        .group_by("__reason")
+        .select(pl.col(RULES).explode())
+        .group_by(RULES)
         .len()
-        .sort(["len", "__reason"], descending=[True, False])
+        .sort(["len", RULES], descending=[True, False])
         .collect()
     )
     return [{"reason": r, "rows": n} for r, n in counted.rows()]
@@ -342,6 +342,5 @@ def _user_code_hash(spec: Spec, root: Path) -> str:
     """Hash of the user's feature module file, so editing it re-runs features."""
     if not spec.features.function:
         return ""
-    module = spec.features.function.split(":")[0]
-    path = root / (module.replace(".", "/") + ".py")
+    path = user_module_path(spec.features.function, root)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"

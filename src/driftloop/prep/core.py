@@ -124,9 +124,16 @@ def _bad_line_rows(path: str, read: RawRead) -> pl.DataFrame:
             FILE: [path] * len(read.bad_lines),
             ROW: [None if b.line is None else b.line - read.header_lines for b in read.bad_lines],
             REASON: [f"line {b.line}: {b.reason}" for b in read.bad_lines],
+            RULES: [["reader: wrong number of fields or broken quoting"]] * len(read.bad_lines),
             RAW_LINE: [b.text for b in read.bad_lines],
         },
-        schema={FILE: pl.String, ROW: pl.Int64, REASON: pl.String, RAW_LINE: pl.String},
+        schema={
+            FILE: pl.String,
+            ROW: pl.Int64,
+            REASON: pl.String,
+            RULES: pl.List(pl.String),
+            RAW_LINE: pl.String,
+        },
     )
 
 
@@ -271,6 +278,9 @@ def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
         ROW,
         FILE,
         pl.concat_str(messages, separator="; ", ignore_nulls=True).alias(REASON),
+        pl.concat_list([pl.when(r.failed).then(pl.lit(r.label)) for r in rules])
+        .list.drop_nulls()
+        .alias(RULES),
         pl.lit(None, pl.String).alias(RAW_LINE),
     )
     plan.bad = bad  # kept apart from bad_lines: a concat here would stop the scan being shared

@@ -47,8 +47,13 @@ class Rule:
             .then(pl.lit("null"))
             .otherwise(pl.lit("'") + raw.str.slice(0, VALUE_CHARS) + pl.lit("'"))
         )
-        text = pl.lit(f"column '{self.column}' breaks {self.name}: got ") + value
+        text = pl.lit(f"{self.label}: got ") + value
         return pl.when(self.failed).then(text)
+
+    @property
+    def label(self) -> str:
+        """The rule without the value, e.g. ``column 'x' breaks not_nullable``."""
+        return f"column '{self.column}' breaks {self.name}"
 
 
 def parsed(name: str, rule: ColumnContract) -> pl.Expr:
