@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
 
 def write_spec(project: Path, text: str) -> Path:
     project.mkdir(parents=True, exist_ok=True)
     path = project / "driftloop.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def features_of(project: Path) -> pl.DataFrame:
+    """The model columns of the project's only batch, as the features stage stored them."""
+    from driftloop.layout import Layout
+    from driftloop.stages import read_features
+
+    [batch] = [
+        p.name for p in (project / "data" / "features").iterdir() if not p.name.startswith(".")
+    ]
+    return read_features(Layout(project), batch).collect()
 
 
 def link_raw(project: Path, source: str, *files: Path) -> None:

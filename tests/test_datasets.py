@@ -10,7 +10,7 @@ import pytest
 
 from driftloop.pipeline import run
 
-from .helpers import link_raw, write_spec
+from .helpers import features_of, link_raw, write_spec
 
 pytestmark = pytest.mark.shared_data
 
@@ -200,7 +200,7 @@ def test_bank_semicolon_quoted_crlf_with_unknown_as_null(datasets: Path, tmp_pat
     assert not rows.get_column("y").str.contains('"').any()  # quotes are gone
     assert not rows.get_column("y").str.contains("\r").any()  # so are the CR of CRLF
     assert rows.schema["emp.var.rate"] == pl.Float64
-    features = pl.read_parquet(next((tmp_path / "data" / "features").glob("*/data.parquet")))
+    features = features_of(tmp_path)
     assert "duration" not in features.columns
 
 

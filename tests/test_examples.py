@@ -15,8 +15,10 @@ from driftloop.errors import InitError
 from driftloop.examples import EXAMPLES, write_batch, write_example
 from driftloop.examples.shop import CHANNELS, SCHEMAS, generate
 from driftloop.init import init_example
+from driftloop.layout import Layout
 from driftloop.pipeline import run
 from driftloop.spec import load_spec
+from driftloop.stages import read_features
 
 
 def _manifest(project: Path, area: str, batch_id: str) -> dict[str, Any]:
@@ -189,9 +191,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 25) -> np.ndarray:
 
 def test_the_target_is_learnable(shop_run: tuple[Path, str]) -> None:
     project, batch_id = shop_run
-    frame = pl.read_parquet(project / "data" / "features" / batch_id / "data.parquet").sort(
-        "ordered_at"
-    )
+    frame = read_features(Layout(project), batch_id).collect().sort("ordered_at")
     x = frame.select(
         pl.lit(1.0),
         "discount",

@@ -13,7 +13,7 @@ from driftloop.features import build_features, features_for_records, load_user_f
 from driftloop.pipeline import run
 from driftloop.spec import parse_spec, read_yaml
 
-from .helpers import link_raw, write_spec
+from .helpers import features_of, link_raw, write_spec
 
 BIKE = """
 name: bike
@@ -71,7 +71,7 @@ def test_batch_and_single_record_features_are_identical(datasets: Path, tmp_path
     result = run(tmp_path)
     assert not result.failed, [r.error for r in result.failed]
     processed = pl.read_parquet(next((tmp_path / "data/processed").glob("*/data.parquet")))
-    batch = pl.read_parquet(next((tmp_path / "data/features").glob("*/data.parquet")))
+    batch = features_of(tmp_path)
     assert {"dteday_year", "temp_per_hum", "log1p_windspeed", "hr_bucket", "minutes_of_day"} <= set(
         batch.columns
     )
@@ -133,3 +133,69 @@ def test_an_edited_feature_module_is_what_runs(tmp_path: Path) -> None:
     module.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(FeatureError, match=r"importing .*feats.py raised RuntimeError: boom"):
         load_user_function("feats:f", tmp_path)
+
+
+DELTA_SPEC = """
+name: d
+task: regression
+target: y
+sources: [{name: s, path: data/raw/s/*.csv}]
+contract: {columns: {x: {dtype: float}, y: {dtype: float}, k: {dtype: str}}}
+features:
+  logs: [x]
+  exclude: [k]
+  function: feats:f
+ingest: {settle_seconds: 0}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "storage"),
+    [
+        ("return [(pl.col('x') * 2).alias('x2'), (pl.col('y') + 1).alias('y')]", "delta"),
+        ("return frame.with_columns((pl.col('x') * 2).alias('x2'), pl.col('y') + 1)", "full"),
+    ],
+)
+def test_features_stored_as_delta_or_full_read_the_same(
+    tmp_path: Path, body: str, storage: str
+) -> None:
+    from driftloop.layout import Layout, read_manifest
+    from driftloop.stages import read_features
+
+    write_spec(tmp_path, DELTA_SPEC)
+    (tmp_path / "feats.py").write_text(f"import polars as pl\ndef f(frame):\n    {body}\n")
+    (tmp_path / "data/raw/s").mkdir(parents=True)
+    (tmp_path / "data/raw/s/a.csv").write_text("x,y,k\n1,10,a\n3,30,b\n")
+    assert not run(tmp_path).failed
+    [batch] = [p.name for p in (tmp_path / "data/features").iterdir()]
+    manifest = read_manifest(tmp_path / "data/features" / batch)
+    assert manifest["storage"] == storage
+    got = read_features(Layout(tmp_path), batch).collect()
+    assert got.columns == ["x", "y", "__row", "__file", "log1p_x", "x2"]
+    assert got.get_column("y").to_list() == [11.0, 31.0]  # replaced by the function
+    assert got.get_column("x2").to_list() == [2.0, 6.0]
+    if storage == "delta":  # only the computed columns are written
+        stored = pl.read_parquet(tmp_path / "data/features" / batch / "data.parquet")
+        assert stored.columns == ["log1p_x", "x2", "y"]
+
+
+def test_reading_delta_features_over_a_newer_base_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from driftloop.errors import StageError
+    from driftloop.layout import Layout
+    from driftloop.stages import read_features
+
+    write_spec(tmp_path, DELTA_SPEC.replace("  function: feats:f\n", ""))
+    (tmp_path / "data/raw/s").mkdir(parents=True)
+    (tmp_path / "data/raw/s/a.csv").write_text("x,y,k\n1,10,a\n")
+    run(tmp_path)
+    [batch] = [p.name for p in (tmp_path / "data/features").iterdir()]
+    # As if prep had re-run (new key) and features had not caught up yet:
+    manifest = tmp_path / "data/processed" / batch / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"run_key": "', '"run_key": "x'))
+    with pytest.raises(StageError, match="built from another version"):
+        read_features(Layout(tmp_path), batch)
+    shutil.rmtree(tmp_path / "data/processed" / batch)
+    with pytest.raises(StageError, match="built from another version"):
+        read_features(Layout(tmp_path), batch)

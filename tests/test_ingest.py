@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from driftloop.ingest import ingest
@@ -16,7 +15,7 @@ from driftloop.pipeline import run
 from driftloop.spec import load_spec
 from driftloop.state import StateDB
 
-from .helpers import write_spec
+from .helpers import features_of, write_spec
 
 SPEC = """
 name: tiny
@@ -92,7 +91,7 @@ def test_second_run_does_no_work_and_spec_change_reruns_only_dependents(tmp_path
     write_spec(tmp_path, SPEC.replace("logs: [x]", "logs: [x, y]"))
     r = run(tmp_path)
     assert [(x.stage, x.outcome) for x in r.reports] == [("prep", "cached"), ("features", "ran")]
-    feats = pl.read_parquet(next((tmp_path / "data/features").glob("*/data.parquet")))
+    feats = features_of(tmp_path)
     assert "log1p_y" in feats.columns
     # A contract change re-runs prep and therefore features.
     write_spec(tmp_path, SPEC.replace("logs: [x]", "logs: [x, y]").replace("min: 0", "min: 2"))

@@ -131,14 +131,32 @@ def build_features(
     frame: pl.LazyFrame, spec: Spec, user_function: UserFunction | None = None
 ) -> pl.LazyFrame:
     """Processed rows -> model columns: built-ins, then the user's function, minus excluded."""
-    out = frame.with_columns(builtin_expressions(spec.features))
+    return features_with_delta(frame, spec, user_function)[0]
+
+
+def features_with_delta(
+    frame: pl.LazyFrame, spec: Spec, user_function: UserFunction | None = None
+) -> tuple[pl.LazyFrame, list[str] | None]:
+    """The model columns, and which of them the features computed (new or replaced).
+
+    The second value is None when that is unknown: a user function that returns a whole
+    frame may have changed any column.
+    """
+    builtins = builtin_expressions(spec.features)
+    out = frame.with_columns(builtins)
+    added: list[str] | None = [e.meta.output_name() for e in builtins]
     if user_function is not None:
-        out = _apply_user(out, user_function, spec.features.function or "")
+        out, names = _apply_user(out, user_function, spec.features.function or "")
+        added = None if names is None else [*(added or []), *names]
     drop = [c for c in spec.features.exclude if c in out.collect_schema().names()]
-    return out.drop(drop) if drop else out
+    if added is not None:
+        added = [c for c in dict.fromkeys(added) if c not in drop]
+    return (out.drop(drop) if drop else out), added
 
 
-def _apply_user(frame: pl.LazyFrame, func: UserFunction, name: str) -> pl.LazyFrame:
+def _apply_user(
+    frame: pl.LazyFrame, func: UserFunction, name: str
+) -> tuple[pl.LazyFrame, list[str] | None]:
     try:
         result = func(frame)
     except Exception as exc:
@@ -146,15 +164,16 @@ def _apply_user(frame: pl.LazyFrame, func: UserFunction, name: str) -> pl.LazyFr
             f"features.function {name!r} raised {type(exc).__name__}: {exc}"
         ) from exc
     if isinstance(result, pl.DataFrame):
-        return result.lazy()
+        return result.lazy(), None
     if isinstance(result, pl.LazyFrame):
-        return result
+        return result, None
     if isinstance(result, pl.Expr):
-        return frame.with_columns(result)
+        result = [result]
     if isinstance(result, Mapping):
-        return frame.with_columns(**dict(result))
+        result = [expr.alias(key) for key, expr in result.items()]
     if isinstance(result, Sequence) and all(isinstance(e, pl.Expr) for e in result):
-        return frame.with_columns(result)
+        exprs = list(result)
+        return frame.with_columns(exprs), [e.meta.output_name() for e in exprs]
     raise FeatureError(
         f"features.function {name!r} returned {type(result).__name__}; expected a LazyFrame, "
         "a DataFrame, or Polars expressions (a list or a name->expression mapping)"

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import polars as pl
 
 from driftloop import __version__
-from driftloop.errors import DriftloopError, QuarantineLimitError, StageError
-from driftloop.features import build_features, load_user_function, user_module_path
+from driftloop.errors import DriftloopError, FeatureError, QuarantineLimitError, StageError
+from driftloop.features import features_with_delta, load_user_function, user_module_path
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
@@ -45,6 +45,8 @@ PREP_SECTIONS = (
 )
 FEATURES_SECTIONS = ("features", "target", "time_column", "id_column")
 DATA_FILE = "data.parquet"
+# LZ4 over zstd: about 1.5 s less per 5M rows written, for files about a third larger.
+COMPRESSION: Literal["lz4"] = "lz4"
 
 Outcome = Literal["ran", "cached", "failed", "failed-earlier"]
 
@@ -151,9 +153,9 @@ def _sink(plan: PrepPlan, good: Path, bad: Path, dups: Path) -> dict[str, int]:
     """
     filled = good.parent / "filled.parquet"
     sinks = [
-        plan.good.sink_parquet(good, lazy=True),
-        plan.bad.sink_parquet(bad, lazy=True),
-        plan.duplicates.sink_parquet(dups, lazy=True),
+        plan.good.sink_parquet(good, lazy=True, compression=COMPRESSION),
+        plan.bad.sink_parquet(bad, lazy=True, compression=COMPRESSION),
+        plan.duplicates.sink_parquet(dups, lazy=True, compression=COMPRESSION),
     ]
     if plan.fills:
         sinks.append(plan.filled.sink_parquet(filled, lazy=True))
@@ -310,10 +312,19 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
             if spec.features.function
             else None
         )
-        frame = build_features(pl.scan_parquet(in_dir / DATA_FILE), spec, func)
         with atomic_output(out_dir) as tmp:
-            frame.sink_parquet(tmp / DATA_FILE)
-            schema = pl.read_parquet_schema(tmp / DATA_FILE)
+            try:
+                frame, added = features_with_delta(pl.scan_parquet(in_dir / DATA_FILE), spec, func)
+                schema = frame.collect_schema()
+                # A delta over the processed rows when the computed columns are known: only
+                # they are written, and read_features puts them beside the processed ones.
+                stored = frame if added is None else frame.select(added)
+                stored.sink_parquet(tmp / DATA_FILE, compression=COMPRESSION)
+            except pl.exceptions.PolarsError as exc:
+                raise FeatureError(
+                    f"features for batch {batch.batch_id} failed: {_first_line(exc)}; check "
+                    "the features section and features.function against the processed columns"
+                ) from exc
             manifest = {
                 "stage": "features",
                 "stage_version": FEATURES_VERSION,
@@ -329,6 +340,9 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
                     }
                 ],
                 "rows": _rows(tmp / DATA_FILE),
+                "storage": "full" if added is None else "delta",
+                "base_columns": [] if added is None else [c for c in schema if c not in added],
+                "columns": list(schema),  # in order (the schema mapping is stored sorted)
                 "schema": {c: str(t) for c, t in schema.items()},
                 "timings": {"total_s": round(time.perf_counter() - started, 4)},
             }
@@ -336,6 +350,32 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
         return manifest
 
     return _keyed_run(db, layout, "features", batch, key, out_dir, work)
+
+
+def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
+    """The model columns of one batch, whichever way the features stage stored them."""
+    out_dir = layout.features / batch_id
+    if not is_complete(out_dir):
+        raise StageError(
+            f"{layout.relative(out_dir)}: no complete features output; run 'driftloop run'"
+        )
+    manifest = read_manifest(out_dir)
+    stored = pl.scan_parquet(out_dir / DATA_FILE)
+    if manifest["storage"] == "full":
+        return stored
+    base_dir = layout.processed / batch_id
+    base_key = read_manifest(base_dir)["run_key"] if is_complete(base_dir) else None
+    if base_key != manifest["inputs"][0]["run_key"]:
+        raise StageError(
+            f"{layout.relative(out_dir)} was built from another version of "
+            f"{layout.relative(base_dir)}; run 'driftloop run' to bring it up to date"
+        )
+    base = pl.scan_parquet(base_dir / DATA_FILE).select(manifest["base_columns"])
+    return pl.concat([base, stored], how="horizontal").select(manifest["columns"])
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _user_code_hash(spec: Spec, root: Path) -> str:

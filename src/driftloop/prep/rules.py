@@ -65,11 +65,10 @@ def parsed(name: str, rule: ColumnContract) -> pl.Expr:
         case "float":
             out = raw.cast(pl.Float64, strict=False)
         case "int":
-            as_float = raw.cast(pl.Float64, strict=False)
-            whole = (
-                pl.when(as_float == as_float.round(0)).then(as_float).cast(pl.Int64, strict=False)
-            )
-            out = raw.cast(pl.Int64, strict=False).fill_null(whole)
+            # "12.0" (ints written by tools that store them as floats) is 12; "12.5" is not an int
+            dotted = raw.str.contains(".", literal=True)
+            whole = pl.when(dotted).then(raw.str.strip_chars_end("0").str.strip_suffix("."))
+            out = whole.otherwise(raw).cast(pl.Int64, strict=False)
         case "bool":
             low = raw.str.to_lowercase()
             out = pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
