@@ -8,7 +8,7 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
-from driftloop.prep.rules import contract_rules, pandera_schema, typed, with_parsed
+from driftloop.prep.rules import POLARS_TYPES, contract_rules, pandera_schema, typed, with_parsed
 from driftloop.spec import parse_spec, read_yaml
 
 from .test_datasets import BANK, TAXI
@@ -75,3 +75,14 @@ def test_rules_flag_exactly_the_rows_pandera_flags(
     assert ours - unparsed == theirs - unparsed
     assert unparsed <= ours
     assert len(theirs) > 100  # the data really breaks these rules
+
+
+def test_output_schema_check_names_wrong_types() -> None:
+    from driftloop.errors import StageError
+    from driftloop.stages import check_output_schema
+
+    spec = parse_spec(read_yaml(TAXI))
+    good = pl.LazyFrame(schema={c: POLARS_TYPES[r.dtype] for c, r in spec.contract.columns.items()})
+    check_output_schema(good, spec)
+    with pytest.raises(StageError, match=r"'fare_amount': 'String'"):
+        check_output_schema(good.with_columns(pl.col("fare_amount").cast(pl.String)), spec)
