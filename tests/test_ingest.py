@@ -166,3 +166,27 @@ def test_unexpected_errors_are_reported_and_retried(
     monkeypatch.undo()
     second = run(tmp_path)  # not "failed-earlier": an unexpected error is tried again
     assert [(r.stage, r.outcome) for r in second.reports] == [("prep", "ran"), ("features", "ran")]
+
+
+def test_a_changed_spec_leaves_no_stale_output(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC.replace("min: 0", "min: 2"))
+    land(tmp_path, "a.csv", [(1, 2), (3, 4), (5, 6)])
+    run(tmp_path)
+    [batch] = [p.name for p in (tmp_path / "data/processed").iterdir()]
+    quarantine = tmp_path / "data/quarantine" / batch
+    assert (quarantine / "_SUCCESS").is_file()
+    # Looser contract: nothing is bad any more, so the old quarantine output goes.
+    write_spec(tmp_path, SPEC)
+    assert not run(tmp_path).failed
+    assert not quarantine.exists()
+    # A contract most rows break: the batch fails; processed and features are withdrawn,
+    # so no reader sees rows that the current contract rejects.
+    write_spec(tmp_path, SPEC.replace("min: 0", "min: 4"))
+    failed = run(tmp_path)
+    assert [r.outcome for r in failed.reports] == ["failed"]
+    assert not (tmp_path / "data/processed" / batch).exists()
+    assert not (tmp_path / "data/features" / batch).exists()
+    assert (quarantine / "_SUCCESS").is_file()
+    # Back to the first contract: everything is rebuilt.
+    write_spec(tmp_path, SPEC)
+    assert [r.outcome for r in run(tmp_path).reports] == ["ran", "ran"]

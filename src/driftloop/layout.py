@@ -84,31 +84,46 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def atomic_output(final_dir: Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success, rename it to ``final_dir``.
+    """Yield a temporary folder; when the caller sealed it, rename it to ``final_dir``.
 
-    The caller writes data files into the folder and then calls :func:`seal`; a folder left
-    unsealed is discarded and nothing is published. An existing
-    ``final_dir`` (an earlier run with another key) is replaced only after the new output is
-    complete, so a reader never sees a half-written folder.
+    The caller writes data files into the folder and then calls :func:`seal`. An existing
+    ``final_dir`` is the output of an earlier run with another key, so it is stale either
+    way: it is replaced only once the new output is complete (a reader never sees a
+    half-written folder), and retracted when the new run publishes nothing (left unsealed,
+    or an exception).
     """
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = final_dir.parent / f".tmp-{final_dir.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    published = False
     try:
         yield tmp
         if not is_complete(tmp):
-            return  # not sealed: nothing is published, the temporary folder is removed
+            return
         old = None
         if final_dir.exists():
             old = final_dir.parent / f".old-{final_dir.name}-{uuid.uuid4().hex[:8]}"
             final_dir.rename(old)
         tmp.rename(final_dir)
+        published = True
         _fsync_dir(final_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not published:
+            retract(final_dir)
+
+
+def retract(output_dir: Path) -> None:
+    """Withdraw a published output: rename it aside (one atomic step), then delete it."""
+    if not output_dir.exists():
+        return
+    old = output_dir.parent / f".old-{output_dir.name}-{uuid.uuid4().hex[:8]}"
+    output_dir.rename(old)
+    _fsync_dir(output_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def seal(output_dir: Path, manifest: dict[str, Any]) -> None:

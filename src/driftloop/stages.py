@@ -22,7 +22,7 @@ import polars as pl
 from driftloop import __version__
 from driftloop.errors import DriftloopError, FeatureError, QuarantineLimitError, StageError
 from driftloop.features import features_with_delta, load_user_function, user_module_path
-from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
+from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, retract, seal
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, with_bad_lines
@@ -175,9 +175,11 @@ def _run_prep(
 ) -> dict[str, Any]:
     """Plan, run and write one batch's prep; raise after writing quarantine if it fails."""
     failure: str | None = None
+    # Processed is the outer context: quarantine (inner) is published first, so processed
+    # rows never appear without their quarantine beside them.
     with (
-        atomic_output(layout.quarantine / batch.batch_id) as qtmp,
         atomic_output(layout.processed / batch.batch_id) as ptmp,
+        atomic_output(layout.quarantine / batch.batch_id) as qtmp,
     ):
         good, bad, dups = ptmp / DATA_FILE, qtmp / "rows.parquet", qtmp / "duplicates.parquet"
         plan = _plan(spec, layout, batch, files, exact=False)
@@ -195,8 +197,9 @@ def _run_prep(
         outputs = [pl.scan_parquet(p) for p in (good, bad, dups)]
         per_file = rows_per_file(outputs)
         for entry in plan.inputs:
-            if not entry.get("from_earlier_batch"):
+            if entry["source"] == spec.primary.name:
                 entry["rows"] = per_file.get(entry["path"], 0)
+        secondary_bad = len(_write_secondary_bad(plan, qtmp))
         ok, quarantined, duplicate = (_rows(p) for p in (good, bad, dups))
         counts = {
             "rows_in": ok + quarantined + duplicate,
@@ -204,6 +207,9 @@ def _run_prep(
             "rows_quarantined": quarantined,
             "rows_duplicate": duplicate,
         }
+        # rows_in counts the primary source's rows; a joined source's unusable rows are
+        # quarantined apart (secondary_rows.parquet) and counted here:
+        secondary = {"secondary_rows_quarantined": secondary_bad}
         manifest: dict[str, Any] = {
             "stage": "prep",
             "stage_version": PREP_VERSION,
@@ -214,19 +220,21 @@ def _run_prep(
             "inputs": plan.inputs,
             "files_quarantined": plan.files_quarantined,
             **counts,
+            **secondary,
             "imputed": imputation_report(dict(spec.cleaning.impute), plan.fills, filled),
             "warnings": plan.warnings,
             "streamed": plan.streamed,
             "schema": {c: str(t) for c, t in pl.read_parquet_schema(good).items()},
             "quarantine_reasons": _reasons(bad) if quarantined else [],
         }
-        if quarantined or duplicate or plan.files_quarantined:
+        if quarantined or duplicate or secondary_bad or plan.files_quarantined:
             seal(qtmp, _quarantine_manifest(batch, manifest))
-        failure = _limit_failure(spec, batch.batch_id, counts)
+        failure = _limit_failure(spec, batch.batch_id, counts, plan.primary_files)
         if failure is None:
             manifest["timings"] = {"total_s": round(time.perf_counter() - started, 4)}
             seal(ptmp, manifest)
     if failure is not None:
+        retract(layout.features / batch.batch_id)  # built from processed rows now withdrawn
         raise QuarantineLimitError(failure)
     return manifest
 
@@ -235,7 +243,20 @@ def _rows(path: Path) -> int:
     return int(pl.scan_parquet(path).select(pl.len()).collect().item())
 
 
-def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int]) -> str | None:
+def _write_secondary_bad(plan: PrepPlan, folder: Path) -> pl.DataFrame:
+    """Joined sources' unusable rows, written beside the batch's quarantined rows."""
+    if not plan.secondary_bad:
+        return pl.DataFrame()
+    rows = pl.concat(plan.secondary_bad, how="diagonal_relaxed")
+    rows.write_parquet(folder / "secondary_rows.parquet", compression=COMPRESSION)
+    return rows
+
+
+def _limit_failure(
+    spec: Spec, batch_id: str, counts: dict[str, int], primary_files: int
+) -> str | None:
+    if counts["rows_in"] == 0 and primary_files == 0:
+        return None  # nothing for the primary source in this batch (a joined source's update)
     if counts["rows_in"] == 0:
         return (
             f"batch {batch_id}: no usable rows; every file was quarantined "
@@ -272,6 +293,7 @@ def _quarantine_manifest(batch: Batch, prep: dict[str, Any]) -> dict[str, Any]:
         "run_key": prep["run_key"],
         "rows_quarantined": prep["rows_quarantined"],
         "rows_duplicate": prep["rows_duplicate"],
+        "secondary_rows_quarantined": prep["secondary_rows_quarantined"],
         "files_quarantined": prep["files_quarantined"],
         "reasons": prep["quarantine_reasons"],
     }
@@ -295,6 +317,7 @@ def check_output_schema(frame: pl.LazyFrame, spec: Spec) -> None:
 def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
     in_dir = layout.processed / batch.batch_id
     if not is_complete(in_dir):
+        retract(layout.features / batch.batch_id)
         return StageReport("features", batch.batch_id, "failed-earlier", error="no processed data")
     prep_manifest = read_manifest(in_dir)
     user_code = _user_code_hash(spec, layout.root)
@@ -361,8 +384,6 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
         )
     manifest = read_manifest(out_dir)
     stored = pl.scan_parquet(out_dir / DATA_FILE)
-    if manifest["storage"] == "full":
-        return stored
     base_dir = layout.processed / batch_id
     base_key = read_manifest(base_dir)["run_key"] if is_complete(base_dir) else None
     if base_key != manifest["inputs"][0]["run_key"]:
@@ -370,6 +391,8 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
             f"{layout.relative(out_dir)} was built from another version of "
             f"{layout.relative(base_dir)}; run 'driftloop run' to bring it up to date"
         )
+    if manifest["storage"] == "full":
+        return stored
     base = pl.scan_parquet(base_dir / DATA_FILE).select(manifest["base_columns"])
     return pl.concat([base, stored], how="horizontal").select(manifest["columns"])
 

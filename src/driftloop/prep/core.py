@@ -15,11 +15,12 @@ import polars as pl
 from driftloop.errors import JoinError
 from driftloop.prep.contract import imputation_report, imputation_values, normalize_strings
 from driftloop.prep.read import FILE, ROW, RawRead
-from driftloop.prep.rules import PARSED, Rule, contract_rules, typed, with_parsed
+from driftloop.prep.rules import PARSED, Rule, contract_rules, parsed, typed, with_parsed
 from driftloop.spec import SourceSpec, Spec
 
 REASON = "__reason"
 MATCHED = "__matched_"
+KEY = "__key_"
 BROKEN = "__broken"
 FIRST = "__first"
 RULES = "__rules"
@@ -45,6 +46,8 @@ class PrepPlan:
     duplicates: pl.LazyFrame
     filled: pl.LazyFrame  # one row: per imputed column, how many kept values were missing
     bad_lines: pl.DataFrame | None = None  # rows the reader set aside (wrong field count)
+    secondary_bad: list[pl.DataFrame] = field(default_factory=list)  # joined sources' bad rows
+    primary_files: int = 0  # primary-source files in this batch
     fills: dict[str, Any] = field(default_factory=dict)
     files_quarantined: list[dict[str, str]] = field(default_factory=list)
     inputs: list[dict[str, Any]] = field(default_factory=list)
@@ -175,6 +178,60 @@ def _collect_source(
     return pl.concat(frames, how="diagonal_relaxed"), bad_rows
 
 
+def _key(name: str, spec: Spec) -> pl.Expr:
+    """A join key as its contract type, so '1', '1.0' and '01' in an int column all match."""
+    return parsed(name, spec.contract.columns[name]).alias(KEY + name)
+
+
+def _secondary_table(
+    source: SourceSpec, spec: Spec, reads: list[SourceRead], plan: PrepPlan
+) -> pl.DataFrame | None:
+    """One secondary source as a dimension table (held in memory): one row per key.
+
+    Rows that cannot be joined (no key, or a key that does not parse) and rows the reader set
+    aside are quarantined when their file is part of this batch.
+    """
+    assert source.join is not None
+    keys = list(source.join.on)
+    mine = [r for r in reads if r.source.name == source.name]
+    lazy_table, bad_lines = _collect_source(mine, spec, plan)
+    plan.secondary_bad += bad_lines
+    if lazy_table is None:
+        return None
+    table = lazy_table.with_columns(_key(k, spec) for k in keys).collect()
+    per_file = table.group_by(FILE).len()
+    rows = dict(zip(per_file.get_column(FILE), per_file.get_column("len"), strict=True))
+    for entry in plan.inputs:
+        if entry["source"] == source.name:
+            entry["rows"] = rows.get(entry["path"], 0) + sum(
+                b.height for b in bad_lines if b.get_column(FILE).first() == entry["path"]
+            )
+    keyless = pl.any_horizontal(pl.col(KEY + k).is_null() for k in keys)
+    in_batch = [r.read.path for r in mine if r.in_batch]
+    unjoinable = table.filter(keyless & pl.col(FILE).is_in(in_batch))
+    if unjoinable.height:
+        plan.secondary_bad.append(
+            unjoinable.select(
+                *[c for c in table.columns if not c.startswith(KEY)],
+                pl.lit(
+                    f"join key {keys} is empty or not a valid value; the row cannot be joined"
+                ).alias(REASON),
+                pl.lit([f"source {source.name}: join key missing"]).alias(RULES),
+            )
+        )
+    table = table.filter(~keyless).drop(FILE, ROW, *keys)
+    table = table.unique(keep="last", maintain_order=True)  # a row repeated as is: no news
+    key_cols = [KEY + k for k in keys]
+    conflicting = table.height - table.unique(key_cols).height
+    if conflicting:
+        plan.warnings.append(
+            f"source {source.name}: {conflicting} row(s) share a key {keys} with a different "
+            "row; the latest was used"
+        )
+        table = table.unique(key_cols, keep="last", maintain_order=True)
+    return table
+
+
 def _join(
     primary: pl.LazyFrame, spec: Spec, reads: list[SourceRead], plan: PrepPlan
 ) -> tuple[pl.LazyFrame, list[Rule]]:
@@ -184,28 +241,14 @@ def _join(
     for source in spec.sources[1:]:
         assert source.join is not None
         keys = list(source.join.on)
-        mine = [r for r in reads if r.source.name == source.name]
-        lazy_table, _ = _collect_source(mine, spec, plan)
-        if lazy_table is None:
+        table = _secondary_table(source, spec, reads, plan)
+        if table is None:
             raise JoinError(
                 f"source {source.name!r} ({source.path}) has no readable file yet, so nothing "
                 f"can be joined on {keys}; add a file there or remove the source from the spec"
             )
-        table = (  # a dimension table: small, so it is held in memory
-            lazy_table.drop(FILE, ROW)
-            .filter(pl.all_horizontal(pl.col(keys).is_not_null()))
-            .collect()
-        )
-        table = table.unique(keep="last", maintain_order=True)  # a row repeated as is: no news
-        conflicting = table.height - table.unique(keys).height
-        if conflicting:
-            plan.warnings.append(
-                f"source {source.name}: {conflicting} row(s) share a key {keys} with a different "
-                "row; the latest was used"
-            )
-            table = table.unique(keys, keep="last", maintain_order=True)
         have = frame.collect_schema().names()
-        overlap = [c for c in table.columns if c in have and c not in keys]
+        overlap = [c for c in table.columns if c in have and not c.startswith(KEY)]
         if overlap:
             raise JoinError(
                 f"source {source.name!r} repeats column(s) {overlap} that an earlier source "
@@ -213,7 +256,12 @@ def _join(
             )
         marker = f"{MATCHED}{source.name}"
         table = table.with_columns(pl.lit(True).alias(marker))
-        frame = frame.join(table.lazy(), on=keys, how="left", maintain_order="left")
+        key_cols = [KEY + k for k in keys]
+        frame = (
+            frame.with_columns(_key(k, spec) for k in keys)
+            .join(table.lazy(), on=key_cols, how="left", maintain_order="left")
+            .drop(key_cols)
+        )
         if source.join.how == "inner":
             rules.append(
                 Rule(
@@ -239,13 +287,22 @@ def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
     empty = pl.LazyFrame()
     plan = PrepPlan(empty, empty, empty, empty)
     primary_reads = [r for r in reads if r.source.name == spec.primary.name]
+    plan.primary_files = sum(1 for r in primary_reads if r.in_batch)
     primary, bad_lines = _collect_source(primary_reads, spec, plan)
     columns = list(spec.contract.columns)
+    rules: list[Rule] = []
     if primary is None:
-        primary = pl.LazyFrame(
+        # No primary rows (for example a batch that only updates a joined source): the
+        # secondary files are still read, so their problems are reported.
+        for source in spec.sources[1:]:
+            _secondary_table(source, spec, reads, plan)
+        raw = pl.LazyFrame(
             schema={c: pl.String for c in columns} | {ROW: pl.Int64, FILE: pl.String}
         )
-    raw, rules = _join(primary, spec, reads, plan) if len(spec.sources) > 1 else (primary, [])
+    elif len(spec.sources) > 1:
+        raw, rules = _join(primary, spec, reads, plan)
+    else:
+        raw = primary
     markers = [c for c in raw.collect_schema().names() if c.startswith(MATCHED)]
     raw = with_parsed(raw.select(*columns, ROW, FILE, *markers), spec.contract, columns)
 
@@ -310,7 +367,7 @@ def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
     bad = with_bad_lines(bad, plan)
     counts = rows_per_file([good.lazy(), bad.lazy(), dups.lazy()])
     for entry in plan.inputs:
-        if not entry.get("from_earlier_batch"):
+        if entry["source"] == spec.primary.name:
             entry["rows"] = counts.get(entry["path"], 0)
     filled_counts = filled.row(0, named=True) if filled.width else {}
     imputed = imputation_report(dict(spec.cleaning.impute), plan.fills, filled_counts)
