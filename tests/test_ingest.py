@@ -190,3 +190,35 @@ def test_a_changed_spec_leaves_no_stale_output(tmp_path: Path) -> None:
     # Back to the first contract: everything is rebuilt.
     write_spec(tmp_path, SPEC)
     assert [r.outcome for r in run(tmp_path).reports] == ["ran", "ran"]
+
+
+def test_a_renamed_source_keeps_its_files(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", [(1, 2)])
+    run(tmp_path)
+    write_spec(tmp_path, SPEC.replace("name: s\n", "name: events\n"))
+    result = run(tmp_path)  # the spec changed (sources), so prep runs again with the new name
+    assert not result.failed, [r.error for r in result.failed]
+    assert result.reports[0].manifest["inputs"][0]["source"] == "events"
+    # A file no source matches any more is quarantined with the reason, not lost silently.
+    other = SPEC.replace("data/raw/s/*.csv", "data/raw/other/*.csv").replace(
+        "name: s\n", "name: o\n"
+    )
+    write_spec(tmp_path, other)
+    result = run(tmp_path)
+    assert result.reports[0].outcome == "failed"
+    assert "no source in driftloop.yaml matches this file any more" in str(result.reports[0].error)
+
+
+def test_a_raw_file_changed_in_place_is_not_read_as_the_old_batch(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC)
+    path = land(tmp_path, "a.csv", [(1, 2), (3, 4)])
+    run(tmp_path)
+    path.write_text("x,y\n5,6\n7,8\n9,10\n")  # overwritten in place: a new file to ingest
+    write_spec(tmp_path, SPEC.replace("logs: [x]", "logs: [y]").replace("min: 0", "min: 0.5"))
+    result = run(tmp_path)
+    first, second = result.reports[0], result.reports[1]
+    # The old batch cannot be rebuilt from content that is gone; the new content is its own.
+    assert first.outcome == "failed"
+    assert "the file changed since it was ingested" in str(first.error)
+    assert second.outcome == "ran" and second.manifest["rows_in"] == 3

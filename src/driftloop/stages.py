@@ -22,13 +22,22 @@ import polars as pl
 from driftloop import __version__
 from driftloop.errors import DriftloopError, FeatureError, QuarantineLimitError, StageError
 from driftloop.features import features_with_delta, load_user_function, user_module_path
-from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, retract, seal
+from driftloop.ingest import source_paths
+from driftloop.layout import (
+    Layout,
+    atomic_output,
+    file_sha256,
+    is_complete,
+    read_manifest,
+    retract,
+    seal,
+)
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, with_bad_lines
-from driftloop.prep.read import STREAM_MIN_BYTES
+from driftloop.prep.read import STREAM_MIN_BYTES, RawRead
 from driftloop.prep.rules import POLARS_TYPES
-from driftloop.spec import Spec
+from driftloop.spec import SourceSpec, Spec
 from driftloop.state import Batch, RawFile, StateDB
 
 log = logging.getLogger(__name__)
@@ -115,34 +124,91 @@ def _keyed_run(
     return StageReport(stage, batch.batch_id, "ran", seconds, manifest)
 
 
+Placed = tuple[RawFile, str | None]  # a ledger file and the spec source it belongs to now
+
+
+def place_files(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> list[Placed]:
+    """The files a batch's prep reads, each with its source under the current spec.
+
+    A file belongs to the source whose glob matches it now (so renaming a source keeps its
+    files), else to the source it was ingested for, else to none (it is quarantined). The
+    batch's primary files come first, then every file of the joined sources so far.
+    """
+    matched = {
+        layout.relative(path): source.name
+        for source in reversed(spec.sources)  # the first source wins, as in ingest
+        for path in source_paths(layout, source.path)
+    }
+    names = {s.name for s in spec.sources}
+
+    def source_of(f: RawFile) -> str | None:
+        return matched.get(f.path) or (f.source if f.source in names else None)
+
+    own = [(f, source_of(f)) for f in db.batch_files(batch.batch_id)]
+    joined = {s.name for s in spec.sources[1:]}
+    history = [(f, source_of(f)) for f in db.files_until(batch.seq)]
+    return [p for p in own if p[1] not in joined] + [p for p in history if p[1] in joined]
+
+
 def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
-    own = db.batch_files(batch.batch_id)
-    primary = [f for f in own if f.source == spec.primary.name]
-    secondary = [f for s in spec.sources[1:] for f in db.source_files_until(s.name, batch.seq)]
-    files = primary + secondary
+    files = place_files(spec, layout, db, batch)
     key = run_key(
-        "prep", PREP_VERSION, spec.section_hash(*PREP_SECTIONS), [f.sha256 for f in files]
+        "prep",
+        PREP_VERSION,
+        spec.section_hash(*PREP_SECTIONS),
+        [f"{source}:{f.sha256}" for f, source in files],
     )
 
     def work(started: float) -> dict[str, Any]:
-        return _run_prep(spec, layout, batch, files, key, started)
+        return _run_prep(spec, layout, db, batch, files, key, started)
 
     return _keyed_run(db, layout, "prep", batch, key, layout.processed / batch.batch_id, work)
 
 
+def _read(
+    layout: Layout, db: StateDB, f: RawFile, source: SourceSpec | None, threshold: int | None
+) -> RawRead:
+    """Read a ledger file, after checking it is still the content that was ingested."""
+    path = layout.root / f.path
+    if source is None:
+        return RawRead(
+            f.path,
+            None,
+            error=f"no source in driftloop.yaml matches this file any more (it was ingested "
+            f"for source {f.source!r}); add a source whose path matches it",
+        )
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return RawRead(f.path, None, error=f"the file is gone since it was ingested ({exc})")
+    if db.known_sighting(f.path, st.st_size, st.st_mtime_ns) != f.sha256:
+        now = file_sha256(path)
+        if now == f.sha256:
+            db.record_sighting(f.path, st.st_size, st.st_mtime_ns, now)
+        else:
+            return RawRead(
+                f.path,
+                None,
+                error=f"the file changed since it was ingested (sha256 {f.sha256[:12]}..., now "
+                f"{now[:12]}...); raw files must not be modified in place: land changed data "
+                "as a new file (the new content was ingested as a file of its own)",
+            )
+    return read_raw(path, source, f.path, stream_min_bytes=threshold)
+
+
 def _plan(
-    spec: Spec, layout: Layout, batch: Batch, files: list[RawFile], *, exact: bool
+    spec: Spec, layout: Layout, db: StateDB, batch: Batch, files: list[Placed], *, exact: bool
 ) -> PrepPlan:
     sources = {s.name: s for s in spec.sources}
     threshold = None if exact else STREAM_MIN_BYTES
     reads = [
         SourceRead(
-            sources[f.source],
+            sources.get(name or "", spec.primary),  # an unplaced file is reported as primary
             f.sha256,
-            read_raw(layout.root / f.path, sources[f.source], f.path, stream_min_bytes=threshold),
+            _read(layout, db, f, sources.get(name or ""), threshold),
             in_batch=f.batch_id == batch.batch_id,
         )
-        for f in files
+        for f, name in files
     ]
     return plan_prep(reads, spec)
 
@@ -171,7 +237,13 @@ def _sink(plan: PrepPlan, good: Path, bad: Path, dups: Path) -> dict[str, int]:
 
 
 def _run_prep(
-    spec: Spec, layout: Layout, batch: Batch, files: list[RawFile], key: str, started: float
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    batch: Batch,
+    files: list[Placed],
+    key: str,
+    started: float,
 ) -> dict[str, Any]:
     """Plan, run and write one batch's prep; raise after writing quarantine if it fails."""
     failure: str | None = None
@@ -182,7 +254,7 @@ def _run_prep(
         atomic_output(layout.quarantine / batch.batch_id) as qtmp,
     ):
         good, bad, dups = ptmp / DATA_FILE, qtmp / "rows.parquet", qtmp / "duplicates.parquet"
-        plan = _plan(spec, layout, batch, files, exact=False)
+        plan = _plan(spec, layout, db, batch, files, exact=False)
         try:
             filled = _sink(plan, good, bad, dups)
         except pl.exceptions.ComputeError:
@@ -191,7 +263,7 @@ def _run_prep(
             # A row the streaming reader cannot take (too many fields, a broken quote):
             # read every file again with the exact reader, which sets such rows aside.
             log.info("batch %s: streaming read failed; re-reading exactly", batch.batch_id)
-            plan = _plan(spec, layout, batch, files, exact=True)
+            plan = _plan(spec, layout, db, batch, files, exact=True)
             filled = _sink(plan, good, bad, dups)
         check_output_schema(pl.scan_parquet(good), spec)
         outputs = [pl.scan_parquet(p) for p in (good, bad, dups)]
@@ -229,7 +301,7 @@ def _run_prep(
         }
         if quarantined or duplicate or secondary_bad or plan.files_quarantined:
             seal(qtmp, _quarantine_manifest(batch, manifest))
-        failure = _limit_failure(spec, batch.batch_id, counts, plan.primary_files)
+        failure = _limit_failure(spec, batch.batch_id, counts, plan)
         if failure is None:
             manifest["timings"] = {"total_s": round(time.perf_counter() - started, 4)}
             seal(ptmp, manifest)
@@ -252,14 +324,15 @@ def _write_secondary_bad(plan: PrepPlan, folder: Path) -> pl.DataFrame:
     return rows
 
 
-def _limit_failure(
-    spec: Spec, batch_id: str, counts: dict[str, int], primary_files: int
-) -> str | None:
-    if counts["rows_in"] == 0 and primary_files == 0:
+def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int], plan: PrepPlan) -> str | None:
+    if counts["rows_in"] == 0 and plan.primary_files == 0:
         return None  # nothing for the primary source in this batch (a joined source's update)
     if counts["rows_in"] == 0:
+        files = plan.files_quarantined
+        first = f"; {files[0]['path']}: {files[0]['error']}" if files else ""
+        more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
         return (
-            f"batch {batch_id}: no usable rows; every file was quarantined "
+            f"batch {batch_id}: no usable rows; every file was quarantined{first}{more} "
             f"(see data/quarantine/{batch_id}/manifest.json)"
         )
     share = counts["rows_quarantined"] / counts["rows_in"]

@@ -171,12 +171,12 @@ class StateDB:
         )
         return [RawFile(*r) for r in rows]
 
-    def source_files_until(self, source: str, seq: int) -> list[RawFile]:
-        """Every file of a source ingested in batches up to ``seq``, oldest first."""
+    def files_until(self, seq: int) -> list[RawFile]:
+        """Every file ingested in batches up to ``seq``, oldest first."""
         rows = self._conn.execute(
             "SELECT f.sha256, f.source, f.path, f.size, f.batch_id FROM raw_files f "
-            "JOIN batches b USING (batch_id) WHERE f.source=? AND b.seq<=? ORDER BY b.seq, f.path",
-            (source, seq),
+            "JOIN batches b USING (batch_id) WHERE b.seq<=? ORDER BY b.seq, f.path",
+            (seq,),
         )
         return [RawFile(*r) for r in rows]
 
