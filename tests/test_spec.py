@@ -100,10 +100,31 @@ def test_bad_regex_and_encoding_rejected() -> None:
     data["sources"][0]["csv"] = {"encoding": "klingon"}
     with pytest.raises(SpecError) as info:
         parse_spec(data)
-    assert "does not compile" in str(info.value)
+    assert "regex '([a' is not supported: unclosed" in str(info.value)
     assert "unknown encoding 'klingon'" in str(info.value)
 
 
 def test_yaml_12_booleans_keep_on_and_yes_as_strings() -> None:
     data = read_yaml("join: {on: [id]}\nallowed: [Yes, No, on, off]\nflag: true\n")
     assert data == {"join": {"on": ["id"]}, "allowed": ["Yes", "No", "on", "off"], "flag": True}
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        ({"dtype": "str", "regex": "^(?!zz).*$"}, "look-around"),
+        ({"dtype": "date", "allowed": ["x"]}, "allowed applies to str, int and float columns"),
+        ({"dtype": "int", "allowed": ["a"]}, "allowed value 'a' is not an int"),
+        ({"dtype": "date", "format": "%Y-%Q"}, "'Q' is a bad directive"),
+        ({"dtype": "int", "format": "%Y"}, "format applies to date and datetime"),
+    ],
+)
+def test_contract_mistakes_fail_at_load_with_the_key(
+    column: dict[str, object], message: str
+) -> None:
+    data = read_yaml(BASE)
+    data["contract"]["columns"]["x"] = column
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert "contract.columns.x" in str(info.value)
+    assert message in str(info.value)

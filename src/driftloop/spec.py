@@ -99,11 +99,65 @@ class ColumnContract(_Frozen):
         if self.regex is not None:
             if self.dtype != "str":
                 raise ValueError(f"regex applies to str columns, not {self.dtype}")
-            try:
-                re.compile(self.regex)
-            except re.error as exc:
-                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from None
+            _check_regex(self.regex)
+        if self.allowed is not None:
+            _check_allowed(self.allowed, self.dtype)
+        if self.format is not None:
+            if self.dtype not in ("date", "datetime"):
+                raise ValueError(f"format applies to date and datetime columns, not {self.dtype}")
+            _check_format(self.format)
         return self
+
+
+def _check_regex(pattern: str) -> None:
+    """The pattern must compile for Polars' regex engine (Rust), which checks the rows."""
+    import polars as pl
+
+    try:
+        pl.Series([""]).str.contains(pattern)
+    except pl.exceptions.PolarsError as exc:
+        detail = [
+            line.strip() for line in str(exc).splitlines() if line.strip().startswith("error")
+        ]
+        reason = detail[0].removeprefix("error: ") if detail else "invalid pattern"
+        raise ValueError(
+            f"regex {pattern!r} is not supported: {reason}; use Rust regex syntax "
+            "(no look-around or backreferences)"
+        ) from None
+
+
+def _check_allowed(values: tuple[str | int | float | bool, ...], dtype: str) -> None:
+    if dtype in ("date", "datetime", "bool"):
+        raise ValueError(f"allowed applies to str, int and float columns, not {dtype}")
+    for value in values:
+        if dtype == "str":
+            continue
+        try:
+            number = float(str(value))
+        except ValueError:
+            number = None
+        if (
+            number is None
+            or isinstance(value, bool)
+            or (dtype == "int" and not number.is_integer())
+        ):
+            raise ValueError(
+                f"allowed value {value!r} is not an {dtype}, as the column's dtype says"
+            )
+
+
+def _check_format(fmt: str) -> None:
+    """A strptime format must round-trip a sample moment."""
+    import datetime as dt
+
+    sample = dt.datetime(2024, 12, 31, 23, 59, 58)
+    try:
+        dt.datetime.strptime(sample.strftime(fmt), fmt)
+    except ValueError as exc:
+        raise ValueError(
+            f"format {fmt!r} is not a valid strptime format ({exc}); for example "
+            "'%Y-%m-%d %H:%M:%S'"
+        ) from None
 
 
 class ContractSpec(_Frozen):
