@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from driftloop.errors import DriftloopError
     from driftloop.init import init_example, init_from_file
-    from driftloop.pipeline import RunResult, run
+    from driftloop.pipeline import RunResult, read_features, run
     from driftloop.spec import Spec, load_spec
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "init_example",
     "init_from_file",
     "load_spec",
+    "read_features",
     "run",
 ]
 
@@ -32,6 +33,7 @@ _LAZY = {
     "DriftloopError": "driftloop.errors",
     "RunResult": "driftloop.pipeline",
     "run": "driftloop.pipeline",
+    "read_features": "driftloop.pipeline",
     "Spec": "driftloop.spec",
     "load_spec": "driftloop.spec",
     "init_from_file": "driftloop.init",

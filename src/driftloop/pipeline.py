@@ -8,6 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+
+from driftloop import stages
 from driftloop.ingest import IngestResult, ingest
 from driftloop.layout import Layout, sweep_temporaries
 from driftloop.spec import load_spec
@@ -31,6 +34,11 @@ class RunResult:
         """Anything ingested, run or failed in this pass (cache hits do not count)."""
         active = ("ran", "failed", "failed-earlier")
         return any(r.outcome in active for r in self.reports) or self.ingest.batch is not None
+
+
+def read_features(project: Path, batch_id: str) -> pl.LazyFrame:
+    """The model columns of one batch (features are stored as a delta over processed rows)."""
+    return stages.read_features(Layout(project), batch_id)
 
 
 def run(project: Path, *, wait: bool = True) -> RunResult:
