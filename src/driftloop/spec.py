@@ -165,7 +165,7 @@ class ContractSpec(_Frozen):
 
     columns: dict[str, ColumnContract] = Field(min_length=1)
     extra_columns: Literal["reject", "drop"] = "reject"
-    max_field_length: int = Field(100_000, ge=1)
+    max_field_length: int = Field(100_000, ge=1)  # bytes of UTF-8 text in one field
 
 
 class DedupSpec(_Frozen):

@@ -73,9 +73,9 @@ def parsed(name: str, rule: ColumnContract) -> pl.Expr:
             low = raw.str.to_lowercase()
             out = pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
         case "date":
-            out = raw.str.to_date(rule.format, strict=False)
+            out = raw.str.to_date(rule.format, strict=False, cache=False)
         case "datetime":
-            out = raw.str.to_datetime(rule.format, time_unit="us", strict=False)
+            out = raw.str.to_datetime(rule.format, time_unit="us", strict=False, cache=False)
     return out.cast(POLARS_TYPES[rule.dtype]).alias(name)
 
 
@@ -120,7 +120,7 @@ def column_rules(
     fmt = f", {rule.format}" if rule.format else ""
     rules = [
         Rule(
-            name, f"max_field_length({max_length})", raw.str.len_chars().fill_null(0) > max_length
+            name, f"max_field_length({max_length})", raw.str.len_bytes().fill_null(0) > max_length
         ),
         Rule(name, f"dtype({rule.dtype}{fmt})", unparsable),
     ]
