@@ -40,6 +40,8 @@ contract:
     label: {{dtype: int, nullable: false, allowed: [0, 1]}}
 ingest:
   settle_seconds: 0
+model:
+  enabled: false
 """
 
 

@@ -41,6 +41,7 @@ contract:
 cleaning:
   deduplicate: {enabled: true, subset: [customerID]}
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
 """
 
 TELCO_SPLIT = (
@@ -177,6 +178,7 @@ contract:
 features:
   exclude: [duration]
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
 """
 
 
@@ -237,6 +239,7 @@ features:
   datetime_parts: {pickup_datetime: [hour, weekday]}
   exclude: [total_amount, tip_amount]
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
 """
 
 

@@ -43,7 +43,11 @@ def shop_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     project = tmp_path_factory.mktemp("shop")
     init_example(project, "shop")
     result = run(project)
-    assert [(r.stage, r.outcome) for r in result.reports] == [("prep", "ran"), ("features", "ran")]
+    assert [(r.stage, r.outcome) for r in result.reports] == [
+        ("prep", "ran"),
+        ("features", "ran"),
+        ("train", "ran"),
+    ]
     return project, result.reports[0].batch_id
 
 
@@ -138,6 +142,7 @@ def test_a_later_batch_joins_returning_customers_and_runs(tmp_path: Path) -> Non
         ("features", "ran"),
         ("prep", "cached"),
         ("prep", "ran"),
+        ("train", "ran"),
     ]
     new = next(r for r in result.reports if r.stage == "prep" and r.outcome == "ran")
     prep = new.manifest

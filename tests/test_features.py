@@ -50,6 +50,7 @@ features:
   exclude: [instant, casual, registered]
   function: bike_features:extra
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
 """
 
 USER_MODULE = """
@@ -146,6 +147,7 @@ features:
   exclude: [k]
   function: feats:f
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
 """
 
 

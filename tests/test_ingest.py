@@ -31,6 +31,7 @@ contract:
 features:
   logs: [x]
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
 """
 
 

@@ -29,6 +29,7 @@ contract:
     amount: {{dtype: float}}
     segment: {{dtype: str}}
 ingest: {{settle_seconds: 0}}
+model: {{enabled: false}}
 """
 
 

@@ -52,6 +52,7 @@ target: y
 sources: [{name: s, path: data/raw/s/*.csv}]
 contract: {columns: {x: {dtype: float}, y: {dtype: float}, z: {dtype: str}}}
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
 """
 
 

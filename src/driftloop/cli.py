@@ -158,11 +158,23 @@ def print_run(result: RunResult) -> None:
                 console.print(f"  ... {len(reasons) - 3} more reason(s)")
             if m["rows_quarantined"]:
                 console.print(f"  rows and reasons: data/quarantine/{report.batch_id}/")
-        else:
+        elif report.stage == "features":
             console.print(
                 f"features {report.batch_id}: {m['rows']} rows, {len(m['schema'])} columns "
                 f"({report.seconds:.2f}s)"
             )
+        elif report.outcome == "waiting":
+            console.print(f"train: waiting for data: {report.error}")
+        else:
+            d = m["decision"]
+            metric = m["metric"]
+            value, base = m["metrics"].get(metric, 0.0), m["baseline"].get(metric, 0.0)
+            console.print(
+                f"train: {m['model']} v{m['version']} on {m['train_rows']} rows ({m['split']} "
+                f"split, {m['holdout_rows']} held out): {metric} {value:.4f}, "
+                f"baseline {base:.4f} ({report.seconds:.2f}s)"
+            )
+            console.print(f"  {d['decision'].upper()}: {d['reason']}")
 
 
 @app.command()

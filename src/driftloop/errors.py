@@ -13,7 +13,9 @@ shown only with ``--verbose``.
      ├── StageError                   a stage failed; names the stage and the batch
      │    ├── QuarantineLimitError    a batch's share of bad rows is above the spec's limit
      │    ├── JoinError               secondary sources cannot be joined as the spec says
-     │    └── FeatureError            the feature function failed or returned bad output
+     │    ├── FeatureError            the feature function failed or returned bad output
+     │    └── TrainError              the data cannot train a model (too few rows, constant target)
+     ├── RegistryError                the model registry (MLflow) refused or lacks what is asked
      └── StateError                   the state database is unusable
 """
 
@@ -58,6 +60,14 @@ class JoinError(StageError):
 
 class FeatureError(StageError):
     """The feature function failed or returned unusable output."""
+
+
+class TrainError(StageError):
+    """The data cannot train a model as the spec asks."""
+
+
+class RegistryError(DriftloopError):
+    """The model registry does not hold what was asked for, or refused the change."""
 
 
 class StateError(DriftloopError):

@@ -54,4 +54,10 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
             result.reports.append(prep)
             if prep.outcome in ("ran", "cached"):
                 result.reports.append(features_stage(spec, layout, db, batch))
+        if spec.model.enabled:
+            from driftloop.lifecycle import train_stage
+
+            trained = train_stage(spec, layout, db, layout.spec.read_text(encoding="utf-8"))
+            if trained is not None:
+                result.reports.append(trained)
     return result

@@ -233,6 +233,56 @@ class IngestSpec(_Frozen):
     settle_seconds: float = Field(1.0, ge=0.0)
 
 
+Estimator = Literal[
+    "hist_gradient_boosting", "logistic_regression", "linear_regression", "random_forest"
+]
+CLASSIFICATION_METRICS = ("roc_auc", "log_loss", "f1", "accuracy", "average_precision")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+Metric = Literal["roc_auc", "log_loss", "f1", "accuracy", "average_precision", "rmse", "mae", "r2"]
+
+
+class WindowSpec(_Frozen):
+    """Which rows a model trains on: all of them, or the newest N rows or N days."""
+
+    kind: Literal["all", "last_rows", "last_days"] = "all"
+    size: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _size_when_needed(self) -> WindowSpec:
+        if self.kind != "all" and self.size is None:
+            raise ValueError(f"window kind {self.kind!r} needs a 'size'")
+        return self
+
+
+class HoldoutSpec(_Frozen):
+    """The newest slice that evaluates a model: a fraction of rows, or the last N days."""
+
+    fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    days: float | None = Field(None, gt=0.0)
+
+
+class ModelSpec(_Frozen):
+    enabled: bool = True  # false: prep and features only
+    estimator: Estimator = "hist_gradient_boosting"
+    params: dict[str, Any] = {}
+    seed: int = 0
+    metric: Metric | None = None  # default: roc_auc (classification), rmse (regression)
+    window: WindowSpec = WindowSpec()
+    holdout: HoldoutSpec = HoldoutSpec()
+    split: Literal["auto", "time", "arrival", "random"] = "auto"
+    min_rows: int = Field(50, ge=2)
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in the project
+
+
+class PromotionSpec(_Frozen):
+    """When a challenger becomes champion: scored on the same newest holdout as the champion."""
+
+    metric: Metric | None = None  # default: the model's metric
+    min_improvement: float = Field(0.0, ge=0.0)  # absolute, in the metric's better direction
+    min_relative_improvement: float = Field(0.0, ge=0.0)  # e.g. 0.01 = 1% better
+    must_beat_baseline: bool = True
+
+
 class _Later(_Frozen):
     """A section that a later release fills; empty for now."""
 
@@ -251,8 +301,8 @@ class Spec(_Frozen):
     features: FeaturesSpec = FeaturesSpec()
     quarantine: QuarantineSpec = QuarantineSpec()
     ingest: IngestSpec = IngestSpec()
-    model: _Later | None = None
-    promotion: _Later | None = None
+    model: ModelSpec = ModelSpec()
+    promotion: PromotionSpec = PromotionSpec()
     monitoring: _Later | None = None
     serving: _Later | None = None
     retrain: _Later | None = None
@@ -274,6 +324,17 @@ class Spec(_Frozen):
     @property
     def primary(self) -> SourceSpec:
         return self.sources[0]
+
+    @property
+    def metric(self) -> str:
+        """The model's metric: as the spec says, or the task's default."""
+        if self.model.metric is not None:
+            return self.model.metric
+        return "roc_auc" if self.task == "classification" else "rmse"
+
+    @property
+    def promotion_metric(self) -> str:
+        return self.promotion.metric or self.metric
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named top-level sections, for stage-run keys."""
@@ -337,6 +398,22 @@ def _reference_problems(spec: Spec) -> list[str]:
     found += [missing("features.exclude", c) for c in feats.exclude]
     if spec.target in feats.exclude:
         found.append("features.exclude must not name the target")
+    wrong_kind = {"classification": "linear_regression", "regression": "logistic_regression"}
+    if spec.model.estimator == wrong_kind[spec.task]:
+        found.append(
+            f"model.estimator {spec.model.estimator!r} does not fit task {spec.task!r}; use "
+            f"{'logistic_regression' if spec.task == 'classification' else 'linear_regression'}, "
+            "hist_gradient_boosting or random_forest"
+        )
+    allowed = CLASSIFICATION_METRICS if spec.task == "classification" else REGRESSION_METRICS
+    for where, metric in (
+        ("model.metric", spec.model.metric),
+        ("promotion.metric", spec.promotion.metric),
+    ):
+        if metric is not None and metric not in allowed:
+            found.append(
+                f"{where} {metric!r} does not fit task {spec.task!r}; use one of {list(allowed)}"
+            )
     return [p for p in found if p]
 
 

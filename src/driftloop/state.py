@@ -53,6 +53,20 @@ CREATE TABLE IF NOT EXISTS stage_runs (
     error       TEXT
 );
 CREATE INDEX IF NOT EXISTS stage_runs_batch ON stage_runs (stage, batch_id);
+CREATE TABLE IF NOT EXISTS promotions (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts                TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    version           TEXT NOT NULL,
+    decision          TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    metric            TEXT,
+    challenger_score  REAL,
+    champion_version  TEXT,
+    champion_score    REAL,
+    baseline_score    REAL,
+    actor             TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     ts      TEXT NOT NULL,
@@ -240,6 +254,30 @@ class StateDB:
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
+
+    # -- promotions ----------------------------------------------------------------------
+
+    def record_decision(self, decision: dict[str, Any]) -> None:
+        """Record a promotion decision (promoted, rejected, manual, rollback) and its event."""
+        row = {"ts": utcnow().isoformat(), **decision}
+        columns = list(row)
+        with self.transaction() as conn:
+            conn.execute(
+                f"INSERT INTO promotions ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' for _ in columns)})",
+                [row[c] for c in columns],
+            )
+            event = "ModelPromoted" if decision["decision"] != "rejected" else "PromotionRejected"
+            self._append_event(conn, event, decision)
+
+    def decisions(self, model: str) -> list[dict[str, Any]]:
+        cur = self._conn.execute("SELECT * FROM promotions WHERE model=? ORDER BY id", (model,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def record_event(self, type_: str, payload: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            self._append_event(conn, type_, payload)
 
     # -- events --------------------------------------------------------------------------
 

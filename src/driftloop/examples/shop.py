@@ -367,4 +367,16 @@ quarantine:
 
 ingest:
   settle_seconds: 0    # the example writes each file under a temporary name and renames it
+
+# Training on every batch so far: the newest 20% by ordered_at is the holdout.
+model:
+  estimator: hist_gradient_boosting   # | logistic_regression | random_forest
+  metric: roc_auc
+  seed: 0
+  holdout: {fraction: 0.2}
+
+# A challenger becomes champion only if it beats the champion on the same newest holdout.
+promotion:
+  min_improvement: 0.002
+  must_beat_baseline: true
 """

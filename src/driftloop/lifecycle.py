@@ -1,0 +1,308 @@
+"""The model lifecycle stage: train on the features so far, register, and run the gate.
+
+Keyed like the other stages: the same features (by their run keys) and the same model and
+promotion sections are a cache hit, not a second model version. The champion is re-scored
+on the challenger's holdout (the newest labelled rows) before the gate compares them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from driftloop import __version__
+from driftloop.errors import RegistryError
+from driftloop.features import user_module_path
+from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
+from driftloop.spec import Spec
+from driftloop.stages import StageReport, keyed_run, read_features, run_key
+from driftloop.state import StateDB
+from driftloop.train import BATCH, Trained, fit, score
+
+log = logging.getLogger(__name__)
+
+TRAIN_VERSION = "1"
+TRAIN_SECTIONS = (
+    "model",
+    "promotion",
+    "task",
+    "target",
+    "time_column",
+    "id_column",
+    "contract",
+    "features",
+)
+
+
+def training_frame(layout: Layout, db: StateDB) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Every batch's model columns (oldest batch first), and the manifests they came from."""
+    frames, manifests = [], []
+    for batch in db.batches():
+        out_dir = layout.features / batch.batch_id
+        if not is_complete(out_dir):
+            continue
+        frames.append(
+            read_features(layout, batch.batch_id).with_columns(pl.lit(batch.seq).alias(BATCH))
+        )
+        manifests.append(
+            {
+                "batch_id": batch.batch_id,
+                "features": layout.relative(out_dir / "manifest.json"),
+                "features_run_key": read_manifest(out_dir)["run_key"],
+                "processed": layout.relative(layout.processed / batch.batch_id / "manifest.json"),
+            }
+        )
+    if not frames:
+        return pl.DataFrame(), []
+    return pl.concat(frames, how="diagonal_relaxed").collect(), manifests
+
+
+def train_stage(spec: Spec, layout: Layout, db: StateDB, spec_text: str) -> StageReport | None:
+    """Train, register and gate a model on all features so far; None when there is no data."""
+    frame, lineage = training_frame(layout, db)
+    if not lineage:
+        return None
+    latest = db.batches()[-1]
+    labelled = (
+        frame.filter(pl.col(spec.target).is_not_null()).height
+        if spec.target in frame.columns
+        else 0
+    )
+    if labelled < spec.model.min_rows + 1:
+        return StageReport(
+            "train",
+            latest.batch_id,
+            "waiting",
+            error=f"{labelled} labelled rows so far; training starts at {spec.model.min_rows + 1} "
+            "(model.min_rows)",
+        )
+    key = run_key(
+        "train",
+        TRAIN_VERSION,
+        spec.section_hash(*TRAIN_SECTIONS),
+        [m["features_run_key"] for m in lineage],
+    )
+    out_dir = layout.root / "data" / "models" / key[:16]
+
+    def work(started: float) -> dict[str, Any]:
+        return _train_register_gate(
+            spec, layout, db, frame, lineage, key, out_dir, spec_text, started
+        )
+
+    return keyed_run(db, layout, "train", latest, key, out_dir, work)
+
+
+def _train_register_gate(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    frame: pl.DataFrame,
+    lineage: list[dict[str, Any]],
+    key: str,
+    out_dir: Path,
+    spec_text: str,
+    started: float,
+) -> dict[str, Any]:
+    from driftloop import registry
+    from driftloop.model_package import write_package
+    from driftloop.profile import reference_profile
+
+    trained = fit(frame, spec)
+    metric = spec.metric
+    predictions = _holdout_predictions(trained, spec)
+    profile = reference_profile(
+        trained.split.train.select(trained.inputs),
+        holdout_predictions=predictions,
+        holdout_metric={metric: trained.metrics.get(metric, float("nan"))},
+        seed=spec.model.seed,
+    )
+    user_module = (
+        user_module_path(spec.features.function, layout.root) if spec.features.function else None
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "driftloop"
+        write_package(
+            package,
+            spec=spec,
+            pipeline=trained.pipeline,
+            inputs=trained.inputs,
+            categorical=trained.categorical,
+            classes=trained.classes,
+            user_module=user_module,
+            profile=profile,
+        )
+        registered = registry.log_and_register(
+            spec,
+            layout,
+            package=package,
+            params={
+                "estimator": spec.model.estimator,
+                "params": spec.model.params,
+                "seed": spec.model.seed,
+                "metric": metric,
+                "split": trained.split.kind,
+                "train_rows": trained.split.train.height,
+                "holdout_rows": trained.split.holdout.height,
+                "window": spec.model.window.model_dump(),
+                "inputs": ",".join(trained.inputs),
+            },
+            metrics={
+                **{f"holdout_{k}": v for k, v in trained.metrics.items()},
+                **{f"baseline_{k}": v for k, v in trained.baseline.items()},
+            },
+            tags={
+                "driftloop.train_key": key,
+                "driftloop.batches": ",".join(m["batch_id"] for m in lineage),
+                "driftloop.code_version": __version__,
+            },
+            lineage={"batches": lineage},
+            spec_text=spec_text,
+        )
+    db.record_event(
+        "ModelRegistered",
+        {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
+    )
+    decision = _gate(spec, layout, db, trained, registered.version)
+    manifest = {
+        "stage": "train",
+        "stage_version": TRAIN_VERSION,
+        "code_version": __version__,
+        "run_key": key,
+        "model": spec.name,
+        "version": registered.version,
+        "run_id": registered.run_id,
+        "metric": metric,
+        "metrics": trained.metrics,
+        "baseline": trained.baseline,
+        "split": trained.split.kind,
+        "train_rows": trained.split.train.height,
+        "holdout_rows": trained.split.holdout.height,
+        "decision": decision,
+        "inputs": lineage,
+        "timings": {"total_s": round(time.perf_counter() - started, 4)},
+    }
+    with atomic_output(out_dir) as tmp_dir:
+        seal(tmp_dir, manifest)
+    return manifest
+
+
+def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:
+    from driftloop.train import to_pandas_inputs
+
+    x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
+    if trained.classes is not None and len(trained.classes) == 2:
+        return pl.Series("prediction", trained.pipeline.predict_proba(x)[:, 1])
+    values = trained.pipeline.predict(x)
+    return pl.Series("prediction", [str(v) for v in values] if trained.classes else values)
+
+
+def _gate(
+    spec: Spec, layout: Layout, db: StateDB, trained: Trained, version: str
+) -> dict[str, Any]:
+    """Score the champion on the challenger's holdout; promote or reject; record why."""
+    from driftloop import registry
+
+    metric = spec.promotion_metric
+    challenger = trained.metrics.get(metric)
+    baseline = trained.baseline.get(metric)
+    if challenger is None or baseline is None:
+        raise RegistryError(f"metric {metric!r} could not be computed on the holdout")
+    champion_version = registry.alias_version(spec, layout, registry.CHAMPION)
+    champion_score = None
+    if champion_version is not None:
+        predictor = registry.load_predictor(spec, layout, f"models:/{spec.name}/{champion_version}")
+        champion_score = rescore(predictor, trained.split.holdout, spec).get(metric)
+    verdict = registry.decide(spec, challenger, baseline, champion_score)
+    if verdict.promote:
+        registry.set_alias(spec, layout, registry.CHAMPION, version)
+    decision: dict[str, Any] = {
+        "model": spec.name,
+        "version": version,
+        "decision": "promoted" if verdict.promote else "rejected",
+        "reason": verdict.reason,
+        "metric": metric,
+        "challenger_score": challenger,
+        "champion_version": champion_version,
+        "champion_score": champion_score,
+        "baseline_score": baseline,
+        "actor": "driftloop (promotion gate)",
+    }
+    db.record_decision(decision)
+    registry.tag_version(
+        spec,
+        layout,
+        version,
+        {"driftloop.decision": str(decision["decision"]), "driftloop.reason": verdict.reason},
+    )
+    log.info("model %s v%s %s: %s", spec.name, version, decision["decision"], verdict.reason)
+    return decision
+
+
+def rescore(predictor: Any, holdout: pl.DataFrame, spec: Spec) -> dict[str, float]:
+    """A registered model's metrics on rows it did not choose: from their raw columns."""
+    raw_columns = [c for c in spec.contract.columns if c in holdout.columns and c != spec.target]
+    out = predictor.predict(holdout.select(raw_columns))
+    y_true = holdout.get_column(spec.target)
+    if spec.task == "classification":
+        classes = predictor.classes
+        proba = out.select([f"proba_{c}" for c in classes]).to_numpy() if classes else None
+        truth = y_true.cast(pl.String).to_numpy().astype(object)
+        return score(spec, truth, out.get_column("prediction").to_numpy(), proba, classes)
+    return score(spec, y_true.cast(pl.Float64).to_numpy(), out.get_column("prediction").to_numpy())
+
+
+def manual_alias_change(
+    spec: Spec, layout: Layout, db: StateDB, *, version: str | None, why: str, actor: str | None
+) -> dict[str, Any]:
+    """``models promote VERSION`` (version given) or ``models rollback`` (None)."""
+    from driftloop import registry
+
+    current = registry.alias_version(spec, layout, registry.CHAMPION)
+    kind = "manual"
+    if version is None:
+        kind = "rollback"
+        version = _previous_champion(db, spec.name, current)
+        if version is None:
+            raise RegistryError(
+                f"model {spec.name!r}: there is no earlier champion to roll back to "
+                f"(champion is {current or 'unset'}); see 'driftloop models'"
+            )
+    registry.set_alias(spec, layout, registry.CHAMPION, version)
+    decision = {
+        "model": spec.name,
+        "version": version,
+        "decision": kind,
+        "reason": why,
+        "metric": spec.promotion_metric,
+        "challenger_score": None,
+        "champion_version": current,
+        "champion_score": None,
+        "baseline_score": None,
+        "actor": actor or _who(),
+    }
+    db.record_decision(decision)
+    registry.tag_version(
+        spec, layout, version, {"driftloop.decision": kind, "driftloop.reason": why}
+    )
+    return decision
+
+
+def _previous_champion(db: StateDB, model: str, current: str | None) -> str | None:
+    """The champion before ``current``, walking the decision history back."""
+    champions = [d["version"] for d in db.decisions(model) if d["decision"] != "rejected"]
+    while champions and champions[-1] == current:
+        champions.pop()
+    return champions[-1] if champions else None
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

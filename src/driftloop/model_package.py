@@ -1,0 +1,177 @@
+"""A registered model that needs no project files: MLflow pyfunc around driftloop's pieces.
+
+The package holds the fitted scikit-learn pipeline (skops format), the spec sections that
+turn raw records into model inputs (contract and features), the user's feature module if
+any, the input signature and the training reference profile. ``predict`` takes raw records
+(the contract's columns, before feature engineering) and runs the same parsing and the same
+feature function as the batch pipeline, so there is no training/serving skew.
+
+Trust boundary: the pipeline is loaded with skops, which refuses any type outside
+scikit-learn, NumPy and SciPy (and ``functools.partial``, which scikit-learn stores). The
+wrapper class is stored by MLflow (pyfunc format, by reference to this module), and the
+user's feature module is Python code that runs on load. Load models only from a registry
+you trust.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import polars as pl
+
+from driftloop.errors import RegistryError
+
+PIPELINE = "pipeline.skops"
+META = "driftloop_model.json"
+USER_CODE = "user_code"
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+TRUSTED_TYPES = ("functools.partial",)  # sklearn stores partials of its own functions
+
+
+def save_pipeline(pipeline: Any, path: Path) -> None:
+    import skops.io as sio
+
+    sio.dump(pipeline, path)
+
+
+def load_pipeline(path: Path) -> Any:
+    """Load with skops, trusting only scikit-learn, NumPy and SciPy types."""
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(file=path)
+    foreign = [
+        t for t in untrusted if not t.startswith(TRUSTED_PREFIXES) and t not in TRUSTED_TYPES
+    ]
+    if foreign:
+        raise RegistryError(
+            f"{path}: the model file holds types outside scikit-learn/NumPy/SciPy "
+            f"({foreign[:5]}); refusing to load it"
+        )
+    return sio.load(path, trusted=untrusted)
+
+
+def input_signature(spec: Any) -> Any:
+    """The MLflow signature of the raw records a model takes."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    kinds = {
+        "int": "long",
+        "float": "double",
+        "str": "string",
+        "bool": "boolean",
+        "date": "string",
+        "datetime": "string",
+    }
+    columns: list[Any] = [
+        ColSpec(kinds[rule.dtype], name, required=not rule.nullable)
+        for name, rule in spec.contract.columns.items()
+        if name != spec.target
+    ]
+    return ModelSignature(inputs=Schema(columns))
+
+
+def raw_records(frame: Any, spec: Any) -> pl.DataFrame:
+    """Records (pandas, polars, or a list of dicts) as typed contract columns.
+
+    Text is parsed as the contract says (the same parsing prep uses); values that already
+    have a type are cast to it.
+    """
+    from driftloop.prep.rules import POLARS_TYPES, parsed
+
+    if isinstance(frame, pl.DataFrame):
+        data = frame
+    elif isinstance(frame, list):
+        data = pl.DataFrame(frame, strict=False)
+    else:
+        data = pl.from_pandas(frame)
+    exprs = []
+    for name, rule in spec.contract.columns.items():
+        if name not in data.columns:
+            exprs.append(pl.lit(None, POLARS_TYPES[rule.dtype]).alias(name))
+        elif data.schema[name] == pl.String and rule.dtype != "str":
+            exprs.append(parsed(name, rule))
+        else:
+            exprs.append(pl.col(name).cast(POLARS_TYPES[rule.dtype], strict=False))
+    return data.select(exprs)
+
+
+class Predictor:
+    """The loaded pieces of a driftloop model; used by the pyfunc wrapper and by tests."""
+
+    def __init__(self, folder: Path) -> None:
+        from driftloop.features import load_user_function
+        from driftloop.spec import parse_spec
+
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        self.spec = parse_spec(meta["spec"], where=f"{folder / META}")
+        self.inputs: list[str] = meta["inputs"]
+        self.categorical: list[str] = meta["categorical"]
+        self.classes: list[str] | None = meta["classes"]
+        self.pipeline = load_pipeline(folder / PIPELINE)
+        reference = self.spec.features.function
+        self.user_function = (
+            load_user_function(reference, folder / USER_CODE) if reference else None
+        )
+
+    def features(self, records: Any) -> pl.DataFrame:
+        from driftloop.features import build_features
+
+        typed = raw_records(records, self.spec)
+        return build_features(typed.lazy(), self.spec, self.user_function).collect()
+
+    def predict(self, records: Any) -> pl.DataFrame:
+        """Predictions for raw records: ``prediction`` and, for classifiers, ``proba_<class>``."""
+        from driftloop.train import to_pandas_inputs
+
+        x = to_pandas_inputs(self.features(records), self.inputs, self.categorical)
+        out = {"prediction": self.pipeline.predict(x)}
+        if self.classes is not None:
+            proba = self.pipeline.predict_proba(x)
+            for i, cls in enumerate(self.classes):
+                out[f"proba_{cls}"] = proba[:, i]
+        return pl.DataFrame(out)
+
+
+class DriftloopModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+    """MLflow pyfunc: raw records in, predictions out (stored by reference to this class)."""
+
+    def load_context(self, context: Any) -> None:
+        self.predictor = Predictor(Path(context.artifacts["driftloop"]))
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        return self.predictor.predict(model_input).to_pandas()
+
+
+def write_package(
+    folder: Path,
+    *,
+    spec: Any,
+    pipeline: Any,
+    inputs: list[str],
+    categorical: list[str],
+    classes: list[str] | None,
+    user_module: Path | None,
+    profile: dict[str, Any],
+) -> None:
+    """Everything ``Predictor`` needs, in one folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_pipeline(pipeline, folder / PIPELINE)
+    meta = {
+        "spec": spec.model_dump(mode="json"),
+        "inputs": inputs,
+        "categorical": categorical,
+        "classes": classes,
+    }
+    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    (folder / "reference_profile.json").write_text(
+        json.dumps(profile, sort_keys=True, default=str), encoding="utf-8"
+    )
+    if user_module is not None:
+        reference = spec.features.function
+        target = folder / USER_CODE / (reference.partition(":")[0].replace(".", "/") + ".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(user_module.read_bytes())

@@ -1,0 +1,216 @@
+"""The model registry: MLflow tracking and registry, aliases, and the promotion gate.
+
+Embedded by default: tracking and registry in ``mlflow.db`` (SQLite) and artifacts in
+``mlartifacts/`` inside the project. ``model.tracking_uri`` in the spec, or the
+``MLFLOW_TRACKING_URI`` environment variable, points at a remote server instead. Aliases
+(``champion``, ``challenger``) mark versions; MLflow's deprecated stages are not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from driftloop.errors import RegistryError
+from driftloop.layout import Layout
+from driftloop.spec import Spec
+from driftloop.train import improvement
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def tracking_uri(spec: Spec, layout: Layout) -> str:
+    if spec.model.tracking_uri:
+        return spec.model.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(layout.root / 'mlflow.db').resolve()}"
+
+
+def client(spec: Spec, layout: Layout) -> Any:
+    """An MlflowClient on the project's tracking and registry store."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(spec, layout)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(spec: Spec, layout: Layout, mlflow_client: Any) -> str:
+    found = mlflow_client.get_experiment_by_name(spec.name)
+    if found is not None:
+        return str(found.experiment_id)
+    artifacts = None
+    if tracking_uri(spec, layout).startswith("sqlite:///"):
+        artifacts = (layout.root / "mlartifacts").resolve().as_uri()
+    return str(mlflow_client.create_experiment(spec.name, artifact_location=artifacts))
+
+
+@dataclass(frozen=True)
+class Registered:
+    run_id: str
+    version: str
+    model_uri: str
+
+
+def log_and_register(
+    spec: Spec,
+    layout: Layout,
+    *,
+    package: Path,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    lineage: dict[str, Any],
+    spec_text: str,
+) -> Registered:
+    """One MLflow run with params, metrics, spec and lineage; the model as a new version."""
+    import mlflow
+
+    from driftloop import __version__
+    from driftloop.model_package import DriftloopModel, input_signature
+
+    mlflow_client = client(spec, layout)
+    exp = experiment_id(spec, layout, mlflow_client)
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "driftloop.yaml").write_text(spec_text, encoding="utf-8")
+            (Path(tmp) / "lineage.json").write_text(
+                json.dumps(lineage, indent=2, sort_keys=True, default=str), encoding="utf-8"
+            )
+            mlflow.log_artifacts(tmp, artifact_path="driftloop")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=DriftloopModel(),
+            artifacts={"driftloop": str(package)},
+            signature=input_signature(spec),
+            pip_requirements=_requirements(__version__),
+            registered_model_name=spec.name,
+            await_registration_for=0,
+        )
+    version = str(info.registered_model_version)
+    mlflow_client.set_registered_model_alias(spec.name, CHALLENGER, version)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(spec.name, version, key, value)
+    return Registered(run.info.run_id, version, f"models:/{spec.name}/{version}")
+
+
+def _requirements(version: str) -> list[str]:
+    from importlib.metadata import version as installed
+
+    pins = [
+        f"{name}=={installed(name)}"
+        for name in ("scikit-learn", "skops", "polars", "mlflow-skinny")
+    ]
+    return [f"driftloop=={version}", *pins]
+
+
+def alias_version(spec: Spec, layout: Layout, alias: str) -> str | None:
+    """The version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(spec, layout).get_model_version_by_alias(spec.name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(spec: Spec, layout: Layout, alias: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(spec, layout).set_registered_model_alias(spec.name, alias, version)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"model {spec.name!r} has no version {version}: {exc.message}; "
+            "see 'driftloop models' for the versions"
+        ) from None
+
+
+def tag_version(spec: Spec, layout: Layout, version: str, tags: dict[str, str]) -> None:
+    mlflow_client = client(spec, layout)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(spec.name, version, key, value)
+
+
+def load_predictor(spec: Spec, layout: Layout, model_uri: str) -> Any:
+    """The driftloop predictor inside a registered model (downloads its artifacts)."""
+    import mlflow
+
+    from driftloop.model_package import Predictor
+
+    client(spec, layout)
+    folder = mlflow.artifacts.download_artifacts(f"{model_uri}/artifacts/driftloop")
+    return Predictor(Path(folder))
+
+
+def versions(spec: Spec, layout: Layout) -> list[dict[str, Any]]:
+    """Every version with its run's metrics, its aliases and its tags, newest first."""
+    mlflow_client = client(spec, layout)
+    found = mlflow_client.search_model_versions(f"name='{spec.name}'")
+    out = []
+    for v in sorted(found, key=lambda v: int(v.version), reverse=True):
+        run = mlflow_client.get_run(v.run_id) if v.run_id else None
+        out.append(
+            {
+                "version": str(v.version),
+                "aliases": list(getattr(v, "aliases", []) or []),
+                "run_id": v.run_id,
+                "created": v.creation_timestamp,
+                "metrics": dict(run.data.metrics) if run else {},
+                "tags": dict(v.tags or {}),
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide(spec: Spec, challenger: float, baseline: float, champion: float | None) -> Decision:
+    """The promotion gate, as the spec's promotion section says."""
+    metric = spec.promotion_metric
+    policy = spec.promotion
+    over_baseline, _ = improvement(metric, challenger, baseline)
+    if policy.must_beat_baseline and over_baseline <= 0:
+        return Decision(
+            False,
+            f"{metric} {challenger:.4f} does not beat the naive baseline's {baseline:.4f}",
+        )
+    if champion is None:
+        return Decision(
+            True, f"first model: {metric} {challenger:.4f} beats the baseline's {baseline:.4f}"
+        )
+    absolute, relative = improvement(metric, challenger, champion)
+    needed = (
+        f"(needs +{policy.min_improvement:g} absolute and "
+        f"+{policy.min_relative_improvement:.1%} relative)"
+    )
+    if (
+        absolute <= 0
+        or absolute < policy.min_improvement
+        or relative < policy.min_relative_improvement
+    ):
+        return Decision(
+            False,
+            f"{metric} {challenger:.4f} vs champion {champion:.4f} on the same holdout: "
+            f"{absolute:+.4f} {needed}",
+        )
+    return Decision(
+        True,
+        f"{metric} {challenger:.4f} beats champion {champion:.4f} on the same holdout by "
+        f"{absolute:+.4f} ({relative:+.1%})",
+    )

@@ -1,0 +1,332 @@
+"""Train: pick the training window, split off the newest holdout, fit, and score.
+
+Pure functions of a features frame and the spec; randomness arrives as the spec's seed.
+The estimator is a scikit-learn Pipeline whose preprocessing (imputation, categorical
+encoding, scaling where the estimator needs it) is fitted on the training rows only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from driftloop.errors import TrainError
+from driftloop.spec import Spec
+
+BATCH = "__batch_seq"
+HIGHER_IS_BETTER = {
+    "roc_auc": True,
+    "average_precision": True,
+    "f1": True,
+    "accuracy": True,
+    "r2": True,
+    "log_loss": False,
+    "rmse": False,
+    "mae": False,
+}
+_TEMPORAL = (pl.Date, pl.Datetime)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pl.DataFrame
+    holdout: pl.DataFrame
+    kind: str  # time | arrival | random
+
+
+@dataclass
+class Trained:
+    pipeline: Any  # a fitted sklearn Pipeline
+    inputs: list[str]  # model input columns, in order
+    categorical: list[str]
+    classes: list[Any] | None
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    split: Split
+
+
+def model_inputs(frame: pl.DataFrame, spec: Spec) -> tuple[list[str], list[str]]:
+    """(input columns, the categorical ones): features minus target, ids, lineage, dates."""
+    skip = {spec.target, spec.id_column, spec.time_column}
+    inputs = [
+        c
+        for c, dtype in frame.schema.items()
+        if c not in skip and not c.startswith("__") and not isinstance(dtype, _TEMPORAL)
+    ]
+    categorical = [c for c in inputs if frame.schema[c] in (pl.String, pl.Categorical)]
+    return inputs, categorical
+
+
+def order_rows(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+    """Oldest first: by the time column, else by arrival (batch, file, row)."""
+    arrival = [c for c in (BATCH, "__file", "__row") if c in frame.columns]
+    if spec.time_column is not None:
+        return frame.sort([spec.time_column, *arrival], nulls_last=False, maintain_order=True)
+    return frame.sort(arrival, maintain_order=True) if arrival else frame
+
+
+def training_window(frame: pl.DataFrame, spec: Spec) -> pl.DataFrame:
+    """The newest rows the window policy keeps (the frame is ordered oldest first)."""
+    window = spec.model.window
+    if window.kind == "all":
+        return frame
+    assert window.size is not None
+    if window.kind == "last_rows":
+        return frame.tail(window.size)
+    if spec.time_column is None:
+        raise TrainError(
+            "model.window kind 'last_days' needs a time_column; set time_column in "
+            "driftloop.yaml or use kind 'last_rows'"
+        )
+    newest = frame.get_column(spec.time_column).max()
+    start = newest - timedelta(days=window.size)  # type: ignore[operator]
+    return frame.filter(pl.col(spec.time_column) > start)
+
+
+def split_holdout(frame: pl.DataFrame, spec: Spec) -> Split:
+    """The newest slice is the holdout; random (stratified) only where there is no order."""
+    kind = spec.model.split
+    batches = frame.get_column(BATCH).n_unique() if BATCH in frame.columns else 1
+    if kind == "auto":
+        kind = "time" if spec.time_column else "arrival" if batches > 1 else "random"
+    if kind == "time" and spec.time_column is None:
+        raise TrainError("model.split 'time' needs a time_column in driftloop.yaml")
+    holdout_spec = spec.model.holdout
+    if kind == "random":
+        rng = np.random.default_rng(spec.model.seed)
+        n_test = max(1, round(frame.height * holdout_spec.fraction))
+        labels = frame.get_column(spec.target).to_numpy()
+        test_idx = (
+            _stratified(labels, n_test, rng)
+            if spec.task == "classification"
+            else (rng.permutation(frame.height)[:n_test])
+        )
+        mask = np.zeros(frame.height, dtype=bool)
+        mask[test_idx] = True
+        series = pl.Series(mask)
+        return Split(frame.filter(~series), frame.filter(series), kind)
+    if kind == "time" and holdout_spec.days is not None:
+        assert spec.time_column is not None
+        newest = frame.get_column(spec.time_column).max()
+        start = newest - timedelta(days=holdout_spec.days)  # type: ignore[operator]
+        is_test = pl.col(spec.time_column) > start
+        return Split(frame.filter(~is_test), frame.filter(is_test), kind)
+    cut = frame.height - max(1, round(frame.height * holdout_spec.fraction))
+    return Split(frame.head(cut), frame.slice(cut), kind)
+
+
+def _stratified(labels: np.ndarray[Any, Any], n_test: int, rng: np.random.Generator) -> Any:
+    picked: list[int] = []
+    values, counts = np.unique(labels.astype(str), return_counts=True)
+    for value, count in zip(values, counts, strict=True):
+        idx = np.flatnonzero(labels.astype(str) == value)
+        take = max(1, round(n_test * count / len(labels))) if count > 1 else 0
+        picked.extend(rng.permutation(idx)[:take].tolist())
+    return np.asarray(sorted(picked))
+
+
+def check_trainable(frame: pl.DataFrame, split: Split, spec: Spec) -> None:
+    """Refuse data no model should be trained on, before any fitting."""
+    if spec.target not in frame.columns:
+        raise TrainError(
+            f"target {spec.target!r} is not in the features; check features.exclude and "
+            "the contract in driftloop.yaml"
+        )
+    minimum = spec.model.min_rows
+    if split.train.height < minimum or split.holdout.height < 1:
+        raise TrainError(
+            f"too few rows to train and hold out: {split.train.height} to train and "
+            f"{split.holdout.height} to evaluate, need at least {minimum} to train "
+            "(model.min_rows); land more data or lower model.holdout.fraction"
+        )
+    distinct = split.train.get_column(spec.target).n_unique()
+    if distinct < 2:
+        raise TrainError(
+            f"the target {spec.target!r} has a single value in the training rows; a model "
+            "cannot learn from a constant target; check the data or the target column"
+        )
+    if spec.task == "regression" and not split.train.schema[spec.target].is_numeric():
+        raise TrainError(
+            f"task is regression but target {spec.target!r} is {split.train.schema[spec.target]}; "
+            "use task: classification or a numeric target"
+        )
+
+
+def build_pipeline(spec: Spec, inputs: list[str], categorical: list[str]) -> Any:
+    """Preprocessing + estimator as one scikit-learn Pipeline."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    numeric = [c for c in inputs if c not in categorical]
+    estimator = spec.model.estimator
+    params = dict(spec.model.params)
+    seed = spec.model.seed
+    classify = spec.task == "classification"
+    ordinal = OrdinalEncoder(
+        handle_unknown="use_encoded_value",
+        unknown_value=np.nan,
+        encoded_missing_value=np.nan,
+    )
+    if estimator == "hist_gradient_boosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        pre = ColumnTransformer(
+            [("num", "passthrough", numeric), ("cat", ordinal, categorical)],
+            verbose_feature_names_out=False,
+        )
+        cat_mask = [False] * len(numeric) + [True] * len(categorical)
+        cls = HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor
+        model: Any = cls(random_state=seed, categorical_features=cat_mask, **params)
+    elif estimator == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        cat_steps = Pipeline(
+            [("encode", ordinal), ("impute", SimpleImputer(strategy="constant", fill_value=-1))]
+        )
+        pre = ColumnTransformer(
+            [("num", SimpleImputer(strategy="median"), numeric), ("cat", cat_steps, categorical)],
+            verbose_feature_names_out=False,
+        )
+        params.setdefault("n_estimators", 200)
+        params.setdefault("n_jobs", 1)
+        cls = RandomForestClassifier if classify else RandomForestRegressor
+        model = cls(random_state=seed, **params)
+    else:
+        from sklearn.linear_model import LinearRegression, LogisticRegression
+
+        num_steps = Pipeline(
+            [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+        )
+        cat_steps = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="constant", fill_value="(missing)")),
+                ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=5)),
+            ]
+        )
+        pre = ColumnTransformer(
+            [("num", num_steps, numeric), ("cat", cat_steps, categorical)],
+            verbose_feature_names_out=False,
+        )
+        if estimator == "logistic_regression":
+            params.setdefault("max_iter", 1000)
+            model = LogisticRegression(random_state=seed, **params)
+        else:
+            model = LinearRegression(**params)
+    return Pipeline([("prepare", pre), ("model", model)])
+
+
+def to_pandas_inputs(frame: pl.DataFrame, inputs: list[str], categorical: list[str]) -> Any:
+    """Model inputs as pandas: numbers as float64 (nulls as NaN), categories as objects."""
+    numeric = [c for c in inputs if c not in categorical]
+    cast = frame.select(
+        *[pl.col(c).cast(pl.Float64) for c in numeric],
+        *[pl.col(c).cast(pl.String) for c in categorical],
+    )
+    out = cast.to_pandas()
+    for c in categorical:
+        out[c] = out[c].astype(object).where(out[c].notna(), np.nan)
+    return out[inputs]
+
+
+def fit(frame: pl.DataFrame, spec: Spec) -> Trained:
+    """Window, split, check, fit, score on the holdout, and score the naive baseline."""
+    ordered = training_window(
+        order_rows(frame.filter(pl.col(spec.target).is_not_null()), spec), spec
+    )
+    split = split_holdout(ordered, spec)
+    check_trainable(ordered, split, spec)
+    inputs, categorical = model_inputs(ordered, spec)
+    if not inputs:
+        raise TrainError(
+            "no model input columns are left after excluding ids, dates and the target"
+        )
+    pipeline = build_pipeline(spec, inputs, categorical)
+    x_train = to_pandas_inputs(split.train, inputs, categorical)
+    y_train = _target(split.train, spec)
+    pipeline.fit(x_train, y_train)
+    classes = list(pipeline.classes_) if spec.task == "classification" else None
+    x_test = to_pandas_inputs(split.holdout, inputs, categorical)
+    y_test = _target(split.holdout, spec)
+    metrics = score(spec, y_test, *_predict(pipeline, x_test, spec))
+    baseline = score(spec, y_test, *_predict(_baseline(spec).fit(x_train, y_train), x_test, spec))
+    return Trained(pipeline, inputs, categorical, classes, metrics, baseline, split)
+
+
+def _target(frame: pl.DataFrame, spec: Spec) -> Any:
+    target = frame.get_column(spec.target)
+    if spec.task == "classification":
+        return target.cast(pl.String).to_numpy().astype(object)
+    return target.cast(pl.Float64).to_numpy()
+
+
+def _baseline(spec: Spec) -> Any:
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    if spec.task == "classification":
+        return DummyClassifier(strategy="prior")
+    return DummyRegressor(strategy="mean")
+
+
+def _predict(model: Any, x: Any, spec: Spec) -> tuple[Any, Any, list[Any] | None]:
+    """(labels or values, class probabilities or None, the probabilities' class order)."""
+    if spec.task == "classification":
+        return model.predict(x), model.predict_proba(x), [str(c) for c in model.classes_]
+    return model.predict(x), None, None
+
+
+def score(
+    spec: Spec, y_true: Any, y_pred: Any, proba: Any = None, classes: list[Any] | None = None
+) -> dict[str, float]:
+    """Every metric of the task on one holdout.
+
+    For two classes the positive class is the second in sorted order (``Yes`` of Yes/No,
+    ``1`` of 0/1, ``UP`` of DOWN/UP).
+    """
+    from sklearn import metrics as m
+
+    if spec.task == "regression":
+        return {
+            "rmse": float(math.sqrt(m.mean_squared_error(y_true, y_pred))),
+            "mae": float(m.mean_absolute_error(y_true, y_pred)),
+            "r2": float(m.r2_score(y_true, y_pred)),
+        }
+    seen = sorted({str(v) for v in y_true.tolist()} | set(classes or []))
+    binary = len(seen) == 2
+    out = {
+        "accuracy": float(m.accuracy_score(y_true, y_pred)),
+        "f1": float(
+            m.f1_score(
+                y_true,
+                y_pred,
+                average="binary" if binary else "macro",
+                pos_label=seen[-1] if binary else 1,
+                zero_division=0,
+            )
+        ),
+    }
+    if proba is None or classes is None or len(set(y_true.tolist())) < 2:
+        return out
+    if len(classes) == 2:
+        positive = proba[:, 1]  # sklearn orders probability columns by sorted class
+        is_positive = y_true == classes[1]
+        out["roc_auc"] = float(m.roc_auc_score(is_positive, positive))
+        out["average_precision"] = float(m.average_precision_score(is_positive, positive))
+    elif set(y_true.tolist()) <= set(classes):
+        out["roc_auc"] = float(m.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes))
+    if set(y_true.tolist()) <= set(classes):
+        out["log_loss"] = float(m.log_loss(y_true, proba, labels=classes))
+    return out
+
+
+def improvement(metric: str, new: float, old: float) -> tuple[float, float]:
+    """(absolute, relative) improvement of ``new`` over ``old`` in the metric's direction."""
+    delta = new - old if HIGHER_IS_BETTER[metric] else old - new
+    relative = delta / abs(old) if old else math.inf if delta > 0 else 0.0
+    return delta, relative
