@@ -205,6 +205,109 @@ def status(
         console.print(f"  {run_['stage']:<9} {run_['batch_id']}  {run_['status']:<9} {seconds}")
 
 
+models_app = typer.Typer(
+    help="Model versions, aliases and promotion history; promote or roll back.",
+    no_args_is_help=False,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List model versions with metrics, aliases and the decision history."""
+    ctx.obj = project
+    if ctx.invoked_subcommand is not None:
+        return
+    from driftloop import registry
+    from driftloop.errors import DriftloopError
+    from driftloop.layout import Layout
+    from driftloop.spec import load_spec
+    from driftloop.state import StateDB
+
+    layout = Layout(project)
+    try:
+        spec = load_spec(project)
+        found = registry.versions(spec, layout)
+        with StateDB(layout.state_db) as db:
+            history = db.decisions(spec.name)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {"model": spec.name, "versions": found, "decisions": history}, indent=2, default=str
+            )
+            + "\n"
+        )
+        return
+    console = _console()
+    if not found:
+        console.print(f"no versions of model {spec.name!r} yet; 'driftloop run' trains one")
+        return
+    metric = spec.metric
+    console.print(f"model {spec.name} (metric {metric})")
+    for v in found:
+        aliases = ", ".join(v["aliases"]) or "-"
+        value = v["metrics"].get(f"holdout_{metric}")
+        base = v["metrics"].get(f"baseline_{metric}")
+        shown = f"{value:.4f}" if value is not None else "-"
+        baseline = f"{base:.4f}" if base is not None else "-"
+        decision = v["tags"].get("driftloop.decision", "-")
+        console.print(
+            f"  v{v['version']:<4} {aliases:<22} {metric} {shown}  baseline {baseline}  {decision}"
+        )
+    console.print("history:")
+    for d in history:
+        console.print(
+            f"  {d['ts'][:19]}  v{d['version']} {d['decision']} by {d['actor']}: {d['reason']}"
+        )
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="The version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why, for the audit record.")] = "manual promotion",
+    by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+) -> None:
+    """Point the champion alias at VERSION, with an audit record."""
+    _move_champion(ctx.obj, version=version, why=reason, actor=by)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option(help="Why, for the audit record.")] = "manual rollback",
+    by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+) -> None:
+    """Point the champion alias back at the previous champion, with an audit record."""
+    _move_champion(ctx.obj, version=None, why=reason, actor=by)
+
+
+def _move_champion(project: Path, *, version: str | None, why: str, actor: str | None) -> None:
+    from driftloop.errors import DriftloopError
+    from driftloop.layout import Layout
+    from driftloop.lifecycle import manual_alias_change
+    from driftloop.spec import load_spec
+    from driftloop.state import StateDB
+
+    layout = Layout(project)
+    try:
+        spec = load_spec(project)
+        with StateDB(layout.state_db) as db:
+            decision = manual_alias_change(spec, layout, db, version=version, why=why, actor=actor)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    _console().print(
+        f"champion of {spec.name}: v{decision['version']} (was v{decision['champion_version']}); "
+        f"{decision['decision']} by {decision['actor']}: {why}"
+    )
+
+
 @app.command()
 def demo(
     project: ProjectOpt = Path("demo"),
@@ -237,3 +340,7 @@ def _fail_text(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

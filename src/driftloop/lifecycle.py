@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -74,13 +75,14 @@ def train_stage(spec: Spec, layout: Layout, db: StateDB, spec_text: str) -> Stag
         if spec.target in frame.columns
         else 0
     )
-    if labelled < spec.model.min_rows + 1:
+    needed = math.ceil(spec.model.min_rows / (1 - spec.model.holdout.fraction)) + 1
+    if spec.target in frame.columns and labelled < needed:
         return StageReport(
             "train",
             latest.batch_id,
             "waiting",
-            error=f"{labelled} labelled rows so far; training starts at {spec.model.min_rows + 1} "
-            "(model.min_rows)",
+            error=f"{labelled} labelled rows so far; training starts at {needed} "
+            f"(model.min_rows {spec.model.min_rows} to train, plus the holdout)",
         )
     key = run_key(
         "train",

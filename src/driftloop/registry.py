@@ -156,7 +156,13 @@ def load_predictor(spec: Spec, layout: Layout, model_uri: str) -> Any:
 
 def versions(spec: Spec, layout: Layout) -> list[dict[str, Any]]:
     """Every version with its run's metrics, its aliases and its tags, newest first."""
+    from mlflow.exceptions import MlflowException
+
     mlflow_client = client(spec, layout)
+    try:
+        aliases = dict(mlflow_client.get_registered_model(spec.name).aliases or {})
+    except MlflowException:
+        return []
     found = mlflow_client.search_model_versions(f"name='{spec.name}'")
     out = []
     for v in sorted(found, key=lambda v: int(v.version), reverse=True):
@@ -164,7 +170,7 @@ def versions(spec: Spec, layout: Layout) -> list[dict[str, Any]]:
         out.append(
             {
                 "version": str(v.version),
-                "aliases": list(getattr(v, "aliases", []) or []),
+                "aliases": sorted(a for a, ver in aliases.items() if str(ver) == str(v.version)),
                 "run_id": v.run_id,
                 "created": v.creation_timestamp,
                 "metrics": dict(run.data.metrics) if run else {},

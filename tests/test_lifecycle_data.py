@@ -1,0 +1,346 @@
+"""The model lifecycle end to end on the real datasets in ../shared/datasets: train, register
+in the project's embedded MLflow, promote through the gate, load the champion elsewhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from driftloop import registry
+from driftloop.layout import Layout
+from driftloop.pipeline import RunResult, run
+from driftloop.spec import load_spec
+
+from .helpers import link_raw, write_spec
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+
+BANK = """
+name: bank
+task: classification
+target: y
+sources:
+  - name: bank
+    path: data/raw/bank/*.csv
+    csv: {separator: ";", null_values: ["", unknown]}
+contract:
+  columns:
+    age: {dtype: int, min: 16, max: 110, nullable: false}
+    job: {dtype: str}
+    marital: {dtype: str, allowed: [married, single, divorced]}
+    education: {dtype: str}
+    default: {dtype: str, allowed: ["no", "yes"]}
+    housing: {dtype: str, allowed: ["no", "yes"]}
+    loan: {dtype: str, allowed: ["no", "yes"]}
+    contact: {dtype: str, allowed: [telephone, cellular]}
+    month: {dtype: str, allowed: [mar, apr, may, jun, jul, aug, sep, oct, nov, dec]}
+    day_of_week: {dtype: str, allowed: [mon, tue, wed, thu, fri]}
+    duration: {dtype: int, min: 0}
+    campaign: {dtype: int, min: 1}
+    pdays: {dtype: int, min: 0}
+    previous: {dtype: int, min: 0}
+    poutcome: {dtype: str}
+    emp.var.rate: {dtype: float}
+    cons.price.idx: {dtype: float}
+    cons.conf.idx: {dtype: float}
+    euribor3m: {dtype: float, min: 0}
+    nr.employed: {dtype: float}
+    y: {dtype: str, allowed: ["no", "yes"], nullable: false}
+features:
+  exclude: [duration]  # known only after the call: leakage
+ingest: {settle_seconds: 0}
+model: {split: arrival}  # rows are in date order (May 2008 -> Nov 2010)
+"""
+
+BIKE = """
+name: bike
+task: regression
+target: cnt
+time_column: dteday
+sources:
+  - name: hours
+    path: data/raw/hours/*.csv
+contract:
+  columns:
+    instant: {dtype: int, nullable: false}
+    dteday: {dtype: date, format: "%Y-%m-%d", nullable: false}
+    season: {dtype: int, allowed: [1, 2, 3, 4]}
+    yr: {dtype: int, allowed: [0, 1]}
+    mnth: {dtype: int, min: 1, max: 12}
+    hr: {dtype: int, min: 0, max: 23}
+    holiday: {dtype: int, allowed: [0, 1]}
+    weekday: {dtype: int, min: 0, max: 6}
+    workingday: {dtype: int, allowed: [0, 1]}
+    weathersit: {dtype: int, min: 1, max: 4}
+    temp: {dtype: float, min: 0, max: 1}
+    atemp: {dtype: float, min: 0, max: 1}
+    hum: {dtype: float, min: 0, max: 1}
+    windspeed: {dtype: float, min: 0, max: 1}
+    casual: {dtype: int, min: 0}
+    registered: {dtype: int, min: 0}
+    cnt: {dtype: int, min: 0, nullable: false}
+features:
+  exclude: [instant, casual, registered]  # an id that leaks time; cnt = casual + registered
+ingest: {settle_seconds: 0}
+model: {split: time}
+"""
+
+TELCO = """
+name: telco
+task: classification
+target: Churn
+id_column: customerID
+sources:
+  - name: telco
+    path: data/raw/telco/*.csv
+contract:
+  columns:
+    customerID: {dtype: str, nullable: false, regex: '^\\d{4}-[A-Z]{5}$'}
+    gender: {dtype: str, allowed: [Female, Male]}
+    SeniorCitizen: {dtype: int, allowed: [0, 1]}
+    Partner: {dtype: str, allowed: ["Yes", "No"]}
+    Dependents: {dtype: str, allowed: ["Yes", "No"]}
+    tenure: {dtype: int, min: 0, max: 100}
+    PhoneService: {dtype: str}
+    MultipleLines: {dtype: str}
+    InternetService: {dtype: str}
+    OnlineSecurity: {dtype: str}
+    OnlineBackup: {dtype: str}
+    DeviceProtection: {dtype: str}
+    TechSupport: {dtype: str}
+    StreamingTV: {dtype: str}
+    StreamingMovies: {dtype: str}
+    Contract: {dtype: str}
+    PaperlessBilling: {dtype: str}
+    PaymentMethod: {dtype: str}
+    MonthlyCharges: {dtype: float, min: 0}
+    TotalCharges: {dtype: float, min: 0, nullable: true}
+    Churn: {dtype: str, nullable: false, allowed: ["Yes", "No"]}
+cleaning:
+  deduplicate: {enabled: true, subset: [customerID]}
+ingest: {settle_seconds: 0}
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: str
+    source: str
+    files: tuple[str, ...]  # relative to ../shared/datasets
+    split: str  # the split the train stage must report
+
+
+CASES = {
+    "bank": Case(BANK, "bank", ("bank_marketing/bank-additional-full.csv",), "arrival"),
+    "bike": Case(BIKE, "hours", ("bike_sharing/hour.csv",), "time"),
+    "telco": Case(TELCO, "telco", ("telco_churn/Telco-Customer-Churn.csv",), "random"),
+}
+
+
+@dataclass(frozen=True)
+class Trained:
+    project: Path
+    manifest: dict[str, Any]
+
+
+def train_manifest(result: RunResult) -> dict[str, Any]:
+    """The manifest of the train stage that this pass ran (not a cache hit)."""
+    assert not result.failed, [(r.stage, r.error) for r in result.failed]
+    [report] = [r for r in result.reports if r.stage == "train"]
+    assert report.outcome == "ran", (report.outcome, report.error)
+    return report.manifest
+
+
+def train_fresh(project: Path, datasets: Path, name: str, spec_text: str | None = None) -> Trained:
+    case = CASES[name]
+    write_spec(project, spec_text or case.spec)
+    link_raw(project, case.source, *(datasets / f for f in case.files))
+    return Trained(project, train_manifest(run(project)))
+
+
+def champion(project: Path) -> str | None:
+    return registry.alias_version(load_spec(project), Layout(project), registry.CHAMPION)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def embedded_mlflow() -> Iterator[None]:
+    """Every project uses its own sqlite store, whatever the environment says."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Trained]:
+    """One fresh project per dataset, trained on first use and shared by the module's tests."""
+    done: dict[str, Trained] = {}
+
+    def get(name: str) -> Trained:
+        if name not in done:
+            done[name] = train_fresh(tmp_path_factory.mktemp(name), datasets, name)
+        return done[name]
+
+    return get
+
+
+def test_bank_trains_registers_and_promotes(trained: Callable[[str], Trained]) -> None:
+    manifest = trained("bank").manifest
+    auc, baseline = manifest["metrics"]["roc_auc"], manifest["baseline"]["roc_auc"]
+    assert baseline == pytest.approx(0.5)  # the prior: one score for every row
+    assert auc > 0.6
+    assert auc > baseline
+
+
+def test_bike_trains_registers_and_promotes(trained: Callable[[str], Trained]) -> None:
+    manifest = trained("bike").manifest
+    rmse, baseline = manifest["metrics"]["rmse"], manifest["baseline"]["rmse"]
+    assert rmse < 0.6 * baseline
+    assert manifest["metrics"]["r2"] > 0.5
+
+
+def test_telco_trains_registers_and_promotes(trained: Callable[[str], Trained]) -> None:
+    manifest = trained("telco").manifest
+    assert manifest["metrics"]["roc_auc"] > 0.75
+    assert manifest["baseline"]["roc_auc"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_first_model_is_version_1_and_champion(
+    trained: Callable[[str], Trained], name: str
+) -> None:
+    t = trained(name)
+    manifest = t.manifest
+    assert manifest["model"] == name
+    assert manifest["version"] == "1"
+    assert manifest["split"] == CASES[name].split
+    assert manifest["decision"]["decision"] == "promoted", manifest["decision"]
+    assert manifest["decision"]["reason"].startswith("first model")
+    rows = manifest["train_rows"] + manifest["holdout_rows"]
+    assert manifest["holdout_rows"] == pytest.approx(0.2 * rows, abs=1)
+    assert champion(t.project) == "1"
+
+
+@pytest.mark.parametrize("name", ["telco", "bank"])  # random split; early stopping (>10k rows)
+def test_same_data_spec_and_seed_give_the_same_metrics(
+    trained: Callable[[str], Trained], datasets: Path, tmp_path: Path, name: str
+) -> None:
+    first = trained(name).manifest
+    second = train_fresh(tmp_path, datasets, name).manifest
+    assert second["metrics"] == first["metrics"]
+    assert second["baseline"] == first["baseline"]
+    assert (second["train_rows"], second["holdout_rows"]) == (
+        first["train_rows"],
+        first["holdout_rows"],
+    )
+
+
+LOAD_AND_PREDICT = """
+import sys
+
+import mlflow
+import pandas as pd
+
+tracking_uri, model_uri, records, out = sys.argv[1:]
+mlflow.set_tracking_uri(tracking_uri)
+model = mlflow.pyfunc.load_model(model_uri)
+model.predict(pd.read_parquet(records)).to_parquet(out)
+"""
+
+
+def raw_records(project: Path, n: int = 200) -> Any:
+    """About n rows spread over the processed data, as raw contract columns in pandas."""
+    spec = load_spec(project)
+    [batch] = [p for p in (project / "data" / "processed").iterdir() if not p.name.startswith(".")]
+    rows = pl.read_parquet(batch / "data.parquet")
+    columns = [c for c in spec.contract.columns if c != spec.target]
+    return rows.select(columns).gather_every(rows.height // n).head(n).to_pandas()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_champion_loaded_in_another_process_predicts_the_same(
+    trained: Callable[[str], Trained], tmp_path: Path, name: str
+) -> None:
+    project = trained(name).project
+    spec, layout = load_spec(project), Layout(project)
+    uri = registry.tracking_uri(spec, layout)
+    model_uri = f"models:/{spec.name}@champion"
+    records = raw_records(project)
+    assert len(records) == 200
+    here = registry.load_predictor(spec, layout, model_uri).predict(records)
+
+    records.to_parquet(tmp_path / "records.parquet")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    moved = project / "driftloop.yaml.away"
+    (project / "driftloop.yaml").rename(moved)  # the loader must not need the project's spec
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LOAD_AND_PREDICT,
+                uri,
+                model_uri,
+                str(tmp_path / "records.parquet"),
+                str(tmp_path / "out.parquet"),
+            ],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        moved.rename(project / "driftloop.yaml")
+    assert done.returncode == 0, done.stderr[-3000:]
+    there = pl.read_parquet(tmp_path / "out.parquet")
+    assert there.columns == here.columns
+    assert there.height == 200
+    assert_frame_equal(there, here, check_dtypes=False, rel_tol=0.0, abs_tol=1e-9)
+    if spec.task == "classification":
+        assert set(here.get_column("prediction").unique()) <= {"no", "yes", "No", "Yes"}
+        assert here.get_column(here.columns[-1]).std() > 0  # not a constant score
+
+
+def test_worse_challenger_is_rejected_and_the_champion_stays(
+    datasets: Path, tmp_path: Path
+) -> None:
+    first = train_fresh(tmp_path, datasets, "bike")
+    assert first.manifest["decision"]["decision"] == "promoted"
+    stump = BIKE.replace(
+        "model: {split: time}",
+        "model: {split: time, params: {max_iter: 1, max_depth: 1}}\n"
+        "promotion: {min_improvement: 0.0}",
+    )
+    write_spec(tmp_path, stump)
+    second = train_manifest(run(tmp_path))
+
+    assert second["version"] == "2"
+    decision = second["decision"]
+    assert decision["decision"] == "rejected", decision
+    assert decision["champion_version"] == "1"
+    challenger, held = decision["challenger_score"], decision["champion_score"]
+    assert challenger == second["metrics"]["rmse"]
+    assert held < challenger  # lower rmse: the champion is better
+    # The same data and holdout settings give the same holdout, so the champion re-scored
+    # from raw columns reproduces the figure it was trained with: no training/serving skew.
+    assert held == pytest.approx(first.manifest["metrics"]["rmse"], rel=1e-9)
+    assert f"{challenger:.4f}" in decision["reason"]
+    assert f"{held:.4f}" in decision["reason"]
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    assert registry.alias_version(spec, layout, registry.CHAMPION) == "1"
+    assert registry.alias_version(spec, layout, registry.CHALLENGER) == "2"
+    tags = {v["version"]: v["tags"] for v in registry.versions(spec, layout)}
+    assert tags["2"]["driftloop.decision"] == "rejected"
+    assert tags["1"]["driftloop.decision"] == "promoted"
