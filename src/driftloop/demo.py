@@ -1,8 +1,10 @@
 """``driftloop demo``: the lifecycle on built-in data, start to finish, with a timeline.
 
 It writes the built-in ``shop`` example into a fresh folder, runs the pipeline on the first
-batch, lands a second batch whose data has drifted, and runs again: only the new batch is
-processed. It grows with each stage driftloop gains (training, serving, monitoring).
+batch (prep, features, a first model registered in MLflow and made champion), lands a second
+batch whose data has drifted, and runs again: only the new batch is prepared, a challenger
+is trained on both, and the gate compares it with the champion on the same newest holdout.
+It grows with each stage driftloop gains (serving, monitoring, the event loop).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def run_demo(
     step(f"wrote the '{EXAMPLE}' example project in {project}/ (driftloop.yaml + first batch)")
 
     first = run(project)
-    step("pass 1: ingest -> prep -> features on the first batch")
+    step("pass 1: ingest -> prep -> features -> train -> register -> promotion gate")
     show(first)
 
     paths = write_batch(project, EXAMPLE, batch=2, rows=drifted_rows, drift=0.8)
@@ -51,7 +53,7 @@ def run_demo(
     step(f"landed a drifted batch: {names}")
 
     second = run(project)
-    step("pass 2: only the new batch is processed; the first is a cache hit")
+    step("pass 2: the new batch is prepared (the first is a cache hit); a challenger is gated")
     show(second)
 
     third = run(project)
@@ -79,6 +81,10 @@ def _summary(project: Path, console: Any) -> None:
         f"{project}/data/quarantine, 'driftloop status -p {project}'"
     )
     console.print(
-        "not yet in this release: training, MLflow registry, serving, drift monitoring and "
-        "the event loop (see the README's roadmap)"
+        f"models: 'driftloop models -p {project}' (MLflow UI: mlflow ui --backend-store-uri "
+        f"sqlite:///{project}/mlflow.db)"
+    )
+    console.print(
+        "not yet in this release: serving, drift monitoring and the event loop "
+        "(see the README's roadmap)"
     )

@@ -15,7 +15,10 @@ you trust.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +139,20 @@ class Predictor:
         return pl.DataFrame(out)
 
 
-class DriftloopModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
-    """MLflow pyfunc: raw records in, predictions out (stored by reference to this class)."""
+with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+    # MLflow inspects predict's type hints when the class is made and prints advice about
+    # them (forcing the warning through its own filter); the signature is logged explicitly
+    # (input_signature), so the advice does not apply.
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context: Any) -> None:
-        self.predictor = Predictor(Path(context.artifacts["driftloop"]))
+    class DriftloopModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+        """MLflow pyfunc: raw records in, predictions out."""
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-        return self.predictor.predict(model_input).to_pandas()
+        def load_context(self, context: Any) -> None:
+            self.predictor = Predictor(Path(context.artifacts["driftloop"]))
+
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return self.predictor.predict(model_input).to_pandas()
 
 
 def write_package(

@@ -8,9 +8,15 @@ Embedded by default: tracking and registry in ``mlflow.db`` (SQLite) and artifac
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
+import logging
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,8 @@ from driftloop.errors import RegistryError
 from driftloop.layout import Layout
 from driftloop.spec import Spec
 from driftloop.train import improvement
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -38,6 +46,8 @@ def client(spec: Spec, layout: Layout) -> Any:
     from mlflow import MlflowClient
 
     uri = tracking_uri(spec, layout)
+    if not log.isEnabledFor(logging.DEBUG):  # database migrations and similar are not news
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -75,7 +85,11 @@ def log_and_register(
     import mlflow
 
     from driftloop import __version__
-    from driftloop.model_package import DriftloopModel, input_signature
+    from driftloop.model_package import input_signature
+
+    # The file's path, not an import: MLflow executes it (model from code) when it loads.
+    code = importlib.util.find_spec("driftloop.mlflow_model_code")
+    assert code is not None and code.origin is not None
 
     mlflow_client = client(spec, layout)
     exp = experiment_id(spec, layout, mlflow_client)
@@ -89,20 +103,38 @@ def log_and_register(
                 json.dumps(lineage, indent=2, sort_keys=True, default=str), encoding="utf-8"
             )
             mlflow.log_artifacts(tmp, artifact_path="driftloop")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=DriftloopModel(),
-            artifacts={"driftloop": str(package)},
-            signature=input_signature(spec),
-            pip_requirements=_requirements(__version__),
-            registered_model_name=spec.name,
-            await_registration_for=0,
-        )
+        with _quiet_mlflow():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=code.origin,  # a model from code: nothing is pickled
+                artifacts={"driftloop": str(package)},
+                signature=input_signature(spec),
+                pip_requirements=_requirements(__version__),
+                registered_model_name=spec.name,
+                await_registration_for=0,
+            )
     version = str(info.registered_model_version)
     mlflow_client.set_registered_model_alias(spec.name, CHALLENGER, version)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(spec.name, version, key, value)
     return Registered(run.info.run_id, version, f"models:/{spec.name}/{version}")
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's advice (input examples, type hints) and chatter are not the user's concern."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    chatter = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(chatter):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+        if chatter.getvalue():
+            log.debug("mlflow: %s", chatter.getvalue().strip())
 
 
 def _requirements(version: str) -> list[str]:
