@@ -20,7 +20,8 @@ demo: $(STAMP)
 
 ## make test: lint, format check, type check, and the whole test suite (slow tests included)
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	# two test workers on two cores: one OpenMP thread each, or they oversubscribe and crawl
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -31,10 +32,10 @@ typecheck: $(STAMP)
 
 ## quick feedback: everything but the slow end-to-end tests
 unit: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow"
 
 slow: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m slow
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m slow
 
 ## make run-all PROJECT=path: one full pass over what is in data/raw (same as driftloop run)
 PROJECT ?= .

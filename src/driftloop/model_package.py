@@ -60,14 +60,19 @@ def input_signature(spec: Any) -> Any:
     """The MLflow signature of the raw records a model takes."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
-    kinds = {
+    # Dates arrive as ISO text (JSON) or as typed values (a DataFrame); MLflow's "string"
+    # refuses the second and "datetime" the first, so they are "any" and parsed by the
+    # contract inside the model.
+    anything = AnyType()  # type: ignore[no-untyped-call]  # mlflow leaves __init__ untyped
+    kinds: dict[str, Any] = {
         "int": "long",
         "float": "double",
         "str": "string",
         "bool": "boolean",
-        "date": "string",
-        "datetime": "string",
+        "date": anything,
+        "datetime": anything,
     }
     columns: list[Any] = [
         ColSpec(kinds[rule.dtype], name, required=not rule.nullable)

@@ -32,11 +32,16 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+# The user's own setting, read once: MLflow 3's set_tracking_uri writes this variable too, so
+# reading it later would carry one project's store into the next project in the same process.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(spec: Spec, layout: Layout) -> str:
     if spec.model.tracking_uri:
         return spec.model.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
     return f"sqlite:///{(layout.root / 'mlflow.db').resolve()}"
 
 
