@@ -147,12 +147,17 @@ def test_the_same_data_and_seed_give_the_same_metrics(tmp_path: Path) -> None:
     assert metrics[0] == metrics[1]
 
 
-def test_too_little_data_waits_instead_of_failing(tmp_path: Path) -> None:
+def test_too_few_rows_for_a_holdout_fail_before_training(tmp_path: Path) -> None:
     write_spec(tmp_path, SPEC)
     land(tmp_path, "a.csv", 30, seed=4)
     [report] = [r for r in run(tmp_path).reports if r.stage == "train"]
-    assert report.outcome == "waiting"
-    assert "training starts at" in (report.error or "")
+    assert report.outcome == "failed"
+    assert "too few rows for a holdout: 30 labelled rows, need 64" in (report.error or "")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was registered
+    # More data is a new training key: it trains then.
+    land(tmp_path, "b.csv", 200, seed=5, start_day=5)
+    [report] = [r for r in run(tmp_path).reports if r.stage == "train"]
+    assert report.outcome == "ran"
 
 
 def test_a_constant_target_fails_with_a_clear_error(tmp_path: Path) -> None:

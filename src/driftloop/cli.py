@@ -163,8 +163,6 @@ def print_run(result: RunResult) -> None:
                 f"features {report.batch_id}: {m['rows']} rows, {len(m['schema'])} columns "
                 f"({report.seconds:.2f}s)"
             )
-        elif report.outcome == "waiting":
-            console.print(f"train: waiting for data: {report.error}")
         else:
             d = m["decision"]
             metric = m["metric"]

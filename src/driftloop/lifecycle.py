@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from driftloop import __version__
-from driftloop.errors import RegistryError
+from driftloop.errors import RegistryError, TrainError
 from driftloop.features import user_module_path
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
 from driftloop.spec import Spec
@@ -70,20 +70,6 @@ def train_stage(spec: Spec, layout: Layout, db: StateDB, spec_text: str) -> Stag
     if not lineage:
         return None
     latest = db.batches()[-1]
-    labelled = (
-        frame.filter(pl.col(spec.target).is_not_null()).height
-        if spec.target in frame.columns
-        else 0
-    )
-    needed = math.ceil(spec.model.min_rows / (1 - spec.model.holdout.fraction)) + 1
-    if spec.target in frame.columns and labelled < needed:
-        return StageReport(
-            "train",
-            latest.batch_id,
-            "waiting",
-            error=f"{labelled} labelled rows so far; training starts at {needed} "
-            f"(model.min_rows {spec.model.min_rows} to train, plus the holdout)",
-        )
     key = run_key(
         "train",
         TRAIN_VERSION,
@@ -93,11 +79,27 @@ def train_stage(spec: Spec, layout: Layout, db: StateDB, spec_text: str) -> Stag
     out_dir = layout.root / "data" / "models" / key[:16]
 
     def work(started: float) -> dict[str, Any]:
+        _enough_rows(frame, spec)
         return _train_register_gate(
             spec, layout, db, frame, lineage, key, out_dir, spec_text, started
         )
 
     return keyed_run(db, layout, "train", latest, key, out_dir, work)
+
+
+def _enough_rows(frame: pl.DataFrame, spec: Spec) -> None:
+    """Fail before any fitting when the labelled rows cannot fill a training set and a holdout."""
+    if spec.target not in frame.columns:
+        return  # train.check_trainable names the missing target
+    labelled = frame.filter(pl.col(spec.target).is_not_null()).height
+    needed = math.ceil(spec.model.min_rows / (1 - spec.model.holdout.fraction)) + 1
+    if labelled < needed:
+        raise TrainError(
+            f"too few rows for a holdout: {labelled} labelled rows, need {needed} "
+            f"(model.min_rows {spec.model.min_rows} to train plus a "
+            f"{spec.model.holdout.fraction:.0%} holdout); land more data or lower "
+            "model.min_rows"
+        )
 
 
 def _train_register_gate(
