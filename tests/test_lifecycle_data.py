@@ -21,45 +21,15 @@ from driftloop.pipeline import RunResult, run
 from driftloop.spec import Spec, load_spec
 
 from .helpers import link_raw, write_spec
+from .test_datasets import BANK as DATASETS_BANK
+from .test_datasets import TELCO_SINGLE
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
-BANK = """
-name: bank
-task: classification
-target: y
-sources:
-  - name: bank
-    path: data/raw/bank/*.csv
-    csv: {separator: ";", null_values: ["", unknown]}
-contract:
-  columns:
-    age: {dtype: int, min: 16, max: 110, nullable: false}
-    job: {dtype: str}
-    marital: {dtype: str, allowed: [married, single, divorced]}
-    education: {dtype: str}
-    default: {dtype: str, allowed: ["no", "yes"]}
-    housing: {dtype: str, allowed: ["no", "yes"]}
-    loan: {dtype: str, allowed: ["no", "yes"]}
-    contact: {dtype: str, allowed: [telephone, cellular]}
-    month: {dtype: str, allowed: [mar, apr, may, jun, jul, aug, sep, oct, nov, dec]}
-    day_of_week: {dtype: str, allowed: [mon, tue, wed, thu, fri]}
-    duration: {dtype: int, min: 0}
-    campaign: {dtype: int, min: 1}
-    pdays: {dtype: int, min: 0}
-    previous: {dtype: int, min: 0}
-    poutcome: {dtype: str}
-    emp.var.rate: {dtype: float}
-    cons.price.idx: {dtype: float}
-    cons.conf.idx: {dtype: float}
-    euribor3m: {dtype: float, min: 0}
-    nr.employed: {dtype: float}
-    y: {dtype: str, allowed: ["no", "yes"], nullable: false}
-features:
-  exclude: [duration]  # known only after the call: leakage
-ingest: {settle_seconds: 0}
-model: {split: arrival}  # rows are in date order (May 2008 -> Nov 2010)
-"""
+PREP_ONLY = "model: {enabled: false}  # prep and features only here"
+# The prep tests' contracts, with training switched on.
+BANK = DATASETS_BANK.replace(PREP_ONLY, "model: {split: arrival}  # rows are in date order")
+
 
 BIKE = """
 name: bike
@@ -94,41 +64,7 @@ ingest: {settle_seconds: 0}
 model: {split: time}
 """
 
-TELCO = """
-name: telco
-task: classification
-target: Churn
-id_column: customerID
-sources:
-  - name: telco
-    path: data/raw/telco/*.csv
-contract:
-  columns:
-    customerID: {dtype: str, nullable: false, regex: '^\\d{4}-[A-Z]{5}$'}
-    gender: {dtype: str, allowed: [Female, Male]}
-    SeniorCitizen: {dtype: int, allowed: [0, 1]}
-    Partner: {dtype: str, allowed: ["Yes", "No"]}
-    Dependents: {dtype: str, allowed: ["Yes", "No"]}
-    tenure: {dtype: int, min: 0, max: 100}
-    PhoneService: {dtype: str}
-    MultipleLines: {dtype: str}
-    InternetService: {dtype: str}
-    OnlineSecurity: {dtype: str}
-    OnlineBackup: {dtype: str}
-    DeviceProtection: {dtype: str}
-    TechSupport: {dtype: str}
-    StreamingTV: {dtype: str}
-    StreamingMovies: {dtype: str}
-    Contract: {dtype: str}
-    PaperlessBilling: {dtype: str}
-    PaymentMethod: {dtype: str}
-    MonthlyCharges: {dtype: float, min: 0}
-    TotalCharges: {dtype: float, min: 0, nullable: true}
-    Churn: {dtype: str, nullable: false, allowed: ["Yes", "No"]}
-cleaning:
-  deduplicate: {enabled: true, subset: [customerID]}
-ingest: {settle_seconds: 0}
-"""
+TELCO = TELCO_SINGLE.replace(PREP_ONLY, "")
 
 
 @dataclass(frozen=True)
