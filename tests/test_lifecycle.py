@@ -187,15 +187,117 @@ def test_bad_model_spec_values_fail_at_load(extra: str, message: str) -> None:
         parse_spec(read_yaml(SPEC + extra))
 
 
-def test_target_missing_from_the_data_fails_before_training(tmp_path: Path) -> None:
-    write_spec(
-        tmp_path,
-        SPEC.replace("nullable: false}\nsources", "nullable: false}\nsources")
-        + "features: {exclude: []}\n",
-    )
+def test_target_missing_from_the_features_is_a_clear_error() -> None:
+    from driftloop.errors import TrainError
+    from driftloop.train import fit
+
+    spec = parse_spec(read_yaml(SPEC))
+    frame = pl.DataFrame({"x1": [1.0, 2.0], "x2": [0.0, 1.0], "c": ["a", "b"]})
+    with pytest.raises(TrainError, match="target 'y' is not in the features"):
+        fit(frame, spec)
+
+
+def test_bad_estimator_params_fail_before_any_work(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC + "model: {params: {max_iter: -1}}\n")
     land(tmp_path, "a.csv", 300, seed=6)
-    path = tmp_path / "data/raw/s/a.csv"
-    pl.read_csv(path).drop("y").write_csv(path)
-    result = run(tmp_path)
-    assert result.failed  # the file lacks the target column: quarantined, so no rows
-    assert "missing column(s) ['y']" in (result.failed[0].error or "")
+    with pytest.raises(SpecError, match=r"model.params .* must be an int in the range"):
+        run(tmp_path)
+    assert not (tmp_path / ".driftloop").exists()  # nothing was ingested
+
+
+def test_champion_is_rescored_on_the_new_holdout_from_raw_records(tmp_path: Path) -> None:
+    """The champion's score in the gate is its score on the challenger's (newest) holdout,
+    from the processed rows, not the figure it had when it was trained."""
+    write_spec(tmp_path, SPEC + "features: {function: 'feats:f'}\n")
+    (tmp_path / "feats.py").write_text(
+        "import polars as pl\ndef f(frame):\n    return {'x1': pl.col('x1') * 2}\n"
+    )
+    land(tmp_path, "a.csv", 600, seed=7)
+    first = train_report(run(tmp_path))
+    land(tmp_path, "b.csv", 600, seed=8, start_day=8)
+    second = train_report(run(tmp_path))
+    decision = second["decision"]
+    trained_score = first["metrics"]["roc_auc"]  # type: ignore[index]
+    assert decision["champion_version"] == "1"  # type: ignore[index]
+    assert decision["champion_score"] != trained_score  # type: ignore[index]
+    # The same figure from the champion itself, on the raw records of the newest holdout:
+    from driftloop.lifecycle import holdout_records, rescore
+    from driftloop.state import StateDB
+    from driftloop.train import fit
+
+    spec = load_spec(tmp_path)
+    layout = Layout(tmp_path)
+    from driftloop.lifecycle import training_frame
+
+    with StateDB(layout.state_db) as db:
+        frame, _ = training_frame(layout, db)
+        holdout = fit(frame, spec).split.holdout
+        records = holdout_records(layout, db, holdout)
+    champion = registry.load_predictor(spec, layout, "models:/synth/1")
+    again = rescore(champion, records, spec)["roc_auc"]
+    assert again == pytest.approx(decision["champion_score"], abs=1e-12)  # type: ignore[index]
+    # An identical retrain (the user function transforms a raw column) scores exactly the
+    # champion's figure, so it is not promoted: both were scored on the same inputs.
+    write_spec(
+        tmp_path, SPEC + "features: {function: 'feats:f'}\npromotion: {min_improvement: 0.0001}\n"
+    )
+    third = train_report(run(tmp_path))
+    assert third["decision"]["decision"] == "rejected", third["decision"]  # type: ignore[index]
+    assert third["decision"]["challenger_score"] == pytest.approx(  # type: ignore[index]
+        third["decision"]["champion_score"],
+        abs=1e-12,  # type: ignore[index]
+    )
+
+
+def test_rollback_walks_the_history_back(tmp_path: Path) -> None:
+    from driftloop.lifecycle import manual_alias_change
+    from driftloop.state import StateDB
+
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", 300, seed=9)
+    train_report(run(tmp_path))
+    for min_improvement in ("0.5", "0.6"):  # two more versions, rejected by a strict gate
+        write_spec(tmp_path, SPEC + f"promotion: {{min_improvement: {min_improvement}}}\n")
+        train_report(run(tmp_path))
+    spec = load_spec(tmp_path)
+    layout = Layout(tmp_path)
+    with StateDB(layout.state_db) as db:
+        for version in ("2", "3"):
+            manual_alias_change(spec, layout, db, version=version, why="try", actor="t")
+        walked = [
+            manual_alias_change(spec, layout, db, version=None, why="back", actor="t")["version"]
+            for _ in range(2)
+        ]
+        assert walked == ["2", "1"]
+        with pytest.raises(Exception, match="no earlier champion to roll back to"):
+            manual_alias_change(spec, layout, db, version=None, why="back", actor="t")
+    assert registry.alias_version(spec, layout, "champion") == "1"
+
+
+def test_gradient_boosting_takes_a_text_column_with_many_values() -> None:
+    from driftloop.train import fit
+
+    spec = parse_spec(read_yaml(SPEC))
+    rng = np.random.default_rng(0)
+    n = 2000
+    frame = pl.DataFrame(
+        {
+            "t": [f"2024-01-01 00:{i % 60:02d}:00" for i in range(n)],
+            "x1": rng.normal(size=n),
+            "x2": rng.normal(size=n),
+            "c": [f"city{i % 400}" for i in range(n)],  # more than 255 distinct values
+            "y": rng.choice(["no", "yes"], n),
+        }
+    ).with_columns(pl.col("t").str.to_datetime())
+    assert fit(frame, spec).metrics["roc_auc"] > 0
+
+
+def test_a_time_split_keeps_rows_of_one_timestamp_together() -> None:
+    from driftloop.train import split_holdout
+
+    spec = parse_spec(read_yaml(SPEC))
+    days = [f"2024-01-{d:02d} 00:00:00" for d in range(1, 11) for _ in range(7)]
+    frame = pl.DataFrame({"t": days}).with_columns(pl.col("t").str.to_datetime())
+    split = split_holdout(frame, spec)
+    assert split.kind == "time"
+    assert split.train.get_column("t").max() < split.holdout.get_column("t").min()

@@ -119,6 +119,19 @@ def _train_register_gate(
 
     trained = fit(frame, spec)
     metric = spec.metric
+    champion_version = registry.alias_version(spec, layout, registry.CHAMPION)
+    champion = None
+    if champion_version is not None:  # loaded before registering: a broken one adds nothing
+        try:
+            champion = registry.load_predictor(
+                spec, layout, f"models:/{spec.name}/{champion_version}"
+            )
+        except Exception as exc:
+            raise RegistryError(
+                f"the champion, {spec.name} v{champion_version}, cannot be loaded to compare "
+                f"against ({type(exc).__name__}: {str(exc).splitlines()[0]}); promote another "
+                "version ('driftloop models promote N') or roll back"
+            ) from exc
     predictions = _holdout_predictions(trained, spec)
     profile = reference_profile(
         trained.split.train.select(trained.inputs),
@@ -172,7 +185,7 @@ def _train_register_gate(
         "ModelRegistered",
         {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
     )
-    decision = _gate(spec, layout, db, trained, registered.version)
+    decision = _gate(spec, layout, db, trained, registered.version, champion_version, champion)
     manifest = {
         "stage": "train",
         "stage_version": TRAIN_VERSION,
@@ -207,7 +220,13 @@ def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:
 
 
 def _gate(
-    spec: Spec, layout: Layout, db: StateDB, trained: Trained, version: str
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    trained: Trained,
+    version: str,
+    champion_version: str | None,
+    champion: Any,
 ) -> dict[str, Any]:
     """Score the champion on the challenger's holdout; promote or reject; record why."""
     from driftloop import registry
@@ -217,11 +236,10 @@ def _gate(
     baseline = trained.baseline.get(metric)
     if challenger is None or baseline is None:
         raise RegistryError(f"metric {metric!r} could not be computed on the holdout")
-    champion_version = registry.alias_version(spec, layout, registry.CHAMPION)
     champion_score = None
-    if champion_version is not None:
-        predictor = registry.load_predictor(spec, layout, f"models:/{spec.name}/{champion_version}")
-        champion_score = rescore(predictor, trained.split.holdout, spec).get(metric)
+    if champion is not None:
+        records = holdout_records(layout, db, trained.split.holdout)
+        champion_score = rescore(champion, records, spec).get(metric, math.nan)
     verdict = registry.decide(spec, challenger, baseline, champion_score)
     if verdict.promote:
         registry.set_alias(spec, layout, registry.CHAMPION, version)
@@ -248,11 +266,45 @@ def _gate(
     return decision
 
 
-def rescore(predictor: Any, holdout: pl.DataFrame, spec: Spec) -> dict[str, float]:
-    """A registered model's metrics on rows it did not choose: from their raw columns."""
-    raw_columns = [c for c in spec.contract.columns if c in holdout.columns and c != spec.target]
-    out = predictor.predict(holdout.select(raw_columns))
-    y_true = holdout.get_column(spec.target)
+def holdout_records(layout: Layout, db: StateDB, holdout: pl.DataFrame) -> pl.DataFrame:
+    """The holdout's rows as prep wrote them (the raw contract columns), in holdout order.
+
+    The features frame is not what a registered model takes: its columns went through the
+    feature function (and the current spec's exclusions), so scoring the champion on them
+    would score it on other inputs than the challenger. Rows are matched by lineage.
+    """
+    keys = [BATCH, "__file", "__row"]
+    missing = [k for k in keys if k not in holdout.columns]
+    if missing:
+        raise TrainError(
+            f"the features lack the lineage column(s) {missing} needed to find the holdout's "
+            "processed rows; a features.function that returns a frame must keep __file and __row"
+        )
+    seq_to_id = {b.seq: b.batch_id for b in db.batches()}
+    wanted = holdout.select(keys).with_row_index("__order")
+    processed = pl.concat(
+        [
+            pl.scan_parquet(layout.processed / seq_to_id[seq] / "data.parquet").with_columns(
+                pl.lit(seq).alias(BATCH)
+            )
+            for seq in wanted.get_column(BATCH).unique().to_list()
+        ],
+        how="diagonal_relaxed",
+    )
+    joined = wanted.lazy().join(processed, on=keys, how="inner").sort("__order").collect()
+    if joined.height != holdout.height:
+        raise TrainError(
+            f"only {joined.height} of the holdout's {holdout.height} rows were found in "
+            "data/processed; run 'driftloop run' again to rebuild the outputs"
+        )
+    return joined.drop("__order")
+
+
+def rescore(predictor: Any, records: pl.DataFrame, spec: Spec) -> dict[str, float]:
+    """A registered model's metrics on processed rows, from their raw contract columns."""
+    raw_columns = [c for c in spec.contract.columns if c in records.columns and c != spec.target]
+    out = predictor.predict(records.select(raw_columns))
+    y_true = records.get_column(spec.target)
     if spec.task == "classification":
         classes = predictor.classes
         proba = out.select([f"proba_{c}" for c in classes]).to_numpy() if classes else None
@@ -298,11 +350,16 @@ def manual_alias_change(
 
 
 def _previous_champion(db: StateDB, model: str, current: str | None) -> str | None:
-    """The champion before ``current``, walking the decision history back."""
-    champions = [d["version"] for d in db.decisions(model) if d["decision"] != "rejected"]
-    while champions and champions[-1] == current:
-        champions.pop()
-    return champions[-1] if champions else None
+    """The champion before ``current``: promotions push onto a stack, rollbacks pop it."""
+    stack: list[str] = []
+    for d in db.decisions(model):
+        if d["decision"] in ("promoted", "manual"):
+            stack.append(d["version"])
+        elif d["decision"] == "rollback" and stack:
+            stack.pop()
+    if stack and stack[-1] == current:
+        stack.pop()
+    return stack[-1] if stack else None
 
 
 def _who() -> str:

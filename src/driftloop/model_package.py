@@ -181,9 +181,9 @@ def write_package(
         "classes": classes,
     }
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    (folder / "reference_profile.json").write_text(
-        json.dumps(profile, sort_keys=True, default=str), encoding="utf-8"
-    )
+    from driftloop.profile import profile_to_json
+
+    (folder / "reference_profile.json").write_text(profile_to_json(profile), encoding="utf-8")
     if user_module is not None:
         reference = spec.features.function
         target = folder / USER_CODE / (reference.partition(":")[0].replace(".", "/") + ".py")

@@ -45,6 +45,10 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
     """Ingest new files and bring every batch's prep and features outputs up to date."""
     layout = Layout(project)
     spec = load_spec(project)
+    if spec.model.enabled:
+        from driftloop.train import check_model_params
+
+        check_model_params(spec)
     for folder in (layout.processed, layout.features, layout.quarantine):
         sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:

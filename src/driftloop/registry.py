@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -158,8 +159,13 @@ def alias_version(spec: Spec, layout: Layout, alias: str) -> str | None:
 
     try:
         return str(client(spec, layout).get_model_version_by_alias(spec.name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise RegistryError(
+            f"the model registry at {tracking_uri(spec, layout)} did not answer: "
+            f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def set_alias(spec: Spec, layout: Layout, alias: str, version: str) -> None:
@@ -198,8 +204,13 @@ def versions(spec: Spec, layout: Layout) -> list[dict[str, Any]]:
     mlflow_client = client(spec, layout)
     try:
         aliases = dict(mlflow_client.get_registered_model(spec.name).aliases or {})
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise RegistryError(
+            f"the model registry at {tracking_uri(spec, layout)} did not answer: "
+            f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
     found = mlflow_client.search_model_versions(f"name='{spec.name}'")
     out = []
     for v in sorted(found, key=lambda v: int(v.version), reverse=True):
@@ -224,7 +235,17 @@ class Decision:
 
 
 def decide(spec: Spec, challenger: float, baseline: float, champion: float | None) -> Decision:
-    """The promotion gate, as the spec's promotion section says."""
+    """The promotion gate, as the spec's promotion section says.
+
+    ``champion`` is None when there is no champion yet (callers pass ``math.nan`` when a
+    champion exists but cannot be scored on this holdout).
+    """
+    if champion is not None and math.isnan(champion):
+        return Decision(
+            False,
+            f"the champion could not be scored with {spec.promotion_metric} on this holdout; "
+            "not promoting automatically: compare them and use 'driftloop models promote'",
+        )
     metric = spec.promotion_metric
     policy = spec.promotion
     over_baseline, _ = improvement(metric, challenger, baseline)
@@ -233,9 +254,10 @@ def decide(spec: Spec, challenger: float, baseline: float, champion: float | Non
             False,
             f"{metric} {challenger:.4f} does not beat the naive baseline's {baseline:.4f}",
         )
+    versus = "beats" if over_baseline > 0 else "does not beat (not required)"
     if champion is None:
         return Decision(
-            True, f"first model: {metric} {challenger:.4f} beats the baseline's {baseline:.4f}"
+            True, f"first model: {metric} {challenger:.4f} {versus} the baseline's {baseline:.4f}"
         )
     absolute, relative = improvement(metric, challenger, champion)
     needed = (

@@ -398,6 +398,16 @@ def _reference_problems(spec: Spec) -> list[str]:
     found += [missing("features.exclude", c) for c in feats.exclude]
     if spec.target in feats.exclude:
         found.append("features.exclude must not name the target")
+    if spec.time_column is None:
+        model = spec.model
+        if model.split == "time":
+            found.append("model.split 'time' needs a time_column; set one or use 'arrival'")
+        if model.window.kind == "last_days":
+            found.append("model.window kind 'last_days' needs a time_column; use 'last_rows'")
+        if model.holdout.days is not None:
+            found.append("model.holdout.days needs a time_column; use holdout.fraction")
+    elif spec.model.holdout.days is not None and spec.model.split in ("arrival", "random"):
+        found.append(f"model.holdout.days applies to a time split, not split {spec.model.split!r}")
     wrong_kind = {"classification": "linear_regression", "regression": "logistic_regression"}
     if spec.model.estimator == wrong_kind[spec.task]:
         found.append(

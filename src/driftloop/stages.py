@@ -112,7 +112,7 @@ def keyed_run(
             str(exc)
             if expected
             else (
-                f"{stage} {batch.batch_id}: unexpected {type(exc).__name__}: {exc} "
+                f"unexpected {type(exc).__name__}: {exc} "
                 "(retried on the next run; --verbose shows the traceback)"
             )
         )

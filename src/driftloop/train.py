@@ -117,6 +117,11 @@ def split_holdout(frame: pl.DataFrame, spec: Spec) -> Split:
         is_test = pl.col(spec.time_column) > start
         return Split(frame.filter(~is_test), frame.filter(is_test), kind)
     cut = frame.height - max(1, round(frame.height * holdout_spec.fraction))
+    if kind == "time" and spec.time_column is not None and 0 < cut < frame.height:
+        # Rows that share a timestamp stay on one side: the holdout starts at the cut's time.
+        start = frame.get_column(spec.time_column)[cut]
+        is_test = pl.col(spec.time_column) >= start
+        return Split(frame.filter(~is_test), frame.filter(is_test), kind)
     return Split(frame.head(cut), frame.slice(cut), kind)
 
 
@@ -173,6 +178,7 @@ def build_pipeline(spec: Spec, inputs: list[str], categorical: list[str]) -> Any
         handle_unknown="use_encoded_value",
         unknown_value=np.nan,
         encoded_missing_value=np.nan,
+        max_categories=255,  # gradient boosting takes at most 255; rarer ones share a code
     )
     if estimator == "hist_gradient_boosting":
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -222,6 +228,22 @@ def build_pipeline(spec: Spec, inputs: list[str], categorical: list[str]) -> Any
     return Pipeline([("prepare", pre), ("model", model)])
 
 
+def check_model_params(spec: Spec) -> None:
+    """Build the estimator from the spec's params and validate them, before any work."""
+    from driftloop.errors import SpecError
+
+    try:
+        estimator = build_pipeline(spec, ["x"], []).named_steps["model"]
+        validate = getattr(estimator, "_validate_params", None)  # sklearn's own checks
+        if validate is not None:
+            validate()
+    except (TypeError, ValueError) as exc:
+        raise SpecError(
+            f"driftloop.yaml: model.params {dict(spec.model.params)} do not fit "
+            f"{spec.model.estimator}: {str(exc).splitlines()[0]}"
+        ) from None
+
+
 def to_pandas_inputs(frame: pl.DataFrame, inputs: list[str], categorical: list[str]) -> Any:
     """Model inputs as pandas: numbers as float64 (nulls as NaN), categories as objects."""
     numeric = [c for c in inputs if c not in categorical]
@@ -237,6 +259,11 @@ def to_pandas_inputs(frame: pl.DataFrame, inputs: list[str], categorical: list[s
 
 def fit(frame: pl.DataFrame, spec: Spec) -> Trained:
     """Window, split, check, fit, score on the holdout, and score the naive baseline."""
+    if spec.target not in frame.columns:
+        raise TrainError(
+            f"target {spec.target!r} is not in the features; check features.exclude, "
+            "features.function and the contract in driftloop.yaml"
+        )
     ordered = training_window(
         order_rows(frame.filter(pl.col(spec.target).is_not_null()), spec), spec
     )
