@@ -86,6 +86,7 @@ features:
   logs: [amount]
   buckets: [{column: amount, edges: [10, 50, 100, 500]}]
 ingest: {settle_seconds: 0}
+model: {enabled: false}  # the benchmark is prep + features
 """
 
 
