@@ -301,3 +301,62 @@ def test_a_time_split_keeps_rows_of_one_timestamp_together() -> None:
     split = split_holdout(frame, spec)
     assert split.kind == "time"
     assert split.train.get_column("t").max() < split.holdout.get_column("t").min()
+
+
+def test_training_window_keeps_the_newest_rows() -> None:
+    from driftloop.train import training_window
+
+    frame = pl.DataFrame(
+        {"t": [f"2024-01-{d:02d} 00:00:00" for d in range(1, 31)], "y": ["no", "yes"] * 15}
+    ).with_columns(pl.col("t").str.to_datetime())
+    rows = parse_spec(read_yaml(SPEC + "model: {window: {kind: last_rows, size: 5}}\n"))
+    assert training_window(frame, rows).get_column("t").dt.day().to_list() == [26, 27, 28, 29, 30]
+    days = parse_spec(read_yaml(SPEC + "model: {window: {kind: last_days, size: 3}}\n"))
+    assert training_window(frame, days).get_column("t").dt.day().to_list() == [28, 29, 30]
+
+
+@pytest.mark.parametrize(
+    ("metric", "challenger", "baseline", "champion", "promote", "words"),
+    [
+        ("roc_auc", 0.70, 0.50, None, True, "first model"),
+        ("roc_auc", 0.45, 0.50, None, False, "does not beat the naive baseline"),
+        ("roc_auc", 0.71, 0.50, 0.70, True, "beats champion"),
+        ("roc_auc", 0.69, 0.50, 0.70, False, "vs champion"),
+        ("rmse", 9.0, 20.0, 10.0, True, "beats champion"),  # lower is better
+        ("rmse", 11.0, 20.0, 10.0, False, "vs champion"),
+        ("rmse", 25.0, 20.0, None, False, "does not beat the naive baseline"),
+        ("roc_auc", 0.71, 0.50, float("nan"), False, "could not be scored"),
+    ],
+)
+def test_the_gate_decides_in_the_metrics_direction(
+    metric: str,
+    challenger: float,
+    baseline: float,
+    champion: float | None,
+    promote: bool,
+    words: str,
+) -> None:
+    task = "regression" if metric == "rmse" else "classification"
+    text = SPEC.replace("task: classification", f"task: {task}").replace(
+        'y: {dtype: str, allowed: ["no", "yes"], nullable: false}', "y: {dtype: float}"
+    )
+    spec = parse_spec(read_yaml(text + f"model: {{metric: {metric}}}\n"))
+    decision = registry.decide(spec, challenger, baseline, champion)
+    assert decision.promote is promote
+    assert words in decision.reason
+
+
+def test_the_gate_can_skip_the_baseline_check() -> None:
+    spec = parse_spec(read_yaml(SPEC + "promotion: {must_beat_baseline: false}\n"))
+    decision = registry.decide(spec, 0.45, 0.50, None)
+    assert decision.promote and "does not beat (not required)" in decision.reason
+
+
+def test_a_tracking_uri_in_the_spec_is_used(tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere" / "registry.db"
+    other.parent.mkdir()
+    write_spec(tmp_path / "p", SPEC + f"model: {{tracking_uri: 'sqlite:///{other}'}}\n")
+    land(tmp_path / "p", "a.csv", 300, seed=10)
+    train_report(run(tmp_path / "p"))
+    assert other.is_file()
+    assert not (tmp_path / "p" / "mlflow.db").exists()
