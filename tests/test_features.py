@@ -201,3 +201,19 @@ def test_reading_delta_features_over_a_newer_base_is_refused(tmp_path: Path) -> 
     shutil.rmtree(tmp_path / "data/processed" / batch)
     with pytest.raises(StageError, match="built from another version"):
         read_features(Layout(tmp_path), batch)
+
+
+def test_features_that_compute_nothing_still_count_and_read_every_row(tmp_path: Path) -> None:
+    from driftloop.layout import Layout, read_manifest
+    from driftloop.stages import read_features
+
+    write_spec(
+        tmp_path, DELTA_SPEC.replace("  logs: [x]\n", "").replace("  function: feats:f\n", "")
+    )
+    (tmp_path / "data/raw/s").mkdir(parents=True)
+    (tmp_path / "data/raw/s/a.csv").write_text("x,y,k\n1,10,a\n3,30,b\n5,50,c\n")
+    assert not run(tmp_path).failed
+    [batch] = [p.name for p in (tmp_path / "data/features").iterdir()]
+    assert read_manifest(tmp_path / "data/features" / batch)["rows"] == 3
+    got = read_features(Layout(tmp_path), batch).collect()
+    assert got.height == 3 and got.columns == ["x", "y", "__row", "__file"]

@@ -435,7 +435,8 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
                         "run_key": prep_manifest["run_key"],
                     }
                 ],
-                "rows": _rows(tmp / DATA_FILE),
+                # a delta has as many rows as the processed rows it sits beside
+                "rows": _rows(tmp / DATA_FILE if added is None else in_dir / DATA_FILE),
                 "storage": "full" if added is None else "delta",
                 "base_columns": [] if added is None else [c for c in schema if c not in added],
                 "columns": list(schema),  # in order (the schema mapping is stored sorted)
@@ -467,6 +468,8 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
     if manifest["storage"] == "full":
         return stored
     base = pl.scan_parquet(base_dir / DATA_FILE).select(manifest["base_columns"])
+    if manifest["base_columns"] == manifest["columns"]:
+        return base  # the features compute nothing: the processed columns are the features
     return pl.concat([base, stored], how="horizontal").select(manifest["columns"])
 
 
