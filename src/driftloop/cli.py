@@ -229,9 +229,17 @@ def models(
     layout = Layout(project)
     try:
         spec = load_spec(project)
-        found = registry.versions(spec, layout)
-        with StateDB(layout.state_db) as db:
-            history = db.decisions(spec.name)
+        store = layout.root / "mlflow.db"
+        embedded = registry.tracking_uri(spec, layout) == f"sqlite:///{store.resolve()}"
+        # A read-only look: an embedded registry that was never written is simply empty.
+        if embedded and not store.exists():
+            found = []
+        else:
+            found = registry.versions(spec, layout)
+        history = []
+        if layout.state_db.exists():
+            with StateDB(layout.state_db) as db:
+                history = db.decisions(spec.name)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
