@@ -232,10 +232,7 @@ def models(
         store = layout.root / "mlflow.db"
         embedded = registry.tracking_uri(spec, layout) == f"sqlite:///{store.resolve()}"
         # A read-only look: an embedded registry that was never written is simply empty.
-        if embedded and not store.exists():
-            found = []
-        else:
-            found = registry.versions(spec, layout)
+        found = [] if embedded and not store.exists() else registry.versions(spec, layout)
         history = []
         if layout.state_db.exists():
             with StateDB(layout.state_db) as db:
