@@ -227,10 +227,10 @@ def test_champion_is_rescored_on_the_new_holdout_from_raw_records(tmp_path: Path
 
     spec = load_spec(tmp_path)
     layout = Layout(tmp_path)
-    from driftloop.lifecycle import training_frame
+    from driftloop.lifecycle import feature_batches, training_frame
 
     with StateDB(layout.state_db) as db:
-        frame, _ = training_frame(layout, db)
+        frame = training_frame(layout, feature_batches(layout, db))
         holdout = fit(frame, spec).split.holdout
         records = holdout_records(layout, db, holdout)
     champion = registry.load_predictor(spec, layout, "models:/synth/1")

@@ -72,3 +72,8 @@ class RegistryError(DriftloopError):
 
 class StateError(DriftloopError):
     """The state database is unusable."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (third-party errors often span many lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -22,6 +22,7 @@ import yaml
 
 from driftloop.errors import InitError, ProjectExistsError
 from driftloop.layout import Layout
+from driftloop.prep.contract import normalize_strings
 from driftloop.prep.read import ROW, read_raw
 from driftloop.spec import SPEC_FILENAME, CsvOptions, SourceSpec, load_spec
 
@@ -251,7 +252,8 @@ def init_from_file(
     read = read_raw(sample, source, str(sample), stream_min_bytes=None)
     if read.frame is None:
         raise InitError(f"{sample}: cannot infer a spec: {read.error}")
-    frame = _nulls_applied(read.frame.drop(ROW).collect(), opts.null_values)
+    # The same trimming and null markers prep applies, so inference sees what prep will see.
+    frame = normalize_strings(read.frame.drop(ROW), opts, trim=True).collect()
     columns = frame.columns
     for wanted, flag in ((target, "--target"), (time_column, "--time-column")):
         if wanted is not None and wanted not in columns:
@@ -307,16 +309,6 @@ def init_from_file(
     if sample.resolve() != destination.resolve():
         shutil.copyfile(sample, destination)
     return layout.spec
-
-
-def _nulls_applied(frame: pl.DataFrame, tokens: tuple[str, ...]) -> pl.DataFrame:
-    return frame.with_columns(
-        pl.when(pl.col(c).str.strip_chars().is_in(list(tokens)))
-        .then(None)
-        .otherwise(pl.col(c).str.strip_chars())
-        .alias(c)
-        for c in frame.columns
-    )
 
 
 def _guess_id(frame: pl.DataFrame, target: str) -> str | None:

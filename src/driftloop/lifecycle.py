@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from driftloop import __version__
-from driftloop.errors import RegistryError, TrainError
+from driftloop.errors import RegistryError, TrainError, first_line
 from driftloop.features import user_module_path
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
 from driftloop.spec import Spec
@@ -41,32 +41,41 @@ TRAIN_SECTIONS = (
 )
 
 
-def training_frame(layout: Layout, db: StateDB) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """Every batch's model columns (oldest batch first), and the manifests they came from."""
-    frames, manifests = [], []
+def feature_batches(layout: Layout, db: StateDB) -> list[dict[str, Any]]:
+    """Every batch with complete features (oldest first): ids and manifests, no data read."""
+    found = []
     for batch in db.batches():
         out_dir = layout.features / batch.batch_id
-        if not is_complete(out_dir):
-            continue
-        frames.append(
-            read_features(layout, batch.batch_id).with_columns(pl.lit(batch.seq).alias(BATCH))
-        )
-        manifests.append(
-            {
-                "batch_id": batch.batch_id,
-                "features": layout.relative(out_dir / "manifest.json"),
-                "features_run_key": read_manifest(out_dir)["run_key"],
-                "processed": layout.relative(layout.processed / batch.batch_id / "manifest.json"),
-            }
-        )
-    if not frames:
-        return pl.DataFrame(), []
-    return pl.concat(frames, how="diagonal_relaxed").collect(), manifests
+        if is_complete(out_dir):
+            found.append(
+                {
+                    "batch_id": batch.batch_id,
+                    "seq": batch.seq,
+                    "features": layout.relative(out_dir / "manifest.json"),
+                    "features_run_key": read_manifest(out_dir)["run_key"],
+                    "processed": layout.relative(
+                        layout.processed / batch.batch_id / "manifest.json"
+                    ),
+                }
+            )
+    return found
+
+
+def training_frame(layout: Layout, lineage: list[dict[str, Any]]) -> pl.DataFrame:
+    """The model columns of the given batches, each row tagged with its batch's sequence."""
+    frames = [
+        read_features(layout, m["batch_id"]).with_columns(pl.lit(m["seq"]).alias(BATCH))
+        for m in lineage
+    ]
+    return pl.concat(frames, how="diagonal_relaxed").collect()
 
 
 def train_stage(spec: Spec, layout: Layout, db: StateDB, spec_text: str) -> StageReport | None:
-    """Train, register and gate a model on all features so far; None when there is no data."""
-    frame, lineage = training_frame(layout, db)
+    """Train, register and gate a model on all features so far; None when there is no data.
+
+    The key comes from the batches' manifests alone, so a cache hit reads no data.
+    """
+    lineage = feature_batches(layout, db)
     if not lineage:
         return None
     latest = db.batches()[-1]
@@ -79,6 +88,7 @@ def train_stage(spec: Spec, layout: Layout, db: StateDB, spec_text: str) -> Stag
     out_dir = layout.root / "data" / "models" / key[:16]
 
     def work(started: float) -> dict[str, Any]:
+        frame = training_frame(layout, lineage)
         _enough_rows(frame, spec)
         return _train_register_gate(
             spec, layout, db, frame, lineage, key, out_dir, spec_text, started
@@ -129,7 +139,7 @@ def _train_register_gate(
         except Exception as exc:
             raise RegistryError(
                 f"the champion, {spec.name} v{champion_version}, cannot be loaded to compare "
-                f"against ({type(exc).__name__}: {str(exc).splitlines()[0]}); promote another "
+                f"against ({type(exc).__name__}: {first_line(exc)}); promote another "
                 "version ('driftloop models promote N') or roll back"
             ) from exc
     predictions = _holdout_predictions(trained, spec)

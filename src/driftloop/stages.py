@@ -20,7 +20,13 @@ from typing import Any, Literal
 import polars as pl
 
 from driftloop import __version__
-from driftloop.errors import DriftloopError, FeatureError, QuarantineLimitError, StageError
+from driftloop.errors import (
+    DriftloopError,
+    FeatureError,
+    QuarantineLimitError,
+    StageError,
+    first_line,
+)
 from driftloop.features import features_with_delta, load_user_function, user_module_path
 from driftloop.ingest import source_paths
 from driftloop.layout import (
@@ -418,7 +424,7 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
                 stored.sink_parquet(tmp / DATA_FILE, compression=COMPRESSION)
             except pl.exceptions.PolarsError as exc:
                 raise FeatureError(
-                    f"features for batch {batch.batch_id} failed: {_first_line(exc)}; check "
+                    f"features for batch {batch.batch_id} failed: {first_line(exc)}; check "
                     "the features section and features.function against the processed columns"
                 ) from exc
             manifest = {
@@ -471,10 +477,6 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
     if manifest["base_columns"] == manifest["columns"]:
         return base  # the features compute nothing: the processed columns are the features
     return pl.concat([base, stored], how="horizontal").select(manifest["columns"])
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _user_code_hash(spec: Spec, root: Path) -> str:

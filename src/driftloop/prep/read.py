@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from driftloop.errors import first_line
 from driftloop.spec import CsvOptions, SourceSpec
 
 ROW = "__row"
@@ -83,7 +84,7 @@ def _read_parquet(path: Path, shown_as: str) -> RawRead:
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:  # polars raises several types for corrupt files
-        return RawRead(shown_as, None, error=f"not a readable Parquet file: {_first_line(exc)}")
+        return RawRead(shown_as, None, error=f"not a readable Parquet file: {first_line(exc)}")
     strings = frame.select(pl.all().cast(pl.String))
     rows = pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(ROW)
     return RawRead(shown_as, strings.lazy().select(rows, pl.all()))
@@ -318,7 +319,7 @@ def _arrow_csv_once(
             raise
         if "UTF8" in text or "decode" in text.lower() or isinstance(exc, UnicodeDecodeError):
             return _encoding_error(opts, None)
-        return f"the file cannot be parsed as CSV: {_first_line(exc)}"
+        return f"the file cannot be parsed as CSV: {first_line(exc)}"
 
 
 def _ragged_reason(row: Any, opts: CsvOptions) -> str:
@@ -405,7 +406,3 @@ def _encoding_error(opts: CsvOptions, offset: int | None) -> str:
         f"the file is not valid {opts.encoding} text{where}; set the source's "
         f"csv.encoding to the file's real encoding (for example {other} or cp1252)"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
