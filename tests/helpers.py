@@ -6,6 +6,17 @@ from pathlib import Path
 
 import polars as pl
 
+# The bike-sharing hourly file as one source; tests add the contract they need.
+BIKE_SOURCE = """
+name: bike
+task: regression
+target: cnt
+time_column: dteday
+sources:
+  - name: hours
+    path: data/raw/hours/*.csv
+"""
+
 
 def write_spec(project: Path, text: str) -> Path:
     project.mkdir(parents=True, exist_ok=True)

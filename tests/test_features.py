@@ -13,17 +13,11 @@ from driftloop.features import build_features, features_for_records, load_user_f
 from driftloop.pipeline import run
 from driftloop.spec import parse_spec, read_yaml
 
-from .helpers import features_of, link_raw, write_spec
+from .helpers import BIKE_SOURCE, features_of, link_raw, write_spec
 
-BIKE = """
-name: bike
-task: regression
-target: cnt
-time_column: dteday
-sources:
-  - name: hours
-    path: data/raw/hours/*.csv
-contract:
+BIKE = (
+    BIKE_SOURCE
+    + """contract:
   columns:
     instant: {dtype: int}
     dteday: {dtype: date, format: "%Y-%m-%d"}
@@ -52,6 +46,7 @@ features:
 ingest: {settle_seconds: 0}
 model: {enabled: false}  # prep and features only here
 """
+)
 
 USER_MODULE = """
 import polars as pl

@@ -20,7 +20,7 @@ from driftloop.layout import Layout
 from driftloop.pipeline import RunResult, run
 from driftloop.spec import Spec, load_spec
 
-from .helpers import link_raw, write_spec
+from .helpers import BIKE_SOURCE, link_raw, write_spec
 from .test_datasets import BANK as DATASETS_BANK
 from .test_datasets import TELCO_SINGLE
 
@@ -31,15 +31,9 @@ PREP_ONLY = "model: {enabled: false}  # prep and features only here"
 BANK = DATASETS_BANK.replace(PREP_ONLY, "model: {split: arrival}  # rows are in date order")
 
 
-BIKE = """
-name: bike
-task: regression
-target: cnt
-time_column: dteday
-sources:
-  - name: hours
-    path: data/raw/hours/*.csv
-contract:
+BIKE = (
+    BIKE_SOURCE
+    + """contract:
   columns:
     instant: {dtype: int, nullable: false}
     dteday: {dtype: date, format: "%Y-%m-%d", nullable: false}
@@ -63,6 +57,7 @@ features:
 ingest: {settle_seconds: 0}
 model: {split: time}
 """
+)
 
 TELCO = TELCO_SINGLE.replace(PREP_ONLY, "")
 
