@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,37 @@ def test_a_tracking_uri_in_the_spec_is_used(tmp_path: Path) -> None:
     train_report(run(tmp_path / "p"))
     assert other.is_file()
     assert not (tmp_path / "p" / "mlflow.db").exists()
+
+
+def test_mlflow_tracking_uri_from_the_environment_is_used(tmp_path: Path) -> None:
+    other = tmp_path / "server-like.db"
+    project = tmp_path / "p"
+    write_spec(project, SPEC)
+    land(project, "a.csv", 300, seed=11)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{other}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", "run", "-p", str(project)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "PROMOTED" in out.stdout
+    assert other.is_file() and not (project / "mlflow.db").exists()
+
+
+def test_a_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
+    """The trust boundary: skops loads only scikit-learn, NumPy and SciPy types."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from driftloop.errors import RegistryError
+    from driftloop.model_package import load_pipeline, save_pipeline
+
+    path = tmp_path / "pipeline.skops"
+    save_pipeline(Pipeline([("f", FunctionTransformer(os.getcwd))]), path)
+    with pytest.raises(RegistryError, match="types outside scikit-learn/NumPy/SciPy"):
+        load_pipeline(path)
+    save_pipeline(Pipeline([("f", FunctionTransformer())]), path)
+    assert load_pipeline(path) is not None
