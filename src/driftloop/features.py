@@ -128,21 +128,32 @@ def load_user_function(reference: str, project: Path) -> UserFunction:
 
 
 def build_features(
-    frame: pl.LazyFrame, spec: Spec, user_function: UserFunction | None = None
+    frame: pl.LazyFrame,
+    spec: Spec,
+    user_function: UserFunction | None = None,
+    builtins: list[pl.Expr] | None = None,
 ) -> pl.LazyFrame:
-    """Processed rows -> model columns: built-ins, then the user's function, minus excluded."""
-    return features_with_delta(frame, spec, user_function)[0]
+    """Processed rows -> model columns: built-ins, then the user's function, minus excluded.
+
+    ``builtins`` are :func:`builtin_expressions` of the spec, when the caller keeps them
+    (serving builds them once per model, not once per request).
+    """
+    return features_with_delta(frame, spec, user_function, builtins)[0]
 
 
 def features_with_delta(
-    frame: pl.LazyFrame, spec: Spec, user_function: UserFunction | None = None
+    frame: pl.LazyFrame,
+    spec: Spec,
+    user_function: UserFunction | None = None,
+    builtins: list[pl.Expr] | None = None,
 ) -> tuple[pl.LazyFrame, list[str] | None]:
     """The model columns, and which of them the features computed (new or replaced).
 
     The second value is None when that is unknown: a user function that returns a whole
     frame may have changed any column.
     """
-    builtins = builtin_expressions(spec.features)
+    if builtins is None:
+        builtins = builtin_expressions(spec.features)
     out = frame.with_columns(builtins)
     added: list[str] | None = [e.meta.output_name() for e in builtins]
     if user_function is not None:

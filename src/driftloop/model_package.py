@@ -133,15 +133,29 @@ class Predictor:
 
     def predict(self, records: Any) -> pl.DataFrame:
         """Predictions for raw records: ``prediction`` and, for classifiers, ``proba_<class>``."""
-        from driftloop.train import to_pandas_inputs
-
-        x = to_pandas_inputs(self.features(records), self.inputs, self.categorical)
-        out = {"prediction": self.pipeline.predict(x)}
-        if self.classes is not None:
-            proba = self.pipeline.predict_proba(x)
-            for i, cls in enumerate(self.classes):
+        labels, proba = self.predict_features(self.features(records))
+        out: dict[str, Any] = {"prediction": labels}
+        if proba is not None:
+            for i, cls in enumerate(self.classes or ()):
                 out[f"proba_{cls}"] = proba[:, i]
         return pl.DataFrame(out)
+
+    def predict_features(self, features: pl.DataFrame) -> tuple[Any, Any]:
+        """(labels or values, class probabilities or None) for rows of model columns.
+
+        A classifier's label is the class of highest probability, which is what each of
+        driftloop's estimators' ``predict`` returns; computing it from ``predict_proba`` saves
+        a second pass through the pipeline.
+        """
+        import numpy as np
+
+        from driftloop.train import to_pandas_inputs
+
+        x = to_pandas_inputs(features, self.inputs, self.categorical)
+        if self.classes is None:
+            return self.pipeline.predict(x), None
+        proba = self.pipeline.predict_proba(x)
+        return np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)], proba
 
 
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
