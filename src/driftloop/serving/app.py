@@ -240,6 +240,7 @@ def _start(spec: Spec, layout: Layout) -> Server:
                 "previous": old.version if old else None,
                 "origin": model.info.get("origin"),
                 "seconds": model.info.get("swap_seconds"),
+                "at": model.info.get("served_since"),  # epoch seconds of the swap
                 "pid": os.getpid(),
             },
         )

@@ -232,6 +232,7 @@ class ChampionWatcher:
         model.info["origin"] = origin
         model.info["swap_seconds"] = round(time.perf_counter() - started, 3)
         self._refresh_decision(model)
+        model.info["served_since"] = time.time()
         old = self.slot.swap(model)
         self.last_error = None
         log.info(

@@ -121,10 +121,10 @@ def _columns(prepare: Any, inputs: list[str]) -> list[pl.Expr]:
     out: list[pl.Expr] = []
     seen: list[str] = []
     for name, transformer, columns in prepare.transformers_:
-        if name == "remainder":
-            if len(columns):
-                raise ValueError(f"remainder columns {list(columns)}")
+        if len(columns) == 0:  # an empty selection is never fitted (no categories, say)
             continue
+        if name == "remainder":
+            raise ValueError(f"remainder columns {list(columns)}")
         if name == "num":
             out += [pl.col(c).cast(pl.Float64) for c in columns]
         elif name == "cat":
