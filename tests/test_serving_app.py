@@ -176,11 +176,12 @@ def test_feedback_is_checked_and_logged(client: httpx.Client, project: Path) -> 
     while time.monotonic() < deadline:
         files = list(folder.glob("date=*/part-*.parquet"))
         frame = pl.concat([pl.read_parquet(f) for f in files]) if files else pl.DataFrame()
-        if frame.height and rid in frame["request_id"].to_list():
+        if frame.height and rid in frame["__request_id"].to_list():
             break
         time.sleep(0.1)
-    mine = frame.filter(pl.col("request_id") == rid)
-    assert sorted(mine["label"].to_list()) == ["no", "yes"]
+    mine = frame.filter(pl.col("__request_id") == rid)
+    assert sorted(mine["__label"].to_list()) == ["no", "yes"]
+    assert mine.schema["__ts"] == pl.Datetime("us", "UTC")
 
 
 def test_openapi_documents_the_contract(client: httpx.Client) -> None:
@@ -239,19 +240,18 @@ def test_graceful_shutdown_writes_the_prediction_log(tmp_path: Path, project: Pa
             time.sleep(0.5)
             unflushed = [pl.read_parquet(f) for f in layout.predictions.glob("date=*/*.parquet")]
             before = pl.concat(unflushed, how="diagonal_relaxed") if unflushed else None
-            assert before is None or before.filter(pl.col("request_id").is_in(ids)).height == 0
+            assert before is None or before.filter(pl.col("__request_id").is_in(ids)).height == 0
             # uvicorn shuts down gracefully, then re-raises SIGTERM (the conventional exit)
             assert stop(running) in (0, -signal.SIGTERM)
     finally:
         spec_file.write_text(original)
     frames = [pl.read_parquet(f) for f in layout.predictions.glob("date=*/part-*.parquet")]
     logged = pl.concat(frames, how="diagonal_relaxed")
-    mine = logged.filter(pl.col("request_id").is_in(ids))
+    mine = logged.filter(pl.col("__request_id").is_in(ids))
     assert mine.height == 40
-    assert set(mine["record"].to_list()) == {0, 1}
+    assert set(mine["__record"].to_list()) == {0, 1}
     assert mine.schema["x1"] == pl.Float64 and mine.schema["t"] == pl.Datetime("us")
-    assert mine.schema["ts"] == pl.Datetime("us", "UTC")
-    assert {"model_name", "model_version", "prediction", "proba_no", "proba_yes", "flags"} <= set(
-        mine.columns
-    )
-    assert mine["model_version"].unique().to_list() == [champion(project)]
+    assert mine.schema["__ts"] == pl.Datetime("us", "UTC")
+    expected = {"__model_name", "__model_version", "__prediction", "__proba_no", "__proba_yes"}
+    assert expected | {"__flags"} <= set(mine.columns)
+    assert mine["__model_version"].unique().to_list() == [champion(project)]

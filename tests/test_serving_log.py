@@ -9,16 +9,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from driftloop.serving.logbook import FrameLog
+from driftloop.serving.logbook import REQUEST_ID, TS, FrameLog
 
 
 def rows(n: int, day: datetime, start: int = 0) -> pl.DataFrame:
     return pl.DataFrame(
         {
-            "ts": [day + timedelta(seconds=i) for i in range(n)],
-            "request_id": [f"r{start + i}" for i in range(n)],
+            TS: [day + timedelta(seconds=i) for i in range(n)],
+            REQUEST_ID: [f"r{start + i}" for i in range(n)],
         },
-        schema={"ts": pl.Datetime("us", "UTC"), "request_id": pl.String},
+        schema={TS: pl.Datetime("us", "UTC"), REQUEST_ID: pl.String},
     )
 
 
@@ -26,7 +26,7 @@ def written(folder: Path) -> pl.DataFrame:
     files = sorted(folder.rglob("part-*.parquet"))
     if not files:
         return pl.DataFrame()
-    return pl.concat([pl.read_parquet(f) for f in files]).sort("request_id")
+    return pl.concat([pl.read_parquet(f) for f in files]).sort(REQUEST_ID)
 
 
 def test_rows_are_partitioned_by_their_date_and_written_on_close(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_rows_are_partitioned_by_their_date_and_written_on_close(tmp_path: Path)
     assert days == ["date=2026-11-27", "date=2026-11-28"]
     assert len(list((tmp_path / "date=2026-11-27").glob("*.parquet"))) == 1
     assert written(tmp_path / "date=2026-11-28").height == 4
-    assert written(tmp_path)["request_id"].to_list() == ["r0", "r1", "r10", "r11", "r12"]
+    assert written(tmp_path)[REQUEST_ID].to_list() == ["r0", "r1", "r10", "r11", "r12"]
     assert log.written == 5 and log.dropped == 0
     assert not list(tmp_path.glob("date=*/.*"))  # no temporary files left behind
 
@@ -96,3 +96,39 @@ def test_a_failed_write_keeps_the_rows_for_the_next_flush(tmp_path: Path) -> Non
     blocker.unlink()
     assert log.flush() == 3
     assert written(blocker).height == 3
+
+
+def test_log_columns_never_collide_with_contract_columns() -> None:
+    """A model may have inputs called "ts" or "prediction"; the log's own columns start with
+    "__" like every column driftloop adds."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from driftloop.serving.model import Scored, ServedModel
+    from driftloop.serving.records import Checked
+
+    typed = pl.DataFrame({"ts": [1.0, 2.0], "prediction": ["a", "b"], "request_id": [7, 8]})
+    checked = Checked(features=typed, typed=typed, problems={}, flags={1: ["unknown category"]})
+    scored = Scored(
+        checked, [0, 1], np.array(["no", "yes"], dtype=object), np.array([[0.9, 0.1], [0.2, 0.8]])
+    )
+    model = ServedModel("m", "3", SimpleNamespace(classes=["no", "yes"]), contract=None)  # type: ignore[arg-type]
+    when = datetime(2026, 11, 28, tzinfo=UTC)
+    frame = model.log_frame(scored, ["r1", "r1"], [0, 1], [when, when])
+    assert frame.columns == [
+        "ts",
+        "prediction",
+        "request_id",
+        "__ts",
+        "__request_id",
+        "__record",
+        "__model_name",
+        "__model_version",
+        "__prediction",
+        "__proba_no",
+        "__proba_yes",
+        "__flags",
+    ]
+    assert frame["__prediction"].to_list() == ["no", "yes"]
+    assert frame["__flags"].to_list() == [None, "unknown category"]

@@ -15,14 +15,10 @@ you trust.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import polars as pl
 
 from driftloop.errors import RegistryError
@@ -158,20 +154,13 @@ class Predictor:
         return np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)], proba
 
 
-with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-    # MLflow inspects predict's type hints when the class is made and prints advice about
-    # them (forcing the warning through its own filter); the signature is logged explicitly
-    # (input_signature), so the advice does not apply.
-    warnings.simplefilter("ignore", UserWarning)
+def __getattr__(name: str) -> Any:
+    # Models registered before the wrapper moved to driftloop.pyfunc import it from here.
+    if name == "DriftloopModel":
+        from driftloop.pyfunc import DriftloopModel
 
-    class DriftloopModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
-        """MLflow pyfunc: raw records in, predictions out."""
-
-        def load_context(self, context: Any) -> None:
-            self.predictor = Predictor(Path(context.artifacts["driftloop"]))
-
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-            return self.predictor.predict(model_input).to_pandas()
+        return DriftloopModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_package(

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from driftloop.layout import Layout
 from driftloop.serving.batcher import Job, MicroBatcher
 from driftloop.serving.champion import ChampionSource, ChampionWatcher, ModelSlot
-from driftloop.serving.logbook import FrameLog
+from driftloop.serving.logbook import LABEL, RECORD, REQUEST_ID, TS, FrameLog
 from driftloop.serving.metrics import ServingMetrics
 from driftloop.serving.model import Scored, ServedModel
 from driftloop.serving.records import (
@@ -97,11 +97,18 @@ def create_app(project: Path) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        began = time.perf_counter()
         server = _start(spec, Layout(project))
         app.state.server = server
         # Accept connections only once the champion is loaded (or known to be missing): with
         # several workers, a worker still loading must not take requests from a ready one.
         await asyncio.to_thread(server.watcher.first_attempt.wait, STARTUP_WAIT_SECONDS)
+        model = server.slot.current
+        log.info(
+            "accepting requests %.2fs after startup began, serving %s",
+            time.perf_counter() - began,
+            f"{model.name} v{model.version}" if model else "nothing yet",
+        )
         try:
             yield
         finally:
@@ -402,16 +409,16 @@ def _feedback(server: Server, items: Any) -> Response:
     now = datetime.now(UTC)
     frame = pl.DataFrame(
         {
-            "ts": [now] * len(listed),
-            "request_id": [i.request_id for i in listed],
-            "record": [i.record for i in listed],
-            "label": texts,
+            TS: [now] * len(listed),
+            REQUEST_ID: [i.request_id for i in listed],
+            RECORD: [i.record for i in listed],
+            LABEL: texts,
         },
         schema={
-            "ts": pl.Datetime("us", "UTC"),
-            "request_id": pl.String,
-            "record": pl.Int32,
-            "label": pl.String,
+            TS: pl.Datetime("us", "UTC"),
+            REQUEST_ID: pl.String,
+            RECORD: pl.Int32,
+            LABEL: pl.String,
         },
     )
     if not server.feedback.append(frame):

@@ -182,6 +182,8 @@ class ChampionWatcher:
         recorded = self._quietly(self.source.recorded_champion)
         if recorded is not None and self.source.cached(recorded) is not None:
             self._swap_to(recorded, origin="local cache (the state database's champion)")
+            if self.slot.current is not None:
+                self.first_attempt.set()  # serve now; the registry check follows at once
         mark = self._quietly(self.source.promotion_mark) or 0
         next_poll = 0.0
         while not self._stop.is_set():

@@ -3,7 +3,7 @@
 The request path only appends a small Polars frame to a list (under a lock held for that
 append); a thread writes the buffer as Parquet every ``flush_seconds``, or sooner once
 ``flush_rows`` rows wait, into ``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of
-each row's ``ts``, UTC). A file is written under a hidden name and renamed, so readers never
+each row's ``__ts``, UTC). A file is written under a hidden name and renamed, so readers never
 see half a file. When the disk cannot keep up and ``buffer_rows`` are waiting, new rows are
 dropped and counted (``dropped``) rather than making requests wait; the count is exported
 as a metric and logged. ``close`` writes whatever is left.
@@ -23,6 +23,18 @@ from pathlib import Path
 import polars as pl
 
 log = logging.getLogger(__name__)
+
+# The logs' own columns. They start with "__" like every column driftloop adds, so they never
+# collide with a contract column (a model may well have an input called "ts" or "prediction").
+TS = "__ts"  # when the request arrived (UTC); the date partition comes from it
+REQUEST_ID = "__request_id"
+RECORD = "__record"  # the record's position in its request
+MODEL_NAME = "__model_name"
+MODEL_VERSION = "__model_version"
+PREDICTION = "__prediction"  # class label (text) or value
+PROBA = "__proba_"  # + class: probability of each class
+FLAGS = "__flags"  # remarks on an accepted record (unknown categories, when flagged)
+LABEL = "__label"  # /feedback: the true value, as text in the target's contract type
 
 
 class FrameLog:
@@ -107,7 +119,7 @@ class FrameLog:
         if not frames:
             return 0
         frame = pl.concat(frames, how="diagonal_relaxed")
-        day = pl.col("ts").dt.date()
+        day = pl.col(TS).dt.date()
         parts = frame.with_columns(day.alias("__day")).partition_by("__day", as_dict=True)
         for (value,), part in parts.items():
             try:

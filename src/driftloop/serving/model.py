@@ -17,6 +17,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from driftloop.serving.logbook import (
+    FLAGS,
+    MODEL_NAME,
+    MODEL_VERSION,
+    PREDICTION,
+    PROBA,
+    RECORD,
+    REQUEST_ID,
+    TS,
+)
 from driftloop.serving.records import Checked, Problem, RequestContract, UnknownCategory
 
 
@@ -116,30 +126,26 @@ class ServedModel:
         typed = scored.checked.typed
         if len(pick) != typed.height:
             typed = typed[pick] if pick else typed.clear()
-        columns: dict[str, Any] = {
-            "ts": pl.Series("ts", [ts[i] for i in pick], pl.Datetime("us", "UTC")),
-            "request_id": pl.Series("request_id", [request_ids[i] for i in pick], pl.String),
-            "record": pl.Series("record", [record_index[i] for i in pick], pl.Int32),
-            "model_name": pl.Series("model_name", [self.name] * len(pick), pl.String),
-            "model_version": pl.Series("model_version", [self.version] * len(pick), pl.String),
-        }
-        out = pl.DataFrame(columns).hstack(typed)
+        columns = [
+            pl.Series(TS, [ts[i] for i in pick], pl.Datetime("us", "UTC")),
+            pl.Series(REQUEST_ID, [request_ids[i] for i in pick], pl.String),
+            pl.Series(RECORD, [record_index[i] for i in pick], pl.Int32),
+            pl.Series(MODEL_NAME, [self.name] * len(pick), pl.String),
+            pl.Series(MODEL_VERSION, [self.version] * len(pick), pl.String),
+        ]
         if self.classes is not None:
-            out = out.with_columns(
-                pl.Series("prediction", list(scored.labels), pl.String),
-                *[
-                    pl.Series(f"proba_{c}", scored.proba[:, k], pl.Float64)
-                    for k, c in enumerate(self.classes)
-                ],
-            )
+            columns.append(pl.Series(PREDICTION, list(scored.labels), pl.String))
+            columns += [
+                pl.Series(f"{PROBA}{c}", scored.proba[:, k], pl.Float64)
+                for k, c in enumerate(self.classes)
+            ]
         else:
-            out = out.with_columns(pl.Series("prediction", scored.labels, pl.Float64))
+            columns.append(pl.Series(PREDICTION, scored.labels, pl.Float64))
         flags = scored.checked.flags
-        return out.with_columns(
-            pl.Series(
-                "flags", ["; ".join(flags[i]) if i in flags else None for i in pick], pl.String
-            )
+        columns.append(
+            pl.Series(FLAGS, ["; ".join(flags[i]) if i in flags else None for i in pick], pl.String)
         )
+        return typed.hstack(columns)
 
 
 def example_record(contract: RequestContract) -> dict[str, str | None]:

@@ -10,6 +10,7 @@ These variables are set before any worker imports those libraries.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from driftloop.layout import Layout
 from driftloop.spec import load_spec
 
 PROJECT_ENV = "DRIFTLOOP_SERVE_PROJECT"
+LOG_LEVEL_ENV = "DRIFTLOOP_SERVE_LOG_LEVEL"
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -58,6 +60,7 @@ def prepare_environment(project: Path, threads: int) -> None:
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     os.environ[PROJECT_ENV] = str(project)
+    os.environ[LOG_LEVEL_ENV] = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     metrics = Layout(project).state_dir / "serving" / f"metrics-{os.getpid()}"
     shutil.rmtree(metrics, ignore_errors=True)
     metrics.mkdir(parents=True)
@@ -68,4 +71,10 @@ def app_from_environment() -> Any:
     """The app factory uvicorn's workers call (the project comes from the environment)."""
     from driftloop.serving.app import create_app
 
+    logging.basicConfig(
+        level=os.environ.get(LOG_LEVEL_ENV, "WARNING"),
+        format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: %(message)s",
+    )
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     return create_app(Path(os.environ[PROJECT_ENV]))
