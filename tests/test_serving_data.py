@@ -10,10 +10,7 @@ HTTP equal the registered model's scikit-learn predictions on the batch features
 
 from __future__ import annotations
 
-import math
-from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,33 +19,14 @@ from polars.testing import assert_frame_equal
 
 from driftloop import registry
 from driftloop.layout import Layout
-from driftloop.serving.records import RequestContract
-from driftloop.spec import Spec, load_spec
+from driftloop.serving.records import RequestContract, request_records
+from driftloop.spec import load_spec
 from driftloop.stages import read_features
 
 from .serving_helpers import SERVING, serving
 from .test_lifecycle_data import CASES, train_fresh
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow, pytest.mark.xdist_group("serving")]
-
-
-def as_json(frame: pl.DataFrame, spec: Spec) -> list[dict[str, Any]]:
-    """Processed rows as the JSON records a client sends: dates as text in the contract's format."""
-    columns = [c for c in spec.contract.columns if c != spec.target]
-    out = []
-    for row in frame.select(columns).iter_rows(named=True):
-        record: dict[str, Any] = {}
-        for name, value in row.items():
-            rule = spec.contract.columns[name]
-            if isinstance(value, datetime):
-                value = value.strftime(rule.format or "%Y-%m-%d %H:%M:%S")
-            elif isinstance(value, date):
-                value = value.strftime(rule.format or "%Y-%m-%d")
-            elif isinstance(value, float) and not math.isfinite(value):
-                value = None
-            record[name] = value
-        out.append(record)
-    return out
 
 
 @pytest.mark.parametrize("name", ["bike", "telco"])
@@ -65,7 +43,7 @@ def test_per_request_features_and_http_predictions_equal_the_batch(
     batch_features = read_features(layout, batch).collect()
     version = trained.manifest["version"]
     predictor = registry.load_predictor(spec, layout, f"models:/{spec.name}/{version}")
-    records = as_json(processed, spec)
+    records = request_records(processed, spec)
 
     # Features: the server's per-request path on every record == the features stage.
     contract = RequestContract.from_spec(predictor.spec)

@@ -159,10 +159,13 @@ def features_with_delta(
     if user_function is not None:
         out, names = _apply_user(out, user_function, spec.features.function or "")
         added = None if names is None else [*(added or []), *names]
-    drop = [c for c in spec.features.exclude if c in out.collect_schema().names()]
+    drop = list(spec.features.exclude)
     if added is not None:
         added = [c for c in dict.fromkeys(added) if c not in drop]
-    return (out.drop(drop) if drop else out), added
+    # strict=False: an excluded column a user's function already removed is no error (and
+    # no schema has to be resolved to find out, which costs more than the features on a
+    # single request)
+    return (out.drop(drop, strict=False) if drop else out), added
 
 
 def _apply_user(

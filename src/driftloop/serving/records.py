@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from driftloop.prep.contract import normalized
@@ -240,16 +241,17 @@ class RequestContract:
             frame = checked.collect()
             user = build_features(frame.select(names).lazy(), self.spec, user_function)
             frame = pl.concat([user.collect(), frame.select(pl.exclude(names))], how="horizontal")
-        typed_frame = frame.select(pl.col(f"__typed_{n}").alias(n) for n in names)
+        typed_frame = pl.DataFrame([frame.get_column(f"__typed_{n}").alias(n) for n in names])
         rule_cols = [f"__rule_{i}" for i in range(len(self.rules))]
         problems: dict[int, list[Problem]] = {}
         flags: dict[int, list[str]] = {}
         if rule_cols:
-            any_failed = frame.select(pl.any_horizontal(rule_cols)).to_series()
-            for row in any_failed.arg_true().to_list():
+            failed_rows = np.flatnonzero(frame.select(rule_cols).to_numpy().any(axis=1))
+            for row in failed_rows.tolist():
                 self._explain(frame, row, rule_cols, problems, flags)
-        keep = [c for c in frame.columns if not c.startswith(("__rule_", "__raw_", "__typed_"))]
-        return Checked(frame.select(keep), typed_frame, problems, flags)
+        internal = ("__rule_", "__raw_", "__typed_")
+        features = pl.DataFrame([s for s in frame.get_columns() if not s.name.startswith(internal)])
+        return Checked(features, typed_frame, problems, flags)
 
     def _explain(
         self,
@@ -359,3 +361,25 @@ def check_labels(spec: Spec, labels: list[Any]) -> tuple[list[str | None], list[
                 Problem(("body", i, "label"), f"{r.label}: got {texts[i]!r}", r.name, labels[i])
             )
     return texts, problems
+
+
+def request_records(frame: pl.DataFrame, spec: Spec) -> list[dict[str, Any]]:
+    """Typed rows (as prep writes them) as the JSON records a client sends to /predict:
+    the contract's columns without the target, dates as text in the contract's format."""
+    import datetime as dt
+
+    columns = [c for c in spec.contract.columns if c != spec.target and c in frame.columns]
+    out = []
+    for row in frame.select(columns).iter_rows(named=True):
+        record: dict[str, Any] = {}
+        for name, value in row.items():
+            rule = spec.contract.columns[name]
+            if isinstance(value, dt.datetime):
+                value = value.strftime(rule.format or "%Y-%m-%d %H:%M:%S")
+            elif isinstance(value, dt.date):
+                value = value.strftime(rule.format or "%Y-%m-%d")
+            elif isinstance(value, float) and not math.isfinite(value):
+                value = None
+            record[name] = value
+        out.append(record)
+    return out
