@@ -152,16 +152,17 @@ def started(
     wrap: bool,
     probe: dict[str, Any],
 ) -> Iterator[Server]:
-    log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+    log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
     began = time.perf_counter()
-    process = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     body = {"dataframe_records": [probe]} if wrap else probe
     try:
         while True:
             if process.poll() is not None:
-                raise SystemExit(f"{name} exited: {Path(log.name).read_text()[-2000:]}")
+                raise SystemExit(f"{name} exited: {log.read_text()[-2000:]}")
             try:
                 if httpx.post(f"{url}{predict}", json=body, timeout=5).status_code == 200:
                     break
@@ -178,7 +179,7 @@ def started(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        Path(log.name).unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
 
 
 LUA = """
@@ -192,8 +193,10 @@ request = function()
 end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('RESULT {"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, "errors": %d, "non2xx": %d}\\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+  local fmt = 'RESULT {"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, '
+    .. '"errors": %d, "non2xx": %d}\\n'
+  io.write(string.format(fmt, summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
     e.connect + e.read + e.write + e.timeout, e.status))
 end
 """
@@ -277,6 +280,56 @@ def floor(project: Path, bodies: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(results: dict[str, dict[str, Any]], base: dict[str, Any], n_records: int) -> None:
+    print()
+    head = ("server", "ready s", "c", "req/s", "p50 ms", "p99 ms", "errors")
+    print("{:<11} {:>8} {:>3} {:>9} {:>8} {:>8} {:>7}".format(*head))
+    for name, row in results.items():
+        for c in (8, 32):
+            r = row[c]
+            errors = int(r["errors"] + r["non2xx"])
+            print(
+                f"{name:<11} {row['ready_s']:>8.2f} {c:>3} {r['rps']:>9.1f} "
+                f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {errors:>7}"
+            )
+    ours = results["driftloop"]
+    print()
+    for anchor in ("mlflow-1w", "mlflow-2w"):
+        theirs = results[anchor]
+        for c in (8, 32):
+            print(
+                f"vs {anchor}, concurrency {c}: "
+                f"{ours[c]['rps'] / theirs[c]['rps']:.1f}x the requests/s, "
+                f"{ours[c]['p99_ms'] / theirs[c]['p99_ms']:.3f}x the p99"
+            )
+        rps_ok = ours[32]["rps"] >= 20 * theirs[32]["rps"]
+        p99_ok = ours[32]["p99_ms"] <= theirs[32]["p99_ms"] / 5
+        print(
+            f"targets vs {anchor} at concurrency 32: >= 20x requests/s ({verdict(rps_ok)}), "
+            f"<= 1/5 p99 ({verdict(p99_ok)})"
+        )
+    print(
+        f"in-process floor, one record: MLflow pyfunc (scikit-learn) {base['pyfunc_ms']:.2f} ms; "
+        f"driftloop's scoring path ({base['engine']}) {base['driftloop_ms']:.2f} ms"
+    )
+    single = ours[1]
+    print(
+        f"driftloop at concurrency 1: {single['rps']:.0f} req/s, p50 {single['p50_ms']:.2f} ms: "
+        f"HTTP and queueing add {single['p50_ms'] - base['driftloop_ms']:.2f} ms to the floor"
+    )
+    worst = max(r["max_diff"] for r in results.values())
+    print(
+        f"same predictions from every server (P(yes) of {n_records} records, to 1e-6): "
+        f"{'yes' if worst <= 1e-6 else 'NO'} (max difference {worst:.2g})"
+    )
+    ready = ", ".join(f"{name} {row['ready_s']:.2f} s" for name, row in results.items())
+    print(f"start to first answered prediction: {ready}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per load run")
@@ -288,7 +341,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="driftloop-serve-bench-"))
     project = work / "project"
     print(
-        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, rows {args.rows}, {args.seconds:g} s per run"
+        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, rows {args.rows}, "
+        f"{args.seconds:g} s per run"
     )
     frame = train(project, args.rows)
     bodies = records(frame)
@@ -341,47 +395,7 @@ def main() -> None:
             row["max_diff"] = float(np.max(np.abs(got - reference)))
             results[name] = row
             print(f"  {name}: done")
-    base = floor(project, bodies)
-    print()
-    print(
-        f"{'server':<11} {'ready s':>8} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
-    )
-    for name, row in results.items():
-        for c in (8, 32):
-            r = row[c]
-            print(
-                f"{name:<11} {row['ready_s']:>8.2f} {c:>3} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {int(r['errors'] + r['non2xx']):>7}"
-            )
-    ours = results["driftloop"]
-    best = max((results[n] for n in ("mlflow-1w", "mlflow-2w")), key=lambda r: r[32]["rps"])
-    best_name = next(n for n in ("mlflow-1w", "mlflow-2w") if results[n] is best)
-    print()
-    for c in (8, 32):
-        print(
-            f"concurrency {c}: driftloop {ours[c]['rps'] / best[c]['rps']:.1f}x the requests/s of {best_name}, "
-            f"p99 {ours[c]['p99_ms'] / best[c]['p99_ms']:.3f}x"
-        )
-    rps_ok = ours[32]["rps"] >= 20 * best[32]["rps"]
-    p99_ok = ours[32]["p99_ms"] <= best[32]["p99_ms"] / 5
-    print(
-        f"targets at concurrency 32: >= 20x requests/s ({'met' if rps_ok else 'NOT met'}), <= 1/5 p99 ({'met' if p99_ok else 'NOT met'})"
-    )
-    print(
-        f"in-process floor, one record: MLflow pyfunc (scikit-learn) {base['pyfunc_ms']:.2f} ms; "
-        f"driftloop scoring path ({base['engine']}) {base['driftloop_ms']:.2f} ms"
-    )
-    print(
-        f"driftloop at concurrency 1: p50 {ours[1]['p50_ms']:.2f} ms, so HTTP and queueing add "
-        f"{ours[1]['p50_ms'] - base['driftloop_ms']:.2f} ms above the floor; {ours[1]['rps']:.0f} req/s"
-    )
-    same = all(r["max_diff"] <= 1e-6 for r in results.values())
-    print(
-        f"predictions equal across servers to 1e-6 (P(yes) of {len(bodies)} records): {'yes' if same else 'NO'} "
-        f"(max difference {max(r['max_diff'] for r in results.values()):.2g})"
-    )
-    print(
-        f"ready (first prediction answered) after start: driftloop {ours['ready_s']:.2f} s, mlflow {best['ready_s']:.2f} s"
-    )
+    report(results, floor(project, bodies), len(bodies))
     shutil.rmtree(work, ignore_errors=True)
 
 

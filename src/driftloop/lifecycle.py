@@ -193,7 +193,7 @@ def _train_register_gate(
             spec_text=spec_text,
         )
         # Serving on this machine starts from this copy instead of a download.
-        model_cache.store(
+        entry = model_cache.store(
             layout,
             spec.name,
             registry.tracking_uri(spec, layout),
@@ -207,6 +207,7 @@ def _train_register_gate(
                 {"batches": lineage},
             ),
         )
+    _precompile(entry)
     db.record_event(
         "ModelRegistered",
         {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
@@ -233,6 +234,20 @@ def _train_register_gate(
     with atomic_output(out_dir) as tmp_dir:
         seal(tmp_dir, manifest)
     return manifest
+
+
+def _precompile(entry: Path) -> None:
+    """Compile and verify the new version for serving now, while scikit-learn is loaded; a
+    server then starts without importing it. A model that does not compile is still served
+    (by scikit-learn), so a failure here is only logged."""
+    from driftloop import inference
+
+    try:
+        verdict = inference.precompile(entry / model_cache.PACKAGE, entry / model_cache.COMPILED)
+    except Exception as exc:
+        log.warning("compiling %s for serving failed: %s", entry, exc)
+        return
+    log.info("serving path for %s: %s", entry.name, verdict.reason)
 
 
 def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:

@@ -20,6 +20,7 @@ from driftloop.layout import Layout, is_complete, seal
 
 PACKAGE = "driftloop"  # the package folder inside an entry (as in the MLflow artifacts)
 INFO = "info.json"  # what the registry says of the version (run, metrics, lineage)
+COMPILED = "compiled"  # the verified compiled inference path (driftloop.inference), if any
 
 
 def entry(layout: Layout, name: str, store_uri: str, version: str) -> Path:

@@ -115,11 +115,20 @@ class Predictor:
         self.inputs: list[str] = meta["inputs"]
         self.categorical: list[str] = meta["categorical"]
         self.classes: list[str] | None = meta["classes"]
-        self.pipeline = load_pipeline(folder / PIPELINE)
+        self._folder = folder
+        self._pipeline: Any = None
         reference = self.spec.features.function
         self.user_function = (
             load_user_function(reference, folder / USER_CODE) if reference else None
         )
+
+    @property
+    def pipeline(self) -> Any:
+        """The fitted scikit-learn pipeline, loaded on first use (serving from a verified
+        compiled path never needs it, nor the import of scikit-learn)."""
+        if self._pipeline is None:
+            self._pipeline = load_pipeline(self._folder / PIPELINE)
+        return self._pipeline
 
     def features(self, records: Any) -> pl.DataFrame:
         from driftloop.features import build_features

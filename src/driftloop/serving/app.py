@@ -230,7 +230,7 @@ def _start(spec: Spec, layout: Layout) -> Server:
     source = ChampionSource(spec, layout)
 
     def load(version: str, folder: Path) -> ServedModel:
-        from driftloop.model_cache import PACKAGE, read_info
+        from driftloop.model_cache import COMPILED, PACKAGE, read_info
 
         return ServedModel.load(
             spec.name,
@@ -239,6 +239,7 @@ def _start(spec: Spec, layout: Layout) -> Server:
             unknown_category=settings.unknown_category,
             info=read_info(folder),
             threads=settings.threads_per_worker,
+            compiled=folder / COMPILED,
         )
 
     def swapped(model: ServedModel, old: ServedModel | None) -> None:

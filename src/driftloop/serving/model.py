@@ -8,6 +8,7 @@ a pure computation (no I/O), run on the server's prediction thread.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -28,6 +29,8 @@ from driftloop.serving.logbook import (
     TS,
 )
 from driftloop.serving.records import Checked, Problem, RequestContract, UnknownCategory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,20 +68,30 @@ class ServedModel:
         unknown_category: UnknownCategory,
         info: dict[str, Any] | None = None,
         threads: int = 1,
+        compiled: Path | None = None,
     ) -> ServedModel:
-        """Load a package folder, compile and verify what can be, and warm everything up."""
+        """Load a package folder and warm it up. ``compiled`` is where a verified compiled
+        path is kept (the model cache): loaded from there when present, else compiled,
+        verified against scikit-learn and kept there."""
+        from driftloop import inference
         from driftloop.model_package import Predictor
-        from driftloop.serving.compiled import compile_pipeline, sample_rows
 
         started = time.perf_counter()
         predictor = Predictor(folder)
         contract = RequestContract.from_spec(predictor.spec, unknown_category)
         model = cls(name, version, predictor, contract, dict(info or {}), engine=predictor)
-        warm = contract.check([example_record(contract)] * 2).features
-        profile_path = folder / "reference_profile.json"
-        profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
-        sample = sample_rows(profile, predictor.inputs, predictor.categorical)
-        verdict = compile_pipeline(predictor, [sample, warm], threads=threads)
+        verdict = inference.load(compiled, threads) if compiled is not None else None
+        if verdict is None:  # not compiled here before: compile, verify, keep for next time
+            warm = contract.check([example_record(contract)] * 2).features
+            profile_path = folder / "reference_profile.json"
+            profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
+            sample = inference.sample_rows(profile, predictor.inputs, predictor.categorical)
+            verdict = inference.compile_pipeline(predictor, [sample, warm], threads=threads)
+            if compiled is not None:
+                try:
+                    inference.save(compiled, verdict)
+                except OSError as exc:  # a read-only cache still serves
+                    log.warning("could not keep the compiled path in %s: %s", compiled, exc)
         if verdict.compiled is not None:
             model.engine = verdict.compiled
         model.info["inference"] = {

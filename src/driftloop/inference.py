@@ -1,5 +1,8 @@
 """A compiled inference path for gradient-boosting models, verified against scikit-learn.
 
+Shared by the train stage (which compiles each new version into the local model cache) and
+by serving (which loads it from there, or compiles a downloaded version itself).
+
 scikit-learn spends about a millisecond per ``predict_proba`` call on bookkeeping before any
 tree is walked: the pandas conversion, the ColumnTransformer, input validation, and a Python
 loop over the trees. On a server that is most of the cost of a request. For the default
@@ -17,9 +20,13 @@ within ``TOLERANCE``. A model it refuses is served by scikit-learn, with the rea
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import uuid
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +41,13 @@ TOLERANCE = 1e-6
 class CompiledPipeline:
     """Model columns -> predictions without scikit-learn on the request path."""
 
-    columns: list[pl.Expr]  # the ColumnTransformer's output, as Polars expressions
+    layout: list[dict[str, Any]]  # the ColumnTransformer's output columns (see _layout)
     forest: Any  # treelite.Model
     classes: list[str] | None
     threads: int
+
+    def __post_init__(self) -> None:
+        self.columns = _expressions(self.layout)
 
     def predict_features(self, features: pl.DataFrame) -> tuple[Any, Any]:
         """(labels or values, class probabilities or None), like ``Predictor.predict_features``."""
@@ -75,7 +85,7 @@ def compile_pipeline(predictor: Any, rows: list[pl.DataFrame], *, threads: int =
     except ImportError:  # pragma: no cover - treelite is a dependency
         return Verdict(None, "treelite is not installed")
     try:
-        columns = _columns(predictor.pipeline.named_steps["prepare"], predictor.inputs)
+        layout = _layout(predictor.pipeline.named_steps["prepare"], predictor.inputs)
         with warnings.catch_warnings():
             # Treelite casts gradient boosting's category list to integers, including the
             # NaN entry scikit-learn keeps for missing values, which NumPy warns about; a
@@ -85,7 +95,7 @@ def compile_pipeline(predictor: Any, rows: list[pl.DataFrame], *, threads: int =
             forest = treelite.sklearn.import_model(predictor.pipeline.named_steps["model"])
     except Exception as exc:  # an unexpected pipeline shape: scikit-learn serves it
         return Verdict(None, f"cannot compile ({type(exc).__name__}: {exc})")
-    compiled = CompiledPipeline(columns, forest, predictor.classes, threads)
+    compiled = CompiledPipeline(layout, forest, predictor.classes, threads)
     return verify(compiled, predictor, rows)
 
 
@@ -115,18 +125,16 @@ def verify(compiled: CompiledPipeline, predictor: Any, rows: list[pl.DataFrame])
     return Verdict(compiled, "treelite, verified against scikit-learn", count, worst)
 
 
-def _columns(prepare: Any, inputs: list[str]) -> list[pl.Expr]:
-    """The fitted ColumnTransformer (numbers passed through, categories ordinal-encoded) as
-    Polars expressions giving the same matrix; anything else is refused."""
-    out: list[pl.Expr] = []
+def _layout(prepare: Any, inputs: list[str]) -> list[dict[str, Any]]:
+    """The fitted ColumnTransformer (numbers passed through, categories ordinal-encoded) as a
+    JSON-able description of the matrix it makes; anything else is refused."""
+    out: list[dict[str, Any]] = []
     seen: list[str] = []
     for name, transformer, columns in prepare.transformers_:
         if len(columns) == 0:  # an empty selection is never fitted (no categories, say)
             continue
-        if name == "remainder":
-            raise ValueError(f"remainder columns {list(columns)}")
         if name == "num":
-            out += [pl.col(c).cast(pl.Float64) for c in columns]
+            out += [{"column": c} for c in columns]
         elif name == "cat":
             out += _ordinal(transformer, list(columns))
         else:
@@ -137,29 +145,39 @@ def _columns(prepare: Any, inputs: list[str]) -> list[pl.Expr]:
     return out
 
 
-def _ordinal(encoder: Any, columns: list[str]) -> list[pl.Expr]:
+def _ordinal(encoder: Any, columns: list[str]) -> list[dict[str, Any]]:
     """OrdinalEncoder(handle_unknown='use_encoded_value', unknown_value=nan,
     encoded_missing_value=nan), including its grouping of infrequent categories."""
     if not (np.isnan(encoder.unknown_value) and np.isnan(encoder.encoded_missing_value)):
         raise ValueError("an encoder that codes unknown or missing values as numbers")
     mappings = getattr(encoder, "_default_to_infrequent_mappings", None) or [None] * len(columns)
-    exprs = []
+    out = []
     for column, categories, mapping in zip(columns, encoder.categories_, mappings, strict=True):
-        codes = np.arange(len(categories))
-        if mapping is not None:
-            codes = np.asarray(mapping)[codes]
-        known = [
-            (str(c), float(code))
-            for c, code in zip(categories, codes, strict=True)
-            if isinstance(c, str)
-        ]
+        # A category's code is its index in categories_, mapped when scikit-learn groups the
+        # infrequent ones; that mapping leaves out the missing-value entry (NaN, sorted last).
+        index = [i for i, c in enumerate(categories) if isinstance(c, str)]
+        codes = np.asarray(mapping)[index] if mapping is not None else np.asarray(index)
+        known = [(str(categories[i]), float(k)) for i, k in zip(index, codes, strict=True)]
+        out.append(
+            {"column": column, "categories": [c for c, _ in known], "codes": [k for _, k in known]}
+        )
+    return out
+
+
+def _expressions(layout: list[dict[str, Any]]) -> list[pl.Expr]:
+    """Polars expressions that build the matrix a layout describes (unknown/missing -> NaN)."""
+    exprs = []
+    for item in layout:
+        column = pl.col(item["column"])
+        if "categories" not in item:
+            exprs.append(column.cast(pl.Float64))
+            continue
         exprs.append(
-            pl.col(column)
-            .cast(pl.String)
+            column.cast(pl.String)
             .replace_strict(
-                [k for k, _ in known], [v for _, v in known], default=None, return_dtype=pl.Float64
+                item["categories"], item["codes"], default=None, return_dtype=pl.Float64
             )
-            .alias(column)
+            .alias(item["column"])
         )
     return exprs
 
@@ -175,3 +193,65 @@ def sample_rows(profile: dict[str, Any], inputs: list[str], categorical: list[st
             for c in inputs
         }
     )
+
+
+FOREST = "forest.treelite"
+META = "compiled.json"
+
+
+def save(folder: Path, verdict: Verdict) -> None:
+    """Keep a verified compiled path beside a cached package (written once, atomically)."""
+    import treelite
+
+    compiled = verdict.compiled
+    if compiled is None or (folder / META).is_file():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        compiled.forest.serialize(str(tmp / FOREST))
+        meta = {
+            "layout": compiled.layout,
+            "classes": compiled.classes,
+            "reason": verdict.reason,
+            "verified_rows": verdict.rows,
+            "max_difference": verdict.max_difference,
+            "treelite": treelite.__version__,
+        }
+        (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / META).is_file():  # not another worker's copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(folder: Path, threads: int = 1) -> Verdict | None:
+    """A compiled path saved by :func:`save`, or None (absent, or another Treelite wrote it)."""
+    import treelite
+
+    meta_path = folder / META
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("treelite") != treelite.__version__:
+        return None
+    forest = treelite.Model.deserialize(str(folder / FOREST))
+    compiled = CompiledPipeline(meta["layout"], forest, meta["classes"], threads)
+    return Verdict(compiled, meta["reason"], meta["verified_rows"], meta["max_difference"])
+
+
+def precompile(package: Path, folder: Path, threads: int = 1) -> Verdict:
+    """Compile and verify a package folder's model and keep the result in ``folder``."""
+    from driftloop.model_package import Predictor
+
+    predictor = Predictor(package)
+    profile_path = package / "reference_profile.json"
+    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
+    sample = sample_rows(profile, predictor.inputs, predictor.categorical)
+    verdict = compile_pipeline(predictor, [sample], threads=threads)
+    save(folder, verdict)
+    return verdict
