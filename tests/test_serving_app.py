@@ -170,7 +170,12 @@ def test_feedback_is_checked_and_logged(client: httpx.Client, project: Path) -> 
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["type"] == "isin(['no', 'yes'])"
     assert bad.json()["detail"][0]["loc"] == ["body", "label"]
-    assert client.post("/feedback", json={"label": "yes"}).status_code == 422  # no request id
+    missing = client.post("/feedback", json={"label": "yes"})  # no request id
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "request_id"]
+    # any content type: the body is read as JSON, like /predict's
+    raw = client.post("/feedback", content=json.dumps([{"request_id": rid, "label": 3}]))
+    assert raw.status_code == 422 and raw.json()["detail"][0]["loc"] == ["body", 0, "label"]
     folder = Layout(project).feedback
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -20,13 +20,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 import polars as pl
-from fastapi import Body, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from driftloop.layout import Layout
 from driftloop.serving.batcher import Job, MicroBatcher
@@ -76,6 +76,9 @@ class FeedbackItem(BaseModel):
 
 class FeedbackResponse(BaseModel):
     accepted: int
+
+
+_FEEDBACK_LIST: TypeAdapter[list[FeedbackItem]] = TypeAdapter(list[FeedbackItem])
 
 
 @dataclass
@@ -151,12 +154,26 @@ def create_app(project: Path) -> FastAPI:
         """Predict for one record or a list of records (raw contract columns)."""
         return await _predict(request.app.state.server, request)
 
-    @app.post("/feedback", response_model=FeedbackResponse, status_code=202)
-    async def feedback(
-        request: Request, items: Annotated[FeedbackItem | list[FeedbackItem], Body()]
-    ) -> Response:
-        """Store true labels by request id, for realized-performance monitoring."""
-        return _feedback(request.app.state.server, items)
+    feedback_schema = TypeAdapter(FeedbackItem | list[FeedbackItem]).json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    feedback_schema.pop("$defs", None)
+
+    @app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        status_code=202,
+        responses={422: {"description": "A label breaks the target's contract"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": feedback_schema}},
+            }
+        },
+    )
+    async def feedback(request: Request) -> Response:
+        """Store true labels by request id (and record), for realized-performance monitoring."""
+        return await _feedback(request.app.state.server, request)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -402,9 +419,28 @@ async def _predict(server: Server, request: Request) -> Response:
     return _done(server, endpoint, started, _json(payload, headers={_REQUEST_ID: request_id}))
 
 
-def _feedback(server: Server, items: Any) -> Response:
+async def _feedback(server: Server, request: Request) -> Response:
     started = time.perf_counter()
     endpoint = "/feedback"
+    body = await _read_limited(request, server.spec.serving.max_body_bytes)
+    if body is None:
+        return _refuse(server, endpoint, started, 413, "too_large", "the body is too large")
+    try:
+        data = orjson.loads(body)
+        items: Any = (
+            _FEEDBACK_LIST.validate_python(data)
+            if isinstance(data, list)
+            else FeedbackItem.model_validate(data)
+        )
+    except orjson.JSONDecodeError as exc:
+        problem = Problem(("body",), f"not valid JSON: {exc}", "json_invalid")
+        return _refuse(server, endpoint, started, 422, "bad_json", [problem.as_detail()])
+    except ValidationError as exc:
+        detail = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False)
+        ]
+        return _refuse(server, endpoint, started, 422, "validation", detail)
     listed: list[FeedbackItem] = items if isinstance(items, list) else [items]
     texts, problems = check_labels(server.spec, [i.label for i in listed])
     if problems:

@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from driftloop.layout import Layout
 from driftloop.spec import load_spec
 
 PROJECT_ENV = "DRIFTLOOP_SERVE_PROJECT"
 LOG_LEVEL_ENV = "DRIFTLOOP_SERVE_LOG_LEVEL"
+METRICS_PREFIX = "driftloop-metrics-"
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -61,10 +62,36 @@ def prepare_environment(project: Path, threads: int) -> None:
         os.environ[name] = str(threads)
     os.environ[PROJECT_ENV] = str(project)
     os.environ[LOG_LEVEL_ENV] = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    metrics = Layout(project).state_dir / "serving" / f"metrics-{os.getpid()}"
-    shutil.rmtree(metrics, ignore_errors=True)
-    metrics.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_folder())
+
+
+def metrics_folder() -> Path:
+    """A fresh folder for the workers' metric files, in memory where the OS offers it.
+
+    Every counter update writes to a memory-mapped file there: on tmpfs that never waits on
+    a disk. Folders left by servers that are gone (killed, or stopped by a signal, which
+    skips cleanup) are removed first.
+    """
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    for old in base.glob(f"{METRICS_PREFIX}*"):
+        pid = old.name.removeprefix(METRICS_PREFIX)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = base / f"{METRICS_PREFIX}{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def app_from_environment() -> Any:
