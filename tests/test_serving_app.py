@@ -138,7 +138,13 @@ def test_malformed_and_oversized_bodies(client: httpx.Client, project: Path) -> 
 def test_health_ready_model_and_metrics(client: httpx.Client, project: Path) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
-    assert ready == {"ready": True, "model": {"name": "synth", "version": champion(project)}}
+    assert ready["ready"] is True
+    assert ready["model"] == {"name": "synth", "version": champion(project)}
+    deadline = time.monotonic() + 30
+    while ready["registry_checked_at"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ready = client.get("/ready").json()
+    assert ready["registry_checked_at"] > 0
     info = client.get("/model").json()
     assert info["version"] == champion(project)
     assert info["metrics"]["holdout_roc_auc"] > 0.5

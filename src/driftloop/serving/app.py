@@ -188,7 +188,15 @@ def create_app(project: Path) -> FastAPI:
         if model is None:
             detail = server.watcher.last_error or "loading the champion"
             return _json({"ready": False, "detail": detail}, 503)
-        return _json({"ready": True, "model": {"name": model.name, "version": model.version}})
+        return _json(
+            {
+                "ready": True,
+                "model": {"name": model.name, "version": model.version},
+                # None until this worker has read the registry's alias once (it serves the
+                # cached champion meanwhile)
+                "registry_checked_at": server.watcher.registry_checked_at,
+            }
+        )
 
     @app.get("/model", responses={503: {"description": "No model loaded yet"}})
     async def model_info(request: Request) -> Response:

@@ -163,6 +163,7 @@ class ChampionWatcher:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.first_attempt = threading.Event()  # set once the first champion load was tried
+        self.registry_checked_at: float | None = None  # time.time() of the last good check
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="driftloop-champion", daemon=True)
@@ -203,6 +204,7 @@ class ChampionWatcher:
         except Exception as exc:
             self._remember(f"the registry did not answer: {first_line(exc)}")
             return
+        self.registry_checked_at = time.time()
         current = self.slot.current
         if version is None:
             if current is None:
