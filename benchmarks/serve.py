@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from typing import Any
 import httpx
 import numpy as np
 import polars as pl
+
+from driftloop.serving.client import free_port
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -137,12 +138,6 @@ def settled(url: str, timeout: float = 60.0) -> None:
             checked = client.get(f"{url}/ready").json().get("registry_checked_at")
             in_a_row = in_a_row + 1 if checked else 0
             time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -35,41 +35,65 @@ class BackgroundServer:
     log: Path
     ready_seconds: float = 0.0
 
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
 
 @contextmanager
 def background_server(
-    project: Path, *, log: Path, timeout: float = 60.0
+    project: Path,
+    *,
+    log: Path,
+    timeout: float = 60.0,
+    workers: int | None = None,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
 ) -> Iterator[BackgroundServer]:
     """``driftloop serve`` for the project on a free port, stopped with SIGTERM on exit."""
     port = free_port()
     cmd = [sys.executable, "-m", "driftloop.cli", "serve", "-p", str(project), "--port", str(port)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = BackgroundServer(f"http://127.0.0.1:{port}", process, log)
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"driftloop serve exited early; see {log}")
-            try:
-                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - started > timeout:
-                raise RuntimeError(f"driftloop serve was not ready in {timeout:.0f}s; see {log}")
-            time.sleep(0.05)
-        server.ready_seconds = time.perf_counter() - started
+        if wait_ready:
+            server.ready_seconds = wait_until_ready(server, timeout, started)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(server)
+
+
+def wait_until_ready(server: BackgroundServer, timeout: float, started: float) -> float:
+    """Seconds from ``started`` (perf_counter) until /ready answered 200."""
+    while True:
+        if server.process.poll() is not None:
+            tail = server.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"driftloop serve exited early ({server.log}):\n{tail}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"driftloop serve was not ready in {timeout:.0f}s; see {server.log}")
+        time.sleep(0.05)
+
+
+def stop(server: BackgroundServer) -> int:
+    """A graceful stop (SIGTERM); the exit code (uvicorn re-raises the signal: -15)."""
+    process = server.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
 
 
 @dataclass
