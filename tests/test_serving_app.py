@@ -203,6 +203,9 @@ def test_openapi_documents_the_contract(client: httpx.Client) -> None:
     assert record_schema["properties"]["c"]["anyOf"][0]["type"] == "string"
     assert "422" in doc["paths"]["/predict"]["post"]["responses"]
     assert "/feedback" in doc["paths"] and "/metrics" in doc["paths"]
+    feedback = doc["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]
+    assert feedback["schema"]["anyOf"][0]["required"] == ["request_id", "label"]
+    assert "$ref" not in json.dumps(feedback)  # inline: nothing dangling
 
 
 JSON = st.recursive(

@@ -132,8 +132,6 @@ def create_app(project: Path) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    record = record_schema(spec)
-    body_schema = {"anyOf": [record, {"type": "array", "items": record, "minItems": 1}]}
 
     @app.post(
         "/predict",
@@ -143,33 +141,18 @@ def create_app(project: Path) -> FastAPI:
             422: {"description": "A record breaks the contract; detail names field and rule"},
             503: {"description": "No model loaded yet"},
         },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": body_schema}},
-            }
-        },
+        openapi_extra=_json_body(record_schema(spec)),
     )
     async def predict(request: Request) -> Response:
         """Predict for one record or a list of records (raw contract columns)."""
         return await _predict(request.app.state.server, request)
-
-    feedback_schema = TypeAdapter(FeedbackItem | list[FeedbackItem]).json_schema(
-        ref_template="#/components/schemas/{model}"
-    )
-    feedback_schema.pop("$defs", None)
 
     @app.post(
         "/feedback",
         response_model=FeedbackResponse,
         status_code=202,
         responses={422: {"description": "A label breaks the target's contract"}},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": feedback_schema}},
-            }
-        },
+        openapi_extra=_json_body(FeedbackItem.model_json_schema()),
     )
     async def feedback(request: Request) -> Response:
         """Store true labels by request id (and record), for realized-performance monitoring."""
@@ -227,6 +210,13 @@ def create_app(project: Path) -> FastAPI:
         )
 
     return app
+
+
+def _json_body(item: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI for a JSON body of one item or a non-empty list of items (the routes read
+    the body themselves, so FastAPI does not derive this)."""
+    schema = {"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _start(spec: Spec, layout: Layout) -> Server:
