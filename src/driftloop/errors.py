@@ -8,7 +8,8 @@ shown only with ``--verbose``.
      ├── SpecError                    driftloop.yaml is missing, unreadable or invalid
      │    └── SpecNotFoundError       no driftloop.yaml in the project folder
      ├── ProjectError                 the project folder is not usable
-     │    └── ProjectExistsError      ``init`` would overwrite an existing project
+     │    ├── ProjectExistsError      ``init`` would overwrite an existing project
+     │    └── ProjectLockedError      another ``driftloop watch`` holds the project
      ├── InitError                    ``init`` could not infer a spec from the sample
      ├── StageError                   a stage failed; names the stage and the batch
      │    ├── QuarantineLimitError    a batch's share of bad rows is above the spec's limit
@@ -40,6 +41,10 @@ class ProjectError(DriftloopError):
 
 class ProjectExistsError(ProjectError):
     """``init`` refuses to overwrite an existing project."""
+
+
+class ProjectLockedError(ProjectError):
+    """Another process holds the project's writer lease."""
 
 
 class InitError(DriftloopError):

@@ -73,6 +73,15 @@ CREATE TABLE IF NOT EXISTS events (
     type    TEXT NOT NULL,
     payload TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
+CREATE TABLE IF NOT EXISTS leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    host        TEXT NOT NULL,
+    acquired_at TEXT NOT NULL,
+    expires_at  REAL NOT NULL
+);
 """
 
 
@@ -287,6 +296,61 @@ class StateDB:
             "INSERT INTO events (ts, type, payload) VALUES (?,?,?)",
             (utcnow().isoformat(), type_, json.dumps(payload, sort_keys=True, default=str)),
         )
+
+    def events_after(self, event_id: int, types: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Events with an id above ``event_id`` (of the given types), oldest first."""
+        sql = "SELECT id, ts, type, payload FROM events WHERE id > ?"
+        args: list[Any] = [event_id]
+        if types:
+            sql += f" AND type IN ({','.join('?' * len(types))})"
+            args += list(types)
+        rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [{"id": r[0], "ts": r[1], "type": r[2], **json.loads(r[3])} for r in rows]
+
+    def last_event_id(self, types: tuple[str, ...] = ()) -> int:
+        sql = "SELECT MAX(id) FROM events"
+        if types:
+            sql += f" WHERE type IN ({','.join('?' * len(types))})"
+        row = self._conn.execute(sql, types).fetchone()
+        return int(row[0] or 0)
+
+    # -- leases --------------------------------------------------------------------------
+
+    def take_lease(
+        self, name: str, holder: str, pid: int, host: str, *, seconds: float, now: float
+    ) -> dict[str, Any] | None:
+        """Take or renew the lease ``name`` for ``holder``; None when taken, else who has it.
+
+        A lease whose holder stopped renewing it (a process that died) expires after
+        ``seconds`` and can then be taken by anyone.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?",
+                (name,),
+            ).fetchone()
+            if row is not None and row[0] != holder and row[4] > now:
+                return dict(
+                    zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True)
+                )
+            acquired = row[3] if row is not None and row[0] == holder else utcnow().isoformat()
+            conn.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?)",
+                (name, holder, pid, host, acquired, now + seconds),
+            )
+        return None
+
+    def drop_lease(self, name: str, holder: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM leases WHERE name=? AND holder=?", (name, holder))
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True))
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._conn.execute(

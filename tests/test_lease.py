@@ -1,0 +1,51 @@
+"""One writer per project: the watch lease."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from driftloop.errors import ProjectLockedError
+from driftloop.orchestration.lease import Lease
+from driftloop.state import StateDB
+
+
+def test_a_second_holder_is_refused_until_the_first_releases(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    first, second = Lease(db, seconds=30), Lease(db, seconds=30)
+    first.acquire()
+    with pytest.raises(ProjectLockedError, match=r"another 'driftloop watch' holds this project"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+    with StateDB(db) as state:
+        assert state.lease("watch") is None
+
+
+def test_a_lease_whose_holder_died_expires(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    dead = Lease(db, seconds=0.5)
+    dead.acquire()
+    dead._stop.set()  # the holder stops renewing (as a killed process would)
+    time.sleep(0.8)
+    successor = Lease(db, seconds=30)
+    successor.acquire()
+    with StateDB(db) as state:
+        assert state.lease("watch")["holder"] == successor.holder  # type: ignore[index]
+    successor.release()
+
+
+def test_the_holder_renews_and_notices_a_takeover(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    holder = Lease(db, seconds=0.3)
+    holder.acquire()
+    time.sleep(0.7)  # longer than the lease: only renewal keeps it
+    with pytest.raises(ProjectLockedError):
+        Lease(db, seconds=30).acquire()
+    with StateDB(db) as state:  # someone forces it away (an operator deleting the row, say)
+        state.take_lease("watch", "intruder", 1, "elsewhere", seconds=60, now=time.time() + 1)
+    assert holder.lost.wait(2)
+    holder.release()
