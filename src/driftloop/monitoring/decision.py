@@ -15,9 +15,9 @@ only when both answers are yes:
    does not grow with the number of rows: categories and the PSI/Jensen-Shannon bins are
    binned exactly; KS and Wasserstein use 100 reference-quantile bins.
 2. **Is it big enough to matter?** The effect minus the noise floor (its mean over the
-   deals, what sampling alone produces) must reach ``effect_threshold`` (0.1 for every
-   built-in test: 0.1 reference standard deviations of Wasserstein, 0.1 Jensen-Shannon,
-   PSI 0.1, KS D 0.1, Cramer's V 0.1).
+   deals, what sampling alone produces) must reach ``effect_threshold``: 0.1 reference
+   standard deviations of Wasserstein, KS D 0.1, PSI 0.1, Cramer's V 0.1 (Cohen's "small"
+   effect) and Jensen-Shannon 0.07 (the same small effect on that scale).
 
 A permutation test rejects a true "no drift" with probability at most ``alpha``, so a
 column's false-alarm rate is at most ``alpha`` (0.05 by default) at any sample size, and

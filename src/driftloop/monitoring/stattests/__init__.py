@@ -6,7 +6,7 @@ name               kinds        value      fixed threshold    effect          ef
 ``ks``             numeric      p-value    drift if < 0.05    KS statistic D  0.1
 ``wasserstein``    numeric      distance   drift if >= 0.1    the value       0.1
 ``psi``            both         distance   drift if >= 0.1    the value       0.1
-``jensenshannon``  both         distance   drift if >= 0.1    the value       0.1
+``jensenshannon``  both         distance   drift if >= 0.1    the value       0.07
 ``chisquare``      categorical  p-value    drift if < 0.05    Cramer's V      0.1
 ``z``              categorical  p-value    drift if < 0.05    Cramer's V      0.1
 =================  ===========  =========  =================  ==============  ==========

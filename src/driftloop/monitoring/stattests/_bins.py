@@ -57,16 +57,21 @@ def evidently_binned(
 def quantile_bins(
     ref: NumericData, cur: NumericData, bins: int = QUANTILE_BINS
 ) -> tuple[IntArray, IntArray, FloatArray]:
-    """Counts over the reference's quantile bins, and each bin's mean over both samples.
+    """Counts over quantile bins of both samples, and each bin's mean over both samples.
 
-    Bins are [e_k, e_k+1) with open outer bins; edges are the reference quantiles at k/bins
-    with repeats dropped, so a column with few distinct values gets one bin per value.
+    Bins are [e_k, e_k+1) with open outer bins; the edges are the quantiles of each sample
+    at k/(bins/2), repeats dropped, so a column with few distinct values gets one bin per
+    value and a constant reference still has the current data's spread to permute.
     """
     r, c = ref.sorted_values, cur.sorted_values
-    levels = np.linspace(0, r.size - 1, bins + 1)[1:-1].round().astype(np.int64)
-    edges = np.unique(r[levels]) if r.size else np.empty(0)
-    if edges.size and edges[0] == r[0]:
-        edges = edges[1:]  # the first bin holds the minimum: no empty bin below it
+    half = max(1, bins // 2)
+    picks = [
+        values[np.linspace(0, values.size - 1, half + 1).round().astype(np.int64)]
+        for values in (r, c)
+        if values.size
+    ]
+    edges = np.unique(np.concatenate(picks)) if picks else np.empty(0)
+    edges = edges[1:]  # the smallest value opens the first bin; no empty bin below it
     r_at = np.concatenate([[0], np.searchsorted(r, edges, side="left"), [r.size]])
     c_at = np.concatenate([[0], np.searchsorted(c, edges, side="left"), [c.size]])
     r_sum = np.concatenate([[0.0], np.cumsum(r)])[r_at]

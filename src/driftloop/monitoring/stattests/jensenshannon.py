@@ -4,7 +4,9 @@ Evidently's default for a categorical column (or a numeric one with at most 5 di
 values) when the reference has more than 1,000 values. ``value`` is
 ``scipy.spatial.distance.jensenshannon`` (natural log, so 0 to sqrt(ln 2) ~ 0.83) of the
 binned shares, binned as for PSI but without filling empty bins; drift at or above 0.1 under
-the fixed rule. The effect size is the value.
+the fixed rule. The effect size is the value; the sample-size-aware decision needs 0.07,
+Cohen's "small" effect: for two samples the JS distance is about Cramer's V / sqrt(2), so
+0.07 matches V = 0.1 (a binary share moving by about 10 percentage points).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ JENSEN_SHANNON = register(
         returns="distance",
         default_threshold=0.1,
         effect_name="Jensen-Shannon distance",
-        default_effect_threshold=0.1,
+        default_effect_threshold=0.07,
         compute=jensenshannon,
         doc=__doc__ or "",
     )
