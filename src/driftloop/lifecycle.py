@@ -163,6 +163,7 @@ def _train_register_gate(
             classes=trained.classes,
             user_module=user_module,
             profile=profile,
+            monitoring=_monitoring_reference(trained, spec, predictions),
         )
         registered = registry.log_and_register(
             spec,
@@ -227,6 +228,31 @@ def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:
         return pl.Series("prediction", trained.pipeline.predict_proba(x)[:, 1])
     values = trained.pipeline.predict(x)
     return pl.Series("prediction", [str(v) for v in values] if trained.classes else values)
+
+
+def _monitoring_reference(
+    trained: Trained, spec: Spec, predictions: pl.Series
+) -> dict[str, pl.DataFrame]:
+    """What drift monitoring compares against: sorted training columns (target included),
+    the holdout's predictions, and the holdout's labels with the model's outputs."""
+    from driftloop.profile import holdout_frame, reference_columns
+    from driftloop.train import to_pandas_inputs
+
+    train = trained.split.train.select([*trained.inputs, spec.target])
+    columns = pl.concat(
+        [
+            reference_columns(train, roles={spec.target: "target"}, seed=spec.model.seed),
+            reference_columns(predictions.to_frame(), roles={"prediction": "prediction"}),
+        ]
+    )
+    x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
+    labels = trained.split.holdout.get_column(spec.target)
+    outputs = pl.Series("prediction", trained.pipeline.predict(x))
+    if trained.classes is None:
+        return {"reference_columns": columns, "reference_holdout": holdout_frame(labels, outputs)}
+    classes = [str(c) for c in trained.classes]
+    holdout = holdout_frame(labels, outputs, trained.pipeline.predict_proba(x), classes)
+    return {"reference_columns": columns, "reference_holdout": holdout}
 
 
 def _gate(

@@ -170,8 +170,10 @@ def write_package(
     classes: list[str] | None,
     user_module: Path | None,
     profile: dict[str, Any],
+    monitoring: dict[str, pl.DataFrame] | None = None,
 ) -> None:
-    """Everything ``Predictor`` needs, in one folder."""
+    """Everything ``Predictor`` needs, in one folder (and what monitoring compares against:
+    ``monitoring`` frames are written as ``<name>.parquet``, see driftloop.profile)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_pipeline(pipeline, folder / PIPELINE)
     meta = {
@@ -184,6 +186,8 @@ def write_package(
     from driftloop.profile import profile_to_json
 
     (folder / "reference_profile.json").write_text(profile_to_json(profile), encoding="utf-8")
+    for name, frame in (monitoring or {}).items():
+        frame.write_parquet(folder / f"{name}.parquet")
     if user_module is not None:
         reference = spec.features.function
         target = folder / USER_CODE / (reference.partition(":")[0].replace(".", "/") + ".py")

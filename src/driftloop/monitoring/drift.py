@@ -250,8 +250,9 @@ def data_drift(
         kind = "feature_importance"
     else:
         weighted, kind = share, "uniform"
-    return DataDrift(columns, weighted >= settings.drift_share, share, weighted,
-                     settings.drift_share, kind)  # fmt: skip
+    return DataDrift(
+        columns, weighted >= settings.drift_share, share, weighted, settings.drift_share, kind
+    )
 
 
 def _weights(
@@ -274,8 +275,12 @@ def plot_data(ref: ColumnData, cur: ColumnData) -> dict[str, Any]:
         open_edges[0], open_edges[-1] = -np.inf, np.inf  # the outer bins hold the tails
         r = histogram_counts(ref.sorted_values, open_edges) / ref.count
         c = histogram_counts(cur.sorted_values, open_edges) / cur.count
-        return {"kind": "numeric", "edges": edges.tolist(), "reference": r.tolist(),
-                "current": c.tolist()}  # fmt: skip
+        return {
+            "kind": "numeric",
+            "edges": edges.tolist(),
+            "reference": r.tolist(),
+            "current": c.tolist(),
+        }
     assert isinstance(ref, CategoricalData) and isinstance(cur, CategoricalData)
     r_counts, c_counts, keys = aligned_counts(ref, cur)
     r_share, c_share = r_counts / max(1, r_counts.sum()), c_counts / max(1, c_counts.sum())
@@ -286,8 +291,7 @@ def plot_data(ref: ColumnData, cur: ColumnData) -> dict[str, Any]:
         categories.append("(others)")
         r_top.append(float(1 - sum(r_top)))
         c_top.append(float(1 - sum(c_top)))
-    return {"kind": "categorical", "categories": categories, "reference": r_top,
-            "current": c_top}  # fmt: skip
+    return {"kind": "categorical", "categories": categories, "reference": r_top, "current": c_top}
 
 
 def _quantile(sorted_values: Any, q: float) -> float:
