@@ -183,11 +183,11 @@ def write_package(
         "classes": classes,
     }
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    from driftloop.profile import profile_to_json
+    from driftloop.profile import profile_to_json, write_monitoring_frame
 
     (folder / "reference_profile.json").write_text(profile_to_json(profile), encoding="utf-8")
     for name, frame in (monitoring or {}).items():
-        frame.write_parquet(folder / f"{name}.parquet")
+        write_monitoring_frame(frame, folder / f"{name}.parquet")
     if user_module is not None:
         reference = spec.features.function
         target = folder / USER_CODE / (reference.partition(":")[0].replace(".", "/") + ".py")

@@ -142,8 +142,9 @@ def column_drift(
     importance: float | None = None,
 ) -> ColumnDrift:
     cur = column_data(current, ref.kind)
-    if ref.data.count == 0 or cur.count == 0:
-        side = "reference" if ref.data.count == 0 else "current data"
+    ref_data = ref.load()  # read now, dropped when the column is done
+    if ref_data.count == 0 or cur.count == 0:
+        side = "reference" if ref_data.count == 0 else "current data"
         return ColumnDrift(
             column=ref.name,
             role=ref.role,
@@ -160,13 +161,13 @@ def column_drift(
             p_value=None,
             drift=False,
             reason=f"no values in the {side}: not tested",
-            reference_count=ref.data.count,
-            reference_missing=ref.data.missing,
+            reference_count=ref_data.count,
+            reference_missing=ref_data.missing,
             current_count=cur.count,
             current_missing=cur.missing,
             importance=importance,
         )
-    test = choose_test(ref, ref.data, cur, settings)
+    test = choose_test(ref, ref_data, cur, settings)
     override = settings.columns.get(ref.name)
     threshold = (override.threshold if override else None) or test.default_threshold
     effect_threshold = (
@@ -174,7 +175,7 @@ def column_drift(
     )
     if effect_threshold is None:
         effect_threshold = test.default_effect_threshold
-    result = test.compute(ref.data, cur)
+    result = test.compute(ref_data, cur)
     rng = np.random.default_rng([settings.seed, seed, zlib.crc32(ref.name.encode())])
     decision = decide(
         test,
@@ -202,12 +203,12 @@ def column_drift(
         p_value=decision.p_value,
         drift=decision.drift,
         reason=decision.reason,
-        reference_count=ref.data.count,
-        reference_missing=ref.data.missing,
+        reference_count=ref_data.count,
+        reference_missing=ref_data.missing,
         current_count=cur.count,
         current_missing=cur.missing,
         importance=importance,
-        plot=plot_data(ref.data, cur),
+        plot=plot_data(ref_data, cur),
     )
 
 
@@ -238,7 +239,7 @@ def data_drift(
         )
 
     # the biggest columns first, so the pool is not left waiting on one at the end
-    order = sorted(wanted, key=lambda r: -r.data.count)
+    order = sorted(wanted, key=lambda r: -r.count)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = dict(zip([r.name for r in order], pool.map(one, order), strict=True))
     columns = [done[r.name] for r in wanted]

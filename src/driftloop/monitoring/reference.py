@@ -1,17 +1,19 @@
-"""The reference side of drift monitoring: column data read once from the champion.
+"""The reference side of drift monitoring: column data read from the champion.
 
-A :class:`Reference` maps each column to its role and its test-ready data
+A :class:`Reference` maps each column to its role and, on demand, its test-ready data
 (:class:`~driftloop.monitoring.stattests.NumericData` sorted values or
 :class:`~driftloop.monitoring.stattests.CategoricalData` counts). It comes from the
-model package's ``reference_columns.parquet`` (sorted at training time, see
-:mod:`driftloop.profile`), from a frame (``Reference.from_frame``, what training does), or,
-for a package that predates reference columns, from the JSON profile's sample and category
-counts (``Reference.from_profile``).
+model package's ``reference_columns.parquet`` (sorted at training time, one row group per
+column, see :mod:`driftloop.profile`: a column's values are read when it is tested and
+dropped after, so memory holds the columns in flight, not all of them), from a frame
+(``Reference.from_frame``, what training does), or, for a package that predates reference
+columns, from the JSON profile's sample and category counts (``Reference.from_profile``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,17 @@ class ReferenceColumn:
     role: str  # feature | target | prediction
     kind: Kind
     dtype: str
-    data: ColumnData
+    count: int  # values present
+    missing: int
     sampled: bool = False
+    data: ColumnData | None = field(default=None, repr=False)
+    loader: Callable[[], ColumnData] | None = field(default=None, repr=False)
+
+    def load(self) -> ColumnData:
+        if self.data is not None:
+            return self.data
+        assert self.loader is not None
+        return self.loader()
 
 
 @dataclass(frozen=True)
@@ -44,32 +55,13 @@ class Reference:
 
     @classmethod
     def from_columns_frame(cls, frame: pl.DataFrame, source: str) -> Reference:
-        columns: dict[str, ReferenceColumn] = {}
-        rows = 0
         values = frame.get_column("sorted_values")
-        for i, meta in enumerate(frame.drop("sorted_values").iter_rows(named=True)):
-            rows = max(rows, int(meta["count"]) + int(meta["null_count"]))
-            data: ColumnData
-            if meta["kind"] == "numeric":
-                array = values[i].to_numpy()
-                data = NumericData(
-                    np.ascontiguousarray(array, dtype=np.float64), meta["null_count"]
-                )
-            else:
-                categories = list(meta["categories"] or [])
-                counts = list(meta["counts"] or [])
-                if meta["other_count"]:
-                    categories.append(OTHER)
-                    counts.append(meta["other_count"])
-                data = CategoricalData(
-                    np.array(categories, dtype=object),
-                    np.array(counts, dtype=np.int64),
-                    meta["null_count"],
-                )
-            columns[meta["column"]] = ReferenceColumn(
-                meta["column"], meta["role"], meta["kind"], meta["dtype"], data, meta["sampled"]
-            )
-        return cls(columns, source, rows)
+        metas = frame.drop("sorted_values").iter_rows(named=True)
+        columns = {}
+        for i, meta in enumerate(metas):
+            data = _column_data(meta, values[i] if meta["kind"] == "numeric" else None)
+            columns[meta["column"]] = _column(meta, data=data)
+        return cls(columns, source, _rows(columns))
 
     @classmethod
     def from_frame(
@@ -81,11 +73,29 @@ class Reference:
 
     @classmethod
     def read(cls, path: Path) -> Reference:
-        return cls.from_columns_frame(pl.read_parquet(path), "reference_columns")
+        """The reference columns file; numeric values stay on disk until a column is tested."""
+        import pyarrow.parquet as pq
+
+        meta_columns = [c for c in pq.read_schema(path).names if c != "sorted_values"]
+        metas = pl.read_parquet(path, columns=meta_columns).iter_rows(named=True)
+        handle = pq.ParquetFile(path)
+        per_group = handle.metadata.num_row_groups == handle.metadata.num_rows
+        if not per_group:  # written in one block: read it all at once
+            return cls.from_columns_frame(pl.read_parquet(path), "reference_columns")
+        columns = {}
+        for i, meta in enumerate(metas):
+            if meta["kind"] == "numeric":
+                loader = _row_group_loader(path, i, meta)
+                columns[meta["column"]] = _column(meta, loader=loader)
+            else:
+                columns[meta["column"]] = _column(meta, data=_column_data(meta, None))
+        return cls(columns, "reference_columns", _rows(columns))
 
     @classmethod
     def from_profile(cls, profile: dict[str, Any]) -> Reference:
         """A package without reference columns: numeric columns from the JSON sample."""
+        from driftloop.monitoring.current import numeric_data
+
         sample = profile["sample"]["columns"]
         columns: dict[str, ReferenceColumn] = {}
         for name, summary in profile["columns"].items():
@@ -94,21 +104,65 @@ class Reference:
                 series = pl.Series(name, sample.get(name, []), strict=False)
                 if series.dtype == pl.String:  # dates and datetimes are stored as ISO text
                     series = series.str.to_datetime(time_unit="us", strict=False)
-                from driftloop.monitoring.current import numeric_data
-
                 data = numeric_data(series)
             else:
-                categories = list(summary["categories"])
-                counts = list(summary["counts"])
-                if summary["other_count"]:
-                    categories.append(OTHER)
-                    counts.append(summary["other_count"])
-                data = CategoricalData(
-                    np.array(categories, dtype=object),
-                    np.array(counts, dtype=np.int64),
-                    summary["null_count"],
-                )
+                meta = {**summary, "column": name}
+                data = _column_data(meta, None)
             columns[name] = ReferenceColumn(
-                name, "feature", summary["kind"], summary["dtype"], data, True
-            )
+                name, "feature", summary["kind"], summary["dtype"], data.count, data.missing,
+                True, data=data,
+            )  # fmt: skip
         return cls(columns, "profile_sample", int(profile["row_count"]))
+
+
+def _rows(columns: dict[str, ReferenceColumn]) -> int:
+    features = [c for c in columns.values() if c.role == "feature"] or list(columns.values())
+    return max((c.count + c.missing for c in features), default=0)
+
+
+def _column(
+    meta: dict[str, Any],
+    *,
+    data: ColumnData | None = None,
+    loader: Callable[[], ColumnData] | None = None,
+) -> ReferenceColumn:
+    return ReferenceColumn(
+        name=meta["column"],
+        role=meta["role"],
+        kind=meta["kind"],
+        dtype=meta["dtype"],
+        count=int(meta["count"]),
+        missing=int(meta["null_count"]),
+        sampled=bool(meta["sampled"]),
+        data=data,
+        loader=loader,
+    )
+
+
+def _column_data(meta: dict[str, Any], values: pl.Series | None) -> ColumnData:
+    if meta["kind"] == "numeric":
+        assert values is not None
+        array = np.ascontiguousarray(values.to_numpy(), dtype=np.float64)
+        return NumericData(array, int(meta["null_count"]))
+    categories = list(meta["categories"] or [])
+    counts = list(meta["counts"] or [])
+    if meta["other_count"]:
+        categories.append(OTHER)
+        counts.append(meta["other_count"])
+    return CategoricalData(
+        np.array(categories, dtype=object),
+        np.array(counts, dtype=np.int64),
+        int(meta["null_count"]),
+    )
+
+
+def _row_group_loader(path: Path, group: int, meta: dict[str, Any]) -> Callable[[], ColumnData]:
+    def load() -> ColumnData:
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path).read_row_group(group, columns=["sorted_values"])
+        values = table.column("sorted_values").combine_chunks().flatten()
+        array = np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+        return NumericData(array, int(meta["null_count"]))
+
+    return load
