@@ -74,16 +74,24 @@ def quantile_bins(
     edges = edges[1:]  # the smallest value opens the first bin; no empty bin below it
     r_at = np.concatenate([[0], np.searchsorted(r, edges, side="left"), [r.size]])
     c_at = np.concatenate([[0], np.searchsorted(c, edges, side="left"), [c.size]])
-    r_sum = np.concatenate([[0.0], np.cumsum(r)])[r_at]
-    c_sum = np.concatenate([[0.0], np.cumsum(c)])[c_at]
+    r_sum, c_sum = _bin_sums(r, r_at), _bin_sums(c, c_at)
     ref_counts, cur_counts = np.diff(r_at), np.diff(c_at)
     total = ref_counts + cur_counts
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = (np.diff(r_sum) + np.diff(c_sum)) / total
+        means = (r_sum + c_sum) / total
     # an empty bin (possible on the current side only when the reference is empty) takes
     # its neighbour's position: it moves no mass
     means = _fill_empty(means)
     return ref_counts.astype(np.int64), cur_counts.astype(np.int64), means
+
+
+def _bin_sums(values: FloatArray, bounds: IntArray) -> FloatArray:
+    """Sum of ``values[bounds[k]:bounds[k+1]]`` per bin, without a cumulative-sum copy."""
+    counts = np.diff(bounds)
+    if values.size == 0:
+        return np.zeros(counts.size)
+    sums = np.add.reduceat(values, np.minimum(bounds[:-1], values.size - 1))
+    return np.where(counts > 0, sums, 0.0)
 
 
 def _fill_empty(means: FloatArray) -> FloatArray:
