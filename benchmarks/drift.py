@@ -140,8 +140,13 @@ def worker_evidently(rows: int) -> dict[str, Any]:
             tests[config["column"]] = config["method"]
         elif config["type"].endswith("DriftedColumnsCount"):
             count = metric["value"]
-    return {"wall_s": wall, "peak_growth_mib": (peak - base) / 1024, "values": values,
-            "tests": tests, "drifted": count}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "peak_growth_mib": (peak - base) / 1024,
+        "values": values,
+        "tests": tests,
+        "drifted": count,
+    }
 
 
 def worker_driftloop(rows: int) -> dict[str, Any]:
@@ -204,8 +209,11 @@ def run_worker(python: Path, engine: str, rows: int) -> dict[str, Any]:
         env.pop("PYTHONPATH", None)
     out = subprocess.run(
         [str(python), __file__, "--worker", engine, "--rows", str(rows)],
-        capture_output=True, text=True, check=False, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{engine} worker failed:\n{out.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -257,22 +265,32 @@ def main() -> None:
         memory = dl["peak_growth_mib"] / max(ev["peak_growth_mib"], 1e-9)
         print(f"\n{rows:,} rows x 20 columns (15 numeric, 5 categorical), reference and current")
         print(f"{'engine':<11}{'wall s':>9}{'peak growth MiB':>17}{'drifted':>9}")
-        print(f"{'evidently':<11}{ev['wall_s']:>9.2f}{ev['peak_growth_mib']:>17.0f}"
-              f"{int(ev['drifted']['count']) if ev['drifted'] else -1:>9}")  # fmt: skip
-        print(f"{'driftloop':<11}{dl['wall_s']:>9.2f}{dl['peak_growth_mib']:>17.0f}"
-              f"{dl['fixed_threshold_drifted']:>9}  (fixed thresholds; sample-size-aware: "
-              f"{dl['drifted']})")  # fmt: skip
+        print(
+            f"{'evidently':<11}{ev['wall_s']:>9.2f}{ev['peak_growth_mib']:>17.0f}"
+            f"{int(ev['drifted']['count']) if ev['drifted'] else -1:>9}"
+        )
+        print(
+            f"{'driftloop':<11}{dl['wall_s']:>9.2f}{dl['peak_growth_mib']:>17.0f}"
+            f"{dl['fixed_threshold_drifted']:>9}  (fixed thresholds; sample-size-aware: "
+            f"{dl['drifted']})"
+        )
         print(f"driftloop reference columns, built once at training time: {dl['profile_s']:.2f} s")
         print(f"driftloop vs evidently: {speed:.1f}x faster, {memory:.3f}x the peak memory growth")
-        print(f"same test per column: {'yes' if same_tests else 'NO'}; largest relative "
-              f"difference of a value: {worst:.2e} ({where})")  # fmt: skip
+        print(
+            f"same test per column: {'yes' if same_tests else 'NO'}; largest relative "
+            f"difference of a value: {worst:.2e} ({where})"
+        )
         for column in NUMERIC + CATEGORICAL:
-            print(f"  {column:<5} {ev['tests'][column]:<30} evidently {ev['values'][column]:.12g}"
-                  f"  driftloop {dl['values'][column]:.12g}")  # fmt: skip
+            print(
+                f"  {column:<5} {ev['tests'][column]:<30} evidently {ev['values'][column]:.12g}"
+                f"  driftloop {dl['values'][column]:.12g}"
+            )
         if rows >= 1_000_000:
-            print(f"targets at 1M rows: >= 40x faster ({'met' if speed >= 40 else 'NOT met'}), "
-                  f"<= 1/8 of the memory growth ({'met' if memory <= 0.125 else 'NOT met'}), "
-                  f"values within 1e-6 ({'met' if worst <= 1e-6 else 'NOT met'})")  # fmt: skip
+            print(
+                f"targets at 1M rows: >= 40x faster ({'met' if speed >= 40 else 'NOT met'}), "
+                f"<= 1/8 of the memory growth ({'met' if memory <= 0.125 else 'NOT met'}), "
+                f"values within 1e-6 ({'met' if worst <= 1e-6 else 'NOT met'})"
+            )
 
 
 if __name__ == "__main__":
