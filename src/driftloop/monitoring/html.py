@@ -64,7 +64,7 @@ def scores_svg(columns: list[dict[str, Any]], width: int = 640) -> str:
         return ""
     row, label_w = 18, 170
     height = row * len(tested) + 24
-    scale = (width - label_w - 80) / 3.0  # bars run to 3x the threshold
+    scale = (width - label_w - 170) / 3.0  # bars run to 3x the threshold; room for labels
     parts = []
     for i, c in enumerate(tested):
         y = 8 + i * row
@@ -166,7 +166,7 @@ CSS = """
 body{font-family:system-ui,sans-serif;color:#333;margin:2em;max-width:1100px}
 table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #ddd;
 padding:3px 8px;text-align:left;vertical-align:top}.drift{color:#c0392b;font-weight:600}
-.ok{color:#2e7d32}.grid{display:flex;flex-wrap:wrap;gap:14px}.card{border:1px solid #ddd;
+td.muted{min-width:300px}.ok{color:#2e7d32}.grid{display:flex;flex-wrap:wrap;gap:14px}.card{border:1px solid #ddd;
 padding:6px;border-radius:4px}.muted{color:#777;font-size:12px}.key span{display:inline-block;
 width:10px;height:10px;margin:0 4px 0 10px}
 """
@@ -230,6 +230,15 @@ def render(report: dict[str, Any]) -> str:
             f"holdout {_fmt(perf['holdout'])}; tolerance {perf['tolerance']:g}. "
             f"{'<span class=drift>DEGRADED</span>' if perf['degraded'] else 'Not degraded.'}</p>",
             performance_svg(perf, estimate),
+            f"<p class='key'><span style='background:{REF}'></span>realized, with its "
+            f"interval (band); red points: decayed windows"
+            + (
+                f"<span style='background:{CUR}'></span>estimated {escape(perf['metric'])} "
+                "(dashed, no labels used)"
+                if estimate
+                else ""
+            )
+            + "</p>",
             "<p class='muted'>Streaming detectors on the "
             f"{escape(perf['detectors']['stream'])} stream: "
             + ", ".join(
