@@ -166,7 +166,8 @@ CSS = """
 body{font-family:system-ui,sans-serif;color:#333;margin:2em;max-width:1100px}
 table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #ddd;
 padding:3px 8px;text-align:left;vertical-align:top}.drift{color:#c0392b;font-weight:600}
-td.muted{min-width:300px}.ok{color:#2e7d32}.grid{display:flex;flex-wrap:wrap;gap:14px}.card{border:1px solid #ddd;
+td.muted{min-width:300px}.ok{color:#2e7d32}.grid{display:flex;flex-wrap:wrap;gap:14px}
+.card{border:1px solid #ddd;
 padding:6px;border-radius:4px}.muted{color:#777;font-size:12px}.key span{display:inline-block;
 width:10px;height:10px;margin:0 4px 0 10px}
 """
