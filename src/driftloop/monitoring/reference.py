@@ -74,19 +74,12 @@ class Reference:
     @classmethod
     def read(cls, path: Path) -> Reference:
         """The reference columns file; numeric values stay on disk until a column is tested."""
-        import pyarrow.parquet as pq
-
-        meta_columns = [c for c in pq.read_schema(path).names if c != "sorted_values"]
-        metas = pl.read_parquet(path, columns=meta_columns).iter_rows(named=True)
-        handle = pq.ParquetFile(path)
-        per_group = handle.metadata.num_row_groups == handle.metadata.num_rows
-        if not per_group:  # written in one block: read it all at once
-            return cls.from_columns_frame(pl.read_parquet(path), "reference_columns")
+        names = [c for c in pl.read_parquet_schema(path) if c != "sorted_values"]
+        metas = pl.read_parquet(path, columns=names).iter_rows(named=True)
         columns = {}
         for i, meta in enumerate(metas):
             if meta["kind"] == "numeric":
-                loader = _row_group_loader(path, i, meta)
-                columns[meta["column"]] = _column(meta, loader=loader)
+                columns[meta["column"]] = _column(meta, loader=_row_loader(path, i, meta))
             else:
                 columns[meta["column"]] = _column(meta, data=_column_data(meta, None))
         return cls(columns, "reference_columns", _rows(columns))
@@ -156,13 +149,11 @@ def _column_data(meta: dict[str, Any], values: pl.Series | None) -> ColumnData:
     )
 
 
-def _row_group_loader(path: Path, group: int, meta: dict[str, Any]) -> Callable[[], ColumnData]:
-    def load() -> ColumnData:
-        import pyarrow.parquet as pq
+def _row_loader(path: Path, row: int, meta: dict[str, Any]) -> Callable[[], ColumnData]:
+    """Reads one column's sorted values: its own row group when written per column."""
 
-        table = pq.ParquetFile(path).read_row_group(group, columns=["sorted_values"])
-        values = table.column("sorted_values").combine_chunks().flatten()
-        array = np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
-        return NumericData(array, int(meta["null_count"]))
+    def load() -> ColumnData:
+        frame = pl.scan_parquet(path).slice(row, 1).select("sorted_values").collect()
+        return _column_data(meta, frame.get_column("sorted_values")[0])
 
     return load
