@@ -136,26 +136,32 @@ def write_log(project: Path, frame: pl.DataFrame, version: str, start: dt.dateti
     inputs = frame.drop("class")
     out = predictor.predict(inputs)
     ts = [start + dt.timedelta(minutes=30 * i) for i in range(frame.height)]
-    log = pl.DataFrame(
+    own = pl.DataFrame(
         {
-            "ts": pl.Series(ts, dtype=pl.Datetime("us", "UTC")),
-            "request_id": [f"r{i // 2}" for i in range(frame.height)],
-            "record": pl.Series([i % 2 for i in range(frame.height)], dtype=pl.Int32),
-            "model_name": ["elec"] * frame.height,
-            "model_version": [version] * frame.height,
+            "__ts": pl.Series(ts, dtype=pl.Datetime("us", "UTC")),
+            "__request_id": [f"r{i // 2}" for i in range(frame.height)],
+            "__record": pl.Series([i % 2 for i in range(frame.height)], dtype=pl.Int32),
+            "__model_name": ["elec"] * frame.height,
+            "__model_version": [version] * frame.height,
         }
-    ).hstack(inputs.with_columns(pl.col("day").cast(pl.Int64)))
-    log = log.hstack(out).with_columns(pl.lit(None, pl.String).alias("flags"))
-    feedback = log.select("ts", "request_id", "record").with_columns(
-        frame.get_column("class").alias("label")
+    )
+    outputs = out.rename({c: f"__{c}" for c in out.columns})
+    log = (
+        inputs.with_columns(pl.col("day").cast(pl.Int64))
+        .hstack(own)
+        .hstack(outputs)
+        .with_columns(pl.lit(None, pl.String).alias("__flags"))
+    )
+    feedback = log.select("__ts", "__request_id", "__record").with_columns(
+        frame.get_column("class").alias("__label")
     )
     for name, data in (("predictions", log), ("feedback", feedback)):
-        for (day,), part in data.group_by(pl.col("ts").dt.date(), maintain_order=True):
+        for (day,), part in data.group_by(pl.col("__ts").dt.date(), maintain_order=True):
             folder = project / "data" / "monitoring" / name / f"date={day}"
             folder.mkdir(parents=True, exist_ok=True)
             half = part.height // 2  # two parts per day, the second without 'flags'
             part[:half].write_parquet(folder / "part-0.parquet")
-            part[half:].drop("flags", strict=False).write_parquet(folder / "part-1.parquet")
+            part[half:].drop("__flags", strict=False).write_parquet(folder / "part-1.parquet")
 
 
 def test_prediction_log_window_with_feedback(project: Path, elec: pl.DataFrame) -> None:

@@ -160,22 +160,51 @@ def write_part(root: Path, kind: str, day: str, name: str, frame: pl.DataFrame) 
     frame.write_parquet(folder / name)
 
 
-def log_rows(start: dt.datetime, n: int, version: str, extra: dict[str, Any]) -> pl.DataFrame:
+def log_rows(
+    start: dt.datetime, n: int, version: str, extra: dict[str, Any], prefix: str = "__"
+) -> pl.DataFrame:
+    """Rows as serving writes them: the contract's columns, then the log's own."""
     return pl.DataFrame(
         {
-            "ts": pl.Series(
+            **extra,
+            f"{prefix}ts": pl.Series(
                 [start + dt.timedelta(hours=i) for i in range(n)], dtype=pl.Datetime("us", "UTC")
             ),
-            "request_id": [f"{version}-{i}" for i in range(n)],
-            "record": pl.Series([0] * n, dtype=pl.Int32),
-            "model_name": ["p"] * n,
-            "model_version": [version] * n,
-            **extra,
-            "prediction": ["yes"] * n,
-            "proba_yes": [0.7] * n,
-            "flags": pl.Series([None] * n, dtype=pl.String),
+            f"{prefix}request_id": [f"{version}-{i}" for i in range(n)],
+            f"{prefix}record": pl.Series([0] * n, dtype=pl.Int32),
+            f"{prefix}model_name": ["p"] * n,
+            f"{prefix}model_version": [version] * n,
+            f"{prefix}prediction": ["yes"] * n,
+            f"{prefix}proba_yes": [0.7] * n,
+            f"{prefix}flags": pl.Series([None] * n, dtype=pl.String),
         }
     )
+
+
+def test_log_names_are_servings() -> None:
+    from driftloop.monitoring import predlog
+    from driftloop.serving import logbook
+
+    for name in (
+        "TS",
+        "REQUEST_ID",
+        "RECORD",
+        "MODEL_NAME",
+        "MODEL_VERSION",
+        "PREDICTION",
+        "PROBA",
+        "FLAGS",
+        "LABEL",
+    ):
+        assert getattr(predlog, name) == getattr(logbook, name), name
+
+
+def test_parts_in_the_plain_layout_are_read_too(tmp_path: Path) -> None:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    plain = log_rows(start, 2, "1", {"x": [1.0, 2.0]}, prefix="")
+    write_part(tmp_path, "predictions", "2026-01-01", "part-0.parquet", plain)
+    frame = read_predictions(tmp_path)
+    assert {"__ts", "__prediction", "__proba_yes", "x"} <= set(frame.columns)
 
 
 def test_log_parts_with_different_columns_concatenate_diagonally(tmp_path: Path) -> None:
@@ -200,7 +229,7 @@ def test_log_parts_with_different_columns_concatenate_diagonally(tmp_path: Path)
     window = read_predictions(
         tmp_path, since=start + dt.timedelta(hours=1), until=start + dt.timedelta(days=1, hours=1)
     )
-    assert window.get_column("request_id").to_list() == ["1-1", "1-2", "2-0"]
+    assert window.get_column("__request_id").to_list() == ["1-1", "1-2", "2-0"]
 
 
 def test_feedback_joins_by_request_and_record_latest_wins(tmp_path: Path) -> None:
@@ -214,15 +243,17 @@ def test_feedback_joins_by_request_and_record_latest_wins(tmp_path: Path) -> Non
     )
     feedback = pl.DataFrame(
         {
-            "ts": pl.Series([start, start + dt.timedelta(days=2)], dtype=pl.Datetime("us", "UTC")),
-            "request_id": ["1-0", "1-0"],
-            "record": pl.Series([0, 0], dtype=pl.Int32),
-            "label": ["no", "yes"],
+            "__ts": pl.Series(
+                [start, start + dt.timedelta(days=2)], dtype=pl.Datetime("us", "UTC")
+            ),
+            "__request_id": ["1-0", "1-0"],
+            "__record": pl.Series([0, 0], dtype=pl.Int32),
+            "__label": ["no", "yes"],
         }
     )
     write_part(tmp_path, "feedback", "2026-01-03", "part-0.parquet", feedback)
     joined = with_feedback(read_predictions(tmp_path), read_feedback(tmp_path), pl.String)
-    assert joined.get_column("label").to_list() == ["yes", None, None]
+    assert joined.get_column("__label").to_list() == ["yes", None, None]
 
 
 def test_a_log_part_without_the_log_columns_is_named(tmp_path: Path) -> None:

@@ -314,6 +314,36 @@ def _move_champion(project: Path, *, version: str | None, why: str, actor: str |
 
 
 @app.command()
+def serve(
+    project: ProjectOpt = Path(),
+    host: Annotated[str | None, typer.Option(help="Address (default: serving.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: serving.workers).")
+    ] = None,
+) -> None:
+    """Serve the champion over HTTP (/predict, /feedback, /model, /metrics); follow promotions."""
+    from driftloop.errors import DriftloopError
+    from driftloop.serving.run import serve as run_server
+    from driftloop.spec import load_spec
+
+    try:
+        spec = load_spec(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    settings = spec.serving
+    where = f"http://{host or settings.host}:{settings.port if port is None else port}"
+    _console().print(
+        f"serving the champion of {spec.name} on {where} ({workers or settings.workers} "
+        f"worker(s)); API docs at {where}/docs; Ctrl-C stops"
+    )
+    try:
+        run_server(project, host=host, port=port, workers=workers)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+
+
+@app.command()
 def monitor(
     project: ProjectOpt = Path(),
     current: Annotated[

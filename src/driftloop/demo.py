@@ -1,10 +1,13 @@
 """``driftloop demo``: the lifecycle on built-in data, start to finish, with a timeline.
 
 It writes the built-in ``shop`` example into a fresh folder, runs the pipeline on the first
-batch (prep, features, a first model registered in MLflow and made champion), lands a second
-batch whose data has drifted, and runs again: only the new batch is prepared, a challenger
-is trained on both, and the gate compares it with the champion on the same newest holdout.
-It grows with each stage driftloop gains (serving, monitoring, the event loop).
+batch (prep, features, a first model registered in MLflow and made champion), starts
+``driftloop serve`` in the background with steady traffic, lands a second batch whose data
+has drifted, and runs again: only the new batch is prepared, a challenger is trained on
+both, the gate compares it with the champion on the same newest holdout, and the server
+swaps to the new champion while the traffic goes on. True labels go to /feedback; stopping
+the server flushes its prediction log. It grows with each stage driftloop gains
+(monitoring, the event loop).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def run_demo(
     """Run the demo; return True when every stage succeeded."""
     from driftloop.examples import write_batch
     from driftloop.init import init_example
+    from driftloop.serving.client import background_server
 
     started = time.perf_counter()
 
@@ -47,14 +51,36 @@ def run_demo(
     first = run(project)
     step("pass 1: ingest -> prep -> features -> train -> register -> promotion gate")
     show(first)
+    if first.failed:
+        return False
 
-    paths = write_batch(project, EXAMPLE, batch=2, rows=drifted_rows, drift=0.8)
-    names = ", ".join(p.name for p in paths)
-    step(f"landed a drifted batch: {names}")
+    log = project / ".driftloop" / "serving" / "demo-server.log"
+    with background_server(project, log=log) as server:
+        step(
+            f"serving the champion: driftloop serve on {server.url} "
+            f"(ready in {server.ready_seconds:.2f}s; API docs at {server.url}/docs)"
+        )
+        traffic = _start_traffic(project, server.url)
+        time.sleep(1.0)
+        _report_traffic(traffic.answers, step, "traffic")
 
-    second = run(project)
-    step("pass 2: the new batch is prepared (the first is a cache hit); a challenger is gated")
-    show(second)
+        paths = write_batch(project, EXAMPLE, batch=2, rows=drifted_rows, drift=0.8)
+        step(f"landed a drifted batch: {', '.join(p.name for p in paths)} (traffic goes on)")
+        promoted_at = time.time()
+        second = run(project)
+        step("pass 2: the new batch is prepared (the first is a cache hit); a challenger is gated")
+        show(second)
+        swapped = _wait_for_swap(traffic.answers, promoted_at, second)
+        traffic.stop()
+        if swapped is not None:
+            step(
+                f"hot swap: /predict answered with v{swapped[0]} {swapped[1]:.2f}s after the "
+                "promotion, with no restart"
+            )
+        _report_traffic(traffic.answers, step, "all traffic")
+        sent = _send_feedback(project, server.url, traffic.answers)
+        step(f"sent {sent} true labels to /feedback (ground truth for monitoring)")
+    step(f"server stopped (SIGTERM: the prediction log was flushed); log at {log}")
 
     third = run(project)
     step("pass 3: nothing new, nothing done" if not third.did_work else "pass 3 did work")
@@ -63,6 +89,76 @@ def run_demo(
     _summary(project, console)
     step("done" if ok else "finished with failures (see above)")
     return ok
+
+
+def _start_traffic(project: Path, url: str) -> Any:
+    """Requests at concurrency 4, cycling through the first batch's processed rows."""
+    import polars as pl
+
+    from driftloop.layout import Layout
+    from driftloop.serving.client import Traffic
+    from driftloop.serving.records import request_records
+    from driftloop.spec import load_spec
+
+    spec, layout = load_spec(project), Layout(project)
+    [batch] = [p for p in layout.processed.iterdir() if not p.name.startswith(".")]
+    rows = pl.read_parquet(batch / "data.parquet").head(500)
+    traffic = Traffic(url, request_records(rows, spec), concurrency=4)
+    traffic.start()
+    return traffic
+
+
+def _report_traffic(answers: list[Any], step: Callable[[str], None], what: str) -> None:
+    done = list(answers)
+    if not done:
+        step(f"{what}: no answers yet")
+        return
+    failed = sum(1 for a in done if a.status != 200)
+    versions = sorted({a.version for a in done if a.version}, key=int)
+    seconds = sorted(a.seconds for a in done)
+    p50, p99 = seconds[len(seconds) // 2], seconds[min(len(seconds) - 1, len(seconds) * 99 // 100)]
+    step(
+        f"{what}: {len(done)} requests, {failed} failed, answered by "
+        f"{', '.join('v' + v for v in versions)}; latency p50 {p50 * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms (4 concurrent clients)"
+    )
+
+
+def _wait_for_swap(answers: list[Any], since: float, result: RunResult) -> tuple[str, float] | None:
+    """(new version, seconds from the gate's decision to the first answer by it), if promoted."""
+    train = [r for r in result.reports if r.stage == "train" and r.outcome == "ran"]
+    if not train or train[0].manifest["decision"]["decision"] != "promoted":
+        return None
+    version = str(train[0].manifest["version"])
+    decided = since + train[0].seconds
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        first = [a for a in list(answers) if a.version == version]
+        if first:
+            return version, max(0.0, min(a.sent + a.seconds for a in first) - decided)
+        time.sleep(0.05)
+    return None
+
+
+def _send_feedback(project: Path, url: str, answers: list[Any]) -> int:
+    """The true labels of answered requests (known here: they are the first batch's rows)."""
+    import httpx
+    import polars as pl
+
+    from driftloop.layout import Layout
+    from driftloop.spec import load_spec
+
+    spec, layout = load_spec(project), Layout(project)
+    batches = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))
+    truth = pl.read_parquet(batches[0] / "data.parquet").head(500)[spec.target].to_list()
+    items = [
+        {"request_id": a.request_id, "record": 0, "label": truth[a.record]}
+        for a in answers[:500]
+        if a.status == 200 and a.request_id and truth[a.record] is not None
+    ]
+    if items:
+        httpx.post(f"{url}/feedback", json=items, timeout=30).raise_for_status()
+    return len(items)
 
 
 def _summary(project: Path, console: Any) -> None:
@@ -85,6 +181,9 @@ def _summary(project: Path, console: Any) -> None:
         f"sqlite:///{project}/mlflow.db)"
     )
     console.print(
-        "not yet in this release: serving, drift monitoring and the event loop "
-        "(see the README's roadmap)"
+        f"serving: 'driftloop serve -p {project}'; what it answered: "
+        f"{project}/data/monitoring/predictions/"
+    )
+    console.print(
+        "not yet in this release: drift monitoring and the event loop (see the README's roadmap)"
     )

@@ -128,30 +128,44 @@ def load_user_function(reference: str, project: Path) -> UserFunction:
 
 
 def build_features(
-    frame: pl.LazyFrame, spec: Spec, user_function: UserFunction | None = None
+    frame: pl.LazyFrame,
+    spec: Spec,
+    user_function: UserFunction | None = None,
+    builtins: list[pl.Expr] | None = None,
 ) -> pl.LazyFrame:
-    """Processed rows -> model columns: built-ins, then the user's function, minus excluded."""
-    return features_with_delta(frame, spec, user_function)[0]
+    """Processed rows -> model columns: built-ins, then the user's function, minus excluded.
+
+    ``builtins`` are :func:`builtin_expressions` of the spec, when the caller keeps them
+    (serving builds them once per model, not once per request).
+    """
+    return features_with_delta(frame, spec, user_function, builtins)[0]
 
 
 def features_with_delta(
-    frame: pl.LazyFrame, spec: Spec, user_function: UserFunction | None = None
+    frame: pl.LazyFrame,
+    spec: Spec,
+    user_function: UserFunction | None = None,
+    builtins: list[pl.Expr] | None = None,
 ) -> tuple[pl.LazyFrame, list[str] | None]:
     """The model columns, and which of them the features computed (new or replaced).
 
     The second value is None when that is unknown: a user function that returns a whole
     frame may have changed any column.
     """
-    builtins = builtin_expressions(spec.features)
+    if builtins is None:
+        builtins = builtin_expressions(spec.features)
     out = frame.with_columns(builtins)
     added: list[str] | None = [e.meta.output_name() for e in builtins]
     if user_function is not None:
         out, names = _apply_user(out, user_function, spec.features.function or "")
         added = None if names is None else [*(added or []), *names]
-    drop = [c for c in spec.features.exclude if c in out.collect_schema().names()]
+    drop = list(spec.features.exclude)
     if added is not None:
         added = [c for c in dict.fromkeys(added) if c not in drop]
-    return (out.drop(drop) if drop else out), added
+    # strict=False: an excluded column a user's function already removed is no error (and
+    # no schema has to be resolved to find out, which costs more than the features on a
+    # single request)
+    return (out.drop(drop, strict=False) if drop else out), added
 
 
 def _apply_user(

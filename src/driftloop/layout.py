@@ -49,6 +49,25 @@ class Layout:
         return self.root / "data" / "quarantine"
 
     @property
+    def monitoring(self) -> Path:
+        return self.root / "data" / "monitoring"
+
+    @property
+    def predictions(self) -> Path:
+        """What /predict saw and answered (parquet, partitioned by date)."""
+        return self.monitoring / "predictions"
+
+    @property
+    def feedback(self) -> Path:
+        """True labels sent to /feedback, by request id (parquet, partitioned by date)."""
+        return self.monitoring / "feedback"
+
+    @property
+    def model_cache(self) -> Path:
+        """Registered model packages kept on this machine, so serving starts without a download."""
+        return self.state_dir / "models"
+
+    @property
     def state_dir(self) -> Path:
         return self.root / ".driftloop"
 

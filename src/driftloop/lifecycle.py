@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from driftloop import __version__
+from driftloop import __version__, model_cache
 from driftloop.errors import RegistryError, TrainError, first_line
 from driftloop.features import user_module_path
 from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
@@ -152,6 +152,10 @@ def _train_register_gate(
     user_module = (
         user_module_path(spec.features.function, layout.root) if spec.features.function else None
     )
+    run_metrics = {
+        **{f"holdout_{k}": v for k, v in trained.metrics.items()},
+        **{f"baseline_{k}": v for k, v in trained.baseline.items()},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "driftloop"
         write_package(
@@ -180,10 +184,7 @@ def _train_register_gate(
                 "window": spec.model.window.model_dump(),
                 "inputs": ",".join(trained.inputs),
             },
-            metrics={
-                **{f"holdout_{k}": v for k, v in trained.metrics.items()},
-                **{f"baseline_{k}": v for k, v in trained.baseline.items()},
-            },
+            metrics=run_metrics,
             tags={
                 "driftloop.train_key": key,
                 "driftloop.batches": ",".join(m["batch_id"] for m in lineage),
@@ -192,6 +193,22 @@ def _train_register_gate(
             lineage={"batches": lineage},
             spec_text=spec_text,
         )
+        # Serving on this machine starts from this copy instead of a download.
+        entry = model_cache.store(
+            layout,
+            spec.name,
+            registry.tracking_uri(spec, layout),
+            registered.version,
+            package=package,
+            info=registry.package_info(
+                spec.name,
+                registered.version,
+                registered.run_id,
+                run_metrics,
+                {"batches": lineage},
+            ),
+        )
+    _precompile(entry)
     db.record_event(
         "ModelRegistered",
         {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
@@ -218,6 +235,20 @@ def _train_register_gate(
     with atomic_output(out_dir) as tmp_dir:
         seal(tmp_dir, manifest)
     return manifest
+
+
+def _precompile(entry: Path) -> None:
+    """Compile and verify the new version for serving now, while scikit-learn is loaded; a
+    server then starts without importing it. A model that does not compile is still served
+    (by scikit-learn), so a failure here is only logged."""
+    from driftloop import inference
+
+    try:
+        verdict = inference.precompile(entry / model_cache.PACKAGE, entry / model_cache.COMPILED)
+    except Exception as exc:
+        log.warning("compiling %s for serving failed: %s", entry, exc)
+        return
+    log.info("serving path for %s: %s", entry.name, verdict.reason)
 
 
 def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:

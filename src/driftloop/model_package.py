@@ -15,14 +15,10 @@ you trust.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import polars as pl
 
 from driftloop.errors import RegistryError
@@ -119,11 +115,20 @@ class Predictor:
         self.inputs: list[str] = meta["inputs"]
         self.categorical: list[str] = meta["categorical"]
         self.classes: list[str] | None = meta["classes"]
-        self.pipeline = load_pipeline(folder / PIPELINE)
+        self._folder = folder
+        self._pipeline: Any = None
         reference = self.spec.features.function
         self.user_function = (
             load_user_function(reference, folder / USER_CODE) if reference else None
         )
+
+    @property
+    def pipeline(self) -> Any:
+        """The fitted scikit-learn pipeline, loaded on first use (serving from a verified
+        compiled path never needs it, nor the import of scikit-learn)."""
+        if self._pipeline is None:
+            self._pipeline = load_pipeline(self._folder / PIPELINE)
+        return self._pipeline
 
     def features(self, records: Any) -> pl.DataFrame:
         from driftloop.features import build_features
@@ -133,31 +138,38 @@ class Predictor:
 
     def predict(self, records: Any) -> pl.DataFrame:
         """Predictions for raw records: ``prediction`` and, for classifiers, ``proba_<class>``."""
-        from driftloop.train import to_pandas_inputs
-
-        x = to_pandas_inputs(self.features(records), self.inputs, self.categorical)
-        out = {"prediction": self.pipeline.predict(x)}
-        if self.classes is not None:
-            proba = self.pipeline.predict_proba(x)
-            for i, cls in enumerate(self.classes):
+        labels, proba = self.predict_features(self.features(records))
+        out: dict[str, Any] = {"prediction": labels}
+        if proba is not None:
+            for i, cls in enumerate(self.classes or ()):
                 out[f"proba_{cls}"] = proba[:, i]
         return pl.DataFrame(out)
 
+    def predict_features(self, features: pl.DataFrame) -> tuple[Any, Any]:
+        """(labels or values, class probabilities or None) for rows of model columns.
 
-with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-    # MLflow inspects predict's type hints when the class is made and prints advice about
-    # them (forcing the warning through its own filter); the signature is logged explicitly
-    # (input_signature), so the advice does not apply.
-    warnings.simplefilter("ignore", UserWarning)
+        A classifier's label is the class of highest probability, which is what each of
+        driftloop's estimators' ``predict`` returns; computing it from ``predict_proba`` saves
+        a second pass through the pipeline.
+        """
+        import numpy as np
 
-    class DriftloopModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
-        """MLflow pyfunc: raw records in, predictions out."""
+        from driftloop.train import to_pandas_inputs
 
-        def load_context(self, context: Any) -> None:
-            self.predictor = Predictor(Path(context.artifacts["driftloop"]))
+        x = to_pandas_inputs(features, self.inputs, self.categorical)
+        if self.classes is None:
+            return self.pipeline.predict(x), None
+        proba = self.pipeline.predict_proba(x)
+        return np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)], proba
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-            return self.predictor.predict(model_input).to_pandas()
+
+def __getattr__(name: str) -> Any:
+    # Models registered before the wrapper moved to driftloop.pyfunc import it from here.
+    if name == "DriftloopModel":
+        from driftloop.pyfunc import DriftloopModel
+
+        return DriftloopModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_package(

@@ -197,6 +197,46 @@ def load_predictor(spec: Spec, layout: Layout, model_uri: str) -> Any:
     return Predictor(Path(folder))
 
 
+def download_package(spec: Spec, layout: Layout, version: str, dest: Path) -> Path:
+    """Download a version's driftloop package folder into ``dest``; return its path."""
+    import mlflow
+
+    client(spec, layout)
+    uri = f"models:/{spec.name}/{version}/artifacts/driftloop"
+    with _quiet_mlflow():
+        return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest)))
+
+
+def package_info(
+    name: str, version: str, run_id: str, metrics: dict[str, float], lineage: dict[str, Any]
+) -> dict[str, Any]:
+    """What serving shows of a version (``GET /model``); it never changes for a version."""
+    return {
+        "name": name,
+        "version": str(version),
+        "run_id": run_id,
+        "metrics": {k: v for k, v in sorted(metrics.items()) if math.isfinite(v)},
+        "lineage": lineage,
+    }
+
+
+def version_info(spec: Spec, layout: Layout, version: str) -> dict[str, Any]:
+    """:func:`package_info` of a registered version, read from the registry."""
+    import mlflow
+
+    mlflow_client = client(spec, layout)
+    found = mlflow_client.get_model_version(spec.name, str(version))
+    run = mlflow_client.get_run(found.run_id)
+    try:
+        with _quiet_mlflow():
+            text = mlflow.artifacts.load_text(f"runs:/{found.run_id}/driftloop/lineage.json")
+        lineage = json.loads(text)
+    except Exception as exc:  # an older or foreign run: the model still serves
+        log.warning("v%s: no lineage in its run (%s)", version, exc)
+        lineage = {}
+    return package_info(spec.name, str(version), found.run_id, dict(run.data.metrics), lineage)
+
+
 def versions(spec: Spec, layout: Layout) -> list[dict[str, Any]]:
     """Every version with its run's metrics, its aliases and its tags, newest first."""
     from mlflow.exceptions import MlflowException

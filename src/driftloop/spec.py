@@ -341,6 +341,30 @@ class MonitoringSpec(_Frozen):
         return self
 
 
+class PredictionLogSpec(_Frozen):
+    """How /predict's log is buffered: in memory, flushed in the background."""
+
+    buffer_rows: int = Field(200_000, ge=1)  # beyond this, records are dropped and counted
+    flush_rows: int = Field(20_000, ge=1)
+    flush_seconds: float = Field(5.0, gt=0.0)
+
+
+class ServingSpec(_Frozen):
+    """``driftloop serve``: where it listens, how it follows the champion, what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(2, ge=1, le=64)  # processes; each holds the model
+    threads_per_worker: int = Field(1, ge=1)  # OpenMP/Polars threads inside each worker
+    poll_seconds: float = Field(10.0, gt=0.0)  # how often the registry's alias is read
+    events_poll_seconds: float = Field(0.5, gt=0.0)  # promotion events in the state database
+    unknown_category: Literal["reject", "flag"] = "reject"
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_records: int = Field(1_000, ge=1)  # records in one request
+    batch_max_records: int = Field(256, ge=1)  # records scored together (micro-batching)
+    log: PredictionLogSpec = PredictionLogSpec()
+
+
 class Spec(_Frozen):
     """A whole ``driftloop.yaml``."""
 
@@ -358,13 +382,14 @@ class Spec(_Frozen):
     model: ModelSpec = ModelSpec()
     promotion: PromotionSpec = PromotionSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
-    serving: _Later | None = None
+    serving: ServingSpec = ServingSpec()
     retrain: _Later | None = None
 
-    @field_validator("monitoring", mode="before")
+    @field_validator("serving", "monitoring", mode="before")
     @classmethod
-    def _empty_monitoring(cls, value: Any) -> Any:
-        return {} if value is None else value  # "monitoring:" with nothing under it
+    def _empty_section(cls, value: Any) -> Any:
+        """An empty section (``serving:`` with nothing under it) means the defaults."""
+        return {} if value is None else value
 
     @field_validator("name")
     @classmethod

@@ -1,17 +1,21 @@
 """The prediction log and the feedback that serving writes, read for monitoring.
 
-Layout (written by the serving process; one Parquet part per flush)::
+Layout (written by ``driftloop serve``, one Parquet part per flush; see
+driftloop/serving/logbook.py)::
 
     data/monitoring/predictions/date=YYYY-MM-DD/part-*.parquet
-        ts (Datetime us, UTC), request_id (String), record (Int32: the record's index in
-        its request), model_name (String), model_version (String), the contract's input
-        columns as their contract types, prediction (String label, or Float64 for
-        regression), proba_<class> (Float64, classifiers), flags (String, nullable)
+        the contract's input columns as their contract types, then __ts (Datetime us, UTC),
+        __request_id (String), __record (Int32: the record's index in its request),
+        __model_name, __model_version (String), __prediction (String label, or Float64 for
+        regression), __proba_<class> (Float64, classifiers), __flags (String, nullable)
     data/monitoring/feedback/date=YYYY-MM-DD/part-*.parquet
-        ts, request_id, record (Int32), label (String; cast to the target's type on join)
+        __ts, __request_id, __record (Int32), __label (String; cast to the target's type)
 
-Parts may differ in their columns (a new model version with a new contract), so they are
-concatenated diagonally: a column missing from a part is null there.
+The log's own columns start with ``__`` so that they never collide with a contract column.
+Parts written before that convention (``ts``, ``request_id``, ``record``, ``model_name``,
+``model_version``, ``prediction``, ``proba_<class>``, ``flags``, ``label``) are read too and
+renamed. Parts may differ in their columns (a new model version with a new contract), so
+they are concatenated diagonally: a column missing from a part is null there.
 """
 
 from __future__ import annotations
@@ -25,7 +29,26 @@ from driftloop.errors import MonitoringError
 
 PREDICTIONS = Path("data") / "monitoring" / "predictions"
 FEEDBACK = Path("data") / "monitoring" / "feedback"
-KEYS = ["request_id", "record"]
+TS = "__ts"
+REQUEST_ID = "__request_id"
+RECORD = "__record"
+MODEL_NAME = "__model_name"
+MODEL_VERSION = "__model_version"
+PREDICTION = "__prediction"
+PROBA = "__proba_"
+FLAGS = "__flags"
+LABEL = "__label"
+KEYS = [REQUEST_ID, RECORD]
+_PLAIN = (
+    "ts",
+    "request_id",
+    "record",
+    "model_name",
+    "model_version",
+    "prediction",
+    "flags",
+    "label",
+)
 
 
 def _parts(folder: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[Path]:
@@ -44,11 +67,20 @@ def _parts(folder: Path, since: dt.datetime | None, until: dt.datetime | None) -
     return found
 
 
+def _prefixed(frame: pl.DataFrame) -> pl.DataFrame:
+    """A part in the plain layout (no ``__ts``) gets the log columns' ``__`` names."""
+    if TS in frame.columns or "ts" not in frame.columns:
+        return frame
+    renames = {c: f"__{c}" for c in _PLAIN if c in frame.columns}
+    renames |= {c: f"__{c}" for c in frame.columns if c.startswith("proba_")}
+    return frame.rename(renames)
+
+
 def _read(parts: list[Path], required: list[str]) -> pl.DataFrame:
     frames = []
     for part in parts:
         try:
-            frame = pl.read_parquet(part)
+            frame = _prefixed(pl.read_parquet(part))
         except Exception as exc:  # polars raises several kinds for a bad file
             raise MonitoringError(
                 f"{part}: not a readable Parquet part ({type(exc).__name__}: {exc}); move it "
@@ -60,21 +92,8 @@ def _read(parts: list[Path], required: list[str]) -> pl.DataFrame:
                 f"{part}: lacks the column(s) {missing} every log part must have "
                 f"({', '.join(required)}); it was not written by driftloop's serving"
             )
-        frames.append(frame.with_columns(pl.col("ts").dt.replace_time_zone(None)))
+        frames.append(frame.with_columns(pl.col(TS).dt.replace_time_zone(None)))
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-
-
-def _window(
-    frame: pl.DataFrame, since: dt.datetime | None, until: dt.datetime | None
-) -> pl.DataFrame:
-    if frame.is_empty():
-        return frame
-    conditions = []
-    if since is not None:
-        conditions.append(pl.col("ts") >= _naive_utc(since))
-    if until is not None:
-        conditions.append(pl.col("ts") < _naive_utc(until))
-    return frame.filter(*conditions) if conditions else frame
 
 
 def _naive_utc(moment: dt.datetime) -> dt.datetime:
@@ -86,38 +105,46 @@ def _naive_utc(moment: dt.datetime) -> dt.datetime:
 def read_predictions(
     root: Path, *, since: dt.datetime | None = None, until: dt.datetime | None = None
 ) -> pl.DataFrame:
-    """Logged predictions with ``since <= ts < until`` (UTC), oldest first; ``ts`` is
+    """Logged predictions with ``since <= __ts < until`` (UTC), oldest first; ``__ts`` is
     returned as naive UTC."""
     parts = _parts(root / PREDICTIONS, since, until)
-    required = ["ts", *KEYS, "model_name", "model_version", "prediction"]
-    frame = _window(_read(parts, required), since, until)
-    return frame.sort(["ts", *KEYS], maintain_order=True) if frame.height else frame
+    frame = _read(parts, [TS, *KEYS, MODEL_NAME, MODEL_VERSION, PREDICTION])
+    if frame.is_empty():
+        return frame
+    conditions = []
+    if since is not None:
+        conditions.append(pl.col(TS) >= _naive_utc(since))
+    if until is not None:
+        conditions.append(pl.col(TS) < _naive_utc(until))
+    if conditions:
+        frame = frame.filter(*conditions)
+    return frame.sort([TS, *KEYS], maintain_order=True)
 
 
 def read_feedback(root: Path) -> pl.DataFrame:
-    """Every label received, the latest per (request_id, record)."""
-    frame = _read(_parts(root / FEEDBACK, None, None), ["ts", *KEYS, "label"])
+    """Every label received, the latest per (request id, record)."""
+    frame = _read(_parts(root / FEEDBACK, None, None), [TS, *KEYS, LABEL])
     if frame.is_empty():
         return frame
     return (
-        frame.sort("ts")
+        frame.sort(TS)
         .unique(subset=KEYS, keep="last", maintain_order=True)
-        .select("ts", *KEYS, "label")
+        .select(TS, *KEYS, LABEL)
     )
 
 
 def with_feedback(
     predictions: pl.DataFrame, feedback: pl.DataFrame, label_dtype: pl.DataType
 ) -> pl.DataFrame:
-    """Predictions with a ``label`` column (null where no feedback came), cast to the
+    """Predictions with a ``__label`` column (null where no feedback came), cast to the
     target's type."""
     if feedback.is_empty() or predictions.is_empty():
-        return predictions.with_columns(pl.lit(None, label_dtype).alias("label"))
+        return predictions.with_columns(pl.lit(None, label_dtype).alias(LABEL))
     labels = feedback.select(
-        pl.col("request_id").cast(pl.String),
-        pl.col("record").cast(pl.Int32),
-        pl.col("label").cast(label_dtype, strict=False),
+        pl.col(REQUEST_ID).cast(pl.String),
+        pl.col(RECORD).cast(pl.Int32),
+        pl.col(LABEL).cast(label_dtype, strict=False),
     )
     return predictions.with_columns(
-        pl.col("request_id").cast(pl.String), pl.col("record").cast(pl.Int32)
+        pl.col(REQUEST_ID).cast(pl.String), pl.col(RECORD).cast(pl.Int32)
     ).join(labels, on=KEYS, how="left")

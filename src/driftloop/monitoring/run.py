@@ -183,10 +183,10 @@ def current_from_log(
     until: dt.datetime,
 ) -> Current:
     from driftloop.model_package import raw_records
-    from driftloop.monitoring.predlog import read_feedback, read_predictions, with_feedback
+    from driftloop.monitoring import predlog
     from driftloop.prep.rules import POLARS_TYPES
 
-    logged = read_predictions(layout.root, since=since, until=until)
+    logged = predlog.read_predictions(layout.root, since=since, until=until)
     window = {"since": since.isoformat(), "until": until.isoformat()}
     if logged.is_empty():
         raise MonitoringError(
@@ -194,12 +194,18 @@ def current_from_log(
             f"{until:%Y-%m-%d %H:%M} UTC; widen the window (--days) or pass --current PATH"
         )
     target_type = POLARS_TYPES[spec.contract.columns[spec.target].dtype]
-    joined = with_feedback(logged, read_feedback(layout.root), target_type)
-    records = raw_records(joined, spec)
-    served = joined.get_column("model_version").cast(pl.String) == champion.version
-    outputs = [c for c in joined.columns if c == "prediction" or c.startswith("proba_")]
-    predictions = joined.select(outputs).filter(served)
-    labels = joined.get_column("label").filter(served)
+    joined = predlog.with_feedback(logged, predlog.read_feedback(layout.root), target_type)
+    versions = joined.get_column(predlog.MODEL_VERSION).cast(pl.String)
+    served = versions == champion.version
+    # the model's outputs under the names Predictor.predict gives them
+    outputs = {predlog.PREDICTION: "prediction"} | {
+        c: c.removeprefix("__") for c in joined.columns if c.startswith(predlog.PROBA)
+    }
+    predictions = joined.select([pl.col(k).alias(v) for k, v in outputs.items()]).filter(served)
+    labels = joined.get_column(predlog.LABEL).filter(served)
+    records = raw_records(
+        joined.select([c for c in joined.columns if not c.startswith("__")]), spec
+    )
     return Current(
         {
             "kind": "prediction_log",
@@ -207,12 +213,12 @@ def current_from_log(
             "rows": joined.height,
             "rows_of_champion": int(served.sum()),
             "labelled_rows_of_champion": int(labels.drop_nulls().len()),
-            "model_versions": sorted(joined.get_column("model_version").cast(pl.String).unique()),
+            "model_versions": sorted(versions.unique().drop_nulls().to_list()),
         },
-        records.with_columns(pl.Series("__served", served)),
+        records,
         predictions,
         labels if labels.drop_nulls().len() else None,
-        joined.get_column("ts").filter(served),
+        joined.get_column(predlog.TS).filter(served),
     )
 
 
@@ -384,7 +390,7 @@ def monitor(
         end = until or now
         span = dt.timedelta(days=days if days is not None else settings.window_days)
         cur = current_from_log(spec, layout, champion, since=end - span, until=end)
-    features = champion.predictor.features(cur.records.drop("__served", strict=False))
+    features = champion.predictor.features(cur.records)
     importance = feature_importance(champion.predictor)
     rng_seed = settings.seed
     drift = data_drift(champion.reference, features, settings, importance=importance, seed=rng_seed)

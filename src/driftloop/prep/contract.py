@@ -15,12 +15,17 @@ from driftloop.spec import ContractSpec, CsvOptions, ImputeSpec
 
 def normalize_strings(frame: pl.LazyFrame, opts: CsvOptions, *, trim: bool) -> pl.LazyFrame:
     """Trim (if asked) and turn the source's null markers into real nulls."""
-    nulls = list(opts.null_values)
+    names = [c for c in frame.collect_schema().names() if not c.startswith("__")]
+    return frame.with_columns(normalized(names, list(opts.null_values), trim=trim))
+
+
+def normalized(names: list[str], nulls: list[str], *, trim: bool) -> list[pl.Expr]:
+    """Each text column trimmed (if asked), with null markers as real nulls."""
     exprs = []
-    for name in (c for c in frame.collect_schema().names() if not c.startswith("__")):
+    for name in names:
         col = pl.col(name).str.strip_chars() if trim else pl.col(name)
         exprs.append(pl.when(col.is_in(nulls)).then(None).otherwise(col).alias(name))
-    return frame.with_columns(exprs)
+    return exprs
 
 
 def imputation_values(

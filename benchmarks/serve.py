@@ -1,0 +1,417 @@
+"""Serving: `mlflow models serve` against `driftloop serve`, side by side, in one run.
+
+    .venv/bin/python benchmarks/serve.py [--seconds 10] [--rows 20000]
+
+Trains one model (driftloop's default, histogram gradient boosting) on a generated
+classification table with 20 input columns (14 numbers, 5 categories, a timestamp), then
+serves that same registered version with:
+
+- `mlflow models serve -m models:/<name>@champion --env-manager local` (MLflow's scoring
+  server: uvicorn; run with 1 worker, its default, and with 2 workers);
+- `driftloop serve` (its defaults: 2 workers, one thread each, micro-batching, the
+  verified Treelite path).
+
+Every server runs on 127.0.0.1 with the same CPU budget (the same cores, with
+OMP_NUM_THREADS=1 per worker so no server oversubscribes them) and is loaded by wrk (from
+the Debian package) with single-record requests at concurrency 8 and 32, cycling through 200
+different records. Prints requests/s, p50 and p99 latency, errors and the ratios; the time
+from start to the first answered request; the in-process floor (the model alone on one
+record) and the HTTP overhead above it (p50 at concurrency 1 minus the floor); and checks
+that both servers' predictions equal the batch path's to 1e-6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+RECORDS = 200
+
+SPEC = """
+name: servebench
+task: classification
+target: converted
+time_column: ts
+sources:
+  - name: events
+    path: data/raw/events/*.csv
+contract:
+  columns:
+    ts: {dtype: datetime, format: "%Y-%m-%d %H:%M:%S", nullable: false}
+{numbers}
+    country: {dtype: str}
+    channel: {dtype: str, allowed: [web, app, store, phone]}
+    segment: {dtype: str, allowed: [A, B, C]}
+    product: {dtype: str}
+    status: {dtype: str, allowed: [new, paid, shipped, returned]}
+    converted: {dtype: str, allowed: ["no", "yes"], nullable: false}
+ingest: {settle_seconds: 0}
+serving: {workers: 2, threads_per_worker: 1}
+"""
+NUMBERS = [f"n{i:02d}" for i in range(14)]
+
+
+def generate(project: Path, rows: int, seed: int = 0) -> pl.DataFrame:
+    """A classification table whose label depends on numbers, categories and the hour."""
+    rng = np.random.default_rng(seed)
+    data: dict[str, Any] = {
+        "ts": [
+            f"2025-0{1 + i * 6 // rows}-{1 + i % 28:02d} {i % 24:02d}:{i % 60:02d}:00"
+            for i in range(rows)
+        ]
+    }
+    for name in NUMBERS:
+        values = rng.normal(size=rows).round(4)
+        values[rng.random(rows) < 0.03] = np.nan
+        data[name] = values
+    data["country"] = rng.choice([f"C{i:02d}" for i in range(30)], rows)
+    data["channel"] = rng.choice(["web", "app", "store", "phone"], rows)
+    data["segment"] = rng.choice(["A", "B", "C"], rows)
+    data["product"] = rng.choice([f"P{i:03d}" for i in range(120)], rows)
+    data["status"] = rng.choice(["new", "paid", "shipped", "returned"], rows)
+    logit = (
+        np.nan_to_num(data["n00"])
+        - 0.7 * np.nan_to_num(data["n01"])
+        + 0.4 * np.nan_to_num(data["n02"]) ** 2
+        + (data["channel"] == "app") * 0.8
+        - (data["segment"] == "C") * 0.5
+    )
+    data["converted"] = np.where(rng.random(rows) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    frame = pl.DataFrame(data)
+    folder = project / "data" / "raw" / "events"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(folder / "events.csv")
+    return frame
+
+
+def train(project: Path, rows: int) -> pl.DataFrame:
+    spec = SPEC.replace("{numbers}", "\n".join(f"    {n}: {{dtype: float}}" for n in NUMBERS))
+    project.mkdir(parents=True)
+    (project / "driftloop.yaml").write_text(spec)
+    frame = generate(project, rows)
+    done = subprocess.run(
+        [str(BIN / "driftloop"), "run", "-p", str(project)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"training failed:\n{done.stdout}\n{done.stderr}")
+    print(done.stdout.strip().splitlines()[-2])
+    return frame
+
+
+def records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    rows = frame.drop("converted").head(RECORDS)
+    out = []
+    for row in rows.iter_rows(named=True):
+        out.append(
+            {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+        )
+    return out
+
+
+def settled(url: str, timeout: float = 60.0) -> None:
+    """Wait until driftloop's workers have read the registry once (steady state: the first
+    check imports MLflow in the background, which would otherwise land in the measurement)."""
+    in_a_row = 0
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as client:
+        while in_a_row < 20 and time.monotonic() < deadline:
+            checked = client.get(f"{url}/ready").json().get("registry_checked_at")
+            in_a_row = in_a_row + 1 if checked else 0
+            time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    predict: str  # path
+    wrap: bool  # MLflow wants {"dataframe_records": [...]}
+    ready_seconds: float
+
+
+@contextmanager
+def started(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    url: str,
+    predict: str,
+    wrap: bool,
+    probe: dict[str, Any],
+) -> Iterator[Server]:
+    log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+    began = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    body = {"dataframe_records": [probe]} if wrap else probe
+    try:
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.post(f"{url}{predict}", json=body, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - began > 120:
+                raise SystemExit(f"{name} did not answer in 120 s")
+            time.sleep(0.02)
+        yield Server(name, url, predict, wrap, time.perf_counter() - began)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.unlink(missing_ok=True)
+
+
+LUA = """
+local bodies = {BODIES}
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local fmt = 'RESULT {"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, '
+    .. '"errors": %d, "non2xx": %d}\\n'
+  io.write(string.format(fmt, summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def lua_script(bodies: list[dict[str, Any]], wrap: bool, folder: Path) -> Path:
+    def lua_string(text: str) -> str:
+        return "[==[" + text + "]==]"
+
+    payloads = [json.dumps({"dataframe_records": [b]} if wrap else b) for b in bodies]
+    path = folder / ("mlflow.lua" if wrap else "driftloop.lua")
+    path.write_text(LUA.replace("{BODIES}", "{" + ",".join(lua_string(p) for p in payloads) + "}"))
+    return path
+
+
+def load(server: Server, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    threads = min(2, connections)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "-s",
+            str(script),
+            f"{server.url}{server.predict}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    result: dict[str, float] = json.loads(line.removeprefix("RESULT "))
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def predictions(server: Server, bodies: list[dict[str, Any]]) -> np.ndarray:
+    """P(yes) for each record, one request each."""
+    out = []
+    with httpx.Client(timeout=30) as client:
+        for body in bodies:
+            payload = {"dataframe_records": [body]} if server.wrap else body
+            answer = client.post(f"{server.url}{server.predict}", json=payload).json()
+            if server.wrap:
+                out.append(answer["predictions"][0]["proba_yes"])
+            else:
+                out.append(answer["predictions"][0]["probabilities"]["yes"])
+    return np.array(out)
+
+
+def floor(project: Path, bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """The model alone on one record, in this process: the registered pyfunc path and
+    driftloop's serving path (contract check, features, compiled trees)."""
+    from driftloop import registry
+    from driftloop.layout import Layout
+    from driftloop.serving.model import ServedModel
+    from driftloop.spec import load_spec
+
+    spec, layout = load_spec(project), Layout(project)
+    version = registry.alias_version(spec, layout, "champion")
+    predictor = registry.load_predictor(spec, layout, f"models:/{spec.name}/{version}")
+    [entry] = list(layout.model_cache.glob(f"*/{version}"))
+    served = ServedModel.load(
+        spec.name, str(version), entry / "driftloop", unknown_category="reject"
+    )
+    texts = [served.contract.records(b)[0] for b in bodies]
+
+    def per_call(fn: Any, n: int = 300) -> float:
+        for i in range(20):
+            fn(i)
+        began = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        return (time.perf_counter() - began) / n * 1000
+
+    return {
+        "pyfunc_ms": per_call(lambda i: predictor.predict([bodies[i % len(bodies)]])),
+        "driftloop_ms": per_call(lambda i: served.score([texts[i % len(texts)]])),
+        "engine": served.info["inference"]["engine"],
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(results: dict[str, dict[str, Any]], base: dict[str, Any], n_records: int) -> None:
+    print()
+    head = ("server", "ready s", "c", "req/s", "p50 ms", "p99 ms", "errors")
+    print("{:<11} {:>8} {:>3} {:>9} {:>8} {:>8} {:>7}".format(*head))
+    for name, row in results.items():
+        for c in (8, 32):
+            r = row[c]
+            errors = int(r["errors"] + r["non2xx"])
+            print(
+                f"{name:<11} {row['ready_s']:>8.2f} {c:>3} {r['rps']:>9.1f} "
+                f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {errors:>7}"
+            )
+    ours = results["driftloop"]
+    print()
+    for anchor in ("mlflow-1w", "mlflow-2w"):
+        theirs = results[anchor]
+        for c in (8, 32):
+            print(
+                f"vs {anchor}, concurrency {c}: "
+                f"{ours[c]['rps'] / theirs[c]['rps']:.1f}x the requests/s, "
+                f"{ours[c]['p99_ms'] / theirs[c]['p99_ms']:.3f}x the p99"
+            )
+        rps_ok = ours[32]["rps"] >= 20 * theirs[32]["rps"]
+        p99_ok = ours[32]["p99_ms"] <= theirs[32]["p99_ms"] / 5
+        print(
+            f"targets vs {anchor} at concurrency 32: >= 20x requests/s ({verdict(rps_ok)}), "
+            f"<= 1/5 p99 ({verdict(p99_ok)})"
+        )
+    print(
+        f"in-process floor, one record: MLflow pyfunc (scikit-learn) {base['pyfunc_ms']:.2f} ms; "
+        f"driftloop's scoring path ({base['engine']}) {base['driftloop_ms']:.2f} ms"
+    )
+    single = ours[1]
+    print(
+        f"driftloop at concurrency 1: {single['rps']:.0f} req/s, p50 {single['p50_ms']:.2f} ms: "
+        f"HTTP and queueing add {single['p50_ms'] - base['driftloop_ms']:.2f} ms to the floor"
+    )
+    worst = max(r["max_diff"] for r in results.values())
+    print(
+        f"same predictions from every server (P(yes) of {n_records} records, to 1e-6): "
+        f"{'yes' if worst <= 1e-6 else 'NO'} (max difference {worst:.2g})"
+    )
+    ready = ", ".join(f"{name} {row['ready_s']:.2f} s" for name, row in results.items())
+    print(f"start to first answered prediction: {ready}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load run")
+    parser.add_argument("--rows", type=int, default=20_000)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    work = Path(tempfile.mkdtemp(prefix="driftloop-serve-bench-"))
+    project = work / "project"
+    print(
+        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, rows {args.rows}, "
+        f"{args.seconds:g} s per run"
+    )
+    frame = train(project, args.rows)
+    bodies = records(frame)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # mlflow starts 'uvicorn' from PATH
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+    }
+    scripts = {w: lua_script(bodies, w, work) for w in (False, True)}
+    results: dict[str, dict[str, Any]] = {}
+    reference = None
+    configs = [
+        ("mlflow-1w", True, ["--workers", "1"]),
+        ("mlflow-2w", True, ["--workers", "2"]),
+        ("driftloop", False, []),
+    ]
+    for name, wrap, extra in configs:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        if wrap:
+            cmd = [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                "models:/servebench@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                *extra,
+            ]
+            path = "/invocations"
+        else:
+            cmd = [str(BIN / "driftloop"), "serve", "-p", str(project), "--port", str(port)]
+            path = "/predict"
+        with started(name, cmd, env, url, path, wrap, bodies[0]) as server:
+            if not wrap:
+                settled(url)
+            load(server, scripts[wrap], 8, 3)  # warm-up
+            row: dict[str, Any] = {"ready_s": server.ready_seconds}
+            for c in (8, 32):
+                row[c] = load(server, scripts[wrap], c, args.seconds)
+            if not wrap:
+                row[1] = load(server, scripts[wrap], 1, max(3.0, args.seconds / 2))
+            got = predictions(server, bodies)
+            if reference is None:
+                reference = got
+            row["max_diff"] = float(np.max(np.abs(got - reference)))
+            results[name] = row
+            print(f"  {name}: done")
+    report(results, floor(project, bodies), len(bodies))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

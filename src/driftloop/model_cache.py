@@ -1,0 +1,72 @@
+"""Registered model packages kept on this machine: ``.driftloop/models/<name>-<store>/<version>/``.
+
+A registered version never changes, so a copy of its package is as good as a download. The
+train stage leaves each version it registers here, and the server fills in what it
+downloads; a server then starts from the cache without waiting for MLflow. ``<store>`` is a
+short hash of the tracking URI, so two registries never share an entry. Entries are written
+to a hidden folder and renamed, with ``_SUCCESS`` last, like every stage output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from driftloop.layout import Layout, is_complete, seal
+
+PACKAGE = "driftloop"  # the package folder inside an entry (as in the MLflow artifacts)
+INFO = "info.json"  # what the registry says of the version (run, metrics, lineage)
+COMPILED = "compiled"  # the verified compiled inference path (driftloop.inference), if any
+
+
+def entry(layout: Layout, name: str, store_uri: str, version: str) -> Path:
+    store = hashlib.sha256(store_uri.encode()).hexdigest()[:10]
+    return layout.model_cache / f"{name}-{store}" / str(version)
+
+
+def lookup(layout: Layout, name: str, store_uri: str, version: str) -> Path | None:
+    """The cached entry of a version, or None when it is not (completely) there."""
+    folder = entry(layout, name, store_uri, version)
+    return folder if is_complete(folder) else None
+
+
+def store(
+    layout: Layout,
+    name: str,
+    store_uri: str,
+    version: str,
+    *,
+    package: Path,
+    info: dict[str, Any],
+) -> Path:
+    """Copy a package folder into the cache (atomically); return the entry."""
+    final = entry(layout, name, store_uri, version)
+    if is_complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(package, tmp / PACKAGE)
+        (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        seal(tmp, {"model": name, "version": str(version)})
+        if final.exists() and not is_complete(final):
+            shutil.rmtree(final, ignore_errors=True)  # a copy that was interrupted
+        try:
+            tmp.rename(final)
+        except OSError:
+            # Another process (a second worker) stored it first; an entry in use is never
+            # replaced, since versions do not change.
+            if not is_complete(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads((folder / INFO).read_text(encoding="utf-8"))
+    return info

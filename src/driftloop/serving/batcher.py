@@ -1,0 +1,171 @@
+"""Micro-batching: the records of concurrent requests are scored together.
+
+Scoring one record costs nearly as much as scoring a few hundred (a model's per-call
+overhead dominates), so requests queue up and one prediction thread takes everything
+waiting, up to ``max_records``, in a single call. Nothing waits on purpose: while one batch
+is scored, the next one gathers (continuous batching), so a lone request is scored at once
+and a crowd shares the cost. Each batch is scored by one model, read from the slot when the
+batch starts, so every response names the version that actually scored it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from driftloop.serving.champion import ModelSlot
+from driftloop.serving.model import Scored, ServedModel
+from driftloop.serving.records import Problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One request's records, waiting to be scored."""
+
+    records: list[dict[str, str | None]]
+    single: bool  # the body was one object, not a list: problems name no record index
+    request_id: str
+    received: datetime
+    future: asyncio.Future[Answer] = field(repr=False)
+
+
+@dataclass
+class Answer:
+    """What one request gets back."""
+
+    model: ServedModel
+    outputs: list[dict[str, Any]]  # one per record when accepted
+    problems: list[Problem]  # why records were refused (the request fails with 422)
+    error: str | None = None  # the model failed on records the contract accepted
+
+
+class MicroBatcher:
+    """Queue requests; score them in batches on one thread."""
+
+    def __init__(
+        self,
+        slot: ModelSlot,
+        *,
+        max_records: int,
+        on_scored: Callable[[ServedModel, list[Job], Scored], None],
+    ) -> None:
+        self.slot = slot
+        self.max_records = max_records
+        self._on_scored = on_scored
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="driftloop-predict")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    async def score(
+        self,
+        records: list[dict[str, str | None]],
+        *,
+        single: bool,
+        request_id: str,
+        received: datetime,
+    ) -> Answer:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(Job(records, single, request_id, received, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            size = len(jobs[0].records)
+            while size < self.max_records and not self._queue.empty():
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                size += len(job.records)
+            model = self.slot.current
+            if model is None:  # the route checks readiness first; a slot never empties
+                raise RuntimeError("micro-batcher started before a model was loaded")
+            try:
+                answers = await loop.run_in_executor(self._executor, self._score, model, jobs)
+            except Exception as exc:  # a bug here must not stop the loop for everyone
+                log.exception("scoring a batch failed")
+                answers = [Answer(model, [], [], f"{type(exc).__name__}: {exc}") for _ in jobs]
+            for job, answer in zip(jobs, answers, strict=True):
+                if not job.future.done():
+                    job.future.set_result(answer)
+
+    def _score(self, model: ServedModel, jobs: list[Job]) -> list[Answer]:
+        records = [r for job in jobs for r in job.records]
+        try:
+            scored = model.score(records)
+        except Exception:
+            if len(jobs) == 1:
+                raise
+            # One request's records broke the model: score each request alone, so the
+            # others are still answered and only the culprit fails.
+            return [self._score_alone(model, job) for job in jobs]
+        self._on_scored(model, jobs, scored)
+        return split(model, jobs, scored)
+
+    def _score_alone(self, model: ServedModel, job: Job) -> Answer:
+        try:
+            return self._score(model, [job])[0]
+        except Exception as exc:
+            log.exception(
+                "model %s v%s failed on request %s", model.name, model.version, job.request_id
+            )
+            return Answer(model, [], [], f"{type(exc).__name__}: {exc}")
+
+
+def split(model: ServedModel, jobs: list[Job], scored: Scored) -> list[Answer]:
+    """Each request's share of a scored batch."""
+    classes = model.classes
+    slot_of = {position: k for k, position in enumerate(scored.accepted)}
+    flags = scored.checked.flags
+    answers = []
+    start = 0
+    for job in jobs:
+        positions = range(start, start + len(job.records))
+        start += len(job.records)
+        problems = [
+            _relocate(p, positions.start, job.single) for i in positions for p in scored.problems(i)
+        ]
+        if problems:
+            answers.append(Answer(model, [], problems))
+            continue
+        outputs = []
+        for i in positions:
+            k = slot_of[i]
+            out: dict[str, Any] = {}
+            if classes is None:
+                out["prediction"] = float(scored.labels[k])
+            else:
+                out["prediction"] = str(scored.labels[k])
+                row = scored.proba[k]
+                out["probabilities"] = {c: float(row[j]) for j, c in enumerate(classes)}
+            if i in flags:
+                out["flags"] = flags[i]
+            outputs.append(out)
+        answers.append(Answer(model, outputs, []))
+    return answers
+
+
+def _relocate(problem: Problem, offset: int, single: bool) -> Problem:
+    """A location in the batch as a location in the request's body."""
+    body, position, *rest = problem.loc
+    assert isinstance(position, int)
+    loc = (body, *rest) if single else (body, position - offset, *rest)
+    return Problem(loc, problem.msg, problem.type, problem.input)

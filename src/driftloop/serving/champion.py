@@ -1,0 +1,273 @@
+"""Following the champion: which version it is, fetching it, and swapping it in.
+
+The registry's ``champion`` alias is the truth. A background thread reads it every
+``serving.poll_seconds``, and sooner when the state database records a promotion event
+(``ModelPromoted``, written by the promotion gate and by ``driftloop models promote`` /
+``rollback`` on the same machine; checking it is one small SQLite query). When the alias
+names another version, the thread loads it (from the local model cache, or downloads it),
+warms it up, and only then swaps it in: requests keep being answered by the old model
+meanwhile. A load that fails leaves the old model serving; the failure is logged, counted
+and recorded as a ``ModelLoadFailed`` event.
+
+At start, before MLflow is even imported, the thread serves the champion the state database
+last recorded if that version is in the local cache; the registry check follows at once
+and swaps if the alias says otherwise. Nothing here runs on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from driftloop import model_cache
+from driftloop.errors import first_line
+from driftloop.layout import Layout
+from driftloop.serving.model import ServedModel
+from driftloop.spec import Spec
+
+log = logging.getLogger(__name__)
+
+
+class ModelSlot:
+    """The model that answers requests; replaced by one assignment (atomic in Python)."""
+
+    def __init__(self) -> None:
+        self.current: ServedModel | None = None
+
+    def swap(self, model: ServedModel) -> ServedModel | None:
+        old, self.current = self.current, model
+        return old
+
+
+@dataclass
+class ChampionSource:
+    """Where versions and packages come from: the registry, the state database, the cache."""
+
+    spec: Spec
+    layout: Layout
+
+    @property
+    def store_uri(self) -> str:
+        from driftloop.registry import tracking_uri
+
+        return tracking_uri(self.spec, self.layout)
+
+    def _state(self) -> sqlite3.Connection | None:
+        path = self.layout.state_db
+        if not path.is_file():
+            return None
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+
+    def recorded_champion(self) -> str | None:
+        """The champion the state database last recorded (promotion, manual, rollback)."""
+        conn = self._state()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(
+                "SELECT version FROM promotions WHERE model=? AND decision != 'rejected' "
+                "ORDER BY id DESC LIMIT 1",
+                (self.spec.name,),
+            ).fetchone()
+        except sqlite3.OperationalError:  # no table yet: nothing was ever promoted here
+            return None
+        finally:
+            conn.close()
+        return str(row[0]) if row else None
+
+    def promotion_mark(self) -> int:
+        """An id that grows with every promotion event (0 without a state database)."""
+        conn = self._state()
+        if conn is None:
+            return 0
+        try:
+            row = conn.execute("SELECT max(id) FROM events WHERE type='ModelPromoted'").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            conn.close()
+        return int(row[0] or 0)
+
+    def decision(self, version: str) -> dict[str, Any] | None:
+        """The latest recorded decision that made ``version`` champion."""
+        conn = self._state()
+        if conn is None:
+            return None
+        try:
+            cur = conn.execute(
+                "SELECT ts, decision, reason, actor FROM promotions WHERE model=? AND version=? "
+                "AND decision != 'rejected' ORDER BY id DESC LIMIT 1",
+                (self.spec.name, version),
+            )
+            row = cur.fetchone()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            conn.close()
+        return dict(zip(("ts", "decision", "reason", "actor"), row, strict=True)) if row else None
+
+    def registry_champion(self) -> str | None:
+        from driftloop.registry import CHAMPION, alias_version
+
+        return alias_version(self.spec, self.layout, CHAMPION)
+
+    def cached(self, version: str) -> Path | None:
+        return model_cache.lookup(self.layout, self.spec.name, self.store_uri, version)
+
+    def fetch(self, version: str) -> Path:
+        """The cache entry of a version, downloading it from the registry when absent."""
+        found = self.cached(version)
+        if found is not None:
+            return found
+        from driftloop import registry
+
+        info = registry.version_info(self.spec, self.layout, version)
+        with tempfile.TemporaryDirectory(prefix="driftloop-model-") as tmp:
+            package = registry.download_package(self.spec, self.layout, version, Path(tmp))
+            return model_cache.store(
+                self.layout, self.spec.name, self.store_uri, version, package=package, info=info
+            )
+
+
+class ChampionWatcher:
+    """The background thread that keeps ``slot`` on the registry's champion."""
+
+    def __init__(
+        self,
+        source: ChampionSource,
+        slot: ModelSlot,
+        *,
+        poll_seconds: float,
+        events_poll_seconds: float,
+        load: Callable[[str, Path], ServedModel],
+        on_swap: Callable[[ServedModel, ServedModel | None], None],
+        on_failure: Callable[[str, str], None],
+    ) -> None:
+        self.source = source
+        self.slot = slot
+        self.poll_seconds = poll_seconds
+        self.events_poll_seconds = events_poll_seconds
+        self._load = load
+        self._on_swap = on_swap
+        self._on_failure = on_failure
+        self._stop = threading.Event()
+        self._check_now = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self.first_attempt = threading.Event()  # set once the first champion load was tried
+        self.registry_checked_at: float | None = None  # time.time() of the last good check
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="driftloop-champion", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._check_now.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def check_now(self) -> None:
+        """Ask for a registry check at the next tick (used by tests and signals)."""
+        self._check_now.set()
+
+    def _run(self) -> None:
+        recorded = self._quietly(self.source.recorded_champion)
+        if recorded is not None and self.source.cached(recorded) is not None:
+            self._swap_to(recorded, origin="local cache (the state database's champion)")
+            if self.slot.current is not None:
+                self.first_attempt.set()  # serve now; the registry check follows at once
+        mark = self._quietly(self.source.promotion_mark) or 0
+        next_poll = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            latest = self._quietly(self.source.promotion_mark) or mark
+            if latest != mark or now >= next_poll or self._check_now.is_set():
+                self._check_now.clear()
+                mark = latest
+                next_poll = now + self.poll_seconds
+                self._follow_registry()
+                self.first_attempt.set()
+            self._check_now.wait(self.events_poll_seconds)
+
+    def _follow_registry(self) -> None:
+        try:
+            version = self.source.registry_champion()
+        except Exception as exc:
+            self._remember(f"the registry did not answer: {first_line(exc)}")
+            return
+        self.registry_checked_at = time.time()
+        current = self.slot.current
+        if version is None:
+            if current is None:
+                self._remember(
+                    f"model {self.source.spec.name!r} has no champion yet; train one with "
+                    "'driftloop run'"
+                )
+            return
+        if current is not None and current.version == version:
+            self._refresh_decision(current)
+            return
+        self._swap_to(version, origin="registry")
+
+    def _swap_to(self, version: str, *, origin: str) -> None:
+        started = time.perf_counter()
+        try:
+            folder = self.source.fetch(version)
+            model = self._load(version, folder)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
+            log.exception(
+                "loading %s v%s failed; the current model keeps serving",
+                self.source.spec.name,
+                version,
+            )
+            self._remember(f"loading v{version} failed: {reason}")
+            self._on_failure(version, reason)
+            return
+        model.info["origin"] = origin
+        model.info["swap_seconds"] = round(time.perf_counter() - started, 3)
+        self._refresh_decision(model)
+        model.info["served_since"] = time.time()
+        old = self.slot.swap(model)
+        self.last_error = None
+        log.info(
+            "serving %s v%s (was %s), loaded from %s in %.2fs",
+            model.name,
+            version,
+            f"v{old.version}" if old else "nothing",
+            origin,
+            model.info["swap_seconds"],
+        )
+        self._on_swap(model, old)
+
+    def _refresh_decision(self, model: ServedModel) -> None:
+        decision = self._quietly(lambda: self.source.decision(model.version))
+        if decision is not None:
+            model.info["promotion"] = decision
+
+    def _remember(self, error: str) -> None:
+        if error != self.last_error:
+            log.warning("%s", error)
+        self.last_error = error
+
+    @staticmethod
+    def _quietly(read: Callable[[], Any]) -> Any:
+        """A state-database read that may fail (locked, damaged) without stopping the thread."""
+        try:
+            return read()
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("reading the state database failed: %s", exc)
+            return None
+
+
+def worker_id() -> str:
+    return f"pid {os.getpid()}"

@@ -1,0 +1,135 @@
+"""A server in the background and steady traffic against it (the demo uses both).
+
+``background_server`` runs ``driftloop serve`` as a child process and stops it gracefully;
+``Traffic`` sends /predict requests from a thread at a fixed concurrency and keeps, for each
+answer, when it was sent, its status and the model version that answered.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BackgroundServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    ready_seconds: float = 0.0
+
+
+@contextmanager
+def background_server(
+    project: Path, *, log: Path, timeout: float = 60.0
+) -> Iterator[BackgroundServer]:
+    """``driftloop serve`` for the project on a free port, stopped with SIGTERM on exit."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "driftloop.cli", "serve", "-p", str(project), "--port", str(port)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    server = BackgroundServer(f"http://127.0.0.1:{port}", process, log)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"driftloop serve exited early; see {log}")
+            try:
+                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - started > timeout:
+                raise RuntimeError(f"driftloop serve was not ready in {timeout:.0f}s; see {log}")
+            time.sleep(0.05)
+        server.ready_seconds = time.perf_counter() - started
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass
+class Answer:
+    sent: float  # time.time()
+    seconds: float
+    status: int
+    version: str | None
+    request_id: str | None
+    record: int  # index into the traffic's records
+
+
+@dataclass
+class Traffic:
+    """Requests from ``concurrency`` threads, cycling through ``records``, until stopped."""
+
+    url: str
+    records: list[dict[str, Any]]
+    concurrency: int = 4
+    answers: list[Answer] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _next: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        for _ in range(self.concurrency):
+            thread = threading.Thread(target=self._run, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _take(self) -> int:
+        with self._lock:
+            index = self._next % len(self.records)
+            self._next += 1
+            return index
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                index = self._take()
+                sent, began = time.time(), time.perf_counter()
+                try:
+                    response = client.post("/predict", json=self.records[index])
+                    body = response.json()
+                    version = body["model"]["version"] if response.status_code == 200 else None
+                    answer = Answer(
+                        sent,
+                        time.perf_counter() - began,
+                        response.status_code,
+                        version,
+                        body.get("request_id"),
+                        index,
+                    )
+                except (httpx.HTTPError, ValueError):
+                    answer = Answer(sent, time.perf_counter() - began, -1, None, None, index)
+                with self._lock:
+                    self.answers.append(answer)

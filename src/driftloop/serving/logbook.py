@@ -1,0 +1,160 @@
+"""The prediction and feedback logs: a bounded buffer in memory, written by a background thread.
+
+The request path only appends a small Polars frame to a list (under a lock held for that
+append); a thread writes the buffer as Parquet every ``flush_seconds``, or sooner once
+``flush_rows`` rows wait, into ``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of
+each row's ``__ts``, UTC). A file is written under a hidden name and renamed, so readers never
+see half a file. When the disk cannot keep up and ``buffer_rows`` are waiting, new rows are
+dropped and counted (``dropped``) rather than making requests wait; the count is exported
+as a metric and logged. ``close`` writes whatever is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+# The logs' own columns. They start with "__" like every column driftloop adds, so they never
+# collide with a contract column (a model may well have an input called "ts" or "prediction").
+TS = "__ts"  # when the request arrived (UTC); the date partition comes from it
+REQUEST_ID = "__request_id"
+RECORD = "__record"  # the record's position in its request
+MODEL_NAME = "__model_name"
+MODEL_VERSION = "__model_version"
+PREDICTION = "__prediction"  # class label (text) or value
+PROBA = "__proba_"  # + class: probability of each class
+FLAGS = "__flags"  # remarks on an accepted record (unknown categories, when flagged)
+LABEL = "__label"  # /feedback: the true value, as text in the target's contract type
+
+
+class FrameLog:
+    """Append frames from any thread; a background thread writes them as Parquet."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        buffer_rows: int,
+        flush_rows: int,
+        flush_seconds: float,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.buffer_rows = buffer_rows
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.dropped = 0
+        self.written = 0
+        self._on_drop = on_drop
+        self._frames: list[pl.DataFrame] = []
+        self._rows = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._tag = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, name=f"driftloop-log-{self.folder.name}", daemon=True
+        )
+        self._thread.start()
+
+    def append(self, frame: pl.DataFrame) -> bool:
+        """Queue rows for writing; False (and counted as dropped) when the buffer is full."""
+        if frame.height == 0:
+            return True
+        with self._lock:
+            if self._rows + frame.height > self.buffer_rows:
+                self.dropped += frame.height
+                dropped = True
+            else:
+                self._frames.append(frame)
+                self._rows += frame.height
+                dropped = False
+                full = self._rows >= self.flush_rows
+        if dropped:
+            if self._on_drop is not None:
+                self._on_drop(frame.height)
+            log.warning(
+                "%s: buffer full (%d rows waiting); dropped %d row(s), %d so far",
+                self.folder,
+                self.buffer_rows,
+                frame.height,
+                self.dropped,
+            )
+            return False
+        if full:
+            self._wake.set()
+        return True
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._rows
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread and write every row still in memory."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.flush()
+
+    def flush(self) -> int:
+        """Write what is buffered now; return the number of rows written."""
+        with self._lock:
+            frames, self._frames, self._rows = self._frames, [], 0
+        if not frames:
+            return 0
+        frame = pl.concat(frames, how="diagonal_relaxed")
+        day = pl.col(TS).dt.date()
+        parts = frame.with_columns(day.alias("__day")).partition_by("__day", as_dict=True)
+        for (value,), part in parts.items():
+            try:
+                self._write(part.drop("__day"), str(value))
+            except Exception:
+                self._put_back(part.drop("__day"))
+                raise
+            self.written += part.height
+        return frame.height
+
+    def _put_back(self, frame: pl.DataFrame) -> None:
+        """Rows that could not be written wait for the next flush, if there is room."""
+        with self._lock:
+            if self._rows + frame.height <= self.buffer_rows:
+                self._frames.insert(0, frame)
+                self._rows += frame.height
+                return
+            self.dropped += frame.height
+        if self._on_drop is not None:
+            self._on_drop(frame.height)
+
+    def _write(self, frame: pl.DataFrame, day: str) -> None:
+        folder = self.folder / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        name = f"part-{stamp}-{self._tag}-{next(self._seq):06d}.parquet"
+        tmp = folder / f".{name}.tmp"
+        frame.write_parquet(tmp, compression="lz4")
+        tmp.rename(folder / name)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # the log must not take the server down; rows stay counted
+                log.exception("%s: writing the log failed", self.folder)

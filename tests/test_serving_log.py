@@ -1,0 +1,134 @@
+"""The prediction log's buffer: flushed by size and by time, bounded, partitioned by date."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from driftloop.serving.logbook import REQUEST_ID, TS, FrameLog
+
+
+def rows(n: int, day: datetime, start: int = 0) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            TS: [day + timedelta(seconds=i) for i in range(n)],
+            REQUEST_ID: [f"r{start + i}" for i in range(n)],
+        },
+        schema={TS: pl.Datetime("us", "UTC"), REQUEST_ID: pl.String},
+    )
+
+
+def written(folder: Path) -> pl.DataFrame:
+    files = sorted(folder.rglob("part-*.parquet"))
+    if not files:
+        return pl.DataFrame()
+    return pl.concat([pl.read_parquet(f) for f in files]).sort(REQUEST_ID)
+
+
+def test_rows_are_partitioned_by_their_date_and_written_on_close(tmp_path: Path) -> None:
+    log = FrameLog(tmp_path, buffer_rows=1000, flush_rows=1000, flush_seconds=60)
+    log.start()
+    late = datetime(2026, 11, 27, 23, 59, 59, tzinfo=UTC)
+    assert log.append(rows(2, late))  # the second row is past midnight
+    assert log.append(rows(3, datetime(2026, 11, 28, 12, tzinfo=UTC), start=10))
+    assert written(tmp_path).height == 0  # not yet: neither size nor time reached
+    log.close()
+    days = sorted(p.name for p in tmp_path.iterdir())
+    assert days == ["date=2026-11-27", "date=2026-11-28"]
+    assert len(list((tmp_path / "date=2026-11-27").glob("*.parquet"))) == 1
+    assert written(tmp_path / "date=2026-11-28").height == 4
+    assert written(tmp_path)[REQUEST_ID].to_list() == ["r0", "r1", "r10", "r11", "r12"]
+    assert log.written == 5 and log.dropped == 0
+    assert not list(tmp_path.glob("date=*/.*"))  # no temporary files left behind
+
+
+def test_a_full_flush_size_wakes_the_writer(tmp_path: Path) -> None:
+    log = FrameLog(tmp_path, buffer_rows=1000, flush_rows=10, flush_seconds=60)
+    log.start()
+    now = datetime.now(UTC)
+    log.append(rows(6, now))
+    log.append(rows(6, now, start=6))
+    deadline = time.monotonic() + 10
+    while written(tmp_path).height < 12 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert written(tmp_path).height == 12
+    log.close()
+
+
+def test_time_flushes_a_small_buffer(tmp_path: Path) -> None:
+    log = FrameLog(tmp_path, buffer_rows=1000, flush_rows=1000, flush_seconds=0.1)
+    log.start()
+    log.append(rows(3, datetime.now(UTC)))
+    deadline = time.monotonic() + 10
+    while written(tmp_path).height < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert written(tmp_path).height == 3
+    log.close()
+
+
+def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    log = FrameLog(
+        tmp_path, buffer_rows=5, flush_rows=100, flush_seconds=60, on_drop=dropped.append
+    )
+    # not started: nothing drains the buffer
+    now = datetime.now(UTC)
+    assert log.append(rows(4, now))
+    assert not log.append(rows(2, now, start=4))
+    assert log.dropped == 2 and dropped == [2]
+    assert log.pending == 4
+    log.close()
+    assert written(tmp_path).height == 4
+
+
+def test_a_failed_write_keeps_the_rows_for_the_next_flush(tmp_path: Path) -> None:
+    blocker = tmp_path / "log"
+    blocker.write_text("a file where the folder should be")
+    log = FrameLog(blocker, buffer_rows=100, flush_rows=100, flush_seconds=60)
+    log.append(rows(3, datetime.now(UTC)))
+    with pytest.raises(OSError):
+        log.flush()
+    assert log.pending == 3 and log.dropped == 0
+    blocker.unlink()
+    assert log.flush() == 3
+    assert written(blocker).height == 3
+
+
+def test_log_columns_never_collide_with_contract_columns() -> None:
+    """A model may have inputs called "ts" or "prediction"; the log's own columns start with
+    "__" like every column driftloop adds."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from driftloop.serving.model import Scored, ServedModel
+    from driftloop.serving.records import Checked
+
+    typed = pl.DataFrame({"ts": [1.0, 2.0], "prediction": ["a", "b"], "request_id": [7, 8]})
+    checked = Checked(features=typed, typed=typed, problems={}, flags={1: ["unknown category"]})
+    scored = Scored(
+        checked, [0, 1], np.array(["no", "yes"], dtype=object), np.array([[0.9, 0.1], [0.2, 0.8]])
+    )
+    model = ServedModel("m", "3", SimpleNamespace(classes=["no", "yes"]), contract=None)  # type: ignore[arg-type]
+    when = datetime(2026, 11, 28, tzinfo=UTC)
+    frame = model.log_frame(scored, ["r1", "r1"], [0, 1], [when, when])
+    assert frame.columns == [
+        "ts",
+        "prediction",
+        "request_id",
+        "__ts",
+        "__request_id",
+        "__record",
+        "__model_name",
+        "__model_version",
+        "__prediction",
+        "__proba_no",
+        "__proba_yes",
+        "__flags",
+    ]
+    assert frame["__prediction"].to_list() == ["no", "yes"]
+    assert frame["__flags"].to_list() == [None, "unknown category"]
