@@ -6,7 +6,8 @@ Schema, version 1 (``kind`` "driftloop.monitoring_report")::
     model        {name, version, uri}
     reference    {source: reference_columns | profile_sample | frame, rows}
     current      {kind: batch | prediction_log, rows, path | window {since, until},
-                  rows_of_champion, labelled_rows_of_champion, model_versions}
+                  rows_of_champion, labelled_rows_of_champion, model_versions,
+                  labelled_rows_by_version}
     settings     the spec's monitoring section (method, alpha, permutations, drift_share, ...)
     data_drift   {dataset_drift, drift_share, share_of_drifted_columns,
                   weighted_share_of_drifted_columns, weights: feature_importance | uniform,
@@ -78,6 +79,14 @@ def build_report(
         messages.append(f"prediction drift: {prediction.reason}")
     if target is not None and target.drift:
         messages.append(f"target drift ({target.column}): {target.reason}")
+    if realized is None and current.get("kind") == "prediction_log":
+        others = sum(current.get("labelled_rows_by_version", {}).values())
+        if others:
+            messages.append(
+                f"performance not measured: {current['labelled_rows_of_champion']} labelled "
+                f"rows of the champion v{champion_version} in the window ({others} labelled "
+                "rows in all, of other versions)"
+            )
     degraded = bool(realized and realized["degraded"])
     if degraded and realized is not None:
         o = realized["overall"]

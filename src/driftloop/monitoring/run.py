@@ -202,7 +202,9 @@ def current_from_log(
         c: c.removeprefix("__") for c in joined.columns if c.startswith(predlog.PROBA)
     }
     predictions = joined.select([pl.col(k).alias(v) for k, v in outputs.items()]).filter(served)
-    labels = joined.get_column(predlog.LABEL).filter(served)
+    all_labels = joined.get_column(predlog.LABEL)
+    labels = all_labels.filter(served)
+    labelled = versions.filter(all_labels.is_not_null()).value_counts(sort=True)
     records = raw_records(
         joined.select([c for c in joined.columns if not c.startswith("__")]), spec
     )
@@ -214,6 +216,7 @@ def current_from_log(
             "rows_of_champion": int(served.sum()),
             "labelled_rows_of_champion": int(labels.drop_nulls().len()),
             "model_versions": sorted(versions.unique().drop_nulls().to_list()),
+            "labelled_rows_by_version": dict(labelled.iter_rows()),
         },
         records,
         predictions,
@@ -302,6 +305,8 @@ def _performance(
             champion.profile.get("holdout_metric", {}) | _holdout_extra(champion),
             settings.tolerance,
         )
+    if estimated is not None and not estimated["overall"]:
+        estimated = None  # fewer rows than a window needs
     if current.labels is None:
         return None, estimated
     y = current.labels[order]
