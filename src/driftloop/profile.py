@@ -67,6 +67,8 @@ training time, and every category counted. One row per column::
                    value), at most ``max_categories``; null for numeric columns
     counts         List(Int64)    the count of each category
     other_count    Int64    present values beyond ``max_categories`` categories
+    importance     Float64  the input's permutation importance on the holdout (the drop in
+                   accuracy or R^2 when it is shuffled, clipped at 0); null when unknown
 
 Reference holdout (``reference_holdout.parquet``; :func:`holdout_frame`): the holdout's
 ``label`` (String), the model's ``prediction`` (String for classifiers, Float64 for
@@ -380,6 +382,7 @@ def reference_columns(
     seed: int = 0,
     max_rows: int = MAX_SORTED_ROWS,
     max_categories: int = MAX_CATEGORIES,
+    importance: Mapping[str, float] | None = None,
 ) -> pl.DataFrame:
     """One row per column of ``frame``: sorted values or category counts (module docstring).
 
@@ -455,6 +458,7 @@ def reference_columns(
                 "other_count": total - int(kept.get_column("count").sum()),
             }
         row["null_count"] = frame.height - row["count"]
+        row["importance"] = None if importance is None else importance.get(name)
         rows_out.append(row)
     meta_schema = {k: v for k, v in REFERENCE_COLUMNS_SCHEMA.items() if k != "sorted_values"}
     meta = pl.DataFrame(rows_out, schema=meta_schema)
@@ -475,6 +479,7 @@ REFERENCE_COLUMNS_SCHEMA = pl.Schema(
         "counts": pl.List(pl.Int64),
         "other_count": pl.Int64,
         "null_count": pl.Int64,
+        "importance": pl.Float64,
     }
 )
 

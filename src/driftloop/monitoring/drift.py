@@ -72,7 +72,7 @@ class DataDrift:
     share: float
     weighted_share: float
     drift_share: float
-    weights: str  # feature_importance | uniform
+    weights: str  # uniform, or where the importances came from
 
     @property
     def drifted(self) -> list[str]:
@@ -219,6 +219,7 @@ def data_drift(
     *,
     roles: tuple[str, ...] = ("feature",),
     importance: Mapping[str, float] | None = None,
+    importance_source: str = "feature_importance",
     seed: int = 0,
     workers: int | None = None,
 ) -> DataDrift:
@@ -248,7 +249,7 @@ def data_drift(
     total = sum(weights.values()) if weights else 0.0
     if importance and total > 0:
         weighted = sum(weights[c.column] for c in columns if c.drift) / total
-        kind = "feature_importance"
+        kind = importance_source
     else:
         weighted, kind = share, "uniform"
     return DataDrift(

@@ -34,6 +34,7 @@ class ReferenceColumn:
     count: int  # values present
     missing: int
     sampled: bool = False
+    importance: float | None = None  # permutation importance on the holdout, when stored
     data: ColumnData | None = field(default=None, repr=False)
     loader: Callable[[], ColumnData] | None = field(default=None, repr=False)
 
@@ -52,6 +53,12 @@ class Reference:
 
     def by_role(self, role: str) -> list[ReferenceColumn]:
         return [c for c in self.columns.values() if c.role == role]
+
+    def importance(self) -> dict[str, float] | None:
+        """The inputs' stored permutation importances, when training stored them."""
+        found = {c.name: c.importance for c in self.by_role("feature")}
+        known = {k: v for k, v in found.items() if v is not None}
+        return known if known and sum(known.values()) > 0 else None
 
     @classmethod
     def from_columns_frame(cls, frame: pl.DataFrame, source: str) -> Reference:
@@ -127,6 +134,7 @@ def _column(
         count=int(meta["count"]),
         missing=int(meta["null_count"]),
         sampled=bool(meta["sampled"]),
+        importance=meta.get("importance"),
         data=data,
         loader=loader,
     )

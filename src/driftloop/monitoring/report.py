@@ -10,7 +10,8 @@ Schema, version 1 (``kind`` "driftloop.monitoring_report")::
                   labelled_rows_by_version}
     settings     the spec's monitoring section (method, alpha, permutations, drift_share, ...)
     data_drift   {dataset_drift, drift_share, share_of_drifted_columns,
-                  weighted_share_of_drifted_columns, weights: feature_importance | uniform,
+                  weighted_share_of_drifted_columns, weights: uniform |
+                  model_feature_importances | permutation_importance,
                   number_of_columns, number_of_drifted_columns, drifted_columns [names],
                   columns [<column>]}
     target_drift       <column> | null   (the target, when the current data has labels)

@@ -396,9 +396,18 @@ def monitor(
         span = dt.timedelta(days=days if days is not None else settings.window_days)
         cur = current_from_log(spec, layout, champion, since=end - span, until=end)
     features = champion.predictor.features(cur.records)
-    importance = feature_importance(champion.predictor)
+    importance, source = feature_importance(champion.predictor), "model_feature_importances"
+    if importance is None:
+        importance, source = champion.reference.importance(), "permutation_importance"
     rng_seed = settings.seed
-    drift = data_drift(champion.reference, features, settings, importance=importance, seed=rng_seed)
+    drift = data_drift(
+        champion.reference,
+        features,
+        settings,
+        importance=importance,
+        importance_source=source,
+        seed=rng_seed,
+    )
     target = _single(champion.reference, "target", cur.labels, settings, rng_seed)
     prediction = None
     if cur.predictions is not None:
