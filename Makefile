@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck unit slow run-all bench-prep clean install
+.PHONY: demo test lint typecheck unit slow run-all bench-prep bench-drift clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ run-all: $(STAMP)
 
 bench-prep: $(STAMP)
 	$(BIN)/python benchmarks/prep.py
+
+## evidently's DataDriftPreset vs driftloop's monitor (creates benchmarks/.data/evidently-venv)
+bench-drift: $(STAMP)
+	$(BIN)/python benchmarks/drift.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

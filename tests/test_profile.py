@@ -346,3 +346,38 @@ def test_counts_always_add_up(values: list[float | None], bins: int) -> None:
         quantiles = list(column["quantiles"].values())
         assert quantiles == sorted(quantiles)
         assert (quantiles[0], quantiles[-1]) == (column["min"], column["max"])
+
+
+def test_reference_columns_sort_every_number_and_count_every_category() -> None:
+    from driftloop.profile import MAX_SORTED_ROWS, reference_columns
+
+    frame = mixed_frame(2_000).with_columns(
+        pl.when(pl.col("id") % 10 == 0).then(None).otherwise(pl.col("amount")).alias("amount")
+    )
+    columns = reference_columns(frame, roles={"member": "target"}, seed=1)
+    rows = {r["column"]: r for r in columns.iter_rows(named=True)}
+    amount = rows["amount"]
+    expected = np.sort(frame["amount"].drop_nulls().to_numpy())
+    np.testing.assert_array_equal(np.array(amount["sorted_values"]), expected)
+    assert amount["count"] == 1_800 and amount["null_count"] == 200 and not amount["sampled"]
+    day = np.array(rows["day"]["sorted_values"])  # dates as epoch seconds, like the summaries
+    assert day[0] == dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()
+    city = rows["city"]
+    assert sum(city["counts"]) == 2_000 and city["other_count"] == 0
+    assert city["counts"] == sorted(city["counts"], reverse=True)  # most frequent first
+    assert rows["member"]["role"] == "target"
+    assert sorted(rows["member"]["categories"]) == ["false", "true"]
+    assert MAX_SORTED_ROWS == 1_000_000
+
+
+def test_reference_columns_sample_beyond_max_rows_and_cap_categories() -> None:
+    from driftloop.profile import reference_columns
+
+    frame = pl.DataFrame({"x": np.arange(1_000.0), "c": [f"v{i % 50}" for i in range(1_000)]})
+    columns = reference_columns(frame, max_rows=100, max_categories=10, seed=3)
+    x, c = columns.row(0, named=True), columns.row(1, named=True)
+    assert x["sampled"] and len(x["sorted_values"]) == 100 and x["count"] == 1_000
+    assert x["sorted_values"] == sorted(x["sorted_values"])
+    assert len(c["categories"]) == 10 and c["other_count"] == 800 and c["count"] == 1_000
+    with pytest.raises(ValueError, match="'max_rows' parameter"):
+        reference_columns(frame, max_rows=0)

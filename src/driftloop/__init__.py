@@ -14,17 +14,20 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from driftloop.errors import DriftloopError
     from driftloop.init import init_example, init_from_file
+    from driftloop.monitoring.run import MonitorResult, monitor
     from driftloop.pipeline import RunResult, read_features, run
     from driftloop.spec import Spec, load_spec
 
 __all__ = [
     "DriftloopError",
+    "MonitorResult",
     "RunResult",
     "Spec",
     "__version__",
     "init_example",
     "init_from_file",
     "load_spec",
+    "monitor",
     "read_features",
     "run",
 ]
@@ -38,6 +41,8 @@ _LAZY = {
     "load_spec": "driftloop.spec",
     "init_from_file": "driftloop.init",
     "init_example": "driftloop.init",
+    "monitor": "driftloop.monitoring.run",
+    "MonitorResult": "driftloop.monitoring.run",
 }
 
 

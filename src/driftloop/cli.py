@@ -1,9 +1,10 @@
 """The ``driftloop`` command line.
 
 Exit codes: 0 success (quarantined rows are reported, not failures); 1 a stage failed;
-2 bad input to driftloop itself (spec, arguments, project folder). Errors print as one line;
-``--verbose`` adds the traceback. Heavy libraries load inside the commands, so ``--help``
-answers fast.
+2 bad input to driftloop itself (spec, arguments, project folder); 3 ``driftloop monitor``
+found drift or degraded performance (so cron and CI can tell it from an error). Errors
+print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
+commands, so ``--help`` answers fast.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ ProjectOpt = Annotated[
 _state = {"verbose": False}
 EXIT_STAGE_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 
 
 @app.callback()
@@ -339,6 +341,90 @@ def serve(
         run_server(project, host=host, port=port, workers=workers)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
+
+
+@app.command()
+def monitor(
+    project: ProjectOpt = Path(),
+    current: Annotated[
+        Path | None,
+        typer.Option(
+            "--current",
+            help="A CSV/Parquet batch, or a data/processed|features/<batch> folder "
+            "(default: the prediction log).",
+        ),
+    ] = None,
+    days: Annotated[
+        float | None,
+        typer.Option(help="Prediction-log window in days, ending now (default: the spec's)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+) -> None:
+    """Drift and performance of the champion: exit 0 if none, 3 if drift or degradation."""
+    from driftloop.errors import DriftloopError
+    from driftloop.monitoring.run import monitor as run_monitor
+
+    try:
+        result = run_monitor(project, current=current, days=days)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if as_json:
+        sys.stdout.write(json.dumps(result.report, indent=2, sort_keys=True) + "\n")
+    else:
+        print_monitor(result.report)
+    if result.exit_code:
+        raise typer.Exit(EXIT_DRIFT)
+
+
+def print_monitor(report: dict[str, Any]) -> None:
+    """The monitoring summary: what was compared, what drifted, performance, the report."""
+    console = _console()
+    model, cur, drift = report["model"], report["current"], report["data_drift"]
+    where = cur.get("path") or (
+        f"prediction log {cur['window']['since'][:16]} .. {cur['window']['until'][:16]}"
+    )
+    console.print(
+        f"monitor {model['name']} v{model['version']}: reference {report['reference']['rows']} "
+        f"training rows vs {where} ({cur['rows']} rows)"
+    )
+    console.print(
+        f"data drift: {drift['number_of_drifted_columns']} of {drift['number_of_columns']} "
+        f"features drifted (weighted share {drift['weighted_share_of_drifted_columns']:.2f}, "
+        f"dataset drift at {drift['drift_share']:.2f}: "
+        f"{'YES' if drift['dataset_drift'] else 'no'})"
+    )
+    for c in drift["columns"]:
+        if c["drift"]:
+            console.print(f"  {c['column']}: {c['test']} {c['value']:.4g}; {c['reason']}")
+    for key in ("target_drift", "prediction_drift"):
+        c = report.get(key)
+        if c:
+            verdict = "DRIFT" if c["drift"] else "no drift"
+            console.print(
+                f"{key.replace('_', ' ')} ({c['column']}): {verdict}, {c['test']} "
+                f"{c['value']:.4g}; {c['reason']}"
+            )
+    perf = report.get("performance")
+    if perf:
+        o = perf["overall"]
+        decayed = sum(w["decayed"] for w in perf["windows"])
+        console.print(
+            f"performance: {perf['metric']} {o['value']:.4f} [{o['low']:.4f}, {o['high']:.4f}] "
+            f"on {perf['rows']} labelled rows vs holdout {perf['holdout']:.4f} (tolerance "
+            f"{perf['tolerance']:g}): {'DEGRADED' if perf['degraded'] else 'ok'}; "
+            f"{decayed} of {len(perf['windows'])} windows decayed"
+        )
+        found = ", ".join(f"{k} {v['count']}" for k, v in perf["detectors"]["detections"].items())
+        console.print(f"  change detectors on the {perf['detectors']['stream']}: {found}")
+    estimate = report.get("estimated_performance")
+    if estimate and estimate["overall"]:
+        values = ", ".join(f"{m} {estimate['overall'][m]:.4f}" for m in estimate["metrics"])
+        console.print(f"estimated performance (no labels used; an estimate): {values}")
+    paths = report.get("paths") or {}
+    if paths:
+        console.print(f"report: {paths['json']}, {paths['html']}")
+    summary = report["summary"]
+    console.print(("DRIFT: " if summary["exit_code"] else "OK: ") + "; ".join(summary["messages"]))
 
 
 @app.command()

@@ -184,6 +184,5 @@ def _summary(project: Path, console: Any) -> None:
         f"serving: 'driftloop serve -p {project}'; what it answered: "
         f"{project}/data/monitoring/predictions/"
     )
-    console.print(
-        "not yet in this release: drift monitoring and the event loop (see the README's roadmap)"
-    )
+    console.print(f"monitoring: 'driftloop monitor -p {project}' (drift and performance)")
+    console.print("not yet in this release: the event loop (see the README's roadmap)")

@@ -17,6 +17,7 @@ shown only with ``--verbose``.
      │    ├── FeatureError            the feature function failed or returned bad output
      │    └── TrainError              the data cannot train a model (too few rows, constant target)
      ├── RegistryError                the model registry (MLflow) refused or lacks what is asked
+     ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
      └── StateError                   the state database is unusable
 """
 
@@ -73,6 +74,10 @@ class TrainError(StageError):
 
 class RegistryError(DriftloopError):
     """The model registry does not hold what was asked for, or refused the change."""
+
+
+class MonitoringError(DriftloopError):
+    """Monitoring cannot compare: no champion, no current data, or an unreadable log."""
 
 
 class StateError(DriftloopError):

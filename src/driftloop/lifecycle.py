@@ -167,6 +167,7 @@ def _train_register_gate(
             classes=trained.classes,
             user_module=user_module,
             profile=profile,
+            monitoring=_monitoring_reference(trained, spec, predictions),
         )
         registered = registry.log_and_register(
             spec,
@@ -258,6 +259,63 @@ def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:
         return pl.Series("prediction", trained.pipeline.predict_proba(x)[:, 1])
     values = trained.pipeline.predict(x)
     return pl.Series("prediction", [str(v) for v in values] if trained.classes else values)
+
+
+def _monitoring_reference(
+    trained: Trained, spec: Spec, predictions: pl.Series
+) -> dict[str, pl.DataFrame]:
+    """What drift monitoring compares against: sorted training columns (target included),
+    the holdout's predictions, and the holdout's labels with the model's outputs."""
+    from driftloop.profile import holdout_frame, reference_columns
+    from driftloop.train import to_pandas_inputs
+
+    train = trained.split.train.select([*trained.inputs, spec.target])
+    x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
+    labels = trained.split.holdout.get_column(spec.target)
+    importance = _permutation_importance(trained, x, labels, spec)
+    columns = pl.concat(
+        [
+            reference_columns(
+                train, roles={spec.target: "target"}, seed=spec.model.seed, importance=importance
+            ),
+            reference_columns(predictions.to_frame(), roles={"prediction": "prediction"}),
+        ]
+    )
+    outputs = pl.Series("prediction", trained.pipeline.predict(x))
+    if trained.classes is None:
+        return {"reference_columns": columns, "reference_holdout": holdout_frame(labels, outputs)}
+    classes = [str(c) for c in trained.classes]
+    holdout = holdout_frame(labels, outputs, trained.pipeline.predict_proba(x), classes)
+    return {"reference_columns": columns, "reference_holdout": holdout}
+
+
+IMPORTANCE_ROWS = 1_000  # holdout rows permuted to rank the inputs (monitoring weights)
+
+
+def _permutation_importance(
+    trained: Trained, x: Any, labels: pl.Series, spec: Spec
+) -> dict[str, float] | None:
+    """Each input's permutation importance on (up to 1,000 rows of) the holdout: how much the
+    model's score (accuracy or R^2) drops when that column is shuffled; None if it fails."""
+    from sklearn.inspection import permutation_importance
+
+    y = labels.cast(pl.String if trained.classes else pl.Float64).to_numpy()
+    rows = min(IMPORTANCE_ROWS, len(y))
+    try:
+        found = permutation_importance(
+            trained.pipeline,
+            x.iloc[:rows],
+            y[:rows],
+            n_repeats=2,
+            random_state=spec.model.seed,
+            n_jobs=1,
+        )
+    except ValueError as exc:  # e.g. a holdout with one class only
+        log.info("no permutation importance: %s", first_line(exc))
+        return None
+    return {
+        c: max(0.0, float(v)) for c, v in zip(trained.inputs, found.importances_mean, strict=True)
+    }
 
 
 def _gate(

@@ -182,8 +182,10 @@ def write_package(
     classes: list[str] | None,
     user_module: Path | None,
     profile: dict[str, Any],
+    monitoring: dict[str, pl.DataFrame] | None = None,
 ) -> None:
-    """Everything ``Predictor`` needs, in one folder."""
+    """Everything ``Predictor`` needs, in one folder (and what monitoring compares against:
+    ``monitoring`` frames are written as ``<name>.parquet``, see driftloop.profile)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_pipeline(pipeline, folder / PIPELINE)
     meta = {
@@ -193,9 +195,11 @@ def write_package(
         "classes": classes,
     }
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    from driftloop.profile import profile_to_json
+    from driftloop.profile import profile_to_json, write_monitoring_frame
 
     (folder / "reference_profile.json").write_text(profile_to_json(profile), encoding="utf-8")
+    for name, frame in (monitoring or {}).items():
+        write_monitoring_frame(frame, folder / f"{name}.parquet")
     if user_module is not None:
         reference = spec.features.function
         target = folder / USER_CODE / (reference.partition(":")[0].replace(".", "/") + ".py")

@@ -287,6 +287,60 @@ class _Later(_Frozen):
     """A section that a later release fills; empty for now."""
 
 
+DriftTestName = Literal["ks", "wasserstein", "psi", "jensenshannon", "chisquare", "z"]
+NUMERIC_TESTS = ("ks", "wasserstein", "psi", "jensenshannon")
+CATEGORICAL_TESTS = ("psi", "jensenshannon", "chisquare", "z")
+
+
+class ColumnMonitoring(_Frozen):
+    """One column's drift test and thresholds, instead of the automatic choice."""
+
+    test: DriftTestName | None = None  # None: chosen by type and sample size
+    threshold: float | None = Field(None, gt=0.0)  # the test's own (p-value or distance)
+    effect_threshold: float | None = Field(None, ge=0.0)  # smallest effect that is drift
+    enabled: bool = True  # false: the column is not tested
+
+
+class PerformanceMonitoring(_Frozen):
+    """Realized performance when labels arrive: windows, confidence, tolerated decay."""
+
+    tolerance: float = Field(0.05, ge=0.0)  # metric units, in its worse direction
+    window_rows: int = Field(1_000, ge=10)  # rows per window (without window_days)
+    window_days: float | None = Field(None, gt=0.0)  # by time when the data has a time
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap: int = Field(200, ge=50, le=10_000)  # resamples for the confidence interval
+
+
+class MonitoringSpec(_Frozen):
+    """Drift and performance monitoring (``driftloop monitor``)."""
+
+    method: Literal["sample_size_aware", "fixed_threshold"] = "sample_size_aware"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)  # permutation test level, per column
+    permutations: int = Field(500, ge=99, le=100_000)
+    drift_share: float = Field(0.5, gt=0.0, le=1.0)  # dataset drift at this weighted share
+    weight_by_importance: bool = True  # when the model exposes feature importances
+    numeric_test: DriftTestName | None = None  # for every numeric column; None: automatic
+    categorical_test: DriftTestName | None = None
+    columns: dict[str, ColumnMonitoring] = {}
+    window_days: float = Field(7.0, gt=0.0)  # of the prediction log, ending now
+    seed: int = 0
+    performance: PerformanceMonitoring = PerformanceMonitoring()
+
+    @model_validator(mode="after")
+    def _tests_fit_kinds(self) -> MonitoringSpec:
+        if self.numeric_test is not None and self.numeric_test not in NUMERIC_TESTS:
+            raise ValueError(
+                f"numeric_test {self.numeric_test!r} is for categorical columns; "
+                f"use one of {list(NUMERIC_TESTS)}"
+            )
+        if self.categorical_test is not None and self.categorical_test not in CATEGORICAL_TESTS:
+            raise ValueError(
+                f"categorical_test {self.categorical_test!r} is for numeric columns; "
+                f"use one of {list(CATEGORICAL_TESTS)}"
+            )
+        return self
+
+
 class PredictionLogSpec(_Frozen):
     """How /predict's log is buffered: in memory, flushed in the background."""
 
@@ -327,11 +381,11 @@ class Spec(_Frozen):
     ingest: IngestSpec = IngestSpec()
     model: ModelSpec = ModelSpec()
     promotion: PromotionSpec = PromotionSpec()
-    monitoring: _Later | None = None
+    monitoring: MonitoringSpec = MonitoringSpec()
     serving: ServingSpec = ServingSpec()
     retrain: _Later | None = None
 
-    @field_validator("serving", mode="before")
+    @field_validator("serving", "monitoring", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         """An empty section (``serving:`` with nothing under it) means the defaults."""

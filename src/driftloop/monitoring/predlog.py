@@ -1,0 +1,150 @@
+"""The prediction log and the feedback that serving writes, read for monitoring.
+
+Layout (written by ``driftloop serve``, one Parquet part per flush; see
+driftloop/serving/logbook.py)::
+
+    data/monitoring/predictions/date=YYYY-MM-DD/part-*.parquet
+        the contract's input columns as their contract types, then __ts (Datetime us, UTC),
+        __request_id (String), __record (Int32: the record's index in its request),
+        __model_name, __model_version (String), __prediction (String label, or Float64 for
+        regression), __proba_<class> (Float64, classifiers), __flags (String, nullable)
+    data/monitoring/feedback/date=YYYY-MM-DD/part-*.parquet
+        __ts, __request_id, __record (Int32), __label (String; cast to the target's type)
+
+The log's own columns start with ``__`` so that they never collide with a contract column.
+Parts written before that convention (``ts``, ``request_id``, ``record``, ``model_name``,
+``model_version``, ``prediction``, ``proba_<class>``, ``flags``, ``label``) are read too and
+renamed. Parts may differ in their columns (a new model version with a new contract), so
+they are concatenated diagonally: a column missing from a part is null there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+
+from driftloop.errors import MonitoringError
+
+PREDICTIONS = Path("data") / "monitoring" / "predictions"
+FEEDBACK = Path("data") / "monitoring" / "feedback"
+TS = "__ts"
+REQUEST_ID = "__request_id"
+RECORD = "__record"
+MODEL_NAME = "__model_name"
+MODEL_VERSION = "__model_version"
+PREDICTION = "__prediction"
+PROBA = "__proba_"
+FLAGS = "__flags"
+LABEL = "__label"
+KEYS = [REQUEST_ID, RECORD]
+_PLAIN = (
+    "ts",
+    "request_id",
+    "record",
+    "model_name",
+    "model_version",
+    "prediction",
+    "flags",
+    "label",
+)
+
+
+def _parts(folder: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[Path]:
+    """Part files whose date partition can hold rows in [since, until)."""
+    found = []
+    for day_dir in sorted(folder.glob("date=*")):
+        try:
+            day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
+        except ValueError:
+            continue  # not a partition driftloop wrote
+        if since is not None and day < since.astimezone(dt.UTC).date():
+            continue
+        if until is not None and day > until.astimezone(dt.UTC).date():
+            continue
+        found += sorted(day_dir.glob("part-*.parquet"))
+    return found
+
+
+def _prefixed(frame: pl.DataFrame) -> pl.DataFrame:
+    """A part in the plain layout (no ``__ts``) gets the log columns' ``__`` names."""
+    if TS in frame.columns or "ts" not in frame.columns:
+        return frame
+    renames = {c: f"__{c}" for c in _PLAIN if c in frame.columns}
+    renames |= {c: f"__{c}" for c in frame.columns if c.startswith("proba_")}
+    return frame.rename(renames)
+
+
+def _read(parts: list[Path], required: list[str]) -> pl.DataFrame:
+    frames = []
+    for part in parts:
+        try:
+            frame = _prefixed(pl.read_parquet(part))
+        except Exception as exc:  # polars raises several kinds for a bad file
+            raise MonitoringError(
+                f"{part}: not a readable Parquet part ({type(exc).__name__}: {exc}); move it "
+                "out of the log folder or delete it"
+            ) from None
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise MonitoringError(
+                f"{part}: lacks the column(s) {missing} every log part must have "
+                f"({', '.join(required)}); it was not written by driftloop's serving"
+            )
+        frames.append(frame.with_columns(pl.col(TS).dt.replace_time_zone(None)))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _naive_utc(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def read_predictions(
+    root: Path, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> pl.DataFrame:
+    """Logged predictions with ``since <= __ts < until`` (UTC), oldest first; ``__ts`` is
+    returned as naive UTC."""
+    parts = _parts(root / PREDICTIONS, since, until)
+    frame = _read(parts, [TS, *KEYS, MODEL_NAME, MODEL_VERSION, PREDICTION])
+    if frame.is_empty():
+        return frame
+    conditions = []
+    if since is not None:
+        conditions.append(pl.col(TS) >= _naive_utc(since))
+    if until is not None:
+        conditions.append(pl.col(TS) < _naive_utc(until))
+    if conditions:
+        frame = frame.filter(*conditions)
+    return frame.sort([TS, *KEYS], maintain_order=True)
+
+
+def read_feedback(root: Path) -> pl.DataFrame:
+    """Every label received, the latest per (request id, record)."""
+    frame = _read(_parts(root / FEEDBACK, None, None), [TS, *KEYS, LABEL])
+    if frame.is_empty():
+        return frame
+    return (
+        frame.sort(TS)
+        .unique(subset=KEYS, keep="last", maintain_order=True)
+        .select(TS, *KEYS, LABEL)
+    )
+
+
+def with_feedback(
+    predictions: pl.DataFrame, feedback: pl.DataFrame, label_dtype: pl.DataType
+) -> pl.DataFrame:
+    """Predictions with a ``__label`` column (null where no feedback came), cast to the
+    target's type."""
+    if feedback.is_empty() or predictions.is_empty():
+        return predictions.with_columns(pl.lit(None, label_dtype).alias(LABEL))
+    labels = feedback.select(
+        pl.col(REQUEST_ID).cast(pl.String),
+        pl.col(RECORD).cast(pl.Int32),
+        pl.col(LABEL).cast(label_dtype, strict=False),
+    )
+    return predictions.with_columns(
+        pl.col(REQUEST_ID).cast(pl.String), pl.col(RECORD).cast(pl.Int32)
+    ).join(labels, on=KEYS, how="left")

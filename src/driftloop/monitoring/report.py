@@ -1,0 +1,148 @@
+"""The monitoring report: one JSON value with a stable schema, and its HTML rendering.
+
+Schema, version 1 (``kind`` "driftloop.monitoring_report")::
+
+    schema_version, kind, generated_at (ISO 8601 UTC), project
+    model        {name, version, uri}
+    reference    {source: reference_columns | profile_sample | frame, rows}
+    current      {kind: batch | prediction_log, rows, path | window {since, until},
+                  rows_of_champion, labelled_rows_of_champion, model_versions,
+                  labelled_rows_by_version}
+    settings     the spec's monitoring section (method, alpha, permutations, drift_share, ...)
+    data_drift   {dataset_drift, drift_share, share_of_drifted_columns,
+                  weighted_share_of_drifted_columns, weights: uniform |
+                  model_feature_importances | permutation_importance,
+                  number_of_columns, number_of_drifted_columns, drifted_columns [names],
+                  columns [<column>]}
+    target_drift       <column> | null   (the target, when the current data has labels)
+    prediction_drift   <column> | null   (binary classifiers: the positive class's
+                                          probability; others: the prediction)
+    performance        null | {metric, higher_is_better, holdout, tolerance, confidence,
+                       rows, overall {value, low, high, decayed}, windows [{window, rows,
+                       value, low, high, decayed}], degraded, detectors {stream, rows,
+                       detections {ADWIN|PageHinkley|DDM: {count, rows, windows}}}}
+    estimated_performance  null | {kind: "estimate", method, note, metrics, windows,
+                       overall, holdout, below_holdout_by_more_than_tolerance}
+    summary      {drift_detected, performance_degraded, exit_code (0 | 3), messages}
+    timings      {load_champion_s, total_s}
+    paths        {json, html} (when written)
+
+<column> is {column, role, kind, test, test_name, value, threshold, value_drift, effect,
+effect_name, effect_threshold, noise_floor, p_value, drift, reason, reference_count,
+reference_missing, current_count, current_missing, importance, plot}: ``value`` is the test's
+statistic as Evidently defines it and ``value_drift`` Evidently's fixed-threshold verdict on
+it; ``drift`` is driftloop's sample-size-aware decision (monitoring/decision.py). Numbers
+that are not finite are null. New keys may be added within version 1; none is removed or
+changes meaning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from driftloop.monitoring.drift import ColumnDrift, DataDrift, _jsonable
+from driftloop.monitoring.reference import Reference
+from driftloop.spec import Spec
+
+SCHEMA_VERSION = 1
+EXIT_DRIFT = 3
+
+
+def build_report(
+    *,
+    spec: Spec,
+    champion_version: str,
+    reference: Reference,
+    current: dict[str, Any],
+    drift: DataDrift,
+    target: ColumnDrift | None,
+    prediction: ColumnDrift | None,
+    realized: dict[str, Any] | None,
+    estimated: dict[str, Any] | None,
+    now: dt.datetime,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    messages = []
+    if drift.dataset_drift:
+        messages.append(
+            f"dataset drift: {drift.weighted_share:.0%} of the features drifted "
+            f"({drift.weights} weights; threshold {drift.drift_share:.0%})"
+        )
+    elif drift.drifted:
+        messages.append(
+            f"{len(drift.drifted)} feature(s) drifted ({', '.join(drift.drifted)}), below the "
+            f"dataset threshold of {drift.drift_share:.0%}"
+        )
+    if prediction is not None and prediction.drift:
+        messages.append(f"prediction drift: {prediction.reason}")
+    if target is not None and target.drift:
+        messages.append(f"target drift ({target.column}): {target.reason}")
+    if realized is None and current.get("kind") == "prediction_log":
+        others = sum(current.get("labelled_rows_by_version", {}).values())
+        if others:
+            messages.append(
+                f"performance not measured: {current['labelled_rows_of_champion']} labelled "
+                f"rows of the champion v{champion_version} in the window ({others} labelled "
+                "rows in all, of other versions)"
+            )
+    degraded = bool(realized and realized["degraded"])
+    if degraded and realized is not None:
+        o = realized["overall"]
+        messages.append(
+            f"performance degraded: {realized['metric']} {o['value']:.4f} "
+            f"[{o['low']:.4f}, {o['high']:.4f}] vs holdout {realized['holdout']:.4f} "
+            f"(tolerance {realized['tolerance']:g})"
+        )
+    drifted = drift.dataset_drift or bool(prediction and prediction.drift)
+    drifted = drifted or bool(target and target.drift)
+    report: dict[str, Any] = _jsonable(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "driftloop.monitoring_report",
+            "generated_at": now.astimezone(dt.UTC).isoformat(),
+            "project": spec.name,
+            "model": {
+                "name": spec.name,
+                "version": champion_version,
+                "uri": f"models:/{spec.name}/{champion_version}",
+            },
+            "reference": {"source": reference.source, "rows": reference.rows},
+            "current": current,
+            "settings": spec.monitoring.model_dump(mode="json"),
+            "data_drift": drift.to_dict(),
+            "target_drift": target.to_dict() if target else None,
+            "prediction_drift": prediction.to_dict() if prediction else None,
+            "performance": realized,
+            "estimated_performance": estimated,
+            "summary": {
+                "drift_detected": drifted,
+                "performance_degraded": degraded,
+                "exit_code": EXIT_DRIFT if drifted or degraded else 0,
+                "messages": messages or ["no drift, no degradation"],
+            },
+            "timings": timings,
+        }
+    )
+    return report
+
+
+def write_reports(folder: Path, report: dict[str, Any], now: dt.datetime) -> tuple[Path, Path]:
+    """``<UTC time>-<model>-v<version>.json`` and ``.html``, each written then renamed."""
+    from driftloop.monitoring.html import render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    stem = f"{stamp}-{report['model']['name']}-v{report['model']['version']}"
+    json_path, html_path = folder / f"{stem}.json", folder / f"{stem}.html"
+    _atomic_write(json_path, json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
+    _atomic_write(html_path, render(report))
+    return json_path, html_path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
