@@ -12,6 +12,7 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,31 +71,67 @@ def training_frame(layout: Layout, lineage: list[dict[str, Any]]) -> pl.DataFram
     return pl.concat(frames, how="diagonal_relaxed").collect()
 
 
-def train_stage(spec: Spec, layout: Layout, db: StateDB, spec_text: str) -> StageReport | None:
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a training run would read, and its key (no data read to know it)."""
+
+    key: str
+    lineage: list[dict[str, Any]]
+    sections: str  # hash of the spec sections training reads
+
+    @property
+    def batch_ids(self) -> list[str]:
+        return [m["batch_id"] for m in self.lineage]
+
+
+def train_plan(spec: Spec, layout: Layout, db: StateDB) -> TrainPlan | None:
+    """The training run over every batch's features so far; None when there are none."""
+    lineage = feature_batches(layout, db)
+    if not lineage:
+        return None
+    sections = spec.section_hash(*TRAIN_SECTIONS)
+    key = run_key("train", TRAIN_VERSION, sections, [m["features_run_key"] for m in lineage])
+    return TrainPlan(key, lineage, sections)
+
+
+def train_stage(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    spec_text: str,
+    *,
+    plan: TrainPlan | None = None,
+    backoff: bool = False,
+) -> StageReport | None:
     """Train, register and gate a model on all features so far; None when there is no data.
 
     The key comes from the batches' manifests alone, so a cache hit reads no data.
     """
-    lineage = feature_batches(layout, db)
-    if not lineage:
+    plan = plan or train_plan(spec, layout, db)
+    if plan is None:
         return None
     latest = db.batches()[-1]
-    key = run_key(
-        "train",
-        TRAIN_VERSION,
-        spec.section_hash(*TRAIN_SECTIONS),
-        [m["features_run_key"] for m in lineage],
-    )
+    key, lineage = plan.key, plan.lineage
     out_dir = layout.root / "data" / "models" / key[:16]
 
     def work(started: float) -> dict[str, Any]:
         frame = training_frame(layout, lineage)
         _enough_rows(frame, spec)
-        return _train_register_gate(
+        manifest = _train_register_gate(
             spec, layout, db, frame, lineage, key, out_dir, spec_text, started
         )
+        return manifest
 
-    return keyed_run(db, layout, "train", latest, key, out_dir, work)
+    return keyed_run(db, layout, "train", latest, key, out_dir, work, backoff=backoff)
+
+
+def last_training(layout: Layout, db: StateDB) -> dict[str, Any] | None:
+    """The manifest of the newest training run that succeeded, or None."""
+    row = db.last_succeeded("train")
+    if row is None or row["output"] is None:
+        return None
+    out_dir = layout.root / row["output"]
+    return read_manifest(out_dir) if is_complete(out_dir) else None
 
 
 def _enough_rows(frame: pl.DataFrame, spec: Spec) -> None:
@@ -230,6 +267,7 @@ def _train_register_gate(
         "holdout_rows": trained.split.holdout.height,
         "decision": decision,
         "inputs": lineage,
+        "sections_hash": spec.section_hash(*TRAIN_SECTIONS),
         "timings": {"total_s": round(time.perf_counter() - started, 4)},
     }
     with atomic_output(out_dir) as tmp_dir:
@@ -340,8 +378,6 @@ def _gate(
         records = holdout_records(layout, db, trained.split.holdout)
         champion_score = rescore(champion, records, spec).get(metric, math.nan)
     verdict = registry.decide(spec, challenger, baseline, champion_score)
-    if verdict.promote:
-        registry.set_alias(spec, layout, registry.CHAMPION, version)
     decision: dict[str, Any] = {
         "model": spec.name,
         "version": version,
@@ -354,7 +390,12 @@ def _gate(
         "baseline_score": baseline,
         "actor": "driftloop (promotion gate)",
     }
-    db.record_decision(decision)
+    # Recorded first, applied second: a crash in between is repaired by the next pass
+    # (apply_pending_decisions), so the registry's alias always follows the event log.
+    decision_id = db.record_decision(decision, applied=not verdict.promote)
+    if verdict.promote:
+        registry.set_alias(spec, layout, registry.CHAMPION, version)
+        db.mark_applied(decision_id)
     registry.tag_version(
         spec,
         layout,
@@ -428,7 +469,7 @@ def manual_alias_change(
                 f"model {spec.name!r}: there is no earlier champion to roll back to "
                 f"(champion is {current or 'unset'}); see 'driftloop models'"
             )
-    registry.set_alias(spec, layout, registry.CHAMPION, version)
+    registry.require_version(spec, layout, version)
     decision = {
         "model": spec.name,
         "version": version,
@@ -441,11 +482,31 @@ def manual_alias_change(
         "baseline_score": None,
         "actor": actor or _who(),
     }
-    db.record_decision(decision)
+    decision_id = db.record_decision(decision, applied=False)  # recorded first, as the gate does
+    registry.set_alias(spec, layout, registry.CHAMPION, version)
+    db.mark_applied(decision_id)
     registry.tag_version(
         spec, layout, version, {"driftloop.decision": kind, "driftloop.reason": why}
     )
     return decision
+
+
+def apply_pending_decisions(spec: Spec, layout: Layout, db: StateDB) -> list[dict[str, Any]]:
+    """Point the registry's alias where recorded decisions say it must be (after a crash
+    between recording a promotion and moving the alias); returns what was applied."""
+    from driftloop import registry
+
+    pending = db.unapplied(spec.name)
+    for decision in pending:
+        registry.set_alias(spec, layout, registry.CHAMPION, str(decision["version"]))
+        db.mark_applied(int(decision["id"]))
+        log.warning(
+            "applied a recorded decision the registry had missed: %s v%s (%s)",
+            spec.name,
+            decision["version"],
+            decision["decision"],
+        )
+    return pending
 
 
 def _previous_champion(db: StateDB, model: str, current: str | None) -> str | None:

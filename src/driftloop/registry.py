@@ -180,6 +180,18 @@ def set_alias(spec: Spec, layout: Layout, alias: str, version: str) -> None:
         ) from None
 
 
+def require_version(spec: Spec, layout: Layout, version: str) -> None:
+    """Raise RegistryError unless the model has this version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(spec, layout).get_model_version(spec.name, str(version))
+    except MlflowException:
+        raise RegistryError(
+            f"model {spec.name!r} has no version {version}; see 'driftloop models' for the versions"
+        ) from None
+
+
 def tag_version(spec: Spec, layout: Layout, version: str, tags: dict[str, str]) -> None:
     mlflow_client = client(spec, layout)
     for key, value in tags.items():

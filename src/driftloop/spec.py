@@ -283,8 +283,21 @@ class PromotionSpec(_Frozen):
     must_beat_baseline: bool = True
 
 
-class _Later(_Frozen):
-    """A section that a later release fills; empty for now."""
+class RetrainSpec(_Frozen):
+    """When the loop trains a challenger (the promotion gate then decides whether it serves).
+
+    New data alone trains every ``every_batches`` batches (0: never; the first model is
+    always trained). Drift or decay found on data that arrived since the last training
+    trains at once (``on_drift``, ``on_decay``), and ``every_hours`` trains when new data has
+    waited that long. ``cooldown_minutes`` spaces trainings out whatever triggers them. The
+    rows a model learns from are ``model.window``.
+    """
+
+    every_batches: int = Field(1, ge=0)
+    on_drift: bool = True
+    on_decay: bool = True
+    every_hours: float | None = Field(None, gt=0.0)
+    cooldown_minutes: float = Field(0.0, ge=0.0)
 
 
 DriftTestName = Literal["ks", "wasserstein", "psi", "jensenshannon", "chisquare", "z"]
@@ -325,6 +338,10 @@ class MonitoringSpec(_Frozen):
     window_days: float = Field(7.0, gt=0.0)  # of the prediction log, ending now
     seed: int = 0
     performance: PerformanceMonitoring = PerformanceMonitoring()
+    # The event loop (driftloop watch): each new batch is checked against the champion as
+    # it arrives (its labels give realized performance), and the prediction log on a schedule.
+    on_new_data: bool = True
+    schedule_minutes: float | None = Field(60.0, gt=0.0)  # None: no scheduled monitoring
 
     @model_validator(mode="after")
     def _tests_fit_kinds(self) -> MonitoringSpec:
@@ -383,9 +400,9 @@ class Spec(_Frozen):
     promotion: PromotionSpec = PromotionSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     serving: ServingSpec = ServingSpec()
-    retrain: _Later | None = None
+    retrain: RetrainSpec = RetrainSpec()
 
-    @field_validator("serving", "monitoring", mode="before")
+    @field_validator("serving", "monitoring", "retrain", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         """An empty section (``serving:`` with nothing under it) means the defaults."""

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +65,9 @@ DATA_FILE = "data.parquet"
 # LZ4 over zstd: about 1.5 s less per 5M rows written, for files about a third larger.
 COMPRESSION: Literal["lz4"] = "lz4"
 
-Outcome = Literal["ran", "cached", "failed", "failed-earlier"]
+Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting"]
+MAX_ATTEMPTS = 8  # a transient failure is retried this many times in all, with backoff
+BACKOFF_SECONDS = (1.0, 300.0)  # the first wait, and the longest
 
 
 @dataclass
@@ -96,17 +99,31 @@ def keyed_run(
     key: str,
     out_dir: Path,
     work: Callable[[float], dict[str, Any]],
+    *,
+    backoff: bool = False,
 ) -> StageReport:
     """Run ``work`` unless ``key`` already succeeded (cache hit) or failed on its data.
 
     A DriftloopError is a failure of the data or spec: recorded and not retried until the
-    key changes. Any other exception is recorded as an error and retried on the next pass.
+    key changes. Any other exception is recorded as an error and retried on the next pass;
+    with ``backoff`` (the event loop) only once a wait that doubles with each attempt has
+    passed (1 s, 2 s, 4 s, ... up to 5 minutes), and not after ``MAX_ATTEMPTS``.
     """
     if _cached(db, key, out_dir):
         return StageReport(stage, batch.batch_id, "cached", manifest=read_manifest(out_dir))
-    status, error = db.run_status(key)
-    if status == "failed":
-        return StageReport(stage, batch.batch_id, "failed-earlier", error=error)
+    info = db.run_info(key) or {}
+    if info.get("status") == "failed":
+        return StageReport(stage, batch.batch_id, "failed-earlier", error=info["error"])
+    if info.get("status") == "error" and backoff:
+        attempts = int(info["attempts"])
+        if attempts >= MAX_ATTEMPTS:
+            why = f"gave up after {attempts} attempts; the last: {info['error']}"
+            return StageReport(stage, batch.batch_id, "failed-earlier", error=why)
+        first, longest = BACKOFF_SECONDS
+        wait = min(longest, first * 2 ** (attempts - 1))
+        finished = datetime.fromisoformat(info["finished_at"])
+        if (datetime.now(UTC) - finished).total_seconds() < wait:
+            return StageReport(stage, batch.batch_id, "waiting", error=info["error"])
     db.start_run(key, stage, batch.batch_id)
     started = time.perf_counter()
     try:
@@ -156,7 +173,9 @@ def place_files(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> list[P
     return [p for p in own if p[1] not in joined] + [p for p in history if p[1] in joined]
 
 
-def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
+def prep_stage(
+    spec: Spec, layout: Layout, db: StateDB, batch: Batch, *, backoff: bool = False
+) -> StageReport:
     files = place_files(spec, layout, db, batch)
     key = run_key(
         "prep",
@@ -168,7 +187,8 @@ def prep_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageRe
     def work(started: float) -> dict[str, Any]:
         return _run_prep(spec, layout, db, batch, files, key, started)
 
-    return keyed_run(db, layout, "prep", batch, key, layout.processed / batch.batch_id, work)
+    out_dir = layout.processed / batch.batch_id
+    return keyed_run(db, layout, "prep", batch, key, out_dir, work, backoff=backoff)
 
 
 def _read(
@@ -393,7 +413,9 @@ def check_output_schema(frame: pl.LazyFrame, spec: Spec) -> None:
         )
 
 
-def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> StageReport:
+def features_stage(
+    spec: Spec, layout: Layout, db: StateDB, batch: Batch, *, backoff: bool = False
+) -> StageReport:
     in_dir = layout.processed / batch.batch_id
     if not is_complete(in_dir):
         retract(layout.features / batch.batch_id)
@@ -452,7 +474,7 @@ def features_stage(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> Sta
             seal(tmp, manifest)
         return manifest
 
-    return keyed_run(db, layout, "features", batch, key, out_dir, work)
+    return keyed_run(db, layout, "features", batch, key, out_dir, work, backoff=backoff)
 
 
 def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:

@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS promotions (
     champion_version  TEXT,
     champion_score    REAL,
     baseline_score    REAL,
-    actor             TEXT NOT NULL
+    actor             TEXT NOT NULL,
+    applied           INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -115,12 +116,21 @@ class StateDB:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"{path}: cannot open the state database ({exc}); if the file is damaged, "
                 "move it aside and run again (raw files are re-ingested by content hash)"
             ) from None
         self.path = path
+
+    def _migrate(self) -> None:
+        """Columns added after a database was created (CREATE TABLE IF NOT EXISTS keeps it)."""
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(promotions)")}
+        if "applied" not in columns:
+            self._conn.execute(
+                "ALTER TABLE promotions ADD COLUMN applied INTEGER NOT NULL DEFAULT 1"
+            )
 
     def close(self) -> None:
         self._conn.close()
@@ -216,6 +226,18 @@ class StateDB:
         ).fetchone()
         return (None, None) if row is None else (row[0], row[1])
 
+    def run_info(self, key: str) -> dict[str, Any] | None:
+        """status, error, attempts, finished_at of a stage run key, or None if it never ran."""
+        cur = self._conn.execute(
+            "SELECT status, error, attempts, finished_at FROM stage_runs WHERE key=?", (key,)
+        )
+        row = cur.fetchone()
+        return (
+            None
+            if row is None
+            else dict(zip(("status", "error", "attempts", "finished_at"), row, strict=True))
+        )
+
     def start_run(self, key: str, stage: str, batch_id: str) -> None:
         now = utcnow().isoformat()
         with self.transaction() as conn:
@@ -255,6 +277,17 @@ class StateDB:
                 payload["error"] = error
             self._append_event(conn, event, payload)
 
+    def last_succeeded(self, stage: str) -> dict[str, Any] | None:
+        """The newest succeeded run of a stage (key, batch_id, finished_at, output)."""
+        row = self._conn.execute(
+            "SELECT key, batch_id, finished_at, output FROM stage_runs WHERE stage=? AND "
+            "status='succeeded' ORDER BY finished_at DESC LIMIT 1",
+            (stage,),
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("key", "batch_id", "finished_at", "output"), row, strict=True))
+
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         cur = self._conn.execute(
             "SELECT key, stage, batch_id, status, attempts, started_at, finished_at, seconds, "
@@ -266,18 +299,36 @@ class StateDB:
 
     # -- promotions ----------------------------------------------------------------------
 
-    def record_decision(self, decision: dict[str, Any]) -> None:
-        """Record a promotion decision (promoted, rejected, manual, rollback) and its event."""
-        row = {"ts": utcnow().isoformat(), **decision}
+    def record_decision(self, decision: dict[str, Any], *, applied: bool = True) -> int:
+        """Record a promotion decision (promoted, rejected, manual, rollback) and its event.
+
+        A decision that moves the champion alias is recorded before the alias moves, with
+        ``applied`` false, and marked applied after (:meth:`mark_applied`): if the process
+        dies in between, :meth:`unapplied` tells what the registry still has to be told.
+        """
+        row = {"ts": utcnow().isoformat(), **decision, "applied": int(applied)}
         columns = list(row)
         with self.transaction() as conn:
-            conn.execute(
+            cur = conn.execute(
                 f"INSERT INTO promotions ({', '.join(columns)}) "
                 f"VALUES ({', '.join('?' for _ in columns)})",
                 [row[c] for c in columns],
             )
             event = "ModelPromoted" if decision["decision"] != "rejected" else "PromotionRejected"
             self._append_event(conn, event, decision)
+        return int(cur.lastrowid or 0)
+
+    def mark_applied(self, decision_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE promotions SET applied=1 WHERE id=?", (decision_id,))
+
+    def unapplied(self, model: str) -> list[dict[str, Any]]:
+        """Decisions recorded but not yet applied to the registry, oldest first."""
+        cur = self._conn.execute(
+            "SELECT * FROM promotions WHERE model=? AND applied=0 ORDER BY id", (model,)
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
 
     def decisions(self, model: str) -> list[dict[str, Any]]:
         cur = self._conn.execute("SELECT * FROM promotions WHERE model=? ORDER BY id", (model,))
