@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ def serving(
     project: Path, *, workers: int | None = None, wait_ready: bool = True
 ) -> Iterator[Running]:
     """``driftloop serve`` in a subprocess; stopped with SIGTERM (a graceful shutdown)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1"}
     log = project / f"serve-{time.monotonic_ns()}.log"
     with background_server(
         project, log=log, workers=workers, env=env, wait_ready=wait_ready

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from driftloop.registry import child_environment
+
 BIN = Path(sys.executable).parent / "driftloop"
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+        [str(BIN), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=child_environment(),  # each project's own MLflow store, not another test's
     )
 
 

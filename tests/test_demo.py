@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from driftloop.registry import child_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
 
@@ -20,7 +21,7 @@ def test_the_demo_runs_the_lifecycle_and_serves_through_a_hot_swap(tmp_path: Pat
         [sys.executable, "-m", "driftloop.cli", "demo", "--project", str(project)],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=child_environment({"OMP_NUM_THREADS": "1"}),  # not another test's MLflow store
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr

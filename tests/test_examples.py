@@ -140,6 +140,7 @@ def test_a_later_batch_joins_returning_customers_and_runs(tmp_path: Path) -> Non
     assert outcomes == [
         ("features", "cached"),
         ("features", "ran"),
+        ("monitor", "ran"),  # the new batch checked against the champion
         ("prep", "cached"),
         ("prep", "ran"),
         ("train", "ran"),

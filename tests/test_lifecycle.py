@@ -16,6 +16,7 @@ from driftloop import registry
 from driftloop.errors import SpecError
 from driftloop.layout import Layout
 from driftloop.pipeline import run
+from driftloop.registry import child_environment
 from driftloop.spec import load_spec, parse_spec, read_yaml
 
 from .helpers import write_spec
@@ -102,11 +103,16 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(tmp_path: Path
         capture_output=True,
         text=True,
         check=False,
+        env=child_environment(),
     )
     assert out.returncode == 0, out.stderr
     assert registry.alias_version(spec, layout, "champion") == "1"
     listed = subprocess.run(
-        [*cli, "models", "-p", str(tmp_path), "--json"], capture_output=True, text=True, check=True
+        [*cli, "models", "-p", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=child_environment(),
     )
     data = json.loads(listed.stdout)
     history = [(d["version"], d["decision"], d["actor"]) for d in data["decisions"]]
@@ -125,7 +131,10 @@ def test_gate_promotes_better_rejects_worse_and_rollback_restores(tmp_path: Path
     assert tags["3"]["driftloop.decision"] == "rejected"
     # A manual promotion names who and why; an unknown version is a clear error.
     bad = subprocess.run(
-        [*cli, "models", "-p", str(tmp_path), "promote", "9"], capture_output=True, text=True
+        [*cli, "models", "-p", str(tmp_path), "promote", "9"],
+        capture_output=True,
+        text=True,
+        env=child_environment(),
     )
     assert bad.returncode == 2 and "has no version 9" in bad.stderr
 

@@ -129,10 +129,21 @@ def print_run(result: RunResult) -> None:
         console.print(f"  skipped {r.path}: same content as {r.same_as} (already ingested)")
     for path in ing.still_writing:
         console.print(f"  waiting for {path}: still being written; the next run takes it")
+    for decision in result.applied:
+        console.print(
+            f"applied a recorded decision the registry had missed: v{decision['version']} "
+            f"{decision['decision']} ({decision['reason']})"
+        )
     if not result.did_work:
         console.print("nothing to do: every batch is up to date")
     for report in result.reports:
         if report.outcome == "cached":
+            continue
+        if report.outcome == "waiting":
+            console.print(
+                f"{report.stage} {report.batch_id}: waiting to retry after a transient "
+                f"error ({report.error})"
+            )
             continue
         if report.outcome in ("failed", "failed-earlier"):
             earlier = (
@@ -165,7 +176,15 @@ def print_run(result: RunResult) -> None:
                 f"features {report.batch_id}: {m['rows']} rows, {len(m['schema'])} columns "
                 f"({report.seconds:.2f}s)"
             )
+        elif report.stage == "monitor":
+            summary = m["summary"]
+            console.print(
+                f"monitor {report.batch_id} against champion v{m['champion_version']}: "
+                f"{'; '.join(summary['messages'])} ({report.seconds:.2f}s)"
+            )
         else:
+            if result.retrain:
+                console.print(f"retrain requested: {result.retrain}")
             d = m["decision"]
             metric = m["metric"]
             value, base = m["metrics"].get(metric, 0.0), m["baseline"].get(metric, 0.0)
@@ -175,6 +194,8 @@ def print_run(result: RunResult) -> None:
                 f"baseline {base:.4f} ({report.seconds:.2f}s)"
             )
             console.print(f"  {d['decision'].upper()}: {d['reason']}")
+    if result.waiting:
+        console.print(f"no training: {result.waiting}")
 
 
 @app.command()

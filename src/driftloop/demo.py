@@ -66,11 +66,10 @@ def run_demo(
 
         paths = write_batch(project, EXAMPLE, batch=2, rows=drifted_rows, drift=0.8)
         step(f"landed a drifted batch: {', '.join(p.name for p in paths)} (traffic goes on)")
-        promoted_at = time.time()
         second = run(project)
         step("pass 2: the new batch is prepared (the first is a cache hit); a challenger is gated")
         show(second)
-        swapped = _wait_for_swap(traffic.answers, promoted_at, second)
+        swapped = _wait_for_swap(project, traffic.answers, second)
         traffic.stop()
         if swapped is not None:
             step(
@@ -124,13 +123,22 @@ def _report_traffic(answers: list[Any], step: Callable[[str], None], what: str) 
     )
 
 
-def _wait_for_swap(answers: list[Any], since: float, result: RunResult) -> tuple[str, float] | None:
-    """(new version, seconds from the gate's decision to the first answer by it), if promoted."""
+def _wait_for_swap(
+    project: Path, answers: list[Any], result: RunResult
+) -> tuple[str, float] | None:
+    """(new version, seconds from the promotion event to the first answer by it), if promoted."""
+    from datetime import datetime
+
+    from driftloop.layout import Layout
+    from driftloop.state import StateDB
+
     train = [r for r in result.reports if r.stage == "train" and r.outcome == "ran"]
     if not train or train[0].manifest["decision"]["decision"] != "promoted":
         return None
     version = str(train[0].manifest["version"])
-    decided = since + train[0].seconds
+    with StateDB(Layout(project).state_db) as db:
+        event = db.last_event("ModelPromoted")
+    decided = datetime.fromisoformat(event["ts"]).timestamp() if event else time.time()
     deadline = time.time() + 20
     while time.time() < deadline:
         first = [a for a in list(answers) if a.version == version]

@@ -38,6 +38,25 @@ CHALLENGER = "challenger"
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
+_USER_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child process, with the MLflow store variables as
+    the user set them (MLflow itself rewrites them when a project's store is opened, which
+    would point a child at the last project this process touched)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    }
+    if _USER_TRACKING_URI:
+        env["MLFLOW_TRACKING_URI"] = _USER_TRACKING_URI
+    if _USER_REGISTRY_URI:
+        env["MLFLOW_REGISTRY_URI"] = _USER_REGISTRY_URI
+    return {**env, **(extra or {})}
+
+
 def tracking_uri(spec: Spec, layout: Layout) -> str:
     if spec.model.tracking_uri:
         return spec.model.tracking_uri

@@ -358,6 +358,17 @@ class StateDB:
         rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
         return [{"id": r[0], "ts": r[1], "type": r[2], **json.loads(r[3])} for r in rows]
 
+    def last_event(self, type_: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT id, ts, type, payload FROM events WHERE type=? ORDER BY id DESC LIMIT 1",
+            (type_,),
+        ).fetchone()
+        return (
+            None
+            if row is None
+            else {"id": row[0], "ts": row[1], "type": row[2], **json.loads(row[3])}
+        )
+
     def last_event_id(self, types: tuple[str, ...] = ()) -> int:
         sql = "SELECT MAX(id) FROM events"
         if types:

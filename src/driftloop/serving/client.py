@@ -46,7 +46,7 @@ def background_server(
     log: Path,
     timeout: float = 60.0,
     workers: int | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,  # added to this process's (see child_environment)
     wait_ready: bool = True,
 ) -> Iterator[BackgroundServer]:
     """``driftloop serve`` for the project on a free port, stopped with SIGTERM on exit."""
@@ -54,10 +54,14 @@ def background_server(
     cmd = [sys.executable, "-m", "driftloop.cli", "serve", "-p", str(project), "--port", str(port)]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    from driftloop.registry import child_environment
+
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=child_environment(env)
+        )
     server = BackgroundServer(f"http://127.0.0.1:{port}", process, log)
     try:
         if wait_ready:

@@ -1,0 +1,236 @@
+"""One pass of the loop: bring every stage's output up to date with what has landed.
+
+``driftloop run`` (and ``make run-all``) is one pass; ``driftloop watch`` makes a pass
+whenever a file lands or a timer fires. A pass:
+
+1. applies promotion decisions the registry missed (a crash between recording a decision
+   and moving the alias);
+2. ingests complete new raw files (``DataArrived``, stored with the ledger in one
+   transaction);
+3. prepares and builds features for every batch whose output is missing or stale (keyed
+   runs: a second pass is all cache hits);
+4. checks each batch that arrived since the last training against the champion (drift, and
+   realized performance from its labels), once per batch and champion;
+5. asks the retrain policy whether a training is due, records ``RetrainRequested`` with the
+   reason, and trains; the promotion gate decides whether the challenger serves.
+
+Every step is idempotent, so a pass interrupted anywhere (even by ``kill -9``) is finished
+by the next one. Stages never import each other; this module wires them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from driftloop.ingest import IngestResult, ingest
+from driftloop.layout import (
+    Layout,
+    atomic_output,
+    is_complete,
+    read_manifest,
+    seal,
+    sweep_temporaries,
+)
+from driftloop.spec import Spec, load_spec
+from driftloop.stages import StageReport, features_stage, keyed_run, prep_stage, run_key
+from driftloop.state import StateDB
+
+log = logging.getLogger(__name__)
+
+MONITOR_VERSION = "1"
+MONITOR_SECTIONS = ("monitoring", "target", "task", "model")
+
+
+@dataclass
+class RunResult:
+    ingest: IngestResult
+    reports: list[StageReport] = field(default_factory=list)
+    retrain: str | None = None  # why a training was requested in this pass
+    waiting: str | None = None  # why new data did not train (the policy said not yet)
+    applied: list[dict[str, Any]] = field(default_factory=list)  # decisions re-applied
+
+    @property
+    def failed(self) -> list[StageReport]:
+        return [r for r in self.reports if r.outcome == "failed"]
+
+    @property
+    def did_work(self) -> bool:
+        """Anything ingested, run or failed in this pass (cache hits do not count)."""
+        active = ("ran", "failed", "failed-earlier")
+        return any(r.outcome in active for r in self.reports) or self.ingest.batch is not None
+
+
+def run_pass(
+    project: Path,
+    *,
+    wait: bool = True,
+    backoff: bool = False,
+    now: datetime | None = None,
+) -> RunResult:
+    """One pass over the project (see the module docstring)."""
+    layout = Layout(project)
+    spec = load_spec(project)
+    if spec.model.enabled:
+        from driftloop.train import check_model_params
+
+        check_model_params(spec)
+    for folder in (layout.processed, layout.features, layout.quarantine, layout.monitoring):
+        sweep_temporaries(folder)
+    with StateDB(layout.state_db) as db:
+        result = RunResult(ingest(spec, layout, db, wait=wait))
+        for batch in db.batches():
+            prep = prep_stage(spec, layout, db, batch, backoff=backoff)
+            result.reports.append(prep)
+            if prep.outcome in ("ran", "cached"):
+                result.reports.append(features_stage(spec, layout, db, batch, backoff=backoff))
+        if spec.model.enabled:
+            from driftloop.lifecycle import apply_pending_decisions
+
+            result.applied = apply_pending_decisions(spec, layout, db)
+            _monitor_new_batches(spec, layout, db, result, now=now, backoff=backoff)
+            _train_if_due(spec, layout, db, result, now=now or datetime.now(UTC), backoff=backoff)
+    return result
+
+
+def recorded_champion(db: StateDB, model: str) -> str | None:
+    """The champion the decisions in the state database name (the registry follows them)."""
+    found = [d for d in db.decisions(model) if d["decision"] != "rejected"]
+    return str(found[-1]["version"]) if found else None
+
+
+def _new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Batches with features that the last successful training did not see, and its manifest."""
+    from driftloop.lifecycle import feature_batches, last_training
+
+    last = last_training(layout, db)
+    seen = {m["batch_id"] for m in last["inputs"]} if last else set()
+    return [b for b in feature_batches(layout, db) if b["batch_id"] not in seen], last
+
+
+def _monitor_new_batches(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    result: RunResult,
+    *,
+    now: datetime | None,
+    backoff: bool,
+) -> None:
+    """Each batch the champion has not learned from, checked against it once."""
+    if not spec.monitoring.on_new_data:
+        return
+    champion = recorded_champion(db, spec.name)
+    if champion is None:
+        return
+    new, _ = _new_batches(layout, db)
+    batches = {b.batch_id: b for b in db.batches()}
+    for item in new:
+        batch = batches[item["batch_id"]]
+        key = run_key(
+            "monitor",
+            MONITOR_VERSION,
+            spec.section_hash(*MONITOR_SECTIONS),
+            [item["features_run_key"], f"champion={champion}"],
+        )
+        out_dir = layout.monitoring / "batches" / batch.batch_id
+
+        def work(started: float, batch_id: str = batch.batch_id, key: str = key) -> dict[str, Any]:
+            return _check_batch(layout, batch_id, key, now)
+
+        report = keyed_run(db, layout, "monitor", batch, key, out_dir, work, backoff=backoff)
+        result.reports.append(report)
+
+
+def _check_batch(layout: Layout, batch_id: str, key: str, now: datetime | None) -> dict[str, Any]:
+    """``driftloop monitor --current data/processed/<batch>`` as a stage output."""
+    from driftloop.monitoring.run import monitor
+
+    report = monitor(layout.root, current=layout.processed / batch_id, now=now).report
+    manifest = {
+        "stage": "monitor",
+        "run_key": key,
+        "batch_id": batch_id,
+        "champion_version": report["model"]["version"],
+        "summary": report["summary"],
+        "paths": report.get("paths"),
+    }
+    with atomic_output(layout.monitoring / "batches" / batch_id) as tmp:
+        seal(tmp, manifest)
+    return manifest
+
+
+def _signals(layout: Layout, new: list[dict[str, Any]]) -> tuple[bool, bool]:
+    """(drift, decay) found by the checks of the new batches."""
+    drift = decay = False
+    for item in new:
+        out_dir = layout.monitoring / "batches" / item["batch_id"]
+        if is_complete(out_dir):
+            summary = read_manifest(out_dir)["summary"]
+            drift = drift or bool(summary["drift_detected"])
+            decay = decay or bool(summary["performance_degraded"])
+    return drift, decay
+
+
+def _train_if_due(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    result: RunResult,
+    *,
+    now: datetime,
+    backoff: bool,
+) -> None:
+    from driftloop.lifecycle import train_plan, train_stage
+    from driftloop.orchestration.policy import Situation, retrain_reason
+
+    plan = train_plan(spec, layout, db)
+    if plan is None:
+        return
+    spec_text = layout.spec.read_text(encoding="utf-8")
+    info = db.run_info(plan.key)
+    if info is not None and info["status"] in ("succeeded", "failed"):
+        # Trained on exactly this data and spec already (or it cannot be): what it was.
+        report = train_stage(spec, layout, db, spec_text, plan=plan, backoff=backoff)
+        if report is not None:
+            result.reports.append(report)
+        return
+    new, last = _new_batches(layout, db)
+    drift, decay = _signals(layout, new)
+    arrived = {b.batch_id: b.created_at for b in db.batches()}
+    since = min((arrived[b["batch_id"]] for b in new), default=None)
+    situation = Situation(
+        trained_before=last is not None,
+        spec_changed=last is not None and last.get("sections_hash") not in (None, plan.sections),
+        new_batches=len(new),
+        new_data_since=datetime.fromisoformat(since) if since else None,
+        drift=drift,
+        decay=decay,
+        last_trained_at=_last_trained_at(db),
+    )
+    reason = retrain_reason(spec.retrain, situation, now)
+    if reason is None:
+        if new:
+            result.waiting = (
+                f"{len(new)} new batch(es) since the last training; the retrain policy "
+                f"waits (every_batches {spec.retrain.every_batches}, no drift or decay found)"
+            )
+        return
+    requested = db.last_event("RetrainRequested")
+    if requested is None or requested.get("key") != plan.key:
+        db.record_event(
+            "RetrainRequested",
+            {"reason": reason, "key": plan.key, "new_batches": [b["batch_id"] for b in new]},
+        )
+    result.retrain = reason
+    report = train_stage(spec, layout, db, spec_text, plan=plan, backoff=backoff)
+    if report is not None:
+        result.reports.append(report)
+
+
+def _last_trained_at(db: StateDB) -> datetime | None:
+    row = db.last_succeeded("train")
+    return datetime.fromisoformat(row["finished_at"]) if row and row["finished_at"] else None
