@@ -203,27 +203,65 @@ def status(
     project: ProjectOpt = Path(),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Batches, recent stage runs and recent events."""
+    """Champion, the loop, pending work, the last drift verdict, recent runs and events."""
+    from driftloop.errors import DriftloopError
     from driftloop.layout import Layout
-    from driftloop.state import StateDB
+    from driftloop.orchestration.status import project_status
 
     layout = Layout(project)
     if not layout.state_db.exists():
         _fail_text(f"{layout.state_db}: no state yet; run 'driftloop run -p {project}' first")
-    with StateDB(layout.state_db) as db:
-        payload = {
-            "batches": [b.__dict__ for b in db.batches()],
-            "stage_runs": db.stage_runs(limit=20),
-            "events": db.events(limit=20),
-        }
+    try:
+        payload = project_status(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
     if as_json:
         sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
         return
+    print_status(payload)
+
+
+def print_status(s: dict[str, Any]) -> None:
     console = _console()
-    console.print(f"{len(payload['batches'])} batch(es)")
-    for run_ in payload["stage_runs"]:
+    champ = s["champion"]
+    if champ["version"]:
+        served = champ["served"]
+        serving = (
+            f"; last served v{served['version']} (pid {served['pid']}, {served['at'][:19]})"
+            if served
+            else ""
+        )
+        console.print(
+            f"champion: {s['project']} v{champ['version']} since {champ['since'][:19]} "
+            f"({champ['reason']}){serving}"
+        )
+    else:
+        console.print(f"champion: none yet for {s['project']}")
+    watch = s["watch"]
+    if watch and watch["alive"]:
+        console.print(f"watch: running (pid {watch['pid']} on {watch['host']})")
+    else:
+        console.print("watch: not running")
+    pending = s["pending"]
+    console.print(
+        f"batches: {s['batches']}; {len(pending['batches_since_last_training'])} since the "
+        f"last training; {len(pending['batches'])} with missing outputs; "
+        f"{len(pending['files_not_ingested'])} raw file(s) not ingested yet"
+    )
+    verdict = s["last_drift_verdict"]
+    if verdict:
+        console.print(
+            f"last monitoring ({verdict['generated_at'][:19]}, v{verdict['model_version']}, "
+            f"{verdict['current']}): {'; '.join(verdict['messages'])}"
+        )
+    console.print("recent stage runs:")
+    for run_ in s["stage_runs"][:10]:
         seconds = f"{run_['seconds']:.2f}s" if run_["seconds"] is not None else "-"
         console.print(f"  {run_['stage']:<9} {run_['batch_id']}  {run_['status']:<9} {seconds}")
+    console.print("recent events:")
+    for e in s["events"][-10:]:
+        detail = e.get("batch_id") or e.get("version") or e.get("reason") or ""
+        console.print(f"  {e['ts'][:19]}  {e['type']:<18} {detail}")
 
 
 models_app = typer.Typer(
@@ -446,6 +484,87 @@ def print_monitor(report: dict[str, Any]) -> None:
         console.print(f"report: {paths['json']}, {paths['html']}")
     summary = report["summary"]
     console.print(("DRIFT: " if summary["exit_code"] else "OK: ") + "; ".join(summary["messages"]))
+
+
+@app.command()
+def watch(
+    project: ProjectOpt = Path(),
+    interval: Annotated[
+        float, typer.Option(help="Seconds between passes when nothing lands.")
+    ] = 1.0,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Stop once a pass finds nothing to do.")
+    ] = False,
+) -> None:
+    """Run the loop: every file landing in data/raw flows through every stage by itself."""
+    import signal
+
+    from driftloop.errors import DriftloopError
+    from driftloop.orchestration.watch import Watcher, WatchState
+    from driftloop.spec import load_spec
+
+    console = _console()
+    try:
+        spec = load_spec(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+
+    def show(state: WatchState) -> None:
+        if state.last_error:
+            console.print(f"[red]pass failed[/red]: {state.last_error} (the loop goes on)")
+
+    watcher = Watcher(project, interval=interval, on_pass=print_run, on_status=show)
+
+    def stop(signum: int, frame: object) -> None:
+        watcher.stop.set()
+        watcher.wake()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    console.print(
+        f"watching {project.resolve()} ({spec.name}): files landing in data/raw flow "
+        "through prep, features, checks, training and the gate; Ctrl-C stops"
+    )
+    try:
+        watcher.run(until_idle=until_idle)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    state = watcher.state
+    console.print(
+        f"stopped after {state.passes} pass(es); last: {state.last_work or 'nothing new'}"
+    )
+
+
+@app.command()
+def up(
+    project: ProjectOpt = Path(),
+    port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,
+) -> None:
+    """Watch and serve together: the loop and /predict as two supervised processes."""
+    import signal
+
+    from driftloop.errors import DriftloopError
+    from driftloop.orchestration.up import Supervisor
+    from driftloop.registry import child_environment
+    from driftloop.spec import load_spec
+
+    console = _console()
+    try:
+        spec = load_spec(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    serve_args = ["--port", str(port)] if port is not None else []
+    supervisor = Supervisor(
+        project, serve_args=serve_args, say=console.print, env=child_environment()
+    )
+
+    def stop(signum: int, frame: object) -> None:
+        supervisor.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    console.print(f"up: {spec.name} in {project.resolve()}: the loop and the server; Ctrl-C stops")
+    supervisor.run()
 
 
 @app.command()

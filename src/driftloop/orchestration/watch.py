@@ -1,0 +1,202 @@
+"""``driftloop watch``: the loop that runs by itself.
+
+Holds the project's writer lease, listens for files landing under ``data/raw`` (watchdog;
+polling when the OS cannot notify), and makes a pass (:func:`run_pass`) whenever something
+landed, a transient failure's backoff ran out, or a timer fired. On
+``monitoring.schedule_minutes`` it also monitors the prediction log. A pass that fails
+(a broken spec edited in place, a disk error) is reported and the loop goes on; Ctrl-C or
+SIGTERM stops it between passes, and since every step is idempotent, so does ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from driftloop.errors import DriftloopError, first_line
+from driftloop.layout import Layout
+from driftloop.orchestration.lease import Lease
+from driftloop.orchestration.loop import RunResult, run_pass
+from driftloop.spec import load_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WatchState:
+    """What the status line shows."""
+
+    passes: int = 0
+    last_pass_seconds: float = 0.0
+    last_error: str | None = None
+    last_work: str | None = None
+    next_monitor: datetime | None = None
+    notifications: str = "watchdog"
+    history: list[str] = field(default_factory=list)
+
+
+class Watcher:
+    """Passes on events and timers until stopped."""
+
+    def __init__(
+        self,
+        project: Path,
+        *,
+        interval: float = 1.0,
+        on_pass: Callable[[RunResult], None] | None = None,
+        on_status: Callable[[WatchState], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.project = project
+        self.layout = Layout(project)
+        self.interval = interval
+        self.on_pass = on_pass
+        self.on_status = on_status
+        self.clock = clock
+        self.state = WatchState()
+        self.stop = threading.Event()
+        self._wake = threading.Event()
+
+    def run(self, *, until_idle: bool = False) -> None:
+        """Watch until :attr:`stop` is set (or, with ``until_idle``, until a pass finds
+        nothing to do and no file is settling)."""
+        self.layout.raw.mkdir(parents=True, exist_ok=True)
+        lease = Lease(self.layout.state_db)
+        lease.acquire()
+        observer = self._observe()
+        try:
+            while not self.stop.is_set() and not lease.lost.is_set():
+                self._wake.clear()
+                result = self._pass()
+                busy = result is None or result.did_work or bool(result.ingest.still_writing)
+                self._monitor_if_due()
+                if until_idle and result is not None and not busy:
+                    return
+                self._wake.wait(self._pause(result))
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(5)
+            lease.release()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _pass(self) -> RunResult | None:
+        started = time.perf_counter()
+        try:
+            result = run_pass(self.project, wait=False, backoff=True)
+        except DriftloopError as exc:
+            self._failed(first_line(exc))
+            return None
+        except Exception as exc:  # the loop outlives any one pass
+            log.exception("a pass failed")
+            self._failed(f"{type(exc).__name__}: {first_line(exc)}")
+            return None
+        self.state.passes += 1
+        self.state.last_pass_seconds = time.perf_counter() - started
+        self.state.last_error = None
+        if result.did_work:
+            self.state.last_work = f"{self.clock():%H:%M:%S} {_summary(result)}"
+        if self.on_pass is not None and result.did_work:
+            self.on_pass(result)
+        self._status()
+        return result
+
+    def _failed(self, message: str) -> None:
+        if message != self.state.last_error:
+            log.error("pass failed: %s", message)
+        self.state.last_error = message
+        self._status()
+
+    def _pause(self, result: RunResult | None) -> float:
+        """How long to sleep unless a file lands: soon while files settle or stages wait."""
+        if result is None:
+            return max(self.interval, 5.0)  # a broken spec: do not spin
+        if result.ingest.still_writing or any(r.outcome == "waiting" for r in result.reports):
+            return min(self.interval, 0.5)
+        return self.interval
+
+    def _monitor_if_due(self) -> None:
+        """The prediction log against the champion, on monitoring.schedule_minutes."""
+        try:
+            spec = load_spec(self.project)
+        except DriftloopError:
+            return
+        minutes = spec.monitoring.schedule_minutes
+        if minutes is None or not spec.model.enabled:
+            return
+        now = self.clock()
+        if self.state.next_monitor is not None and now < self.state.next_monitor:
+            return
+        self.state.next_monitor = now + timedelta(minutes=minutes)
+        if not any(self.layout.predictions.glob("date=*/*.parquet")):
+            return  # nothing served yet
+        try:
+            from driftloop.monitoring.run import monitor
+
+            result = monitor(self.project, now=now)
+        except DriftloopError as exc:
+            log.warning("scheduled monitoring: %s", first_line(exc))
+            return
+        except Exception as exc:
+            log.exception("scheduled monitoring failed")
+            self.state.last_error = f"monitoring: {type(exc).__name__}: {first_line(exc)}"
+            return
+        messages = "; ".join(result.report["summary"]["messages"])
+        self.state.last_work = f"{now:%H:%M:%S} monitored the prediction log: {messages}"
+        self._status()
+
+    def _observe(self) -> Any:
+        """A watchdog observer that wakes the loop when anything changes under data/raw."""
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            wake = self._wake
+
+            class _Wake(FileSystemEventHandler):
+                def on_any_event(self, event: FileSystemEvent) -> None:
+                    wake.set()
+
+            observer = Observer()
+            observer.schedule(_Wake(), str(self.layout.raw), recursive=True)
+            observer.start()
+        except Exception as exc:  # no inotify watches left, an exotic file system, ...
+            log.warning(
+                "file notifications unavailable (%s); polling every %.1fs", exc, self.interval
+            )
+            self.state.notifications = f"polling every {self.interval:g}s"
+            return None
+        return observer
+
+    def _status(self) -> None:
+        if self.on_status is not None:
+            self.on_status(self.state)
+
+
+def _summary(result: RunResult) -> str:
+    """A pass in one line: what arrived and what ran."""
+    parts = []
+    if result.ingest.batch is not None:
+        parts.append(
+            f"batch {result.ingest.batch.batch_id} ({len(result.ingest.new_files)} file(s))"
+        )
+    ran = [r for r in result.reports if r.outcome in ("ran", "failed")]
+    for r in ran:
+        if r.stage == "train" and r.outcome == "ran":
+            d = r.manifest["decision"]
+            parts.append(f"trained v{r.manifest['version']} ({d['decision']})")
+        elif r.stage == "monitor" and r.outcome == "ran":
+            s = r.manifest["summary"]
+            flags = [k for k in ("drift_detected", "performance_degraded") if s[k]]
+            parts.append(f"checked {r.batch_id[:15]}: {', '.join(flags) or 'no drift'}")
+        else:
+            parts.append(f"{r.stage} {r.outcome}")
+    return "; ".join(parts) or "nothing new"
