@@ -1,0 +1,121 @@
+"""The retrain policy (pure) and the loop's retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from driftloop.errors import QuarantineLimitError
+from driftloop.layout import Layout, seal
+from driftloop.orchestration.policy import Situation, retrain_reason
+from driftloop.spec import RetrainSpec
+from driftloop.stages import MAX_ATTEMPTS, keyed_run
+from driftloop.state import Batch, StateDB
+
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+
+
+def situation(**changes: object) -> Situation:
+    base = {
+        "trained_before": True,
+        "spec_changed": False,
+        "new_batches": 1,
+        "new_data_since": NOW - timedelta(hours=1),
+        "drift": False,
+        "decay": False,
+        "last_trained_at": NOW - timedelta(hours=2),
+    }
+    return Situation(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_nothing_new_trains_nothing_whatever_else_happened() -> None:
+    policy = RetrainSpec(every_batches=1)
+    assert retrain_reason(policy, situation(new_batches=0, drift=True, decay=True), NOW) is None
+    assert retrain_reason(policy, situation(new_batches=0, spec_changed=True), NOW) is not None
+
+
+def test_first_model_and_spec_changes_train_at_once() -> None:
+    policy = RetrainSpec(every_batches=0, on_drift=False, on_decay=False)
+    assert retrain_reason(policy, situation(trained_before=False), NOW) == "first model"
+    assert "spec changed" in str(retrain_reason(policy, situation(spec_changed=True), NOW))
+    assert retrain_reason(policy, situation(new_batches=5), NOW) is None  # static
+
+
+def test_every_n_batches_unless_drift_or_decay_comes_first() -> None:
+    policy = RetrainSpec(every_batches=3)
+    assert retrain_reason(policy, situation(new_batches=2), NOW) is None
+    assert "3 new batch(es)" in str(retrain_reason(policy, situation(new_batches=3), NOW))
+    assert "drift detected" in str(retrain_reason(policy, situation(drift=True), NOW))
+    assert "performance degraded" in str(
+        retrain_reason(policy, situation(decay=True, drift=True), NOW)
+    )
+    quiet = RetrainSpec(every_batches=3, on_drift=False, on_decay=False)
+    assert retrain_reason(quiet, situation(drift=True, decay=True), NOW) is None
+
+
+def test_cooldown_and_schedule() -> None:
+    cool = RetrainSpec(every_batches=1, cooldown_minutes=180)
+    assert retrain_reason(cool, situation(decay=True), NOW) is None  # trained 2 h ago
+    assert retrain_reason(cool, situation(last_trained_at=NOW - timedelta(hours=4)), NOW)
+    hourly = RetrainSpec(every_batches=0, on_drift=False, on_decay=False, every_hours=6)
+    assert retrain_reason(hourly, situation(), NOW) is None  # new data waited 1 h
+    waited = situation(new_data_since=NOW - timedelta(hours=7))
+    assert "waited 7.0 h" in str(retrain_reason(hourly, waited, NOW))
+
+
+def test_transient_failures_back_off_and_give_up_validation_failures_do_not_retry(
+    tmp_path: Path,
+) -> None:
+    layout = Layout(tmp_path)
+    calls: list[str] = []
+
+    def flaky(started: float) -> dict[str, object]:
+        calls.append("flaky")
+        raise OSError("disk hiccup")
+
+    def invalid(started: float) -> dict[str, object]:
+        calls.append("invalid")
+        raise QuarantineLimitError("too many bad rows")
+
+    with StateDB(layout.state_db) as db:
+        batch = Batch("b1", 1, NOW.isoformat())
+        out = tmp_path / "out"
+        first = keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky, backoff=True)
+        assert first.outcome == "failed" and "retried" in str(first.error)
+        again = keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky, backoff=True)
+        assert again.outcome == "waiting" and calls == ["flaky"]  # inside the 1 s backoff
+        # without backoff (driftloop run) the next pass retries at once
+        keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky)
+        assert calls == ["flaky", "flaky"]
+        db._conn.execute("UPDATE stage_runs SET attempts=? WHERE key='k-flaky'", (MAX_ATTEMPTS,))
+        gave_up = keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky, backoff=True)
+        assert gave_up.outcome == "failed-earlier" and "gave up after" in str(gave_up.error)
+
+        bad = keyed_run(db, layout, "prep", batch, "k-invalid", out, invalid, backoff=True)
+        assert bad.outcome == "failed"
+        later = keyed_run(db, layout, "prep", batch, "k-invalid", out, invalid, backoff=True)
+        assert later.outcome == "failed-earlier" and calls.count("invalid") == 1
+
+        def fine(started: float) -> dict[str, object]:
+            out.mkdir(exist_ok=True)
+            manifest = {"run_key": "k-fine"}
+            seal(out, manifest)
+            return manifest
+
+        assert keyed_run(db, layout, "prep", batch, "k-fine", out, fine).outcome == "ran"
+        assert keyed_run(db, layout, "prep", batch, "k-fine", out, fine).outcome == "cached"
+
+
+@pytest.mark.parametrize("every", [0, 1, 2])
+def test_retrain_section_parses(every: int) -> None:
+    from driftloop.spec import parse_spec, read_yaml
+
+    from .test_lifecycle import SPEC
+
+    spec = parse_spec(
+        read_yaml(SPEC + f"retrain: {{every_batches: {every}, cooldown_minutes: 5}}\n")
+    )
+    assert spec.retrain.every_batches == every and spec.retrain.cooldown_minutes == 5
+    assert parse_spec(read_yaml(SPEC + "retrain:\n")).retrain == RetrainSpec()

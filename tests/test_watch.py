@@ -1,0 +1,166 @@
+"""``driftloop watch`` and ``driftloop up`` as real processes: files flow through by themselves."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from driftloop.layout import Layout
+from driftloop.registry import child_environment
+from driftloop.serving.client import free_port
+from driftloop.state import StateDB
+
+from .helpers import write_spec
+from .test_lifecycle import SPEC, land
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+
+CLI = [sys.executable, "-m", "driftloop.cli"]
+QUICK = """
+monitoring: {permutations: 199}
+serving: {workers: 1, events_poll_seconds: 0.1, poll_seconds: 2}
+"""
+
+
+def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*CLI, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_environment({"OMP_NUM_THREADS": "1"}),
+        )
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-3000:] if log else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def succeeded(project: Path, stage: str) -> int:
+    layout = Layout(project)
+    if not layout.state_db.exists():
+        return 0
+    with StateDB(layout.state_db) as db:
+        return sum(
+            1
+            for r in db.stage_runs(limit=1000)
+            if r["stage"] == stage and r["status"] == "succeeded"
+        )
+
+
+def test_files_flow_through_a_second_watch_refuses_and_sigterm_stops(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC + QUICK)
+    log = tmp_path / "watch.log"
+    watcher = start("watch", "-p", str(tmp_path), "--interval", "0.2", log=log)
+    try:
+        land(tmp_path, "a.csv", 600, seed=1)
+        wait_for(lambda: succeeded(tmp_path, "train") == 1, 90, "the first model", log)
+
+        second = subprocess.run(
+            [*CLI, "watch", "-p", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_environment(),
+        )
+        assert second.returncode == 2
+        assert "another 'driftloop watch' holds this project" in second.stderr
+
+        land(tmp_path, "b.csv", 600, seed=2, start_day=5)
+        wait_for(lambda: succeeded(tmp_path, "train") == 2, 90, "a second training", log)
+        assert succeeded(tmp_path, "monitor") == 1  # the new batch was checked first
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(30) == 0
+    out = log.read_text()
+    assert "stopped after" in out and "PROMOTED: first model" in out
+    with StateDB(Layout(tmp_path).state_db) as db:
+        assert db.lease("watch") is None  # released on a clean stop
+        reasons = [e["reason"] for e in db.events(200) if e["type"] == "RetrainRequested"]
+    assert reasons[0] == "first model" and len(reasons) == 2
+
+
+def test_a_poison_batch_is_quarantined_and_the_loop_goes_on(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC + QUICK + "model: {enabled: false}\n")
+    folder = tmp_path / "data" / "raw" / "s"
+    folder.mkdir(parents=True)
+    poison = pl.DataFrame(
+        {"t": ["never"] * 50, "x1": ["a"] * 50, "x2": [1.0] * 50, "c": ["a"] * 50, "y": ["no"] * 50}
+    )
+    poison.write_csv(folder / "poison.csv")
+    done = subprocess.run(
+        [*CLI, "watch", "-p", str(tmp_path), "--until-idle", "--interval", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_environment(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "FAILED prep" in done.stdout and "max_bad_share" in done.stdout
+    assert (tmp_path / "data" / "quarantine").is_dir()
+    land(tmp_path, "good.csv", 300, seed=3)
+    again = subprocess.run(
+        [*CLI, "watch", "-p", str(tmp_path), "--until-idle", "--interval", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_environment(),
+    )
+    assert again.returncode == 0, again.stderr
+    assert succeeded(tmp_path, "features") == 1  # the good batch went through
+    with StateDB(Layout(tmp_path).state_db) as db:
+        failed = [r for r in db.stage_runs(limit=100) if r["status"] == "failed"]
+    assert [r["stage"] for r in failed] == ["prep"]  # the poison batch, not retried
+
+
+def test_up_runs_the_loop_and_the_server_together(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC + QUICK)
+    land(tmp_path, "a.csv", 600, seed=1)
+    port = free_port()
+    log = tmp_path / "up.log"
+    up = start("up", "-p", str(tmp_path), "--port", str(port), log=log)
+    url = f"http://127.0.0.1:{port}"
+    record = {"t": "2024-01-05 10:00:00", "x1": 0.3, "x2": -1.2, "c": "b"}
+
+    def served(version: str) -> bool:
+        try:
+            answer = httpx.post(f"{url}/predict", json=record, timeout=5)
+        except httpx.TransportError:
+            return False
+        return answer.status_code == 200 and answer.json()["model"]["version"] == version
+
+    try:
+        wait_for(lambda: served("1"), 120, "v1 served", log)
+        land(tmp_path, "b.csv", 600, seed=2, start_day=5)
+        with StateDB(Layout(tmp_path).state_db) as db:
+            before = db.last_event_id(("ModelPromoted", "PromotionRejected"))
+
+        def decided() -> bool:
+            with StateDB(Layout(tmp_path).state_db) as db:
+                return db.last_event_id(("ModelPromoted", "PromotionRejected")) > before
+
+        wait_for(decided, 120, "the second model's gate", log)
+        with StateDB(Layout(tmp_path).state_db) as db:
+            last = db.last_event("ModelPromoted")
+        assert last is not None
+        wait_for(lambda: served(str(last["version"])), 30, "the champion served", log)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    out = log.read_text()
+    assert "started watch" in out and "started serve" in out
+    assert "stopped watch" in out and "stopped serve" in out
