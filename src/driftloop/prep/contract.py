@@ -15,11 +15,16 @@ from driftloop.spec import ContractSpec, CsvOptions, ImputeSpec
 
 def normalize_strings(frame: pl.LazyFrame, opts: CsvOptions, *, trim: bool) -> pl.LazyFrame:
     """Trim (if asked) and turn the source's null markers into real nulls."""
-    nulls = list(opts.null_values)
+    others = [n for n in opts.null_values if n != ""]
     exprs = []
     for name in (c for c in frame.collect_schema().names() if not c.startswith("__")):
         col = pl.col(name).str.strip_chars() if trim else pl.col(name)
-        exprs.append(pl.when(col.is_in(nulls)).then(None).otherwise(col).alias(name))
+        # The empty marker by its length (stored in each value's view), not by a hash lookup:
+        # this runs on every value of every column.
+        marker = col.str.len_bytes() == 0 if "" in opts.null_values else pl.lit(False)
+        if others:
+            marker = marker | col.is_in(others)
+        exprs.append(pl.when(marker).then(None).otherwise(col).alias(name))
     return frame.with_columns(exprs)
 
 
