@@ -332,8 +332,7 @@ def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
         plan.good = typed_rows
         plan.duplicates = typed_rows.clear()
     # The pass writes the bad rows as read; why each is bad is worked out afterwards, on those
-    # few rows (see quarantined_rows): the rules' messages, evaluated inside the streaming pass,
-    # cost about 6% of its time, whatever the number of bad rows.
+    # rows only (see quarantined_rows), which keeps the rules' messages out of the pass.
     plan.bad = checked.filter(pl.col(BROKEN)).select(*columns, ROW, FILE, *markers)
 
     def describe(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -343,15 +342,28 @@ def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
             ROW,
             FILE,
             pl.concat_str(messages, separator="; ", ignore_nulls=True).alias(REASON),
-            pl.concat_list([pl.when(r.failed).then(pl.lit(r.label)) for r in rules])
-            .list.drop_nulls()
-            .alias(RULES),
+            _broken_labels(rules).alias(RULES),
             pl.lit(None, pl.String).alias(RAW_LINE),
         )
 
     plan.describe = describe
     plan.bad_lines = pl.concat(bad_lines, how="diagonal_relaxed") if bad_lines else None
     return plan
+
+
+def _broken_labels(rules: list[Rule]) -> pl.Expr:
+    """The labels of the rules a row breaks, as a list.
+
+    Joined with a separator that no label holds, then split: ``pl.concat_list`` over one
+    column per rule takes about 0.2 s for 20k rows and 55 rules, this about 0.01 s.
+    """
+    broken = [pl.when(r.failed).then(pl.lit(r.label)) for r in rules]
+    labels = [r.label for r in rules]
+    free = [c for c in ("\x1f", "\x1e", "\x1d", "\x1c", "\x00") if not any(c in x for x in labels)]
+    if not free:  # every candidate is in some label (user text can hold anything): the slow way
+        return pl.concat_list(broken).list.drop_nulls()
+    joined = pl.concat_str(broken, separator=free[0], ignore_nulls=True)
+    return joined.str.split(free[0]).list.filter(pl.element() != "")
 
 
 def quarantined_rows(bad: pl.LazyFrame, plan: PrepPlan) -> pl.LazyFrame:
