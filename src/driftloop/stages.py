@@ -274,13 +274,15 @@ def _run_prep(
             plan = _plan(spec, layout, db, batch, files, exact=True)
             filled = _sink(plan, good, bad, dups)
         check_output_schema(pl.scan_parquet(good), spec)
-        outputs = [pl.scan_parquet(p) for p in (good, bad, dups)]
-        per_file = rows_per_file(outputs)
-        for entry in plan.inputs:
-            if entry["source"] == spec.primary.name:
-                entry["rows"] = per_file.get(entry["path"], 0)
-        secondary_bad = len(_write_secondary_bad(plan, qtmp))
         ok, quarantined, duplicate = (_rows(p) for p in (good, bad, dups))
+        primary = [e for e in plan.inputs if e["source"] == spec.primary.name]
+        if len(primary) == 1:  # every output row is its row: no scan of the outputs needed
+            per_file = {primary[0]["path"]: ok + quarantined + duplicate}
+        else:
+            per_file = rows_per_file([pl.scan_parquet(p) for p in (good, bad, dups)])
+        for entry in primary:
+            entry["rows"] = per_file.get(entry["path"], 0)
+        secondary_bad = len(_write_secondary_bad(plan, qtmp))
         counts = {
             "rows_in": ok + quarantined + duplicate,
             "rows_ok": ok,
