@@ -98,3 +98,21 @@ def test_a_batch_that_only_updates_a_joined_source_succeeds(tmp_path: Path) -> N
     newest = sorted((tmp_path / "data/processed").iterdir())[-1]
     rows = pl.read_parquet(newest / "data.parquet").sort("order_id")
     assert rows.get_column("segment").to_list() == ["new", "y"]
+
+
+def test_an_inner_join_miss_is_quarantined_with_its_rule(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC.format(fmt="csv", how="inner"))
+    orders = "1,1,10\n2,9,20\n3,2,x\n4,1,5\n5,2,6\n6,2,7\n"
+    land(tmp_path, "orders", "o.csv", "order_id,customer_id,amount\n" + orders)
+    land(tmp_path, "customers", "c.csv", "customer_id,segment\n1,a\n2,b\n")
+    result = run(tmp_path)
+    assert not result.failed, [r.error for r in result.failed]
+    [batch] = [p.name for p in (tmp_path / "data/quarantine").iterdir()]
+    bad = pl.read_parquet(tmp_path / "data/quarantine" / batch / "rows.parquet").sort("__row")
+    assert bad.get_column("__row").to_list() == [2, 3]
+    assert bad.get_column("__rules").to_list() == [
+        ["column 'customer_id' breaks join(customers): no row with this customer_id"],
+        ["column 'amount' breaks dtype(float)"],
+    ]
+    assert bad.get_column("__reason")[1] == "column 'amount' breaks dtype(float): got 'x'"
+    assert not any(c.startswith("__matched") for c in bad.columns)

@@ -110,3 +110,56 @@ cleaning: {impute: {age: {strategy: mean}}}
     frame = pl.LazyFrame({"age": ["30", "40", "50", None, "999"]})
     fills = imputation_values(frame, dict(spec.cleaning.impute), spec.contract)
     assert fills == {"age": 40}
+
+
+IMPUTED = parse_spec(
+    read_yaml(
+        """
+name: prop
+task: regression
+target: x
+sources: [{name: s, path: "*.csv"}]
+contract:
+  columns:
+    k: {dtype: int, nullable: false, max: 3}
+    x: {dtype: float, nullable: false, min: 0}
+    c: {dtype: str, allowed: [a, b, c]}
+cleaning: {impute: {x: {strategy: median}}}
+"""
+    )
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=rows_strategy.filter(bool))
+def test_each_quarantined_row_names_every_rule_it_breaks(rows: list[tuple[str, str, str]]) -> None:
+    """The streaming pass picks the bad rows; their reasons are worked out after it. Both
+    must agree: every quarantined row breaks at least one rule, and names exactly the rules
+    it breaks (with the imputed value where a rule checks one)."""
+    from driftloop.prep.rules import contract_rules, with_parsed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_csv(Path(tmp), rows)
+        read = read_raw(path, IMPUTED.primary, path.name)
+        prepared = prepare([SourceRead(IMPUTED.primary, "sha", read)], IMPUTED)
+    columns = list(IMPUTED.contract.columns)
+    rules = contract_rules(IMPUTED.contract, columns, prepared.plan.fills)
+    bad = prepared.quarantined
+    expected = (
+        with_parsed(bad.lazy(), IMPUTED.contract, columns)
+        .select(pl.concat_list([pl.when(r.failed).then(pl.lit(r.label)) for r in rules]))
+        .collect()
+        .to_series()
+        .list.drop_nulls()
+        .to_list()
+    )
+    assert bad.get_column("__rules").to_list() == expected
+    assert all(expected), "a quarantined row that breaks no rule"
+    reasons = bad.get_column("__reason").to_list()
+    assert [r.count("; ") + 1 for r in reasons] == [len(e) for e in expected]
+    # and no kept row breaks a rule
+    kept = prepared.processed.select(pl.col(columns).cast(pl.String))
+    flags = with_parsed(kept.lazy(), IMPUTED.contract, columns).select(
+        pl.any_horizontal([r.failed for r in rules])
+    )
+    assert not flags.collect().to_series().any()

@@ -86,3 +86,18 @@ def test_output_schema_check_names_wrong_types() -> None:
     check_output_schema(good, spec)
     with pytest.raises(StageError, match=r"'fare_amount': 'String'"):
         check_output_schema(good.with_columns(pl.col("fare_amount").cast(pl.String)), spec)
+
+
+@pytest.mark.parametrize("odd", ["", "\x1f\x1e\x1d\x1c\x00"], ids=["usual", "every-separator"])
+def test_broken_labels_list_each_broken_rule_in_order(odd: str) -> None:
+    from driftloop.prep.core import _broken_labels
+    from driftloop.prep.rules import Rule
+
+    rules = [
+        Rule(f"a{odd}", "r1", pl.col("x") > 1),
+        Rule("b", "r2", pl.col("x") > 2),
+        Rule("c", "r3", pl.col("x") < 0),
+    ]
+    out = pl.DataFrame({"x": [3, 2, 0, -1]}).select(_broken_labels(rules)).to_series().to_list()
+    a, b, c = (r.label for r in rules)
+    assert out == [[a, b], [a], [], [c]]

@@ -72,6 +72,7 @@ def test_a_row_with_too_many_fields_falls_back_to_the_exact_reader(
     assert manifest["streamed"] is False  # re-read by the exact reader
     assert good.height == 198
     assert bad.get_column("__row").to_list() == [101]
+    assert [i["rows"] for i in manifest["inputs"]] == [199]  # the row set aside counts too
     assert "row has 4 field(s), expected 3" in bad.get_column("__reason")[0]
 
 
@@ -103,5 +104,6 @@ def test_a_clean_large_file_is_streamed(tmp_path: Path, monkeypatch: pytest.Monk
     good, _, manifest = outputs(tmp_path)
     assert manifest["streamed"] is True
     assert manifest["rows_in"] == 500 and manifest["rows_duplicate"] == 1
+    assert [i["rows"] for i in manifest["inputs"]] == [500]
     assert good.get_column("z").null_count() == len([i for i in range(1, 500) if i % 7 == 0])
     assert good.get_column("__row").to_list() == list(range(1, 500))

@@ -41,7 +41,7 @@ from driftloop.layout import (
 )
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
-from driftloop.prep.core import RULES, with_bad_lines
+from driftloop.prep.core import RULES, quarantined_rows
 from driftloop.prep.read import STREAM_MIN_BYTES, RawRead
 from driftloop.prep.rules import POLARS_TYPES
 from driftloop.spec import SourceSpec, Spec
@@ -245,16 +245,18 @@ def _sink(plan: PrepPlan, good: Path, bad: Path, dups: Path) -> dict[str, int]:
     Returns how many kept values each imputation rule filled.
     """
     filled = good.parent / "filled.parquet"
+    raw_bad = bad.with_name(f".raw-{bad.name}")  # inside the output's temporary folder
     sinks = [
         plan.good.sink_parquet(good, lazy=True, compression=COMPRESSION),
-        plan.bad.sink_parquet(bad, lazy=True, compression=COMPRESSION),
+        plan.bad.sink_parquet(raw_bad, lazy=True, compression=COMPRESSION),
         plan.duplicates.sink_parquet(dups, lazy=True, compression=COMPRESSION),
     ]
     if plan.fills:
         sinks.append(plan.filled.sink_parquet(filled, lazy=True))
     pl.collect_all(sinks, engine="streaming")
-    if plan.bad_lines is not None:  # small: rows set aside by the exact reader
-        with_bad_lines(pl.read_parquet(bad), plan).write_parquet(bad)
+    # A second, small pass: each bad row gets the reasons it was set aside for.
+    quarantined_rows(pl.scan_parquet(raw_bad), plan).sink_parquet(bad, compression=COMPRESSION)
+    raw_bad.unlink()
     if not plan.fills:
         return {}
     counts: dict[str, int] = pl.read_parquet(filled).row(0, named=True)
@@ -292,13 +294,15 @@ def _run_prep(
             plan = _plan(spec, layout, db, batch, files, exact=True)
             filled = _sink(plan, good, bad, dups)
         check_output_schema(pl.scan_parquet(good), spec)
-        outputs = [pl.scan_parquet(p) for p in (good, bad, dups)]
-        per_file = rows_per_file(outputs)
-        for entry in plan.inputs:
-            if entry["source"] == spec.primary.name:
-                entry["rows"] = per_file.get(entry["path"], 0)
-        secondary_bad = len(_write_secondary_bad(plan, qtmp))
         ok, quarantined, duplicate = (_rows(p) for p in (good, bad, dups))
+        primary = [e for e in plan.inputs if e["source"] == spec.primary.name]
+        if len(primary) == 1:  # every output row is its row: no scan of the outputs needed
+            per_file = {primary[0]["path"]: ok + quarantined + duplicate}
+        else:
+            per_file = rows_per_file([pl.scan_parquet(p) for p in (good, bad, dups)])
+        for entry in primary:
+            entry["rows"] = per_file.get(entry["path"], 0)
+        secondary_bad = len(_write_secondary_bad(plan, qtmp))
         counts = {
             "rows_in": ok + quarantined + duplicate,
             "rows_ok": ok,

@@ -21,10 +21,16 @@ def normalize_strings(frame: pl.LazyFrame, opts: CsvOptions, *, trim: bool) -> p
 
 def normalized(names: list[str], nulls: list[str], *, trim: bool) -> list[pl.Expr]:
     """Each text column trimmed (if asked), with null markers as real nulls."""
+    others = [n for n in nulls if n != ""]
     exprs = []
     for name in names:
         col = pl.col(name).str.strip_chars() if trim else pl.col(name)
-        exprs.append(pl.when(col.is_in(nulls)).then(None).otherwise(col).alias(name))
+        # The empty marker by its length (stored in each value's view), not by a hash lookup:
+        # this runs on every value of every column.
+        marker = col.str.len_bytes() == 0 if "" in nulls else pl.lit(False)
+        if others:
+            marker = marker | col.is_in(others)
+        exprs.append(pl.when(marker).then(None).otherwise(col).alias(name))
     return exprs
 
 

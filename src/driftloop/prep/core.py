@@ -7,6 +7,7 @@ listed in ``files_quarantined`` with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +43,11 @@ class PrepPlan:
     """Prep of one batch as lazy queries; nothing has been computed yet."""
 
     good: pl.LazyFrame
-    bad: pl.LazyFrame
+    bad: pl.LazyFrame  # the rows that broke a rule, as read; see quarantined_rows
     duplicates: pl.LazyFrame
     filled: pl.LazyFrame  # one row: per imputed column, how many kept values were missing
     bad_lines: pl.DataFrame | None = None  # rows the reader set aside (wrong field count)
+    describe: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda frame: frame  # adds the reasons
     secondary_bad: list[pl.DataFrame] = field(default_factory=list)  # joined sources' bad rows
     primary_files: int = 0  # primary-source files in this batch
     fills: dict[str, Any] = field(default_factory=dict)
@@ -329,27 +331,53 @@ def plan_prep(reads: list[SourceRead], spec: Spec) -> PrepPlan:
     else:
         plan.good = typed_rows
         plan.duplicates = typed_rows.clear()
-    messages = [r.message() for r in rules]
-    bad = checked.filter(pl.col(BROKEN)).select(
-        *columns,
-        ROW,
-        FILE,
-        pl.concat_str(messages, separator="; ", ignore_nulls=True).alias(REASON),
-        pl.concat_list([pl.when(r.failed).then(pl.lit(r.label)) for r in rules])
-        .list.drop_nulls()
-        .alias(RULES),
-        pl.lit(None, pl.String).alias(RAW_LINE),
-    )
-    plan.bad = bad  # kept apart from bad_lines: a concat here would stop the scan being shared
+    # The pass writes the bad rows as read; why each is bad is worked out afterwards, on those
+    # rows only (see quarantined_rows), which keeps the rules' messages out of the pass.
+    plan.bad = checked.filter(pl.col(BROKEN)).select(*columns, ROW, FILE, *markers)
+
+    def describe(frame: pl.LazyFrame) -> pl.LazyFrame:
+        messages = [r.message() for r in rules]
+        return with_parsed(frame, spec.contract, columns).select(
+            *columns,
+            ROW,
+            FILE,
+            pl.concat_str(messages, separator="; ", ignore_nulls=True).alias(REASON),
+            _broken_labels(rules).alias(RULES),
+            pl.lit(None, pl.String).alias(RAW_LINE),
+        )
+
+    plan.describe = describe
     plan.bad_lines = pl.concat(bad_lines, how="diagonal_relaxed") if bad_lines else None
     return plan
 
 
-def with_bad_lines(bad: pl.DataFrame, plan: PrepPlan) -> pl.DataFrame:
-    """The quarantined rows: contract breakers, then rows the reader set aside."""
+def _broken_labels(rules: list[Rule]) -> pl.Expr:
+    """The labels of the rules a row breaks, as a list.
+
+    Joined with a separator that no label holds, then split: ``pl.concat_list`` over one
+    column per rule takes about 0.2 s for 20k rows and 55 rules, this about 0.01 s.
+    """
+    broken = [pl.when(r.failed).then(pl.lit(r.label)) for r in rules]
+    labels = [r.label for r in rules]
+    free = [c for c in ("\x1f", "\x1e", "\x1d", "\x1c", "\x00") if not any(c in x for x in labels)]
+    if not free:  # every candidate is in some label (user text can hold anything): the slow way
+        return pl.concat_list(broken).list.drop_nulls()
+    joined = pl.concat_str(broken, separator=free[0], ignore_nulls=True)
+    return joined.str.split(free[0]).list.filter(pl.element() != "")
+
+
+def quarantined_rows(bad: pl.LazyFrame, plan: PrepPlan) -> pl.LazyFrame:
+    """The quarantined rows: contract breakers with every rule each broke, then the rows the
+    reader set aside.
+
+    ``bad`` is what the plan's ``bad`` query produced. The rules are the same expressions
+    that picked these rows in the pass, run again on their raw values, so every row gets
+    the reasons it was quarantined for.
+    """
+    described = plan.describe(bad)
     if plan.bad_lines is None:
-        return bad
-    return pl.concat([bad, plan.bad_lines], how="diagonal_relaxed")
+        return described
+    return pl.concat([described, plan.bad_lines.lazy()], how="diagonal_relaxed")
 
 
 def rows_per_file(frames: list[pl.LazyFrame]) -> dict[str, int]:
@@ -364,7 +392,7 @@ def prepare(reads: list[SourceRead], spec: Spec) -> Prepared:
     """Prep of one batch computed in memory."""
     plan = plan_prep(reads, spec)
     good, bad, dups, filled = pl.collect_all([plan.good, plan.bad, plan.duplicates, plan.filled])
-    bad = with_bad_lines(bad, plan)
+    bad = quarantined_rows(bad.lazy(), plan).collect()
     counts = rows_per_file([good.lazy(), bad.lazy(), dups.lazy()])
     for entry in plan.inputs:
         if entry["source"] == spec.primary.name:
