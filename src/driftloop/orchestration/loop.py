@@ -58,6 +58,14 @@ class RunResult:
         return [r for r in self.reports if r.outcome == "failed"]
 
     @property
+    def progressed(self) -> bool:
+        """Something new happened (a batch, a stage that ran or failed just now); a stage
+        that failed earlier and is unchanged does not count."""
+        return self.ingest.batch is not None or any(
+            r.outcome in ("ran", "failed") for r in self.reports
+        )
+
+    @property
     def did_work(self) -> bool:
         """Anything ingested, run or failed in this pass (cache hits do not count)."""
         active = ("ran", "failed", "failed-earlier")

@@ -74,7 +74,7 @@ class Watcher:
             while not self.stop.is_set() and not lease.lost.is_set():
                 self._wake.clear()
                 result = self._pass()
-                busy = result is None or result.did_work or bool(result.ingest.still_writing)
+                busy = result is None or result.progressed or bool(result.ingest.still_writing)
                 self._monitor_if_due()
                 if until_idle and result is not None and not busy:
                     return
@@ -102,10 +102,10 @@ class Watcher:
         self.state.passes += 1
         self.state.last_pass_seconds = time.perf_counter() - started
         self.state.last_error = None
-        if result.did_work:
+        if result.progressed:
             self.state.last_work = f"{self.clock():%H:%M:%S} {_summary(result)}"
-        if self.on_pass is not None and result.did_work:
-            self.on_pass(result)
+            if self.on_pass is not None:
+                self.on_pass(result)
         self._status()
         return result
 
