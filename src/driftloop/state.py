@@ -379,7 +379,15 @@ class StateDB:
     # -- leases --------------------------------------------------------------------------
 
     def take_lease(
-        self, name: str, holder: str, pid: int, host: str, *, seconds: float, now: float
+        self,
+        name: str,
+        holder: str,
+        pid: int,
+        host: str,
+        *,
+        seconds: float,
+        now: float,
+        force: bool = False,
     ) -> dict[str, Any] | None:
         """Take or renew the lease ``name`` for ``holder``; None when taken, else who has it.
 
@@ -391,7 +399,7 @@ class StateDB:
                 "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?",
                 (name,),
             ).fetchone()
-            if row is not None and row[0] != holder and row[4] > now:
+            if row is not None and row[0] != holder and row[4] > now and not force:
                 return dict(
                     zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True)
                 )

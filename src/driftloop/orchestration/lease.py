@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.errors import ProjectLockedError
+from driftloop.procs import pid_alive
 from driftloop.state import StateDB
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,14 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
-        """Take the lease or raise :class:`ProjectLockedError` naming who holds it."""
+        """Take the lease or raise :class:`ProjectLockedError` naming who holds it.
+
+        A holder on this machine whose process is gone (killed) is not waited for.
+        """
         held = self._take()
+        if held is not None and held["host"] == socket.gethostname() and not pid_alive(held["pid"]):
+            log.warning("taking over the lease of pid %s, which is gone", held["pid"])
+            held = self._take(force=True)
         if held is not None:
             until = datetime.fromtimestamp(held["expires_at"], UTC).isoformat(timespec="seconds")
             raise ProjectLockedError(
@@ -60,7 +67,7 @@ class Lease:
             with StateDB(self.state_db) as db:
                 db.drop_lease(self.name, self.holder)
 
-    def _take(self) -> dict[str, Any] | None:
+    def _take(self, *, force: bool = False) -> dict[str, Any] | None:
         with StateDB(self.state_db) as db:
             return db.take_lease(
                 self.name,
@@ -69,6 +76,7 @@ class Lease:
                 socket.gethostname(),
                 seconds=self.seconds,
                 now=time.time(),
+                force=force,
             )
 
     def _renew(self) -> None:

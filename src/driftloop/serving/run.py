@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from driftloop.procs import pid_alive
 from driftloop.spec import load_spec
 
 PROJECT_ENV = "DRIFTLOOP_SERVE_PROJECT"
@@ -76,22 +77,12 @@ def metrics_folder() -> Path:
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     for old in base.glob(f"{METRICS_PREFIX}*"):
         pid = old.name.removeprefix(METRICS_PREFIX)
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = base / f"{METRICS_PREFIX}{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def app_from_environment() -> Any:
