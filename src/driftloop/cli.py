@@ -568,6 +568,58 @@ def up(
 
 
 @app.command()
+def replay(
+    project: ProjectOpt = Path(),
+    data: Annotated[Path, typer.Option("--data", help="The historical data file.")] = Path(),
+    batch_size: Annotated[int | None, typer.Option(help="Rows per batch.")] = None,
+    by: Annotated[str | None, typer.Option(help="Batches by calendar: month, week or day.")] = None,
+    initial: Annotated[
+        int | None, typer.Option(help="Rows of the initial window (default: one batch).")
+    ] = None,
+    initial_periods: Annotated[
+        int | None, typer.Option(help="With --by: periods in the initial window (default 1).")
+    ] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(help="Policies to compare (static, every_batch, triggered); default all."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+) -> None:
+    """Stream a historical dataset through the loop in order; compare retrain policies."""
+    from driftloop.errors import DriftloopError
+    from driftloop.orchestration.replay import POLICIES
+    from driftloop.orchestration.replay import replay as run_replay
+
+    if by not in (None, "month", "week", "day"):
+        _fail_text("--by must be month, week or day")
+    console = _console()
+    try:
+        result = run_replay(
+            project,
+            data,
+            out=out,
+            batch_size=batch_size,
+            by=by,  # type: ignore[arg-type]
+            initial=initial,
+            initial_periods=initial_periods,
+            policies=tuple(policy or POLICIES),
+            say=console.print,
+        )
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    console.print(
+        f"{'policy':<12} {'retrains':>8}  metrics (row-weighted, each batch scored before learning)"
+    )
+    for name, s in result.summary.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in s["metrics"].items() if v is not None)
+        console.print(f"{name:<12} {s['retrains']:>8}  {shown}")
+    console.print(
+        f"report: {result.folder / 'replay.html'} (chart), {result.folder / 'replay.csv'}, "
+        f"{result.folder / 'summary.json'}"
+    )
+
+
+@app.command()
 def demo(
     project: ProjectOpt = Path("demo"),
     fresh: Annotated[bool, typer.Option(help="Delete the folder first.")] = True,

@@ -88,10 +88,20 @@ def load_champion(spec: Spec, layout: Layout) -> Champion:
             f"model {spec.name!r} has no champion to monitor; run 'driftloop run' to train "
             "and promote one"
         )
-    registry.client(spec, layout)
-    folder = Path(
-        mlflow.artifacts.download_artifacts(f"models:/{spec.name}/{version}/artifacts/driftloop")
+    from driftloop import model_cache
+
+    cached = model_cache.lookup(
+        layout, spec.name, registry.tracking_uri(spec, layout), str(version)
     )
+    if cached is not None:  # a version trained (or served) on this machine: no download
+        folder = cached / model_cache.PACKAGE
+    else:
+        registry.client(spec, layout)
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{spec.name}/{version}/artifacts/driftloop"
+            )
+        )
     profile = profile_from_json((folder / "reference_profile.json").read_text(encoding="utf-8"))
     columns = folder / "reference_columns.parquet"
     reference = Reference.read(columns) if columns.is_file() else Reference.from_profile(profile)
