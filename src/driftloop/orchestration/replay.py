@@ -10,8 +10,8 @@ file and the loop makes a pass, which may check it, retrain and promote.
 
 Policies: ``static`` (the first model only), ``every_batch`` (retrain on every batch) and
 ``triggered`` (the project's ``retrain`` section without its every-N-batches trigger: retrain
-when the check of a new batch finds drift or decay, as configured, after any cooldown). The result is a
-CSV with one row per policy and batch, a JSON summary and an HTML chart.
+when the check of a new batch finds drift or decay, as configured, after any cooldown). The
+result is a CSV with one row per policy and batch, a JSON summary and an HTML chart.
 """
 
 from __future__ import annotations
