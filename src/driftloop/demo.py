@@ -1,27 +1,40 @@
-"""``driftloop demo``: the lifecycle on built-in data, start to finish, with a timeline.
+"""``driftloop demo``: the whole lifecycle on built-in data, by the real loop, with a timeline.
 
-It writes the built-in ``shop`` example into a fresh folder, runs the pipeline on the first
-batch (prep, features, a first model registered in MLflow and made champion), starts
-``driftloop serve`` in the background with steady traffic, lands a second batch whose data
-has drifted, and runs again: only the new batch is prepared, a challenger is trained on
-both, the gate compares it with the champion on the same newest holdout, and the server
-swaps to the new champion while the traffic goes on. True labels go to /feedback; stopping
-the server flushes its prediction log. It grows with each stage driftloop gains
-(monitoring, the event loop).
+It writes the built-in ``shop`` example into a fresh folder (the first week of orders has
+landed), starts the loop (``driftloop watch``, here in a thread of this process) and the
+server (``driftloop serve``, a child process), and then lets the world happen, faster than
+life: the loop trains and promotes a first model, the server starts answering, traffic
+starts, a second, ordinary week lands (checked; the retrain policy waits), then a drifted
+week lands: the check finds drift and decayed performance, the policy retrains at once,
+the gate promotes the challenger and the server swaps to it while the traffic goes on.
+Last, the prediction log is monitored and true labels go to /feedback. Nothing is
+scripted inside the loop: every step after a file lands is the loop's own doing. The
+project stays for the user to explore.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from driftloop.pipeline import RunResult, run
+from driftloop.pipeline import RunResult
 
 EXAMPLE = "shop"
+# The demo's loop settings (appended to the example's spec, which has no such sections):
+# a new model every 3 batches, or at once when a new batch shows drift or decay.
+LOOP_SETTINGS = """
+# -- added by 'driftloop demo' --------------------------------------------------------------
+# The loop checks each new batch against the champion. It trains on new data every 3
+# batches, or at once when that check finds drift or decayed performance.
+retrain: {every_batches: 3, on_drift: true, on_decay: true}
+monitoring: {permutations: 199, schedule_minutes: null}   # the demo monitors the log itself
+serving: {events_poll_seconds: 0.2, log: {flush_seconds: 1}}
+"""
 
 
 def run_demo(
@@ -30,12 +43,13 @@ def run_demo(
     fresh: bool,
     show: Callable[[RunResult], None],
     console: Any,
-    drifted_rows: int = 5_000,
+    rows: int = 5_000,
 ) -> bool:
-    """Run the demo; return True when every stage succeeded."""
+    """Run the demo; return True when every step happened as it should."""
     from driftloop.examples import write_batch
     from driftloop.init import init_example
-    from driftloop.serving.client import background_server
+    from driftloop.orchestration.watch import Watcher
+    from driftloop.serving.client import background_server, wait_until_ready
 
     started = time.perf_counter()
 
@@ -46,52 +60,116 @@ def run_demo(
         shutil.rmtree(project)
     project.mkdir(parents=True, exist_ok=True)
     init_example(project, EXAMPLE, force=True)
-    step(f"wrote the '{EXAMPLE}' example project in {project}/ (driftloop.yaml + first batch)")
+    with (project / "driftloop.yaml").open("a", encoding="utf-8") as fh:
+        fh.write(LOOP_SETTINGS)
+    step(f"wrote the '{EXAMPLE}' example in {project}/: week 1 of orders and customers landed")
 
-    first = run(project)
-    step("pass 1: ingest -> prep -> features -> train -> register -> promotion gate")
-    show(first)
-    if first.failed:
-        return False
-
+    watcher = Watcher(project, interval=0.2, on_pass=show)
+    loop = threading.Thread(target=watcher.run, name="driftloop-demo-loop", daemon=True)
+    loop.start()
+    step("started the loop (driftloop watch) and the server (driftloop serve)")
     log = project / ".driftloop" / "serving" / "demo-server.log"
-    with background_server(project, log=log) as server:
-        step(
-            f"serving the champion: driftloop serve on {server.url} "
-            f"(ready in {server.ready_seconds:.2f}s; API docs at {server.url}/docs)"
-        )
-        traffic = _start_traffic(project, server.url)
-        time.sleep(1.0)
-        _report_traffic(traffic.answers, step, "traffic")
+    ok = True
+    try:
+        with background_server(project, log=log, wait_ready=False) as server:
+            wait_until_ready(server, 180.0, time.perf_counter())
+            step(f"the loop trained and promoted v1; {server.url} answers with it")
+            traffic = _start_traffic(project, server.url)
+            time.sleep(1.5)
+            _report_traffic(traffic.answers, step, "traffic")
 
-        paths = write_batch(project, EXAMPLE, batch=2, rows=drifted_rows, drift=0.8)
-        step(f"landed a drifted batch: {', '.join(p.name for p in paths)} (traffic goes on)")
-        second = run(project)
-        step("pass 2: the new batch is prepared (the first is a cache hit); a challenger is gated")
-        show(second)
-        swapped = _wait_for_swap(project, traffic.answers, second)
-        traffic.stop()
-        if swapped is not None:
-            step(
-                f"hot swap: /predict answered with v{swapped[0]} {swapped[1]:.2f}s after the "
-                "promotion, with no restart"
-            )
-        _report_traffic(traffic.answers, step, "all traffic")
-        sent = _send_feedback(project, server.url, traffic.answers)
-        step(f"sent {sent} true labels to /feedback (ground truth for monitoring)")
-    step(f"server stopped (SIGTERM: the prediction log was flushed); log at {log}")
+            mark = _trainings(project)
+            write_batch(project, EXAMPLE, batch=2, rows=rows, drift=0.0)
+            step("week 2 landed (an ordinary week)")
+            _wait(lambda: _checked(project) >= 1, 120, "the check of week 2")
+            ok = ok and _trainings(project) == mark
+            step("week 2 checked against v1; no training yet (retrain.every_batches is 3)")
 
-    third = run(project)
-    step("pass 3: nothing new, nothing done" if not third.did_work else "pass 3 did work")
-
-    ok = not (first.failed or second.failed or third.failed)
+            write_batch(project, EXAMPLE, batch=3, rows=rows, drift=0.8)
+            step("week 3 landed, and it has drifted")
+            promoted = _wait(lambda: _promoted_after(project, "1"), 180, "a new champion")
+            swapped = _first_answer_by(traffic.answers, promoted[0], promoted[1])
+            if swapped is not None:
+                step(
+                    f"hot swap: /predict answered with v{promoted[0]} {swapped:.2f}s after the "
+                    "promotion, no restart"
+                )
+            time.sleep(1.0)
+            traffic.stop()
+            _report_traffic(traffic.answers, step, "all traffic")
+            sent = _send_feedback(project, server.url, traffic.answers)
+            step(f"sent {sent} true labels to /feedback (ground truth for monitoring)")
+            time.sleep(1.5)  # the server writes its log every second in the demo
+            _monitor_log(project, step)
+    finally:
+        watcher.stop.set()
+        watcher.wake()
+        loop.join(60)
+    step(f"stopped the loop and the server (the server flushed its prediction log); {log}")
+    ok = ok and _all_succeeded(project)
     _summary(project, console)
-    step("done" if ok else "finished with failures (see above)")
+    step("done" if ok else "finished, but a step went wrong (see above)")
     return ok
 
 
+def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise TimeoutError(f"the demo waited {timeout:.0f}s for {what}")
+
+
+def _state(project: Path) -> Any:
+    from driftloop.layout import Layout
+    from driftloop.state import StateDB
+
+    return StateDB(Layout(project).state_db)
+
+
+def _all_succeeded(project: Path) -> bool:
+    """Every stage run ended well (a transient failure the loop retried counts once it did)."""
+    with _state(project) as db:
+        return all(r["status"] == "succeeded" for r in db.stage_runs(1000))
+
+
+def _trainings(project: Path) -> int:
+    with _state(project) as db:
+        return sum(1 for r in db.stage_runs(1000) if r["stage"] == "train")
+
+
+def _checked(project: Path) -> int:
+    with _state(project) as db:
+        return sum(
+            1 for r in db.stage_runs(1000) if r["stage"] == "monitor" and r["status"] == "succeeded"
+        )
+
+
+def _promoted_after(project: Path, version: str) -> tuple[str, float] | None:
+    """(version, epoch seconds) of a promotion to another version than ``version``."""
+    from datetime import datetime
+
+    with _state(project) as db:
+        event = db.last_event("ModelPromoted")
+    if event is None or str(event["version"]) == version:
+        return None
+    return str(event["version"]), datetime.fromisoformat(event["ts"]).timestamp()
+
+
+def _first_answer_by(answers: list[Any], version: str, since: float) -> float | None:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        first = [a.sent + a.seconds for a in list(answers) if a.version == version]
+        if first:
+            return float(max(0.0, min(first) - since))
+        time.sleep(0.05)
+    return None
+
+
 def _start_traffic(project: Path, url: str) -> Any:
-    """Requests at concurrency 4, cycling through the first batch's processed rows."""
+    """Requests at concurrency 4, cycling through week 1's processed rows."""
     import polars as pl
 
     from driftloop.layout import Layout
@@ -100,8 +178,8 @@ def _start_traffic(project: Path, url: str) -> Any:
     from driftloop.spec import load_spec
 
     spec, layout = load_spec(project), Layout(project)
-    [batch] = [p for p in layout.processed.iterdir() if not p.name.startswith(".")]
-    rows = pl.read_parquet(batch / "data.parquet").head(500)
+    first = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))[0]
+    rows = pl.read_parquet(first / "data.parquet").head(500)
     traffic = Traffic(url, request_records(rows, spec), concurrency=4)
     traffic.start()
     return traffic
@@ -116,40 +194,17 @@ def _report_traffic(answers: list[Any], step: Callable[[str], None], what: str) 
     versions = sorted({a.version for a in done if a.version}, key=int)
     seconds = sorted(a.seconds for a in done)
     p50, p99 = seconds[len(seconds) // 2], seconds[min(len(seconds) - 1, len(seconds) * 99 // 100)]
+    for a in [a for a in done if a.status != 200][:3]:
+        step(f"  a failed request: status {a.status}: {a.detail}")
     step(
         f"{what}: {len(done)} requests, {failed} failed, answered by "
         f"{', '.join('v' + v for v in versions)}; latency p50 {p50 * 1000:.1f} ms, "
-        f"p99 {p99 * 1000:.1f} ms (4 concurrent clients)"
+        f"p99 {p99 * 1000:.1f} ms (4 clients, sharing 2 cores with the loop)"
     )
 
 
-def _wait_for_swap(
-    project: Path, answers: list[Any], result: RunResult
-) -> tuple[str, float] | None:
-    """(new version, seconds from the promotion event to the first answer by it), if promoted."""
-    from datetime import datetime
-
-    from driftloop.layout import Layout
-    from driftloop.state import StateDB
-
-    train = [r for r in result.reports if r.stage == "train" and r.outcome == "ran"]
-    if not train or train[0].manifest["decision"]["decision"] != "promoted":
-        return None
-    version = str(train[0].manifest["version"])
-    with StateDB(Layout(project).state_db) as db:
-        event = db.last_event("ModelPromoted")
-    decided = datetime.fromisoformat(event["ts"]).timestamp() if event else time.time()
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        first = [a for a in list(answers) if a.version == version]
-        if first:
-            return version, max(0.0, min(a.sent + a.seconds for a in first) - decided)
-        time.sleep(0.05)
-    return None
-
-
 def _send_feedback(project: Path, url: str, answers: list[Any]) -> int:
-    """The true labels of answered requests (known here: they are the first batch's rows)."""
+    """The true labels of answered requests (known here: they are week 1's rows)."""
     import httpx
     import polars as pl
 
@@ -157,16 +212,32 @@ def _send_feedback(project: Path, url: str, answers: list[Any]) -> int:
     from driftloop.spec import load_spec
 
     spec, layout = load_spec(project), Layout(project)
-    batches = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))
-    truth = pl.read_parquet(batches[0] / "data.parquet").head(500)[spec.target].to_list()
+    first = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))[0]
+    truth = pl.read_parquet(first / "data.parquet").head(500)[spec.target].to_list()
     items = [
         {"request_id": a.request_id, "record": 0, "label": truth[a.record]}
-        for a in answers[:500]
+        for a in answers[:1000]
         if a.status == 200 and a.request_id and truth[a.record] is not None
     ]
     if items:
         httpx.post(f"{url}/feedback", json=items, timeout=30).raise_for_status()
     return len(items)
+
+
+def _monitor_log(project: Path, step: Callable[[str], None]) -> None:
+    from driftloop.errors import DriftloopError
+    from driftloop.monitoring.run import monitor
+
+    try:
+        result = monitor(project, days=1)
+    except DriftloopError as exc:
+        step(f"monitoring the prediction log: {exc}")
+        return
+    paths = result.report.get("paths") or {}
+    step(
+        f"monitored the prediction log against v{result.report['model']['version']}: "
+        f"{'; '.join(result.report['summary']['messages'])} (report: {paths.get('html')})"
+    )
 
 
 def _summary(project: Path, console: Any) -> None:
@@ -181,16 +252,6 @@ def _summary(project: Path, console: Any) -> None:
         f"{total['rows_quarantined']} quarantined + {total['rows_duplicate']} duplicate"
     )
     console.print(
-        f"explore: {project}/data/processed, {project}/data/features, "
-        f"{project}/data/quarantine, 'driftloop status -p {project}'"
+        f"explore: 'driftloop status -p {project}', 'driftloop models -p {project}', "
+        f"{project}/data/monitoring/reports/, 'driftloop up -p {project}' to run it all again"
     )
-    console.print(
-        f"models: 'driftloop models -p {project}' (MLflow UI: mlflow ui --backend-store-uri "
-        f"sqlite:///{project}/mlflow.db)"
-    )
-    console.print(
-        f"serving: 'driftloop serve -p {project}'; what it answered: "
-        f"{project}/data/monitoring/predictions/"
-    )
-    console.print(f"monitoring: 'driftloop monitor -p {project}' (drift and performance)")
-    console.print("not yet in this release: the event loop (see the README's roadmap)")

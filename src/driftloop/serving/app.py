@@ -9,6 +9,7 @@ means no model is loaded yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import logging
@@ -93,6 +94,7 @@ class Server:
     predictions: FrameLog
     feedback: FrameLog
     watcher: ChampionWatcher
+    loaded: asyncio.Event  # set once a model is in the slot
 
 
 def create_app(project: Path) -> FastAPI:
@@ -257,7 +259,11 @@ def _start(spec: Spec, layout: Layout) -> Server:
             compiled=folder / COMPILED,
         )
 
+    loop = asyncio.get_running_loop()
+    loaded = asyncio.Event()
+
     def swapped(model: ServedModel, old: ServedModel | None) -> None:
+        loop.call_soon_threadsafe(loaded.set)  # requests held for the first model go on
         metrics.swaps.labels("ok").inc()
         metrics.version.set(float(model.version) if model.version.isdigit() else 0)
         _event(
@@ -299,7 +305,15 @@ def _start(spec: Spec, layout: Layout) -> Server:
         on_failure=failed,
     )
     server = Server(
-        spec, layout, slot, metrics, batcher, logs["predictions"], logs["feedback"], watcher
+        spec,
+        layout,
+        slot,
+        metrics,
+        batcher,
+        logs["predictions"],
+        logs["feedback"],
+        watcher,
+        loaded,
     )
     for frame_log in logs.values():
         frame_log.start()
@@ -341,6 +355,12 @@ async def _predict(server: Server, request: Request) -> Response:
     endpoint = "/predict"
     settings = server.spec.serving
     model = server.slot.current
+    if model is None:
+        # A worker that has no model yet (the first one is being trained or loaded) holds
+        # the request a while rather than failing it: another worker may already answer.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.loaded.wait(), settings.first_model_wait_seconds)
+        model = server.slot.current
     if model is None:
         return _refuse(
             server,

@@ -117,6 +117,12 @@ class ChampionSource:
     def registry_champion(self) -> str | None:
         from driftloop.registry import CHAMPION, alias_version
 
+        uri = self.store_uri
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            # The embedded store does not exist yet: no champion, and the server must not
+            # create it (MLflow's first-time set-up is not safe from two processes at once;
+            # the train stage creates it).
+            return None
         return alias_version(self.spec, self.layout, CHAMPION)
 
     def cached(self, version: str) -> Path | None:

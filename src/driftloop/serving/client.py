@@ -108,6 +108,7 @@ class Answer:
     version: str | None
     request_id: str | None
     record: int  # index into the traffic's records
+    detail: str | None = None  # what a failed request got back
 
 
 @dataclass
@@ -156,8 +157,11 @@ class Traffic:
                         version,
                         body.get("request_id"),
                         index,
+                        None if response.status_code == 200 else response.text[:300],
                     )
-                except (httpx.HTTPError, ValueError):
-                    answer = Answer(sent, time.perf_counter() - began, -1, None, None, index)
+                except (httpx.HTTPError, ValueError) as exc:
+                    answer = Answer(
+                        sent, time.perf_counter() - began, -1, None, None, index, repr(exc)
+                    )
                 with self._lock:
                     self.answers.append(answer)
