@@ -147,7 +147,7 @@ def replay(
             raise ProjectError(f"replay: unknown policy {name!r}; use {list(POLICIES)}")
         result.rows += _replay_policy(name, spec, spec_text, parts, folder / name, say)
     result.summary = summarize(result.rows, spec)
-    pl.DataFrame(result.rows).write_csv(folder / "replay.csv")
+    pl.DataFrame(result.rows, infer_schema_length=None).write_csv(folder / "replay.csv")
     (folder / "summary.json").write_text(json.dumps(result.summary, indent=2), encoding="utf-8")
     from driftloop.orchestration.replay_html import render
 
