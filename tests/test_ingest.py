@@ -119,6 +119,22 @@ def test_file_still_being_written_is_left_for_later(tmp_path: Path) -> None:
         assert [f.path for f in result.new_files] == ["data/raw/s/a.csv"]
 
 
+def test_a_file_the_os_saw_finished_needs_no_settle_time(tmp_path: Path) -> None:
+    """``driftloop watch`` learns from the OS when a file was closed after writing or renamed
+    into place; such a file is taken at once, unless it changed since."""
+    write_spec(tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 30"))
+    a = land(tmp_path, "a.csv", [(1, 2)])
+    b = land(tmp_path, "b.csv", [(3, 4)])
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    seen = {str(p.absolute()): (p.stat().st_size, p.stat().st_mtime_ns) for p in (a, b)}
+    with b.open("a") as fh:  # b was written to again after the OS said it was done
+        fh.write("5,6\n")
+    with StateDB(layout.state_db) as db:
+        result = ingest(spec, layout, db, wait=False, complete=seen)
+    assert [f.path for f in result.new_files] == ["data/raw/s/a.csv"]
+    assert result.still_writing == ["data/raw/s/b.csv"]
+
+
 def test_file_growing_during_the_settle_wait_is_not_taken(tmp_path: Path) -> None:
     write_spec(tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 5"))
     path = land(tmp_path, "a.csv", [(1, 2)])

@@ -164,3 +164,20 @@ def test_up_runs_the_loop_and_the_server_together(tmp_path: Path) -> None:
     out = log.read_text()
     assert "started watch" in out and "started serve" in out
     assert "stopped watch" in out and "stopped serve" in out
+
+
+def test_a_file_renamed_into_place_is_taken_without_the_settle_wait(tmp_path: Path) -> None:
+    write_spec(tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 60") + QUICK)
+    log = tmp_path / "watch.log"
+    watcher = start("watch", "-p", str(tmp_path), "--interval", "5", log=log)
+    try:
+        time.sleep(3)  # the watcher is up and listening
+        land(tmp_path, ".a.csv.tmp", 300, seed=1)  # written under a temporary name ...
+        folder = tmp_path / "data" / "raw" / "s"
+        landed = time.monotonic()
+        (folder / ".a.csv.tmp").rename(folder / "a.csv")  # ... and renamed: complete
+        wait_for(lambda: succeeded(tmp_path, "prep") == 1, 40, "prep of a renamed file", log)
+        assert time.monotonic() - landed < 40  # well under settle_seconds (60)
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(30) == 0

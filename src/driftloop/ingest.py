@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,16 +72,25 @@ def ingest(
     wait: bool = True,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    complete: Mapping[str, tuple[int, int]] | None = None,
 ) -> IngestResult:
     """Take every new, complete raw file into one new batch (or none if nothing is new).
 
     With ``wait`` the call sleeps until files younger than the settle time are old enough
     and checks they did not change; without it such files are left for the next pass.
+    ``complete`` maps absolute paths the caller saw finished (closed after writing, or renamed into
+    place: ``driftloop watch`` learns this from the OS) to their (size, mtime_ns) then; such
+    a file, unchanged since, needs no settle time.
     """
     settle = spec.ingest.settle_seconds
     candidates = candidate_files(spec, layout)
     stats = {path: path.stat() for _, path in candidates}
-    young = [p for p, st in stats.items() if clock() - st.st_mtime < settle]
+    done = complete or {}
+
+    def finished(path: Path, st: os.stat_result) -> bool:
+        return done.get(str(path.absolute())) == (st.st_size, st.st_mtime_ns)
+
+    young = [p for p, st in stats.items() if clock() - st.st_mtime < settle and not finished(p, st)]
     if young and wait:
         youngest = max(stats[p].st_mtime for p in young)
         sleep(max(0.0, settle - (clock() - youngest)))
@@ -95,7 +104,7 @@ def ingest(
         if now_stat is None:
             continue
         changed = (now_stat.st_size, now_stat.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
-        if changed or clock() - now_stat.st_mtime < settle:
+        if changed or (clock() - now_stat.st_mtime < settle and not finished(path, now_stat)):
             result.still_writing.append(rel)
             continue
         sha = db.known_sighting(rel, now_stat.st_size, now_stat.st_mtime_ns)

@@ -78,8 +78,10 @@ def run_pass(
     wait: bool = True,
     backoff: bool = False,
     now: datetime | None = None,
+    complete: dict[str, tuple[int, int]] | None = None,
 ) -> RunResult:
-    """One pass over the project (see the module docstring)."""
+    """One pass over the project (see the module docstring). ``complete``: raw files the
+    caller saw finished (see :func:`driftloop.ingest.ingest`)."""
     layout = Layout(project)
     spec = load_spec(project)
     if spec.model.enabled:
@@ -89,7 +91,7 @@ def run_pass(
     for folder in (layout.processed, layout.features, layout.quarantine, layout.monitoring):
         sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:
-        result = RunResult(ingest(spec, layout, db, wait=wait))
+        result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete))
         for batch in db.batches():
             prep = prep_stage(spec, layout, db, batch, backoff=backoff)
             result.reports.append(prep)

@@ -11,6 +11,7 @@ SIGTERM stops it between passes, and since every step is idempotent, so does ``k
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,9 @@ class Watcher:
         self.state = WatchState()
         self.stop = threading.Event()
         self._wake = threading.Event()
+        # Files the OS said are finished (closed after writing, or renamed into place), with
+        # their (size, mtime_ns) then: ingest takes them without waiting out the settle time.
+        self.complete: dict[str, tuple[int, int]] = {}
 
     def run(self, *, until_idle: bool = False) -> None:
         """Watch until :attr:`stop` is set (or, with ``until_idle``, until a pass finds
@@ -91,7 +95,7 @@ class Watcher:
     def _pass(self) -> RunResult | None:
         started = time.perf_counter()
         try:
-            result = run_pass(self.project, wait=False, backoff=True)
+            result = run_pass(self.project, wait=False, backoff=True, complete=dict(self.complete))
         except DriftloopError as exc:
             self._failed(first_line(exc))
             return None
@@ -160,9 +164,13 @@ class Watcher:
             from watchdog.observers import Observer
 
             wake = self._wake
+            complete = self.complete
 
             class _Wake(FileSystemEventHandler):
                 def on_any_event(self, event: FileSystemEvent) -> None:
+                    if event.event_type in ("closed", "moved") and not event.is_directory:
+                        path = event.dest_path if event.event_type == "moved" else event.src_path
+                        _mark_complete(complete, os.fsdecode(path))
                     wake.set()
 
             observer = Observer()
@@ -179,6 +187,14 @@ class Watcher:
     def _status(self) -> None:
         if self.on_status is not None:
             self.on_status(self.state)
+
+
+def _mark_complete(complete: dict[str, tuple[int, int]], path: str) -> None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return
+    complete[str(Path(path).absolute())] = (st.st_size, st.st_mtime_ns)
 
 
 def _summary(result: RunResult) -> str:
