@@ -122,7 +122,8 @@ def test_file_still_being_written_is_left_for_later(tmp_path: Path) -> None:
 def test_a_file_the_os_saw_finished_needs_no_settle_time(tmp_path: Path) -> None:
     """``driftloop watch`` learns from the OS when a file was closed after writing or renamed
     into place; such a file is taken at once, unless it changed since."""
-    write_spec(tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 30"))
+    spec_text = SPEC.replace("settle_seconds: 0", "settle_seconds: 30, batch_window_seconds: 0")
+    write_spec(tmp_path, spec_text)
     a = land(tmp_path, "a.csv", [(1, 2)])
     b = land(tmp_path, "b.csv", [(3, 4)])
     spec, layout = load_spec(tmp_path), Layout(tmp_path)
@@ -239,3 +240,23 @@ def test_a_raw_file_changed_in_place_is_not_read_as_the_old_batch(tmp_path: Path
     assert first.outcome == "failed"
     assert "the file changed since it was ingested" in str(first.error)
     assert second.outcome == "ran" and second.manifest["rows_in"] == 3
+
+
+def test_files_landing_together_form_one_batch_in_the_loop(tmp_path: Path) -> None:
+    """Without waiting (the loop), fresh files wait for the batch window, so a delivery of
+    several files (orders and their customers) becomes one batch."""
+    write_spec(
+        tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 0, batch_window_seconds: 60")
+    )
+    a = land(tmp_path, "a.csv", [(1, 2)])
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    with StateDB(layout.state_db) as db:
+        first = ingest(spec, layout, db, wait=False)
+        assert first.batch is None and first.still_writing == ["data/raw/s/a.csv"]
+        b = land(tmp_path, "b.csv", [(3, 4)])
+        old = time.time() - 120
+        for path in (a, b):
+            os.utime(path, (old, old))  # a minute later, nothing new came
+        both = ingest(spec, layout, db, wait=False)
+    assert both.batch is not None
+    assert sorted(f.path for f in both.new_files) == ["data/raw/s/a.csv", "data/raw/s/b.csv"]

@@ -77,7 +77,9 @@ def ingest(
     """Take every new, complete raw file into one new batch (or none if nothing is new).
 
     With ``wait`` the call sleeps until files younger than the settle time are old enough
-    and checks they did not change; without it such files are left for the next pass.
+    and checks they did not change; without it such files are left for the next pass, and
+    new complete files become one batch only once none of them is younger than
+    ``ingest.batch_window_seconds`` (files of one delivery land together).
     ``complete`` maps absolute paths the caller saw finished (closed after writing, or renamed into
     place: ``driftloop watch`` learns this from the OS) to their (size, mtime_ns) then; such
     a file, unchanged since, needs no settle time.
@@ -96,6 +98,7 @@ def ingest(
         sleep(max(0.0, settle - (clock() - youngest)))
     result = IngestResult(batch=None)
     new: list[RawFile] = []
+    newest = 0.0  # the latest modification among the new files
     taken: dict[str, str] = {}
     for source, path in candidates:
         rel = layout.relative(path)
@@ -123,10 +126,18 @@ def ingest(
             continue
         taken[sha] = rel
         new.append(RawFile(sha, source, rel, now_stat.st_size, batch_id=""))
+        newest = max(newest, now_stat.st_mtime)
     if result.reuploads:
         for r in result.reuploads:
             log.info("%s has the same content as %s; not ingested again", r.path, r.same_as)
     if not new:
+        return result
+    window = spec.ingest.batch_window_seconds
+    if not wait and window and clock() - newest < window:
+        # A loop that takes files as they land: more files of the same delivery may be on
+        # their way, so the batch waits until new files stop coming. (One pass on demand,
+        # ``driftloop run``, takes what is there.)
+        result.still_writing += [f.path for f in new]
         return result
     batch_id = make_batch_id(new)
     files = [RawFile(f.sha256, f.source, f.path, f.size, batch_id) for f in new]

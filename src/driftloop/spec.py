@@ -230,7 +230,10 @@ class QuarantineSpec(_Frozen):
 
 
 class IngestSpec(_Frozen):
-    settle_seconds: float = Field(1.0, ge=0.0)
+    settle_seconds: float = Field(1.0, ge=0.0)  # a file written in place must be this quiet
+    # Files that land together form one batch (orders with the customers they name): new
+    # files are taken once none has been completed for this long.
+    batch_window_seconds: float = Field(0.5, ge=0.0)
 
 
 Estimator = Literal[

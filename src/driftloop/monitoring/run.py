@@ -75,14 +75,15 @@ class Current:
     time: pl.Series | None
 
 
-def load_champion(spec: Spec, layout: Layout) -> Champion:
+def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Champion:
+    """The champion (or the given version) with its reference data."""
     import mlflow
 
     from driftloop import registry
     from driftloop.model_package import Predictor
     from driftloop.profile import profile_from_json
 
-    version = registry.alias_version(spec, layout, registry.CHAMPION)
+    version = version or registry.alias_version(spec, layout, registry.CHAMPION)
     if version is None:
         raise MonitoringError(
             f"model {spec.name!r} has no champion to monitor; run 'driftloop run' to train "
@@ -381,12 +382,14 @@ def monitor(
     now: dt.datetime | None = None,
     write: bool = True,
     record_events: bool = True,
+    version: str | None = None,
 ) -> MonitorResult:
     """Compare the champion's reference with current data; see the module docstring.
 
     ``now`` (default: the wall clock, UTC) stamps the report and ends the log window when
     ``until`` is not given; the log window covers ``days`` (default: the spec's
-    ``monitoring.window_days``) before it.
+    ``monitoring.window_days``) before it. ``version``: a model version to compare
+    instead of the champion (the loop checks a batch against the champion it arrived under).
     """
     from driftloop.monitoring.report import build_report, write_reports
     from driftloop.spec import load_spec
@@ -397,7 +400,7 @@ def monitor(
     layout = Layout(root)
     now = now or dt.datetime.now(dt.UTC)
     settings = spec.monitoring
-    champion = load_champion(spec, layout)
+    champion = load_champion(spec, layout, version)
     loaded = time.perf_counter()
     if current is not None:
         cur = current_from_batch(spec, layout, champion, Path(current))

@@ -101,9 +101,35 @@ def run_pass(
             from driftloop.lifecycle import apply_pending_decisions
 
             result.applied = apply_pending_decisions(spec, layout, db)
-            _monitor_new_batches(spec, layout, db, result, now=now, backoff=backoff)
-            _train_if_due(spec, layout, db, result, now=now or datetime.now(UTC), backoff=backoff)
+            _model_steps(spec, layout, db, result, now=now, backoff=backoff)
     return result
+
+
+def _model_steps(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    result: RunResult,
+    *,
+    now: datetime | None,
+    backoff: bool,
+) -> None:
+    """Check the new batches against the champion and train when the policy says so.
+
+    The check comes first when its verdict can decide the training; when the policy trains
+    anyway (every N batches, say), training comes first and the check follows, against the
+    champion the batches arrived under, so a new model is not kept waiting for a report.
+    """
+    new, _ = _new_batches(layout, db)
+    champion = recorded_champion(db, spec.name)
+    moment = now or datetime.now(UTC)
+    due_anyway = _reason(spec, layout, db, new, moment, signals=False) is not None
+    if due_anyway:
+        _train_if_due(spec, layout, db, result, now=moment, backoff=backoff)
+        _monitor_new_batches(spec, layout, db, result, new, champion, now=now, backoff=backoff)
+    else:
+        _monitor_new_batches(spec, layout, db, result, new, champion, now=now, backoff=backoff)
+        _train_if_due(spec, layout, db, result, now=moment, backoff=backoff)
 
 
 def recorded_champion(db: StateDB, model: str) -> str | None:
@@ -126,20 +152,20 @@ def _monitor_new_batches(
     layout: Layout,
     db: StateDB,
     result: RunResult,
+    new: list[dict[str, Any]],
+    champion: str | None,
     *,
     now: datetime | None,
     backoff: bool,
 ) -> None:
     """Each batch the champion has not learned from, checked against it once."""
-    if not spec.monitoring.on_new_data:
+    if not spec.monitoring.on_new_data or champion is None:
         return
-    champion = recorded_champion(db, spec.name)
-    if champion is None:
-        return
-    new, _ = _new_batches(layout, db)
     batches = {b.batch_id: b for b in db.batches()}
     for item in new:
         batch = batches[item["batch_id"]]
+        if read_manifest(layout.features / batch.batch_id).get("rows", 1) == 0:
+            continue  # a batch that only updated a joined source has no rows to check
         key = run_key(
             "monitor",
             MONITOR_VERSION,
@@ -149,17 +175,20 @@ def _monitor_new_batches(
         out_dir = layout.monitoring / "batches" / batch.batch_id
 
         def work(started: float, batch_id: str = batch.batch_id, key: str = key) -> dict[str, Any]:
-            return _check_batch(layout, batch_id, key, now)
+            return _check_batch(layout, batch_id, key, now, champion)
 
         report = keyed_run(db, layout, "monitor", batch, key, out_dir, work, backoff=backoff)
         result.reports.append(report)
 
 
-def _check_batch(layout: Layout, batch_id: str, key: str, now: datetime | None) -> dict[str, Any]:
+def _check_batch(
+    layout: Layout, batch_id: str, key: str, now: datetime | None, version: str | None
+) -> dict[str, Any]:
     """``driftloop monitor --current data/processed/<batch>`` as a stage output."""
     from driftloop.monitoring.run import monitor
 
-    report = monitor(layout.root, current=layout.processed / batch_id, now=now).report
+    current = layout.processed / batch_id
+    report = monitor(layout.root, current=current, now=now, version=version).report
     manifest = {
         "stage": "monitor",
         "run_key": key,
@@ -195,7 +224,6 @@ def _train_if_due(
     backoff: bool,
 ) -> None:
     from driftloop.lifecycle import train_plan, train_stage
-    from driftloop.orchestration.policy import Situation, retrain_reason
 
     plan = train_plan(spec, layout, db)
     if plan is None:
@@ -208,20 +236,8 @@ def _train_if_due(
         if report is not None:
             result.reports.append(report)
         return
-    new, last = _new_batches(layout, db)
-    drift, decay = _signals(layout, new)
-    arrived = {b.batch_id: b.created_at for b in db.batches()}
-    since = min((arrived[b["batch_id"]] for b in new), default=None)
-    situation = Situation(
-        trained_before=last is not None,
-        spec_changed=last is not None and last.get("sections_hash") not in (None, plan.sections),
-        new_batches=len(new),
-        new_data_since=datetime.fromisoformat(since) if since else None,
-        drift=drift,
-        decay=decay,
-        last_trained_at=_last_trained_at(db),
-    )
-    reason = retrain_reason(spec.retrain, situation, now)
+    new, _ = _new_batches(layout, db)
+    reason = _reason(spec, layout, db, new, now, signals=True)
     if reason is None:
         if new:
             result.waiting = (
@@ -239,6 +255,38 @@ def _train_if_due(
     report = train_stage(spec, layout, db, spec_text, plan=plan, backoff=backoff)
     if report is not None:
         result.reports.append(report)
+
+
+def _reason(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    new: list[dict[str, Any]],
+    now: datetime,
+    *,
+    signals: bool,
+) -> str | None:
+    """The retrain policy's answer; without ``signals``, as if the checks found nothing."""
+    from driftloop.lifecycle import last_training, train_plan
+    from driftloop.orchestration.policy import Situation, retrain_reason
+
+    plan = train_plan(spec, layout, db)
+    if plan is None:
+        return None
+    last = last_training(layout, db)
+    drift, decay = _signals(layout, new) if signals else (False, False)
+    arrived = {b.batch_id: b.created_at for b in db.batches()}
+    since = min((arrived[b["batch_id"]] for b in new), default=None)
+    situation = Situation(
+        trained_before=last is not None,
+        spec_changed=last is not None and last.get("sections_hash") not in (None, plan.sections),
+        new_batches=len(new),
+        new_data_since=datetime.fromisoformat(since) if since else None,
+        drift=drift,
+        decay=decay,
+        last_trained_at=_last_trained_at(db),
+    )
+    return retrain_reason(spec.retrain, situation, now)
 
 
 def _last_trained_at(db: StateDB) -> datetime | None:
