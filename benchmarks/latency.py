@@ -10,7 +10,9 @@ under a temporary name and renamed into the raw folder as a data pipeline would,
 (the stages' own time from the state database: prep, features, the check against the
 champion, training with registration and the gate; plus the server's load of the new
 version) and orchestration overhead (everything else: noticing the file, hashing it,
-scheduling, the server noticing the promotion). Prints every run and the median.
+scheduling, the server noticing the promotion). Each file lands on an idle loop (the
+previous file's check, which follows its training, has finished). Prints every run and the
+median.
 """
 
 from __future__ import annotations
@@ -133,6 +135,32 @@ def compute_seconds(project: Path, version: str) -> dict[str, float]:
     return out
 
 
+def parts_batch(project: Path, version: str) -> str:
+    with StateDB(Layout(project).state_db) as db:
+        events = db.events(10_000)
+    registered = next(
+        e for e in events if e["type"] == "ModelRegistered" and str(e["version"]) == version
+    )
+    started = [e for e in events if e["type"] == "StageStarted" and e["id"] < registered["id"]]
+    return str(started[-1]["batch_id"])
+
+
+def idle(project: Path, batch_id: str, timeout: float = 120) -> None:
+    """Wait until the loop has finished with the batch (its check follows the training), so
+    the next file lands on an idle loop, as files landing minutes or hours apart do."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with StateDB(Layout(project).state_db) as db:
+            runs = db.stage_runs(10_000)
+        if any(
+            r["stage"] == "monitor" and r["batch_id"] == batch_id and r["status"] == "succeeded"
+            for r in runs
+        ):
+            time.sleep(1)
+            return
+        time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -159,7 +187,7 @@ def main() -> None:
     print(f"cpus {os.cpu_count()}, {args.rows} rows per file, {args.runs} runs; load {load:.1f}")
     try:
         wait_for_version(url, probe, "1", 300)
-        time.sleep(2)
+        time.sleep(3)
         rows = []
         for k in range(1, args.runs + 1):
             frame = batch(args.rows, k, seed=k)
@@ -175,7 +203,7 @@ def main() -> None:
                 f"run {k}: {total:.2f} s to serve v{version}: compute {compute:.2f} s "
                 f"({detail}), overhead {total - compute:.2f} s"
             )
-            time.sleep(2)
+            idle(project, parts_batch(project, version))
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
