@@ -116,3 +116,27 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_path: Pa
     started = [e["key"] for e in events if e["type"] == "StageStarted"]
     finished = {e["key"] for e in events if e["type"] in ("StageSucceeded", "StageFailed")}
     assert len(started) > len(finished)  # some kills landed inside a stage
+
+
+@pytest.mark.parametrize("delay", [0.4, 0.8, 1.2, 1.6])
+def test_a_kill_while_the_registry_is_first_created_leaves_no_broken_store(
+    tmp_path: Path, delay: float
+) -> None:
+    """MLflow builds a new SQLite store with one migration after another; a process killed in
+    the middle must not leave a store that every later open fails on."""
+    code = (
+        "from pathlib import Path\n"
+        "from driftloop.layout import Layout\n"
+        "from driftloop.registry import ensure_sqlite_store\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "ensure_sqlite_store(root / 'mlflow.db', Layout(root))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], env=child_environment())
+    time.sleep(delay)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    write_spec(tmp_path, SPEC + QUICK)
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    # Whatever the moment, the store either is not there or is whole: it opens and works.
+    assert registry.alias_version(spec, layout, registry.CHAMPION) is None
+    assert registry.versions(spec, layout) == []

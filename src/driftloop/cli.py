@@ -509,9 +509,29 @@ def watch(
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
 
+    live: Any = None
+    if console.is_terminal:  # a status line that updates in place
+        from rich.live import Live
+
+        live = Live(console=console, refresh_per_second=4, transient=True)
+    shown: list[str | None] = [None]
+
     def show(state: WatchState) -> None:
-        if state.last_error:
+        if live is not None:
+            from rich.text import Text
+
+            parts = [f"watching {spec.name}", f"{state.passes} passes", state.notifications]
+            if state.last_work:
+                parts.append(f"last: {state.last_work}")
+            if state.next_monitor:
+                parts.append(f"next log check {state.next_monitor:%H:%M}")
+            line = Text(" | ".join(parts), style="dim")
+            if state.last_error:
+                line.append(f" | failing: {state.last_error}", style="red")
+            live.update(line)
+        elif state.last_error and state.last_error != shown[0]:
             console.print(f"[red]pass failed[/red]: {state.last_error} (the loop goes on)")
+        shown[0] = state.last_error
 
     watcher = Watcher(project, interval=interval, on_pass=print_run, on_status=show)
 
@@ -526,7 +546,11 @@ def watch(
         "through prep, features, checks, training and the gate; Ctrl-C stops"
     )
     try:
-        watcher.run(until_idle=until_idle)
+        if live is not None:
+            with live:
+                watcher.run(until_idle=until_idle)
+        else:
+            watcher.run(until_idle=until_idle)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     state = watcher.state

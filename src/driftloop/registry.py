@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,11 +72,40 @@ def client(spec: Spec, layout: Layout) -> Any:
     from mlflow import MlflowClient
 
     uri = tracking_uri(spec, layout)
+    if uri.startswith("sqlite:///"):
+        ensure_sqlite_store(Path(uri.removeprefix("sqlite:///")), layout)
     if not log.isEnabledFor(logging.DEBUG):  # database migrations and similar are not news
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_sqlite_store(path: Path, layout: Layout) -> None:
+    """Create an embedded MLflow store in one step, or not at all.
+
+    MLflow creates a new SQLite store by running its schema migrations one after another; a
+    process killed half-way leaves a store every later open fails on ("table ... already
+    exists"). So the store is built under a temporary name and linked into place, which
+    succeeds for exactly one process when several start at once.
+    """
+    if path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    artifacts = (layout.root / "mlartifacts").resolve().as_uri()
+    try:
+        with _quiet_mlflow():
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", artifacts)  # type: ignore[no-untyped-call]  # mlflow leaves __init__ untyped
+            store.engine.dispose()
+        # link fails if another process got there first: theirs stands
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
 
 
 def experiment_id(spec: Spec, layout: Layout, mlflow_client: Any) -> str:

@@ -100,7 +100,7 @@ def policy_spec(spec_text: str, project: Path, retrain: dict[str, Any]) -> str:
         )
     source = data["sources"][0]
     source["path"] = f"data/raw/{source['name']}/*{Path(source['path']).suffix or '.csv'}"
-    data["ingest"] = {**(data.get("ingest") or {}), "settle_seconds": 0}
+    data["ingest"] = {**(data.get("ingest") or {}), "settle_seconds": 0, "batch_window_seconds": 0}
     data["retrain"] = retrain
     data["model"] = {
         **(data.get("model") or {}),
