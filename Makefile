@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck unit slow run-all bench-prep bench-drift clean install
+.PHONY: demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,16 @@ bench-prep: $(STAMP)
 ## evidently's DataDriftPreset vs driftloop's monitor (creates benchmarks/.data/evidently-venv)
 bench-drift: $(STAMP)
 	$(BIN)/python benchmarks/drift.py
+
+## needs wrk (Debian package) for the load
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve.py
+
+bench-replay: $(STAMP)
+	$(BIN)/python benchmarks/replay.py
+
+bench-latency: $(STAMP)
+	$(BIN)/python benchmarks/latency.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache
