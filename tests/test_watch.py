@@ -183,3 +183,64 @@ def test_a_file_renamed_into_place_is_taken_without_the_settle_wait(tmp_path: Pa
     finally:
         watcher.send_signal(signal.SIGTERM)
         assert watcher.wait(30) == 0
+
+
+def test_without_file_notifications_the_loop_polls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the OS cannot notify (no inotify watches left, say), passes come on a timer."""
+    import threading
+
+    import watchdog.observers
+
+    from driftloop.orchestration.watch import Watcher
+
+    class Broken:
+        def __init__(self) -> None:
+            raise OSError("inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", Broken)
+    write_spec(tmp_path, SPEC + "model: {enabled: false}\n")
+    watcher = Watcher(tmp_path, interval=0.2)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        land(tmp_path, "a.csv", 200, seed=1)
+        wait_for(lambda: succeeded(tmp_path, "features") == 1, 60, "a polled pass")
+        assert watcher.state.notifications == "polling every 0.2s"
+    finally:
+        watcher.stop.set()
+        watcher.wake()
+        thread.join(30)
+
+
+def test_status_reports_the_champion_pending_work_and_the_loop(tmp_path: Path) -> None:
+    import json
+
+    write_spec(tmp_path, SPEC + QUICK + "retrain: {every_batches: 2}\n")
+    land(tmp_path, "a.csv", 600, seed=1)
+    env = child_environment({"OMP_NUM_THREADS": "1"})
+    subprocess.run([*CLI, "run", "-p", str(tmp_path)], check=True, env=env, capture_output=True)
+    land(tmp_path, "b.csv", 600, seed=2, start_day=5)
+    subprocess.run([*CLI, "run", "-p", str(tmp_path)], check=True, env=env, capture_output=True)
+    land(tmp_path, "c.csv", 600, seed=3, start_day=9)  # landed, not ingested
+    out = subprocess.run(
+        [*CLI, "status", "-p", str(tmp_path), "--json"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    status = json.loads(out.stdout)
+    assert status["champion"]["version"] == "1"
+    assert status["watch"] is None  # no watcher running
+    assert status["batches"] == 2
+    pending = status["pending"]
+    assert len(pending["batches_since_last_training"]) == 1  # the policy waits for a second
+    assert pending["files_not_ingested"] == ["data/raw/s/c.csv"]
+    assert status["last_drift_verdict"]["model_version"] == "1"  # batch b was checked
+    assert {e["type"] for e in status["events"]} >= {"DataArrived", "ModelPromoted"}
+    text = subprocess.run(
+        [*CLI, "status", "-p", str(tmp_path)], check=True, env=env, capture_output=True, text=True
+    ).stdout
+    assert "champion: synth v1" in text and "watch: not running" in text
