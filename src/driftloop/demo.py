@@ -216,11 +216,12 @@ def _send_feedback(project: Path, url: str, answers: list[Any]) -> int:
     truth = pl.read_parquet(first / "data.parquet").head(500)[spec.target].to_list()
     items = [
         {"request_id": a.request_id, "record": 0, "label": truth[a.record]}
-        for a in answers[:1000]
+        for a in answers
         if a.status == 200 and a.request_id and truth[a.record] is not None
     ]
-    if items:
-        httpx.post(f"{url}/feedback", json=items, timeout=30).raise_for_status()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for start in range(0, len(items), 1000):
+            client.post("/feedback", json=items[start : start + 1000]).raise_for_status()
     return len(items)
 
 
