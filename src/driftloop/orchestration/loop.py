@@ -88,7 +88,13 @@ def run_pass(
         from driftloop.train import check_model_params
 
         check_model_params(spec)
-    for folder in (layout.processed, layout.features, layout.quarantine, layout.monitoring):
+    for folder in (
+        layout.processed,
+        layout.features,
+        layout.quarantine,
+        layout.monitoring / "batches",
+        layout.root / "data" / "models",
+    ):
         sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:
         result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete))
