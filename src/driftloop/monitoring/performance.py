@@ -29,17 +29,8 @@ from typing import Any
 import numpy as np
 
 from driftloop.spec import PerformanceMonitoring
+from driftloop.train import HIGHER_IS_BETTER  # one table of metric directions
 
-HIGHER_IS_BETTER = {
-    "roc_auc": True,
-    "average_precision": True,
-    "f1": True,
-    "accuracy": True,
-    "r2": True,
-    "log_loss": False,
-    "rmse": False,
-    "mae": False,
-}
 MIN_WINDOW_ROWS = 10
 
 
