@@ -76,7 +76,9 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_path: Pa
         arrived = [e["batch_id"] for e in db.events(10_000) if e["type"] == "DataArrived"]
         unapplied = db.unapplied(spec.name)
         events = db.events(10_000)
-        decisions = [d for d in db.decisions(spec.name) if d["decision"] != "rejected"]
+        decisions = [
+            d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"
+        ]
 
     # Every raw file taken exactly once, into exactly one batch, announced once.
     assert sorted(f.path for f in files) == sorted(layout.relative(p) for p in raw)

@@ -260,3 +260,26 @@ def test_files_landing_together_form_one_batch_in_the_loop(tmp_path: Path) -> No
         both = ingest(spec, layout, db, wait=False)
     assert both.batch is not None
     assert sorted(f.path for f in both.new_files) == ["data/raw/s/a.csv", "data/raw/s/b.csv"]
+
+
+def test_an_unreadable_file_is_reported_and_the_others_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import driftloop.ingest
+
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "secret.csv", [(1, 2)])
+    land(tmp_path, "fine.csv", [(3, 4)])
+    real = driftloop.ingest.file_sha256
+
+    def hash_or_refuse(path: Path) -> str:
+        if path.name == "secret.csv":  # a file another user owns, mode 600
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(driftloop.ingest, "file_sha256", hash_or_refuse)
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    with StateDB(layout.state_db) as db:
+        result = ingest(spec, layout, db)
+    assert [f.path for f in result.new_files] == ["data/raw/s/fine.csv"]
+    assert result.unreadable == ["data/raw/s/secret.csv: Permission denied"]

@@ -16,7 +16,7 @@ def test_a_second_holder_is_refused_until_the_first_releases(tmp_path: Path) -> 
     db = tmp_path / "state.db"
     first, second = Lease(db, seconds=30), Lease(db, seconds=30)
     first.acquire()
-    with pytest.raises(ProjectLockedError, match=r"another 'driftloop watch' holds this project"):
+    with pytest.raises(ProjectLockedError, match=r"another driftloop process holds this project"):
         second.acquire()
     first.release()
     second.acquire()

@@ -404,3 +404,41 @@ def test_a_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
         load_pipeline(path)
     save_pipeline(Pipeline([("f", FunctionTransformer())]), path)
     assert load_pipeline(path) is not None
+
+
+def test_the_newest_recorded_decision_wins_and_a_refused_one_is_withdrawn(tmp_path: Path) -> None:
+    """Decisions are recorded before the alias moves. A pass applies the newest one the
+    registry missed (a crash in between), never an older one over a newer; a decision the
+    registry refused is withdrawn, so no later pass applies what the user was told failed."""
+    from driftloop.errors import RegistryError
+    from driftloop.lifecycle import apply_pending_decisions, manual_alias_change
+    from driftloop.state import StateDB
+
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", 400, seed=1)
+    run(tmp_path)
+    land(tmp_path, "b.csv", 400, seed=2, start_day=5)
+    run(tmp_path)
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    base = {"model": "synth", "reason": "test", "metric": "roc_auc", "actor": "test"}
+    with StateDB(layout.state_db) as db:
+        champion = registry.alias_version(spec, layout, "champion")
+        other = "1" if champion == "2" else "2"
+        # a crash after recording a promotion of `other`: the next pass applies it
+        db.record_decision({**base, "version": other, "decision": "manual"}, applied=False)
+        applied = apply_pending_decisions(spec, layout, db)
+        assert [d["version"] for d in applied] == [other]
+        assert registry.alias_version(spec, layout, "champion") == other
+        assert db.last_event("ChampionMoved")["version"] == other  # type: ignore[index]
+        # an old pending decision overtaken by a newer applied one is not applied
+        old = db.record_decision({**base, "version": champion, "decision": "manual"}, applied=False)
+        newer = db.record_decision({**base, "version": other, "decision": "manual"}, applied=False)
+        db.mark_applied(newer)
+        assert apply_pending_decisions(spec, layout, db) == []
+        assert registry.alias_version(spec, layout, "champion") == other
+        assert next(d for d in db.decisions("synth") if d["id"] == old)["applied"] == 2
+        # the registry refuses: the decision is withdrawn, the alias untouched
+        with pytest.raises(RegistryError):
+            manual_alias_change(spec, layout, db, version="9", why="x", actor="t")
+        assert db.unapplied("synth") == []
+        assert registry.alias_version(spec, layout, "champion") == other

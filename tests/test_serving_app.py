@@ -172,6 +172,9 @@ def test_feedback_is_checked_and_logged(client: httpx.Client, project: Path) -> 
         client.post("/feedback", json=[{"request_id": rid, "record": 0, "label": "no"}]).status_code
         == 202
     )
+    too_far = {"request_id": rid, "record": 3_000_000_000, "label": "no"}
+    huge = client.post("/feedback", json=too_far)  # an index no request has: 422, not a 500
+    assert huge.status_code == 422 and huge.json()["detail"][0]["loc"] == ["body", "record"]
     bad = client.post("/feedback", json={"request_id": rid, "label": "maybe"})
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["type"] == "isin(['no', 'yes'])"

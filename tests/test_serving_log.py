@@ -132,3 +132,25 @@ def test_log_columns_never_collide_with_contract_columns() -> None:
     ]
     assert frame["__prediction"].to_list() == ["no", "yes"]
     assert frame["__flags"].to_list() == [None, "unknown category"]
+
+
+def test_the_batcher_refuses_work_beyond_its_queue() -> None:
+    """Under overload a request gets a 503 at once rather than waiting behind thousands."""
+    import asyncio
+
+    from driftloop.serving.batcher import MicroBatcher, OverloadedError
+    from driftloop.serving.champion import ModelSlot
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(ModelSlot(), max_records=10, on_scored=lambda *a: None, max_queued=5)
+        # not started: nothing drains the queue
+        waiting = asyncio.ensure_future(
+            batcher.score([{}] * 4, single=False, request_id="a", received=datetime.now(UTC))
+        )
+        await asyncio.sleep(0)
+        with pytest.raises(OverloadedError):
+            await batcher.score([{}] * 2, single=False, request_id="b", received=datetime.now(UTC))
+        assert batcher.queued == 4
+        waiting.cancel()
+
+    asyncio.run(scenario())

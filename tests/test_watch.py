@@ -78,7 +78,15 @@ def test_files_flow_through_a_second_watch_refuses_and_sigterm_stops(tmp_path: P
             env=child_environment(),
         )
         assert second.returncode == 2
-        assert "another 'driftloop watch' holds this project" in second.stderr
+        assert "another driftloop process holds this project" in second.stderr
+        by_hand = subprocess.run(
+            [*CLI, "run", "-p", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_environment(),
+        )
+        assert by_hand.returncode == 2 and "stop it first" in by_hand.stderr
 
         land(tmp_path, "b.csv", 600, seed=2, start_day=5)
         wait_for(lambda: succeeded(tmp_path, "train") == 2, 90, "a second training", log)

@@ -129,6 +129,8 @@ def print_run(result: RunResult) -> None:
         console.print(f"  skipped {r.path}: same content as {r.same_as} (already ingested)")
     for path in ing.still_writing:
         console.print(f"  waiting for {path}: still being written; the next run takes it")
+    for problem in ing.unreadable:
+        console.print(f"  [red]cannot read[/red] {problem}; fix its permissions, it is retried")
     for decision in result.applied:
         console.print(
             f"applied a recorded decision the registry had missed: v{decision['version']} "

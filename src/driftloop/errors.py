@@ -17,8 +17,12 @@ shown only with ``--verbose``.
      │    ├── FeatureError            the feature function failed or returned bad output
      │    └── TrainError              the data cannot train a model (too few rows, constant target)
      ├── RegistryError                the model registry (MLflow) refused or lacks what is asked
+     │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
      └── StateError                   the state database is unusable
+
+A ``TransientError`` says the failure may pass by itself (a registry that did not answer):
+the loop retries it with a backoff, where other errors are failures of the data or spec.
 """
 
 from __future__ import annotations
@@ -78,6 +82,14 @@ class RegistryError(DriftloopError):
 
 class MonitoringError(DriftloopError):
     """Monitoring cannot compare: no champion, no current data, or an unreadable log."""
+
+
+class TransientError(DriftloopError):
+    """A failure that may pass by itself; the loop retries it."""
+
+
+class RegistryUnavailableError(RegistryError, TransientError):
+    """The model registry did not answer."""
 
 
 class StateError(DriftloopError):

@@ -39,6 +39,7 @@ class IngestResult:
     new_files: list[RawFile] = field(default_factory=list)
     reuploads: list[Reupload] = field(default_factory=list)
     still_writing: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # files that could not be read, why
 
 
 def is_temporary(path: Path) -> bool:
@@ -85,8 +86,14 @@ def ingest(
     a file, unchanged since, needs no settle time.
     """
     settle = spec.ingest.settle_seconds
-    candidates = candidate_files(spec, layout)
-    stats = {path: path.stat() for _, path in candidates}
+    candidates = []
+    stats = {}
+    for source, path in candidate_files(spec, layout):
+        try:
+            stats[path] = path.stat()
+        except OSError:  # removed between the listing and now
+            continue
+        candidates.append((source, path))
     done = complete or {}
 
     def finished(path: Path, st: os.stat_result) -> bool:
@@ -103,8 +110,9 @@ def ingest(
     for source, path in candidates:
         rel = layout.relative(path)
         before = stats[path]
-        now_stat = path.stat() if path.exists() else None
-        if now_stat is None:
+        try:
+            now_stat = path.stat()
+        except OSError:
             continue
         changed = (now_stat.st_size, now_stat.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
         if changed or (clock() - now_stat.st_mtime < settle and not finished(path, now_stat)):
@@ -112,8 +120,13 @@ def ingest(
             continue
         sha = db.known_sighting(rel, now_stat.st_size, now_stat.st_mtime_ns)
         if sha is None:
-            sha = file_sha256(path)
-            after = path.stat()
+            try:
+                sha = file_sha256(path)
+                after = path.stat()
+            except OSError as exc:  # unreadable (permissions) or gone: the others go on
+                log.warning("%s cannot be read (%s); left for a later pass", rel, exc)
+                result.unreadable.append(f"{rel}: {exc.strerror or exc}")
+                continue
             if (after.st_size, after.st_mtime_ns) != (now_stat.st_size, now_stat.st_mtime_ns):
                 result.still_writing.append(rel)
                 continue

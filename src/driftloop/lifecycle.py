@@ -394,8 +394,7 @@ def _gate(
     # (apply_pending_decisions), so the registry's alias always follows the event log.
     decision_id = db.record_decision(decision, applied=not verdict.promote)
     if verdict.promote:
-        registry.set_alias(spec, layout, registry.CHAMPION, version)
-        db.mark_applied(decision_id)
+        _move_alias(spec, layout, db, decision_id, version)
     registry.tag_version(
         spec,
         layout,
@@ -483,36 +482,61 @@ def manual_alias_change(
         "actor": actor or _who(),
     }
     decision_id = db.record_decision(decision, applied=False)  # recorded first, as the gate does
-    registry.set_alias(spec, layout, registry.CHAMPION, version)
-    db.mark_applied(decision_id)
+    _move_alias(spec, layout, db, decision_id, version)
     registry.tag_version(
         spec, layout, version, {"driftloop.decision": kind, "driftloop.reason": why}
     )
     return decision
 
 
+def _move_alias(spec: Spec, layout: Layout, db: StateDB, decision_id: int, version: str) -> None:
+    """Apply a recorded decision; one the registry refuses is withdrawn, not left pending
+    (the next pass must not apply what the user was told failed)."""
+    from driftloop import registry
+
+    try:
+        registry.set_alias(spec, layout, registry.CHAMPION, version)
+    except Exception as exc:
+        db.withdraw(decision_id, f"{type(exc).__name__}: {first_line(exc)}")
+        raise
+    db.mark_applied(decision_id)
+
+
 def apply_pending_decisions(spec: Spec, layout: Layout, db: StateDB) -> list[dict[str, Any]]:
-    """Point the registry's alias where recorded decisions say it must be (after a crash
-    between recording a promotion and moving the alias); returns what was applied."""
+    """Point the registry's alias where the newest recorded decision says (after a crash
+    between recording a promotion and moving the alias); returns what was applied.
+
+    Only the newest decision that moves the alias counts: an older one still pending was
+    overtaken and is marked superseded, never applied over a newer one.
+    """
     from driftloop import registry
 
     pending = db.unapplied(spec.name)
+    if not pending:
+        return []
+    effective = [d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"]
+    newest = effective[-1] if effective else None
+    applied = []
     for decision in pending:
-        registry.set_alias(spec, layout, registry.CHAMPION, str(decision["version"]))
-        db.mark_applied(int(decision["id"]))
-        log.warning(
-            "applied a recorded decision the registry had missed: %s v%s (%s)",
-            spec.name,
-            decision["version"],
-            decision["decision"],
-        )
-    return pending
+        if newest is not None and decision["id"] == newest["id"]:
+            registry.set_alias(spec, layout, registry.CHAMPION, str(decision["version"]))
+            db.mark_applied(int(decision["id"]))
+            applied.append(decision)
+            log.warning(
+                "applied a recorded decision the registry had missed: %s v%s (%s)",
+                spec.name,
+                decision["version"],
+                decision["decision"],
+            )
+        else:
+            db.mark_superseded(int(decision["id"]))
+    return applied
 
 
 def _previous_champion(db: StateDB, model: str, current: str | None) -> str | None:
     """The champion before ``current``: promotions push onto a stack, rollbacks pop it."""
     stack: list[str] = []
-    for d in db.decisions(model):
+    for d in db.decisions(model, effective=True):
         if d["decision"] in ("promoted", "manual"):
             stack.append(d["version"])
         elif d["decision"] == "rollback" and stack:

@@ -24,5 +24,22 @@ def read_features(project: Path, batch_id: str) -> pl.LazyFrame:
 
 
 def run(project: Path, *, wait: bool = True) -> RunResult:
-    """Ingest new files and bring every batch's outputs, and the model, up to date."""
-    return run_pass(project, wait=wait)
+    """Ingest new files and bring every batch's outputs, and the model, up to date.
+
+    The pass holds the project's writer lease, like ``driftloop watch``: it refuses to run
+    beside a watcher (which takes new files itself), and a watcher cannot start meanwhile.
+    """
+    from driftloop.orchestration.lease import Lease
+    from driftloop.spec import load_spec
+
+    spec = load_spec(project)  # a broken spec or bad model params fail before any state
+    if spec.model.enabled:
+        from driftloop.train import check_model_params
+
+        check_model_params(spec)
+    lease = Lease(Layout(project).state_db)
+    lease.acquire()
+    try:
+        return run_pass(project, wait=wait)
+    finally:
+        lease.release()

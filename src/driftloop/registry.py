@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftloop.errors import RegistryError
+from driftloop.errors import RegistryError, RegistryUnavailableError
 from driftloop.layout import Layout
 from driftloop.spec import Spec
 from driftloop.train import improvement
@@ -211,7 +211,7 @@ def alias_version(spec: Spec, layout: Layout, alias: str) -> str | None:
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise RegistryError(
+        raise RegistryUnavailableError(
             f"the model registry at {tracking_uri(spec, layout)} did not answer: "
             f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI"
         ) from None
@@ -223,9 +223,14 @@ def set_alias(spec: Spec, layout: Layout, alias: str, version: str) -> None:
     try:
         client(spec, layout).set_registered_model_alias(spec.name, alias, version)
     except MlflowException as exc:
-        raise RegistryError(
-            f"model {spec.name!r} has no version {version}: {exc.message}; "
-            "see 'driftloop models' for the versions"
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RegistryError(
+                f"model {spec.name!r} has no version {version}: {exc.message}; "
+                "see 'driftloop models' for the versions"
+            ) from None
+        raise RegistryUnavailableError(
+            f"the model registry at {tracking_uri(spec, layout)} refused to move alias "
+            f"{alias!r} to v{version}: {exc.message.splitlines()[0]}; it is tried again"
         ) from None
 
 
@@ -308,7 +313,7 @@ def versions(spec: Spec, layout: Layout) -> list[dict[str, Any]]:
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return []
-        raise RegistryError(
+        raise RegistryUnavailableError(
             f"the model registry at {tracking_uri(spec, layout)} did not answer: "
             f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI"
         ) from None

@@ -382,6 +382,7 @@ class ServingSpec(_Frozen):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_records: int = Field(1_000, ge=1)  # records in one request
     batch_max_records: int = Field(256, ge=1)  # records scored together (micro-batching)
+    queue_max_records: int = Field(20_000, ge=1)  # waiting to be scored; beyond: 503, retry
     # A request that reaches a worker with no model yet waits this long for one (the first
     # model is being trained, or another worker already serves it) before a 503.
     first_model_wait_seconds: float = Field(10.0, ge=0.0)

@@ -26,6 +26,7 @@ from driftloop.errors import (
     FeatureError,
     QuarantineLimitError,
     StageError,
+    TransientError,
     first_line,
 )
 from driftloop.features import features_with_delta, load_user_function, user_module_path
@@ -66,7 +67,7 @@ DATA_FILE = "data.parquet"
 COMPRESSION: Literal["lz4"] = "lz4"
 
 Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting"]
-MAX_ATTEMPTS = 8  # a transient failure is retried this many times in all, with backoff
+MAX_ATTEMPTS = 12  # a transient failure is tried this many times in all (about 20 minutes)
 BACKOFF_SECONDS = (1.0, 300.0)  # the first wait, and the longest
 
 
@@ -130,7 +131,7 @@ def keyed_run(
         manifest = work(started)
     except Exception as exc:
         seconds = time.perf_counter() - started
-        expected = isinstance(exc, DriftloopError)
+        expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
         message = (
             str(exc)
             if expected

@@ -318,9 +318,31 @@ class StateDB:
             self._append_event(conn, event, decision)
         return int(cur.lastrowid or 0)
 
+    # applied: 0 recorded, the registry not told yet; 1 applied (the alias moved);
+    # 2 superseded (a newer decision was applied instead); -1 withdrawn (the registry refused)
     def mark_applied(self, decision_id: int) -> None:
+        """The alias moved as the decision says: ``ChampionMoved`` (what servers follow)."""
         with self.transaction() as conn:
             conn.execute("UPDATE promotions SET applied=1 WHERE id=?", (decision_id,))
+            row = conn.execute(
+                "SELECT model, version, decision FROM promotions WHERE id=?", (decision_id,)
+            ).fetchone()
+            if row is not None:
+                self._append_event(
+                    conn, "ChampionMoved", {"model": row[0], "version": row[1], "decision": row[2]}
+                )
+
+    def mark_superseded(self, decision_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE promotions SET applied=2 WHERE id=?", (decision_id,))
+
+    def withdraw(self, decision_id: int, why: str) -> None:
+        """A recorded decision the registry refused: it never took effect."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE promotions SET applied=-1 WHERE id=?", (decision_id,))
+            self._append_event(
+                conn, "PromotionWithdrawn", {"decision_id": decision_id, "reason": why}
+            )
 
     def unapplied(self, model: str) -> list[dict[str, Any]]:
         """Decisions recorded but not yet applied to the registry, oldest first."""
@@ -330,8 +352,13 @@ class StateDB:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
-    def decisions(self, model: str) -> list[dict[str, Any]]:
-        cur = self._conn.execute("SELECT * FROM promotions WHERE model=? ORDER BY id", (model,))
+    def decisions(self, model: str, *, effective: bool = False) -> list[dict[str, Any]]:
+        """Every decision, oldest first; ``effective``: only those that took effect or are
+        about to (recorded or applied; not superseded or withdrawn)."""
+        sql = "SELECT * FROM promotions WHERE model=?"
+        if effective:
+            sql += " AND applied IN (0, 1)"
+        cur = self._conn.execute(sql + " ORDER BY id", (model,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
@@ -387,7 +414,7 @@ class StateDB:
         *,
         seconds: float,
         now: float,
-        force: bool = False,
+        replace: str | None = None,
     ) -> dict[str, Any] | None:
         """Take or renew the lease ``name`` for ``holder``; None when taken, else who has it.
 
@@ -399,7 +426,9 @@ class StateDB:
                 "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?",
                 (name,),
             ).fetchone()
-            if row is not None and row[0] != holder and row[4] > now and not force:
+            # ``replace``: take it from that holder (known dead) even before it expires, and
+            # only from it: a live process that took it meanwhile keeps it
+            if row is not None and row[0] != holder and row[4] > now and row[0] != replace:
                 return dict(
                     zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True)
                 )

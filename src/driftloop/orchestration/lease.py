@@ -48,13 +48,14 @@ class Lease:
         held = self._take()
         if held is not None and held["host"] == socket.gethostname() and not pid_alive(held["pid"]):
             log.warning("taking over the lease of pid %s, which is gone", held["pid"])
-            held = self._take(force=True)
+            held = self._take(replace=held["holder"])
         if held is not None:
             until = datetime.fromtimestamp(held["expires_at"], UTC).isoformat(timespec="seconds")
             raise ProjectLockedError(
-                f"{self.state_db}: another 'driftloop watch' holds this project (pid "
-                f"{held['pid']} on {held['host']}, since {held['acquired_at'][:19]}); stop it "
-                f"first. If it died, its lease expires at {until} and a new watch can start then."
+                f"{self.state_db}: another driftloop process holds this project (a 'driftloop "
+                f"watch' or 'run', pid {held['pid']} on {held['host']}, since "
+                f"{held['acquired_at'][:19]}); a watch takes new files itself: stop it first to "
+                f"make a pass by hand. If it died, its lease expires at {until}."
             )
         self._thread = threading.Thread(target=self._renew, name="driftloop-lease", daemon=True)
         self._thread.start()
@@ -67,7 +68,7 @@ class Lease:
             with StateDB(self.state_db) as db:
                 db.drop_lease(self.name, self.holder)
 
-    def _take(self, *, force: bool = False) -> dict[str, Any] | None:
+    def _take(self, *, replace: str | None = None) -> dict[str, Any] | None:
         with StateDB(self.state_db) as db:
             return db.take_lease(
                 self.name,
@@ -76,7 +77,7 @@ class Lease:
                 socket.gethostname(),
                 seconds=self.seconds,
                 now=time.time(),
-                force=force,
+                replace=replace,
             )
 
     def _renew(self) -> None:

@@ -97,16 +97,18 @@ def run_pass(
     ):
         sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:
-        result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete))
+        applied = []
+        if spec.model.enabled:
+            from driftloop.lifecycle import apply_pending_decisions
+
+            applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
+        result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete), applied=applied)
         for batch in db.batches():
             prep = prep_stage(spec, layout, db, batch, backoff=backoff)
             result.reports.append(prep)
             if prep.outcome in ("ran", "cached"):
                 result.reports.append(features_stage(spec, layout, db, batch, backoff=backoff))
         if spec.model.enabled:
-            from driftloop.lifecycle import apply_pending_decisions
-
-            result.applied = apply_pending_decisions(spec, layout, db)
             _model_steps(spec, layout, db, result, now=now, backoff=backoff)
     return result
 
@@ -140,7 +142,7 @@ def _model_steps(
 
 def recorded_champion(db: StateDB, model: str) -> str | None:
     """The champion the decisions in the state database name (the registry follows them)."""
-    found = [d for d in db.decisions(model) if d["decision"] != "rejected"]
+    found = [d for d in db.decisions(model, effective=True) if d["decision"] != "rejected"]
     return str(found[-1]["version"]) if found else None
 
 

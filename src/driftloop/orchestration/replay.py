@@ -99,7 +99,12 @@ def policy_spec(spec_text: str, project: Path, retrain: dict[str, Any]) -> str:
             "replay streams one file: projects with joined sources are not supported yet"
         )
     source = data["sources"][0]
-    source["path"] = f"data/raw/{source['name']}/*{Path(source['path']).suffix or '.csv'}"
+    if source.get("format", "csv") != "csv":
+        raise ProjectError(
+            "replay lands batches as CSV: a project whose primary source is parquet is not "
+            "supported yet (convert the data and use a csv source)"
+        )
+    source["path"] = f"data/raw/{source['name']}/*.csv"
     data["ingest"] = {**(data.get("ingest") or {}), "settle_seconds": 0, "batch_window_seconds": 0}
     data["retrain"] = retrain
     data["model"] = {

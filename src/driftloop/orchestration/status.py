@@ -26,7 +26,9 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
     with StateDB(layout.state_db) as db:
         batches = db.batches()
         champion = recorded_champion(db, spec.name)
-        decisions = [d for d in db.decisions(spec.name) if d["decision"] != "rejected"]
+        decisions = [
+            d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"
+        ]
         pending = []
         for batch in batches:
             missing = [

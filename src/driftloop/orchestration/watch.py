@@ -28,6 +28,8 @@ from driftloop.spec import load_spec
 
 log = logging.getLogger(__name__)
 
+IDLE_SECONDS = 10.0  # between passes when nothing lands and the OS notifies
+
 
 @dataclass
 class WatchState:
@@ -125,6 +127,10 @@ class Watcher:
             return max(self.interval, 5.0)  # a broken spec: do not spin
         if result.ingest.still_writing or any(r.outcome == "waiting" for r in result.reports):
             return min(self.interval, 0.5)
+        if self.state.notifications == "watchdog":
+            # The OS wakes the loop when a file lands; the timer is only a safety net (and
+            # the scheduled monitoring's clock), so an idle project costs next to nothing.
+            return max(self.interval, IDLE_SECONDS)
         return self.interval
 
     def _monitor_if_due(self) -> None:

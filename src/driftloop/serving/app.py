@@ -30,7 +30,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from driftloop.layout import Layout
-from driftloop.serving.batcher import Job, MicroBatcher
+from driftloop.serving.batcher import Job, MicroBatcher, OverloadedError
 from driftloop.serving.champion import ChampionSource, ChampionWatcher, ModelSlot
 from driftloop.serving.logbook import LABEL, RECORD, REQUEST_ID, TS, FrameLog
 from driftloop.serving.metrics import ServingMetrics
@@ -71,7 +71,9 @@ class PredictResponse(BaseModel):
 
 class FeedbackItem(BaseModel):
     request_id: str = Field(min_length=1, max_length=128)
-    record: int = Field(0, ge=0, description="Which record of the request (0 for one record)")
+    record: int = Field(
+        0, ge=0, le=2**31 - 1, description="Which record of the request (0 for one record)"
+    )
     label: str | int | float | bool = Field(description="The true value of the target")
 
 
@@ -243,7 +245,12 @@ def _start(spec: Spec, layout: Layout) -> Server:
     def scored(model: ServedModel, jobs: list[Job], result: Scored) -> None:
         _record(metrics, logs["predictions"], model, jobs, result)
 
-    batcher = MicroBatcher(slot, max_records=settings.batch_max_records, on_scored=scored)
+    batcher = MicroBatcher(
+        slot,
+        max_records=settings.batch_max_records,
+        on_scored=scored,
+        max_queued=settings.queue_max_records,
+    )
     source = ChampionSource(spec, layout)
 
     def load(version: str, folder: Path) -> ServedModel:
@@ -325,8 +332,11 @@ def _start(spec: Spec, layout: Layout) -> Server:
 async def _stop(server: Server) -> None:
     server.watcher.stop()
     await server.batcher.stop()
-    server.predictions.close()
-    server.feedback.close()
+    for frame_log in (server.predictions, server.feedback):
+        try:  # one log that cannot be written must not cost the other its rows
+            frame_log.close()
+        except Exception:
+            log.exception("writing %s at shutdown failed", frame_log.folder)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
@@ -409,9 +419,16 @@ async def _predict(server: Server, request: Request) -> Response:
             f"{settings.max_records}: split the request",
         )
     request_id = _request_id(request)
-    answer = await server.batcher.score(
-        records, single=isinstance(data, dict), request_id=request_id, received=datetime.now(UTC)
-    )
+    try:
+        answer = await server.batcher.score(
+            records,
+            single=isinstance(data, dict),
+            request_id=request_id,
+            received=datetime.now(UTC),
+        )
+    except OverloadedError as exc:
+        detail = f"overloaded: {exc} (serving.queue_max_records); retry shortly"
+        return _refuse(server, endpoint, started, 503, "overloaded", detail, request_id)
     server.metrics.records.labels("refused" if answer.problems else "accepted").inc(len(records))
     if answer.problems:
         return _refuse(

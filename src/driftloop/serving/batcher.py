@@ -47,6 +47,10 @@ class Answer:
     error: str | None = None  # the model failed on records the contract accepted
 
 
+class OverloadedError(Exception):
+    """More records wait to be scored than ``serving.queue_max_records``."""
+
+
 class MicroBatcher:
     """Queue requests; score them in batches on one thread."""
 
@@ -56,9 +60,12 @@ class MicroBatcher:
         *,
         max_records: int,
         on_scored: Callable[[ServedModel, list[Job], Scored], None],
+        max_queued: int = 20_000,
     ) -> None:
         self.slot = slot
         self.max_records = max_records
+        self.max_queued = max_queued
+        self.queued = 0  # records waiting (event-loop thread only)
         self._on_scored = on_scored
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="driftloop-predict")
@@ -82,8 +89,11 @@ class MicroBatcher:
         request_id: str,
         received: datetime,
     ) -> Answer:
+        if self.queued + len(records) > self.max_queued:
+            raise OverloadedError(f"{self.queued} records are waiting to be scored")
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Job(records, single, request_id, received, future))
+        self.queued += len(records)
         return await future
 
     async def _run(self) -> None:
@@ -95,6 +105,7 @@ class MicroBatcher:
                 job = self._queue.get_nowait()
                 jobs.append(job)
                 size += len(job.records)
+            self.queued -= size
             model = self.slot.current
             if model is None:  # the route checks readiness first; a slot never empties
                 raise RuntimeError("micro-batcher started before a model was loaded")

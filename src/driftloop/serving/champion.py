@@ -1,9 +1,10 @@
 """Following the champion: which version it is, fetching it, and swapping it in.
 
 The registry's ``champion`` alias is the truth. A background thread reads it every
-``serving.poll_seconds``, and sooner when the state database records a promotion event
-(``ModelPromoted``, written by the promotion gate and by ``driftloop models promote`` /
-``rollback`` on the same machine; checking it is one small SQLite query). When the alias
+``serving.poll_seconds``, and sooner when the state database records that the alias moved
+(``ChampionMoved``, written by the promotion gate and by ``driftloop models promote`` /
+``rollback`` on the same machine once the alias has moved; checking it is one small SQLite
+query). When the alias
 names another version, the thread loads it (from the local model cache, or downloads it),
 warms it up, and only then swaps it in: requests keep being answered by the old model
 meanwhile. A load that fails leaves the old model serving; the failure is logged, counted
@@ -34,6 +35,8 @@ from driftloop.serving.model import ServedModel
 from driftloop.spec import Spec
 
 log = logging.getLogger(__name__)
+
+FAILED_RETRY_SECONDS = 300.0  # a version that failed to load is tried again after this
 
 
 class ModelSlot:
@@ -74,7 +77,7 @@ class ChampionSource:
         try:
             row = conn.execute(
                 "SELECT version FROM promotions WHERE model=? AND decision != 'rejected' "
-                "ORDER BY id DESC LIMIT 1",
+                "AND applied=1 ORDER BY id DESC LIMIT 1",
                 (self.spec.name,),
             ).fetchone()
         except sqlite3.OperationalError:  # no table yet: nothing was ever promoted here
@@ -89,7 +92,9 @@ class ChampionSource:
         if conn is None:
             return 0
         try:
-            row = conn.execute("SELECT max(id) FROM events WHERE type='ModelPromoted'").fetchone()
+            # ChampionMoved is written once the alias has moved (ModelPromoted, the decision,
+            # comes just before: a check on it could still find the old alias)
+            row = conn.execute("SELECT max(id) FROM events WHERE type='ChampionMoved'").fetchone()
         except sqlite3.OperationalError:
             return 0
         finally:
@@ -170,6 +175,7 @@ class ChampionWatcher:
         self.last_error: str | None = None
         self.first_attempt = threading.Event()  # set once the first champion load was tried
         self.registry_checked_at: float | None = None  # time.time() of the last good check
+        self._failed: tuple[str, float] | None = None  # a version that failed, retry after
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="driftloop-champion", daemon=True)
@@ -222,6 +228,12 @@ class ChampionWatcher:
         if current is not None and current.version == version:
             self._refresh_decision(current)
             return
+        if (
+            self._failed is not None
+            and self._failed[0] == version
+            and time.time() < self._failed[1]
+        ):
+            return  # it failed to load a moment ago: not again at every poll
         self._swap_to(version, origin="registry")
 
     def _swap_to(self, version: str, *, origin: str) -> None:
@@ -238,6 +250,7 @@ class ChampionWatcher:
             )
             self._remember(f"loading v{version} failed: {reason}")
             self._on_failure(version, reason)
+            self._failed = (version, time.time() + FAILED_RETRY_SECONDS)
             return
         model.info["origin"] = origin
         model.info["swap_seconds"] = round(time.perf_counter() - started, 3)

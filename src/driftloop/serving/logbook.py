@@ -118,14 +118,22 @@ class FrameLog:
             frames, self._frames, self._rows = self._frames, [], 0
         if not frames:
             return 0
-        frame = pl.concat(frames, how="diagonal_relaxed")
-        day = pl.col(TS).dt.date()
-        parts = frame.with_columns(day.alias("__day")).partition_by("__day", as_dict=True)
-        for (value,), part in parts.items():
+        try:
+            frame = pl.concat(frames, how="diagonal_relaxed")
+            day = pl.col(TS).dt.date()
+            parts = list(
+                frame.with_columns(day.alias("__day")).partition_by("__day", as_dict=True).items()
+            )
+        except Exception:
+            for f in frames:  # e.g. two models' columns that do not concatenate: keep all
+                self._put_back(f)
+            raise
+        for i, ((value,), part) in enumerate(parts):
             try:
                 self._write(part.drop("__day"), str(value))
             except Exception:
-                self._put_back(part.drop("__day"))
+                for _, rest in parts[i:]:  # this day and the ones not tried yet
+                    self._put_back(rest.drop("__day"))
                 raise
             self.written += part.height
         return frame.height
@@ -134,7 +142,7 @@ class FrameLog:
         """Rows that could not be written wait for the next flush, if there is room."""
         with self._lock:
             if self._rows + frame.height <= self.buffer_rows:
-                self._frames.insert(0, frame)
+                self._frames.append(frame)
                 self._rows += frame.height
                 return
             self.dropped += frame.height
