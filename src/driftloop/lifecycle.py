@@ -170,9 +170,11 @@ def _train_register_gate(
     champion = None
     if champion_version is not None:  # loaded before registering: a broken one adds nothing
         try:
-            champion = registry.load_predictor(
-                spec, layout, f"models:/{spec.name}/{champion_version}"
-            )
+            from driftloop.model_package import Predictor
+
+            entry = model_cache.fetch(spec, layout, champion_version)
+            champion = Predictor(entry / model_cache.PACKAGE)
+            _ = champion.pipeline  # loaded now (it loads lazily): a broken one fails here
         except Exception as exc:
             raise RegistryError(
                 f"the champion, {spec.name} v{champion_version}, cannot be loaded to compare "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.layout import Layout, is_complete, seal
+from driftloop.spec import Spec
 
 PACKAGE = "driftloop"  # the package folder inside an entry (as in the MLflow artifacts)
 INFO = "info.json"  # what the registry says of the version (run, metrics, lineage)
@@ -65,6 +66,26 @@ def store(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def fetch(spec: Spec, layout: Layout, version: str) -> Path:
+    """The cache entry of a registered version, downloaded into the cache when absent.
+
+    The one way serving, monitoring and the promotion gate get a version's package: a
+    version trained or used on this machine before is read from disk, with no MLflow call.
+    """
+    import tempfile
+
+    from driftloop import registry
+
+    uri = registry.tracking_uri(spec, layout)
+    found = lookup(layout, spec.name, uri, version)
+    if found is not None:
+        return found
+    info = registry.version_info(spec, layout, version)
+    with tempfile.TemporaryDirectory(prefix="driftloop-model-") as tmp:
+        package = registry.download_package(spec, layout, version, Path(tmp))
+        return store(layout, spec.name, uri, version, package=package, info=info)
 
 
 def read_info(folder: Path) -> dict[str, Any]:

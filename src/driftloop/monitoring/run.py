@@ -77,7 +77,6 @@ class Current:
 
 def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Champion:
     """The champion (or the given version) with its reference data."""
-    import mlflow
 
     from driftloop import registry
     from driftloop.model_package import Predictor
@@ -91,18 +90,8 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
         )
     from driftloop import model_cache
 
-    cached = model_cache.lookup(
-        layout, spec.name, registry.tracking_uri(spec, layout), str(version)
-    )
-    if cached is not None:  # a version trained (or served) on this machine: no download
-        folder = cached / model_cache.PACKAGE
-    else:
-        registry.client(spec, layout)
-        folder = Path(
-            mlflow.artifacts.download_artifacts(
-                f"models:/{spec.name}/{version}/artifacts/driftloop"
-            )
-        )
+    # from the machine's model cache (downloaded into it the first time)
+    folder = model_cache.fetch(spec, layout, str(version)) / model_cache.PACKAGE
     profile = profile_from_json((folder / "reference_profile.json").read_text(encoding="utf-8"))
     columns = folder / "reference_columns.parquet"
     reference = Reference.read(columns) if columns.is_file() else Reference.from_profile(profile)

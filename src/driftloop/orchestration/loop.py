@@ -113,6 +113,17 @@ def run_pass(
     return result
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the model steps of one pass decide on, read once (every batch's features
+    manifest, the last training's manifest)."""
+
+    plan: Any  # lifecycle.TrainPlan, or None without features
+    last: dict[str, Any] | None  # the last successful training's manifest
+    new: list[dict[str, Any]]  # batches with features that training did not see
+    champion: str | None
+
+
 def _model_steps(
     spec: Spec,
     layout: Layout,
@@ -128,16 +139,26 @@ def _model_steps(
     anyway (every N batches, say), training comes first and the check follows, against the
     champion the batches arrived under, so a new model is not kept waiting for a report.
     """
-    new, _ = _new_batches(layout, db)
-    champion = recorded_champion(db, spec.name)
+    from driftloop.lifecycle import last_training, train_plan
+
+    plan = train_plan(spec, layout, db)
+    if plan is None:
+        return
+    last = last_training(layout, db)
+    seen = {m["batch_id"] for m in last["inputs"]} if last else set()
+    facts = _Facts(
+        plan,
+        last,
+        [b for b in plan.lineage if b["batch_id"] not in seen],
+        recorded_champion(db, spec.name),
+    )
     moment = now or datetime.now(UTC)
-    due_anyway = _reason(spec, layout, db, new, moment, signals=False) is not None
-    if due_anyway:
-        _train_if_due(spec, layout, db, result, now=moment, backoff=backoff)
-        _monitor_new_batches(spec, layout, db, result, new, champion, now=now, backoff=backoff)
+    if _reason(spec, layout, db, facts, moment, signals=False) is not None:
+        _train_if_due(spec, layout, db, result, facts, now=moment, backoff=backoff)
+        _monitor_new_batches(spec, layout, db, result, facts, now=now, backoff=backoff)
     else:
-        _monitor_new_batches(spec, layout, db, result, new, champion, now=now, backoff=backoff)
-        _train_if_due(spec, layout, db, result, now=moment, backoff=backoff)
+        _monitor_new_batches(spec, layout, db, result, facts, now=now, backoff=backoff)
+        _train_if_due(spec, layout, db, result, facts, now=moment, backoff=backoff)
 
 
 def recorded_champion(db: StateDB, model: str) -> str | None:
@@ -146,7 +167,7 @@ def recorded_champion(db: StateDB, model: str) -> str | None:
     return str(found[-1]["version"]) if found else None
 
 
-def _new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Batches with features that the last successful training did not see, and its manifest."""
     from driftloop.lifecycle import feature_batches, last_training
 
@@ -160,17 +181,17 @@ def _monitor_new_batches(
     layout: Layout,
     db: StateDB,
     result: RunResult,
-    new: list[dict[str, Any]],
-    champion: str | None,
+    facts: _Facts,
     *,
     now: datetime | None,
     backoff: bool,
 ) -> None:
     """Each batch the champion has not learned from, checked against it once."""
+    champion = facts.champion
     if not spec.monitoring.on_new_data or champion is None:
         return
     batches = {b.batch_id: b for b in db.batches()}
-    for item in new:
+    for item in facts.new:
         batch = batches[item["batch_id"]]
         if read_manifest(layout.features / batch.batch_id).get("rows", 1) == 0:
             continue  # a batch that only updated a joined source has no rows to check
@@ -227,15 +248,14 @@ def _train_if_due(
     layout: Layout,
     db: StateDB,
     result: RunResult,
+    facts: _Facts,
     *,
     now: datetime,
     backoff: bool,
 ) -> None:
-    from driftloop.lifecycle import train_plan, train_stage
+    from driftloop.lifecycle import train_stage
 
-    plan = train_plan(spec, layout, db)
-    if plan is None:
-        return
+    plan = facts.plan
     spec_text = layout.spec.read_text(encoding="utf-8")
     info = db.run_info(plan.key)
     if info is not None and info["status"] in ("succeeded", "failed"):
@@ -244,20 +264,19 @@ def _train_if_due(
         if report is not None:
             result.reports.append(report)
         return
-    new, _ = _new_batches(layout, db)
-    reason = _reason(spec, layout, db, new, now, signals=True)
+    reason = _reason(spec, layout, db, facts, now, signals=True)
     if reason is None:
-        if new:
+        if facts.new:
             result.waiting = (
-                f"{len(new)} new batch(es) since the last training; the retrain policy "
+                f"{len(facts.new)} new batch(es) since the last training; the retrain policy "
                 f"waits (every_batches {spec.retrain.every_batches}, no drift or decay found)"
             )
         return
     requested = db.last_event("RetrainRequested")
     if requested is None or requested.get("key") != plan.key:
+        new_ids = [b["batch_id"] for b in facts.new]
         db.record_event(
-            "RetrainRequested",
-            {"reason": reason, "key": plan.key, "new_batches": [b["batch_id"] for b in new]},
+            "RetrainRequested", {"reason": reason, "key": plan.key, "new_batches": new_ids}
         )
     result.retrain = reason
     report = train_stage(spec, layout, db, spec_text, plan=plan, backoff=backoff)
@@ -269,25 +288,22 @@ def _reason(
     spec: Spec,
     layout: Layout,
     db: StateDB,
-    new: list[dict[str, Any]],
+    facts: _Facts,
     now: datetime,
     *,
     signals: bool,
 ) -> str | None:
     """The retrain policy's answer; without ``signals``, as if the checks found nothing."""
-    from driftloop.lifecycle import last_training, train_plan
     from driftloop.orchestration.policy import Situation, retrain_reason
 
-    plan = train_plan(spec, layout, db)
-    if plan is None:
-        return None
-    last = last_training(layout, db)
+    new, last = facts.new, facts.last
     drift, decay = _signals(layout, new) if signals else (False, False)
     arrived = {b.batch_id: b.created_at for b in db.batches()}
     since = min((arrived[b["batch_id"]] for b in new), default=None)
     situation = Situation(
         trained_before=last is not None,
-        spec_changed=last is not None and last.get("sections_hash") not in (None, plan.sections),
+        spec_changed=last is not None
+        and last.get("sections_hash") not in (None, facts.plan.sections),
         new_batches=len(new),
         new_data_since=datetime.fromisoformat(since) if since else None,
         drift=drift,

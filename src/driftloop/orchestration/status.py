@@ -18,7 +18,7 @@ from driftloop.state import StateDB
 def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[str, Any]:
     """Champion, recent stage runs and durations, pending work, last drift verdict, events."""
     from driftloop.ingest import candidate_files
-    from driftloop.orchestration.loop import _new_batches, recorded_champion
+    from driftloop.orchestration.loop import new_batches, recorded_champion
     from driftloop.spec import load_spec
 
     layout = Layout(project)
@@ -38,7 +38,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             ]
             if missing:
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
-        new, last = _new_batches(layout, db)
+        new, last = new_batches(layout, db)
         known = {f.path for b in batches for f in db.batch_files(b.batch_id)}
         waiting_files = [
             layout.relative(p)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -135,17 +134,7 @@ class ChampionSource:
 
     def fetch(self, version: str) -> Path:
         """The cache entry of a version, downloading it from the registry when absent."""
-        found = self.cached(version)
-        if found is not None:
-            return found
-        from driftloop import registry
-
-        info = registry.version_info(self.spec, self.layout, version)
-        with tempfile.TemporaryDirectory(prefix="driftloop-model-") as tmp:
-            package = registry.download_package(self.spec, self.layout, version, Path(tmp))
-            return model_cache.store(
-                self.layout, self.spec.name, self.store_uri, version, package=package, info=info
-            )
+        return model_cache.fetch(self.spec, self.layout, version)
 
 
 class ChampionWatcher:
