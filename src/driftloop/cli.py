@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -499,8 +500,6 @@ def watch(
     ] = False,
 ) -> None:
     """Run the loop: every file landing in data/raw flows through every stage by itself."""
-    import signal
-
     from driftloop.errors import DriftloopError
     from driftloop.orchestration.watch import Watcher, WatchState
     from driftloop.spec import load_spec
@@ -537,12 +536,7 @@ def watch(
 
     watcher = Watcher(project, interval=interval, on_pass=print_run, on_status=show)
 
-    def stop(signum: int, frame: object) -> None:
-        watcher.stop.set()
-        watcher.wake()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    _on_stop_signals(watcher.request_stop)
     console.print(
         f"watching {project.resolve()} ({spec.name}): files landing in data/raw flow "
         "through prep, features, checks, training and the gate; Ctrl-C stops"
@@ -567,8 +561,6 @@ def up(
     port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,
 ) -> None:
     """Watch and serve together: the loop and /predict as two supervised processes."""
-    import signal
-
     from driftloop.errors import DriftloopError
     from driftloop.orchestration.up import Supervisor
     from driftloop.registry import child_environment
@@ -584,11 +576,7 @@ def up(
         project, serve_args=serve_args, say=console.print, env=child_environment()
     )
 
-    def stop(signum: int, frame: object) -> None:
-        supervisor.stop.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    _on_stop_signals(supervisor.stop.set)
     console.print(f"up: {spec.name} in {project.resolve()}: the loop and the server; Ctrl-C stops")
     supervisor.run()
 
@@ -660,6 +648,17 @@ def demo(
         _fail(exc, EXIT_STAGE_FAILED)
     if not ok:
         raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    """Ctrl-C and SIGTERM stop a long-running command cleanly (between its steps)."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:

@@ -102,8 +102,7 @@ def run_demo(
             time.sleep(1.5)  # the server writes its log every second in the demo
             _monitor_log(project, step)
     finally:
-        watcher.stop.set()
-        watcher.wake()
+        watcher.request_stop()
         loop.join(60)
     step(f"stopped the loop and the server (the server flushed its prediction log); {log}")
     ok = ok and _all_succeeded(project)

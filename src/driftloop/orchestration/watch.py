@@ -94,6 +94,11 @@ class Watcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def request_stop(self) -> None:
+        """Stop after the current pass (from a signal handler or another thread)."""
+        self.stop.set()
+        self._wake.set()
+
     def _pass(self) -> RunResult | None:
         started = time.perf_counter()
         try:
