@@ -244,14 +244,21 @@ def load(folder: Path, threads: int = 1) -> Verdict | None:
     return Verdict(compiled, meta["reason"], meta["verified_rows"], meta["max_difference"])
 
 
+def compile_package(
+    predictor: Any, package: Path, *, extra: list[pl.DataFrame] | None = None, threads: int = 1
+) -> Verdict:
+    """A package's compiled path, verified on the training sample in its reference profile
+    (and on ``extra`` rows of model columns)."""
+    profile_path = package / "reference_profile.json"
+    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
+    sample = sample_rows(profile, predictor.inputs, predictor.categorical)
+    return compile_pipeline(predictor, [sample, *(extra or [])], threads=threads)
+
+
 def precompile(package: Path, folder: Path, threads: int = 1) -> Verdict:
     """Compile and verify a package folder's model and keep the result in ``folder``."""
     from driftloop.model_package import Predictor
 
-    predictor = Predictor(package)
-    profile_path = package / "reference_profile.json"
-    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
-    sample = sample_rows(profile, predictor.inputs, predictor.categorical)
-    verdict = compile_pipeline(predictor, [sample], threads=threads)
+    verdict = compile_package(Predictor(package), package, threads=threads)
     save(folder, verdict)
     return verdict

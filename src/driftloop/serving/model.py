@@ -7,7 +7,6 @@ a pure computation (no I/O), run on the server's prediction thread.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,10 +82,7 @@ class ServedModel:
         verdict = inference.load(compiled, threads) if compiled is not None else None
         if verdict is None:  # not compiled here before: compile, verify, keep for next time
             warm = contract.check([example_record(contract)] * 2).features
-            profile_path = folder / "reference_profile.json"
-            profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
-            sample = inference.sample_rows(profile, predictor.inputs, predictor.categorical)
-            verdict = inference.compile_pipeline(predictor, [sample, warm], threads=threads)
+            verdict = inference.compile_package(predictor, folder, extra=[warm], threads=threads)
             if compiled is not None:
                 try:
                     inference.save(compiled, verdict)
