@@ -458,9 +458,8 @@ def _reference_problems(spec: Spec) -> list[str]:
     def missing(where: str, name: str) -> str | None:
         if name in cols:
             return None
-        return (
-            f"{where} names column {name!r}, which is not in contract.columns{_hint(name, known)}"
-        )
+        hint = did_you_mean(name, known)
+        return f"{where} names column {name!r}, which is not in contract.columns{hint}"
 
     found: list[str | None] = [missing("target", spec.target)]
     if spec.time_column is not None:
@@ -535,7 +534,8 @@ def _reference_problems(spec: Spec) -> list[str]:
     return [p for p in found if p]
 
 
-def _hint(name: str, choices: list[str]) -> str:
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """'; did you mean 'x'?' for the closest choice, or ''."""
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -580,7 +580,7 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
             key = str(loc[-1])
-            hint = _hint(key, _fields_at(loc[:-1]))
+            hint = did_you_mean(key, _fields_at(loc[:-1]))
             parent = _loc_text(loc[:-1]) or "top level"
             lines.append(f"{where}: unknown key {key!r} in {parent}{hint or '; remove it'}")
             continue

@@ -12,7 +12,6 @@ values; nothing here does I/O.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +21,7 @@ import polars as pl
 
 from driftloop.prep.contract import normalized
 from driftloop.prep.rules import PARSED, Rule, column_rules, parsed, typed, with_parsed
-from driftloop.spec import ColumnContract, Spec
+from driftloop.spec import ColumnContract, Spec, did_you_mean
 
 UnknownCategory = Literal["reject", "flag"]
 _JSON_KINDS = {
@@ -193,11 +192,7 @@ class RequestContract:
                 continue
             text[name] = raw
         for name in self.required:
-            if (
-                text.get(name) is None
-                and name not in self.fills
-                and (*at, name) not in {p.loc for p in problems}
-            ):
+            if text.get(name) is None and (*at, name) not in {p.loc for p in problems}:
                 problems.append(
                     Problem(
                         (*at, name),
@@ -214,8 +209,7 @@ class RequestContract:
                 "the request_id"
             )
         else:
-            close = difflib.get_close_matches(name, list(self.columns), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(name, list(self.columns))
             msg = f"'{name}' is not a column of the contract (contract.columns){hint}"
         return Problem((*at, name), msg, "extra_forbidden", value)
 
