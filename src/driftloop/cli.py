@@ -293,10 +293,8 @@ def models(
     layout = Layout(project)
     try:
         spec = load_spec(project)
-        store = layout.root / "mlflow.db"
-        embedded = registry.tracking_uri(spec, layout) == f"sqlite:///{store.resolve()}"
         # A read-only look: an embedded registry that was never written is simply empty.
-        found = [] if embedded and not store.exists() else registry.versions(spec, layout)
+        found = [] if registry.never_written(spec, layout) else registry.versions(spec, layout)
         history = []
         if layout.state_db.exists():
             with StateDB(layout.state_db) as db:

@@ -81,6 +81,13 @@ def client(spec: Spec, layout: Layout) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def never_written(spec: Spec, layout: Layout) -> bool:
+    """A SQLite store that does not exist yet: no models, and a read-only look (listing
+    versions, a server checking for a champion) must not create it (the train stage does)."""
+    uri = tracking_uri(spec, layout)
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def ensure_sqlite_store(path: Path, layout: Layout) -> None:
     """Create an embedded MLflow store in one step, or not at all.
 

@@ -119,13 +119,9 @@ class ChampionSource:
         return dict(zip(("ts", "decision", "reason", "actor"), row, strict=True)) if row else None
 
     def registry_champion(self) -> str | None:
-        from driftloop.registry import CHAMPION, alias_version
+        from driftloop.registry import CHAMPION, alias_version, never_written
 
-        uri = self.store_uri
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-            # The embedded store does not exist yet: no champion, and the server must not
-            # create it (MLflow's first-time set-up is not safe from two processes at once;
-            # the train stage creates it).
+        if never_written(self.spec, self.layout):
             return None
         return alias_version(self.spec, self.layout, CHAMPION)
 
