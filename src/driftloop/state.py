@@ -362,6 +362,24 @@ class StateDB:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
+    def applied_champion(self, model: str) -> str | None:
+        """The version the last applied decision made champion (the registry has it)."""
+        row = self._conn.execute(
+            "SELECT version FROM promotions WHERE model=? AND decision != 'rejected' "
+            "AND applied=1 ORDER BY id DESC LIMIT 1",
+            (model,),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def decision_for(self, model: str, version: str) -> dict[str, Any] | None:
+        """The latest decision that made ``version`` champion: ts, decision, reason, actor."""
+        row = self._conn.execute(
+            "SELECT ts, decision, reason, actor FROM promotions WHERE model=? AND version=? "
+            "AND decision != 'rejected' AND applied IN (0, 1) ORDER BY id DESC LIMIT 1",
+            (model, version),
+        ).fetchone()
+        return dict(zip(("ts", "decision", "reason", "actor"), row, strict=True)) if row else None
+
     def record_event(self, type_: str, payload: dict[str, Any]) -> None:
         with self.transaction() as conn:
             self._append_event(conn, type_, payload)

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from driftloop import model_cache
-from driftloop.errors import first_line
+from driftloop.errors import StateError, first_line
 from driftloop.layout import Layout
 from driftloop.serving.model import ServedModel
 from driftloop.spec import Spec
+from driftloop.state import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -62,61 +63,38 @@ class ChampionSource:
 
         return tracking_uri(self.spec, self.layout)
 
-    def _state(self) -> sqlite3.Connection | None:
+    def _state(self) -> StateDB | None:
+        """The project's state database, if it exists (a server never creates one)."""
         path = self.layout.state_db
-        if not path.is_file():
-            return None
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        return StateDB(path) if path.is_file() else None
 
     def recorded_champion(self) -> str | None:
         """The champion the state database last recorded (promotion, manual, rollback)."""
-        conn = self._state()
-        if conn is None:
+        db = self._state()
+        if db is None:
             return None
-        try:
-            row = conn.execute(
-                "SELECT version FROM promotions WHERE model=? AND decision != 'rejected' "
-                "AND applied=1 ORDER BY id DESC LIMIT 1",
-                (self.spec.name,),
-            ).fetchone()
-        except sqlite3.OperationalError:  # no table yet: nothing was ever promoted here
-            return None
-        finally:
-            conn.close()
-        return str(row[0]) if row else None
+        with db:
+            return db.applied_champion(self.spec.name)
 
     def promotion_mark(self) -> int:
-        """An id that grows with every promotion event (0 without a state database)."""
-        conn = self._state()
-        if conn is None:
+        """An id that grows whenever the alias moves (0 without a state database).
+
+        ``ChampionMoved`` is written once the alias has moved (``ModelPromoted``, the
+        decision, comes just before: a check on it could still find the old alias).
+        """
+        db = self._state()
+        if db is None:
             return 0
-        try:
-            # ChampionMoved is written once the alias has moved (ModelPromoted, the decision,
-            # comes just before: a check on it could still find the old alias)
-            row = conn.execute("SELECT max(id) FROM events WHERE type='ChampionMoved'").fetchone()
-        except sqlite3.OperationalError:
-            return 0
-        finally:
-            conn.close()
-        return int(row[0] or 0)
+        with db:
+            return db.last_event_id(("ChampionMoved",))
 
     def decision(self, version: str) -> dict[str, Any] | None:
         """The latest recorded decision that made ``version`` champion."""
-        conn = self._state()
-        if conn is None:
+        db = self._state()
+        if db is None:
             return None
-        try:
-            cur = conn.execute(
-                "SELECT ts, decision, reason, actor FROM promotions WHERE model=? AND version=? "
-                "AND decision != 'rejected' ORDER BY id DESC LIMIT 1",
-                (self.spec.name, version),
-            )
-            row = cur.fetchone()
-        except sqlite3.OperationalError:
-            return None
-        finally:
-            conn.close()
-        return dict(zip(("ts", "decision", "reason", "actor"), row, strict=True)) if row else None
+        with db:
+            return db.decision_for(self.spec.name, version)
 
     def registry_champion(self) -> str | None:
         from driftloop.registry import CHAMPION, alias_version, never_written
@@ -268,7 +246,7 @@ class ChampionWatcher:
         """A state-database read that may fail (locked, damaged) without stopping the thread."""
         try:
             return read()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, StateError, OSError) as exc:
             log.warning("reading the state database failed: %s", exc)
             return None
 
