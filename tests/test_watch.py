@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +170,12 @@ def test_up_runs_the_loop_and_the_server_together(tmp_path: Path) -> None:
             last = db.last_event("ModelPromoted")
         assert last is not None
         wait_for(lambda: served(str(last["version"])), 30, "the champion served", log)
+        # a child that dies is started again by the supervisor
+        serve_pid = int(re.findall(r"started serve \(pid (\d+)\)", log.read_text())[-1])
+        os.kill(serve_pid, signal.SIGKILL)
+        wait_for(lambda: log.read_text().count("started serve") == 2, 30, "serve restarted", log)
+        wait_for(lambda: served(str(last["version"])), 60, "answers after the restart", log)
+        assert "serve exited with code -9; starting it again" in log.read_text()
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
