@@ -337,11 +337,40 @@ def report(results: dict[str, dict[str, Any]], base: dict[str, Any], n_records: 
     print(f"start to first answered prediction: {ready}")
 
 
+def demo_ready(work: Path, starts: int = 3) -> list[float]:
+    """Seconds from `driftloop serve` starting to /ready, on the demo's model (the `shop`
+    example's first week, trained as `make demo` trains it)."""
+    from driftloop.init import init_example
+    from driftloop.pipeline import run
+    from driftloop.serving.client import background_server
+
+    project = work / "demo"
+    init_example(project, "shop", force=True)
+    if run(project).failed:
+        raise SystemExit("the demo project did not train")
+    seconds = []
+    for i in range(starts):
+        log = work / f"demo-serve-{i}.log"
+        with background_server(project, log=log) as server:
+            seconds.append(server.ready_seconds)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per load run")
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument(
+        "--ready-only", action="store_true", help="only the demo model's time to ready"
+    )
     args = parser.parse_args()
+    if args.ready_only:
+        ready = demo_ready(Path(tempfile.mkdtemp(prefix="driftloop-ready-")))
+        print(
+            f"demo model, start to /ready (2 workers), {len(ready)} starts: "
+            + ", ".join(f"{r:.2f} s" for r in ready)
+        )
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     os.environ["OMP_NUM_THREADS"] = "1"
