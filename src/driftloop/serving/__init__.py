@@ -3,7 +3,9 @@
 Modules: ``records`` (the contract at the request edge), ``model`` (a loaded version and
 its scoring path), ``champion`` (following the alias, the local cache, the swap),
 ``batcher`` (micro-batching), ``logbook`` (prediction and feedback logs), ``metrics``
-(Prometheus), ``app`` (the routes), ``run`` (uvicorn and worker settings).
+(Prometheus), ``server`` (one worker's parts, started and stopped with the app),
+``handlers`` and ``schemas`` (/predict and /feedback), ``app`` (the routes), ``run`` (uvicorn
+and worker settings), ``client`` (a background server and traffic, for the demo and tests).
 """
 
 from __future__ import annotations

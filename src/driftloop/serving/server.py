@@ -1,0 +1,184 @@
+"""The server's parts for one worker: the model slot, the champion thread, the micro-batcher,
+the logs and the metrics; started and stopped by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from driftloop.layout import Layout
+from driftloop.serving.batcher import Job, MicroBatcher
+from driftloop.serving.champion import ChampionSource, ChampionWatcher, ModelSlot
+from driftloop.serving.logbook import FrameLog
+from driftloop.serving.metrics import ServingMetrics
+from driftloop.serving.model import Scored, ServedModel
+from driftloop.spec import Spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Server:
+    """Everything the routes share, created in the lifespan."""
+
+    spec: Spec
+    layout: Layout
+    slot: ModelSlot
+    metrics: ServingMetrics
+    batcher: MicroBatcher
+    predictions: FrameLog
+    feedback: FrameLog
+    watcher: ChampionWatcher
+    loaded: asyncio.Event  # set once a model is in the slot
+
+
+def start_server(spec: Spec, layout: Layout) -> Server:
+    settings = spec.serving
+    metrics = ServingMetrics()
+    slot = ModelSlot()
+
+    def dropped(kind: str) -> Any:
+        return lambda n: metrics.dropped.labels(kind).inc(n)
+
+    logs = {
+        kind: FrameLog(
+            folder,
+            buffer_rows=settings.log.buffer_rows,
+            flush_rows=settings.log.flush_rows,
+            flush_seconds=settings.log.flush_seconds,
+            on_drop=dropped(kind),
+        )
+        for kind, folder in (("predictions", layout.predictions), ("feedback", layout.feedback))
+    }
+
+    def scored(model: ServedModel, jobs: list[Job], result: Scored) -> None:
+        _record(metrics, logs["predictions"], model, jobs, result)
+
+    batcher = MicroBatcher(
+        slot,
+        max_records=settings.batch_max_records,
+        on_scored=scored,
+        max_queued=settings.queue_max_records,
+    )
+    source = ChampionSource(spec, layout)
+
+    def load(version: str, folder: Path) -> ServedModel:
+        from driftloop.model_cache import COMPILED, PACKAGE, read_info
+
+        return ServedModel.load(
+            spec.name,
+            version,
+            folder / PACKAGE,
+            unknown_category=settings.unknown_category,
+            info=read_info(folder),
+            threads=settings.threads_per_worker,
+            compiled=folder / COMPILED,
+        )
+
+    loop = asyncio.get_running_loop()
+    loaded = asyncio.Event()
+
+    def swapped(model: ServedModel, old: ServedModel | None) -> None:
+        loop.call_soon_threadsafe(loaded.set)  # requests held for the first model go on
+        metrics.swaps.labels("ok").inc()
+        metrics.version.set(float(model.version) if model.version.isdigit() else 0)
+        _event(
+            layout,
+            "ModelServed",
+            {
+                "model": model.name,
+                "version": model.version,
+                "previous": old.version if old else None,
+                "origin": model.info.get("origin"),
+                "seconds": model.info.get("swap_seconds"),
+                "at": model.info.get("served_since"),  # epoch seconds of the swap
+                "pid": os.getpid(),
+            },
+        )
+
+    def failed(version: str, reason: str) -> None:
+        metrics.swaps.labels("failed").inc()
+        current = slot.current
+        _event(
+            layout,
+            "ModelLoadFailed",
+            {
+                "model": spec.name,
+                "version": version,
+                "reason": reason,
+                "serving": current.version if current else None,
+                "pid": os.getpid(),
+            },
+        )
+
+    watcher = ChampionWatcher(
+        source,
+        slot,
+        poll_seconds=settings.poll_seconds,
+        events_poll_seconds=settings.events_poll_seconds,
+        load=load,
+        on_swap=swapped,
+        on_failure=failed,
+    )
+    server = Server(
+        spec,
+        layout,
+        slot,
+        metrics,
+        batcher,
+        logs["predictions"],
+        logs["feedback"],
+        watcher,
+        loaded,
+    )
+    for frame_log in logs.values():
+        frame_log.start()
+    batcher.start()
+    watcher.start()
+    return server
+
+
+async def stop_server(server: Server) -> None:
+    server.watcher.stop()
+    await server.batcher.stop()
+    for frame_log in (server.predictions, server.feedback):
+        try:  # one log that cannot be written must not cost the other its rows
+            frame_log.close()
+        except Exception:
+            log.exception("writing %s at shutdown failed", frame_log.folder)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _record(
+    metrics: ServingMetrics,
+    predictions: FrameLog,
+    model: ServedModel,
+    jobs: list[Job],
+    result: Scored,
+) -> None:
+    """Metrics and the prediction log for a scored batch (on the prediction thread)."""
+    metrics.batch.observe(sum(len(j.records) for j in jobs))
+    metrics.observe_predictions(result.labels, result.proba, model.classes)
+    request_ids = [j.request_id for j in jobs for _ in j.records]
+    index = [k for j in jobs for k in range(len(j.records))]
+    ts = [j.received for j in jobs for _ in j.records]
+    if result.accepted:
+        predictions.append(model.log_frame(result, request_ids, index, ts))
+
+
+def _event(layout: Layout, type_: str, payload: dict[str, Any]) -> None:
+    """Record an event in the state database; serving goes on if it cannot."""
+    from driftloop.state import StateDB
+
+    try:
+        with StateDB(layout.state_db) as db:
+            db.record_event(type_, payload)
+    except Exception as exc:
+        log.warning("could not record %s in the state database: %s", type_, exc)
