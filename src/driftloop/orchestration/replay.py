@@ -246,7 +246,7 @@ class _Scorer:
         self.models: dict[str, Any] = {}
 
     def score(self, part: pl.DataFrame) -> tuple[str, dict[str, float], int]:
-        from driftloop import model_cache, registry
+        from driftloop import model_cache
         from driftloop.orchestration.loop import recorded_champion
         from driftloop.serving.model import ServedModel
         from driftloop.state import StateDB
@@ -258,10 +258,7 @@ class _Scorer:
             raise ProjectError("replay: the initial window trained no champion")
         model = self.models.get(version)
         if model is None:
-            uri = registry.tracking_uri(self.spec, self.layout)
-            entry = model_cache.lookup(self.layout, self.spec.name, uri, version)
-            if entry is None:
-                raise ProjectError(f"replay: v{version} is not in the local model cache")
+            entry = model_cache.fetch(self.spec, self.layout, version)
             model = ServedModel.load(
                 self.spec.name,
                 version,
