@@ -260,3 +260,36 @@ def test_status_reports_the_champion_pending_work_and_the_loop(tmp_path: Path) -
         [*CLI, "status", "-p", str(tmp_path)], check=True, env=env, capture_output=True, text=True
     ).stdout
     assert "champion: synth v1" in text and "watch: not running" in text
+
+
+def test_the_loop_monitors_the_prediction_log_on_its_schedule(tmp_path: Path) -> None:
+    import json
+    import threading
+
+    from driftloop.orchestration.watch import Watcher
+
+    from .serving_helpers import record, serving, synthetic_project
+
+    extra = """
+serving: {workers: 1, poll_seconds: 2, events_poll_seconds: 0.1, log: {flush_seconds: 0.3}}
+monitoring: {permutations: 199, schedule_minutes: 0.01}
+"""
+    project = synthetic_project(tmp_path / "p", versions=1, extra=extra)
+    with serving(project) as running, running.client() as client:
+        for i in range(60):
+            assert client.post("/predict", json=record(x1=i / 30)).status_code == 200
+    watcher = Watcher(project, interval=0.2)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: "monitored the prediction log" in (watcher.state.last_work or ""),
+            90,
+            "a scheduled check of the prediction log",
+        )
+    finally:
+        watcher.request_stop()
+        thread.join(30)
+    reports = sorted((project / "data" / "monitoring" / "reports").glob("*.json"))
+    kinds = [json.loads(r.read_text())["current"]["kind"] for r in reports]
+    assert "prediction_log" in kinds
