@@ -293,3 +293,30 @@ monitoring: {permutations: 199, schedule_minutes: 0.01}
     reports = sorted((project / "data" / "monitoring" / "reports").glob("*.json"))
     kinds = [json.loads(r.read_text())["current"]["kind"] for r in reports]
     assert "prediction_log" in kinds
+
+
+def test_a_failing_pass_does_not_stop_the_loop(tmp_path: Path) -> None:
+    """A spec broken in place while the loop runs: the pass fails, the loop reports it and
+    goes on, and picks up again once the spec is fixed."""
+    import threading
+
+    from driftloop.orchestration.watch import Watcher
+
+    good = SPEC + "model: {enabled: false}\n"
+    write_spec(tmp_path, good)
+    watcher = Watcher(tmp_path, interval=0.2)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: watcher.state.passes >= 1, 60, "a first pass")
+        (tmp_path / "driftloop.yaml").write_text(good.replace("target: y", "targte: y"))
+        land(tmp_path, "a.csv", 200, seed=1)
+        wait_for(lambda: "driftloop.yaml" in (watcher.state.last_error or ""), 60, "the failure")
+        assert thread.is_alive()
+        (tmp_path / "driftloop.yaml").write_text(good)
+        watcher.wake()
+        wait_for(lambda: succeeded(tmp_path, "features") == 1, 60, "the loop picking up again")
+        assert watcher.state.last_error is None
+    finally:
+        watcher.request_stop()
+        thread.join(30)
