@@ -154,10 +154,10 @@ def worker_driftloop(rows: int) -> dict[str, Any]:
 
     import polars as pl
 
+    from driftloop.core.spec import MonitoringSpec
+    from driftloop.models.profile import reference_columns, write_monitoring_frame
     from driftloop.monitoring.drift import data_drift
     from driftloop.monitoring.reference import Reference
-    from driftloop.profile import reference_columns, write_monitoring_frame
-    from driftloop.spec import MonitoringSpec
 
     ref_path, cur_path = (
         DATA / f"drift-{rows}-reference.parquet",

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from driftloop.core.spec import MonitoringSpec
 from driftloop.monitoring.drift import data_drift
 from driftloop.monitoring.reference import Reference
-from driftloop.spec import MonitoringSpec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -33,10 +33,10 @@ import httpx
 import numpy as np
 import polars as pl
 
-from driftloop.layout import Layout
-from driftloop.registry import child_environment
+from driftloop.core.layout import Layout
+from driftloop.core.state import StateDB
+from driftloop.models.registry import child_environment
 from driftloop.serving.client import free_port
-from driftloop.state import StateDB
 
 NUMBERS = [f"n{i:02d}" for i in range(15)]
 CATEGORIES = {"channel": ["web", "app", "store", "phone"], "segment": ["A", "B", "C"]}

@@ -258,10 +258,10 @@ def predictions(server: Server, bodies: list[dict[str, Any]]) -> np.ndarray:
 def floor(project: Path, bodies: list[dict[str, Any]]) -> dict[str, float]:
     """The model alone on one record, in this process: the registered pyfunc path and
     driftloop's serving path (contract check, features, compiled trees)."""
-    from driftloop import registry
-    from driftloop.layout import Layout
+    from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
+    from driftloop.models import registry
     from driftloop.serving.model import ServedModel
-    from driftloop.spec import load_spec
 
     spec, layout = load_spec(project), Layout(project)
     version = registry.alias_version(spec, layout, "champion")

@@ -27,8 +27,8 @@ def write_spec(project: Path, text: str) -> Path:
 
 def features_of(project: Path) -> pl.DataFrame:
     """The model columns of the project's only batch, as the features stage stored them."""
-    from driftloop.layout import Layout
-    from driftloop.stages import read_features
+    from driftloop.core.layout import Layout
+    from driftloop.features.stage import read_features
 
     [batch] = [
         p.name for p in (project / "data" / "features").iterdir() if not p.name.startswith(".")

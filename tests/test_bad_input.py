@@ -14,8 +14,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from driftloop.core.layout import DATA_FILE
+from driftloop.core.runner import StageReport
 from driftloop.pipeline import RunResult, run
-from driftloop.stages import DATA_FILE, StageReport
 
 from .corpus import (
     COLUMNS,

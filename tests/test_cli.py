@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.registry import child_environment
+from driftloop.models.registry import child_environment
 
 BIN = Path(sys.executable).parent / "driftloop"
 
@@ -71,8 +71,8 @@ def test_init_then_run_works_with_no_edits(
 
 @pytest.mark.shared_data
 def test_init_infers_types_separator_and_time(datasets: Path, tmp_path: Path) -> None:
+    from driftloop.core.spec import load_spec
     from driftloop.init import init_from_file
-    from driftloop.spec import load_spec
 
     init_from_file(tmp_path, datasets / "bank_marketing/bank-additional-full.csv", "y")
     spec = load_spec(tmp_path)

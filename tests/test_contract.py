@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from driftloop.core.spec import CsvOptions
 from driftloop.prep.contract import normalize_strings
-from driftloop.spec import CsvOptions
 
 VALUES = ["", " ", "NA", " NA ", "x", " x ", None]
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from driftloop import registry
-from driftloop.layout import Layout, is_complete, read_manifest
-from driftloop.lifecycle import last_training
-from driftloop.registry import child_environment
-from driftloop.spec import load_spec
-from driftloop.stages import read_features
-from driftloop.state import StateDB
+from driftloop.core.layout import Layout, is_complete, read_manifest
+from driftloop.core.spec import load_spec
+from driftloop.core.state import StateDB
+from driftloop.features.stage import read_features
+from driftloop.models import registry
+from driftloop.models.registry import child_environment
+from driftloop.train.stage import last_training
 
 from .helpers import write_spec
 from .test_lifecycle import SPEC, land

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from driftloop.registry import child_environment
+from driftloop.models.registry import child_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
 

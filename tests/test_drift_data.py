@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from driftloop.core.spec import MonitoringSpec
 from driftloop.monitoring.drift import data_drift
 from driftloop.monitoring.reference import Reference
-from driftloop.spec import MonitoringSpec
 
 pytestmark = pytest.mark.shared_data
 

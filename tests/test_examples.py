@@ -11,14 +11,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from driftloop.errors import InitError
+from driftloop.core.errors import InitError
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
 from driftloop.examples import EXAMPLES, write_batch, write_example
 from driftloop.examples.shop import CHANNELS, SCHEMAS, generate
+from driftloop.features.stage import read_features
 from driftloop.init import init_example
-from driftloop.layout import Layout
 from driftloop.pipeline import run
-from driftloop.spec import load_spec
-from driftloop.stages import read_features
 
 
 def _manifest(project: Path, area: str, batch_id: str) -> dict[str, Any]:

@@ -8,10 +8,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from driftloop.errors import FeatureError
-from driftloop.features import build_features, features_for_records, load_user_function
+from driftloop.core.errors import FeatureError
+from driftloop.core.spec import parse_spec, read_yaml
+from driftloop.features.compute import (
+    build_features,
+    features_for_records,
+    load_user_function,
+)
 from driftloop.pipeline import run
-from driftloop.spec import parse_spec, read_yaml
 
 from .helpers import BIKE_SOURCE, features_of, link_raw, write_spec
 
@@ -156,8 +160,8 @@ model: {enabled: false}  # prep and features only here
 def test_features_stored_as_delta_or_full_read_the_same(
     tmp_path: Path, body: str, storage: str
 ) -> None:
-    from driftloop.layout import Layout, read_manifest
-    from driftloop.stages import read_features
+    from driftloop.core.layout import Layout, read_manifest
+    from driftloop.features.stage import read_features
 
     write_spec(tmp_path, DELTA_SPEC)
     (tmp_path / "feats.py").write_text(f"import polars as pl\ndef f(frame):\n    {body}\n")
@@ -179,9 +183,9 @@ def test_features_stored_as_delta_or_full_read_the_same(
 def test_reading_delta_features_over_a_newer_base_is_refused(tmp_path: Path) -> None:
     import shutil
 
-    from driftloop.errors import StageError
-    from driftloop.layout import Layout
-    from driftloop.stages import read_features
+    from driftloop.core.errors import StageError
+    from driftloop.core.layout import Layout
+    from driftloop.features.stage import read_features
 
     write_spec(tmp_path, DELTA_SPEC.replace("  function: feats:f\n", ""))
     (tmp_path / "data/raw/s").mkdir(parents=True)
@@ -199,8 +203,8 @@ def test_reading_delta_features_over_a_newer_base_is_refused(tmp_path: Path) -> 
 
 
 def test_features_that_compute_nothing_still_count_and_read_every_row(tmp_path: Path) -> None:
-    from driftloop.layout import Layout, read_manifest
-    from driftloop.stages import read_features
+    from driftloop.core.layout import Layout, read_manifest
+    from driftloop.features.stage import read_features
 
     write_spec(
         tmp_path, DELTA_SPEC.replace("  logs: [x]\n", "").replace("  function: feats:f\n", "")

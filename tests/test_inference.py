@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from driftloop import inference
-from driftloop.model_package import Predictor, write_package
-from driftloop.profile import reference_profile
-from driftloop.spec import parse_spec, read_yaml
-from driftloop.train import fit
+from driftloop.core.spec import parse_spec, read_yaml
+from driftloop.models import inference
+from driftloop.models.package import Predictor, write_package
+from driftloop.models.profile import reference_profile
+from driftloop.train.fit import fit
 
 SPEC = """
 name: compiled

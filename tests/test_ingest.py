@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.ingest import ingest
-from driftloop.layout import Layout, file_sha256
+from driftloop.core.layout import Layout, file_sha256
+from driftloop.core.spec import load_spec
+from driftloop.core.state import StateDB
+from driftloop.ingest.stage import ingest
 from driftloop.pipeline import run
-from driftloop.spec import load_spec
-from driftloop.state import StateDB
 
 from .helpers import features_of, write_spec
 
@@ -170,7 +170,7 @@ def test_outputs_are_atomic_and_unsealed_outputs_are_ignored(tmp_path: Path) -> 
 def test_unexpected_errors_are_reported_and_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from driftloop import stages
+    from driftloop.prep import stage as stages
 
     write_spec(tmp_path, SPEC)
     land(tmp_path, "a.csv", [(1, 2)])
@@ -270,14 +270,14 @@ def test_an_unreadable_file_is_reported_and_the_others_go_on(
     write_spec(tmp_path, SPEC)
     land(tmp_path, "secret.csv", [(1, 2)])
     land(tmp_path, "fine.csv", [(3, 4)])
-    real = driftloop.ingest.file_sha256
+    real = driftloop.ingest.stage.file_sha256
 
     def hash_or_refuse(path: Path) -> str:
         if path.name == "secret.csv":  # a file another user owns, mode 600
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(driftloop.ingest, "file_sha256", hash_or_refuse)
+    monkeypatch.setattr(driftloop.ingest.stage, "file_sha256", hash_or_refuse)
     spec, layout = load_spec(tmp_path), Layout(tmp_path)
     with StateDB(layout.state_db) as db:
         result = ingest(spec, layout, db)

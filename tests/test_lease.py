@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.errors import ProjectLockedError
+from driftloop.core.errors import ProjectLockedError
+from driftloop.core.state import StateDB
 from driftloop.orchestration.lease import Lease
-from driftloop.state import StateDB
 
 
 def test_a_second_holder_is_refused_until_the_first_releases(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from driftloop import registry
-from driftloop.errors import SpecError
-from driftloop.layout import Layout
+from driftloop.core.errors import SpecError
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec, parse_spec, read_yaml
+from driftloop.models import registry
+from driftloop.models.registry import child_environment
 from driftloop.pipeline import run
-from driftloop.registry import child_environment
-from driftloop.spec import load_spec, parse_spec, read_yaml
 
 from .helpers import write_spec
 
@@ -198,8 +198,8 @@ def test_bad_model_spec_values_fail_at_load(extra: str, message: str) -> None:
 
 
 def test_target_missing_from_the_features_is_a_clear_error() -> None:
-    from driftloop.errors import TrainError
-    from driftloop.train import fit
+    from driftloop.core.errors import TrainError
+    from driftloop.train.fit import fit
 
     spec = parse_spec(read_yaml(SPEC))
     frame = pl.DataFrame({"x1": [1.0, 2.0], "x2": [0.0, 1.0], "c": ["a", "b"]})
@@ -231,13 +231,13 @@ def test_champion_is_rescored_on_the_new_holdout_from_raw_records(tmp_path: Path
     assert decision["champion_version"] == "1"  # type: ignore[index]
     assert decision["champion_score"] != trained_score  # type: ignore[index]
     # The same figure from the champion itself, on the raw records of the newest holdout:
-    from driftloop.lifecycle import holdout_records, rescore
-    from driftloop.state import StateDB
-    from driftloop.train import fit
+    from driftloop.core.state import StateDB
+    from driftloop.promotion.gate import holdout_records, rescore
+    from driftloop.train.fit import fit
 
     spec = load_spec(tmp_path)
     layout = Layout(tmp_path)
-    from driftloop.lifecycle import feature_batches, training_frame
+    from driftloop.train.stage import feature_batches, training_frame
 
     with StateDB(layout.state_db) as db:
         frame = training_frame(layout, feature_batches(layout, db))
@@ -260,8 +260,8 @@ def test_champion_is_rescored_on_the_new_holdout_from_raw_records(tmp_path: Path
 
 
 def test_rollback_walks_the_history_back(tmp_path: Path) -> None:
-    from driftloop.lifecycle import manual_alias_change
-    from driftloop.state import StateDB
+    from driftloop.core.state import StateDB
+    from driftloop.promotion.alias import manual_alias_change
 
     write_spec(tmp_path, SPEC)
     land(tmp_path, "a.csv", 300, seed=9)
@@ -285,7 +285,7 @@ def test_rollback_walks_the_history_back(tmp_path: Path) -> None:
 
 
 def test_gradient_boosting_takes_a_text_column_with_many_values() -> None:
-    from driftloop.train import fit
+    from driftloop.train.fit import fit
 
     spec = parse_spec(read_yaml(SPEC))
     rng = np.random.default_rng(0)
@@ -303,7 +303,7 @@ def test_gradient_boosting_takes_a_text_column_with_many_values() -> None:
 
 
 def test_a_time_split_keeps_rows_of_one_timestamp_together() -> None:
-    from driftloop.train import split_holdout
+    from driftloop.train.fit import split_holdout
 
     spec = parse_spec(read_yaml(SPEC))
     days = [f"2024-01-{d:02d} 00:00:00" for d in range(1, 11) for _ in range(7)]
@@ -314,7 +314,7 @@ def test_a_time_split_keeps_rows_of_one_timestamp_together() -> None:
 
 
 def test_training_window_keeps_the_newest_rows() -> None:
-    from driftloop.train import training_window
+    from driftloop.train.fit import training_window
 
     frame = pl.DataFrame(
         {"t": [f"2024-01-{d:02d} 00:00:00" for d in range(1, 31)], "y": ["no", "yes"] * 15}
@@ -395,8 +395,8 @@ def test_a_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from driftloop.errors import RegistryError
-    from driftloop.model_package import load_pipeline, save_pipeline
+    from driftloop.core.errors import RegistryError
+    from driftloop.models.package import load_pipeline, save_pipeline
 
     path = tmp_path / "pipeline.skops"
     save_pipeline(Pipeline([("f", FunctionTransformer(os.getcwd))]), path)
@@ -410,9 +410,9 @@ def test_the_newest_recorded_decision_wins_and_a_refused_one_is_withdrawn(tmp_pa
     """Decisions are recorded before the alias moves. A pass applies the newest one the
     registry missed (a crash in between), never an older one over a newer; a decision the
     registry refused is withdrawn, so no later pass applies what the user was told failed."""
-    from driftloop.errors import RegistryError
-    from driftloop.lifecycle import apply_pending_decisions, manual_alias_change
-    from driftloop.state import StateDB
+    from driftloop.core.errors import RegistryError
+    from driftloop.core.state import StateDB
+    from driftloop.promotion.alias import apply_pending_decisions, manual_alias_change
 
     write_spec(tmp_path, SPEC)
     land(tmp_path, "a.csv", 400, seed=1)

@@ -15,10 +15,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from driftloop import registry
-from driftloop.layout import Layout
+from driftloop.core.layout import Layout
+from driftloop.core.spec import Spec, load_spec
+from driftloop.models import registry
 from driftloop.pipeline import RunResult, run
-from driftloop.spec import Spec, load_spec
 
 from .helpers import BIKE_SOURCE, link_raw, write_spec
 from .test_datasets import BANK as DATASETS_BANK

@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from driftloop.layout import Layout
+from driftloop.core.layout import Layout
+from driftloop.core.state import StateDB
 from driftloop.pipeline import run
-from driftloop.state import StateDB
 
 from .helpers import write_spec
 
@@ -144,8 +144,8 @@ def test_the_holdout_rows_reproduce_the_holdout(
 
 def write_log(project: Path, frame: pl.DataFrame, version: str, start: dt.datetime) -> None:
     """Predictions and feedback as serving writes them (date partitions, part files)."""
-    from driftloop import registry
-    from driftloop.spec import load_spec
+    from driftloop.core.spec import load_spec
+    from driftloop.models import registry
 
     spec = load_spec(project)
     predictor = registry.load_predictor(spec, Layout(project), f"models:/elec/{version}")

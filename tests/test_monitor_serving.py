@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from driftloop.layout import Layout
-from driftloop.state import StateDB
+from driftloop.core.layout import Layout
+from driftloop.core.state import StateDB
 
 from .serving_helpers import serving, synthetic_project
 

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftloop.errors import MonitoringError, SpecError
+from driftloop.core.errors import MonitoringError, SpecError
+from driftloop.core.spec import MonitoringSpec, PerformanceMonitoring, parse_spec
+from driftloop.models.profile import holdout_frame, reference_columns, write_monitoring_frame
 from driftloop.monitoring.drift import data_drift
 from driftloop.monitoring.html import render
 from driftloop.monitoring.performance import (
@@ -25,8 +27,6 @@ from driftloop.monitoring.performance import (
 from driftloop.monitoring.predlog import read_feedback, read_predictions, with_feedback
 from driftloop.monitoring.reference import Reference
 from driftloop.monitoring.report import build_report
-from driftloop.profile import holdout_frame, reference_columns, write_monitoring_frame
-from driftloop.spec import MonitoringSpec, PerformanceMonitoring, parse_spec
 
 BASE = {
     "name": "p",
@@ -139,7 +139,7 @@ def test_reference_columns_file_reads_back_lazily(tmp_path: Path) -> None:
 
 
 def test_profile_fallback_reads_the_sample() -> None:
-    from driftloop.profile import reference_profile
+    from driftloop.models.profile import reference_profile
 
     frame = pl.DataFrame({"x": np.arange(100.0), "c": ["a", "b"] * 50})
     profile = reference_profile(

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.errors import QuarantineLimitError
-from driftloop.layout import Layout, seal
+from driftloop.core.errors import QuarantineLimitError
+from driftloop.core.layout import Layout, seal
+from driftloop.core.runner import MAX_ATTEMPTS, keyed_run
+from driftloop.core.spec import RetrainSpec
+from driftloop.core.state import Batch, StateDB
 from driftloop.orchestration.policy import Situation, retrain_reason
-from driftloop.spec import RetrainSpec
-from driftloop.stages import MAX_ATTEMPTS, keyed_run
-from driftloop.state import Batch, StateDB
 
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
 
@@ -110,7 +110,7 @@ def test_transient_failures_back_off_and_give_up_validation_failures_do_not_retr
 
 @pytest.mark.parametrize("every", [0, 1, 2])
 def test_retrain_section_parses(every: int) -> None:
-    from driftloop.spec import parse_spec, read_yaml
+    from driftloop.core.spec import parse_spec, read_yaml
 
     from .test_lifecycle import SPEC
 

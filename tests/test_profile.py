@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftloop.profile import (
+from driftloop.models.profile import (
     OTHER_CATEGORIES_KEY,
     QUANTILE_LEVELS,
     SCHEMA_VERSION,
@@ -349,7 +349,7 @@ def test_counts_always_add_up(values: list[float | None], bins: int) -> None:
 
 
 def test_reference_columns_sort_every_number_and_count_every_category() -> None:
-    from driftloop.profile import MAX_SORTED_ROWS, reference_columns
+    from driftloop.models.profile import MAX_SORTED_ROWS, reference_columns
 
     frame = mixed_frame(2_000).with_columns(
         pl.when(pl.col("id") % 10 == 0).then(None).otherwise(pl.col("amount")).alias("amount")
@@ -371,7 +371,7 @@ def test_reference_columns_sort_every_number_and_count_every_category() -> None:
 
 
 def test_reference_columns_sample_beyond_max_rows_and_cap_categories() -> None:
-    from driftloop.profile import reference_columns
+    from driftloop.models.profile import reference_columns
 
     frame = pl.DataFrame({"x": np.arange(1_000.0), "c": [f"v{i % 50}" for i in range(1_000)]})
     columns = reference_columns(frame, max_rows=100, max_categories=10, seed=3)

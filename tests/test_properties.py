@@ -11,8 +11,8 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from driftloop.core.spec import parse_spec, read_yaml
 from driftloop.prep import SourceRead, prepare, read_raw
-from driftloop.spec import parse_spec, read_yaml
 
 SPEC = parse_spec(
     read_yaml(

@@ -10,10 +10,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from driftloop.errors import ProjectError
+from driftloop.core.errors import ProjectError
+from driftloop.core.spec import parse_spec, read_yaml
+from driftloop.models.registry import child_environment
 from driftloop.orchestration.replay import cut
-from driftloop.registry import child_environment
-from driftloop.spec import parse_spec, read_yaml
 
 from .helpers import BIKE_SOURCE
 

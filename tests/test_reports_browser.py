@@ -97,9 +97,9 @@ def test_the_monitoring_report_opens_offline_with_its_plots(
 
 
 def test_the_replay_chart_opens_offline(browser: Any, tmp_path: Path) -> None:
+    from driftloop.core.spec import parse_spec, read_yaml
     from driftloop.orchestration.replay import summarize
     from driftloop.orchestration.replay_html import render
-    from driftloop.spec import parse_spec, read_yaml
 
     spec = parse_spec(read_yaml(SPEC))
     rows = [

@@ -8,8 +8,8 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
+from driftloop.core.spec import parse_spec, read_yaml
 from driftloop.prep.rules import POLARS_TYPES, contract_rules, pandera_schema, typed, with_parsed
-from driftloop.spec import parse_spec, read_yaml
 
 from .test_datasets import BANK, TAXI
 
@@ -78,8 +78,8 @@ def test_rules_flag_exactly_the_rows_pandera_flags(
 
 
 def test_output_schema_check_names_wrong_types() -> None:
-    from driftloop.errors import StageError
-    from driftloop.stages import check_output_schema
+    from driftloop.core.errors import StageError
+    from driftloop.prep.stage import check_output_schema
 
     spec = parse_spec(read_yaml(TAXI))
     good = pl.LazyFrame(schema={c: POLARS_TYPES[r.dtype] for c, r in spec.contract.columns.items()})

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftloop import registry
-from driftloop.layout import Layout
-from driftloop.spec import load_spec
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
+from driftloop.models import registry
 
 from .serving_helpers import Running, record, serving, stop, synthetic_project
 

@@ -17,11 +17,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from driftloop import registry
-from driftloop.layout import Layout
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
+from driftloop.features.stage import read_features
+from driftloop.models import registry
 from driftloop.serving.records import RequestContract, request_records
-from driftloop.spec import load_spec
-from driftloop.stages import read_features
 
 from .serving_helpers import SERVING, serving
 from .test_lifecycle_data import CASES, train_fresh

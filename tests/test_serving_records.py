@@ -7,13 +7,13 @@ from typing import Any
 import polars as pl
 import pytest
 
+from driftloop.core.spec import parse_spec, read_yaml
 from driftloop.serving.records import (
     RequestContract,
     RequestShapeError,
     check_labels,
     record_schema,
 )
-from driftloop.spec import parse_spec, read_yaml
 
 SPEC = """
 name: edge

@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 import pytest
 
-from driftloop.layout import Layout
-from driftloop.lifecycle import manual_alias_change
-from driftloop.spec import load_spec
-from driftloop.state import StateDB
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
+from driftloop.core.state import StateDB
+from driftloop.promotion.alias import manual_alias_change
 
 from .serving_helpers import record, serving, synthetic_project
 

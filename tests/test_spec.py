@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.errors import SpecError, SpecNotFoundError
-from driftloop.spec import load_spec, parse_spec, read_yaml
+from driftloop.core.errors import SpecError, SpecNotFoundError
+from driftloop.core.spec import load_spec, parse_spec, read_yaml
 
 from .helpers import write_spec
 

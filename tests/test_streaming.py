@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from driftloop import stages
 from driftloop.pipeline import run
+from driftloop.prep import stage as stages
 
 from .helpers import link_raw, write_spec
 from .test_datasets import TAXI

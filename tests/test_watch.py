@@ -15,10 +15,10 @@ import httpx
 import polars as pl
 import pytest
 
-from driftloop.layout import Layout
-from driftloop.registry import child_environment
+from driftloop.core.layout import Layout
+from driftloop.core.state import StateDB
+from driftloop.models.registry import child_environment
 from driftloop.serving.client import free_port
-from driftloop.state import StateDB
 
 from .helpers import write_spec
 from .test_lifecycle import SPEC, land

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.spec import Spec, load_spec
     from driftloop.init import init_example, init_from_file
     from driftloop.monitoring.run import MonitorResult, monitor
     from driftloop.pipeline import RunResult, read_features, run
-    from driftloop.spec import Spec, load_spec
 
 __all__ = [
     "DriftloopError",
@@ -33,12 +33,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "DriftloopError": "driftloop.errors",
+    "DriftloopError": "driftloop.core.errors",
     "RunResult": "driftloop.pipeline",
     "run": "driftloop.pipeline",
     "read_features": "driftloop.pipeline",
-    "Spec": "driftloop.spec",
-    "load_spec": "driftloop.spec",
+    "Spec": "driftloop.core.spec",
+    "load_spec": "driftloop.core.spec",
     "init_from_file": "driftloop.init",
     "init_example": "driftloop.init",
     "monitor": "driftloop.monitoring.run",

@@ -75,7 +75,7 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing driftloop.yaml.")] = False,
 ) -> None:
     """Write driftloop.yaml, inferred from a sample file or from a built-in example."""
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
 
     console = _console()
     try:
@@ -108,7 +108,7 @@ def init(
 @app.command()
 def run(project: ProjectOpt = Path()) -> None:
     """One full pass: ingest new raw files, then prep and features for every batch."""
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
     from driftloop.pipeline import run as run_pipeline
 
     try:
@@ -207,8 +207,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Champion, the loop, pending work, the last drift verdict, recent runs and events."""
-    from driftloop.errors import DriftloopError
-    from driftloop.layout import Layout
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.layout import Layout
     from driftloop.orchestration.status import project_status
 
     layout = Layout(project)
@@ -284,11 +284,11 @@ def models(
     ctx.obj = project
     if ctx.invoked_subcommand is not None:
         return
-    from driftloop import registry
-    from driftloop.errors import DriftloopError
-    from driftloop.layout import Layout
-    from driftloop.spec import load_spec
-    from driftloop.state import StateDB
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
+    from driftloop.core.state import StateDB
+    from driftloop.models import registry
 
     layout = Layout(project)
     try:
@@ -354,11 +354,11 @@ def models_rollback(
 
 
 def _move_champion(project: Path, *, version: str | None, why: str, actor: str | None) -> None:
-    from driftloop.errors import DriftloopError
-    from driftloop.layout import Layout
-    from driftloop.lifecycle import manual_alias_change
-    from driftloop.spec import load_spec
-    from driftloop.state import StateDB
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
+    from driftloop.core.state import StateDB
+    from driftloop.promotion.alias import manual_alias_change
 
     layout = Layout(project)
     try:
@@ -383,9 +383,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the champion over HTTP (/predict, /feedback, /model, /metrics); follow promotions."""
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.spec import load_spec
     from driftloop.serving.run import serve as run_server
-    from driftloop.spec import load_spec
 
     try:
         spec = load_spec(project)
@@ -421,7 +421,7 @@ def monitor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
     """Drift and performance of the champion: exit 0 if none, 3 if drift or degradation."""
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
     from driftloop.monitoring.run import monitor as run_monitor
 
     try:
@@ -498,9 +498,9 @@ def watch(
     ] = False,
 ) -> None:
     """Run the loop: every file landing in data/raw flows through every stage by itself."""
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.spec import load_spec
     from driftloop.orchestration.watch import Watcher, WatchState
-    from driftloop.spec import load_spec
 
     console = _console()
     try:
@@ -559,10 +559,10 @@ def up(
     port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,
 ) -> None:
     """Watch and serve together: the loop and /predict as two supervised processes."""
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.spec import load_spec
+    from driftloop.models.registry import child_environment
     from driftloop.orchestration.up import Supervisor
-    from driftloop.registry import child_environment
-    from driftloop.spec import load_spec
 
     console = _console()
     try:
@@ -598,7 +598,7 @@ def replay(
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
 ) -> None:
     """Stream a historical dataset through the loop in order; compare retrain policies."""
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
     from driftloop.orchestration.replay import POLICIES
     from driftloop.orchestration.replay import replay as run_replay
 
@@ -637,8 +637,8 @@ def demo(
     fresh: Annotated[bool, typer.Option(help="Delete the folder first.")] = True,
 ) -> None:
     """The lifecycle on built-in data: example project, a clean batch, then a drifted one."""
+    from driftloop.core.errors import DriftloopError
     from driftloop.demo import run_demo
-    from driftloop.errors import DriftloopError
 
     try:
         ok = run_demo(project, fresh=fresh, show=print_run, console=_console())

@@ -122,8 +122,8 @@ def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def _state(project: Path) -> Any:
-    from driftloop.layout import Layout
-    from driftloop.state import StateDB
+    from driftloop.core.layout import Layout
+    from driftloop.core.state import StateDB
 
     return StateDB(Layout(project).state_db)
 
@@ -171,10 +171,10 @@ def _start_traffic(project: Path, url: str) -> Any:
     """Requests at concurrency 4, cycling through week 1's processed rows."""
     import polars as pl
 
-    from driftloop.layout import Layout
+    from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
     from driftloop.serving.client import Traffic
     from driftloop.serving.records import request_records
-    from driftloop.spec import load_spec
 
     spec, layout = load_spec(project), Layout(project)
     first = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))[0]
@@ -207,8 +207,8 @@ def _send_feedback(project: Path, url: str, answers: list[Any]) -> int:
     import httpx
     import polars as pl
 
-    from driftloop.layout import Layout
-    from driftloop.spec import load_spec
+    from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
 
     spec, layout = load_spec(project), Layout(project)
     first = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))[0]
@@ -225,7 +225,7 @@ def _send_feedback(project: Path, url: str, answers: list[Any]) -> int:
 
 
 def _monitor_log(project: Path, step: Callable[[str], None]) -> None:
-    from driftloop.errors import DriftloopError
+    from driftloop.core.errors import DriftloopError
     from driftloop.monitoring.run import monitor
 
     try:

@@ -20,11 +20,11 @@ from typing import Any
 import polars as pl
 import yaml
 
-from driftloop.errors import InitError, ProjectExistsError
-from driftloop.layout import Layout
+from driftloop.core.errors import InitError, ProjectExistsError
+from driftloop.core.layout import Layout
+from driftloop.core.spec import SPEC_FILENAME, CsvOptions, SourceSpec, load_spec
 from driftloop.prep.contract import normalize_strings
 from driftloop.prep.read import ROW, read_raw
-from driftloop.spec import SPEC_FILENAME, CsvOptions, SourceSpec, load_spec
 
 NULL_TOKENS = ("", "NA", "N/A", "NULL", "null", "NaN", "nan")
 DATETIME_FORMATS = (

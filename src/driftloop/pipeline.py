@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from driftloop import stages
-from driftloop.layout import Layout
+from driftloop.core.layout import Layout
+from driftloop.features import stage as features_stage
 from driftloop.orchestration.loop import RunResult, run_pass
 
 __all__ = ["RunResult", "read_features", "run"]
@@ -20,7 +20,7 @@ __all__ = ["RunResult", "read_features", "run"]
 
 def read_features(project: Path, batch_id: str) -> pl.LazyFrame:
     """The model columns of one batch (features are stored as a delta over processed rows)."""
-    return stages.read_features(Layout(project), batch_id)
+    return features_stage.read_features(Layout(project), batch_id)
 
 
 def run(project: Path, *, wait: bool = True) -> RunResult:
@@ -29,12 +29,12 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
     The pass holds the project's writer lease, like ``driftloop watch``: it refuses to run
     beside a watcher (which takes new files itself), and a watcher cannot start meanwhile.
     """
+    from driftloop.core.spec import load_spec
     from driftloop.orchestration.lease import Lease
-    from driftloop.spec import load_spec
 
     spec = load_spec(project)  # a broken spec or bad model params fail before any state
     if spec.model.enabled:
-        from driftloop.train import check_model_params
+        from driftloop.train.fit import check_model_params
 
         check_model_params(spec)
     lease = Lease(Layout(project).state_db)

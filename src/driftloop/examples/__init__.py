@@ -21,9 +21,9 @@ from typing import Protocol
 
 import polars as pl
 
-from driftloop.errors import InitError
+from driftloop.core.errors import InitError
+from driftloop.core.layout import Layout
 from driftloop.examples import shop
-from driftloop.layout import Layout
 
 __all__ = ["EXAMPLES", "Example", "get_example", "raw_file", "write_batch", "write_example"]
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from driftloop.core.spec import MonitoringSpec
 from driftloop.monitoring.current import column_data
 from driftloop.monitoring.decision import decide
 from driftloop.monitoring.reference import Reference, ReferenceColumn
@@ -29,7 +30,6 @@ from driftloop.monitoring.stattests import (
     select_test,
 )
 from driftloop.monitoring.stattests.base import aligned_counts, histogram_counts
-from driftloop.spec import MonitoringSpec
 
 PLOT_BINS = 30
 PLOT_CATEGORIES = 15
@@ -117,7 +117,7 @@ def choose_test(
         return select_test(ref_data, cur_data)
     test = get_test(name)
     if ref.kind not in test.kinds:
-        from driftloop.errors import SpecError
+        from driftloop.core.errors import SpecError
 
         raise SpecError(
             f"monitoring.columns.{ref.name}.test: {name!r} does not apply to the {ref.kind} "

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.spec import PerformanceMonitoring
-from driftloop.train import HIGHER_IS_BETTER  # one table of metric directions
+from driftloop.core.spec import PerformanceMonitoring
+from driftloop.models.metrics import HIGHER_IS_BETTER  # one table of metric directions
 
 MIN_WINDOW_ROWS = 10
 

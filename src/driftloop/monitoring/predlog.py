@@ -25,7 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
-from driftloop.errors import MonitoringError
+from driftloop.core.errors import MonitoringError
 
 PREDICTIONS = Path("data") / "monitoring" / "predictions"
 FEEDBACK = Path("data") / "monitoring" / "feedback"

@@ -4,7 +4,7 @@ A :class:`Reference` maps each column to its role and, on demand, its test-ready
 (:class:`~driftloop.monitoring.stattests.NumericData` sorted values or
 :class:`~driftloop.monitoring.stattests.CategoricalData` counts). It comes from the
 model package's ``reference_columns.parquet`` (sorted at training time, one row group per
-column, see :mod:`driftloop.profile`: a column's values are read when it is tested and
+column, see :mod:`driftloop.models.profile`: a column's values are read when it is tested and
 dropped after, so memory holds the columns in flight, not all of them), from a frame
 (``Reference.from_frame``, what training does), or, for a package that predates reference
 columns, from the JSON profile's sample and category counts (``Reference.from_profile``).
@@ -74,7 +74,7 @@ class Reference:
     def from_frame(
         cls, frame: pl.DataFrame, *, roles: dict[str, str] | None = None, seed: int = 0
     ) -> Reference:
-        from driftloop.profile import reference_columns
+        from driftloop.models.profile import reference_columns
 
         return cls.from_columns_frame(reference_columns(frame, roles=roles, seed=seed), "frame")
 

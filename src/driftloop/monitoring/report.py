@@ -43,9 +43,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from driftloop.core.spec import Spec
 from driftloop.monitoring.drift import ColumnDrift, DataDrift, _jsonable
 from driftloop.monitoring.reference import Reference
-from driftloop.spec import Spec
 
 SCHEMA_VERSION = 1
 EXIT_DRIFT = 3

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftloop.errors import MonitoringError
-from driftloop.layout import Layout
+from driftloop.core.errors import MonitoringError
+from driftloop.core.layout import Layout
+from driftloop.core.spec import Spec
 from driftloop.monitoring.drift import ColumnDrift, column_drift, data_drift
 from driftloop.monitoring.performance import (
     Outcomes,
@@ -30,7 +31,6 @@ from driftloop.monitoring.performance import (
     realized_performance,
 )
 from driftloop.monitoring.reference import Reference
-from driftloop.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ class Current:
 def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Champion:
     """The champion (or the given version) with its reference data."""
 
-    from driftloop import registry
-    from driftloop.model_package import Predictor
-    from driftloop.profile import profile_from_json
+    from driftloop.models import registry
+    from driftloop.models.package import Predictor
+    from driftloop.models.profile import profile_from_json
 
     version = version or registry.alias_version(spec, layout, registry.CHAMPION)
     if version is None:
@@ -88,7 +88,7 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
             f"model {spec.name!r} has no champion to monitor; run 'driftloop run' to train "
             "and promote one"
         )
-    from driftloop import model_cache
+    from driftloop.models import cache as model_cache
 
     # from the machine's model cache (downloaded into it the first time)
     folder = model_cache.fetch(spec, layout, str(version)) / model_cache.PACKAGE
@@ -102,7 +102,7 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
 
 def read_current_batch(spec: Spec, layout: Layout, path: Path) -> pl.DataFrame:
     """Raw contract columns of a batch: a file, or a processed/features batch folder."""
-    from driftloop.layout import is_complete
+    from driftloop.core.layout import is_complete
 
     if not path.exists():
         raise MonitoringError(
@@ -158,7 +158,7 @@ def current_from_batch(spec: Spec, layout: Layout, champion: Champion, path: Pat
             f"{path}: lacks the contract column(s) {missing}; monitor data of this project's "
             "sources (or a data/processed batch)"
         )
-    from driftloop.model_package import raw_records
+    from driftloop.models.package import raw_records
 
     typed = raw_records(records, spec)
     labels = None
@@ -182,7 +182,7 @@ def current_from_log(
     since: dt.datetime,
     until: dt.datetime,
 ) -> Current:
-    from driftloop.model_package import raw_records
+    from driftloop.models.package import raw_records
     from driftloop.monitoring import predlog
     from driftloop.prep.rules import POLARS_TYPES
 
@@ -380,8 +380,8 @@ def monitor(
     ``monitoring.window_days``) before it. ``version``: a model version to compare
     instead of the champion (the loop checks a batch against the champion it arrived under).
     """
+    from driftloop.core.spec import load_spec
     from driftloop.monitoring.report import build_report, write_reports
-    from driftloop.spec import load_spec
 
     started = time.perf_counter()
     root = Path(project)
@@ -455,7 +455,7 @@ def _single(
 
 
 def _record(layout: Layout, report: dict[str, Any]) -> None:
-    from driftloop.state import StateDB
+    from driftloop.core.state import StateDB
 
     summary = report["summary"]
     if not (summary["drift_detected"] or summary["performance_degraded"]):

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from driftloop.errors import ProjectLockedError
-from driftloop.procs import pid_alive
-from driftloop.state import StateDB
+from driftloop.core.errors import ProjectLockedError
+from driftloop.core.procs import pid_alive
+from driftloop.core.state import StateDB
 
 log = logging.getLogger(__name__)
 

@@ -26,23 +26,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from driftloop.ingest import IngestResult, ingest
-from driftloop.layout import (
+from driftloop.core.layout import (
     Layout,
-    atomic_output,
     is_complete,
     read_manifest,
-    seal,
     sweep_temporaries,
 )
-from driftloop.spec import Spec, load_spec
-from driftloop.stages import StageReport, features_stage, keyed_run, prep_stage, run_key
-from driftloop.state import StateDB
+from driftloop.core.runner import StageReport, keyed_run, run_key
+from driftloop.core.spec import Spec, load_spec
+from driftloop.core.state import StateDB
+from driftloop.features.stage import features_stage
+from driftloop.ingest.stage import IngestResult, ingest
+from driftloop.monitoring.stage import MONITOR_SECTIONS, MONITOR_VERSION, check_batch
+from driftloop.prep.stage import prep_stage
 
 log = logging.getLogger(__name__)
-
-MONITOR_VERSION = "1"
-MONITOR_SECTIONS = ("monitoring", "target", "task", "model")
 
 
 @dataclass
@@ -81,11 +79,11 @@ def run_pass(
     complete: dict[str, tuple[int, int]] | None = None,
 ) -> RunResult:
     """One pass over the project (see the module docstring). ``complete``: raw files the
-    caller saw finished (see :func:`driftloop.ingest.ingest`)."""
+    caller saw finished (see :func:`driftloop.ingest.stage.ingest`)."""
     layout = Layout(project)
     spec = load_spec(project)
     if spec.model.enabled:
-        from driftloop.train import check_model_params
+        from driftloop.train.fit import check_model_params
 
         check_model_params(spec)
     for folder in (
@@ -99,7 +97,7 @@ def run_pass(
     with StateDB(layout.state_db) as db:
         applied = []
         if spec.model.enabled:
-            from driftloop.lifecycle import apply_pending_decisions
+            from driftloop.promotion.alias import apply_pending_decisions
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
         result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete), applied=applied)
@@ -139,7 +137,7 @@ def _model_steps(
     anyway (every N batches, say), training comes first and the check follows, against the
     champion the batches arrived under, so a new model is not kept waiting for a report.
     """
-    from driftloop.lifecycle import last_training, train_plan
+    from driftloop.train.stage import last_training, train_plan
 
     plan = train_plan(spec, layout, db)
     if plan is None:
@@ -169,7 +167,7 @@ def recorded_champion(db: StateDB, model: str) -> str | None:
 
 def new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Batches with features that the last successful training did not see, and its manifest."""
-    from driftloop.lifecycle import feature_batches, last_training
+    from driftloop.train.stage import feature_batches, last_training
 
     last = last_training(layout, db)
     seen = {m["batch_id"] for m in last["inputs"]} if last else set()
@@ -204,31 +202,10 @@ def _monitor_new_batches(
         out_dir = layout.monitoring / "batches" / batch.batch_id
 
         def work(started: float, batch_id: str = batch.batch_id, key: str = key) -> dict[str, Any]:
-            return _check_batch(layout, batch_id, key, now, champion)
+            return check_batch(layout, batch_id, key, now, champion)
 
         report = keyed_run(db, layout, "monitor", batch, key, out_dir, work, backoff=backoff)
         result.reports.append(report)
-
-
-def _check_batch(
-    layout: Layout, batch_id: str, key: str, now: datetime | None, version: str | None
-) -> dict[str, Any]:
-    """``driftloop monitor --current data/processed/<batch>`` as a stage output."""
-    from driftloop.monitoring.run import monitor
-
-    current = layout.processed / batch_id
-    report = monitor(layout.root, current=current, now=now, version=version).report
-    manifest = {
-        "stage": "monitor",
-        "run_key": key,
-        "batch_id": batch_id,
-        "champion_version": report["model"]["version"],
-        "summary": report["summary"],
-        "paths": report.get("paths"),
-    }
-    with atomic_output(layout.monitoring / "batches" / batch_id) as tmp:
-        seal(tmp, manifest)
-    return manifest
 
 
 def _signals(layout: Layout, new: list[dict[str, Any]]) -> tuple[bool, bool]:
@@ -253,7 +230,7 @@ def _train_if_due(
     now: datetime,
     backoff: bool,
 ) -> None:
-    from driftloop.lifecycle import train_stage
+    from driftloop.train.stage import train_stage
 
     plan = facts.plan
     spec_text = layout.spec.read_text(encoding="utf-8")

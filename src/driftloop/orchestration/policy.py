@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from driftloop.spec import RetrainSpec
+from driftloop.core.spec import RetrainSpec
 
 
 @dataclass(frozen=True)

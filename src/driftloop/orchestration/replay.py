@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 import polars as pl
 
-from driftloop.errors import ProjectError
-from driftloop.layout import Layout
-from driftloop.spec import Spec, load_spec, parse_spec, read_yaml
+from driftloop.core.errors import ProjectError
+from driftloop.core.layout import Layout
+from driftloop.core.spec import Spec, load_spec, parse_spec, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +246,11 @@ class _Scorer:
         self.models: dict[str, Any] = {}
 
     def score(self, part: pl.DataFrame) -> tuple[str, dict[str, float], int]:
-        from driftloop import model_cache
+        from driftloop.core.state import StateDB
+        from driftloop.models import cache as model_cache
+        from driftloop.models.metrics import score
         from driftloop.orchestration.loop import recorded_champion
         from driftloop.serving.model import ServedModel
-        from driftloop.state import StateDB
-        from driftloop.train import score
 
         with StateDB(self.layout.state_db) as db:
             version = recorded_champion(db, self.spec.name)

@@ -6,7 +6,7 @@ import html
 import math
 from typing import Any
 
-from driftloop.spec import Spec
+from driftloop.core.spec import Spec
 
 COLORS = {"static": "#8a8a8a", "every_batch": "#1f77b4", "triggered": "#d62728"}
 

@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from driftloop.layout import Layout, is_complete
-from driftloop.state import StateDB
+from driftloop.core.layout import Layout, is_complete
+from driftloop.core.state import StateDB
 
 
 def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[str, Any]:
     """Champion, recent stage runs and durations, pending work, last drift verdict, events."""
-    from driftloop.ingest import candidate_files
+    from driftloop.core.spec import load_spec
+    from driftloop.core.storage import candidate_files
     from driftloop.orchestration.loop import new_batches, recorded_champion
-    from driftloop.spec import load_spec
 
     layout = Layout(project)
     spec = load_spec(project)

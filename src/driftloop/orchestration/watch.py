@@ -20,11 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from driftloop.errors import DriftloopError, first_line
-from driftloop.layout import Layout
+from driftloop.core.errors import DriftloopError, first_line
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
 from driftloop.orchestration.lease import Lease
 from driftloop.orchestration.loop import RunResult, run_pass
-from driftloop.spec import load_spec
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
+from driftloop.core.spec import ContractSpec, CsvOptions, ImputeSpec
 from driftloop.prep.rules import parsed, within_contract
-from driftloop.spec import ContractSpec, CsvOptions, ImputeSpec
 
 
 def normalize_strings(frame: pl.LazyFrame, opts: CsvOptions, *, trim: bool) -> pl.LazyFrame:

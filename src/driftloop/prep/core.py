@@ -13,11 +13,11 @@ from typing import Any
 
 import polars as pl
 
-from driftloop.errors import JoinError
+from driftloop.core.errors import JoinError
+from driftloop.core.spec import SourceSpec, Spec
 from driftloop.prep.contract import imputation_report, imputation_values, normalize_strings
 from driftloop.prep.read import FILE, ROW, RawRead
 from driftloop.prep.rules import PARSED, Rule, contract_rules, parsed, typed, with_parsed
-from driftloop.spec import SourceSpec, Spec
 
 REASON = "__reason"
 MATCHED = "__matched_"

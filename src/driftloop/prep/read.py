@@ -25,8 +25,8 @@ from typing import Any
 
 import polars as pl
 
-from driftloop.errors import first_line
-from driftloop.spec import CsvOptions, SourceSpec
+from driftloop.core.errors import first_line
+from driftloop.core.spec import CsvOptions, SourceSpec
 
 ROW = "__row"
 FILE = "__file"

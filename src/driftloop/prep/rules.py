@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from driftloop.spec import ColumnContract, ContractSpec
+from driftloop.core.spec import ColumnContract, ContractSpec
 
 POLARS_TYPES: dict[str, pl.DataType] = {
     "int": pl.Int64(),

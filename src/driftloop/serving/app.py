@@ -22,12 +22,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from driftloop.layout import Layout
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
 from driftloop.serving.handlers import feedback_request, json_response, predict_request
 from driftloop.serving.records import record_schema
 from driftloop.serving.schemas import FeedbackItem, FeedbackResponse, PredictResponse
 from driftloop.serving.server import Server, start_server, stop_server
-from driftloop.spec import load_spec
 
 log = logging.getLogger(__name__)
 STARTUP_WAIT_SECONDS = 120.0

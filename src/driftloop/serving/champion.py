@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftloop import model_cache
-from driftloop.errors import StateError, first_line
-from driftloop.layout import Layout
+from driftloop.core.errors import StateError, first_line
+from driftloop.core.layout import Layout
+from driftloop.core.spec import Spec
+from driftloop.core.state import StateDB
+from driftloop.models import cache as model_cache
 from driftloop.serving.model import ServedModel
-from driftloop.spec import Spec
-from driftloop.state import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ChampionSource:
 
     @property
     def store_uri(self) -> str:
-        from driftloop.registry import tracking_uri
+        from driftloop.models.registry import tracking_uri
 
         return tracking_uri(self.spec, self.layout)
 
@@ -97,7 +97,7 @@ class ChampionSource:
             return db.decision_for(self.spec.name, version)
 
     def registry_champion(self) -> str | None:
-        from driftloop.registry import CHAMPION, alias_version, never_written
+        from driftloop.models.registry import CHAMPION, alias_version, never_written
 
         if never_written(self.spec, self.layout):
             return None

@@ -54,7 +54,7 @@ def background_server(
     cmd = [sys.executable, "-m", "driftloop.cli", "serve", "-p", str(project), "--port", str(port)]
     if workers is not None:
         cmd += ["--workers", str(workers)]
-    from driftloop.registry import child_environment
+    from driftloop.models.registry import child_environment
 
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -51,7 +51,7 @@ class ServedModel:
 
     name: str
     version: str
-    predictor: Any  # driftloop.model_package.Predictor
+    predictor: Any  # driftloop.models.package.Predictor
     contract: RequestContract
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -72,8 +72,8 @@ class ServedModel:
         """Load a package folder and warm it up. ``compiled`` is where a verified compiled
         path is kept (the model cache): loaded from there when present, else compiled,
         verified against scikit-learn and kept there."""
-        from driftloop import inference
-        from driftloop.model_package import Predictor
+        from driftloop.models import inference
+        from driftloop.models.package import Predictor
 
         started = time.perf_counter()
         predictor = Predictor(folder)

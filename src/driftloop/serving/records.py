@@ -19,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from driftloop.core.spec import ColumnContract, Spec, did_you_mean
 from driftloop.prep.contract import normalized
 from driftloop.prep.rules import PARSED, Rule, column_rules, parsed, typed, with_parsed
-from driftloop.spec import ColumnContract, Spec, did_you_mean
 
 UnknownCategory = Literal["reject", "flag"]
 _JSON_KINDS = {
@@ -110,7 +110,7 @@ class RequestContract:
     def _compile(self) -> None:
         """Build the check's Polars expressions once (building them costs more than running
         them on a small batch)."""
-        from driftloop.features import builtin_expressions
+        from driftloop.features.compute import builtin_expressions
 
         names = list(self.columns)
         normalize = normalized(names, self.null_markers, trim=self.spec.cleaning.trim_strings)
@@ -217,7 +217,7 @@ class RequestContract:
 
     def check(self, records: list[dict[str, str | None]], user_function: Any = None) -> Checked:
         """Prep's rules and the feature function over a batch of records, in one query."""
-        from driftloop.features import build_features
+        from driftloop.features.compute import build_features
 
         names = list(self.columns)
         normalize, parse, select, kept = self._steps

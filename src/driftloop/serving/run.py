@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from driftloop.procs import pid_alive
-from driftloop.spec import load_spec
+from driftloop.core.procs import pid_alive
+from driftloop.core.spec import load_spec
 
 PROJECT_ENV = "DRIFTLOOP_SERVE_PROJECT"
 LOG_LEVEL_ENV = "DRIFTLOOP_SERVE_LOG_LEVEL"

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftloop.layout import Layout
+from driftloop.core.layout import Layout
+from driftloop.core.spec import Spec
 from driftloop.serving.batcher import Job, MicroBatcher
 from driftloop.serving.champion import ChampionSource, ChampionWatcher, ModelSlot
 from driftloop.serving.logbook import FrameLog
 from driftloop.serving.metrics import ServingMetrics
 from driftloop.serving.model import Scored, ServedModel
-from driftloop.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def start_server(spec: Spec, layout: Layout) -> Server:
     source = ChampionSource(spec, layout)
 
     def load(version: str, folder: Path) -> ServedModel:
-        from driftloop.model_cache import COMPILED, PACKAGE, read_info
+        from driftloop.models.cache import COMPILED, PACKAGE, read_info
 
         return ServedModel.load(
             spec.name,
@@ -175,7 +175,7 @@ def _record(
 
 def _event(layout: Layout, type_: str, payload: dict[str, Any]) -> None:
     """Record an event in the state database; serving goes on if it cannot."""
-    from driftloop.state import StateDB
+    from driftloop.core.state import StateDB
 
     try:
         with StateDB(layout.state_db) as db:

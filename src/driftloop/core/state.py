@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from driftloop.errors import StateError
+from driftloop.core.errors import StateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw_files (

@@ -16,8 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from driftloop.layout import Layout, is_complete, seal
-from driftloop.spec import Spec
+from driftloop.core.layout import Layout, is_complete, seal
+from driftloop.core.spec import Spec
 
 PACKAGE = "driftloop"  # the package folder inside an entry (as in the MLflow artifacts)
 INFO = "info.json"  # what the registry says of the version (run, metrics, lineage)
@@ -76,7 +76,7 @@ def fetch(spec: Spec, layout: Layout, version: str) -> Path:
     """
     import tempfile
 
-    from driftloop import registry
+    from driftloop.models import registry
 
     uri = registry.tracking_uri(spec, layout)
     found = lookup(layout, spec.name, uri, version)

@@ -1,13 +1,11 @@
-"""The model lifecycle stage: train on the features so far, register, and run the gate.
+"""The train stage: train on the features so far, register the version, and hand it to the gate.
 
 Keyed like the other stages: the same features (by their run keys) and the same model and
-promotion sections are a cache hit, not a second model version. The champion is re-scored
-on the challenger's holdout (the newest labelled rows) before the gate compares them.
+promotion sections are a cache hit, not a second model version.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
 import math
 import tempfile
@@ -18,18 +16,25 @@ from typing import Any
 
 import polars as pl
 
-from driftloop import __version__, model_cache
-from driftloop.errors import RegistryError, TrainError, first_line
-from driftloop.features import user_module_path
-from driftloop.layout import Layout, atomic_output, is_complete, read_manifest, seal
-from driftloop.spec import Spec
-from driftloop.stages import StageReport, keyed_run, read_features, run_key
-from driftloop.state import StateDB
-from driftloop.train import BATCH, Trained, fit, score
+from driftloop import __version__
+from driftloop.core.errors import RegistryError, TrainError, first_line
+from driftloop.core.layout import Layout, atomic_output, is_complete, read_manifest, seal
+from driftloop.core.runner import StageReport, keyed_run, run_key
+from driftloop.core.spec import Spec
+from driftloop.core.state import StateDB
+from driftloop.features.compute import user_module_path
+from driftloop.features.stage import read_features
+from driftloop.models import cache as model_cache
+from driftloop.models.inputs import BATCH
+from driftloop.promotion.gate import gate
+from driftloop.train.fit import Trained, fit
 
 log = logging.getLogger(__name__)
 
+
 TRAIN_VERSION = "1"
+
+
 TRAIN_SECTIONS = (
     "model",
     "promotion",
@@ -160,9 +165,9 @@ def _train_register_gate(
     spec_text: str,
     started: float,
 ) -> dict[str, Any]:
-    from driftloop import registry
-    from driftloop.model_package import write_package
-    from driftloop.profile import reference_profile
+    from driftloop.models import registry
+    from driftloop.models.package import write_package
+    from driftloop.models.profile import reference_profile
 
     trained = fit(frame, spec)
     metric = spec.metric
@@ -170,7 +175,7 @@ def _train_register_gate(
     champion = None
     if champion_version is not None:  # loaded before registering: a broken one adds nothing
         try:
-            from driftloop.model_package import Predictor
+            from driftloop.models.package import Predictor
 
             entry = model_cache.fetch(spec, layout, champion_version)
             champion = Predictor(entry / model_cache.PACKAGE)
@@ -252,7 +257,7 @@ def _train_register_gate(
         "ModelRegistered",
         {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
     )
-    decision = _gate(spec, layout, db, trained, registered.version, champion_version, champion)
+    decision = gate(spec, layout, db, trained, registered.version, champion_version, champion)
     manifest = {
         "stage": "train",
         "stage_version": TRAIN_VERSION,
@@ -281,7 +286,7 @@ def _precompile(entry: Path) -> None:
     """Compile and verify the new version for serving now, while scikit-learn is loaded; a
     server then starts without importing it. A model that does not compile is still served
     (by scikit-learn), so a failure here is only logged."""
-    from driftloop import inference
+    from driftloop.models import inference
 
     try:
         verdict = inference.precompile(entry / model_cache.PACKAGE, entry / model_cache.COMPILED)
@@ -292,7 +297,7 @@ def _precompile(entry: Path) -> None:
 
 
 def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:
-    from driftloop.train import to_pandas_inputs
+    from driftloop.models.inputs import to_pandas_inputs
 
     x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
     if trained.classes is not None and len(trained.classes) == 2:
@@ -306,8 +311,8 @@ def _monitoring_reference(
 ) -> dict[str, pl.DataFrame]:
     """What drift monitoring compares against: sorted training columns (target included),
     the holdout's predictions, and the holdout's labels with the model's outputs."""
-    from driftloop.profile import holdout_frame, reference_columns
-    from driftloop.train import to_pandas_inputs
+    from driftloop.models.inputs import to_pandas_inputs
+    from driftloop.models.profile import holdout_frame, reference_columns
 
     train = trained.split.train.select([*trained.inputs, spec.target])
     x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
@@ -356,200 +361,3 @@ def _permutation_importance(
     return {
         c: max(0.0, float(v)) for c, v in zip(trained.inputs, found.importances_mean, strict=True)
     }
-
-
-def _gate(
-    spec: Spec,
-    layout: Layout,
-    db: StateDB,
-    trained: Trained,
-    version: str,
-    champion_version: str | None,
-    champion: Any,
-) -> dict[str, Any]:
-    """Score the champion on the challenger's holdout; promote or reject; record why."""
-    from driftloop import registry
-
-    metric = spec.promotion_metric
-    challenger = trained.metrics.get(metric)
-    baseline = trained.baseline.get(metric)
-    if challenger is None or baseline is None:
-        raise RegistryError(f"metric {metric!r} could not be computed on the holdout")
-    champion_score = None
-    if champion is not None:
-        records = holdout_records(layout, db, trained.split.holdout)
-        champion_score = rescore(champion, records, spec).get(metric, math.nan)
-    verdict = registry.decide(spec, challenger, baseline, champion_score)
-    decision: dict[str, Any] = {
-        "model": spec.name,
-        "version": version,
-        "decision": "promoted" if verdict.promote else "rejected",
-        "reason": verdict.reason,
-        "metric": metric,
-        "challenger_score": challenger,
-        "champion_version": champion_version,
-        "champion_score": champion_score,
-        "baseline_score": baseline,
-        "actor": "driftloop (promotion gate)",
-    }
-    # Recorded first, applied second: a crash in between is repaired by the next pass
-    # (apply_pending_decisions), so the registry's alias always follows the event log.
-    decision_id = db.record_decision(decision, applied=not verdict.promote)
-    if verdict.promote:
-        _move_alias(spec, layout, db, decision_id, version)
-    registry.tag_version(
-        spec,
-        layout,
-        version,
-        {"driftloop.decision": str(decision["decision"]), "driftloop.reason": verdict.reason},
-    )
-    log.info("model %s v%s %s: %s", spec.name, version, decision["decision"], verdict.reason)
-    return decision
-
-
-def holdout_records(layout: Layout, db: StateDB, holdout: pl.DataFrame) -> pl.DataFrame:
-    """The holdout's rows as prep wrote them (the raw contract columns), in holdout order.
-
-    The features frame is not what a registered model takes: its columns went through the
-    feature function (and the current spec's exclusions), so scoring the champion on them
-    would score it on other inputs than the challenger. Rows are matched by lineage.
-    """
-    keys = [BATCH, "__file", "__row"]
-    missing = [k for k in keys if k not in holdout.columns]
-    if missing:
-        raise TrainError(
-            f"the features lack the lineage column(s) {missing} needed to find the holdout's "
-            "processed rows; a features.function that returns a frame must keep __file and __row"
-        )
-    seq_to_id = {b.seq: b.batch_id for b in db.batches()}
-    wanted = holdout.select(keys).with_row_index("__order")
-    processed = pl.concat(
-        [
-            pl.scan_parquet(layout.processed / seq_to_id[seq] / "data.parquet").with_columns(
-                pl.lit(seq).alias(BATCH)
-            )
-            for seq in wanted.get_column(BATCH).unique().to_list()
-        ],
-        how="diagonal_relaxed",
-    )
-    joined = wanted.lazy().join(processed, on=keys, how="inner").sort("__order").collect()
-    if joined.height != holdout.height:
-        raise TrainError(
-            f"only {joined.height} of the holdout's {holdout.height} rows were found in "
-            "data/processed; run 'driftloop run' again to rebuild the outputs"
-        )
-    return joined.drop("__order")
-
-
-def rescore(predictor: Any, records: pl.DataFrame, spec: Spec) -> dict[str, float]:
-    """A registered model's metrics on processed rows, from their raw contract columns."""
-    raw_columns = [c for c in spec.contract.columns if c in records.columns and c != spec.target]
-    out = predictor.predict(records.select(raw_columns))
-    y_true = records.get_column(spec.target)
-    if spec.task == "classification":
-        classes = predictor.classes
-        proba = out.select([f"proba_{c}" for c in classes]).to_numpy() if classes else None
-        truth = y_true.cast(pl.String).to_numpy().astype(object)
-        return score(spec, truth, out.get_column("prediction").to_numpy(), proba, classes)
-    return score(spec, y_true.cast(pl.Float64).to_numpy(), out.get_column("prediction").to_numpy())
-
-
-def manual_alias_change(
-    spec: Spec, layout: Layout, db: StateDB, *, version: str | None, why: str, actor: str | None
-) -> dict[str, Any]:
-    """``models promote VERSION`` (version given) or ``models rollback`` (None)."""
-    from driftloop import registry
-
-    current = registry.alias_version(spec, layout, registry.CHAMPION)
-    kind = "manual"
-    if version is None:
-        kind = "rollback"
-        version = _previous_champion(db, spec.name, current)
-        if version is None:
-            raise RegistryError(
-                f"model {spec.name!r}: there is no earlier champion to roll back to "
-                f"(champion is {current or 'unset'}); see 'driftloop models'"
-            )
-    registry.require_version(spec, layout, version)
-    decision = {
-        "model": spec.name,
-        "version": version,
-        "decision": kind,
-        "reason": why,
-        "metric": spec.promotion_metric,
-        "challenger_score": None,
-        "champion_version": current,
-        "champion_score": None,
-        "baseline_score": None,
-        "actor": actor or _who(),
-    }
-    decision_id = db.record_decision(decision, applied=False)  # recorded first, as the gate does
-    _move_alias(spec, layout, db, decision_id, version)
-    registry.tag_version(
-        spec, layout, version, {"driftloop.decision": kind, "driftloop.reason": why}
-    )
-    return decision
-
-
-def _move_alias(spec: Spec, layout: Layout, db: StateDB, decision_id: int, version: str) -> None:
-    """Apply a recorded decision; one the registry refuses is withdrawn, not left pending
-    (the next pass must not apply what the user was told failed)."""
-    from driftloop import registry
-
-    try:
-        registry.set_alias(spec, layout, registry.CHAMPION, version)
-    except Exception as exc:
-        db.withdraw(decision_id, f"{type(exc).__name__}: {first_line(exc)}")
-        raise
-    db.mark_applied(decision_id)
-
-
-def apply_pending_decisions(spec: Spec, layout: Layout, db: StateDB) -> list[dict[str, Any]]:
-    """Point the registry's alias where the newest recorded decision says (after a crash
-    between recording a promotion and moving the alias); returns what was applied.
-
-    Only the newest decision that moves the alias counts: an older one still pending was
-    overtaken and is marked superseded, never applied over a newer one.
-    """
-    from driftloop import registry
-
-    pending = db.unapplied(spec.name)
-    if not pending:
-        return []
-    effective = [d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"]
-    newest = effective[-1] if effective else None
-    applied = []
-    for decision in pending:
-        if newest is not None and decision["id"] == newest["id"]:
-            registry.set_alias(spec, layout, registry.CHAMPION, str(decision["version"]))
-            db.mark_applied(int(decision["id"]))
-            applied.append(decision)
-            log.warning(
-                "applied a recorded decision the registry had missed: %s v%s (%s)",
-                spec.name,
-                decision["version"],
-                decision["decision"],
-            )
-        else:
-            db.mark_superseded(int(decision["id"]))
-    return applied
-
-
-def _previous_champion(db: StateDB, model: str, current: str | None) -> str | None:
-    """The champion before ``current``: promotions push onto a stack, rollbacks pop it."""
-    stack: list[str] = []
-    for d in db.decisions(model, effective=True):
-        if d["decision"] in ("promoted", "manual"):
-            stack.append(d["version"])
-        elif d["decision"] == "rollback" and stack:
-            stack.pop()
-    if stack and stack[-1] == current:
-        stack.pop()
-    return stack[-1] if stack else None
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

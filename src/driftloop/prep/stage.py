@@ -1,57 +1,47 @@
-"""The edges of the prep and features stages: read inputs, call the pure function, write
-outputs atomically with a manifest, and key each run for idempotence.
-
-A stage run key is the hash of (stage, stage version, the spec sections it reads, its input
-fingerprints). A key that already succeeded is a cache hit; a key that failed on bad data is
-not retried until the data or the spec changes.
+"""The edge of the prep stage: place a batch's files, read them, run the pure prep plan, and
+write processed rows and quarantine atomically with their manifests.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
 from driftloop import __version__
-from driftloop.errors import (
-    DriftloopError,
-    FeatureError,
+from driftloop.core.errors import (
     QuarantineLimitError,
     StageError,
-    TransientError,
-    first_line,
 )
-from driftloop.features import features_with_delta, load_user_function, user_module_path
-from driftloop.ingest import source_paths
-from driftloop.layout import (
+from driftloop.core.layout import (
+    COMPRESSION,
+    DATA_FILE,
     Layout,
     atomic_output,
     file_sha256,
-    is_complete,
-    read_manifest,
+    parquet_rows,
     retract,
     seal,
 )
+from driftloop.core.runner import StageReport, keyed_run, run_key
+from driftloop.core.spec import SourceSpec, Spec
+from driftloop.core.state import Batch, RawFile, StateDB
+from driftloop.core.storage import source_paths
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, quarantined_rows
 from driftloop.prep.read import STREAM_MIN_BYTES, RawRead
 from driftloop.prep.rules import POLARS_TYPES
-from driftloop.spec import SourceSpec, Spec
-from driftloop.state import Batch, RawFile, StateDB
 
 log = logging.getLogger(__name__)
 
+
 PREP_VERSION = "1"
-FEATURES_VERSION = "1"
+
+
 PREP_SECTIONS = (
     "sources",
     "contract",
@@ -61,91 +51,6 @@ PREP_SECTIONS = (
     "time_column",
     "id_column",
 )
-FEATURES_SECTIONS = ("features", "target", "time_column", "id_column")
-DATA_FILE = "data.parquet"
-# LZ4 over zstd: about 1.5 s less per 5M rows written, for files about a third larger.
-COMPRESSION: Literal["lz4"] = "lz4"
-
-Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting"]
-MAX_ATTEMPTS = 12  # a transient failure is tried this many times in all (about 20 minutes)
-BACKOFF_SECONDS = (1.0, 300.0)  # the first wait, and the longest
-
-
-@dataclass
-class StageReport:
-    stage: str
-    batch_id: str
-    outcome: Outcome
-    seconds: float = 0.0
-    manifest: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def run_key(stage: str, version: str, spec_hash: str, inputs: list[str]) -> str:
-    text = json.dumps([stage, version, spec_hash, sorted(inputs)])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _cached(db: StateDB, key: str, out_dir: Path) -> bool:
-    return (
-        db.succeeded(key) and is_complete(out_dir) and read_manifest(out_dir).get("run_key") == key
-    )
-
-
-def keyed_run(
-    db: StateDB,
-    layout: Layout,
-    stage: str,
-    batch: Batch,
-    key: str,
-    out_dir: Path,
-    work: Callable[[float], dict[str, Any]],
-    *,
-    backoff: bool = False,
-) -> StageReport:
-    """Run ``work`` unless ``key`` already succeeded (cache hit) or failed on its data.
-
-    A DriftloopError is a failure of the data or spec: recorded and not retried until the
-    key changes. Any other exception is recorded as an error and retried on the next pass;
-    with ``backoff`` (the event loop) only once a wait that doubles with each attempt has
-    passed (1 s, 2 s, 4 s, ... up to 5 minutes), and not after ``MAX_ATTEMPTS``.
-    """
-    if _cached(db, key, out_dir):
-        return StageReport(stage, batch.batch_id, "cached", manifest=read_manifest(out_dir))
-    info = db.run_info(key) or {}
-    if info.get("status") == "failed":
-        return StageReport(stage, batch.batch_id, "failed-earlier", error=info["error"])
-    if info.get("status") == "error" and backoff:
-        attempts = int(info["attempts"])
-        if attempts >= MAX_ATTEMPTS:
-            why = f"gave up after {attempts} attempts; the last: {info['error']}"
-            return StageReport(stage, batch.batch_id, "failed-earlier", error=why)
-        first, longest = BACKOFF_SECONDS
-        wait = min(longest, first * 2 ** (attempts - 1))
-        finished = datetime.fromisoformat(info["finished_at"])
-        if (datetime.now(UTC) - finished).total_seconds() < wait:
-            return StageReport(stage, batch.batch_id, "waiting", error=info["error"])
-    db.start_run(key, stage, batch.batch_id)
-    started = time.perf_counter()
-    try:
-        manifest = work(started)
-    except Exception as exc:
-        seconds = time.perf_counter() - started
-        expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
-        message = (
-            str(exc)
-            if expected
-            else (
-                f"unexpected {type(exc).__name__}: {exc} "
-                "(retried on the next run; --verbose shows the traceback)"
-            )
-        )
-        log.debug("%s %s failed", stage, batch.batch_id, exc_info=True)
-        db.finish_run(key, stage, batch.batch_id, seconds, None, message, retry=not expected)
-        return StageReport(stage, batch.batch_id, "failed", seconds, error=message)
-    seconds = time.perf_counter() - started
-    db.finish_run(key, stage, batch.batch_id, seconds, layout.relative(out_dir), None)
-    return StageReport(stage, batch.batch_id, "ran", seconds, manifest)
 
 
 Placed = tuple[RawFile, str | None]  # a ledger file and the spec source it belongs to now
@@ -295,7 +200,7 @@ def _run_prep(
             plan = _plan(spec, layout, db, batch, files, exact=True)
             filled = _sink(plan, good, bad, dups)
         check_output_schema(pl.scan_parquet(good), spec)
-        ok, quarantined, duplicate = (_rows(p) for p in (good, bad, dups))
+        ok, quarantined, duplicate = (parquet_rows(p) for p in (good, bad, dups))
         primary = [e for e in plan.inputs if e["source"] == spec.primary.name]
         if len(primary) == 1:  # every output row is its row: no scan of the outputs needed
             per_file = {primary[0]["path"]: ok + quarantined + duplicate}
@@ -340,10 +245,6 @@ def _run_prep(
         retract(layout.features / batch.batch_id)  # built from processed rows now withdrawn
         raise QuarantineLimitError(failure)
     return manifest
-
-
-def _rows(path: Path) -> int:
-    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
 
 
 def _write_secondary_bad(plan: PrepPlan, folder: Path) -> pl.DataFrame:
@@ -416,99 +317,3 @@ def check_output_schema(frame: pl.LazyFrame, spec: Spec) -> None:
             f"processed output does not match the contract's types ({wrong}); this is a bug "
             "in driftloop, please report it with the spec"
         )
-
-
-def features_stage(
-    spec: Spec, layout: Layout, db: StateDB, batch: Batch, *, backoff: bool = False
-) -> StageReport:
-    in_dir = layout.processed / batch.batch_id
-    if not is_complete(in_dir):
-        retract(layout.features / batch.batch_id)
-        return StageReport("features", batch.batch_id, "failed-earlier", error="no processed data")
-    prep_manifest = read_manifest(in_dir)
-    user_code = _user_code_hash(spec, layout.root)
-    key = run_key(
-        "features",
-        FEATURES_VERSION,
-        spec.section_hash(*FEATURES_SECTIONS) + user_code,
-        [prep_manifest["run_key"]],
-    )
-    out_dir = layout.features / batch.batch_id
-
-    def work(started: float) -> dict[str, Any]:
-        func = (
-            load_user_function(spec.features.function, layout.root)
-            if spec.features.function
-            else None
-        )
-        with atomic_output(out_dir) as tmp:
-            try:
-                frame, added = features_with_delta(pl.scan_parquet(in_dir / DATA_FILE), spec, func)
-                schema = frame.collect_schema()
-                # A delta over the processed rows when the computed columns are known: only
-                # they are written, and read_features puts them beside the processed ones.
-                stored = frame if added is None else frame.select(added)
-                stored.sink_parquet(tmp / DATA_FILE, compression=COMPRESSION)
-            except pl.exceptions.PolarsError as exc:
-                raise FeatureError(
-                    f"features for batch {batch.batch_id} failed: {first_line(exc)}; check "
-                    "the features section and features.function against the processed columns"
-                ) from exc
-            manifest = {
-                "stage": "features",
-                "stage_version": FEATURES_VERSION,
-                "code_version": __version__,
-                "run_key": key,
-                "batch_id": batch.batch_id,
-                "spec_hash": spec.section_hash(*FEATURES_SECTIONS),
-                "user_code_sha256": user_code or None,
-                "inputs": [
-                    {
-                        "path": layout.relative(in_dir / "manifest.json"),
-                        "run_key": prep_manifest["run_key"],
-                    }
-                ],
-                # a delta has as many rows as the processed rows it sits beside
-                "rows": _rows(tmp / DATA_FILE if added is None else in_dir / DATA_FILE),
-                "storage": "full" if added is None else "delta",
-                "base_columns": [] if added is None else [c for c in schema if c not in added],
-                "columns": list(schema),  # in order (the schema mapping is stored sorted)
-                "schema": {c: str(t) for c, t in schema.items()},
-                "timings": {"total_s": round(time.perf_counter() - started, 4)},
-            }
-            seal(tmp, manifest)
-        return manifest
-
-    return keyed_run(db, layout, "features", batch, key, out_dir, work, backoff=backoff)
-
-
-def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
-    """The model columns of one batch, whichever way the features stage stored them."""
-    out_dir = layout.features / batch_id
-    if not is_complete(out_dir):
-        raise StageError(
-            f"{layout.relative(out_dir)}: no complete features output; run 'driftloop run'"
-        )
-    manifest = read_manifest(out_dir)
-    stored = pl.scan_parquet(out_dir / DATA_FILE)
-    base_dir = layout.processed / batch_id
-    base_key = read_manifest(base_dir)["run_key"] if is_complete(base_dir) else None
-    if base_key != manifest["inputs"][0]["run_key"]:
-        raise StageError(
-            f"{layout.relative(out_dir)} was built from another version of "
-            f"{layout.relative(base_dir)}; run 'driftloop run' to bring it up to date"
-        )
-    if manifest["storage"] == "full":
-        return stored
-    base = pl.scan_parquet(base_dir / DATA_FILE).select(manifest["base_columns"])
-    if manifest["base_columns"] == manifest["columns"]:
-        return base  # the features compute nothing: the processed columns are the features
-    return pl.concat([base, stored], how="horizontal").select(manifest["columns"])
-
-
-def _user_code_hash(spec: Spec, root: Path) -> str:
-    """Hash of the user's feature module file, so editing it re-runs features."""
-    if not spec.features.function:
-        return ""
-    path = user_module_path(spec.features.function, root)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"

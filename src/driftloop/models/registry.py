@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftloop.errors import RegistryError, RegistryUnavailableError
-from driftloop.layout import Layout
-from driftloop.spec import Spec
-from driftloop.train import improvement
+from driftloop.core.errors import RegistryError, RegistryUnavailableError
+from driftloop.core.layout import Layout
+from driftloop.core.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +146,10 @@ def log_and_register(
     import mlflow
 
     from driftloop import __version__
-    from driftloop.model_package import input_signature
+    from driftloop.models.package import input_signature
 
     # The file's path, not an import: MLflow executes it (model from code) when it loads.
-    code = importlib.util.find_spec("driftloop.mlflow_model_code")
+    code = importlib.util.find_spec("driftloop.models.mlflow_model_code")
     assert code is not None and code.origin is not None
 
     mlflow_client = client(spec, layout)
@@ -263,7 +262,7 @@ def load_predictor(spec: Spec, layout: Layout, model_uri: str) -> Any:
     """The driftloop predictor inside a registered model (downloads its artifacts)."""
     import mlflow
 
-    from driftloop.model_package import Predictor
+    from driftloop.models.package import Predictor
 
     client(spec, layout)
     folder = mlflow.artifacts.download_artifacts(f"{model_uri}/artifacts/driftloop")
@@ -339,56 +338,3 @@ def versions(spec: Spec, layout: Layout) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-
-
-def decide(spec: Spec, challenger: float, baseline: float, champion: float | None) -> Decision:
-    """The promotion gate, as the spec's promotion section says.
-
-    ``champion`` is None when there is no champion yet (callers pass ``math.nan`` when a
-    champion exists but cannot be scored on this holdout).
-    """
-    if champion is not None and math.isnan(champion):
-        return Decision(
-            False,
-            f"the champion could not be scored with {spec.promotion_metric} on this holdout; "
-            "not promoting automatically: compare them and use 'driftloop models promote'",
-        )
-    metric = spec.promotion_metric
-    policy = spec.promotion
-    over_baseline, _ = improvement(metric, challenger, baseline)
-    if policy.must_beat_baseline and over_baseline <= 0:
-        return Decision(
-            False,
-            f"{metric} {challenger:.4f} does not beat the naive baseline's {baseline:.4f}",
-        )
-    versus = "beats" if over_baseline > 0 else "does not beat (not required)"
-    if champion is None:
-        return Decision(
-            True, f"first model: {metric} {challenger:.4f} {versus} the baseline's {baseline:.4f}"
-        )
-    absolute, relative = improvement(metric, challenger, champion)
-    needed = (
-        f"(needs +{policy.min_improvement:g} absolute and "
-        f"+{policy.min_relative_improvement:.1%} relative)"
-    )
-    if (
-        absolute <= 0
-        or absolute < policy.min_improvement
-        or relative < policy.min_relative_improvement
-    ):
-        return Decision(
-            False,
-            f"{metric} {challenger:.4f} vs champion {champion:.4f} on the same holdout: "
-            f"{absolute:+.4f} {needed}",
-        )
-    return Decision(
-        True,
-        f"{metric} {challenger:.4f} beats champion {champion:.4f} on the same holdout by "
-        f"{absolute:+.4f} ({relative:+.1%})",
-    )

@@ -17,8 +17,8 @@ from typing import Any
 
 import polars as pl
 
-from driftloop.errors import FeatureError
-from driftloop.spec import FeaturesSpec, Spec
+from driftloop.core.errors import FeatureError
+from driftloop.core.spec import FeaturesSpec, Spec
 
 _DATE_PARTS: dict[str, Callable[[pl.Expr], pl.Expr]] = {
     "year": lambda c: c.dt.year(),

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from driftloop.errors import SpecError, SpecNotFoundError
+from driftloop.core.errors import SpecError, SpecNotFoundError
 
 SPEC_FILENAME = "driftloop.yaml"
 

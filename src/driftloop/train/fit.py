@@ -7,7 +7,6 @@ encoding, scaling where the estimator needs it) is fitted on the training rows o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,20 +14,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftloop.errors import TrainError
-from driftloop.spec import Spec
+from driftloop.core.errors import TrainError
+from driftloop.core.spec import Spec
+from driftloop.models.inputs import BATCH, to_pandas_inputs
+from driftloop.models.metrics import score
 
-BATCH = "__batch_seq"
-HIGHER_IS_BETTER = {
-    "roc_auc": True,
-    "average_precision": True,
-    "f1": True,
-    "accuracy": True,
-    "r2": True,
-    "log_loss": False,
-    "rmse": False,
-    "mae": False,
-}
 _TEMPORAL = (pl.Date, pl.Datetime)
 
 
@@ -230,7 +220,7 @@ def build_pipeline(spec: Spec, inputs: list[str], categorical: list[str]) -> Any
 
 def check_model_params(spec: Spec) -> None:
     """Build the estimator from the spec's params and validate them, before any work."""
-    from driftloop.errors import SpecError
+    from driftloop.core.errors import SpecError
 
     try:
         estimator = build_pipeline(spec, ["x"], []).named_steps["model"]
@@ -242,19 +232,6 @@ def check_model_params(spec: Spec) -> None:
             f"driftloop.yaml: model.params {dict(spec.model.params)} do not fit "
             f"{spec.model.estimator}: {str(exc).splitlines()[0]}"
         ) from None
-
-
-def to_pandas_inputs(frame: pl.DataFrame, inputs: list[str], categorical: list[str]) -> Any:
-    """Model inputs as pandas: numbers as float64 (nulls as NaN), categories as objects."""
-    numeric = [c for c in inputs if c not in categorical]
-    cast = frame.select(
-        *[pl.col(c).cast(pl.Float64) for c in numeric],
-        *[pl.col(c).cast(pl.String) for c in categorical],
-    )
-    out = cast.to_pandas()
-    for c in categorical:
-        out[c] = out[c].astype(object).where(out[c].notna(), np.nan)
-    return out[inputs]
 
 
 def fit(frame: pl.DataFrame, spec: Spec) -> Trained:
@@ -306,54 +283,3 @@ def _predict(model: Any, x: Any, spec: Spec) -> tuple[Any, Any, list[Any] | None
     if spec.task == "classification":
         return model.predict(x), model.predict_proba(x), [str(c) for c in model.classes_]
     return model.predict(x), None, None
-
-
-def score(
-    spec: Spec, y_true: Any, y_pred: Any, proba: Any = None, classes: list[Any] | None = None
-) -> dict[str, float]:
-    """Every metric of the task on one holdout.
-
-    For two classes the positive class is the second in sorted order (``Yes`` of Yes/No,
-    ``1`` of 0/1, ``UP`` of DOWN/UP).
-    """
-    from sklearn import metrics as m
-
-    if spec.task == "regression":
-        return {
-            "rmse": float(math.sqrt(m.mean_squared_error(y_true, y_pred))),
-            "mae": float(m.mean_absolute_error(y_true, y_pred)),
-            "r2": float(m.r2_score(y_true, y_pred)),
-        }
-    seen = sorted({str(v) for v in y_true.tolist()} | set(classes or []))
-    binary = len(seen) == 2
-    out = {
-        "accuracy": float(m.accuracy_score(y_true, y_pred)),
-        "f1": float(
-            m.f1_score(
-                y_true,
-                y_pred,
-                average="binary" if binary else "macro",
-                pos_label=seen[-1] if binary else 1,
-                zero_division=0,
-            )
-        ),
-    }
-    if proba is None or classes is None or len(set(y_true.tolist())) < 2:
-        return out
-    if len(classes) == 2:
-        positive = proba[:, 1]  # sklearn orders probability columns by sorted class
-        is_positive = y_true == classes[1]
-        out["roc_auc"] = float(m.roc_auc_score(is_positive, positive))
-        out["average_precision"] = float(m.average_precision_score(is_positive, positive))
-    elif set(y_true.tolist()) <= set(classes):
-        out["roc_auc"] = float(m.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes))
-    if set(y_true.tolist()) <= set(classes):
-        out["log_loss"] = float(m.log_loss(y_true, proba, labels=classes))
-    return out
-
-
-def improvement(metric: str, new: float, old: float) -> tuple[float, float]:
-    """(absolute, relative) improvement of ``new`` over ``old`` in the metric's direction."""
-    delta = new - old if HIGHER_IS_BETTER[metric] else old - new
-    relative = delta / abs(old) if old else math.inf if delta > 0 else 0.0
-    return delta, relative

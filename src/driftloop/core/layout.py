@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
@@ -169,3 +169,16 @@ def sweep_temporaries(parent: Path) -> None:
     for child in parent.iterdir():
         if child.name.startswith((".tmp-", ".old-")):
             shutil.rmtree(child, ignore_errors=True)
+
+
+DATA_FILE = "data.parquet"
+
+# LZ4 over zstd: about 1.5 s less per 5M rows written, for files about a third larger.
+COMPRESSION: Literal["lz4"] = "lz4"
+
+
+def parquet_rows(path: Path) -> int:
+    """The rows of a Parquet file, from its metadata."""
+    import polars as pl
+
+    return int(pl.scan_parquet(path).select(pl.len()).collect().item())

@@ -257,7 +257,7 @@ def compile_package(
 
 def precompile(package: Path, folder: Path, threads: int = 1) -> Verdict:
     """Compile and verify a package folder's model and keep the result in ``folder``."""
-    from driftloop.model_package import Predictor
+    from driftloop.models.package import Predictor
 
     verdict = compile_package(Predictor(package), package, threads=threads)
     save(folder, verdict)

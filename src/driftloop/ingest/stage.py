@@ -9,7 +9,6 @@ Raw files are only ever read.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -18,13 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from driftloop.layout import Layout, file_sha256
-from driftloop.spec import Spec
-from driftloop.state import Batch, RawFile, StateDB, utcnow
+from driftloop.core.layout import Layout, file_sha256
+from driftloop.core.spec import Spec
+from driftloop.core.state import Batch, RawFile, StateDB, utcnow
+from driftloop.core.storage import candidate_files
 
 log = logging.getLogger(__name__)
-
-TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
 
 @dataclass(frozen=True)
@@ -40,29 +38,6 @@ class IngestResult:
     reuploads: list[Reupload] = field(default_factory=list)
     still_writing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # files that could not be read, why
-
-
-def is_temporary(path: Path) -> bool:
-    name = path.name
-    return name.startswith((".", "_")) or name.endswith(TEMP_SUFFIXES)
-
-
-def candidate_files(spec: Spec, layout: Layout) -> list[tuple[str, Path]]:
-    """(source name, path) for every file matching a source's glob; first source wins."""
-    seen: set[Path] = set()
-    found: list[tuple[str, Path]] = []
-    for source in spec.sources:
-        for path in source_paths(layout, source.path):
-            if path.is_file() and not is_temporary(path) and path not in seen:
-                seen.add(path)
-                found.append((source.name, path))
-    return found
-
-
-def source_paths(layout: Layout, pattern: str) -> list[Path]:
-    """Files matching a source's glob: relative to the project folder, or absolute."""
-    found = glob.glob(os.path.join(layout.root, pattern), recursive=True)  # noqa: PTH118, PTH207 - glob of an absolute or relative pattern, with **
-    return sorted(Path(p) for p in found)
 
 
 def ingest(

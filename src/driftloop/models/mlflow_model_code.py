@@ -5,6 +5,6 @@ MLflow executes this file when it loads the model; it needs the driftloop packag
 
 import mlflow
 
-from driftloop.pyfunc import DriftloopModel
+from driftloop.models.pyfunc import DriftloopModel
 
 mlflow.models.set_model(DriftloopModel())

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from driftloop.errors import RegistryError
+from driftloop.core.errors import RegistryError
 
 PIPELINE = "pipeline.skops"
 META = "driftloop_model.json"
@@ -107,8 +107,8 @@ class Predictor:
     """The loaded pieces of a driftloop model; used by the pyfunc wrapper and by tests."""
 
     def __init__(self, folder: Path) -> None:
-        from driftloop.features import load_user_function
-        from driftloop.spec import parse_spec
+        from driftloop.core.spec import parse_spec
+        from driftloop.features.compute import load_user_function
 
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
         self.spec = parse_spec(meta["spec"], where=f"{folder / META}")
@@ -131,7 +131,7 @@ class Predictor:
         return self._pipeline
 
     def features(self, records: Any) -> pl.DataFrame:
-        from driftloop.features import build_features
+        from driftloop.features.compute import build_features
 
         typed = raw_records(records, self.spec)
         return build_features(typed.lazy(), self.spec, self.user_function).collect()
@@ -154,22 +154,13 @@ class Predictor:
         """
         import numpy as np
 
-        from driftloop.train import to_pandas_inputs
+        from driftloop.models.inputs import to_pandas_inputs
 
         x = to_pandas_inputs(features, self.inputs, self.categorical)
         if self.classes is None:
             return self.pipeline.predict(x), None
         proba = self.pipeline.predict_proba(x)
         return np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)], proba
-
-
-def __getattr__(name: str) -> Any:
-    # Models registered before the wrapper moved to driftloop.pyfunc import it from here.
-    if name == "DriftloopModel":
-        from driftloop.pyfunc import DriftloopModel
-
-        return DriftloopModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_package(
@@ -195,7 +186,7 @@ def write_package(
         "classes": classes,
     }
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    from driftloop.profile import profile_to_json, write_monitoring_frame
+    from driftloop.models.profile import profile_to_json, write_monitoring_frame
 
     (folder / "reference_profile.json").write_text(profile_to_json(profile), encoding="utf-8")
     for name, frame in (monitoring or {}).items():

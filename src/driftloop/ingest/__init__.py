@@ -1,0 +1,1 @@
+"""Ingest: complete new raw files, identified by content, recorded once in the ledger."""

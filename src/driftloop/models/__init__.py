@@ -1,0 +1,3 @@
+"""A model version as driftloop keeps it: the self-contained package, the machine's cache,
+the compiled inference path, the reference profile, metrics, and the MLflow registry.
+"""

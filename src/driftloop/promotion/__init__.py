@@ -1,0 +1,1 @@
+"""Promotion: the gate (champion vs challenger on the same holdout) and the alias moves."""

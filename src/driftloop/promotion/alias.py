@@ -1,0 +1,117 @@
+"""Moving the champion alias: manual promote and rollback, and recorded decisions the
+registry missed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from typing import Any
+
+from driftloop.core.errors import RegistryError, first_line
+from driftloop.core.layout import Layout
+from driftloop.core.spec import Spec
+from driftloop.core.state import StateDB
+
+log = logging.getLogger(__name__)
+
+
+def manual_alias_change(
+    spec: Spec, layout: Layout, db: StateDB, *, version: str | None, why: str, actor: str | None
+) -> dict[str, Any]:
+    """``models promote VERSION`` (version given) or ``models rollback`` (None)."""
+    from driftloop.models import registry
+
+    current = registry.alias_version(spec, layout, registry.CHAMPION)
+    kind = "manual"
+    if version is None:
+        kind = "rollback"
+        version = _previous_champion(db, spec.name, current)
+        if version is None:
+            raise RegistryError(
+                f"model {spec.name!r}: there is no earlier champion to roll back to "
+                f"(champion is {current or 'unset'}); see 'driftloop models'"
+            )
+    registry.require_version(spec, layout, version)
+    decision = {
+        "model": spec.name,
+        "version": version,
+        "decision": kind,
+        "reason": why,
+        "metric": spec.promotion_metric,
+        "challenger_score": None,
+        "champion_version": current,
+        "champion_score": None,
+        "baseline_score": None,
+        "actor": actor or _who(),
+    }
+    decision_id = db.record_decision(decision, applied=False)  # recorded first, as the gate does
+    move_alias(spec, layout, db, decision_id, version)
+    registry.tag_version(
+        spec, layout, version, {"driftloop.decision": kind, "driftloop.reason": why}
+    )
+    return decision
+
+
+def move_alias(spec: Spec, layout: Layout, db: StateDB, decision_id: int, version: str) -> None:
+    """Apply a recorded decision; one the registry refuses is withdrawn, not left pending
+    (the next pass must not apply what the user was told failed)."""
+    from driftloop.models import registry
+
+    try:
+        registry.set_alias(spec, layout, registry.CHAMPION, version)
+    except Exception as exc:
+        db.withdraw(decision_id, f"{type(exc).__name__}: {first_line(exc)}")
+        raise
+    db.mark_applied(decision_id)
+
+
+def apply_pending_decisions(spec: Spec, layout: Layout, db: StateDB) -> list[dict[str, Any]]:
+    """Point the registry's alias where the newest recorded decision says (after a crash
+    between recording a promotion and moving the alias); returns what was applied.
+
+    Only the newest decision that moves the alias counts: an older one still pending was
+    overtaken and is marked superseded, never applied over a newer one.
+    """
+    from driftloop.models import registry
+
+    pending = db.unapplied(spec.name)
+    if not pending:
+        return []
+    effective = [d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"]
+    newest = effective[-1] if effective else None
+    applied = []
+    for decision in pending:
+        if newest is not None and decision["id"] == newest["id"]:
+            registry.set_alias(spec, layout, registry.CHAMPION, str(decision["version"]))
+            db.mark_applied(int(decision["id"]))
+            applied.append(decision)
+            log.warning(
+                "applied a recorded decision the registry had missed: %s v%s (%s)",
+                spec.name,
+                decision["version"],
+                decision["decision"],
+            )
+        else:
+            db.mark_superseded(int(decision["id"]))
+    return applied
+
+
+def _previous_champion(db: StateDB, model: str, current: str | None) -> str | None:
+    """The champion before ``current``: promotions push onto a stack, rollbacks pop it."""
+    stack: list[str] = []
+    for d in db.decisions(model, effective=True):
+        if d["decision"] in ("promoted", "manual"):
+            stack.append(d["version"])
+        elif d["decision"] == "rollback" and stack:
+            stack.pop()
+    if stack and stack[-1] == current:
+        stack.pop()
+    return stack[-1] if stack else None
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

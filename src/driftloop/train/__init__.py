@@ -1,0 +1,1 @@
+"""Train: the pure fit (window, split, pipeline, metrics) and the train stage's edge."""
