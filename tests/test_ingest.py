@@ -265,7 +265,7 @@ def test_files_landing_together_form_one_batch_in_the_loop(tmp_path: Path) -> No
 def test_an_unreadable_file_is_reported_and_the_others_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import driftloop.ingest
+    import driftloop.ingest.stage
 
     write_spec(tmp_path, SPEC)
     land(tmp_path, "secret.csv", [(1, 2)])
