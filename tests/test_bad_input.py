@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from driftloop.core.layout import DATA_FILE
-from driftloop.core.runner import StageReport
+from driftloop.orchestration.runner import StageReport
 from driftloop.pipeline import RunResult, run
 
 from .corpus import (

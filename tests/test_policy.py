@@ -9,10 +9,11 @@ import pytest
 
 from driftloop.core.errors import QuarantineLimitError
 from driftloop.core.layout import Layout, seal
-from driftloop.core.runner import MAX_ATTEMPTS, keyed_run
 from driftloop.core.spec import RetrainSpec
-from driftloop.core.state import Batch, StateDB
+from driftloop.core.stage import Work
+from driftloop.core.state import StateDB
 from driftloop.orchestration.policy import Situation, retrain_reason
+from driftloop.orchestration.runner import MAX_ATTEMPTS, keyed_run
 
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
 
@@ -80,22 +81,21 @@ def test_transient_failures_back_off_and_give_up_validation_failures_do_not_retr
         raise QuarantineLimitError("too many bad rows")
 
     with StateDB(layout.state_db) as db:
-        batch = Batch("b1", 1, NOW.isoformat())
         out = tmp_path / "out"
-        first = keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky, backoff=True)
+        first = keyed_run(db, layout, "prep", Work("k-flaky", out, flaky, "b1"), backoff=True)
         assert first.outcome == "failed" and "retried" in str(first.error)
-        again = keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky, backoff=True)
+        again = keyed_run(db, layout, "prep", Work("k-flaky", out, flaky, "b1"), backoff=True)
         assert again.outcome == "waiting" and calls == ["flaky"]  # inside the 1 s backoff
         # without backoff (driftloop run) the next pass retries at once
-        keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky)
+        keyed_run(db, layout, "prep", Work("k-flaky", out, flaky, "b1"))
         assert calls == ["flaky", "flaky"]
         db._conn.execute("UPDATE stage_runs SET attempts=? WHERE key='k-flaky'", (MAX_ATTEMPTS,))
-        gave_up = keyed_run(db, layout, "prep", batch, "k-flaky", out, flaky, backoff=True)
+        gave_up = keyed_run(db, layout, "prep", Work("k-flaky", out, flaky, "b1"), backoff=True)
         assert gave_up.outcome == "failed-earlier" and "gave up after" in str(gave_up.error)
 
-        bad = keyed_run(db, layout, "prep", batch, "k-invalid", out, invalid, backoff=True)
+        bad = keyed_run(db, layout, "prep", Work("k-invalid", out, invalid, "b1"), backoff=True)
         assert bad.outcome == "failed"
-        later = keyed_run(db, layout, "prep", batch, "k-invalid", out, invalid, backoff=True)
+        later = keyed_run(db, layout, "prep", Work("k-invalid", out, invalid, "b1"), backoff=True)
         assert later.outcome == "failed-earlier" and calls.count("invalid") == 1
 
         def fine(started: float) -> dict[str, object]:
@@ -104,8 +104,8 @@ def test_transient_failures_back_off_and_give_up_validation_failures_do_not_retr
             seal(out, manifest)
             return manifest
 
-        assert keyed_run(db, layout, "prep", batch, "k-fine", out, fine).outcome == "ran"
-        assert keyed_run(db, layout, "prep", batch, "k-fine", out, fine).outcome == "cached"
+        assert keyed_run(db, layout, "prep", Work("k-fine", out, fine, "b1")).outcome == "ran"
+        assert keyed_run(db, layout, "prep", Work("k-fine", out, fine, "b1")).outcome == "cached"
 
 
 @pytest.mark.parametrize("every", [0, 1, 2])

@@ -9,7 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from driftloop.serving.logbook import REQUEST_ID, TS, FrameLog
+from driftloop.core.predlog import REQUEST_ID, TS
+from driftloop.serving.logbook import FrameLog
 
 
 def rows(n: int, day: datetime, start: int = 0) -> pl.DataFrame:

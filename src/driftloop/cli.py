@@ -120,7 +120,7 @@ def run(project: ProjectOpt = Path()) -> None:
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
-def print_run(result: RunResult) -> None:
+def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
     """The run summary: what was ingested, what each stage did, what was quarantined."""
     console = _console()
     ing = result.ingest
@@ -137,7 +137,7 @@ def print_run(result: RunResult) -> None:
             f"applied a recorded decision the registry had missed: v{decision['version']} "
             f"{decision['decision']} ({decision['reason']})"
         )
-    if not result.did_work:
+    if not result.did_work and not quiet_when_idle:
         console.print("nothing to do: every batch is up to date")
     for report in result.reports:
         if report.outcome == "cached":
@@ -185,6 +185,8 @@ def print_run(result: RunResult) -> None:
                 f"monitor {report.batch_id} against champion v{m['champion_version']}: "
                 f"{'; '.join(summary['messages'])} ({report.seconds:.2f}s)"
             )
+        elif report.stage == "ingest":
+            console.print(f"ingested {len(m['new_files'])} new file(s) as batch {report.batch_id}")
         else:
             if result.retrain:
                 console.print(f"retrain requested: {result.retrain}")
@@ -199,6 +201,76 @@ def print_run(result: RunResult) -> None:
             console.print(f"  {d['decision'].upper()}: {d['reason']}")
     if result.waiting:
         console.print(f"no training: {result.waiting}")
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="ingest, prep, features, monitor or train.")],
+    project: ProjectOpt = Path(),
+    batch: Annotated[
+        str | None, typer.Option("--batch", "-b", help="The batch (prep, features, monitor).")
+    ] = None,
+    champion: Annotated[
+        str | None,
+        typer.Option(
+            "--champion", help="monitor: the version to check against (default: the champion)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The stage's manifest as JSON.")] = False,
+) -> None:
+    """Run one stage call, as an orchestrator's task would: idempotent, safe on any worker."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.pipeline import run_stage
+
+    try:
+        report = run_stage(project, name, batch_id=batch, champion=champion)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if as_json:
+        typer.echo(json.dumps({**report.__dict__}, default=str, sort_keys=True))
+    else:
+        if report.outcome == "cached":
+            what = "no new complete file" if name == "ingest" else "up to date (cache hit)"
+            _console().print(f"{name} {report.batch_id}: {what}")
+        from driftloop.orchestration.loop import RunResult
+
+        print_run(RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True)
+    if report.outcome in ("failed", "failed-earlier"):
+        raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+@app.command()
+def plan(
+    project: ProjectOpt = Path(),
+    as_json: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
+) -> None:
+    """The stage calls a pass would make now, in waves of independent calls (nothing runs)."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.pipeline import plan as make_plan
+
+    try:
+        found = make_plan(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if as_json:
+        typer.echo(json.dumps(found.to_json(), sort_keys=True))
+        return
+    console = _console()
+    if not found.waves:
+        console.print("nothing to do: every output is up to date")
+    for i, wave in enumerate(found.waves, 1):
+        console.print(f"wave {i}:")
+        for call in wave:
+            why = f"  # {call.reason}" if call.reason else ""
+            console.print(f"  driftloop stage {call}{why}")
+    if found.waiting:
+        console.print(f"no training: {found.waiting}")
+
+
+def _no_ingest() -> Any:
+    from driftloop.ingest.stage import IngestResult
+
+    return IngestResult(batch=None)
 
 
 @app.command()

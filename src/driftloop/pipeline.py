@@ -8,6 +8,7 @@ checks of new batches against the champion, training when the retrain policy say
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -15,7 +16,11 @@ from driftloop.core.layout import Layout
 from driftloop.features import stage as features_stage
 from driftloop.orchestration.loop import RunResult, run_pass
 
-__all__ = ["RunResult", "read_features", "run"]
+if TYPE_CHECKING:
+    from driftloop.orchestration.planner import Plan
+    from driftloop.orchestration.runner import StageReport
+
+__all__ = ["RunResult", "plan", "read_features", "run", "run_stage"]
 
 
 def read_features(project: Path, batch_id: str) -> pl.LazyFrame:
@@ -43,3 +48,40 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
         return run_pass(project, wait=wait)
     finally:
         lease.release()
+
+
+def plan(project: Path) -> Plan:
+    """The stage calls a pass would make now (waves of independent calls), without making
+    them: what an orchestrator runs, one ``driftloop stage`` call per entry."""
+    from datetime import UTC, datetime
+
+    from driftloop.core.spec import load_spec
+    from driftloop.core.stage import Context
+    from driftloop.core.state import StateDB
+    from driftloop.orchestration import planner
+    from driftloop.orchestration.facts import gather
+
+    spec = load_spec(project)
+    layout = Layout(project)
+    with StateDB(layout.state_db) as db:
+        return planner.plan(spec, gather(Context(spec, layout, db)), datetime.now(UTC))
+
+
+def run_stage(
+    project: Path,
+    stage: str,
+    *,
+    batch_id: str | None = None,
+    champion: str | None = None,
+) -> StageReport:
+    """One stage call (``driftloop stage NAME``): idempotent, so any worker may make it, and
+    again: a call whose output is current is a cache hit."""
+    from driftloop.core.spec import load_spec
+    from driftloop.core.stage import Context, StageCall
+    from driftloop.core.state import StateDB
+    from driftloop.orchestration.runner import run_call
+
+    spec = load_spec(project)
+    layout = Layout(project)
+    with StateDB(layout.state_db) as db:
+        return run_call(Context(spec, layout, db), StageCall(stage, batch_id, champion))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.core.errors import StateError
+from driftloop.core.events import Event
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw_files (
@@ -195,6 +196,17 @@ class StateDB:
     def batches(self) -> list[Batch]:
         rows = self._conn.execute("SELECT batch_id, seq, created_at FROM batches ORDER BY seq")
         return [Batch(*r) for r in rows]
+
+    def batch(self, batch_id: str) -> Batch:
+        """One batch by id; an unknown id is an error naming it."""
+        row = self._conn.execute(
+            "SELECT batch_id, seq, created_at FROM batches WHERE batch_id=?", (batch_id,)
+        ).fetchone()
+        if row is None:
+            raise StateError(
+                f"there is no batch {batch_id!r} in {self.path}; 'driftloop status' lists them"
+            )
+        return Batch(*row)
 
     def batch_files(self, batch_id: str) -> list[RawFile]:
         rows = self._conn.execute(
@@ -379,6 +391,10 @@ class StateDB:
             (model, version),
         ).fetchone()
         return dict(zip(("ts", "decision", "reason", "actor"), row, strict=True)) if row else None
+
+    def record(self, event: Event) -> None:
+        """The state database as an event sink (:func:`driftloop.core.events.emit`)."""
+        self.record_event(event.type, event.payload())
 
     def record_event(self, type_: str, payload: dict[str, Any]) -> None:
         with self.transaction() as conn:

@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from driftloop import __version__
+from driftloop.core import manifests
 from driftloop.core.errors import (
     FeatureError,
     StageError,
@@ -24,13 +25,12 @@ from driftloop.core.layout import (
     atomic_output,
     is_complete,
     parquet_rows,
-    read_manifest,
     retract,
     seal,
 )
-from driftloop.core.runner import StageReport, keyed_run, run_key
+from driftloop.core.manifests import FeaturesManifest, PrepManifest
 from driftloop.core.spec import Spec
-from driftloop.core.state import Batch, StateDB
+from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
 from driftloop.features.compute import (
     features_with_delta,
     load_user_function,
@@ -43,24 +43,26 @@ FEATURES_VERSION = "1"
 FEATURES_SECTIONS = ("features", "target", "time_column", "id_column")
 
 
-def features_stage(
-    spec: Spec, layout: Layout, db: StateDB, batch: Batch, *, backoff: bool = False
-) -> StageReport:
+def work(ctx: Context, call: StageCall) -> Work | Skip:
+    """A batch's features: keyed by the processed output's run key, the features sections
+    and the user's feature module."""
+    spec, layout = ctx.spec, ctx.layout
+    batch = ctx.db.batch(str(call.batch_id))
     in_dir = layout.processed / batch.batch_id
     if not is_complete(in_dir):
-        retract(layout.features / batch.batch_id)
-        return StageReport("features", batch.batch_id, "failed-earlier", error="no processed data")
-    prep_manifest = read_manifest(in_dir)
+        retract(layout.features / batch.batch_id)  # built from processed rows now withdrawn
+        return Skip("no processed data", batch.batch_id)
+    prep_key = manifests.read(in_dir, PrepManifest).run_key
     user_code = _user_code_hash(spec, layout.root)
     key = run_key(
         "features",
         FEATURES_VERSION,
         spec.section_hash(*FEATURES_SECTIONS) + user_code,
-        [prep_manifest["run_key"]],
+        [prep_key],
     )
     out_dir = layout.features / batch.batch_id
 
-    def work(started: float) -> dict[str, Any]:
+    def run(started: float) -> dict[str, Any]:
         func = (
             load_user_function(spec.features.function, layout.root)
             if spec.features.function
@@ -90,7 +92,7 @@ def features_stage(
                 "inputs": [
                     {
                         "path": layout.relative(in_dir / "manifest.json"),
-                        "run_key": prep_manifest["run_key"],
+                        "run_key": prep_key,
                     }
                 ],
                 # a delta has as many rows as the processed rows it sits beside
@@ -101,10 +103,19 @@ def features_stage(
                 "schema": {c: str(t) for c, t in schema.items()},
                 "timings": {"total_s": round(time.perf_counter() - started, 4)},
             }
+            manifest = FeaturesManifest.model_validate(manifest).as_json()  # its shape, checked
             seal(tmp, manifest)
         return manifest
 
-    return keyed_run(db, layout, "features", batch, key, out_dir, work, backoff=backoff)
+    return Work(key, out_dir, run, batch.batch_id)
+
+
+STAGE = StageDef(
+    "features",
+    per_batch=True,
+    work=work,
+    help="the feature function over a batch's processed rows: model columns",
+)
 
 
 def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
@@ -114,21 +125,21 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
         raise StageError(
             f"{layout.relative(out_dir)}: no complete features output; run 'driftloop run'"
         )
-    manifest = read_manifest(out_dir)
+    manifest = manifests.read(out_dir, FeaturesManifest)
     stored = pl.scan_parquet(out_dir / DATA_FILE)
     base_dir = layout.processed / batch_id
-    base_key = read_manifest(base_dir)["run_key"] if is_complete(base_dir) else None
-    if base_key != manifest["inputs"][0]["run_key"]:
+    base_key = manifests.read(base_dir, PrepManifest).run_key if is_complete(base_dir) else None
+    if base_key != manifest.inputs[0].run_key:
         raise StageError(
             f"{layout.relative(out_dir)} was built from another version of "
             f"{layout.relative(base_dir)}; run 'driftloop run' to bring it up to date"
         )
-    if manifest["storage"] == "full":
+    if manifest.storage == "full":
         return stored
-    base = pl.scan_parquet(base_dir / DATA_FILE).select(manifest["base_columns"])
-    if manifest["base_columns"] == manifest["columns"]:
+    base = pl.scan_parquet(base_dir / DATA_FILE).select(manifest.base_columns)
+    if manifest.base_columns == manifest.columns:
         return base  # the features compute nothing: the processed columns are the features
-    return pl.concat([base, stored], how="horizontal").select(manifest["columns"])
+    return pl.concat([base, stored], how="horizontal").select(manifest.columns)
 
 
 def _user_code_hash(spec: Spec, root: Path) -> str:

@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from driftloop.core.layout import Layout, file_sha256
 from driftloop.core.spec import Spec
+from driftloop.core.stage import Context, StageCall, StageDef, Work
 from driftloop.core.state import Batch, RawFile, StateDB, utcnow
 from driftloop.core.storage import candidate_files
 
@@ -138,3 +140,30 @@ def ingest(
 def make_batch_id(files: list[RawFile]) -> str:
     digest = hashlib.sha256("".join(sorted(f.sha256 for f in files)).encode()).hexdigest()
     return f"{utcnow():%Y%m%dT%H%M%S}-{digest[:8]}"
+
+
+def work(ctx: Context, call: StageCall) -> Work:
+    """``driftloop stage ingest``: complete new files into one new batch (or none). Files
+    still being written are left for a later call, not waited for."""
+
+    def run(started: float) -> dict[str, Any]:
+        found = ingest(ctx.spec, ctx.layout, ctx.db, wait=False)
+        return {
+            "stage": "ingest",
+            "batch_id": found.batch.batch_id if found.batch else None,
+            "new_files": [{"path": f.path, "sha256": f.sha256} for f in found.new_files],
+            "reuploads": [{"path": r.path, "same_as": r.same_as} for r in found.reuploads],
+            "still_writing": found.still_writing,
+            "unreadable": found.unreadable,
+        }
+
+    return Work("ingest", ctx.layout.raw, run)
+
+
+STAGE = StageDef(
+    "ingest",
+    per_batch=False,
+    work=work,
+    help="take complete new raw files, each exactly once, into a new batch",
+    keyed=False,
+)

@@ -26,19 +26,20 @@ from pathlib import Path
 import polars as pl
 
 from driftloop.core.errors import MonitoringError
+from driftloop.core.predlog import (
+    FEEDBACK_COLUMNS,
+    KEYS,
+    LABEL,
+    PART_GLOB,
+    PREDICTION_COLUMNS,
+    RECORD,
+    REQUEST_ID,
+    TS,
+    partition_day,
+)
 
 PREDICTIONS = Path("data") / "monitoring" / "predictions"
 FEEDBACK = Path("data") / "monitoring" / "feedback"
-TS = "__ts"
-REQUEST_ID = "__request_id"
-RECORD = "__record"
-MODEL_NAME = "__model_name"
-MODEL_VERSION = "__model_version"
-PREDICTION = "__prediction"
-PROBA = "__proba_"
-FLAGS = "__flags"
-LABEL = "__label"
-KEYS = [REQUEST_ID, RECORD]
 _PLAIN = (
     "ts",
     "request_id",
@@ -54,16 +55,15 @@ _PLAIN = (
 def _parts(folder: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[Path]:
     """Part files whose date partition can hold rows in [since, until)."""
     found = []
-    for day_dir in sorted(folder.glob("date=*")):
-        try:
-            day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
-        except ValueError:
+    for day_dir in sorted(folder.iterdir() if folder.is_dir() else []):
+        day = partition_day(day_dir.name)
+        if day is None:
             continue  # not a partition driftloop wrote
         if since is not None and day < since.astimezone(dt.UTC).date():
             continue
         if until is not None and day > until.astimezone(dt.UTC).date():
             continue
-        found += sorted(day_dir.glob("part-*.parquet"))
+        found += sorted(day_dir.glob(PART_GLOB))
     return found
 
 
@@ -108,7 +108,7 @@ def read_predictions(
     """Logged predictions with ``since <= __ts < until`` (UTC), oldest first; ``__ts`` is
     returned as naive UTC."""
     parts = _parts(root / PREDICTIONS, since, until)
-    frame = _read(parts, [TS, *KEYS, MODEL_NAME, MODEL_VERSION, PREDICTION])
+    frame = _read(parts, PREDICTION_COLUMNS)
     if frame.is_empty():
         return frame
     conditions = []
@@ -123,7 +123,7 @@ def read_predictions(
 
 def read_feedback(root: Path) -> pl.DataFrame:
     """Every label received, the latest per (request id, record)."""
-    frame = _read(_parts(root / FEEDBACK, None, None), [TS, *KEYS, LABEL])
+    frame = _read(_parts(root / FEEDBACK, None, None), FEEDBACK_COLUMNS)
     if frame.is_empty():
         return frame
     return (

@@ -182,6 +182,7 @@ def current_from_log(
     since: dt.datetime,
     until: dt.datetime,
 ) -> Current:
+    from driftloop.core import predlog as schema
     from driftloop.models.package import raw_records
     from driftloop.monitoring import predlog
     from driftloop.prep.rules import POLARS_TYPES
@@ -195,14 +196,14 @@ def current_from_log(
         )
     target_type = POLARS_TYPES[spec.contract.columns[spec.target].dtype]
     joined = predlog.with_feedback(logged, predlog.read_feedback(layout.root), target_type)
-    versions = joined.get_column(predlog.MODEL_VERSION).cast(pl.String)
+    versions = joined.get_column(schema.MODEL_VERSION).cast(pl.String)
     served = versions == champion.version
     # the model's outputs under the names Predictor.predict gives them
-    outputs = {predlog.PREDICTION: "prediction"} | {
-        c: c.removeprefix("__") for c in joined.columns if c.startswith(predlog.PROBA)
+    outputs = {schema.PREDICTION: "prediction"} | {
+        c: c.removeprefix("__") for c in joined.columns if c.startswith(schema.PROBA)
     }
     predictions = joined.select([pl.col(k).alias(v) for k, v in outputs.items()]).filter(served)
-    all_labels = joined.get_column(predlog.LABEL)
+    all_labels = joined.get_column(schema.LABEL)
     labels = all_labels.filter(served)
     labelled = versions.filter(all_labels.is_not_null()).value_counts(sort=True)
     records = raw_records(
@@ -221,7 +222,7 @@ def current_from_log(
         records,
         predictions,
         labels if labels.drop_nulls().len() else None,
-        joined.get_column(predlog.TS).filter(served),
+        joined.get_column(schema.TS).filter(served),
     )
 
 
@@ -455,6 +456,7 @@ def _single(
 
 
 def _record(layout: Layout, report: dict[str, Any]) -> None:
+    from driftloop.core.events import DriftDetected, PerformanceDegraded
     from driftloop.core.state import StateDB
 
     summary = report["summary"]
@@ -470,14 +472,13 @@ def _record(layout: Layout, report: dict[str, Any]) -> None:
     with StateDB(layout.state_db) as db:
         if summary["drift_detected"]:
             drift = report["data_drift"]
-            db.record_event(
-                "DriftDetected",
-                base
-                | {
-                    "dataset_drift": drift["dataset_drift"],
-                    "weighted_share_of_drifted_columns": drift["weighted_share_of_drifted_columns"],
-                    "drift_share": drift["drift_share"],
-                    "columns": [
+            db.record(
+                DriftDetected(
+                    **base,
+                    dataset_drift=drift["dataset_drift"],
+                    weighted_share_of_drifted_columns=drift["weighted_share_of_drifted_columns"],
+                    drift_share=drift["drift_share"],
+                    columns=[
                         {
                             k: c[k]
                             for k in ("column", "test", "value", "effect", "p_value", "reason")
@@ -485,22 +486,21 @@ def _record(layout: Layout, report: dict[str, Any]) -> None:
                         for c in drift["columns"]
                         if c["drift"]
                     ],
-                    "prediction_drift": _brief(report.get("prediction_drift")),
-                    "target_drift": _brief(report.get("target_drift")),
-                },
+                    prediction_drift=_brief(report.get("prediction_drift")),
+                    target_drift=_brief(report.get("target_drift")),
+                )
             )
         if summary["performance_degraded"]:
             perf = report["performance"]
-            db.record_event(
-                "PerformanceDegraded",
-                base
-                | {
-                    "metric": perf["metric"],
-                    "holdout": perf["holdout"],
-                    "tolerance": perf["tolerance"],
-                    "overall": perf["overall"],
-                    "decayed_windows": [w for w in perf["windows"] if w["decayed"]],
-                },
+            db.record(
+                PerformanceDegraded(
+                    **base,
+                    metric=perf["metric"],
+                    holdout=perf["holdout"],
+                    tolerance=perf["tolerance"],
+                    overall=perf["overall"],
+                    decayed_windows=[w for w in perf["windows"] if w["decayed"]],
+                )
             )
 
 

@@ -1,20 +1,60 @@
-"""The per-batch check against the champion, as a stage output."""
+"""The per-batch check against the champion, as a stage: ``driftloop monitor --current
+data/processed/<batch>`` run once per batch and champion, its summary kept as the stage's
+output (the retrain policy reads drift and decay from it)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from driftloop.core.layout import (
-    Layout,
-    atomic_output,
-    seal,
-)
+from driftloop.core.layout import Layout, atomic_output, is_complete, read_manifest, seal
+from driftloop.core.manifests import MonitorManifest
+from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
+from driftloop.core.state import StateDB
 
 MONITOR_VERSION = "1"
-
-
 MONITOR_SECTIONS = ("monitoring", "target", "task", "model")
+
+
+def recorded_champion(db: StateDB, model: str) -> str | None:
+    """The champion the decisions in the state database name (the registry follows them)."""
+    found = [d for d in db.decisions(model, effective=True) if d["decision"] != "rejected"]
+    return str(found[-1]["version"]) if found else None
+
+
+def work(ctx: Context, call: StageCall) -> Work | Skip:
+    """A batch checked against a champion (the call's, else the recorded one), keyed by the
+    batch's features and the champion's version."""
+    spec, layout = ctx.spec, ctx.layout
+    batch_id = ctx.db.batch(str(call.batch_id)).batch_id
+    champion = call.champion or recorded_champion(ctx.db, spec.name)
+    if champion is None:
+        return Skip("no champion to check against yet", batch_id)
+    features = layout.features / batch_id
+    if not is_complete(features):
+        return Skip("no features for this batch", batch_id)
+    manifest = read_manifest(features)
+    if manifest.get("rows", 1) == 0:
+        return Skip("the batch has no rows to check", batch_id)
+    key = run_key(
+        "monitor",
+        MONITOR_VERSION,
+        spec.section_hash(*MONITOR_SECTIONS),
+        [manifest["run_key"], f"champion={champion}"],
+    )
+
+    def run(started: float) -> dict[str, Any]:
+        return check_batch(layout, batch_id, key, ctx.now, champion)
+
+    return Work(key, layout.monitoring / "batches" / batch_id, run, batch_id)
+
+
+STAGE = StageDef(
+    "monitor",
+    per_batch=True,
+    work=work,
+    help="check a batch against the champion: data drift and realized performance",
+)
 
 
 def check_batch(
@@ -25,14 +65,13 @@ def check_batch(
 
     current = layout.processed / batch_id
     report = monitor(layout.root, current=current, now=now, version=version).report
-    manifest = {
-        "stage": "monitor",
-        "run_key": key,
-        "batch_id": batch_id,
-        "champion_version": report["model"]["version"],
-        "summary": report["summary"],
-        "paths": report.get("paths"),
-    }
+    manifest = MonitorManifest(
+        run_key=key,
+        batch_id=batch_id,
+        champion_version=report["model"]["version"],
+        summary=report["summary"],
+        paths=report.get("paths"),
+    ).as_json()
     with atomic_output(layout.monitoring / "batches" / batch_id) as tmp:
         seal(tmp, manifest)
     return manifest

@@ -14,8 +14,11 @@ whenever a file lands or a timer fires. A pass:
 5. asks the retrain policy whether a training is due, records ``RetrainRequested`` with the
    reason, and trains; the promotion gate decides whether the challenger serves.
 
-Every step is idempotent, so a pass interrupted anywhere (even by ``kill -9``) is finished
-by the next one. Stages never import each other; this module wires them.
+What a pass does is decided by the planner (:mod:`driftloop.orchestration.planner`) from the
+project's facts, and every call goes through the one runner
+(:func:`driftloop.orchestration.runner.run_call`); this module executes the plan, waves in
+order, and asks again until nothing is left to do. Every step is idempotent, so a pass
+interrupted anywhere (even by ``kill -9``) is finished by the next one.
 """
 
 from __future__ import annotations
@@ -26,19 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from driftloop.core.layout import (
-    Layout,
-    is_complete,
-    read_manifest,
-    sweep_temporaries,
-)
-from driftloop.core.runner import StageReport, keyed_run, run_key
-from driftloop.core.spec import Spec, load_spec
+from driftloop.core.events import RetrainRequested
+from driftloop.core.layout import Layout, sweep_temporaries
+from driftloop.core.spec import load_spec
+from driftloop.core.stage import Context
 from driftloop.core.state import StateDB
-from driftloop.features.stage import features_stage
 from driftloop.ingest.stage import IngestResult, ingest
-from driftloop.monitoring.stage import MONITOR_SECTIONS, MONITOR_VERSION, check_batch
-from driftloop.prep.stage import prep_stage
+from driftloop.orchestration import planner
+from driftloop.orchestration.facts import gather
+from driftloop.orchestration.runner import StageReport, run_call
 
 log = logging.getLogger(__name__)
 
@@ -101,68 +100,56 @@ def run_pass(
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
         result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete), applied=applied)
-        for batch in db.batches():
-            prep = prep_stage(spec, layout, db, batch, backoff=backoff)
-            result.reports.append(prep)
-            if prep.outcome in ("ran", "cached"):
-                result.reports.append(features_stage(spec, layout, db, batch, backoff=backoff))
-        if spec.model.enabled:
-            _model_steps(spec, layout, db, result, now=now, backoff=backoff)
+        ctx = Context(spec, layout, db, now=now)
+        for _ in range(MAX_ROUNDS):
+            plan = planner.plan(spec, gather(ctx), now or datetime.now(UTC))
+            result.waiting = plan.waiting
+            if not execute(ctx, plan, result, backoff=backoff):
+                break
     return result
 
 
-@dataclass(frozen=True)
-class _Facts:
-    """What the model steps of one pass decide on, read once (every batch's features
-    manifest, the last training's manifest)."""
-
-    plan: Any  # lifecycle.TrainPlan, or None without features
-    last: dict[str, Any] | None  # the last successful training's manifest
-    new: list[dict[str, Any]]  # batches with features that training did not see
-    champion: str | None
+MAX_ROUNDS = 8  # plans asked for in one pass (data, checks, training, the gate: 4 suffice)
 
 
-def _model_steps(
-    spec: Spec,
-    layout: Layout,
-    db: StateDB,
-    result: RunResult,
-    *,
-    now: datetime | None,
-    backoff: bool,
-) -> None:
-    """Check the new batches against the champion and train when the policy says so.
+def execute(ctx: Context, plan: planner.Plan, result: RunResult, *, backoff: bool) -> bool:
+    """Run a plan's waves in order; a batch whose call did not succeed gets no later call
+    in this plan. True if any call ran (the facts changed: plan again)."""
+    progressed = False
+    blocked: set[str | None] = set()
+    for wave in plan.waves:
+        for call in wave:
+            if call.batch_id in blocked:
+                continue
+            if call.reason is not None:
+                _request_retrain(ctx, call.reason)
+                result.retrain = call.reason
+            report = run_call(ctx, call, backoff=backoff)
+            result.reports.append(report)
+            progressed = progressed or report.outcome == "ran"
+            if report.outcome not in ("ran", "cached"):
+                blocked.add(call.batch_id)
+    return progressed
 
-    The check comes first when its verdict can decide the training; when the policy trains
-    anyway (every N batches, say), training comes first and the check follows, against the
-    champion the batches arrived under, so a new model is not kept waiting for a report.
-    """
-    from driftloop.train.stage import last_training, train_plan
 
-    plan = train_plan(spec, layout, db)
+def _request_retrain(ctx: Context, reason: str) -> None:
+    """``RetrainRequested``, once per training key."""
+    from driftloop.train.stage import train_plan
+
+    plan = train_plan(ctx.spec, ctx.layout, ctx.db)
     if plan is None:
         return
-    last = last_training(layout, db)
-    seen = {m["batch_id"] for m in last["inputs"]} if last else set()
-    facts = _Facts(
-        plan,
-        last,
-        [b for b in plan.lineage if b["batch_id"] not in seen],
-        recorded_champion(db, spec.name),
-    )
-    moment = now or datetime.now(UTC)
-    if _reason(spec, layout, db, facts, moment, signals=False) is not None:
-        _train_if_due(spec, layout, db, result, facts, now=moment, backoff=backoff)
-        _monitor_new_batches(spec, layout, db, result, facts, now=now, backoff=backoff)
-    else:
-        _monitor_new_batches(spec, layout, db, result, facts, now=now, backoff=backoff)
-        _train_if_due(spec, layout, db, result, facts, now=moment, backoff=backoff)
+    requested = ctx.db.last_event("RetrainRequested")
+    if requested is None or requested.get("key") != plan.key:
+        new_ids = [b["batch_id"] for b in plan.lineage if not _trained(ctx, b["batch_id"])]
+        ctx.db.record(RetrainRequested(reason=reason, key=plan.key, new_batches=new_ids))
 
 
-def recorded_champion(db: StateDB, model: str) -> str | None:
-    """The champion the decisions in the state database name (the registry follows them)."""
-    found = [d for d in db.decisions(model, effective=True) if d["decision"] != "rejected"]
-    return str(found[-1]["version"]) if found else None
+def _trained(ctx: Context, batch_id: str) -> bool:
+    from driftloop.train.stage import last_training
+
+    last = last_training(ctx.layout, ctx.db)
+    return last is not None and batch_id in {m["batch_id"] for m in last["inputs"]}
 
 
 def new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -172,124 +159,3 @@ def new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict
     last = last_training(layout, db)
     seen = {m["batch_id"] for m in last["inputs"]} if last else set()
     return [b for b in feature_batches(layout, db) if b["batch_id"] not in seen], last
-
-
-def _monitor_new_batches(
-    spec: Spec,
-    layout: Layout,
-    db: StateDB,
-    result: RunResult,
-    facts: _Facts,
-    *,
-    now: datetime | None,
-    backoff: bool,
-) -> None:
-    """Each batch the champion has not learned from, checked against it once."""
-    champion = facts.champion
-    if not spec.monitoring.on_new_data or champion is None:
-        return
-    batches = {b.batch_id: b for b in db.batches()}
-    for item in facts.new:
-        batch = batches[item["batch_id"]]
-        if read_manifest(layout.features / batch.batch_id).get("rows", 1) == 0:
-            continue  # a batch that only updated a joined source has no rows to check
-        key = run_key(
-            "monitor",
-            MONITOR_VERSION,
-            spec.section_hash(*MONITOR_SECTIONS),
-            [item["features_run_key"], f"champion={champion}"],
-        )
-        out_dir = layout.monitoring / "batches" / batch.batch_id
-
-        def work(started: float, batch_id: str = batch.batch_id, key: str = key) -> dict[str, Any]:
-            return check_batch(layout, batch_id, key, now, champion)
-
-        report = keyed_run(db, layout, "monitor", batch, key, out_dir, work, backoff=backoff)
-        result.reports.append(report)
-
-
-def _signals(layout: Layout, new: list[dict[str, Any]]) -> tuple[bool, bool]:
-    """(drift, decay) found by the checks of the new batches."""
-    drift = decay = False
-    for item in new:
-        out_dir = layout.monitoring / "batches" / item["batch_id"]
-        if is_complete(out_dir):
-            summary = read_manifest(out_dir)["summary"]
-            drift = drift or bool(summary["drift_detected"])
-            decay = decay or bool(summary["performance_degraded"])
-    return drift, decay
-
-
-def _train_if_due(
-    spec: Spec,
-    layout: Layout,
-    db: StateDB,
-    result: RunResult,
-    facts: _Facts,
-    *,
-    now: datetime,
-    backoff: bool,
-) -> None:
-    from driftloop.train.stage import train_stage
-
-    plan = facts.plan
-    spec_text = layout.spec.read_text(encoding="utf-8")
-    info = db.run_info(plan.key)
-    if info is not None and info["status"] in ("succeeded", "failed"):
-        # Trained on exactly this data and spec already (or it cannot be): what it was.
-        report = train_stage(spec, layout, db, spec_text, plan=plan, backoff=backoff)
-        if report is not None:
-            result.reports.append(report)
-        return
-    reason = _reason(spec, layout, db, facts, now, signals=True)
-    if reason is None:
-        if facts.new:
-            result.waiting = (
-                f"{len(facts.new)} new batch(es) since the last training; the retrain policy "
-                f"waits (every_batches {spec.retrain.every_batches}, no drift or decay found)"
-            )
-        return
-    requested = db.last_event("RetrainRequested")
-    if requested is None or requested.get("key") != plan.key:
-        new_ids = [b["batch_id"] for b in facts.new]
-        db.record_event(
-            "RetrainRequested", {"reason": reason, "key": plan.key, "new_batches": new_ids}
-        )
-    result.retrain = reason
-    report = train_stage(spec, layout, db, spec_text, plan=plan, backoff=backoff)
-    if report is not None:
-        result.reports.append(report)
-
-
-def _reason(
-    spec: Spec,
-    layout: Layout,
-    db: StateDB,
-    facts: _Facts,
-    now: datetime,
-    *,
-    signals: bool,
-) -> str | None:
-    """The retrain policy's answer; without ``signals``, as if the checks found nothing."""
-    from driftloop.orchestration.policy import Situation, retrain_reason
-
-    new, last = facts.new, facts.last
-    drift, decay = _signals(layout, new) if signals else (False, False)
-    arrived = {b.batch_id: b.created_at for b in db.batches()}
-    since = min((arrived[b["batch_id"]] for b in new), default=None)
-    situation = Situation(
-        trained_before=last is not None,
-        spec_changed=last is not None
-        and last.get("sections_hash") not in (None, facts.plan.sections),
-        new_batches=len(new),
-        new_data_since=datetime.fromisoformat(since) if since else None,
-        drift=drift,
-        decay=decay,
-        last_trained_at=_last_trained_at(db),
-    )
-    return retrain_reason(spec.retrain, situation, now)
-
-
-def _last_trained_at(db: StateDB) -> datetime | None:
-    row = db.last_succeeded("train")
-    return datetime.fromisoformat(row["finished_at"]) if row and row["finished_at"] else None

@@ -249,7 +249,7 @@ class _Scorer:
         from driftloop.core.state import StateDB
         from driftloop.models import cache as model_cache
         from driftloop.models.metrics import score
-        from driftloop.orchestration.loop import recorded_champion
+        from driftloop.monitoring.stage import recorded_champion
         from driftloop.serving.model import ServedModel
 
         with StateDB(self.layout.state_db) as db:

@@ -19,7 +19,8 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
     """Champion, recent stage runs and durations, pending work, last drift verdict, events."""
     from driftloop.core.spec import load_spec
     from driftloop.core.storage import candidate_files
-    from driftloop.orchestration.loop import new_batches, recorded_champion
+    from driftloop.monitoring.stage import recorded_champion
+    from driftloop.orchestration.loop import new_batches
 
     layout = Layout(project)
     spec = load_spec(project)

@@ -26,8 +26,9 @@ from driftloop.core.layout import (
     retract,
     seal,
 )
-from driftloop.core.runner import StageReport, keyed_run, run_key
+from driftloop.core.manifests import PrepManifest
 from driftloop.core.spec import SourceSpec, Spec
+from driftloop.core.stage import Context, StageCall, StageDef, Work, run_key
 from driftloop.core.state import Batch, RawFile, StateDB
 from driftloop.core.storage import source_paths
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
@@ -79,9 +80,10 @@ def place_files(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> list[P
     return [p for p in own if p[1] not in joined] + [p for p in history if p[1] in joined]
 
 
-def prep_stage(
-    spec: Spec, layout: Layout, db: StateDB, batch: Batch, *, backoff: bool = False
-) -> StageReport:
+def work(ctx: Context, call: StageCall) -> Work:
+    """A batch's prep: its key from the files it reads (by content) and the spec sections."""
+    spec, layout, db = ctx.spec, ctx.layout, ctx.db
+    batch = db.batch(str(call.batch_id))
     files = place_files(spec, layout, db, batch)
     key = run_key(
         "prep",
@@ -90,11 +92,18 @@ def prep_stage(
         [f"{source}:{f.sha256}" for f, source in files],
     )
 
-    def work(started: float) -> dict[str, Any]:
+    def run(started: float) -> dict[str, Any]:
         return _run_prep(spec, layout, db, batch, files, key, started)
 
-    out_dir = layout.processed / batch.batch_id
-    return keyed_run(db, layout, "prep", batch, key, out_dir, work, backoff=backoff)
+    return Work(key, layout.processed / batch.batch_id, run, batch.batch_id)
+
+
+STAGE = StageDef(
+    "prep",
+    per_batch=True,
+    work=work,
+    help="validate, clean and join a batch: processed rows, quarantine with reasons",
+)
 
 
 def _read(
@@ -235,6 +244,7 @@ def _run_prep(
             "schema": {c: str(t) for c, t in pl.read_parquet_schema(good).items()},
             "quarantine_reasons": _reasons(bad) if quarantined else [],
         }
+        manifest = PrepManifest.model_validate(manifest).as_json()  # its shape, checked
         if quarantined or duplicate or secondary_bad or plan.files_quarantined:
             seal(qtmp, _quarantine_manifest(batch, manifest))
         failure = _limit_failure(spec, batch.batch_id, counts, plan)

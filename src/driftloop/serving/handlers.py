@@ -20,8 +20,8 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from driftloop.core.predlog import LABEL, RECORD, REQUEST_ID, TS
 from driftloop.serving.batcher import OverloadedError
-from driftloop.serving.logbook import LABEL, RECORD, REQUEST_ID, TS
 from driftloop.serving.records import Problem, RequestShapeError, check_labels
 from driftloop.serving.schemas import FEEDBACK_LIST, FeedbackItem
 from driftloop.serving.server import Server

@@ -22,19 +22,9 @@ from pathlib import Path
 
 import polars as pl
 
-log = logging.getLogger(__name__)
+from driftloop.core.predlog import TS, partition
 
-# The logs' own columns. They start with "__" like every column driftloop adds, so they never
-# collide with a contract column (a model may well have an input called "ts" or "prediction").
-TS = "__ts"  # when the request arrived (UTC); the date partition comes from it
-REQUEST_ID = "__request_id"
-RECORD = "__record"  # the record's position in its request
-MODEL_NAME = "__model_name"
-MODEL_VERSION = "__model_version"
-PREDICTION = "__prediction"  # class label (text) or value
-PROBA = "__proba_"  # + class: probability of each class
-FLAGS = "__flags"  # remarks on an accepted record (unknown categories, when flagged)
-LABEL = "__label"  # /feedback: the true value, as text in the target's contract type
+log = logging.getLogger(__name__)
 
 
 class FrameLog:
@@ -150,7 +140,7 @@ class FrameLog:
             self._on_drop(frame.height)
 
     def _write(self, frame: pl.DataFrame, day: str) -> None:
-        folder = self.folder / f"date={day}"
+        folder = self.folder / partition(day)
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         name = f"part-{stamp}-{self._tag}-{next(self._seq):06d}.parquet"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftloop.serving.logbook import (
+from driftloop.core.predlog import (
     FLAGS,
     MODEL_NAME,
     MODEL_VERSION,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from driftloop.core.events import Event, ModelLoadFailed, ModelServed
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec
 from driftloop.serving.batcher import Job, MicroBatcher
@@ -88,16 +89,15 @@ def start_server(spec: Spec, layout: Layout) -> Server:
         metrics.version.set(float(model.version) if model.version.isdigit() else 0)
         _event(
             layout,
-            "ModelServed",
-            {
-                "model": model.name,
-                "version": model.version,
-                "previous": old.version if old else None,
-                "origin": model.info.get("origin"),
-                "seconds": model.info.get("swap_seconds"),
-                "at": model.info.get("served_since"),  # epoch seconds of the swap
-                "pid": os.getpid(),
-            },
+            ModelServed(
+                model=model.name,
+                version=model.version,
+                previous=old.version if old else None,
+                origin=model.info.get("origin"),
+                seconds=model.info.get("swap_seconds"),
+                at=model.info.get("served_since"),  # epoch seconds of the swap
+                pid=os.getpid(),
+            ),
         )
 
     def failed(version: str, reason: str) -> None:
@@ -105,14 +105,13 @@ def start_server(spec: Spec, layout: Layout) -> Server:
         current = slot.current
         _event(
             layout,
-            "ModelLoadFailed",
-            {
-                "model": spec.name,
-                "version": version,
-                "reason": reason,
-                "serving": current.version if current else None,
-                "pid": os.getpid(),
-            },
+            ModelLoadFailed(
+                model=spec.name,
+                version=version,
+                reason=reason,
+                serving=current.version if current else None,
+                pid=os.getpid(),
+            ),
         )
 
     watcher = ChampionWatcher(
@@ -173,12 +172,12 @@ def _record(
         predictions.append(model.log_frame(result, request_ids, index, ts))
 
 
-def _event(layout: Layout, type_: str, payload: dict[str, Any]) -> None:
+def _event(layout: Layout, event: Event) -> None:
     """Record an event in the state database; serving goes on if it cannot."""
     from driftloop.core.state import StateDB
 
     try:
         with StateDB(layout.state_db) as db:
-            db.record_event(type_, payload)
+            db.record(event)
     except Exception as exc:
-        log.warning("could not record %s in the state database: %s", type_, exc)
+        log.warning("could not record %s in the state database: %s", event.type, exc)

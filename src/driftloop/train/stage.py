@@ -19,8 +19,8 @@ import polars as pl
 from driftloop import __version__
 from driftloop.core.errors import RegistryError, TrainError, first_line
 from driftloop.core.layout import Layout, atomic_output, is_complete, read_manifest, seal
-from driftloop.core.runner import StageReport, keyed_run, run_key
 from driftloop.core.spec import Spec
+from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
 from driftloop.core.state import StateDB
 from driftloop.features.compute import user_module_path
 from driftloop.features.stage import read_features
@@ -99,35 +99,36 @@ def train_plan(spec: Spec, layout: Layout, db: StateDB) -> TrainPlan | None:
     return TrainPlan(key, lineage, sections)
 
 
-def train_stage(
-    spec: Spec,
-    layout: Layout,
-    db: StateDB,
-    spec_text: str,
-    *,
-    plan: TrainPlan | None = None,
-    backoff: bool = False,
-) -> StageReport | None:
-    """Train, register and gate a model on all features so far; None when there is no data.
+def work(ctx: Context, call: StageCall) -> Work | Skip:
+    """Train, register and gate a model on all features so far.
 
     The key comes from the batches' manifests alone, so a cache hit reads no data.
     """
-    plan = plan or train_plan(spec, layout, db)
+    spec, layout, db = ctx.spec, ctx.layout, ctx.db
+    plan = train_plan(spec, layout, db)
     if plan is None:
-        return None
-    latest = db.batches()[-1]
+        return Skip("no batch has features yet")
     key, lineage = plan.key, plan.lineage
     out_dir = layout.root / "data" / "models" / key[:16]
+    spec_text = layout.spec.read_text(encoding="utf-8")
 
-    def work(started: float) -> dict[str, Any]:
+    def run(started: float) -> dict[str, Any]:
         frame = training_frame(layout, lineage)
         _enough_rows(frame, spec)
-        manifest = _train_register_gate(
+        return _train_register_gate(
             spec, layout, db, frame, lineage, key, out_dir, spec_text, started
         )
-        return manifest
 
-    return keyed_run(db, layout, "train", latest, key, out_dir, work, backoff=backoff)
+    # recorded with the newest batch it learned from
+    return Work(key, out_dir, run, lineage[-1]["batch_id"])
+
+
+STAGE = StageDef(
+    "train",
+    per_batch=False,
+    work=work,
+    help="train on every batch's features so far, register the version, run the gate",
+)
 
 
 def last_training(layout: Layout, db: StateDB) -> dict[str, Any] | None:

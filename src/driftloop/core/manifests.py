@@ -1,0 +1,101 @@
+"""What each stage's committed output says about itself: frozen models, one per stage.
+
+A stage builds its manifest as one of these (so a field it forgets or misspells fails at
+once, in the stage, not later in a reader), writes it as ``manifest.json`` beside its data,
+and readers take it back with :func:`read`. The JSON on disk is the same as before these
+models existed, so outputs written by earlier versions still read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from driftloop.core.layout import read_manifest
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def as_json(self) -> dict[str, Any]:
+        """The manifest as written to ``manifest.json`` (unset optional fields left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class RawInput(_Manifest):
+    """One raw file a prep run read (``rows``: its rows, for the primary source's files)."""
+
+    path: str
+    sha256: str
+    source: str
+    rows: int | None = None
+    from_earlier_batch: bool | None = None  # a joined source's file from an earlier batch
+
+
+class QuarantinedFile(_Manifest):
+    path: str
+    sha256: str
+    error: str
+
+
+class PrepManifest(_Manifest):
+    stage: Literal["prep"] = "prep"
+    stage_version: str
+    code_version: str
+    run_key: str
+    batch_id: str
+    spec_hash: str
+    inputs: list[RawInput]
+    files_quarantined: list[QuarantinedFile]
+    rows_in: int
+    rows_ok: int
+    rows_quarantined: int
+    rows_duplicate: int
+    secondary_rows_quarantined: int
+    imputed: dict[str, dict[str, Any]]
+    warnings: list[str]
+    streamed: bool
+    columns_schema: dict[str, str] = Field(alias="schema")
+    quarantine_reasons: list[dict[str, Any]]
+    timings: dict[str, float] | None = None
+
+
+class FeaturesInput(_Manifest):
+    path: str
+    run_key: str
+
+
+class FeaturesManifest(_Manifest):
+    stage: Literal["features"] = "features"
+    stage_version: str
+    code_version: str
+    run_key: str
+    batch_id: str
+    spec_hash: str
+    user_code_sha256: str | None = None
+    inputs: list[FeaturesInput]
+    rows: int
+    storage: Literal["full", "delta"]
+    base_columns: list[str]
+    columns: list[str]
+    columns_schema: dict[str, str] = Field(alias="schema")
+    timings: dict[str, float] | None = None
+
+
+class MonitorManifest(_Manifest):
+    stage: Literal["monitor"] = "monitor"
+    run_key: str
+    batch_id: str
+    champion_version: str
+    summary: dict[str, Any]
+    paths: dict[str, str] | None = None
+
+
+M = TypeVar("M", bound=_Manifest)
+
+
+def read(output: Path, kind: type[M]) -> M:
+    """A committed output's manifest as its stage's model."""
+    return kind.model_validate(read_manifest(output))
