@@ -18,6 +18,7 @@ from driftloop.core.spec import load_spec, parse_spec, read_yaml
 from driftloop.models import registry
 from driftloop.models.registry import child_environment
 from driftloop.pipeline import run
+from driftloop.promotion.gate import decide
 
 from .helpers import write_spec
 
@@ -351,14 +352,14 @@ def test_the_gate_decides_in_the_metrics_direction(
         'y: {dtype: str, allowed: ["no", "yes"], nullable: false}', "y: {dtype: float}"
     )
     spec = parse_spec(read_yaml(text + f"model: {{metric: {metric}}}\n"))
-    decision = registry.decide(spec, challenger, baseline, champion)
+    decision = decide(spec, challenger, baseline, champion)
     assert decision.promote is promote
     assert words in decision.reason
 
 
 def test_the_gate_can_skip_the_baseline_check() -> None:
     spec = parse_spec(read_yaml(SPEC + "promotion: {must_beat_baseline: false}\n"))
-    decision = registry.decide(spec, 0.45, 0.50, None)
+    decision = decide(spec, 0.45, 0.50, None)
     assert decision.promote and "does not beat (not required)" in decision.reason
 
 

@@ -181,24 +181,6 @@ def log_rows(
     )
 
 
-def test_log_names_are_servings() -> None:
-    from driftloop.monitoring import predlog
-    from driftloop.serving import logbook
-
-    for name in (
-        "TS",
-        "REQUEST_ID",
-        "RECORD",
-        "MODEL_NAME",
-        "MODEL_VERSION",
-        "PREDICTION",
-        "PROBA",
-        "FLAGS",
-        "LABEL",
-    ):
-        assert getattr(predlog, name) == getattr(logbook, name), name
-
-
 def test_parts_in_the_plain_layout_are_read_too(tmp_path: Path) -> None:
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     plain = log_rows(start, 2, "1", {"x": [1.0, 2.0]}, prefix="")
