@@ -13,7 +13,7 @@ import polars as pl
 
 from driftloop.core.layout import Layout
 from driftloop.features import stage as features_stage
-from driftloop.orchestration.loop import RunResult, run_pass
+from driftloop.orchestration.loop import RunResult, check_model_params_once, run_pass
 
 __all__ = ["RunResult", "read_features", "run"]
 
@@ -34,9 +34,7 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
 
     spec = load_spec(project)  # a broken spec or bad model params fail before any state
     if spec.model.enabled:
-        from driftloop.train.fit import check_model_params
-
-        check_model_params(spec)
+        check_model_params_once(spec, Layout(project))
     lease = Lease(Layout(project).state_db)
     lease.acquire()
     try:

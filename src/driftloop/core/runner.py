@@ -11,8 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -40,14 +39,37 @@ MAX_ATTEMPTS = 12  # a transient failure is tried this many times in all (about 
 BACKOFF_SECONDS = (1.0, 300.0)  # the first wait, and the longest
 
 
-@dataclass
 class StageReport:
-    stage: str
-    batch_id: str
-    outcome: Outcome
-    seconds: float = 0.0
-    manifest: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+    """What one stage did for one batch; a cache hit's manifest is read when first used."""
+
+    def __init__(
+        self,
+        stage: str,
+        batch_id: str,
+        outcome: Outcome,
+        seconds: float = 0.0,
+        manifest: dict[str, Any] | None = None,
+        error: str | None = None,
+        *,
+        key: str | None = None,
+        manifest_dir: Path | None = None,
+    ) -> None:
+        self.stage, self.batch_id, self.outcome = stage, batch_id, outcome
+        self.seconds, self.error, self.key = seconds, error, key
+        self._manifest, self._manifest_dir = manifest, manifest_dir
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            d = self._manifest_dir
+            self._manifest = read_manifest(d) if d is not None and is_complete(d) else {}
+        return self._manifest
+
+    def __repr__(self) -> str:
+        return (
+            f"StageReport(stage={self.stage!r}, batch_id={self.batch_id!r}, "
+            f"outcome={self.outcome!r}, seconds={self.seconds!r}, error={self.error!r})"
+        )
 
 
 def run_key(stage: str, version: str, spec_hash: str, inputs: list[str]) -> str:
@@ -71,6 +93,7 @@ def keyed_run(
     work: Callable[[float], dict[str, Any]],
     *,
     backoff: bool = False,
+    current: Mapping[tuple[str, str], str] | None = None,
 ) -> StageReport:
     """Run ``work`` unless ``key`` already succeeded (cache hit) or failed on its data.
 
@@ -79,8 +102,14 @@ def keyed_run(
     with ``backoff`` (the event loop) only once a wait that doubles with each attempt has
     passed (1 s, 2 s, 4 s, ... up to 5 minutes), and not after ``MAX_ATTEMPTS``.
     """
-    if _cached(db, key, out_dir):
-        return StageReport(stage, batch.batch_id, "cached", manifest=read_manifest(out_dir))
+    if current is not None and current.get((stage, batch.batch_id)) == key:
+        # the last run started for this output is this key's and it succeeded
+        if is_complete(out_dir):
+            return StageReport(stage, batch.batch_id, "cached", key=key, manifest_dir=out_dir)
+    elif _cached(db, key, out_dir):
+        if current is not None:  # known now: the next pass needs no manifest read
+            db.adopt_current(stage, batch.batch_id, key)
+        return StageReport(stage, batch.batch_id, "cached", key=key, manifest_dir=out_dir)
     info = db.run_info(key) or {}
     if info.get("status") == "failed":
         return StageReport(stage, batch.batch_id, "failed-earlier", error=info["error"])
@@ -111,7 +140,7 @@ def keyed_run(
         )
         log.debug("%s %s failed", stage, batch.batch_id, exc_info=True)
         db.finish_run(key, stage, batch.batch_id, seconds, None, message, retry=not expected)
-        return StageReport(stage, batch.batch_id, "failed", seconds, error=message)
+        return StageReport(stage, batch.batch_id, "failed", seconds, error=message, key=key)
     seconds = time.perf_counter() - started
     db.finish_run(key, stage, batch.batch_id, seconds, layout.relative(out_dir), None)
-    return StageReport(stage, batch.batch_id, "ran", seconds, manifest)
+    return StageReport(stage, batch.batch_id, "ran", seconds, manifest, key=key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +45,32 @@ FEATURES_SECTIONS = ("features", "target", "time_column", "id_column")
 
 
 def features_stage(
-    spec: Spec, layout: Layout, db: StateDB, batch: Batch, *, backoff: bool = False
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    batch: Batch,
+    *,
+    backoff: bool = False,
+    prep_key: str | None = None,
+    user_code: str | None = None,
+    current: Mapping[tuple[str, str], str] | None = None,
 ) -> StageReport:
+    """``prep_key``: the run key of the processed output now published, when the caller
+    knows it (else read from its manifest); ``user_code``: :func:`user_code_hash`, once per
+    pass; ``current``: see :func:`driftloop.core.runner.keyed_run`."""
     in_dir = layout.processed / batch.batch_id
     if not is_complete(in_dir):
         retract(layout.features / batch.batch_id)
         return StageReport("features", batch.batch_id, "failed-earlier", error="no processed data")
-    prep_manifest = read_manifest(in_dir)
-    user_code = _user_code_hash(spec, layout.root)
+    if prep_key is None:
+        prep_key = read_manifest(in_dir)["run_key"]
+    if user_code is None:
+        user_code = user_code_hash(spec, layout.root)
     key = run_key(
         "features",
         FEATURES_VERSION,
         spec.section_hash(*FEATURES_SECTIONS) + user_code,
-        [prep_manifest["run_key"]],
+        [prep_key],
     )
     out_dir = layout.features / batch.batch_id
 
@@ -90,7 +104,7 @@ def features_stage(
                 "inputs": [
                     {
                         "path": layout.relative(in_dir / "manifest.json"),
-                        "run_key": prep_manifest["run_key"],
+                        "run_key": prep_key,
                     }
                 ],
                 # a delta has as many rows as the processed rows it sits beside
@@ -104,7 +118,9 @@ def features_stage(
             seal(tmp, manifest)
         return manifest
 
-    return keyed_run(db, layout, "features", batch, key, out_dir, work, backoff=backoff)
+    return keyed_run(
+        db, layout, "features", batch, key, out_dir, work, backoff=backoff, current=current
+    )
 
 
 def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
@@ -131,7 +147,7 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
     return pl.concat([base, stored], how="horizontal").select(manifest["columns"])
 
 
-def _user_code_hash(spec: Spec, root: Path) -> str:
+def user_code_hash(spec: Spec, root: Path) -> str:
     """Hash of the user's feature module file, so editing it re-runs features."""
     if not spec.features.function:
         return ""

@@ -21,6 +21,7 @@ by the next one. Stages never import each other; this module wires them.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,8 @@ from driftloop.core.layout import (
 from driftloop.core.runner import StageReport, keyed_run, run_key
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.state import StateDB
-from driftloop.features.stage import features_stage
+from driftloop.core.storage import placement
+from driftloop.features.stage import features_stage, user_code_hash
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.monitoring.stage import MONITOR_SECTIONS, MONITOR_VERSION, check_batch
 from driftloop.prep.stage import prep_stage
@@ -82,10 +84,7 @@ def run_pass(
     caller saw finished (see :func:`driftloop.ingest.stage.ingest`)."""
     layout = Layout(project)
     spec = load_spec(project)
-    if spec.model.enabled:
-        from driftloop.train.fit import check_model_params
-
-        check_model_params(spec)
+    checked = check_model_params_once(spec, layout) if spec.model.enabled else None
     for folder in (
         layout.processed,
         layout.features,
@@ -95,20 +94,69 @@ def run_pass(
     ):
         sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:
+        if checked is not None:
+            db.record_fact(MODEL_PARAMS_FACT, checked)
         applied = []
         if spec.model.enabled:
             from driftloop.promotion.alias import apply_pending_decisions
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
         result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete), applied=applied)
+        # Read once for every batch: the sources' globs, the ledger, the published keys,
+        # the user's feature code (a pass with nothing new opens no manifest).
+        placed, ledger, current = placement(spec, layout), db.files_by_batch(), db.current_keys()
+        user_code = user_code_hash(spec, layout.root)
         for batch in db.batches():
-            prep = prep_stage(spec, layout, db, batch, backoff=backoff)
+            files = ledger.get(batch.batch_id, [])
+            prep = prep_stage(
+                spec,
+                layout,
+                db,
+                batch,
+                backoff=backoff,
+                placed=placed,
+                files=files,
+                current=current,
+            )
             result.reports.append(prep)
             if prep.outcome in ("ran", "cached"):
-                result.reports.append(features_stage(spec, layout, db, batch, backoff=backoff))
+                features = features_stage(
+                    spec,
+                    layout,
+                    db,
+                    batch,
+                    backoff=backoff,
+                    prep_key=prep.key,
+                    user_code=user_code,
+                    current=current,
+                )
+                result.reports.append(features)
         if spec.model.enabled:
             _model_steps(spec, layout, db, result, now=now, backoff=backoff)
     return result
+
+
+MODEL_PARAMS_FACT = "model_params_checked"
+
+
+def check_model_params_once(spec: Spec, layout: Layout) -> str:
+    """Validate the model params with scikit-learn (importing it takes seconds) unless this
+    project already did for the same model and task sections and the same scikit-learn
+    installation; returns that fingerprint, for the state database."""
+    import importlib.util
+
+    found = importlib.util.find_spec("sklearn")
+    origin = found.origin if found is not None and found.origin else ""
+    installed = os.stat(origin).st_mtime_ns if origin else 0  # noqa: PTH116
+    fingerprint = f"{spec.section_hash('model', 'task')}:{origin}:{installed}"
+    if layout.state_db.is_file():  # a project that ran before (nothing is created here)
+        with StateDB(layout.state_db) as db:
+            if db.fact(MODEL_PARAMS_FACT) == fingerprint:
+                return fingerprint
+    from driftloop.train.fit import check_model_params
+
+    check_model_params(spec)
+    return fingerprint
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from driftloop.core.layout import (
 from driftloop.core.runner import StageReport, keyed_run, run_key
 from driftloop.core.spec import SourceSpec, Spec
 from driftloop.core.state import Batch, RawFile, StateDB
-from driftloop.core.storage import source_paths
+from driftloop.core.storage import placement
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, quarantined_rows
@@ -56,45 +57,66 @@ PREP_SECTIONS = (
 Placed = tuple[RawFile, str | None]  # a ledger file and the spec source it belongs to now
 
 
-def place_files(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> list[Placed]:
+def place_files(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    batch: Batch,
+    *,
+    placed: Mapping[str, str] | None = None,
+    files: list[RawFile] | None = None,
+) -> list[Placed]:
     """The files a batch's prep reads, each with its source under the current spec.
 
     A file belongs to the source whose glob matches it now (so renaming a source keeps its
     files), else to the source it was ingested for, else to none (it is quarantined). The
     batch's primary files come first, then every file of the joined sources so far.
+    ``placed`` (:func:`driftloop.core.storage.placement`) and ``files`` (the batch's ledger
+    files) let a pass read them once for all its batches.
     """
-    matched = {
-        layout.relative(path): source.name
-        for source in reversed(spec.sources)  # the first source wins, as in ingest
-        for path in source_paths(layout, source.path)
-    }
+    matched = placement(spec, layout) if placed is None else placed
     names = {s.name for s in spec.sources}
 
     def source_of(f: RawFile) -> str | None:
         return matched.get(f.path) or (f.source if f.source in names else None)
 
-    own = [(f, source_of(f)) for f in db.batch_files(batch.batch_id)]
+    own_files = db.batch_files(batch.batch_id) if files is None else files
+    own = [(f, source_of(f)) for f in own_files]
     joined = {s.name for s in spec.sources[1:]}
+    if not joined:  # one source: no joined files to add
+        return own
     history = [(f, source_of(f)) for f in db.files_until(batch.seq)]
     return [p for p in own if p[1] not in joined] + [p for p in history if p[1] in joined]
 
 
 def prep_stage(
-    spec: Spec, layout: Layout, db: StateDB, batch: Batch, *, backoff: bool = False
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    batch: Batch,
+    *,
+    backoff: bool = False,
+    placed: Mapping[str, str] | None = None,
+    files: list[RawFile] | None = None,
+    current: Mapping[tuple[str, str], str] | None = None,
 ) -> StageReport:
-    files = place_files(spec, layout, db, batch)
+    """``placed``, ``files``: see :func:`place_files`; ``current``: see
+    :func:`driftloop.core.runner.keyed_run`."""
+    placed_files = place_files(spec, layout, db, batch, placed=placed, files=files)
     key = run_key(
         "prep",
         PREP_VERSION,
         spec.section_hash(*PREP_SECTIONS),
-        [f"{source}:{f.sha256}" for f, source in files],
+        [f"{source}:{f.sha256}" for f, source in placed_files],
     )
 
     def work(started: float) -> dict[str, Any]:
-        return _run_prep(spec, layout, db, batch, files, key, started)
+        return _run_prep(spec, layout, db, batch, placed_files, key, started)
 
     out_dir = layout.processed / batch.batch_id
-    return keyed_run(db, layout, "prep", batch, key, out_dir, work, backoff=backoff)
+    return keyed_run(
+        db, layout, "prep", batch, key, out_dir, work, backoff=backoff, current=current
+    )
 
 
 def _read(
