@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency clean install
+.PHONY: demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-replay: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(BIN)/python benchmarks/latency.py
+
+## a no-op pass and a one-new-batch pass at 100, 1,000 and 10,000 batches of history
+bench-history: $(STAMP)
+	$(BIN)/python benchmarks/history.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -227,7 +227,7 @@ def stage(
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
-        typer.echo(json.dumps({**report.__dict__}, default=str, sort_keys=True))
+        typer.echo(json.dumps(report.to_json(), default=str, sort_keys=True))
     else:
         if report.outcome == "cached":
             what = "no new complete file" if name == "ingest" else "up to date (cache hit)"

@@ -14,7 +14,7 @@ import polars as pl
 
 from driftloop.core.layout import Layout
 from driftloop.features import stage as features_stage
-from driftloop.orchestration.loop import RunResult, run_pass
+from driftloop.orchestration.loop import RunResult, check_model_params_once, run_pass
 
 if TYPE_CHECKING:
     from driftloop.orchestration.planner import Plan
@@ -39,9 +39,7 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
 
     spec = load_spec(project)  # a broken spec or bad model params fail before any state
     if spec.model.enabled:
-        from driftloop.train.fit import check_model_params
-
-        check_model_params(spec)
+        check_model_params_once(spec, Layout(project))
     lease = Lease(Layout(project).state_db)
     lease.acquire()
     try:

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -444,9 +445,15 @@ class Spec(_Frozen):
     def promotion_metric(self) -> str:
         return self.promotion.metric or self.metric
 
+    @cached_property
+    def json_sections(self) -> dict[str, Any]:
+        """The spec as JSON data, computed once (the spec is frozen): a pass hashes sections
+        for every batch's keys."""
+        return self.model_dump(mode="json")
+
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named top-level sections, for stage-run keys."""
-        payload = {s: self.model_dump(mode="json").get(s) for s in sorted(sections)}
+        payload = {s: self.json_sections.get(s) for s in sorted(sections)}
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -20,16 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
 
 Manifest = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,27 @@ class StageCall:
 
 @dataclass(frozen=True)
 class Context:
-    """The project a call runs in. ``now`` arrives as an argument (tests, replay)."""
+    """The project a call runs in. ``now`` arrives as an argument (tests, replay).
+
+    What a pass reads once for all its calls (the sources' placement, the ledger by batch,
+    the keys of the published outputs) is kept in ``memo`` (:meth:`once`); the runner
+    forgets the published keys whenever a call ran.
+    """
 
     spec: Spec
     layout: Layout
     db: StateDB
     now: datetime | None = None
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def once(self, name: str, compute: Callable[[], T]) -> T:
+        if name not in self.memo:
+            self.memo[name] = compute()
+        found: T = self.memo[name]
+        return found
+
+    def forget(self, name: str) -> None:
+        self.memo.pop(name, None)
 
 
 @dataclass(frozen=True)

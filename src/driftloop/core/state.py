@@ -54,6 +54,16 @@ CREATE TABLE IF NOT EXISTS stage_runs (
     error       TEXT
 );
 CREATE INDEX IF NOT EXISTS stage_runs_batch ON stage_runs (stage, batch_id);
+CREATE TABLE IF NOT EXISTS current_runs (
+    stage     TEXT NOT NULL,
+    batch_id  TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    PRIMARY KEY (stage, batch_id)
+);
+CREATE TABLE IF NOT EXISTS facts (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS promotions (
     id                INTEGER PRIMARY KEY AUTOINCREMENT,
     ts                TEXT NOT NULL,
@@ -216,6 +226,16 @@ class StateDB:
         )
         return [RawFile(*r) for r in rows]
 
+    def files_by_batch(self) -> dict[str, list[RawFile]]:
+        """Every ledger file by batch (as :meth:`batch_files` orders them), in one query."""
+        found: dict[str, list[RawFile]] = {}
+        rows = self._conn.execute(
+            "SELECT sha256, source, path, size, batch_id FROM raw_files ORDER BY source, path"
+        )
+        for row in rows:
+            found.setdefault(row[4], []).append(RawFile(*row))
+        return found
+
     def files_until(self, seq: int) -> list[RawFile]:
         """Every file ingested in batches up to ``seq``, oldest first."""
         rows = self._conn.execute(
@@ -250,9 +270,35 @@ class StateDB:
             else dict(zip(("status", "error", "attempts", "finished_at"), row, strict=True))
         )
 
+    def current_keys(self) -> dict[tuple[str, str], str]:
+        """(stage, batch_id) -> the key of the last run started for that output, when it
+        succeeded: the output it published is that key's, unless removed since (a pass
+        checks ``_SUCCESS``), so a cache hit needs no manifest read."""
+        rows = self._conn.execute(
+            "SELECT c.stage, c.batch_id, c.key FROM current_runs c "
+            "JOIN stage_runs s ON s.key = c.key AND s.status = 'succeeded'"
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def adopt_current(self, stage: str, batch_id: str, key: str) -> None:
+        """Record ``key`` as the one whose output is published (its manifest says so)."""
+        self._conn.execute(
+            "INSERT OR REPLACE INTO current_runs VALUES (?,?,?)", (stage, batch_id, key)
+        )
+
+    def fact(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM facts WHERE name=?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_fact(self, name: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO facts VALUES (?,?)", (name, value))
+
     def start_run(self, key: str, stage: str, batch_id: str) -> None:
         now = utcnow().isoformat()
         with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO current_runs VALUES (?,?,?)", (stage, batch_id, key)
+            )
             conn.execute(
                 "INSERT INTO stage_runs (key, stage, batch_id, status, started_at) "
                 "VALUES (?,?,?,'running',?) ON CONFLICT(key) DO UPDATE SET "

@@ -33,6 +33,23 @@ def candidate_files(spec: Spec, layout: Layout) -> list[tuple[str, Path]]:
     return found
 
 
+def placement(spec: Spec, layout: Layout) -> dict[str, str]:
+    """Every file the sources' globs match now (as the ledger names it: relative to the
+    project when inside it) and the source it belongs to; the first source wins, as in ingest.
+    One glob per source: a pass computes this once, not once per batch."""
+    root, cwd = f"{layout.root.absolute()}{os.sep}", os.getcwd()  # noqa: PTH109
+    found: dict[str, str] = {}
+    for source in reversed(spec.sources):
+        pattern = os.path.join(layout.root, source.path)  # noqa: PTH118
+        for path in glob.glob(pattern, recursive=True):  # noqa: PTH207 - with **, fast
+            # Layout.relative without a Path per file; anything unusual takes its way
+            full = path if os.path.isabs(path) else os.path.join(cwd, path)  # noqa: PTH117, PTH118
+            rel = full[len(root) :]
+            plain = full.startswith(root) and os.sep == "/" and "/." not in f"/{rel}"
+            found[rel if plain and "//" not in rel else layout.relative(Path(path))] = source.name
+    return found
+
+
 def source_paths(layout: Layout, pattern: str) -> list[Path]:
     """Files matching a source's glob: relative to the project folder, or absolute."""
     found = glob.glob(os.path.join(layout.root, pattern), recursive=True)  # noqa: PTH118, PTH207 - glob of an absolute or relative pattern, with **

@@ -16,6 +16,7 @@ from driftloop.core import manifests
 from driftloop.core.errors import (
     FeatureError,
     StageError,
+    TransientError,
     first_line,
 )
 from driftloop.core.layout import (
@@ -52,8 +53,10 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     if not is_complete(in_dir):
         retract(layout.features / batch.batch_id)  # built from processed rows now withdrawn
         return Skip("no processed data", batch.batch_id)
-    prep_key = manifests.read(in_dir, PrepManifest).run_key
-    user_code = _user_code_hash(spec, layout.root)
+    prep_key = ctx.once("current", ctx.db.current_keys).get(("prep", batch.batch_id))
+    if prep_key is None:  # not known from the state database: the manifest says
+        prep_key = manifests.read(in_dir, PrepManifest).run_key
+    user_code = ctx.once("user_code", lambda: user_code_hash(spec, layout.root))
     key = run_key(
         "features",
         FEATURES_VERSION,
@@ -63,6 +66,12 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     out_dir = layout.features / batch.batch_id
 
     def run(started: float) -> dict[str, Any]:
+        if manifests.read(in_dir, PrepManifest).run_key != prep_key:
+            # another worker published newer processed rows since the key was computed
+            raise TransientError(
+                f"{layout.relative(in_dir)} changed while its features were planned; "
+                "they are planned again"
+            )
         func = (
             load_user_function(spec.features.function, layout.root)
             if spec.features.function
@@ -142,7 +151,7 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
     return pl.concat([base, stored], how="horizontal").select(manifest.columns)
 
 
-def _user_code_hash(spec: Spec, root: Path) -> str:
+def user_code_hash(spec: Spec, root: Path) -> str:
     """Hash of the user's feature module file, so editing it re-runs features."""
     if not spec.features.function:
         return ""

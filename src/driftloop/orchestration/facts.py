@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from driftloop.core.layout import is_complete, read_manifest
-from driftloop.core.stage import Context, StageCall, Work
+from driftloop.core.stage import Context, StageCall
 from driftloop.monitoring.stage import recorded_champion
 from driftloop.orchestration.planner import BatchFacts, Facts
 from driftloop.orchestration.runner import is_current, stage_def
@@ -18,9 +18,9 @@ def gather(ctx: Context) -> Facts:
     prep, features = stage_def("prep"), stage_def("features")
     for batch in db.batches():
         call = StageCall("prep", batch.batch_id)
-        prepped = is_current(ctx, prep.work(ctx, call))
+        prepped = is_current(ctx, "prep", prep.work(ctx, call))
         featured = prepped and is_current(
-            ctx, features.work(ctx, StageCall("features", batch.batch_id))
+            ctx, "features", features.work(ctx, StageCall("features", batch.batch_id))
         )
         rows = None
         if featured:
@@ -68,7 +68,7 @@ def _with_check(ctx: Context, batch: BatchFacts, champion: str | None) -> BatchF
     versions: frozenset[str] = frozenset()
     if champion is not None:
         found = stage_def("monitor").work(ctx, StageCall("monitor", batch.batch_id, champion))
-        if isinstance(found, Work) and is_current(ctx, found):
+        if is_current(ctx, "monitor", found):
             versions = frozenset({champion})
     return BatchFacts(
         batch.batch_id,

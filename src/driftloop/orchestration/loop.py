@@ -24,6 +24,7 @@ interrupted anywhere (even by ``kill -9``) is finished by the next one.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 
 from driftloop.core.events import RetrainRequested
 from driftloop.core.layout import Layout, sweep_temporaries
-from driftloop.core.spec import load_spec
+from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
 from driftloop.core.state import StateDB
 from driftloop.ingest.stage import IngestResult, ingest
@@ -81,10 +82,7 @@ def run_pass(
     caller saw finished (see :func:`driftloop.ingest.stage.ingest`)."""
     layout = Layout(project)
     spec = load_spec(project)
-    if spec.model.enabled:
-        from driftloop.train.fit import check_model_params
-
-        check_model_params(spec)
+    checked = check_model_params_once(spec, layout) if spec.model.enabled else None
     for folder in (
         layout.processed,
         layout.features,
@@ -94,6 +92,8 @@ def run_pass(
     ):
         sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:
+        if checked is not None:
+            db.record_fact(MODEL_PARAMS_FACT, checked)
         applied = []
         if spec.model.enabled:
             from driftloop.promotion.alias import apply_pending_decisions
@@ -110,6 +110,29 @@ def run_pass(
 
 
 MAX_ROUNDS = 8  # plans asked for in one pass (data, checks, training, the gate: 4 suffice)
+
+
+MODEL_PARAMS_FACT = "model_params_checked"
+
+
+def check_model_params_once(spec: Spec, layout: Layout) -> str:
+    """Validate the model params with scikit-learn (importing it takes seconds) unless this
+    project already did for the same model and task sections and the same scikit-learn
+    installation; returns that fingerprint, for the state database."""
+    import importlib.util
+
+    found = importlib.util.find_spec("sklearn")
+    origin = found.origin if found is not None and found.origin else ""
+    installed = os.stat(origin).st_mtime_ns if origin else 0  # noqa: PTH116
+    fingerprint = f"{spec.section_hash('model', 'task')}:{origin}:{installed}"
+    if layout.state_db.is_file():  # a project that ran before (nothing is created here)
+        with StateDB(layout.state_db) as db:
+            if db.fact(MODEL_PARAMS_FACT) == fingerprint:
+                return fingerprint
+    from driftloop.train.fit import check_model_params
+
+    check_model_params(spec)
+    return fingerprint
 
 
 def execute(ctx: Context, plan: planner.Plan, result: RunResult, *, backoff: bool) -> bool:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from driftloop.core.errors import DriftloopError, SpecError, TransientError
@@ -40,14 +41,48 @@ STAGES: dict[str, str] = {
 }
 
 
-@dataclass
 class StageReport:
-    stage: str
-    batch_id: str
-    outcome: Outcome
-    seconds: float = 0.0
-    manifest: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+    """What one stage call did; a cache hit's manifest is read when first used."""
+
+    def __init__(
+        self,
+        stage: str,
+        batch_id: str,
+        outcome: Outcome,
+        seconds: float = 0.0,
+        manifest: dict[str, Any] | None = None,
+        error: str | None = None,
+        *,
+        key: str | None = None,
+        manifest_dir: Path | None = None,
+    ) -> None:
+        self.stage, self.batch_id, self.outcome = stage, batch_id, outcome
+        self.seconds, self.error, self.key = seconds, error, key
+        self._manifest, self._manifest_dir = manifest, manifest_dir
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            d = self._manifest_dir
+            self._manifest = read_manifest(d) if d is not None and is_complete(d) else {}
+        return self._manifest
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "batch_id": self.batch_id,
+            "outcome": self.outcome,
+            "seconds": self.seconds,
+            "error": self.error,
+            "key": self.key,
+            "manifest": self.manifest,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"StageReport(stage={self.stage!r}, batch_id={self.batch_id!r}, "
+            f"outcome={self.outcome!r}, seconds={self.seconds!r}, error={self.error!r})"
+        )
 
 
 def stage_def(name: str) -> StageDef:
@@ -69,31 +104,51 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
     work = definition.work(ctx, call)
     if isinstance(work, Skip):
         return StageReport(call.stage, work.batch_id, "failed-earlier", error=work.why)
-    if not definition.keyed:
+    if not definition.keyed:  # ingest: the ledger makes it idempotent
         started = time.perf_counter()
         manifest = work.run(started)
         seconds = time.perf_counter() - started
         outcome: Outcome = "ran" if manifest.get("batch_id") else "cached"
         return StageReport(call.stage, manifest.get("batch_id") or "-", outcome, seconds, manifest)
-    return keyed_run(ctx.db, ctx.layout, call.stage, work, backoff=backoff)
+    current = ctx.once("current", ctx.db.current_keys)
+    report = keyed_run(ctx.db, ctx.layout, call.stage, work, backoff=backoff, current=current)
+    if report.outcome != "cached":
+        ctx.forget("current")  # a run started: the published keys changed
+    return report
 
 
-def _cached(db: StateDB, work: Work) -> bool:
-    return (
+def _cached(
+    db: StateDB, stage: str, work: Work, current: Mapping[tuple[str, str], str] | None
+) -> bool:
+    """The output is committed and was made by this very key. With ``current`` (the state
+    database's published keys, read once per pass) no manifest is opened; a hit found the
+    slow way is recorded there, so the next pass takes the fast way."""
+    if current is not None and current.get((stage, work.batch_id)) == work.key:
+        return is_complete(work.output)
+    hit = (
         db.succeeded(work.key)
         and is_complete(work.output)
         and read_manifest(work.output).get("run_key") == work.key
     )
+    if hit and current is not None:
+        db.adopt_current(stage, work.batch_id, work.key)
+    return hit
 
 
-def is_current(ctx: Context, work: Work | Skip) -> bool:
-    """The call's output is committed and was made by this very key (a run would be a cache
-    hit)."""
-    return isinstance(work, Work) and _cached(ctx.db, work)
+def is_current(ctx: Context, stage: str, work: Work | Skip) -> bool:
+    """The call's output is current: a run would be a cache hit."""
+    current = ctx.once("current", ctx.db.current_keys)
+    return isinstance(work, Work) and _cached(ctx.db, stage, work, current)
 
 
 def keyed_run(
-    db: StateDB, layout: Layout, stage: str, work: Work, *, backoff: bool = False
+    db: StateDB,
+    layout: Layout,
+    stage: str,
+    work: Work,
+    *,
+    backoff: bool = False,
+    current: Mapping[tuple[str, str], str] | None = None,
 ) -> StageReport:
     """Run ``work`` unless its key already succeeded (cache hit) or failed on its data.
 
@@ -103,8 +158,8 @@ def keyed_run(
     passed (1 s, 2 s, 4 s, ... up to 5 minutes), and not after ``MAX_ATTEMPTS``.
     """
     key, batch_id = work.key, work.batch_id
-    if _cached(db, work):
-        return StageReport(stage, batch_id, "cached", manifest=read_manifest(work.output))
+    if _cached(db, stage, work, current):
+        return StageReport(stage, batch_id, "cached", key=key, manifest_dir=work.output)
     info = db.run_info(key) or {}
     if info.get("status") == "failed":
         return StageReport(stage, batch_id, "failed-earlier", error=info["error"])
@@ -135,7 +190,7 @@ def keyed_run(
         )
         log.debug("%s %s failed", stage, batch_id, exc_info=True)
         db.finish_run(key, stage, batch_id, seconds, None, message, retry=not expected)
-        return StageReport(stage, batch_id, "failed", seconds, error=message)
+        return StageReport(stage, batch_id, "failed", seconds, error=message, key=key)
     seconds = time.perf_counter() - started
     db.finish_run(key, stage, batch_id, seconds, layout.relative(work.output), None)
-    return StageReport(stage, batch_id, "ran", seconds, manifest)
+    return StageReport(stage, batch_id, "ran", seconds, manifest, key=key)

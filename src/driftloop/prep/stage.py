@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from driftloop.core.manifests import PrepManifest
 from driftloop.core.spec import SourceSpec, Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work, run_key
 from driftloop.core.state import Batch, RawFile, StateDB
-from driftloop.core.storage import source_paths
+from driftloop.core.storage import placement
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, quarantined_rows
@@ -57,25 +58,34 @@ PREP_SECTIONS = (
 Placed = tuple[RawFile, str | None]  # a ledger file and the spec source it belongs to now
 
 
-def place_files(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> list[Placed]:
+def place_files(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    batch: Batch,
+    *,
+    placed: Mapping[str, str] | None = None,
+    files: list[RawFile] | None = None,
+) -> list[Placed]:
     """The files a batch's prep reads, each with its source under the current spec.
 
     A file belongs to the source whose glob matches it now (so renaming a source keeps its
     files), else to the source it was ingested for, else to none (it is quarantined). The
     batch's primary files come first, then every file of the joined sources so far.
+    ``placed`` (:func:`driftloop.core.storage.placement`) and ``files`` (the batch's ledger
+    files) let a pass read them once for all its batches.
     """
-    matched = {
-        layout.relative(path): source.name
-        for source in reversed(spec.sources)  # the first source wins, as in ingest
-        for path in source_paths(layout, source.path)
-    }
+    matched = placement(spec, layout) if placed is None else placed
     names = {s.name for s in spec.sources}
 
     def source_of(f: RawFile) -> str | None:
         return matched.get(f.path) or (f.source if f.source in names else None)
 
-    own = [(f, source_of(f)) for f in db.batch_files(batch.batch_id)]
+    own_files = db.batch_files(batch.batch_id) if files is None else files
+    own = [(f, source_of(f)) for f in own_files]
     joined = {s.name for s in spec.sources[1:]}
+    if not joined:  # one source: no joined files to add
+        return own
     history = [(f, source_of(f)) for f in db.files_until(batch.seq)]
     return [p for p in own if p[1] not in joined] + [p for p in history if p[1] in joined]
 
@@ -84,16 +94,23 @@ def work(ctx: Context, call: StageCall) -> Work:
     """A batch's prep: its key from the files it reads (by content) and the spec sections."""
     spec, layout, db = ctx.spec, ctx.layout, ctx.db
     batch = db.batch(str(call.batch_id))
-    files = place_files(spec, layout, db, batch)
+    placed_files = place_files(
+        spec,
+        layout,
+        db,
+        batch,
+        placed=ctx.once("placement", lambda: placement(spec, layout)),
+        files=ctx.once("files_by_batch", db.files_by_batch).get(batch.batch_id, []),
+    )
     key = run_key(
         "prep",
         PREP_VERSION,
         spec.section_hash(*PREP_SECTIONS),
-        [f"{source}:{f.sha256}" for f, source in files],
+        [f"{source}:{f.sha256}" for f, source in placed_files],
     )
 
     def run(started: float) -> dict[str, Any]:
-        return _run_prep(spec, layout, db, batch, files, key, started)
+        return _run_prep(spec, layout, db, batch, placed_files, key, started)
 
     return Work(key, layout.processed / batch.batch_id, run, batch.batch_id)
 
