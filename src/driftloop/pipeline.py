@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import polars as pl
-
 from driftloop.core.layout import Layout
-from driftloop.features import stage as features_stage
 from driftloop.orchestration.loop import RunResult, check_model_params_once, run_pass
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from driftloop.orchestration.planner import Plan
     from driftloop.orchestration.runner import StageReport
 
@@ -25,6 +24,8 @@ __all__ = ["RunResult", "plan", "read_features", "run", "run_stage"]
 
 def read_features(project: Path, batch_id: str) -> pl.LazyFrame:
     """The model columns of one batch (features are stored as a delta over processed rows)."""
+    from driftloop.features import stage as features_stage
+
     return features_stage.read_features(Layout(project), batch_id)
 
 

@@ -75,6 +75,21 @@ class Layout:
     def state_db(self) -> Path:
         return self.state_dir / "state.db"
 
+    @property
+    def batch_checks(self) -> Path:
+        """Each batch's check against the champion (the monitor stage's outputs)."""
+        return self.monitoring / "batches"
+
+    @property
+    def trainings(self) -> Path:
+        """The train stage's outputs, one folder per training key."""
+        return self.root / "data" / "models"
+
+    @property
+    def output_folders(self) -> tuple[Path, ...]:
+        """Every folder the stages publish outputs into (one child per batch or key)."""
+        return (self.processed, self.features, self.quarantine, self.batch_checks, self.trainings)
+
     def relative(self, path: Path) -> str:
         """A path as the user sees it: relative to the project when inside it."""
         try:
@@ -164,11 +179,13 @@ def _fsync_dir(path: Path) -> None:
 
 def sweep_temporaries(parent: Path) -> None:
     """Remove leftovers of a run that was killed between write and rename."""
-    if not parent.is_dir():
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:  # no such folder yet
         return
-    for child in parent.iterdir():
-        if child.name.startswith((".tmp-", ".old-")):
-            shutil.rmtree(child, ignore_errors=True)
+    for entry in entries:
+        if entry.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 DATA_FILE = "data.parquet"

@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftloop.core.errors import StateError
-from driftloop.core.events import Event
+
+if TYPE_CHECKING:
+    from driftloop.core.events import Event
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw_files (
@@ -246,6 +248,18 @@ class StateDB:
         return [RawFile(*r) for r in rows]
 
     # -- stage runs ----------------------------------------------------------------------
+
+    def progress_marker(self) -> str:
+        """A short text that changes whenever a batch is formed, a stage run starts or ends, or
+        a decision is recorded or applied: part of the settled fingerprint."""
+        rows = [
+            self._conn.execute("SELECT COUNT(*), MAX(seq) FROM batches").fetchone(),
+            self._conn.execute(
+                "SELECT COUNT(*), SUM(attempts), MAX(started_at), MAX(finished_at) FROM stage_runs"
+            ).fetchone(),
+            self._conn.execute("SELECT COUNT(*), MAX(id), SUM(applied) FROM promotions").fetchone(),
+        ]
+        return repr(rows)
 
     def succeeded(self, key: str) -> bool:
         row = self._conn.execute("SELECT status FROM stage_runs WHERE key=?", (key,)).fetchone()

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from driftloop.core.layout import Layout, atomic_output, is_complete, read_manifest, seal
-from driftloop.core.manifests import MonitorManifest
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
 from driftloop.core.state import StateDB
 
@@ -61,6 +60,7 @@ def check_batch(
     layout: Layout, batch_id: str, key: str, now: datetime | None, version: str | None
 ) -> dict[str, Any]:
     """``driftloop monitor --current data/processed/<batch>`` as a stage output."""
+    from driftloop.core.manifests import MonitorManifest
     from driftloop.monitoring.run import monitor
 
     current = layout.processed / batch_id

@@ -30,13 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from driftloop.core.events import RetrainRequested
 from driftloop.core.layout import Layout, sweep_temporaries
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
 from driftloop.core.state import StateDB
 from driftloop.ingest.stage import IngestResult, ingest
-from driftloop.orchestration import planner
+from driftloop.orchestration import planner, settled
 from driftloop.orchestration.facts import gather
 from driftloop.orchestration.runner import StageReport, run_call
 
@@ -83,14 +82,6 @@ def run_pass(
     layout = Layout(project)
     spec = load_spec(project)
     checked = check_model_params_once(spec, layout) if spec.model.enabled else None
-    for folder in (
-        layout.processed,
-        layout.features,
-        layout.quarantine,
-        layout.monitoring / "batches",
-        layout.root / "data" / "models",
-    ):
-        sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:
         if checked is not None:
             db.record_fact(MODEL_PARAMS_FACT, checked)
@@ -99,6 +90,11 @@ def run_pass(
             from driftloop.promotion.alias import apply_pending_decisions
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
+        before = settled.fingerprint(spec, layout, db)
+        if not applied and db.fact(settled.FACT) == before:
+            return RunResult(IngestResult(batch=None))  # nothing changed since a pass settled
+        for folder in layout.output_folders:
+            sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
         result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete), applied=applied)
         ctx = Context(spec, layout, db, now=now)
         for _ in range(MAX_ROUNDS):
@@ -106,7 +102,21 @@ def run_pass(
             result.waiting = plan.waiting
             if not execute(ctx, plan, result, backoff=backoff):
                 break
+        if _settles(result) and not settled.time_sensitive(spec, result.waiting):
+            db.record_fact(settled.FACT, settled.fingerprint(spec, layout, db))
     return result
+
+
+def _settles(result: RunResult) -> bool:
+    """Nothing happened, and nothing is pending that a pass might do differently later."""
+    found = result.ingest
+    return not (
+        result.reports
+        or result.applied
+        or found.batch is not None
+        or found.still_writing
+        or found.unreadable
+    )
 
 
 MAX_ROUNDS = 8  # plans asked for in one pass (data, checks, training, the gate: 4 suffice)
@@ -157,6 +167,7 @@ def execute(ctx: Context, plan: planner.Plan, result: RunResult, *, backoff: boo
 
 def _request_retrain(ctx: Context, reason: str) -> None:
     """``RetrainRequested``, once per training key."""
+    from driftloop.core.events import RetrainRequested
     from driftloop.train.stage import train_plan
 
     plan = train_plan(ctx.spec, ctx.layout, ctx.db)
