@@ -304,6 +304,12 @@ class StateDB:
         row = self._conn.execute("SELECT value FROM facts WHERE name=?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
+    def facts_with_prefix(self, prefix: str) -> dict[str, str]:
+        rows = self._conn.execute(
+            "SELECT name, value FROM facts WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
     def record_fact(self, name: str, value: str) -> None:
         self._conn.execute("INSERT OR REPLACE INTO facts VALUES (?,?)", (name, value))
 

@@ -4,6 +4,7 @@ output (the retrain policy reads drift and decay from it)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,22 @@ from driftloop.core.state import StateDB
 
 MONITOR_VERSION = "1"
 MONITOR_SECTIONS = ("monitoring", "target", "task", "model")
+
+
+SIGNAL = "check:"  # + batch id: what the batch's latest check found, for the planner
+
+
+def check_key(sections: str, features_key: str, champion: str) -> str:
+    """A batch's check: its features (by their run key) against one champion version."""
+    return run_key("monitor", MONITOR_VERSION, sections, [features_key, f"champion={champion}"])
+
+
+def check_signals(db: StateDB) -> dict[str, dict[str, bool]]:
+    """Batch id -> what its latest check found (drift, decay), from the state database."""
+    return {
+        name.removeprefix(SIGNAL): json.loads(value)
+        for name, value in db.facts_with_prefix(SIGNAL).items()
+    }
 
 
 def recorded_champion(db: StateDB, model: str) -> str | None:
@@ -35,15 +52,17 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     manifest = read_manifest(features)
     if manifest.get("rows", 1) == 0:
         return Skip("the batch has no rows to check", batch_id)
-    key = run_key(
-        "monitor",
-        MONITOR_VERSION,
-        spec.section_hash(*MONITOR_SECTIONS),
-        [manifest["run_key"], f"champion={champion}"],
-    )
+    key = check_key(spec.section_hash(*MONITOR_SECTIONS), manifest["run_key"], champion)
 
     def run(started: float) -> dict[str, Any]:
-        return check_batch(layout, batch_id, key, ctx.now, champion)
+        manifest = check_batch(layout, batch_id, key, ctx.now, champion)
+        summary = manifest["summary"]
+        found = {
+            "drift": bool(summary["drift_detected"]),
+            "decay": bool(summary["performance_degraded"]),
+        }
+        ctx.db.record_fact(f"{SIGNAL}{batch_id}", json.dumps(found))
+        return manifest
 
     return Work(key, layout.monitoring / "batches" / batch_id, run, batch_id)
 

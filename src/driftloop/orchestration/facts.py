@@ -1,35 +1,60 @@
-"""What the planner decides on, read from the state database and the stage outputs' manifests
-(never their data)."""
+"""What the planner decides on, read from the state database (never the stages' data, and a
+manifest only where the database cannot say).
+
+A pass's cost follows new work, not history: batches up to the *watermark* (every batch
+through it was current when a pass last ended, under the same spec and feature code) are
+taken as current when the state database names the key of their published outputs and
+those outputs are committed (a ``_SUCCESS`` check each), without computing their keys
+again; only the batches after it are keyed in full. What a batch's check against the
+champion found (drift, decay) is read from the state database too.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from datetime import datetime
 
-from driftloop.core.layout import is_complete, read_manifest
+from driftloop.core.layout import SUCCESS, read_manifest
 from driftloop.core.stage import Context, StageCall
-from driftloop.monitoring.stage import recorded_champion
+from driftloop.monitoring.stage import (
+    MONITOR_SECTIONS,
+    SIGNAL,
+    check_key,
+    check_signals,
+    recorded_champion,
+)
 from driftloop.orchestration.planner import BatchFacts, Facts
 from driftloop.orchestration.runner import is_current, stage_def
+
+WATERMARK = "current_through"
 
 
 def gather(ctx: Context) -> Facts:
     spec, layout, db = ctx.spec, ctx.layout, ctx.db
-    batches = []
+    current = ctx.once("current", db.current_keys)
+    trusted = _trusted_seq(ctx)
     prep, features = stage_def("prep"), stage_def("features")
+    processed, featured_dir = str(layout.processed), str(layout.features)
+    batches = []
     for batch in db.batches():
-        call = StageCall("prep", batch.batch_id)
-        prepped = is_current(ctx, "prep", prep.work(ctx, call))
-        featured = prepped and is_current(
-            ctx, "features", features.work(ctx, StageCall("features", batch.batch_id))
-        )
-        rows = None
-        if featured:
-            rows = read_manifest(layout.features / batch.batch_id).get("rows")
-        batches.append(
-            BatchFacts(
-                batch.batch_id, datetime.fromisoformat(batch.created_at), prepped, featured, rows
+        b = batch.batch_id
+        if (
+            batch.seq <= trusted
+            and ("prep", b) in current
+            and ("features", b) in current
+            and os.path.exists(os.path.join(processed, b, SUCCESS))  # noqa: PTH110, PTH118
+            and os.path.exists(os.path.join(featured_dir, b, SUCCESS))  # noqa: PTH110, PTH118
+        ):
+            prepped = featured = True
+        else:
+            prepped = is_current(ctx, "prep", prep.work(ctx, StageCall("prep", b)))
+            featured = prepped and is_current(
+                ctx, "features", features.work(ctx, StageCall("features", b))
             )
-        )
+        arrived = datetime.fromisoformat(batch.created_at)
+        batches.append(BatchFacts(b, arrived, prepped, featured))
     if not spec.model.enabled:
         return Facts(tuple(batches))
     from driftloop.train.stage import TRAIN_SECTIONS, last_training, train_plan
@@ -37,12 +62,15 @@ def gather(ctx: Context) -> Facts:
     champion = recorded_champion(db, spec.name)
     last = last_training(layout, db)
     trained = frozenset(m["batch_id"] for m in last["inputs"]) if last else frozenset()
-    checked = []
-    for b in batches:
-        if b.featured and b.batch_id not in trained:
-            b = _with_check(ctx, b, champion)
-        checked.append(b)
-    plan = train_plan(spec, layout, db)
+    signals = check_signals(db)
+    monitor_sections = spec.section_hash(*MONITOR_SECTIONS)
+    checked = [
+        _with_check(ctx, f, champion, signals.get(f.batch_id), monitor_sections)
+        if f.featured and f.batch_id not in trained
+        else f
+        for f in batches
+    ]
+    plan = train_plan(spec, layout, db, current=ctx.once("current", db.current_keys))
     row = db.last_succeeded("train")
     return Facts(
         tuple(checked),
@@ -58,25 +86,79 @@ def gather(ctx: Context) -> Facts:
     )
 
 
-def _with_check(ctx: Context, batch: BatchFacts, champion: str | None) -> BatchFacts:
-    """A new batch with what its check against the champion found."""
-    out_dir = ctx.layout.monitoring / "batches" / batch.batch_id
-    if not is_complete(out_dir):
-        return batch
-    manifest = read_manifest(out_dir)
-    summary = manifest["summary"]
+def _with_check(
+    ctx: Context,
+    batch: BatchFacts,
+    champion: str | None,
+    found: dict[str, bool] | None,
+    sections: str,
+) -> BatchFacts:
+    """A new batch with what its check against the champion found, and whether that check
+    is current (keyed by the batch's features and the champion, as the monitor stage keys
+    it); its rows are read only when a check may be due (a batch without rows gets none)."""
+    current = ctx.once("current", ctx.db.current_keys)
+    b = batch.batch_id
     versions: frozenset[str] = frozenset()
+    rows = None
     if champion is not None:
-        found = stage_def("monitor").work(ctx, StageCall("monitor", batch.batch_id, champion))
-        if is_current(ctx, "monitor", found):
+        features_key = current.get(("features", b))
+        key = check_key(sections, str(features_key), champion)
+        out = os.path.join(str(ctx.layout.monitoring / "batches"), b, SUCCESS)  # noqa: PTH118
+        if current.get(("monitor", b)) == key and os.path.exists(out):  # noqa: PTH110
             versions = frozenset({champion})
+        elif features_key is None or not is_current(
+            ctx, "monitor", stage_def("monitor").work(ctx, StageCall("monitor", b, champion))
+        ):
+            rows = read_manifest(ctx.layout.features / b).get("rows")
+        else:
+            versions = frozenset({champion})
+    out_dir = ctx.layout.monitoring / "batches" / b
+    if found is None and (out_dir / SUCCESS).exists():
+        # a check written before its findings were kept in the state database
+        summary = read_manifest(out_dir)["summary"]
+        found = {
+            "drift": bool(summary["drift_detected"]),
+            "decay": bool(summary["performance_degraded"]),
+        }
+        ctx.db.record_fact(f"{SIGNAL}{b}", json.dumps(found))
     return BatchFacts(
-        batch.batch_id,
+        b,
         batch.arrived,
         batch.prepped,
         batch.featured,
-        batch.rows,
+        rows,
         versions,
-        drift=bool(summary["drift_detected"]),
-        decay=bool(summary["performance_degraded"]),
+        drift=bool(found and found["drift"]),
+        decay=bool(found and found["decay"]),
     )
+
+
+def environment(ctx: Context) -> str:
+    """What every batch's data stages depend on besides its own files: the spec and the
+    user's feature module."""
+    from driftloop.features.stage import user_code_hash
+
+    digest = hashlib.sha256(ctx.layout.spec.read_bytes())
+    digest.update(ctx.once("user_code", lambda: user_code_hash(ctx.spec, ctx.layout.root)).encode())
+    return digest.hexdigest()
+
+
+def _trusted_seq(ctx: Context) -> int:
+    found = ctx.db.fact(WATERMARK)
+    if not found:
+        return 0
+    mark = json.loads(found)
+    return int(mark["seq"]) if mark.get("environment") == environment(ctx) else 0
+
+
+def advance_watermark(ctx: Context, facts: Facts) -> None:
+    """Record the last batch through which every batch is current (after a pass)."""
+    seqs = {b.batch_id: b.seq for b in ctx.db.batches()}
+    through = 0
+    for b in facts.batches:
+        if not (b.prepped and b.featured):
+            break
+        through = seqs[b.batch_id]
+    mark = json.dumps({"environment": environment(ctx), "seq": through})
+    if ctx.db.fact(WATERMARK) != mark:
+        ctx.db.record_fact(WATERMARK, mark)

@@ -36,7 +36,7 @@ from driftloop.core.stage import Context
 from driftloop.core.state import StateDB
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
-from driftloop.orchestration.facts import gather
+from driftloop.orchestration.facts import advance_watermark, gather
 from driftloop.orchestration.runner import StageReport, run_call
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,12 @@ def run_pass(
         result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete), applied=applied)
         ctx = Context(spec, layout, db, now=now)
         for _ in range(MAX_ROUNDS):
-            plan = planner.plan(spec, gather(ctx), now or datetime.now(UTC))
+            facts = gather(ctx)
+            plan = planner.plan(spec, facts, now or datetime.now(UTC))
             result.waiting = plan.waiting
             if not execute(ctx, plan, result, backoff=backoff):
                 break
+        advance_watermark(ctx, gather(ctx) if result.reports else facts)
         if _settles(result) and not settled.time_sensitive(spec, result.waiting):
             db.record_fact(settled.FACT, settled.fingerprint(spec, layout, db))
     return result
