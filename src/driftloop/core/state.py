@@ -179,6 +179,15 @@ class StateDB:
             (path, size, mtime_ns, sha256, utcnow().isoformat()),
         )
 
+    def ingested_sightings(self) -> set[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every file seen with the content the ledger took under
+        that very path: such a file, unchanged, needs no second look."""
+        rows = self._conn.execute(
+            "SELECT s.path, s.size, s.mtime_ns FROM sightings s "
+            "JOIN raw_files r ON r.sha256 = s.sha256 AND r.path = s.path"
+        )
+        return {(str(r[0]), int(r[1]), int(r[2])) for r in rows}
+
     def raw_file(self, sha256: str) -> RawFile | None:
         row = self._conn.execute(
             "SELECT sha256, source, path, size, batch_id FROM raw_files WHERE sha256=?", (sha256,)

@@ -22,7 +22,7 @@ from driftloop.core.layout import Layout, file_sha256
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work
 from driftloop.core.state import Batch, RawFile, StateDB, utcnow
-from driftloop.core.storage import candidate_files
+from driftloop.core.storage import Listed, is_temporary, listing
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def ingest(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
     complete: Mapping[str, tuple[int, int]] | None = None,
+    listed_files: list[Listed] | None = None,
 ) -> IngestResult:
     """Take every new, complete raw file into one new batch (or none if nothing is new).
 
@@ -60,17 +61,26 @@ def ingest(
     ``ingest.batch_window_seconds`` (files of one delivery land together).
     ``complete`` maps absolute paths the caller saw finished (closed after writing, or renamed into
     place: ``driftloop watch`` learns this from the OS) to their (size, mtime_ns) then; such
-    a file, unchanged since, needs no settle time.
+    a file, unchanged since, needs no settle time. ``files``: the sources' listing, when the
+    caller has it (``listed_files``, :func:`driftloop.core.storage.listing`).
     """
     settle = spec.ingest.settle_seconds
+    # A file the ledger already took, unchanged since (same name, size and time), is passed
+    # over without a look: a pass costs what landed, not what landed before.
+    taken_before = db.ingested_sightings()
     candidates = []
     stats = {}
-    for source, path in candidate_files(spec, layout):
+    for listed in listing(spec, layout) if listed_files is None else listed_files:
+        if (listed.path, listed.size, listed.mtime_ns) in taken_before:
+            continue
+        path = layout.root / listed.path
+        if is_temporary(path):
+            continue
         try:
             stats[path] = path.stat()
         except OSError:  # removed between the listing and now
             continue
-        candidates.append((source, path))
+        candidates.append((listed.source, path))
     done = complete or {}
 
     def finished(path: Path, st: os.stat_result) -> bool:

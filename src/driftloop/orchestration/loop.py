@@ -34,6 +34,7 @@ from driftloop.core.layout import Layout, sweep_temporaries
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
 from driftloop.core.state import StateDB
+from driftloop.core.storage import listing
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
 from driftloop.orchestration.facts import advance_watermark, gather
@@ -90,13 +91,16 @@ def run_pass(
             from driftloop.promotion.alias import apply_pending_decisions
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
-        before = settled.fingerprint(spec, layout, db)
+        listed = listing(spec, layout)  # the sources' files, listed once for the whole pass
+        before = settled.fingerprint(spec, layout, db, listed)
         if not applied and db.fact(settled.FACT) == before:
             return RunResult(IngestResult(batch=None))  # nothing changed since a pass settled
         for folder in layout.output_folders:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
-        result = RunResult(ingest(spec, layout, db, wait=wait, complete=complete), applied=applied)
+        found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
+        result = RunResult(found, applied=applied)
         ctx = Context(spec, layout, db, now=now)
+        ctx.memo["placement"] = {f.path: f.source for f in listed}
         for _ in range(MAX_ROUNDS):
             facts = gather(ctx)
             plan = planner.plan(spec, facts, now or datetime.now(UTC))
@@ -104,18 +108,18 @@ def run_pass(
             if not execute(ctx, plan, result, backoff=backoff):
                 break
         advance_watermark(ctx, gather(ctx) if result.reports else facts)
-        if _settles(result) and not settled.time_sensitive(spec, result.waiting):
-            db.record_fact(settled.FACT, settled.fingerprint(spec, layout, db))
+        if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
+            # what this pass saw of the sources (a file landing since changes the next one's)
+            db.record_fact(settled.FACT, settled.fingerprint(spec, layout, db, listed))
     return result
 
 
 def _settles(result: RunResult) -> bool:
-    """Nothing happened, and nothing is pending that a pass might do differently later."""
+    """The pass ended with nothing left to do, nothing failed (a failure is reported again
+    by every pass until it is fixed) and no file half-written or unreadable."""
     found = result.ingest
     return not (
-        result.reports
-        or result.applied
-        or found.batch is not None
+        any(r.outcome in ("failed", "failed-earlier", "waiting") for r in result.reports)
         or found.still_writing
         or found.unreadable
     )

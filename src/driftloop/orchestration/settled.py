@@ -19,12 +19,13 @@ import os
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
-from driftloop.core.storage import listing
+from driftloop.core.storage import Listed, listing
 
 FACT = "settled"
 
 
-def fingerprint(spec: Spec, layout: Layout, db: StateDB) -> str:
+def fingerprint(spec: Spec, layout: Layout, db: StateDB, listed: list[Listed] | None = None) -> str:
+    """``listed``: the sources' listing, when the caller has it."""
     digest = hashlib.sha256()
     digest.update(layout.spec.read_bytes())
     if spec.features.function:
@@ -32,7 +33,9 @@ def fingerprint(spec: Spec, layout: Layout, db: StateDB) -> str:
 
         module = user_module_path(spec.features.function, layout.root)
         digest.update(module.read_bytes() if module.is_file() else b"missing")
-    files = [f"{f.path}\0{f.source}\0{f.size}\0{f.mtime_ns}" for f in listing(spec, layout)]
+    files = [
+        f"{f.path}\0{f.source}\0{f.size}\0{f.mtime_ns}" for f in listed or listing(spec, layout)
+    ]
     digest.update("\n".join(files).encode())
     for folder in layout.output_folders:
         try:
