@@ -33,8 +33,7 @@ How a project is built, fast (one CLI call per batch would take hours at 10,000)
 
 Every timed no-op pass is checked to be one: it exits 0, says "nothing to do" and adds no
 stage run to the state database. The new-batch pass is checked to ingest one file and
-prepare it; after each one the project is put back (the state database from a copy, the
-new batch's outputs removed), so every run sees the same history.
+prepare it.
 
 The variants: ``plain`` has ``model.enabled: false`` (ingest, prep and features only: the
 orchestration's own cost, and the one the targets are about); ``model`` has one trained
@@ -283,40 +282,12 @@ def noop(project: Path) -> float:
     return seconds
 
 
-def snapshot(project: Path) -> None:
-    """Keep the state as it is now, for :func:`restore` after each new-batch pass."""
-    db = project / ".driftloop" / "state.db"
-    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    shutil.copyfile(db, db.with_name("state.db.bench"))
-    reports = project / "data" / "monitoring" / "reports"
-    listing = sorted(p.name for p in reports.iterdir()) if reports.is_dir() else []
-    (project / ".bench-reports").write_text("\n".join(listing), encoding="utf-8")
-
-
-def restore(project: Path, new: Path, batch_id: str) -> None:
-    new.unlink()
-    data = project / "data"
-    for folder in ("processed", "features", "quarantine", "monitoring/batches"):
-        shutil.rmtree(data / folder / batch_id, ignore_errors=True)
-    keep = set((project / ".bench-reports").read_text(encoding="utf-8").splitlines())
-    reports = data / "monitoring" / "reports"
-    for p in reports.iterdir() if reports.is_dir() else []:
-        if p.name not in keep:
-            p.unlink()
-    db = project / ".driftloop" / "state.db"
-    for extra in ("state.db-wal", "state.db-shm"):
-        db.with_name(extra).unlink(missing_ok=True)
-    shutil.copyfile(db.with_name("state.db.bench"), db)
-
-
-def one_new_batch(project: Path, size: int) -> float:
-    new = write_csv(project, size)
+def one_new_batch(project: Path) -> float:
+    landed = project / "data" / "raw" / "events"
+    write_csv(project, 1 + max(int(p.stem.split("-")[1]) for p in landed.glob("events-*.csv")))
     seconds, done = timed([cli(), "run", "-p", str(project)])
     if done.returncode != 0 or "ingested 1 new file(s) as batch" not in done.stdout:
         raise SystemExit(f"{project.name}: the new batch did not go through:\n{done.stdout}")
-    batch_id = done.stdout.split("as batch ", 1)[1].split()[0]
-    restore(project, new, batch_id)
     return seconds
 
 
@@ -328,7 +299,6 @@ def prepare(variant: str, size: int, rebuild: bool) -> Path:
     started = time.perf_counter()
     noop(project)  # warm-up (the page cache; and a pass may record facts on its first run)
     print(f"  {project.name}: warm-up no-op pass {time.perf_counter() - started:.2f}s")
-    snapshot(project)
     return project
 
 
@@ -356,7 +326,7 @@ def main() -> None:
         times.setdefault(("anchor", "import", "cli"), []).append(timed(import_cli)[0])
         for (variant, size), project in projects.items():
             times.setdefault((variant, size, "noop"), []).append(noop(project))
-            times.setdefault((variant, size, "new"), []).append(one_new_batch(project, size))
+            times.setdefault((variant, size, "new"), []).append(one_new_batch(project))
         print(f"  round {round_ + 1} of {args.runs} done")
     startup = median(times[("anchor", "import", "cli")])
     print(f"\nanchor: python -c 'import driftloop.cli': {startup:.3f} s (median of {args.runs})")
