@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from driftloop.core.spec import Spec, load_spec
     from driftloop.init import init_example, init_from_file
     from driftloop.monitoring.run import MonitorResult, monitor
-    from driftloop.pipeline import RunResult, read_features, run
+    from driftloop.pipeline import RunResult, plan, read_features, run, run_stage
 
 __all__ = [
     "DriftloopError",
@@ -28,8 +28,10 @@ __all__ = [
     "init_from_file",
     "load_spec",
     "monitor",
+    "plan",
     "read_features",
     "run",
+    "run_stage",
 ]
 
 _LAZY = {
@@ -37,6 +39,8 @@ _LAZY = {
     "RunResult": "driftloop.pipeline",
     "run": "driftloop.pipeline",
     "read_features": "driftloop.pipeline",
+    "plan": "driftloop.pipeline",
+    "run_stage": "driftloop.pipeline",
     "Spec": "driftloop.core.spec",
     "load_spec": "driftloop.core.spec",
     "init_from_file": "driftloop.init",

@@ -153,11 +153,12 @@ def make_batch_id(files: list[RawFile]) -> str:
 
 
 def work(ctx: Context, call: StageCall) -> Work:
-    """``driftloop stage ingest``: complete new files into one new batch (or none). Files
-    still being written are left for a later call, not waited for."""
+    """``driftloop stage ingest``: complete new files into one new batch (or none), as
+    ``driftloop run`` takes them (a file younger than ``ingest.settle_seconds`` is waited
+    for, then checked to be unchanged)."""
 
     def run(started: float) -> dict[str, Any]:
-        found = ingest(ctx.spec, ctx.layout, ctx.db, wait=False)
+        found = ingest(ctx.spec, ctx.layout, ctx.db, wait=True)
         return {
             "stage": "ingest",
             "batch_id": found.batch.batch_id if found.batch else None,
