@@ -1,4 +1,5 @@
-"""Where raw files are found: a source's glob over the project folder (or an absolute path).
+"""Where raw files are found: each source's glob, in the store its URL names
+(:mod:`driftloop.core.rawstore`; a folder of this machine for a plain path).
 
 Temporary names (a leading dot or underscore, or a suffix such as ``.part``) are files still
 being written and are never listed.
@@ -6,34 +7,41 @@ being written and are never listed.
 
 from __future__ import annotations
 
-import glob
-import os
-from pathlib import Path
-
 from driftloop.core.layout import Layout
+from driftloop.core.rawstore import RawObject, RawStore, raw_store
 from driftloop.core.spec import Spec
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
 
-def is_temporary(path: Path) -> bool:
-    name = path.name
+def is_temporary(key: str) -> bool:
+    name = key.rstrip("/").rsplit("/", 1)[-1]
     return name.startswith((".", "_")) or name.endswith(TEMP_SUFFIXES)
 
 
-def candidate_files(spec: Spec, layout: Layout) -> list[tuple[str, Path]]:
-    """(source name, path) for every file matching a source's glob; first source wins."""
-    seen: set[Path] = set()
-    found: list[tuple[str, Path]] = []
+def source_stores(spec: Spec, layout: Layout) -> dict[str, RawStore]:
+    """Each source's store, chosen once from its path's URL scheme.
+
+    A scheme without a store (``s3://`` until issue 13) is a
+    :class:`~driftloop.core.errors.StorageSchemeError` naming the source and its path.
+    """
+    return {
+        source.name: raw_store(source.path, layout.root, what=f"source {source.name!r}")
+        for source in spec.sources
+    }
+
+
+def candidate_files(
+    spec: Spec, layout: Layout, stores: dict[str, RawStore] | None = None
+) -> list[tuple[str, RawObject]]:
+    """(source name, object) for every complete object a source's glob matches; the first
+    source wins."""
+    stores = stores or source_stores(spec, layout)
+    seen: set[str] = set()
+    found: list[tuple[str, RawObject]] = []
     for source in spec.sources:
-        for path in source_paths(layout, source.path):
-            if path.is_file() and not is_temporary(path) and path not in seen:
-                seen.add(path)
-                found.append((source.name, path))
+        for obj in stores[source.name].list(source.path):
+            if not is_temporary(obj.key) and obj.key not in seen:
+                seen.add(obj.key)
+                found.append((source.name, obj))
     return found
-
-
-def source_paths(layout: Layout, pattern: str) -> list[Path]:
-    """Files matching a source's glob: relative to the project folder, or absolute."""
-    found = glob.glob(os.path.join(layout.root, pattern), recursive=True)  # noqa: PTH118, PTH207 - glob of an absolute or relative pattern, with **
-    return sorted(Path(p) for p in found)

@@ -21,15 +21,15 @@ from driftloop.core.layout import (
     DATA_FILE,
     Layout,
     atomic_output,
-    file_sha256,
     parquet_rows,
     retract,
     seal,
 )
+from driftloop.core.rawstore import raw_store
 from driftloop.core.runner import StageReport, keyed_run, run_key
 from driftloop.core.spec import SourceSpec, Spec
 from driftloop.core.state import Batch, RawFile, StateDB
-from driftloop.core.storage import source_paths
+from driftloop.core.storage import source_stores
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, quarantined_rows
@@ -63,10 +63,11 @@ def place_files(spec: Spec, layout: Layout, db: StateDB, batch: Batch) -> list[P
     files), else to the source it was ingested for, else to none (it is quarantined). The
     batch's primary files come first, then every file of the joined sources so far.
     """
+    stores = source_stores(spec, layout)
     matched = {
-        layout.relative(path): source.name
+        obj.key: source.name
         for source in reversed(spec.sources)  # the first source wins, as in ingest
-        for path in source_paths(layout, source.path)
+        for obj in stores[source.name].list(source.path)
     }
     names = {s.name for s in spec.sources}
 
@@ -101,7 +102,6 @@ def _read(
     layout: Layout, db: StateDB, f: RawFile, source: SourceSpec | None, threshold: int | None
 ) -> RawRead:
     """Read a ledger file, after checking it is still the content that was ingested."""
-    path = layout.root / f.path
     if source is None:
         return RawRead(
             f.path,
@@ -109,14 +109,15 @@ def _read(
             error=f"no source in driftloop.yaml matches this file any more (it was ingested "
             f"for source {f.source!r}); add a source whose path matches it",
         )
+    store = raw_store(f.path, layout.root)  # a ledger key names its store
     try:
-        st = path.stat()
+        obj = store.stat(f.path)
     except OSError as exc:
         return RawRead(f.path, None, error=f"the file is gone since it was ingested ({exc})")
-    if db.known_sighting(f.path, st.st_size, st.st_mtime_ns) != f.sha256:
-        now = file_sha256(path)
+    if db.known_sighting(f.path, obj.size, obj.mtime_ns) != f.sha256:
+        now = store.sha256(f.path)
         if now == f.sha256:
-            db.record_sighting(f.path, st.st_size, st.st_mtime_ns, now)
+            db.record_sighting(f.path, obj.size, obj.mtime_ns, now)
         else:
             return RawRead(
                 f.path,
@@ -125,6 +126,9 @@ def _read(
                 f"{now[:12]}...); raw files must not be modified in place: land changed data "
                 "as a new file (the new content was ingested as a file of its own)",
             )
+    path = store.local_path(f.path)
+    if path is None:  # Polars and pyarrow read paths; a remote store's reader comes with it
+        return RawRead(f.path, None, error=f"{store.scheme}:// files cannot be read yet")
     return read_raw(path, source, f.path, stream_min_bytes=threshold)
 
 
@@ -237,7 +241,8 @@ def _run_prep(
         }
         if quarantined or duplicate or secondary_bad or plan.files_quarantined:
             seal(qtmp, _quarantine_manifest(batch, manifest))
-        failure = _limit_failure(spec, batch.batch_id, counts, plan)
+        quarantine = layout.relative(layout.quarantine / batch.batch_id)
+        failure = _limit_failure(spec, batch.batch_id, counts, plan, quarantine)
         if failure is None:
             manifest["timings"] = {"total_s": round(time.perf_counter() - started, 4)}
             seal(ptmp, manifest)
@@ -256,7 +261,9 @@ def _write_secondary_bad(plan: PrepPlan, folder: Path) -> pl.DataFrame:
     return rows
 
 
-def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int], plan: PrepPlan) -> str | None:
+def _limit_failure(
+    spec: Spec, batch_id: str, counts: dict[str, int], plan: PrepPlan, quarantine: str
+) -> str | None:
     if counts["rows_in"] == 0 and plan.primary_files == 0:
         return None  # nothing for the primary source in this batch (a joined source's update)
     if counts["rows_in"] == 0:
@@ -265,7 +272,7 @@ def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int], plan: Prep
         more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
         return (
             f"batch {batch_id}: no usable rows; every file was quarantined{first}{more} "
-            f"(see data/quarantine/{batch_id}/manifest.json)"
+            f"(see {quarantine}/manifest.json)"
         )
     share = counts["rows_quarantined"] / counts["rows_in"]
     if share > spec.quarantine.max_bad_share:
@@ -273,7 +280,7 @@ def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int], plan: Prep
             f"batch {batch_id}: {counts['rows_quarantined']} of {counts['rows_in']} "
             f"rows ({share:.1%}) broke the contract, above quarantine.max_bad_share "
             f"{spec.quarantine.max_bad_share:.0%}; read the reasons in "
-            f"data/quarantine/{batch_id}/rows.parquet, then fix the data or the "
+            f"{quarantine}/rows.parquet, then fix the data or the "
             "contract, or raise the limit"
         )
     return None
