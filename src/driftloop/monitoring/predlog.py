@@ -26,9 +26,8 @@ from pathlib import Path
 import polars as pl
 
 from driftloop.core.errors import MonitoringError
+from driftloop.core.layout import Layout
 
-PREDICTIONS = Path("data") / "monitoring" / "predictions"
-FEEDBACK = Path("data") / "monitoring" / "feedback"
 TS = "__ts"
 REQUEST_ID = "__request_id"
 RECORD = "__record"
@@ -107,7 +106,7 @@ def read_predictions(
 ) -> pl.DataFrame:
     """Logged predictions with ``since <= __ts < until`` (UTC), oldest first; ``__ts`` is
     returned as naive UTC."""
-    parts = _parts(root / PREDICTIONS, since, until)
+    parts = _parts(Layout(root).predictions, since, until)
     frame = _read(parts, [TS, *KEYS, MODEL_NAME, MODEL_VERSION, PREDICTION])
     if frame.is_empty():
         return frame
@@ -123,7 +122,7 @@ def read_predictions(
 
 def read_feedback(root: Path) -> pl.DataFrame:
     """Every label received, the latest per (request id, record)."""
-    frame = _read(_parts(root / FEEDBACK, None, None), [TS, *KEYS, LABEL])
+    frame = _read(_parts(Layout(root).feedback, None, None), [TS, *KEYS, LABEL])
     if frame.is_empty():
         return frame
     return (

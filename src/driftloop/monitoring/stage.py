@@ -33,6 +33,6 @@ def check_batch(
         "summary": report["summary"],
         "paths": report.get("paths"),
     }
-    with atomic_output(layout.monitoring / "batches" / batch_id) as tmp:
+    with atomic_output(layout.batch_checks / batch_id) as tmp:
         seal(tmp, manifest)
     return manifest

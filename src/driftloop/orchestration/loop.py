@@ -86,13 +86,7 @@ def run_pass(
         from driftloop.train.fit import check_model_params
 
         check_model_params(spec)
-    for folder in (
-        layout.processed,
-        layout.features,
-        layout.quarantine,
-        layout.monitoring / "batches",
-        layout.root / "data" / "models",
-    ):
+    for folder in layout.outputs:
         sweep_temporaries(folder)
     with StateDB(layout.state_db) as db:
         applied = []
@@ -199,7 +193,7 @@ def _monitor_new_batches(
             spec.section_hash(*MONITOR_SECTIONS),
             [item["features_run_key"], f"champion={champion}"],
         )
-        out_dir = layout.monitoring / "batches" / batch.batch_id
+        out_dir = layout.batch_checks / batch.batch_id
 
         def work(started: float, batch_id: str = batch.batch_id, key: str = key) -> dict[str, Any]:
             return check_batch(layout, batch_id, key, now, champion)
@@ -212,7 +206,7 @@ def _signals(layout: Layout, new: list[dict[str, Any]]) -> tuple[bool, bool]:
     """(drift, decay) found by the checks of the new batches."""
     drift = decay = False
     for item in new:
-        out_dir = layout.monitoring / "batches" / item["batch_id"]
+        out_dir = layout.batch_checks / item["batch_id"]
         if is_complete(out_dir):
             summary = read_manifest(out_dir)["summary"]
             drift = drift or bool(summary["drift_detected"])

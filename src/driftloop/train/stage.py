@@ -117,7 +117,7 @@ def train_stage(
         return None
     latest = db.batches()[-1]
     key, lineage = plan.key, plan.lineage
-    out_dir = layout.root / "data" / "models" / key[:16]
+    out_dir = layout.models / key[:16]
 
     def work(started: float) -> dict[str, Any]:
         frame = training_frame(layout, lineage)
