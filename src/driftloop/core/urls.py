@@ -31,7 +31,7 @@ def no_store(url: str, known: Iterable[str], owner: str | None = None) -> Storag
             f"{where}: {scheme}:// storage is not supported yet: {PLANNED[scheme]}; until "
             "then, copy the files into a folder on this machine and point the path at it"
         )
-    close = difflib.get_close_matches(scheme, [*known, *PLANNED], n=1)
+    close = difflib.get_close_matches(scheme, [*known, *PLANNED], n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]}://?" if close else ""
     return StorageSchemeError(
         f"{where}: unknown storage scheme {scheme!r}{hint}; use a path on this machine "
