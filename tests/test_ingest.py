@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from driftloop.core.layout import Layout, file_sha256
+from driftloop.core.layout import Layout
+from driftloop.core.rawstore import LocalRawStore
 from driftloop.core.spec import load_spec
 from driftloop.core.state import StateDB
 from driftloop.ingest.stage import ingest
@@ -78,7 +81,8 @@ def test_new_file_makes_a_new_batch_and_only_it_is_processed(tmp_path: Path) -> 
     assert len(batches) == 2
     manifest = json.loads((batches[1] / "manifest.json").read_text())
     assert [i["path"] for i in manifest["inputs"]] == ["data/raw/s/b.csv"]
-    assert manifest["inputs"][0]["sha256"] == file_sha256(tmp_path / "data/raw/s/b.csv")
+    content = (tmp_path / "data/raw/s/b.csv").read_bytes()
+    assert manifest["inputs"][0]["sha256"] == hashlib.sha256(content).hexdigest()
 
 
 def test_second_run_does_no_work_and_spec_change_reruns_only_dependents(tmp_path: Path) -> None:
@@ -127,7 +131,7 @@ def test_a_file_the_os_saw_finished_needs_no_settle_time(tmp_path: Path) -> None
     a = land(tmp_path, "a.csv", [(1, 2)])
     b = land(tmp_path, "b.csv", [(3, 4)])
     spec, layout = load_spec(tmp_path), Layout(tmp_path)
-    seen = {str(p.absolute()): (p.stat().st_size, p.stat().st_mtime_ns) for p in (a, b)}
+    seen = {layout.relative(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (a, b)}
     with b.open("a") as fh:  # b was written to again after the OS said it was done
         fh.write("5,6\n")
     with StateDB(layout.state_db) as db:
@@ -265,19 +269,17 @@ def test_files_landing_together_form_one_batch_in_the_loop(tmp_path: Path) -> No
 def test_an_unreadable_file_is_reported_and_the_others_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import driftloop.ingest.stage
-
     write_spec(tmp_path, SPEC)
     land(tmp_path, "secret.csv", [(1, 2)])
     land(tmp_path, "fine.csv", [(3, 4)])
-    real = driftloop.ingest.stage.file_sha256
+    real = LocalRawStore.open
 
-    def hash_or_refuse(path: Path) -> str:
-        if path.name == "secret.csv":  # a file another user owns, mode 600
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+    def open_or_refuse(store: LocalRawStore, key: str) -> BinaryIO:
+        if key.endswith("secret.csv"):  # a file another user owns, mode 600
+            raise PermissionError(13, "Permission denied", key)
+        return real(store, key)
 
-    monkeypatch.setattr(driftloop.ingest.stage, "file_sha256", hash_or_refuse)
+    monkeypatch.setattr(LocalRawStore, "open", open_or_refuse)
     spec, layout = load_spec(tmp_path), Layout(tmp_path)
     with StateDB(layout.state_db) as db:
         result = ingest(spec, layout, db)

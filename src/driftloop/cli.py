@@ -61,7 +61,8 @@ def _console() -> Any:
 def init(
     project: ProjectOpt = Path(),
     from_file: Annotated[
-        Path | None, typer.Option("--from", help="Sample CSV/Parquet file to infer the spec from.")
+        str | None,  # a path or a URL: a Path would fold s3:// into s3:/
+        typer.Option("--from", help="Sample CSV/Parquet file to infer the spec from."),
     ] = None,
     target: Annotated[str | None, typer.Option(help="Target column to predict.")] = None,
     time_column: Annotated[str | None, typer.Option(help="Time column (optional).")] = None,
@@ -122,6 +123,8 @@ def run(project: ProjectOpt = Path()) -> None:
 
 def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
     """The run summary: what was ingested, what each stage did, what was quarantined."""
+    from driftloop.core.layout import Layout
+
     console = _console()
     ing = result.ingest
     if ing.batch is not None:
@@ -173,7 +176,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             if len(reasons) > 3:
                 console.print(f"  ... {len(reasons) - 3} more reason(s)")
             if m["rows_quarantined"]:
-                console.print(f"  rows and reasons: data/quarantine/{report.batch_id}/")
+                where = Layout(Path()).relative(Layout(Path()).quarantine / report.batch_id)
+                console.print(f"  rows and reasons: {where}/")
         elif report.stage == "features":
             console.print(
                 f"features {report.batch_id}: {m['rows']} rows, {len(m['schema'])} columns "

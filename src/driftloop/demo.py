@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from driftloop.core.layout import Layout
 from driftloop.pipeline import RunResult
 
 EXAMPLE = "shop"
@@ -60,7 +61,7 @@ def run_demo(
         shutil.rmtree(project)
     project.mkdir(parents=True, exist_ok=True)
     init_example(project, EXAMPLE, force=True)
-    with (project / "driftloop.yaml").open("a", encoding="utf-8") as fh:
+    with Layout(project).spec.open("a", encoding="utf-8") as fh:
         fh.write(LOOP_SETTINGS)
     step(f"wrote the '{EXAMPLE}' example in {project}/: week 1 of orders and customers landed")
 
@@ -68,7 +69,7 @@ def run_demo(
     loop = threading.Thread(target=watcher.run, name="driftloop-demo-loop", daemon=True)
     loop.start()
     step("started the loop (driftloop watch) and the server (driftloop serve)")
-    log = project / ".driftloop" / "serving" / "demo-server.log"
+    log = Layout(project).serving_logs / "demo-server.log"
     ok = True
     try:
         with background_server(project, log=log, wait_ready=False) as server:
@@ -241,7 +242,7 @@ def _monitor_log(project: Path, step: Callable[[str], None]) -> None:
 
 
 def _summary(project: Path, console: Any) -> None:
-    processed = sorted((project / "data" / "processed").glob("*/manifest.json"))
+    processed = sorted(Layout(project).processed.glob("*/manifest.json"))
     total = {"rows_in": 0, "rows_ok": 0, "rows_quarantined": 0, "rows_duplicate": 0}
     for path in processed:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -253,5 +254,5 @@ def _summary(project: Path, console: Any) -> None:
     )
     console.print(
         f"explore: 'driftloop status -p {project}', 'driftloop models -p {project}', "
-        f"{project}/data/monitoring/reports/, 'driftloop up -p {project}' to run it all again"
+        f"{Layout(project).reports}/, 'driftloop up -p {project}' to run it all again"
     )

@@ -22,6 +22,7 @@ import yaml
 
 from driftloop.core.errors import InitError, ProjectExistsError
 from driftloop.core.layout import Layout
+from driftloop.core.rawstore import raw_store
 from driftloop.core.spec import SPEC_FILENAME, CsvOptions, SourceSpec, load_spec
 from driftloop.prep.contract import normalize_strings
 from driftloop.prep.read import ROW, read_raw
@@ -223,7 +224,7 @@ def render_spec(
 
 def init_from_file(
     project: Path,
-    sample: Path,
+    sample: Path | str,
     target: str,
     *,
     time_column: str | None = None,
@@ -231,21 +232,31 @@ def init_from_file(
     task: str | None = None,
     force: bool = False,
 ) -> Path:
-    """Infer a spec from ``sample``, write it, and copy the sample into data/raw/<source>/."""
+    """Infer a spec from a sample (a path or URL), write it, and copy the sample into
+    data/raw/<source>/."""
     layout = Layout(project)
     if layout.spec.exists() and not force:
         raise ProjectExistsError(
             f"{layout.spec} already exists; run init in an empty folder, or pass --force"
         )
-    if not sample.is_file():
-        raise InitError(f"{sample}: no such file; pass the path of a CSV or Parquet sample")
+    # the sample's store, chosen by its URL; a relative path is relative to the working folder
+    url = str(sample)
+    store = raw_store(url, Path(), what="--from")
+    try:
+        key = store.stat(url).key
+    except OSError:
+        raise InitError(f"{url}: no such file; pass the path of a CSV or Parquet sample") from None
+    local = store.local_path(key)
+    if local is None:
+        raise InitError(f"{url}: {store.scheme}:// samples cannot be read yet")
+    sample = local
     is_parquet = sample.suffix.lower() in (".parquet", ".pq")
     opts = CsvOptions() if is_parquet else sniff_csv(sample)
     source_name = _source_name(sample)
     suffix = "parquet" if is_parquet else sample.suffix.lstrip(".").lower() or "csv"
     source = SourceSpec(
         name=source_name,
-        path=f"data/raw/{source_name}/*.{suffix}",
+        path=layout.source_pattern(source_name, suffix),
         format="parquet" if is_parquet else "csv",
         csv=opts,
     )
@@ -307,7 +318,8 @@ def init_from_file(
     load_spec(project)  # what init writes must load as is
     destination = raw_dir / (sample.stem + "." + suffix)
     if sample.resolve() != destination.resolve():
-        shutil.copyfile(sample, destination)
+        with store.open(key) as src, destination.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
     return layout.spec
 
 

@@ -19,6 +19,8 @@ shown only with ``--verbose``.
      ├── RegistryError                the model registry (MLflow) refused or lacks what is asked
      │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
+     ├── StorageError                 a source or output location cannot be used
+     │    └── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
      └── StateError                   the state database is unusable
 
 A ``TransientError`` says the failure may pass by itself (a registry that did not answer):
@@ -82,6 +84,14 @@ class RegistryError(DriftloopError):
 
 class MonitoringError(DriftloopError):
     """Monitoring cannot compare: no champion, no current data, or an unreadable log."""
+
+
+class StorageError(DriftloopError):
+    """A source or output location cannot be used."""
+
+
+class StorageSchemeError(StorageError):
+    """A URL names a storage scheme driftloop has no store for (yet)."""
 
 
 class TransientError(DriftloopError):

@@ -1,25 +1,21 @@
 """Where things live in a project folder, and the atomic-output discipline.
 
-A stage writes its output into a hidden temporary folder beside the final one, writes
-``manifest.json`` and then ``_SUCCESS`` last, and renames the folder into place. Readers
-ignore any output folder without ``_SUCCESS``.
+:class:`Layout` is the only place that spells a project path: every other module asks it.
+
+A stage writes its output into a place of its own run, writes ``manifest.json`` and then
+``_SUCCESS`` last, and commits it (on this machine: a hidden temporary folder renamed into
+place). Readers ignore any output without ``_SUCCESS``. The functions below are that
+protocol for any output address; :mod:`driftloop.core.outputs` implements it per store.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-SUCCESS = "_SUCCESS"
-MANIFEST = "manifest.json"
+from driftloop.core.outputs import output_store
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,46 @@ class Layout:
         return self.monitoring / "feedback"
 
     @property
+    def batch_checks(self) -> Path:
+        """Each new batch's check against the champion (a stage output per batch)."""
+        return self.monitoring / "batches"
+
+    @property
+    def reports(self) -> Path:
+        """Monitoring reports (json + html)."""
+        return self.monitoring / "reports"
+
+    @property
+    def models(self) -> Path:
+        """The train stage's outputs, one folder per training run key."""
+        return self.root / "data" / "models"
+
+    @property
+    def replay(self) -> Path:
+        """``driftloop replay`` results, one folder per replay."""
+        return self.root / "data" / "replay"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """The folders of stage outputs (committed by the atomic-output protocol)."""
+        return (self.processed, self.features, self.quarantine, self.batch_checks, self.models)
+
+    @property
+    def mlflow_db(self) -> Path:
+        """The embedded MLflow tracking store and registry (SQLite)."""
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        """The embedded MLflow store's artifacts (registered models)."""
+        return self.root / "mlartifacts"
+
+    @property
+    def serving_logs(self) -> Path:
+        """Logs of servers started for the project (the demo's, ``driftloop up``'s)."""
+        return self.state_dir / "serving"
+
+    @property
     def model_cache(self) -> Path:
         """Registered model packages kept on this machine, so serving starts without a download."""
         return self.state_dir / "models"
@@ -75,20 +111,9 @@ class Layout:
     def state_db(self) -> Path:
         return self.state_dir / "state.db"
 
-    @property
-    def batch_checks(self) -> Path:
-        """Each batch's check against the champion (the monitor stage's outputs)."""
-        return self.monitoring / "batches"
-
-    @property
-    def trainings(self) -> Path:
-        """The train stage's outputs, one folder per training key."""
-        return self.root / "data" / "models"
-
-    @property
-    def output_folders(self) -> tuple[Path, ...]:
-        """Every folder the stages publish outputs into (one child per batch or key)."""
-        return (self.processed, self.features, self.quarantine, self.batch_checks, self.trainings)
+    def source_pattern(self, source: str, suffix: str) -> str:
+        """The glob a new source's files land under: ``data/raw/<source>/*.<suffix>``."""
+        return f"{self.relative(self.raw / source)}/*.{suffix}"
 
     def relative(self, path: Path) -> str:
         """A path as the user sees it: relative to the project when inside it."""
@@ -99,93 +124,44 @@ class Layout:
             return str(path)
 
 
+# The commit protocol, for any output address: each call goes to the store the address
+# belongs to (driftloop.core.outputs; a rename on this machine).
+
+
 def is_complete(output_dir: Path) -> bool:
-    return (output_dir / SUCCESS).is_file()
+    """The output is committed (``_SUCCESS`` published): readers trust nothing else."""
+    return output_store(output_dir).is_committed(output_dir)
 
 
 def read_manifest(output_dir: Path) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((output_dir / MANIFEST).read_text(encoding="utf-8"))
-    return result
+    return output_store(output_dir).read_manifest(output_dir)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def atomic_output(final_dir: Path) -> AbstractContextManager[Path]:
+    """Yield a place of this run's own; when the caller sealed it, commit it as ``final_dir``.
 
-
-@contextlib.contextmanager
-def atomic_output(final_dir: Path) -> Iterator[Path]:
-    """Yield a temporary folder; when the caller sealed it, rename it to ``final_dir``.
-
-    The caller writes data files into the folder and then calls :func:`seal`. An existing
+    The caller writes data files into it and then calls :func:`seal`. An existing
     ``final_dir`` is the output of an earlier run with another key, so it is stale either
     way: it is replaced only once the new output is complete (a reader never sees a
-    half-written folder), and retracted when the new run publishes nothing (left unsealed,
+    half-written output), and retracted when the new run publishes nothing (left unsealed,
     or an exception).
     """
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final_dir.parent / f".tmp-{final_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    published = False
-    try:
-        yield tmp
-        if not is_complete(tmp):
-            return
-        old = None
-        if final_dir.exists():
-            old = final_dir.parent / f".old-{final_dir.name}-{uuid.uuid4().hex[:8]}"
-            final_dir.rename(old)
-        tmp.rename(final_dir)
-        published = True
-        _fsync_dir(final_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if not published:
-            retract(final_dir)
+    return output_store(final_dir).attempt(final_dir)
 
 
 def retract(output_dir: Path) -> None:
-    """Withdraw a published output: rename it aside (one atomic step), then delete it."""
-    if not output_dir.exists():
-        return
-    old = output_dir.parent / f".old-{output_dir.name}-{uuid.uuid4().hex[:8]}"
-    output_dir.rename(old)
-    _fsync_dir(output_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    """Withdraw a published output."""
+    output_store(output_dir).retract(output_dir)
 
 
 def seal(output_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest, then ``_SUCCESS`` last."""
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    (output_dir / MANIFEST).write_text(text + "\n", encoding="utf-8")
-    with (output_dir / SUCCESS).open("w", encoding="utf-8") as fh:
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    output_store(output_dir).seal(output_dir, manifest)
 
 
 def sweep_temporaries(parent: Path) -> None:
-    """Remove leftovers of a run that was killed between write and rename."""
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:  # no such folder yet
-        return
-    for entry in entries:
-        if entry.name.startswith((".tmp-", ".old-")):
-            shutil.rmtree(entry.path, ignore_errors=True)
+    """Remove leftovers of a run that was killed before its commit."""
+    output_store(parent).sweep(parent)
 
 
 DATA_FILE = "data.parquet"

@@ -1,9 +1,11 @@
 """Ingest: find raw files that have landed, take each exactly once, and form a batch.
 
-A file is identified by the SHA-256 of its content. A file re-uploaded unchanged (same
-content, any name) is recognised and not taken again. A file that is still being written is
-left for a later pass: names with a temporary suffix or a leading dot/underscore are skipped,
-and a file must keep the same size and modification time for ``ingest.settle_seconds``.
+Raw files are listed, read and hashed through each source's store
+(:mod:`driftloop.core.rawstore`), chosen from the source's URL. A file is identified by the
+SHA-256 of its content. A file re-uploaded unchanged (same content, any name) is recognised
+and not taken again. A file that is still being written is left for a later pass: names
+with a temporary suffix or a leading dot/underscore are skipped, and a file must keep the
+same identity (size, modification time, version) for ``ingest.settle_seconds``.
 Raw files are only ever read.
 """
 
@@ -11,18 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from driftloop.core.layout import Layout, file_sha256
+from driftloop.core.layout import Layout
+from driftloop.core.rawstore import RawObject
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work
 from driftloop.core.state import Batch, RawFile, StateDB, utcnow
-from driftloop.core.storage import Listed, is_temporary, listing
+from driftloop.core.storage import candidate_files, source_stores
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def ingest(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
     complete: Mapping[str, tuple[int, int]] | None = None,
-    listed_files: list[Listed] | None = None,
+    listed_files: list[tuple[str, RawObject]] | None = None,
 ) -> IngestResult:
     """Take every new, complete raw file into one new batch (or none if nothing is new).
 
@@ -59,65 +60,54 @@ def ingest(
     and checks they did not change; without it such files are left for the next pass, and
     new complete files become one batch only once none of them is younger than
     ``ingest.batch_window_seconds`` (files of one delivery land together).
-    ``complete`` maps absolute paths the caller saw finished (closed after writing, or renamed into
-    place: ``driftloop watch`` learns this from the OS) to their (size, mtime_ns) then; such
-    a file, unchanged since, needs no settle time. ``files``: the sources' listing, when the
-    caller has it (``listed_files``, :func:`driftloop.core.storage.listing`).
+    ``complete`` maps the keys of raw objects the caller saw finished (closed after writing,
+    or renamed into place: ``driftloop watch`` learns this from the store's notifications)
+    to their (size, mtime_ns) then; such a file, unchanged since, needs no settle time.
+    ``listed_files``: the sources' listing (:func:`driftloop.core.storage.candidate_files`),
+    when the caller has it.
     """
     settle = spec.ingest.settle_seconds
-    # A file the ledger already took, unchanged since (same name, size and time), is passed
+    stores = source_stores(spec, layout)
+    listed = candidate_files(spec, layout, stores) if listed_files is None else listed_files
+    # A file the ledger already took, unchanged since (same key, size and time), is passed
     # over without a look: a pass costs what landed, not what landed before.
     taken_before = db.ingested_sightings()
-    candidates = []
-    stats = {}
-    for listed in listing(spec, layout) if listed_files is None else listed_files:
-        if (listed.path, listed.size, listed.mtime_ns) in taken_before:
-            continue
-        path = layout.root / listed.path
-        if is_temporary(path):
-            continue
-        try:
-            stats[path] = path.stat()
-        except OSError:  # removed between the listing and now
-            continue
-        candidates.append((listed.source, path))
+    listed = [(s, o) for s, o in listed if (o.key, o.size, o.mtime_ns) not in taken_before]
     done = complete or {}
 
-    def finished(path: Path, st: os.stat_result) -> bool:
-        return done.get(str(path.absolute())) == (st.st_size, st.st_mtime_ns)
+    def finished(obj: RawObject) -> bool:
+        return done.get(obj.key) == obj.seen
 
-    young = [p for p, st in stats.items() if clock() - st.st_mtime < settle and not finished(p, st)]
+    young = [o for _, o in listed if clock() - o.mtime < settle and not finished(o)]
     if young and wait:
-        youngest = max(stats[p].st_mtime for p in young)
+        youngest = max(o.mtime for o in young)
         sleep(max(0.0, settle - (clock() - youngest)))
     result = IngestResult(batch=None)
     new: list[RawFile] = []
     newest = 0.0  # the latest modification among the new files
     taken: dict[str, str] = {}
-    for source, path in candidates:
-        rel = layout.relative(path)
-        before = stats[path]
+    for source, before in listed:
+        rel, store = before.key, stores[source]
         try:
-            now_stat = path.stat()
+            now = store.stat(rel)
         except OSError:
             continue
-        changed = (now_stat.st_size, now_stat.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
-        if changed or (clock() - now_stat.st_mtime < settle and not finished(path, now_stat)):
+        if now != before or (clock() - now.mtime < settle and not finished(now)):
             result.still_writing.append(rel)
             continue
-        sha = db.known_sighting(rel, now_stat.st_size, now_stat.st_mtime_ns)
+        sha = db.known_sighting(rel, now.size, now.mtime_ns)
         if sha is None:
             try:
-                sha = file_sha256(path)
-                after = path.stat()
+                sha = store.sha256(rel)
+                after = store.stat(rel)
             except OSError as exc:  # unreadable (permissions) or gone: the others go on
                 log.warning("%s cannot be read (%s); left for a later pass", rel, exc)
                 result.unreadable.append(f"{rel}: {exc.strerror or exc}")
                 continue
-            if (after.st_size, after.st_mtime_ns) != (now_stat.st_size, now_stat.st_mtime_ns):
+            if after != now:
                 result.still_writing.append(rel)
                 continue
-            db.record_sighting(rel, now_stat.st_size, now_stat.st_mtime_ns, sha)
+            db.record_sighting(rel, now.size, now.mtime_ns, sha)
         known = db.raw_file(sha)
         if known is not None or sha in taken:
             original = known.path if known is not None else taken[sha]
@@ -125,8 +115,8 @@ def ingest(
                 result.reuploads.append(Reupload(rel, original))
             continue
         taken[sha] = rel
-        new.append(RawFile(sha, source, rel, now_stat.st_size, batch_id=""))
-        newest = max(newest, now_stat.st_mtime)
+        new.append(RawFile(sha, source, rel, now.size, batch_id=""))
+        newest = max(newest, now.mtime)
     if result.reuploads:
         for r in result.reuploads:
             log.info("%s has the same content as %s; not ingested again", r.path, r.same_as)

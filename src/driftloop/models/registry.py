@@ -62,7 +62,7 @@ def tracking_uri(spec: Spec, layout: Layout) -> str:
         return spec.model.tracking_uri
     if _USER_TRACKING_URI:
         return _USER_TRACKING_URI
-    return f"sqlite:///{(layout.root / 'mlflow.db').resolve()}"
+    return f"sqlite:///{layout.mlflow_db.resolve()}"
 
 
 def client(spec: Spec, layout: Layout) -> Any:
@@ -101,7 +101,7 @@ def ensure_sqlite_store(path: Path, layout: Layout) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    artifacts = (layout.root / "mlartifacts").resolve().as_uri()
+    artifacts = layout.mlflow_artifacts.resolve().as_uri()
     try:
         with _quiet_mlflow():
             store = SqlAlchemyStore(f"sqlite:///{tmp}", artifacts)  # type: ignore[no-untyped-call]  # mlflow leaves __init__ untyped
@@ -120,7 +120,7 @@ def experiment_id(spec: Spec, layout: Layout, mlflow_client: Any) -> str:
         return str(found.experiment_id)
     artifacts = None
     if tracking_uri(spec, layout).startswith("sqlite:///"):
-        artifacts = (layout.root / "mlartifacts").resolve().as_uri()
+        artifacts = layout.mlflow_artifacts.resolve().as_uri()
     return str(mlflow_client.create_experiment(spec.name, artifact_location=artifacts))
 
 

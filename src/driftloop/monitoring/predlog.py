@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from driftloop.core.errors import MonitoringError
+from driftloop.core.layout import Layout
 from driftloop.core.predlog import (
     FEEDBACK_COLUMNS,
     KEYS,
@@ -38,8 +39,6 @@ from driftloop.core.predlog import (
     partition_day,
 )
 
-PREDICTIONS = Path("data") / "monitoring" / "predictions"
-FEEDBACK = Path("data") / "monitoring" / "feedback"
 _PLAIN = (
     "ts",
     "request_id",
@@ -107,7 +106,7 @@ def read_predictions(
 ) -> pl.DataFrame:
     """Logged predictions with ``since <= __ts < until`` (UTC), oldest first; ``__ts`` is
     returned as naive UTC."""
-    parts = _parts(root / PREDICTIONS, since, until)
+    parts = _parts(Layout(root).predictions, since, until)
     frame = _read(parts, PREDICTION_COLUMNS)
     if frame.is_empty():
         return frame
@@ -123,7 +122,7 @@ def read_predictions(
 
 def read_feedback(root: Path) -> pl.DataFrame:
     """Every label received, the latest per (request id, record)."""
-    frame = _read(_parts(root / FEEDBACK, None, None), FEEDBACK_COLUMNS)
+    frame = _read(_parts(Layout(root).feedback, None, None), FEEDBACK_COLUMNS)
     if frame.is_empty():
         return frame
     return (

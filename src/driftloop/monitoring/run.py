@@ -35,7 +35,6 @@ from driftloop.monitoring.reference import Reference
 log = logging.getLogger(__name__)
 
 EXIT_DRIFT = 3  # documented in cli.py: something drifted or performance degraded
-REPORTS = Path("data") / "monitoring" / "reports"
 
 
 @dataclass(frozen=True)
@@ -435,7 +434,7 @@ def monitor(
     )
     json_path = html_path = None
     if write:
-        json_path, html_path = write_reports(layout.root / REPORTS, report, now)
+        json_path, html_path = write_reports(layout.reports, report, now)
         report["paths"] = {"json": layout.relative(json_path), "html": layout.relative(html_path)}
     if record_events:
         _record(layout, report)

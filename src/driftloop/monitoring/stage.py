@@ -64,7 +64,7 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
         ctx.db.record_fact(f"{SIGNAL}{batch_id}", json.dumps(found))
         return manifest
 
-    return Work(key, layout.monitoring / "batches" / batch_id, run, batch_id)
+    return Work(key, layout.batch_checks / batch_id, run, batch_id)
 
 
 STAGE = StageDef(
@@ -91,6 +91,6 @@ def check_batch(
         summary=report["summary"],
         paths=report.get("paths"),
     ).as_json()
-    with atomic_output(layout.monitoring / "batches" / batch_id) as tmp:
+    with atomic_output(layout.batch_checks / batch_id) as tmp:
         seal(tmp, manifest)
     return manifest

@@ -16,7 +16,8 @@ import json
 import os
 from datetime import datetime
 
-from driftloop.core.layout import SUCCESS, read_manifest
+from driftloop.core.layout import read_manifest
+from driftloop.core.outputs import SUCCESS
 from driftloop.core.stage import Context, StageCall
 from driftloop.monitoring.stage import (
     MONITOR_SECTIONS,
@@ -104,7 +105,7 @@ def _with_check(
     if champion is not None:
         features_key = current.get(("features", b))
         key = check_key(sections, str(features_key), champion)
-        out = os.path.join(str(ctx.layout.monitoring / "batches"), b, SUCCESS)  # noqa: PTH118
+        out = os.path.join(str(ctx.layout.batch_checks), b, SUCCESS)  # noqa: PTH118
         if current.get(("monitor", b)) == key and os.path.exists(out):  # noqa: PTH110
             versions = frozenset({champion})
         elif features_key is None or not is_current(
@@ -113,7 +114,7 @@ def _with_check(
             rows = read_manifest(ctx.layout.features / b).get("rows")
         else:
             versions = frozenset({champion})
-    out_dir = ctx.layout.monitoring / "batches" / b
+    out_dir = ctx.layout.batch_checks / b
     if found is None and (out_dir / SUCCESS).exists():
         # a check written before its findings were kept in the state database
         summary = read_manifest(out_dir)["summary"]

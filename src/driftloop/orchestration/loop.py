@@ -34,7 +34,7 @@ from driftloop.core.layout import Layout, sweep_temporaries
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
 from driftloop.core.state import StateDB
-from driftloop.core.storage import listing
+from driftloop.core.storage import candidate_files, placement
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
 from driftloop.orchestration.facts import advance_watermark, gather
@@ -91,16 +91,16 @@ def run_pass(
             from driftloop.promotion.alias import apply_pending_decisions
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
-        listed = listing(spec, layout)  # the sources' files, listed once for the whole pass
+        listed = candidate_files(spec, layout)  # the sources' files, once for the whole pass
         before = settled.fingerprint(spec, layout, db, listed)
         if not applied and db.fact(settled.FACT) == before:
             return RunResult(IngestResult(batch=None))  # nothing changed since a pass settled
-        for folder in layout.output_folders:
+        for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
         found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
         result = RunResult(found, applied=applied)
         ctx = Context(spec, layout, db, now=now)
-        ctx.memo["placement"] = {f.path: f.source for f in listed}
+        ctx.memo["placement"] = placement(listed)
         for _ in range(MAX_ROUNDS):
             facts = gather(ctx)
             plan = planner.plan(spec, facts, now or datetime.now(UTC))

@@ -104,12 +104,13 @@ def policy_spec(spec_text: str, project: Path, retrain: dict[str, Any]) -> str:
             "replay lands batches as CSV: a project whose primary source is parquet is not "
             "supported yet (convert the data and use a csv source)"
         )
-    source["path"] = f"data/raw/{source['name']}/*.csv"
+    layout = Layout(project)
+    source["path"] = layout.source_pattern(source["name"], "csv")
     data["ingest"] = {**(data.get("ingest") or {}), "settle_seconds": 0, "batch_window_seconds": 0}
     data["retrain"] = retrain
     data["model"] = {
         **(data.get("model") or {}),
-        "tracking_uri": f"sqlite:///{(project / 'mlflow.db').resolve()}",
+        "tracking_uri": f"sqlite:///{layout.mlflow_db.resolve()}",
     }
     monitoring = data.get("monitoring") or {}
     data["monitoring"] = {**monitoring, "on_new_data": True}
@@ -131,7 +132,7 @@ def replay(
 ) -> ReplayResult:
     """Replay ``data`` through the loop under each policy; write the report (see module doc)."""
     spec = load_spec(project)
-    spec_text = (project / "driftloop.yaml").read_text(encoding="utf-8")
+    spec_text = Layout(project).spec.read_text(encoding="utf-8")
     frame = _read_raw(data, spec)
     parts = cut(
         frame, spec, batch_size=batch_size, by=by, initial=initial, initial_periods=initial_periods
@@ -140,7 +141,7 @@ def replay(
         raise ProjectError(
             f"replay: {data} gives {len(parts)} batch(es); need an initial window and more"
         )
-    folder = out or project / "data" / "replay" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    folder = out or Layout(project).replay / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
     result = ReplayResult(folder)
     say(
@@ -190,9 +191,9 @@ def _replay_policy(
     retrain = POLICIES[name]
     if name == "triggered":
         retrain = {**spec.retrain.model_dump(mode="json"), **retrain}
-    (project / "driftloop.yaml").write_text(policy_spec(spec_text, project, retrain))
+    Layout(project).spec.write_text(policy_spec(spec_text, project, retrain))
     own = load_spec(project)
-    raw = project / "data" / "raw" / own.primary.name
+    raw = Layout(project).raw / own.primary.name
     raw.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     _land(parts[0], raw, 0, own)

@@ -17,15 +17,18 @@ import hashlib
 import os
 
 from driftloop.core.layout import Layout
+from driftloop.core.rawstore import RawObject
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
-from driftloop.core.storage import Listed, listing
+from driftloop.core.storage import candidate_files
 
 FACT = "settled"
 
 
-def fingerprint(spec: Spec, layout: Layout, db: StateDB, listed: list[Listed] | None = None) -> str:
-    """``listed``: the sources' listing, when the caller has it."""
+def fingerprint(
+    spec: Spec, layout: Layout, db: StateDB, listed: list[tuple[str, RawObject]] | None = None
+) -> str:
+    """``listed``: the sources' listing (:func:`candidate_files`), when the caller has it."""
     digest = hashlib.sha256()
     digest.update(layout.spec.read_bytes())
     if spec.features.function:
@@ -33,11 +36,10 @@ def fingerprint(spec: Spec, layout: Layout, db: StateDB, listed: list[Listed] | 
 
         module = user_module_path(spec.features.function, layout.root)
         digest.update(module.read_bytes() if module.is_file() else b"missing")
-    files = [
-        f"{f.path}\0{f.source}\0{f.size}\0{f.mtime_ns}" for f in listed or listing(spec, layout)
-    ]
+    listed = candidate_files(spec, layout) if listed is None else listed
+    files = [f"{o.key}\0{s}\0{o.size}\0{o.mtime_ns}\0{o.version}" for s, o in listed]
     digest.update("\n".join(files).encode())
-    for folder in layout.output_folders:
+    for folder in layout.outputs:
         try:
             names = sorted(os.listdir(folder))  # noqa: PTH208 - names only, fast
             stamp = os.stat(folder).st_mtime_ns  # noqa: PTH116

@@ -41,11 +41,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
         new, last = new_batches(layout, db)
         known = {f.path for b in batches for f in db.batch_files(b.batch_id)}
-        waiting_files = [
-            layout.relative(p)
-            for _, p in candidate_files(spec, layout)
-            if layout.relative(p) not in known
-        ]
+        waiting_files = [o.key for _, o in candidate_files(spec, layout) if o.key not in known]
         lease = db.lease("watch")
         served = db.last_event("ModelServed")
         status: dict[str, Any] = {
@@ -79,7 +75,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
 
 def _last_verdict(layout: Layout) -> dict[str, Any] | None:
     """The newest monitoring report's summary (batch checks and scheduled runs alike)."""
-    reports = sorted((layout.monitoring / "reports").glob("*.json"))
+    reports = sorted(layout.reports.glob("*.json"))
     if not reports:
         return None
     report = json.loads(reports[-1].read_text(encoding="utf-8"))

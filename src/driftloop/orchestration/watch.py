@@ -1,27 +1,27 @@
 """``driftloop watch``: the loop that runs by itself.
 
-Holds the project's writer lease, listens for files landing under ``data/raw`` (watchdog;
-polling when the OS cannot notify), and makes a pass (:func:`run_pass`) whenever something
-landed, a transient failure's backoff ran out, or a timer fired. On
-``monitoring.schedule_minutes`` it also monitors the prediction log. A pass that fails
-(a broken spec edited in place, a disk error) is reported and the loop goes on; Ctrl-C or
-SIGTERM stops it between passes, and since every step is idempotent, so does ``kill -9``.
+Holds the project's writer lease, listens for files landing under ``data/raw`` (the raw
+store's notifications: watchdog on this machine; polling when the OS cannot notify), and
+makes a pass (:func:`run_pass`) whenever something landed, a transient failure's backoff ran
+out, or a timer fired. On ``monitoring.schedule_minutes`` it also monitors the prediction
+log. A pass that fails (a broken spec edited in place, a disk error) is reported and the
+loop goes on; Ctrl-C or SIGTERM stops it between passes, and since every step is
+idempotent, so does ``kill -9``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from driftloop.core.errors import DriftloopError, first_line
 from driftloop.core.layout import Layout
+from driftloop.core.rawstore import RawObject, Subscription, raw_store
 from driftloop.core.spec import load_spec
 from driftloop.orchestration.lease import Lease
 from driftloop.orchestration.loop import RunResult, run_pass
@@ -88,7 +88,6 @@ class Watcher:
         finally:
             if observer is not None:
                 observer.stop()
-                observer.join(5)
             lease.release()
 
     def wake(self) -> None:
@@ -168,44 +167,31 @@ class Watcher:
         self.state.last_work = f"{now:%H:%M:%S} monitored the prediction log: {messages}"
         self._status()
 
-    def _observe(self) -> Any:
-        """A watchdog observer that wakes the loop when anything changes under data/raw."""
+    def _observe(self) -> Subscription | None:
+        """Notifications from the raw store that wake the loop when anything changes under
+        data/raw; a file the store reports complete is remembered, so ingest takes it at
+        once."""
+        raw = self.layout.relative(self.layout.raw)
+        wake = self._wake
+        complete = self.complete
+
+        def changed(obj: RawObject | None) -> None:
+            if obj is not None:
+                complete[obj.key] = obj.seen
+            wake.set()
+
         try:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler
-            from watchdog.observers import Observer
-
-            wake = self._wake
-            complete = self.complete
-
-            class _Wake(FileSystemEventHandler):
-                def on_any_event(self, event: FileSystemEvent) -> None:
-                    if event.event_type in ("closed", "moved") and not event.is_directory:
-                        path = event.dest_path if event.event_type == "moved" else event.src_path
-                        _mark_complete(complete, os.fsdecode(path))
-                    wake.set()
-
-            observer = Observer()
-            observer.schedule(_Wake(), str(self.layout.raw), recursive=True)
-            observer.start()
+            return raw_store(raw, self.project).watch(raw, changed)
         except Exception as exc:  # no inotify watches left, an exotic file system, ...
             log.warning(
                 "file notifications unavailable (%s); polling every %.1fs", exc, self.interval
             )
             self.state.notifications = f"polling every {self.interval:g}s"
             return None
-        return observer
 
     def _status(self) -> None:
         if self.on_status is not None:
             self.on_status(self.state)
-
-
-def _mark_complete(complete: dict[str, tuple[int, int]], path: str) -> None:
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return
-    complete[str(Path(path).absolute())] = (st.st_size, st.st_mtime_ns)
 
 
 def _summary(result: RunResult) -> str:

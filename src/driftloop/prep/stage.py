@@ -22,16 +22,16 @@ from driftloop.core.layout import (
     DATA_FILE,
     Layout,
     atomic_output,
-    file_sha256,
     parquet_rows,
     retract,
     seal,
 )
 from driftloop.core.manifests import PrepManifest
+from driftloop.core.rawstore import raw_store
 from driftloop.core.spec import SourceSpec, Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work, run_key
 from driftloop.core.state import Batch, RawFile, StateDB
-from driftloop.core.storage import placement
+from driftloop.core.storage import candidate_files, placement
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, quarantined_rows
@@ -75,7 +75,7 @@ def place_files(
     ``placed`` (:func:`driftloop.core.storage.placement`) and ``files`` (the batch's ledger
     files) let a pass read them once for all its batches.
     """
-    matched = placement(spec, layout) if placed is None else placed
+    matched = placement(candidate_files(spec, layout)) if placed is None else placed
     names = {s.name for s in spec.sources}
 
     def source_of(f: RawFile) -> str | None:
@@ -99,7 +99,7 @@ def work(ctx: Context, call: StageCall) -> Work:
         layout,
         db,
         batch,
-        placed=ctx.once("placement", lambda: placement(spec, layout)),
+        placed=ctx.once("placement", lambda: placement(candidate_files(spec, layout))),
         files=ctx.once("files_by_batch", db.files_by_batch).get(batch.batch_id, []),
     )
     key = run_key(
@@ -127,7 +127,6 @@ def _read(
     layout: Layout, db: StateDB, f: RawFile, source: SourceSpec | None, threshold: int | None
 ) -> RawRead:
     """Read a ledger file, after checking it is still the content that was ingested."""
-    path = layout.root / f.path
     if source is None:
         return RawRead(
             f.path,
@@ -135,14 +134,15 @@ def _read(
             error=f"no source in driftloop.yaml matches this file any more (it was ingested "
             f"for source {f.source!r}); add a source whose path matches it",
         )
+    store = raw_store(f.path, layout.root)  # a ledger key names its store
     try:
-        st = path.stat()
+        obj = store.stat(f.path)
     except OSError as exc:
         return RawRead(f.path, None, error=f"the file is gone since it was ingested ({exc})")
-    if db.known_sighting(f.path, st.st_size, st.st_mtime_ns) != f.sha256:
-        now = file_sha256(path)
+    if db.known_sighting(f.path, obj.size, obj.mtime_ns) != f.sha256:
+        now = store.sha256(f.path)
         if now == f.sha256:
-            db.record_sighting(f.path, st.st_size, st.st_mtime_ns, now)
+            db.record_sighting(f.path, obj.size, obj.mtime_ns, now)
         else:
             return RawRead(
                 f.path,
@@ -151,6 +151,9 @@ def _read(
                 f"{now[:12]}...); raw files must not be modified in place: land changed data "
                 "as a new file (the new content was ingested as a file of its own)",
             )
+    path = store.local_path(f.path)
+    if path is None:  # Polars and pyarrow read paths; a remote store's reader comes with it
+        return RawRead(f.path, None, error=f"{store.scheme}:// files cannot be read yet")
     return read_raw(path, source, f.path, stream_min_bytes=threshold)
 
 
@@ -264,7 +267,8 @@ def _run_prep(
         manifest = PrepManifest.model_validate(manifest).as_json()  # its shape, checked
         if quarantined or duplicate or secondary_bad or plan.files_quarantined:
             seal(qtmp, _quarantine_manifest(batch, manifest))
-        failure = _limit_failure(spec, batch.batch_id, counts, plan)
+        quarantine = layout.relative(layout.quarantine / batch.batch_id)
+        failure = _limit_failure(spec, batch.batch_id, counts, plan, quarantine)
         if failure is None:
             manifest["timings"] = {"total_s": round(time.perf_counter() - started, 4)}
             seal(ptmp, manifest)
@@ -283,7 +287,9 @@ def _write_secondary_bad(plan: PrepPlan, folder: Path) -> pl.DataFrame:
     return rows
 
 
-def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int], plan: PrepPlan) -> str | None:
+def _limit_failure(
+    spec: Spec, batch_id: str, counts: dict[str, int], plan: PrepPlan, quarantine: str
+) -> str | None:
     if counts["rows_in"] == 0 and plan.primary_files == 0:
         return None  # nothing for the primary source in this batch (a joined source's update)
     if counts["rows_in"] == 0:
@@ -292,7 +298,7 @@ def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int], plan: Prep
         more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
         return (
             f"batch {batch_id}: no usable rows; every file was quarantined{first}{more} "
-            f"(see data/quarantine/{batch_id}/manifest.json)"
+            f"(see {quarantine}/manifest.json)"
         )
     share = counts["rows_quarantined"] / counts["rows_in"]
     if share > spec.quarantine.max_bad_share:
@@ -300,7 +306,7 @@ def _limit_failure(spec: Spec, batch_id: str, counts: dict[str, int], plan: Prep
             f"batch {batch_id}: {counts['rows_quarantined']} of {counts['rows_in']} "
             f"rows ({share:.1%}) broke the contract, above quarantine.max_bad_share "
             f"{spec.quarantine.max_bad_share:.0%}; read the reasons in "
-            f"data/quarantine/{batch_id}/rows.parquet, then fix the data or the "
+            f"{quarantine}/rows.parquet, then fix the data or the "
             "contract, or raise the limit"
         )
     return None

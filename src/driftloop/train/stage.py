@@ -21,14 +21,13 @@ import polars as pl
 from driftloop import __version__
 from driftloop.core.errors import RegistryError, TrainError, first_line
 from driftloop.core.layout import (
-    MANIFEST,
-    SUCCESS,
     Layout,
     atomic_output,
     is_complete,
     read_manifest,
     seal,
 )
+from driftloop.core.outputs import MANIFEST, SUCCESS
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
 from driftloop.core.state import StateDB
@@ -130,7 +129,7 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     if plan is None:
         return Skip("no batch has features yet")
     key, lineage = plan.key, plan.lineage
-    out_dir = layout.root / "data" / "models" / key[:16]
+    out_dir = layout.models / key[:16]
     spec_text = layout.spec.read_text(encoding="utf-8")
 
     def run(started: float) -> dict[str, Any]:

@@ -1,0 +1,147 @@
+"""The commit protocol of a stage's outputs, behind a small interface.
+
+An output (``data/processed/<batch>``, say) is written by an *attempt*: the stage writes its
+data files into a place of its own run, then :meth:`OutputStore.seal` writes
+``manifest.json`` and publishes the commit marker ``_SUCCESS`` last. Readers trust only
+committed outputs (:meth:`OutputStore.is_committed`). An attempt that publishes nothing
+(left unsealed, or an exception) leaves nothing visible and withdraws the earlier output,
+which is stale either way; an attempt a crash abandoned is removed by
+:meth:`OutputStore.sweep`.
+
+:class:`LocalOutputStore` keeps the rename commit: the attempt is a hidden folder beside the
+final one (``.tmp-<name>-<random>``) holding data, manifest and ``_SUCCESS``, renamed into
+place in one step. An object store has no rename; its implementation (issue 13) writes to a
+run-specific prefix and publishes the marker with a conditional put, naming that prefix.
+
+Outputs are addressed by URL (a :class:`~pathlib.Path` on this machine today), and the store
+is chosen from the address (:func:`output_store`), so callers need no store argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+from driftloop.core.urls import no_store, url_scheme
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+
+Address = Path | str
+
+
+class OutputStore(Protocol):
+    """Where stage outputs are written, committed, read and withdrawn."""
+
+    def attempt(self, output: Path) -> AbstractContextManager[Path]:
+        """A place of this run's own to write ``output``'s files; committed when the block
+        ends sealed, else dropped (and the earlier output withdrawn)."""
+        ...
+
+    def seal(self, attempt: Path, manifest: dict[str, Any]) -> None:
+        """Write the manifest, then the commit marker last."""
+        ...
+
+    def is_committed(self, output: Path) -> bool: ...
+
+    def read_manifest(self, output: Path) -> dict[str, Any]: ...
+
+    def retract(self, output: Path) -> None:
+        """Withdraw a committed output (readers stop seeing it at once)."""
+        ...
+
+    def sweep(self, parent: Path) -> None:
+        """Remove what crashed attempts left under ``parent``."""
+        ...
+
+
+class LocalOutputStore:
+    """Outputs in a folder of this machine: a rename is the commit."""
+
+    scheme = "file"
+
+    @contextlib.contextmanager
+    def attempt(self, output: Path) -> Iterator[Path]:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.parent / f".tmp-{output.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        published = False
+        try:
+            yield tmp
+            if not self.is_committed(tmp):
+                return
+            old = None
+            if output.exists():
+                old = output.parent / f".old-{output.name}-{uuid.uuid4().hex[:8]}"
+                output.rename(old)
+            tmp.rename(output)
+            published = True
+            _fsync_dir(output.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            if not published:
+                self.retract(output)
+
+    def seal(self, attempt: Path, manifest: dict[str, Any]) -> None:
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+        (attempt / MANIFEST).write_text(text + "\n", encoding="utf-8")
+        with (attempt / SUCCESS).open("w", encoding="utf-8") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def is_committed(self, output: Path) -> bool:
+        return (output / SUCCESS).is_file()
+
+    def read_manifest(self, output: Path) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads((output / MANIFEST).read_text(encoding="utf-8"))
+        return result
+
+    def retract(self, output: Path) -> None:
+        """Rename the output aside (one atomic step), then delete it."""
+        if not output.exists():
+            return
+        old = output.parent / f".old-{output.name}-{uuid.uuid4().hex[:8]}"
+        output.rename(old)
+        _fsync_dir(output.parent)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def sweep(self, parent: Path) -> None:
+        try:
+            entries = list(os.scandir(parent))  # names only: 10,000s of batch folders
+        except OSError:  # no such folder yet
+            return
+        for entry in entries:
+            if entry.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The registry of output stores by URL scheme; tests/test_storage.py runs the commit
+# contract over each.
+OUTPUT_STORES: dict[str, Callable[[], OutputStore]] = {"file": LocalOutputStore}
+
+
+def output_store(address: Address) -> OutputStore:
+    """The store an output address (a path, or a URL) belongs to."""
+    scheme = "file" if isinstance(address, Path) else url_scheme(address)
+    factory = OUTPUT_STORES.get(scheme)
+    if factory is None:
+        raise no_store(str(address), OUTPUT_STORES, "output")
+    return factory()
