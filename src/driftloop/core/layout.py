@@ -49,6 +49,11 @@ class Layout:
         return self.root / "data" / "quarantine"
 
     @property
+    def promotions(self) -> Path:
+        """The promote stage's decisions, one folder per training decided."""
+        return self.root / "data" / "promotions"
+
+    @property
     def monitoring(self) -> Path:
         return self.root / "data" / "monitoring"
 

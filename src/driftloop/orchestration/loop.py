@@ -12,7 +12,8 @@ whenever a file lands or a timer fires. A pass:
 4. checks each batch that arrived since the last training against the champion (drift, and
    realized performance from its labels), once per batch and champion;
 5. asks the retrain policy whether a training is due, records ``RetrainRequested`` with the
-   reason, and trains; the promotion gate decides whether the challenger serves.
+   reason, and trains; then the promote stage runs the promotion gate on the newest training
+   not decided yet (a cache hit when there is none), which decides whether it serves.
 
 Every step is idempotent, so a pass interrupted anywhere (even by ``kill -9``) is finished
 by the next one. Stages never import each other; this module wires them.
@@ -153,10 +154,12 @@ def _model_steps(
     moment = now or datetime.now(UTC)
     if _reason(spec, layout, db, facts, moment, signals=False) is not None:
         _train_if_due(spec, layout, db, result, facts, now=moment, backoff=backoff)
+        _promote(spec, layout, db, result, backoff=backoff)
         _monitor_new_batches(spec, layout, db, result, facts, now=now, backoff=backoff)
     else:
         _monitor_new_batches(spec, layout, db, result, facts, now=now, backoff=backoff)
         _train_if_due(spec, layout, db, result, facts, now=moment, backoff=backoff)
+        _promote(spec, layout, db, result, backoff=backoff)
 
 
 def recorded_champion(db: StateDB, model: str) -> str | None:
@@ -257,6 +260,16 @@ def _train_if_due(
         )
     result.retrain = reason
     report = train_stage(spec, layout, db, spec_text, plan=plan, backoff=backoff)
+    if report is not None:
+        result.reports.append(report)
+
+
+def _promote(spec: Spec, layout: Layout, db: StateDB, result: RunResult, *, backoff: bool) -> None:
+    """The promote stage on the newest training: it decides one that has no decision yet
+    (trained just now, or before a crash); otherwise a cache hit."""
+    from driftloop.promotion.stage import promote_stage
+
+    report = promote_stage(spec, layout, db, backoff=backoff)
     if report is not None:
         result.reports.append(report)
 
