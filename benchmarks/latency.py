@@ -35,7 +35,6 @@ import polars as pl
 
 from driftloop.core.layout import Layout
 from driftloop.core.state import StateDB
-from driftloop.models.registry import child_environment
 from driftloop.serving.client import free_port
 
 NUMBERS = [f"n{i:02d}" for i in range(15)]
@@ -174,7 +173,7 @@ def main() -> None:
     land(project, batch(args.rows, 0, seed=0), "part-000.csv")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = child_environment({"OMP_NUM_THREADS": "2"})  # training may use both cores
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # training may use both cores
     log = (work / "up.log").open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "driftloop.cli", "up", "-p", str(project), "--port", str(port)],

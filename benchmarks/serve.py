@@ -260,12 +260,14 @@ def floor(project: Path, bodies: list[dict[str, Any]]) -> dict[str, float]:
     driftloop's serving path (contract check, features, compiled trees)."""
     from driftloop.core.layout import Layout
     from driftloop.core.spec import load_spec
-    from driftloop.models import registry
+    from driftloop.models.mlflow_registry import load_predictor
+    from driftloop.models.registry import CHAMPION, open_registry
     from driftloop.serving.model import ServedModel
 
     spec, layout = load_spec(project), Layout(project)
-    version = registry.alias_version(spec, layout, "champion")
-    predictor = registry.load_predictor(spec, layout, f"models:/{spec.name}/{version}")
+    registry = open_registry(spec, layout)
+    version = registry.alias(CHAMPION)
+    predictor = load_predictor(registry, f"models:/{spec.name}/{version}")
     [entry] = list(layout.model_cache.glob(f"*/{version}"))
     served = ServedModel.load(
         spec.name, str(version), entry / "driftloop", unknown_category="reject"

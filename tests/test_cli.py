@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.models.registry import child_environment
-
 BIN = Path(sys.executable).parent / "driftloop"
 
 
@@ -22,7 +20,6 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         check=False,
-        env=child_environment(),  # each project's own MLflow store, not another test's
     )
 
 

@@ -47,6 +47,7 @@ def shop_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         ("prep", "ran"),
         ("features", "ran"),
         ("train", "ran"),
+        ("promote", "ran"),
     ]
     return project, result.reports[0].batch_id
 
@@ -141,6 +142,7 @@ def test_a_later_batch_joins_returning_customers_and_runs(tmp_path: Path) -> Non
         ("features", "ran"),
         ("monitor", "ran"),  # the new batch checked against the champion
         ("prep", "ran"),
+        ("promote", "ran"),
         ("train", "ran"),
     ]
     new = next(r for r in result.reports if r.stage == "prep" and r.outcome == "ran")

@@ -17,7 +17,8 @@ from polars.testing import assert_frame_equal
 
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec, load_spec
-from driftloop.models import registry
+from driftloop.models.mlflow_registry import MlflowRegistry, load_predictor
+from driftloop.models.registry import CHALLENGER, CHAMPION, open_registry
 from driftloop.pipeline import RunResult, run
 
 from .helpers import BIKE_SOURCE, link_raw, write_spec
@@ -84,11 +85,15 @@ class Trained:
 
 
 def train_manifest(result: RunResult) -> dict[str, Any]:
-    """The manifest of the train stage that this pass ran (not a cache hit)."""
+    """The manifest of the train stage that this pass ran (not a cache hit), with the
+    decision of the promote stage that followed it."""
     assert not result.failed, [(r.stage, r.error) for r in result.failed]
     [report] = [r for r in result.reports if r.stage == "train"]
     assert report.outcome == "ran", (report.outcome, report.error)
-    return report.manifest
+    [promote] = [r for r in result.reports if r.stage == "promote"]
+    assert promote.outcome == "ran", (promote.outcome, promote.error)
+    assert promote.manifest["version"] == report.manifest["version"]
+    return {**report.manifest, "decision": promote.manifest["decision"]}
 
 
 def opened(project: Path) -> tuple[Spec, Layout]:
@@ -105,7 +110,7 @@ def train_fresh(project: Path, datasets: Path, name: str) -> Trained:
 
 
 def champion(project: Path) -> str | None:
-    return registry.alias_version(*opened(project), registry.CHAMPION)
+    return open_registry(*opened(project)).alias(CHAMPION)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -236,12 +241,14 @@ def test_champion_loaded_in_another_process_predicts_the_same(
 ) -> None:
     project = trained(name).project
     spec, layout = opened(project)
-    uri = registry.tracking_uri(spec, layout)
+    registry = open_registry(spec, layout)
+    assert isinstance(registry, MlflowRegistry)
+    uri = registry.uri
     assert uri == f"sqlite:///{project / 'mlflow.db'}"
     model_uri = f"models:/{spec.name}@champion"
     records = raw_records(project, dates_as_text=dates_as_text)
     assert len(records) == 200
-    here = registry.load_predictor(spec, layout, model_uri).predict(records)
+    here = load_predictor(registry, model_uri).predict(records)
 
     records.to_parquet(tmp_path / "records.parquet")
     elsewhere = tmp_path / "elsewhere"
@@ -305,9 +312,10 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(
     assert f"{challenger:.4f}" in decision["reason"]
     assert f"{held:.4f}" in decision["reason"]
     spec, layout = opened(tmp_path)
-    assert registry.alias_version(spec, layout, registry.CHAMPION) == "1"
-    assert registry.alias_version(spec, layout, registry.CHALLENGER) == "2"
-    tags = {v["version"]: v["tags"] for v in registry.versions(spec, layout)}
+    registry = open_registry(spec, layout)
+    assert registry.alias(CHAMPION) == "1"
+    assert registry.alias(CHALLENGER) == "2"
+    tags = {v.version: v.tags for v in registry.versions()}
     assert tags["2"]["driftloop.decision"] == "rejected"
     assert tags["1"]["driftloop.decision"] == "promoted"
 
@@ -320,7 +328,7 @@ def test_each_project_keeps_its_own_registry(datasets: Path, tmp_path: Path) -> 
     write_spec(second, case.spec)
     link_raw(second, case.source, *(datasets / f for f in case.files))
     spec, layout = load_spec(second), Layout(second)
-    assert registry.tracking_uri(spec, layout) == f"sqlite:///{second / 'mlflow.db'}"
+    assert open_registry(spec, layout).uri == f"sqlite:///{second / 'mlflow.db'}"
     manifest = train_manifest(run(second))
     assert manifest["version"] == "1"
     assert (second / "mlflow.db").is_file()

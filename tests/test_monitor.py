@@ -145,10 +145,13 @@ def test_the_holdout_rows_reproduce_the_holdout(
 def write_log(project: Path, frame: pl.DataFrame, version: str, start: dt.datetime) -> None:
     """Predictions and feedback as serving writes them (date partitions, part files)."""
     from driftloop.core.spec import load_spec
-    from driftloop.models import registry
+    from driftloop.models.mlflow_registry import MlflowRegistry, load_predictor
+    from driftloop.models.registry import open_registry
 
     spec = load_spec(project)
-    predictor = registry.load_predictor(spec, Layout(project), f"models:/elec/{version}")
+    registry = open_registry(spec, Layout(project))
+    assert isinstance(registry, MlflowRegistry)
+    predictor = load_predictor(registry, f"models:/elec/{version}")
     inputs = frame.drop("class")
     out = predictor.predict(inputs)
     ts = [start + dt.timedelta(minutes=30 * i) for i in range(frame.height)]

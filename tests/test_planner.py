@@ -48,7 +48,7 @@ def test_every_output_current_and_no_model_is_an_empty_plan() -> None:
 
 def test_the_first_model_is_trained_with_its_reason() -> None:
     found = plan(spec(), Facts((batch("a"),)), NOW)
-    assert found.waves == [[StageCall("train", reason="first model")]]
+    assert found.waves == [[StageCall("train", reason="first model")], [StageCall("promote")]]
 
 
 def test_a_new_batch_is_checked_first_when_the_verdict_can_decide() -> None:
@@ -70,14 +70,15 @@ def test_a_new_batch_is_checked_first_when_the_verdict_can_decide() -> None:
         (batch("a"), batch("b", checked_against=frozenset({"1"}), drift=True)),
         **_trained_facts(),
     )
-    (wave,) = plan(s, drifted, NOW).waves
-    assert wave[0].stage == "train" and "drift detected" in str(wave[0].reason)
+    (train, promote) = plan(s, drifted, NOW).waves
+    assert train[0].stage == "train" and "drift detected" in str(train[0].reason)
+    assert promote == [StageCall("promote")]
 
 
 def test_when_the_policy_trains_anyway_the_check_follows_against_the_old_champion() -> None:
     facts = Facts((batch("a"), batch("b")), **_trained_facts())
     found = plan(spec(retrain={"every_batches": 1}), facts, NOW)
-    assert calls(found) == [["train"], ["monitor --batch b --champion 1"]]
+    assert calls(found) == [["train"], ["promote"], ["monitor --batch b --champion 1"]]
     assert found.waves[0][0].reason is not None
 
 
@@ -114,3 +115,8 @@ def _trained_facts() -> dict[str, Any]:
         "trained_before": True,
         "last_trained_at": NOW - timedelta(hours=3),
     }
+
+
+def test_a_training_not_decided_yet_goes_to_the_gate_first() -> None:
+    facts = Facts((batch("a"), batch("b")), **_trained_facts(), undecided=True)
+    assert plan(spec(retrain={"every_batches": 1}), facts, NOW).waves == [[StageCall("promote")]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,6 @@ import pytest
 
 from driftloop.core.errors import ProjectError
 from driftloop.core.spec import parse_spec, read_yaml
-from driftloop.models.registry import child_environment
 from driftloop.orchestration.replay import cut
 
 from .helpers import BIKE_SOURCE
@@ -113,7 +113,7 @@ def test_replay_compares_three_policies_through_the_loop(datasets: Path, tmp_pat
         capture_output=True,
         text=True,
         timeout=600,
-        env=child_environment({"OMP_NUM_THREADS": "1"}),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = pl.read_csv(out / "replay.csv")

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from driftloop.core.layout import Layout
 from driftloop.core.spec import load_spec
-from driftloop.models import registry
+from driftloop.models.mlflow_registry import load_predictor
+from driftloop.models.registry import CHAMPION, open_registry
 
 from .serving_helpers import Running, record, serving, stop, synthetic_project
 
@@ -43,7 +44,7 @@ def client(server: Running) -> Iterator[httpx.Client]:
 
 
 def champion(project: Path) -> str:
-    version = registry.alias_version(load_spec(project), Layout(project), "champion")
+    version = open_registry(load_spec(project), Layout(project)).alias(CHAMPION)
     assert version is not None
     return version
 
@@ -81,7 +82,7 @@ def test_http_predictions_equal_the_registered_models(client: httpx.Client, proj
     ]
     records[5]["x2"] = None  # missing values too
     served = client.post("/predict", json=records).json()
-    predictor = registry.load_predictor(spec, layout, f"models:/synth/{champion(project)}")
+    predictor = load_predictor(open_registry(spec, layout), f"models:/synth/{champion(project)}")
     expected = predictor.predict(records)
     got = served["predictions"]
     assert [p["prediction"] for p in got] == expected["prediction"].to_list()

@@ -20,7 +20,8 @@ from polars.testing import assert_frame_equal
 from driftloop.core.layout import Layout
 from driftloop.core.spec import load_spec
 from driftloop.features.stage import read_features
-from driftloop.models import registry
+from driftloop.models.mlflow_registry import load_predictor
+from driftloop.models.registry import open_registry
 from driftloop.serving.records import RequestContract, request_records
 
 from .serving_helpers import SERVING, serving
@@ -42,7 +43,7 @@ def test_per_request_features_and_http_predictions_equal_the_batch(
     processed = pl.read_parquet(layout.processed / batch / "data.parquet")
     batch_features = read_features(layout, batch).collect()
     version = trained.manifest["version"]
-    predictor = registry.load_predictor(spec, layout, f"models:/{spec.name}/{version}")
+    predictor = load_predictor(open_registry(spec, layout), f"models:/{spec.name}/{version}")
     records = request_records(processed, spec)
 
     # Features: the server's per-request path on every record == the features stage.

@@ -17,7 +17,6 @@ import pytest
 
 from driftloop.core.layout import Layout
 from driftloop.core.state import StateDB
-from driftloop.models.registry import child_environment
 from driftloop.serving.client import free_port
 
 from .helpers import write_spec
@@ -38,7 +37,7 @@ def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
             [*CLI, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=child_environment({"OMP_NUM_THREADS": "1"}),
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
 
 
@@ -85,7 +84,6 @@ def test_files_flow_through_a_second_watch_refuses_and_sigterm_stops(tmp_path: P
             capture_output=True,
             text=True,
             timeout=60,
-            env=child_environment(),
         )
         assert second.returncode == 2
         assert "another driftloop process holds this project" in second.stderr
@@ -94,7 +92,6 @@ def test_files_flow_through_a_second_watch_refuses_and_sigterm_stops(tmp_path: P
             capture_output=True,
             text=True,
             timeout=60,
-            env=child_environment(),
         )
         assert by_hand.returncode == 2 and "stop it first" in by_hand.stderr
 
@@ -127,7 +124,6 @@ def test_a_poison_batch_is_quarantined_and_the_loop_goes_on(tmp_path: Path) -> N
         capture_output=True,
         text=True,
         timeout=120,
-        env=child_environment(),
     )
     assert done.returncode == 0, done.stderr
     assert "FAILED prep" in done.stdout and "max_bad_share" in done.stdout
@@ -138,7 +134,6 @@ def test_a_poison_batch_is_quarantined_and_the_loop_goes_on(tmp_path: Path) -> N
         capture_output=True,
         text=True,
         timeout=120,
-        env=child_environment(),
     )
     assert again.returncode == 0, again.stderr
     assert succeeded(tmp_path, "features") == 1  # the good batch went through
@@ -244,7 +239,7 @@ def test_status_reports_the_champion_pending_work_and_the_loop(tmp_path: Path) -
 
     write_spec(tmp_path, SPEC + QUICK + "retrain: {every_batches: 2}\n")
     land(tmp_path, "a.csv", 600, seed=1)
-    env = child_environment({"OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*CLI, "run", "-p", str(tmp_path)], check=True, env=env, capture_output=True)
     land(tmp_path, "b.csv", 600, seed=2, start_day=5)
     subprocess.run([*CLI, "run", "-p", str(tmp_path)], check=True, env=env, capture_output=True)

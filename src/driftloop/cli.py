@@ -9,6 +9,7 @@ commands, so ``--help`` answers fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -145,6 +146,9 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
     for report in result.reports:
         if report.outcome == "cached":
             continue
+        if report.outcome == "skipped":
+            console.print(f"{report.stage} {report.batch_id}: skipped: {report.error}")
+            continue
         if report.outcome == "waiting":
             console.print(
                 f"{report.stage} {report.batch_id}: waiting to retry after a transient "
@@ -191,10 +195,14 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             )
         elif report.stage == "ingest":
             console.print(f"ingested {len(m['new_files'])} new file(s) as batch {report.batch_id}")
+        elif report.stage == "promote":
+            d = m["decision"]
+            trained_now = any(r.stage == "train" and r.outcome == "ran" for r in result.reports)
+            lead = "  " if trained_now else f"promote: {m['model']} v{m['version']}: "
+            console.print(f"{lead}{d['decision'].upper()}: {d['reason']}")
         else:
             if result.retrain:
                 console.print(f"retrain requested: {result.retrain}")
-            d = m["decision"]
             metric = m["metric"]
             value, base = m["metrics"].get(metric, 0.0), m["baseline"].get(metric, 0.0)
             console.print(
@@ -202,14 +210,13 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 f"split, {m['holdout_rows']} held out): {metric} {value:.4f}, "
                 f"baseline {base:.4f} ({report.seconds:.2f}s)"
             )
-            console.print(f"  {d['decision'].upper()}: {d['reason']}")
     if result.waiting:
         console.print(f"no training: {result.waiting}")
 
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="ingest, prep, features, monitor or train.")],
+    name: Annotated[str, typer.Argument(help="ingest, prep, features, monitor, train or promote.")],
     project: ProjectOpt = Path(),
     batch: Annotated[
         str | None, typer.Option("--batch", "-b", help="The batch (prep, features, monitor).")
@@ -364,13 +371,13 @@ def models(
     from driftloop.core.layout import Layout
     from driftloop.core.spec import load_spec
     from driftloop.core.state import StateDB
-    from driftloop.models import registry
+    from driftloop.models.registry import open_registry
 
     layout = Layout(project)
     try:
         spec = load_spec(project)
-        # A read-only look: an embedded registry that was never written is simply empty.
-        found = [] if registry.never_written(spec, layout) else registry.versions(spec, layout)
+        # A read-only look: a registry that was never written is simply empty.
+        found = [dataclasses.asdict(v) for v in open_registry(spec, layout).versions()]
         history = []
         if layout.state_db.exists():
             with StateDB(layout.state_db) as db:
@@ -637,7 +644,6 @@ def up(
     """Watch and serve together: the loop and /predict as two supervised processes."""
     from driftloop.core.errors import DriftloopError
     from driftloop.core.spec import load_spec
-    from driftloop.models.registry import child_environment
     from driftloop.orchestration.up import Supervisor
 
     console = _console()
@@ -646,9 +652,7 @@ def up(
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     serve_args = ["--port", str(port)] if port is not None else []
-    supervisor = Supervisor(
-        project, serve_args=serve_args, say=console.print, env=child_environment()
-    )
+    supervisor = Supervisor(project, serve_args=serve_args, say=console.print)
 
     _on_stop_signals(supervisor.stop.set)
     console.print(f"up: {spec.name} in {project.resolve()}: the loop and the server; Ctrl-C stops")

@@ -45,6 +45,11 @@ class Layout:
         return self.root / "data" / "quarantine"
 
     @property
+    def promotions(self) -> Path:
+        """The promote stage's decisions, one folder per training decided."""
+        return self.root / "data" / "promotions"
+
+    @property
     def monitoring(self) -> Path:
         return self.root / "data" / "monitoring"
 
@@ -81,7 +86,14 @@ class Layout:
     @property
     def outputs(self) -> tuple[Path, ...]:
         """The folders of stage outputs (committed by the atomic-output protocol)."""
-        return (self.processed, self.features, self.quarantine, self.batch_checks, self.models)
+        return (
+            self.processed,
+            self.features,
+            self.quarantine,
+            self.batch_checks,
+            self.models,
+            self.promotions,
+        )
 
     @property
     def mlflow_db(self) -> Path:

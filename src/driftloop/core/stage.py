@@ -99,7 +99,7 @@ class Work:
 
 @dataclass(frozen=True)
 class Skip:
-    """A call with nothing to do, and why (reported as failed-earlier with this reason)."""
+    """A call with nothing to do, and why (reported as skipped, with this reason)."""
 
     why: str
     batch_id: str = "-"

@@ -2,8 +2,8 @@
 
 A registered version never changes, so a copy of its package is as good as a download. The
 train stage leaves each version it registers here, and the server fills in what it
-downloads; a server then starts from the cache without waiting for MLflow. ``<store>`` is a
-short hash of the tracking URI, so two registries never share an entry. Entries are written
+downloads; a server then starts from the cache without waiting for the registry. ``<store>``
+is a short hash of the registry's URI, so two registries never share an entry. Entries are written
 to a hidden folder and renamed, with ``_SUCCESS`` last, like every stage output.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.core.layout import Layout, is_complete, seal
-from driftloop.core.spec import Spec
+from driftloop.models.registry import Registry
 
 PACKAGE = "driftloop"  # the package folder inside an entry (as in the MLflow artifacts)
 INFO = "info.json"  # what the registry says of the version (run, metrics, lineage)
@@ -68,24 +68,23 @@ def store(
     return final
 
 
-def fetch(spec: Spec, layout: Layout, version: str) -> Path:
+def fetch(registry: Registry, layout: Layout, version: str) -> Path:
     """The cache entry of a registered version, downloaded into the cache when absent.
 
     The one way serving, monitoring and the promotion gate get a version's package: a
-    version trained or used on this machine before is read from disk, with no MLflow call.
+    version trained or used on this machine before is read from disk, with no registry call.
     """
     import tempfile
 
-    from driftloop.models import registry
+    from driftloop.models.registry import version_info
 
-    uri = registry.tracking_uri(spec, layout)
-    found = lookup(layout, spec.name, uri, version)
+    found = lookup(layout, registry.model, registry.uri, version)
     if found is not None:
         return found
-    info = registry.version_info(spec, layout, version)
+    info = version_info(registry, version)
     with tempfile.TemporaryDirectory(prefix="driftloop-model-") as tmp:
-        package = registry.download_package(spec, layout, version, Path(tmp))
-        return store(layout, spec.name, uri, version, package=package, info=info)
+        package = registry.download(version, Path(tmp))
+        return store(layout, registry.model, registry.uri, version, package=package, info=info)
 
 
 def read_info(folder: Path) -> dict[str, Any]:

@@ -78,6 +78,14 @@ def input_signature(spec: Any) -> Any:
     return ModelSignature(inputs=Schema(columns))
 
 
+def package_signature(folder: Path) -> Any:
+    """:func:`input_signature` of the spec stored in a package folder."""
+    from driftloop.core.spec import parse_spec
+
+    meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    return input_signature(parse_spec(meta["spec"], where=f"{folder / META}"))
+
+
 def raw_records(frame: Any, spec: Any) -> pl.DataFrame:
     """Records (pandas, polars, or a list of dicts) as typed contract columns.
 

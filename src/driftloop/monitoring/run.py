@@ -77,11 +77,12 @@ class Current:
 def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Champion:
     """The champion (or the given version) with its reference data."""
 
-    from driftloop.models import registry
     from driftloop.models.package import Predictor
     from driftloop.models.profile import profile_from_json
+    from driftloop.models.registry import CHAMPION, open_registry
 
-    version = version or registry.alias_version(spec, layout, registry.CHAMPION)
+    registry = open_registry(spec, layout)
+    version = version or registry.alias(CHAMPION)
     if version is None:
         raise MonitoringError(
             f"model {spec.name!r} has no champion to monitor; run 'driftloop run' to train "
@@ -90,7 +91,7 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
     from driftloop.models import cache as model_cache
 
     # from the machine's model cache (downloaded into it the first time)
-    folder = model_cache.fetch(spec, layout, str(version)) / model_cache.PACKAGE
+    folder = model_cache.fetch(registry, layout, str(version)) / model_cache.PACKAGE
     profile = profile_from_json((folder / "reference_profile.json").read_text(encoding="utf-8"))
     columns = folder / "reference_columns.parquet"
     reference = Reference.read(columns) if columns.is_file() else Reference.from_profile(profile)

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from driftloop.core.layout import read_manifest
 from driftloop.core.outputs import SUCCESS
-from driftloop.core.stage import Context, StageCall
+from driftloop.core.stage import Context, StageCall, Work
 from driftloop.monitoring.stage import (
     MONITOR_SECTIONS,
     SIGNAL,
@@ -74,6 +74,14 @@ def gather(ctx: Context) -> Facts:
     ]
     plan = train_plan(spec, layout, db, current=ctx.once("current", db.current_keys))
     row = db.last_succeeded("train")
+    promote = stage_def("promote").work(ctx, StageCall("promote"))
+    # a training not decided yet (a gate that failed is reported when it fails, and decided
+    # again only for a newer training)
+    undecided = (
+        isinstance(promote, Work)
+        and not is_current(ctx, "promote", promote)
+        and (db.run_info(promote.key) or {}).get("status") != "failed"
+    )
     return Facts(
         tuple(checked),
         champion=champion,
@@ -85,6 +93,7 @@ def gather(ctx: Context) -> Facts:
         train_sections_changed=last is not None
         and last.get("sections_hash") not in (None, spec.section_hash(*TRAIN_SECTIONS)),
         training=(db.run_info(plan.key) or {}).get("status") if plan else None,
+        undecided=undecided,
     )
 
 

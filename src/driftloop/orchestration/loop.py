@@ -12,7 +12,8 @@ whenever a file lands or a timer fires. A pass:
 4. checks each batch that arrived since the last training against the champion (drift, and
    realized performance from its labels), once per batch and champion;
 5. asks the retrain policy whether a training is due, records ``RetrainRequested`` with the
-   reason, and trains; the promotion gate decides whether the challenger serves.
+   reason, and trains; then the promote stage runs the promotion gate on the newest training
+   not decided yet (a cache hit when there is none), which decides whether it serves.
 
 What a pass does is decided by the planner (:mod:`driftloop.orchestration.planner`) from the
 project's facts, and every call goes through the one runner

@@ -100,14 +100,16 @@ def _model_plan(spec: Spec, facts: Facts, now: datetime) -> Plan:
         return Plan([checks] if checks else [])
     if facts.training == "failed":  # on exactly these features and spec: reported as such
         return Plan([[StageCall("train")]])
+    promote = StageCall("promote")  # the gate, on the training just made
     reason = retrain_reason(spec.retrain, _situation(facts, new, signals=False), now)
     if reason is not None:
-        return Plan([w for w in ([StageCall("train", reason=reason)], checks) if w])
+        train = StageCall("train", reason=reason)
+        return Plan([w for w in ([train], [promote], checks) if w])
     if checks:
         return Plan([checks])  # their verdict may decide the training: asked again after
     reason = retrain_reason(spec.retrain, _situation(facts, new, signals=True), now)
     if reason is not None:
-        return Plan([[StageCall("train", reason=reason)]])
+        return Plan([[StageCall("train", reason=reason)], [promote]])
     waiting = None
     if new:
         waiting = (

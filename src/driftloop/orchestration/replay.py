@@ -207,7 +207,8 @@ def _replay_policy(
         _land(part, raw, k, own)
         after = run_pass(project, wait=False)
         trained = [r for r in after.reports if r.stage == "train" and r.outcome == "ran"]
-        decision = trained[0].manifest["decision"]["decision"] if trained else None
+        decided = [r for r in after.reports if r.stage == "promote" and r.outcome == "ran"]
+        decision = decided[0].manifest["decision"]["decision"] if decided else None
         rows.append(
             {
                 "policy": name,
@@ -259,7 +260,10 @@ class _Scorer:
             raise ProjectError("replay: the initial window trained no champion")
         model = self.models.get(version)
         if model is None:
-            entry = model_cache.fetch(self.spec, self.layout, version)
+            from driftloop.models.registry import open_registry
+
+            registry = open_registry(self.spec, self.layout)
+            entry = model_cache.fetch(registry, self.layout, version)
             model = ServedModel.load(
                 self.spec.name,
                 version,

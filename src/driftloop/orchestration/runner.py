@@ -27,7 +27,7 @@ from driftloop.core.state import StateDB
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting"]
+Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting", "skipped"]
 MAX_ATTEMPTS = 12  # a transient failure is tried this many times in all (about 20 minutes)
 BACKOFF_SECONDS = (1.0, 300.0)  # the first wait, and the longest
 
@@ -38,6 +38,7 @@ STAGES: dict[str, str] = {
     "features": "driftloop.features.stage",
     "monitor": "driftloop.monitoring.stage",
     "train": "driftloop.train.stage",
+    "promote": "driftloop.promotion.stage",
 }
 
 
@@ -103,7 +104,7 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
         raise SpecError(f"stage {call.stage!r} works on one batch: name it (--batch BATCH_ID)")
     work = definition.work(ctx, call)
     if isinstance(work, Skip):
-        return StageReport(call.stage, work.batch_id, "failed-earlier", error=work.why)
+        return StageReport(call.stage, work.batch_id, "skipped", error=work.why)
     if not definition.keyed:  # ingest: the ledger makes it idempotent
         started = time.perf_counter()
         manifest = work.run(started)

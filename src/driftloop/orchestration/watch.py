@@ -204,8 +204,10 @@ def _summary(result: RunResult) -> str:
     ran = [r for r in result.reports if r.outcome in ("ran", "failed")]
     for r in ran:
         if r.stage == "train" and r.outcome == "ran":
+            parts.append(f"trained v{r.manifest['version']}")
+        elif r.stage == "promote" and r.outcome == "ran":
             d = r.manifest["decision"]
-            parts.append(f"trained v{r.manifest['version']} ({d['decision']})")
+            parts.append(f"v{r.manifest['version']} {d['decision']}")
         elif r.stage == "monitor" and r.outcome == "ran":
             s = r.manifest["summary"]
             flags = [k for k in ("drift_detected", "performance_degraded") if s[k]]

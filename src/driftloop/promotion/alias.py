@@ -12,17 +12,25 @@ from driftloop.core.errors import RegistryError, first_line
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
+from driftloop.models.registry import CHAMPION, Registry, open_registry
 
 log = logging.getLogger(__name__)
 
 
 def manual_alias_change(
-    spec: Spec, layout: Layout, db: StateDB, *, version: str | None, why: str, actor: str | None
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    *,
+    version: str | None,
+    why: str,
+    actor: str | None,
+    registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """``models promote VERSION`` (version given) or ``models rollback`` (None)."""
-    from driftloop.models import registry
-
-    current = registry.alias_version(spec, layout, registry.CHAMPION)
+    """``models promote VERSION`` (version given) or ``models rollback`` (None).
+    ``registry``: the project's own (from the spec) unless given."""
+    registry = open_registry(spec, layout, registry)
+    current = registry.alias(CHAMPION)
     kind = "manual"
     if version is None:
         kind = "rollback"
@@ -32,7 +40,10 @@ def manual_alias_change(
                 f"model {spec.name!r}: there is no earlier champion to roll back to "
                 f"(champion is {current or 'unset'}); see 'driftloop models'"
             )
-    registry.require_version(spec, layout, version)
+    if registry.get_version(version) is None:
+        raise RegistryError(
+            f"model {spec.name!r} has no version {version}; see 'driftloop models' for the versions"
+        )
     decision = {
         "model": spec.name,
         "version": version,
@@ -46,35 +57,39 @@ def manual_alias_change(
         "actor": actor or _who(),
     }
     decision_id = db.record_decision(decision, applied=False)  # recorded first, as the gate does
-    move_alias(spec, layout, db, decision_id, version)
-    registry.tag_version(
-        spec, layout, version, {"driftloop.decision": kind, "driftloop.reason": why}
-    )
+    move_alias(spec, layout, db, decision_id, version, registry=registry)
+    registry.tag(version, {"driftloop.decision": kind, "driftloop.reason": why})
     return decision
 
 
-def move_alias(spec: Spec, layout: Layout, db: StateDB, decision_id: int, version: str) -> None:
+def move_alias(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    decision_id: int,
+    version: str,
+    *,
+    registry: Registry | None = None,
+) -> None:
     """Apply a recorded decision; one the registry refuses is withdrawn, not left pending
     (the next pass must not apply what the user was told failed)."""
-    from driftloop.models import registry
-
     try:
-        registry.set_alias(spec, layout, registry.CHAMPION, version)
+        open_registry(spec, layout, registry).set_alias(CHAMPION, version)
     except Exception as exc:
         db.withdraw(decision_id, f"{type(exc).__name__}: {first_line(exc)}")
         raise
     db.mark_applied(decision_id)
 
 
-def apply_pending_decisions(spec: Spec, layout: Layout, db: StateDB) -> list[dict[str, Any]]:
+def apply_pending_decisions(
+    spec: Spec, layout: Layout, db: StateDB, *, registry: Registry | None = None
+) -> list[dict[str, Any]]:
     """Point the registry's alias where the newest recorded decision says (after a crash
     between recording a promotion and moving the alias); returns what was applied.
 
     Only the newest decision that moves the alias counts: an older one still pending was
     overtaken and is marked superseded, never applied over a newer one.
     """
-    from driftloop.models import registry
-
     pending = db.unapplied(spec.name)
     if not pending:
         return []
@@ -83,7 +98,7 @@ def apply_pending_decisions(spec: Spec, layout: Layout, db: StateDB) -> list[dic
     applied = []
     for decision in pending:
         if newest is not None and decision["id"] == newest["id"]:
-            registry.set_alias(spec, layout, registry.CHAMPION, str(decision["version"]))
+            open_registry(spec, layout, registry).set_alias(CHAMPION, str(decision["version"]))
             db.mark_applied(int(decision["id"]))
             applied.append(decision)
             log.warning(

@@ -1,5 +1,5 @@
 """The promotion gate: the champion re-scored on the challenger's holdout, the decision, and
-its record.
+its record (the promote stage, ``promotion/stage.py``, runs it on a training's output).
 """
 
 from __future__ import annotations
@@ -11,40 +11,62 @@ from typing import Any
 
 import polars as pl
 
-from driftloop.core.errors import RegistryError, TrainError
+from driftloop.core.errors import RegistryError, TrainError, first_line
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
+from driftloop.models import cache as model_cache
 from driftloop.models.inputs import BATCH
 from driftloop.models.metrics import improvement, score
+from driftloop.models.registry import CHAMPION, Registry
 from driftloop.promotion.alias import move_alias
-from driftloop.train.fit import Trained
 
 log = logging.getLogger(__name__)
+
+ACTOR = "driftloop (promotion gate)"
+DECISION_FIELDS = (
+    "model",
+    "version",
+    "decision",
+    "reason",
+    "metric",
+    "challenger_score",
+    "champion_version",
+    "champion_score",
+    "baseline_score",
+    "actor",
+)
 
 
 def gate(
     spec: Spec,
     layout: Layout,
     db: StateDB,
-    trained: Trained,
-    version: str,
-    champion_version: str | None,
-    champion: Any,
+    registry: Registry,
+    training: dict[str, Any],
+    holdout: pl.DataFrame,
 ) -> dict[str, Any]:
-    """Score the champion on the challenger's holdout; promote or reject; record why."""
-    from driftloop.models import registry
+    """Score the champion on the challenger's holdout; promote or reject; record why.
 
+    ``training``: the train stage's manifest (the version, the challenger's and the
+    baseline's metrics on the holdout); ``holdout``: the holdout's lineage keys.
+    """
+    version = str(training["version"])
     metric = spec.promotion_metric
-    challenger = trained.metrics.get(metric)
-    baseline = trained.baseline.get(metric)
+    challenger = training["metrics"].get(metric)
+    baseline = training["baseline"].get(metric)
     if challenger is None or baseline is None:
         raise RegistryError(f"metric {metric!r} could not be computed on the holdout")
+    champion_version = registry.alias(CHAMPION)
     champion_score = None
-    if champion is not None:
-        records = holdout_records(layout, db, trained.split.holdout)
-        champion_score = rescore(champion, records, spec).get(metric, math.nan)
-    verdict = decide(spec, challenger, baseline, champion_score)
+    if champion_version == version:  # moved by hand before the gate came to it
+        verdict = Decision(True, f"v{version} is already the champion (moved before the gate ran)")
+    else:
+        if champion_version is not None:
+            champion = load_champion(spec, layout, registry, champion_version)
+            records = holdout_records(layout, db, holdout)
+            champion_score = rescore(champion, records, spec).get(metric, math.nan)
+        verdict = decide(spec, challenger, baseline, champion_score)
     decision: dict[str, Any] = {
         "model": spec.name,
         "version": version,
@@ -55,25 +77,44 @@ def gate(
         "champion_version": champion_version,
         "champion_score": champion_score,
         "baseline_score": baseline,
-        "actor": "driftloop (promotion gate)",
+        "actor": ACTOR,
     }
     # Recorded first, applied second: a crash in between is repaired by the next pass
     # (apply_pending_decisions), so the registry's alias always follows the event log.
     decision_id = db.record_decision(decision, applied=not verdict.promote)
     if verdict.promote:
-        move_alias(spec, layout, db, decision_id, version)
-    registry.tag_version(
-        spec,
-        layout,
-        version,
-        {"driftloop.decision": str(decision["decision"]), "driftloop.reason": verdict.reason},
-    )
+        move_alias(spec, layout, db, decision_id, version, registry=registry)
+    tag_decision(registry, decision)
     log.info("model %s v%s %s: %s", spec.name, version, decision["decision"], verdict.reason)
     return decision
 
 
+def tag_decision(registry: Registry, decision: dict[str, Any]) -> None:
+    registry.tag(
+        str(decision["version"]),
+        {"driftloop.decision": str(decision["decision"]), "driftloop.reason": decision["reason"]},
+    )
+
+
+def load_champion(spec: Spec, layout: Layout, registry: Registry, version: str) -> Any:
+    """The champion's predictor, loaded now (it loads lazily): a broken one fails here."""
+    from driftloop.models.package import Predictor
+
+    try:
+        champion = Predictor(model_cache.fetch(registry, layout, version) / model_cache.PACKAGE)
+        _ = champion.pipeline
+    except Exception as exc:
+        raise RegistryError(
+            f"the champion, {spec.name} v{version}, cannot be loaded to compare against "
+            f"({type(exc).__name__}: {first_line(exc)}); promote another version "
+            "('driftloop models promote N') or roll back"
+        ) from exc
+    return champion
+
+
 def holdout_records(layout: Layout, db: StateDB, holdout: pl.DataFrame) -> pl.DataFrame:
-    """The holdout's rows as prep wrote them (the raw contract columns), in holdout order.
+    """The holdout's rows as prep wrote them (the raw contract columns), in holdout order;
+    ``holdout`` holds (at least) their lineage keys.
 
     The features frame is not what a registered model takes: its columns went through the
     feature function (and the current spec's exclusions), so scoring the champion on them

@@ -23,9 +23,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftloop.core.errors import StateError, first_line
 from driftloop.core.layout import Layout
@@ -33,6 +33,9 @@ from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
 from driftloop.models import cache as model_cache
 from driftloop.serving.model import ServedModel
+
+if TYPE_CHECKING:
+    from driftloop.models.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,20 @@ class ChampionSource:
 
     spec: Spec
     layout: Layout
+    _registry: Registry | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def registry(self) -> Registry:
+        """The project's registry (opened on first use: nothing is imported before)."""
+        if self._registry is None:
+            from driftloop.models.registry import open_registry
+
+            self._registry = open_registry(self.spec, self.layout)
+        return self._registry
 
     @property
     def store_uri(self) -> str:
-        from driftloop.models.registry import tracking_uri
-
-        return tracking_uri(self.spec, self.layout)
+        return self.registry.uri
 
     def _state(self) -> StateDB | None:
         """The project's state database, if it exists (a server never creates one)."""
@@ -97,18 +108,16 @@ class ChampionSource:
             return db.decision_for(self.spec.name, version)
 
     def registry_champion(self) -> str | None:
-        from driftloop.models.registry import CHAMPION, alias_version, never_written
+        from driftloop.models.registry import CHAMPION
 
-        if never_written(self.spec, self.layout):
-            return None
-        return alias_version(self.spec, self.layout, CHAMPION)
+        return self.registry.alias(CHAMPION)  # a store never written has none (and stays so)
 
     def cached(self, version: str) -> Path | None:
         return model_cache.lookup(self.layout, self.spec.name, self.store_uri, version)
 
     def fetch(self, version: str) -> Path:
         """The cache entry of a version, downloading it from the registry when absent."""
-        return model_cache.fetch(self.spec, self.layout, version)
+        return model_cache.fetch(self.registry, self.layout, version)
 
 
 class ChampionWatcher:

@@ -7,6 +7,7 @@ answer, when it was sent, its status and the model version that answered.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -46,7 +47,7 @@ def background_server(
     log: Path,
     timeout: float = 60.0,
     workers: int | None = None,
-    env: dict[str, str] | None = None,  # added to this process's (see child_environment)
+    env: dict[str, str] | None = None,  # added to this process's environment
     wait_ready: bool = True,
 ) -> Iterator[BackgroundServer]:
     """``driftloop serve`` for the project on a free port, stopped with SIGTERM on exit."""
@@ -54,13 +55,11 @@ def background_server(
     cmd = [sys.executable, "-m", "driftloop.cli", "serve", "-p", str(project), "--port", str(port)]
     if workers is not None:
         cmd += ["--workers", str(workers)]
-    from driftloop.models.registry import child_environment
-
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=child_environment(env)
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
     server = BackgroundServer(f"http://127.0.0.1:{port}", process, log)
     try:

@@ -1,7 +1,15 @@
-"""The train stage: train on the features so far, register the version, and hand it to the gate.
+"""The train stage: train on the features so far, register the version, keep it on this
+machine (cached and compiled for serving), and write what the promotion gate needs.
+
+Its output (``data/models/<key>/``) is the manifest (version, run, the challenger's and the
+baseline's metrics, the batches it read) and ``holdout.parquet``: the holdout's lineage keys
+(``__batch_seq``, ``__file``, ``__row``), by which the gate finds the same rows in the
+processed data to re-score the champion on. Deciding is the promote stage's work
+(``driftloop.promotion.stage``); this stage never touches an alias but ``challenger``.
 
 Keyed like the other stages: the same features (by their run keys) and the same model and
-promotion sections are a cache hit, not a second model version.
+promotion sections are a cache hit, not a second model version. (The promotion section is
+in the key so that a changed policy gets a challenger of its own to decide on.)
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from driftloop import __version__
-from driftloop.core.errors import RegistryError, TrainError, first_line
+from driftloop.core.errors import TrainError, first_line
 from driftloop.core.layout import (
     Layout,
     atomic_output,
@@ -35,13 +43,16 @@ from driftloop.features.compute import user_module_path
 from driftloop.features.stage import read_features
 from driftloop.models import cache as model_cache
 from driftloop.models.inputs import BATCH
-from driftloop.promotion.gate import gate
+from driftloop.models.registry import Registry, open_registry, package_info
 from driftloop.train.fit import Trained, fit
 
 log = logging.getLogger(__name__)
 
 
-TRAIN_VERSION = "1"
+TRAIN_VERSION = "2"  # 2: the gate is the promote stage's; the holdout's keys are an output
+
+HOLDOUT = "holdout.parquet"  # the holdout's lineage keys, in the training output
+HOLDOUT_KEYS = (BATCH, "__file", "__row")
 
 
 TRAIN_SECTIONS = (
@@ -120,9 +131,10 @@ def train_plan(
 
 
 def work(ctx: Context, call: StageCall) -> Work | Skip:
-    """Train, register and gate a model on all features so far.
+    """Train and register a model on all features so far.
 
     The key comes from the batches' manifests alone, so a cache hit reads no data.
+    ``registry``: the project's own (from the spec) unless given.
     """
     spec, layout, db = ctx.spec, ctx.layout, ctx.db
     plan = train_plan(spec, layout, db)
@@ -135,8 +147,17 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     def run(started: float) -> dict[str, Any]:
         frame = training_frame(layout, lineage)
         _enough_rows(frame, spec)
-        return _train_register_gate(
-            spec, layout, db, frame, lineage, key, out_dir, spec_text, started
+        return _train_and_register(
+            spec,
+            layout,
+            db,
+            open_registry(spec, layout),
+            frame,
+            lineage,
+            key,
+            out_dir,
+            spec_text,
+            started,
         )
 
     # recorded with the newest batch it learned from
@@ -147,7 +168,7 @@ STAGE = StageDef(
     "train",
     per_batch=False,
     work=work,
-    help="train on every batch's features so far, register the version, run the gate",
+    help="train on every batch's features so far, register, cache and compile the version",
 )
 
 
@@ -175,10 +196,11 @@ def _enough_rows(frame: pl.DataFrame, spec: Spec) -> None:
         )
 
 
-def _train_register_gate(
+def _train_and_register(
     spec: Spec,
     layout: Layout,
     db: StateDB,
+    registry: Registry,
     frame: pl.DataFrame,
     lineage: list[dict[str, Any]],
     key: str,
@@ -186,27 +208,12 @@ def _train_register_gate(
     spec_text: str,
     started: float,
 ) -> dict[str, Any]:
-    from driftloop.models import registry
     from driftloop.models.package import write_package
     from driftloop.models.profile import reference_profile
 
     trained = fit(frame, spec)
     metric = spec.metric
-    champion_version = registry.alias_version(spec, layout, registry.CHAMPION)
-    champion = None
-    if champion_version is not None:  # loaded before registering: a broken one adds nothing
-        try:
-            from driftloop.models.package import Predictor
-
-            entry = model_cache.fetch(spec, layout, champion_version)
-            champion = Predictor(entry / model_cache.PACKAGE)
-            _ = champion.pipeline  # loaded now (it loads lazily): a broken one fails here
-        except Exception as exc:
-            raise RegistryError(
-                f"the champion, {spec.name} v{champion_version}, cannot be loaded to compare "
-                f"against ({type(exc).__name__}: {first_line(exc)}); promote another "
-                "version ('driftloop models promote N') or roll back"
-            ) from exc
+    holdout = _holdout_keys(trained.split.holdout)
     predictions = _holdout_predictions(trained, spec)
     profile = reference_profile(
         trained.split.train.select(trained.inputs),
@@ -234,10 +241,8 @@ def _train_register_gate(
             profile=profile,
             monitoring=_monitoring_reference(trained, spec, predictions),
         )
-        registered = registry.log_and_register(
-            spec,
-            layout,
-            package=package,
+        registered = registry.register(
+            package,
             params={
                 "estimator": spec.model.estimator,
                 "params": spec.model.params,
@@ -261,11 +266,11 @@ def _train_register_gate(
         # Serving on this machine starts from this copy instead of a download.
         entry = model_cache.store(
             layout,
-            spec.name,
-            registry.tracking_uri(spec, layout),
+            registry.model,
+            registry.uri,
             registered.version,
             package=package,
-            info=registry.package_info(
+            info=package_info(
                 spec.name,
                 registered.version,
                 registered.run_id,
@@ -278,7 +283,6 @@ def _train_register_gate(
         "ModelRegistered",
         {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
     )
-    decision = gate(spec, layout, db, trained, registered.version, champion_version, champion)
     manifest = {
         "stage": "train",
         "stage_version": TRAIN_VERSION,
@@ -293,14 +297,26 @@ def _train_register_gate(
         "split": trained.split.kind,
         "train_rows": trained.split.train.height,
         "holdout_rows": trained.split.holdout.height,
-        "decision": decision,
+        "holdout": HOLDOUT,
         "inputs": lineage,
         "sections_hash": spec.section_hash(*TRAIN_SECTIONS),
         "timings": {"total_s": round(time.perf_counter() - started, 4)},
     }
     with atomic_output(out_dir) as tmp_dir:
+        holdout.write_parquet(tmp_dir / HOLDOUT)
         seal(tmp_dir, manifest)
     return manifest
+
+
+def _holdout_keys(holdout: pl.DataFrame) -> pl.DataFrame:
+    """The holdout's lineage keys, in holdout order; checked before anything is registered."""
+    missing = [k for k in HOLDOUT_KEYS if k not in holdout.columns]
+    if missing:
+        raise TrainError(
+            f"the features lack the lineage column(s) {missing} needed to find the holdout's "
+            "processed rows; a features.function that returns a frame must keep __file and __row"
+        )
+    return holdout.select(HOLDOUT_KEYS)
 
 
 def _precompile(entry: Path) -> None:

@@ -1,0 +1,356 @@
+"""The MLflow registry: a run per training, the model as a version of a registered model.
+
+Embedded by default: tracking and registry in ``mlflow.db`` (SQLite) and artifacts in
+``mlartifacts/`` inside the project; any other MLflow tracking URI points at a server.
+MLflow's deprecated stages are not used, only aliases.
+
+MLflow's process-wide configuration (its tracking and registry URIs) is set in one place,
+:func:`_use_store`, once per store a process uses. MLflow writes that choice into
+``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` "so that subprocesses inherit it"; they are
+put back at once, so a child process (a server, the loop) sees the store the user configured,
+never the last project this process opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from driftloop.core.errors import RegistryError, RegistryUnavailableError
+from driftloop.models.registry import CHALLENGER, ModelVersion, Registered, Registry
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "driftloop"  # the package folder's name among a model's MLflow artifacts
+
+_STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_configured: str | None = None  # the store MLflow's fluent API points at in this process
+_configure_lock = threading.Lock()
+
+
+def _use_store(uri: str) -> None:
+    """Point MLflow's fluent API (runs, model logging, artifact downloads) at ``uri``."""
+    global _configured
+    if _configured == uri:
+        return
+    import mlflow
+
+    with _configure_lock:
+        if _configured == uri:
+            return
+        if not log.isEnabledFor(logging.DEBUG):  # database migrations and similar are not news
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+        saved = {name: os.environ.get(name) for name in _STORE_VARIABLES}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _configured = uri
+
+
+class MlflowRegistry:
+    """A registered model in an MLflow store (see the module docstring)."""
+
+    def __init__(self, uri: str, model: str, *, artifacts: Path | None = None) -> None:
+        self.uri = uri
+        self.model = model
+        self.artifacts = artifacts  # where an embedded store keeps artifacts
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"MlflowRegistry({self.uri!r}, {self.model!r})"
+
+    # -- the store ------------------------------------------------------------------------
+    @property
+    def _sqlite_path(self) -> Path | None:
+        return (
+            Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+        )
+
+    def never_written(self) -> bool:
+        """A SQLite store that does not exist yet: it has no models, and a read-only look
+        must not create it (registering does)."""
+        path = self._sqlite_path
+        return path is not None and not path.is_file()
+
+    def client(self, *, write: bool = False) -> Any:
+        """An MlflowClient on the store (created on the first write to an embedded store)."""
+        if write and self._sqlite_path is not None:
+            ensure_sqlite_store(self._sqlite_path, self.artifacts or self._sqlite_path.parent)
+        _use_store(self.uri)
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    def _unavailable(self, exc: Any, doing: str) -> RegistryUnavailableError:
+        return RegistryUnavailableError(
+            f"the model registry at {self.uri} did not answer ({doing}): "
+            f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI; "
+            "it is tried again"
+        )
+
+    def _no_version(self, version: str, detail: str = "") -> RegistryError:
+        return RegistryError(
+            f"model {self.model!r} has no version {version}{detail}; "
+            "see 'driftloop models' for the versions"
+        )
+
+    # -- the protocol ---------------------------------------------------------------------
+    def register(
+        self,
+        package: Path,
+        *,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        lineage: dict[str, Any],
+        spec_text: str,
+    ) -> Registered:
+        """One MLflow run with params, metrics, spec and lineage; the model as a new version."""
+        client = self.client(write=True)
+        with tempfile.TemporaryDirectory() as spare:
+            if package.name != PACKAGE:  # MLflow keeps the folder's name: artifacts/<name>
+                package = Path(shutil.copytree(package, Path(spare) / PACKAGE))
+            run_id, version = self._log(client, package, params, metrics, tags, lineage, spec_text)
+        client.set_registered_model_alias(self.model, CHALLENGER, version)
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model, version, key, value)
+        return Registered(run_id, version)
+
+    def _log(
+        self,
+        client: Any,
+        package: Path,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        lineage: dict[str, Any],
+        spec_text: str,
+    ) -> tuple[str, str]:
+        import mlflow
+
+        from driftloop import __version__
+        from driftloop.models.package import package_signature
+
+        # The file's path, not an import: MLflow executes it (model from code) when it loads.
+        code = importlib.util.find_spec("driftloop.models.mlflow_model_code")
+        assert code is not None and code.origin is not None
+        with mlflow.start_run(experiment_id=self._experiment_id(client)) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(tags)
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "driftloop.yaml").write_text(spec_text, encoding="utf-8")
+                (Path(tmp) / "lineage.json").write_text(
+                    json.dumps(lineage, indent=2, sort_keys=True, default=str), encoding="utf-8"
+                )
+                mlflow.log_artifacts(tmp, artifact_path="driftloop")
+            with _quiet_mlflow():
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=code.origin,  # a model from code: nothing is pickled
+                    artifacts={PACKAGE: str(package)},
+                    signature=package_signature(package),
+                    pip_requirements=_requirements(__version__),
+                    registered_model_name=self.model,
+                    await_registration_for=0,
+                )
+        return str(run.info.run_id), str(info.registered_model_version)
+
+    def _experiment_id(self, client: Any) -> str:
+        found = client.get_experiment_by_name(self.model)
+        if found is not None:
+            return str(found.experiment_id)
+        location = self.artifacts.as_uri() if self.artifacts is not None else None
+        return str(client.create_experiment(self.model, artifact_location=location))
+
+    def alias(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        if self.never_written():
+            return None
+        try:
+            return str(self.client().get_model_version_by_alias(self.model, alias).version)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise self._unavailable(exc, f"reading alias {alias!r}") from None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.never_written():
+            raise self._no_version(version)
+        try:
+            self.client().set_registered_model_alias(self.model, alias, str(version))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise self._no_version(version, f": {exc.message}") from None
+            raise self._unavailable(exc, f"moving alias {alias!r} to v{version}") from None
+
+    def versions(self) -> list[ModelVersion]:
+        from mlflow.exceptions import MlflowException
+
+        if self.never_written():
+            return []
+        client = self.client()
+        try:
+            aliases = dict(client.get_registered_model(self.model).aliases or {})
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise self._unavailable(exc, "listing versions") from None
+        found = client.search_model_versions(f"name='{self.model}'")
+        return [
+            self._version(v, aliases)
+            for v in sorted(found, key=lambda v: int(v.version), reverse=True)
+        ]
+
+    def _version(self, found: Any, aliases: dict[str, Any]) -> ModelVersion:
+        run = self.client().get_run(found.run_id) if found.run_id else None
+        version = str(found.version)
+        return ModelVersion(
+            version=version,
+            run_id=found.run_id,
+            created=found.creation_timestamp,
+            aliases=sorted(a for a, v in aliases.items() if str(v) == version),
+            tags=dict(found.tags or {}),
+            metrics=dict(run.data.metrics) if run else {},
+        )
+
+    def get_version(self, version: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        if self.never_written():
+            return None
+        client = self.client()
+        try:
+            found = client.get_model_version(self.model, str(version))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise self._unavailable(exc, f"reading v{version}") from None
+        return self._version(found, {a: version for a in (found.aliases or [])})
+
+    def tag(self, version: str, tags: dict[str, str]) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.never_written():
+            raise self._no_version(version)
+        client = self.client()
+        try:
+            for key, value in tags.items():
+                client.set_model_version_tag(self.model, str(version), key, value)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise self._no_version(version) from None
+            raise self._unavailable(exc, f"tagging v{version}") from None
+
+    def lineage(self, version: str) -> dict[str, Any]:
+        import mlflow
+
+        found = self.get_version(version)
+        if found is None:
+            raise self._no_version(version)
+        try:
+            with _quiet_mlflow():
+                text = mlflow.artifacts.load_text(f"runs:/{found.run_id}/driftloop/lineage.json")
+        except Exception as exc:  # an older or foreign run: the model still serves
+            log.warning("v%s: no lineage in its run (%s)", version, exc)
+            return {}
+        lineage: dict[str, Any] = json.loads(text)
+        return lineage
+
+    def download(self, version: str, dest: Path) -> Path:
+        import mlflow
+
+        if self.get_version(version) is None:
+            raise self._no_version(version)
+        uri = f"models:/{self.model}/{version}/artifacts/{PACKAGE}"
+        with _quiet_mlflow():
+            return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest)))
+
+
+def load_predictor(registry: Registry, model_uri: str) -> Any:
+    """The driftloop predictor inside an MLflow model URI (``models:/<name>@champion``,
+    ``models:/<name>/<version>``) of an MLflow registry, downloaded by MLflow itself."""
+    import mlflow
+
+    from driftloop.models.package import Predictor
+
+    if not isinstance(registry, MlflowRegistry):
+        raise RegistryError(f"{model_uri} is an MLflow model URI; {registry!r} is not MLflow's")
+    registry.client()
+    with _quiet_mlflow():
+        folder = mlflow.artifacts.download_artifacts(f"{model_uri}/artifacts/driftloop")
+    return Predictor(Path(folder))
+
+
+def ensure_sqlite_store(path: Path, artifacts: Path) -> None:
+    """Create an embedded MLflow store in one step, or not at all.
+
+    MLflow creates a new SQLite store by running its schema migrations one after another; a
+    process killed half-way leaves a store every later open fails on ("table ... already
+    exists"). So the store is built under a temporary name and linked into place, which
+    succeeds for exactly one process when several start at once.
+    """
+    if path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with _quiet_mlflow():
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", artifacts.resolve().as_uri())  # type: ignore[no-untyped-call]  # mlflow leaves __init__ untyped
+            store.engine.dispose()
+        # link fails if another process got there first: theirs stands
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's advice (input examples, type hints) and chatter are not the user's concern."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    chatter = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(chatter):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+        if chatter.getvalue():
+            log.debug("mlflow: %s", chatter.getvalue().strip())
+
+
+def _requirements(version: str) -> list[str]:
+    from importlib.metadata import version as installed
+
+    pins = [
+        f"{name}=={installed(name)}"
+        for name in ("scikit-learn", "skops", "polars", "mlflow-skinny")
+    ]
+    return [f"driftloop=={version}", *pins]
