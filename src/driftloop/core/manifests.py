@@ -20,8 +20,9 @@ class _Manifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     def as_json(self) -> dict[str, Any]:
-        """The manifest as written to ``manifest.json`` (unset optional fields left out)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The manifest as written to ``manifest.json``: the fields it was given (an optional
+        field never set is left out, as before these models existed)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 class RawInput(_Manifest):
@@ -41,7 +42,7 @@ class QuarantinedFile(_Manifest):
 
 
 class PrepManifest(_Manifest):
-    stage: Literal["prep"] = "prep"
+    stage: Literal["prep"]
     stage_version: str
     code_version: str
     run_key: str
@@ -68,7 +69,7 @@ class FeaturesInput(_Manifest):
 
 
 class FeaturesManifest(_Manifest):
-    stage: Literal["features"] = "features"
+    stage: Literal["features"]
     stage_version: str
     code_version: str
     run_key: str
@@ -85,12 +86,71 @@ class FeaturesManifest(_Manifest):
 
 
 class MonitorManifest(_Manifest):
-    stage: Literal["monitor"] = "monitor"
+    stage: Literal["monitor"]
     run_key: str
     batch_id: str
     champion_version: str
     summary: dict[str, Any]
     paths: dict[str, str] | None = None
+
+
+class TrainingInput(_Manifest):
+    """One batch a training learned from: its features (by run key) and processed rows."""
+
+    batch_id: str
+    seq: int
+    features: str
+    features_run_key: str
+    processed: str
+
+
+class TrainManifest(_Manifest):
+    stage: Literal["train"]
+    stage_version: str
+    code_version: str
+    run_key: str
+    model: str
+    version: str
+    run_id: str
+    metric: str
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    split: str
+    train_rows: int
+    holdout_rows: int
+    holdout: str | None = None  # the holdout's lineage keys (absent before the gate's stage)
+    inputs: list[TrainingInput]
+    sections_hash: str
+    decision: dict[str, Any] | None = None  # decided inside the train stage (before 0.3)
+    timings: dict[str, float] | None = None
+
+
+class Decision(_Manifest):
+    """A promotion decision: the gate's, a manual promote, or a rollback."""
+
+    model: str
+    version: str
+    decision: Literal["promoted", "rejected", "manual", "rollback"]
+    reason: str
+    metric: str | None
+    challenger_score: float | None
+    champion_version: str | None
+    champion_score: float | None
+    baseline_score: float | None
+    actor: str
+
+
+class PromoteManifest(_Manifest):
+    stage: Literal["promote"]
+    stage_version: str
+    code_version: str
+    run_key: str
+    model: str
+    version: str
+    training: str
+    train_run_key: str
+    decision: Decision
+    timings: dict[str, float] | None = None
 
 
 M = TypeVar("M", bound=_Manifest)

@@ -85,6 +85,7 @@ def check_batch(
     current = layout.processed / batch_id
     report = monitor(layout.root, current=current, now=now, version=version).report
     manifest = MonitorManifest(
+        stage="monitor",
         run_key=key,
         batch_id=batch_id,
         champion_version=report["model"]["version"],

@@ -10,6 +10,7 @@ from typing import Any
 
 from driftloop.core.errors import RegistryError, first_line
 from driftloop.core.layout import Layout
+from driftloop.core.manifests import Decision
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
 from driftloop.models.registry import CHAMPION, Registry, open_registry
@@ -56,6 +57,7 @@ def manual_alias_change(
         "baseline_score": None,
         "actor": actor or _who(),
     }
+    Decision.model_validate(decision)  # its shape, checked before it is recorded
     decision_id = db.record_decision(decision, applied=False)  # recorded first, as the gate does
     move_alias(spec, layout, db, decision_id, version, registry=registry)
     registry.tag(version, {"driftloop.decision": kind, "driftloop.reason": why})

@@ -13,6 +13,7 @@ import polars as pl
 
 from driftloop.core.errors import RegistryError, TrainError, first_line
 from driftloop.core.layout import Layout
+from driftloop.core.manifests import Decision as DecisionRecord
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
 from driftloop.models import cache as model_cache
@@ -79,6 +80,7 @@ def gate(
         "baseline_score": baseline,
         "actor": ACTOR,
     }
+    DecisionRecord.model_validate(decision)  # its shape, checked before it is recorded
     # Recorded first, applied second: a crash in between is repaired by the next pass
     # (apply_pending_decisions), so the registry's alias always follows the event log.
     decision_id = db.record_decision(decision, applied=not verdict.promote)

@@ -29,6 +29,7 @@ from driftloop.core.layout import (
     read_manifest,
     seal,
 )
+from driftloop.core.manifests import PromoteManifest
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
 from driftloop.core.state import StateDB
@@ -89,6 +90,7 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
             "decision": decision,
             "timings": {"total_s": round(time.perf_counter() - started, 4)},
         }
+        manifest = PromoteManifest.model_validate(manifest).as_json()  # its shape, checked
         with atomic_output(out_dir) as tmp_dir:
             seal(tmp_dir, manifest)
         return manifest

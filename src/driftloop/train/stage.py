@@ -35,6 +35,7 @@ from driftloop.core.layout import (
     read_manifest,
     seal,
 )
+from driftloop.core.manifests import TrainManifest
 from driftloop.core.outputs import MANIFEST, SUCCESS
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
@@ -302,6 +303,7 @@ def _train_and_register(
         "sections_hash": spec.section_hash(*TRAIN_SECTIONS),
         "timings": {"total_s": round(time.perf_counter() - started, 4)},
     }
+    manifest = TrainManifest.model_validate(manifest).as_json()  # its shape, checked
     with atomic_output(out_dir) as tmp_dir:
         holdout.write_parquet(tmp_dir / HOLDOUT)
         seal(tmp_dir, manifest)
