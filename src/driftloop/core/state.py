@@ -1,102 +1,44 @@
-"""The project's state database, ``.driftloop/state.db`` (SQLite in WAL mode).
+"""The project's state database: ``.driftloop/state.db`` (SQLite, WAL) or PostgreSQL.
 
 It holds the ingest ledger (each raw file by content hash, taken exactly once), the
-batches those files formed, the stage runs keyed for idempotence, and an append-only event
-log. Every write is one short transaction.
+batches those files formed, the stage runs keyed for idempotence, promotion decisions,
+an append-only event log, the project's writer lease and per-unit claims for many
+workers. Every write is one short transaction. Tables, URL and engine:
+:mod:`driftloop.core.state_store`.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
 
 from driftloop.core.errors import StateError
-
-if TYPE_CHECKING:
-    from driftloop.core.events import Event
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS raw_files (
-    sha256      TEXT PRIMARY KEY,
-    source      TEXT NOT NULL,
-    path        TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    batch_id    TEXT NOT NULL,
-    ingested_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sightings (
-    path      TEXT NOT NULL,
-    size      INTEGER NOT NULL,
-    mtime_ns  INTEGER NOT NULL,
-    sha256    TEXT NOT NULL,
-    seen_at   TEXT NOT NULL,
-    PRIMARY KEY (path, size, mtime_ns)
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id   TEXT PRIMARY KEY,
-    seq        INTEGER NOT NULL UNIQUE,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS stage_runs (
-    key         TEXT PRIMARY KEY,
-    stage       TEXT NOT NULL,
-    batch_id    TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 1,
-    started_at  TEXT NOT NULL,
-    finished_at TEXT,
-    seconds     REAL,
-    output      TEXT,
-    error       TEXT
-);
-CREATE INDEX IF NOT EXISTS stage_runs_batch ON stage_runs (stage, batch_id);
-CREATE TABLE IF NOT EXISTS current_runs (
-    stage     TEXT NOT NULL,
-    batch_id  TEXT NOT NULL,
-    key       TEXT NOT NULL,
-    PRIMARY KEY (stage, batch_id)
-);
-CREATE TABLE IF NOT EXISTS facts (
-    name   TEXT PRIMARY KEY,
-    value  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS promotions (
-    id                INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts                TEXT NOT NULL,
-    model             TEXT NOT NULL,
-    version           TEXT NOT NULL,
-    decision          TEXT NOT NULL,
-    reason            TEXT NOT NULL,
-    metric            TEXT,
-    challenger_score  REAL,
-    champion_version  TEXT,
-    champion_score    REAL,
-    baseline_score    REAL,
-    actor             TEXT NOT NULL,
-    applied           INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS events (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts      TEXT NOT NULL,
-    type    TEXT NOT NULL,
-    payload TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
-CREATE TABLE IF NOT EXISTS leases (
-    name        TEXT PRIMARY KEY,
-    holder      TEXT NOT NULL,
-    pid         INTEGER NOT NULL,
-    host        TEXT NOT NULL,
-    acquired_at TEXT NOT NULL,
-    expires_at  REAL NOT NULL
-);
-"""
+from driftloop.core.events import Event
+from driftloop.core.state_store import (
+    WRITE_LOCK,
+    batches,
+    claims,
+    ensure_schema,
+    events,
+    leases,
+    make_engine,
+    promotions,
+    raw_files,
+    reason,
+    resolve_url,
+    shown,
+    sightings,
+    stage_runs,
+)
 
 
 def utcnow() -> datetime:
@@ -119,34 +61,58 @@ class Batch:
     created_at: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who holds a unit of work (``prep:<batch>``, ``train``...) and until when."""
+
+    unit: str
+    holder: str
+    acquired_at: str
+    expires_at: float
+
+
+_FILE = (raw_files.c.sha256, raw_files.c.source, raw_files.c.path, raw_files.c.size)
+_LEASE = ("holder", "pid", "host", "acquired_at", "expires_at")
+_SCHEMA_READY: set[str] = set()  # server URLs whose schema this process has checked
+
+
 class StateDB:
-    """A thin, typed wrapper over the SQLite state database."""
+    """A thin, typed wrapper over the state database.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StateError(
-                f"{path}: cannot open the state database ({exc}); if the file is damaged, "
-                "move it aside and run again (raw files are re-ingested by content hash)"
-            ) from None
+    ``StateDB(layout.state_db)`` opens the project's SQLite file, or the server that
+    ``DRIFTLOOP_STATE_URL`` names; ``url`` (the spec's ``state.url``) wins over both.
+    """
+
+    def __init__(self, path: Path, *, url: str | URL | None = None) -> None:
+        self.url = url if isinstance(url, URL) else resolve_url(path, url)
         self.path = path
-
-    def _migrate(self) -> None:
-        """Columns added after a database was created (CREATE TABLE IF NOT EXISTS keeps it)."""
-        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(promotions)")}
-        if "applied" not in columns:
-            self._conn.execute(
-                "ALTER TABLE promotions ADD COLUMN applied INTEGER NOT NULL DEFAULT 1"
-            )
+        self._sqlite = self.url.get_backend_name() == "sqlite"
+        where = str(path) if self._sqlite and url is None else shown(self.url)
+        self.where = where  # for messages: the file, or the URL without its password
+        if self._sqlite and self.url.database:
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        self._engine = make_engine(self.url)
+        key = self.url.render_as_string(hide_password=False)
+        try:
+            if self._sqlite or key not in _SCHEMA_READY:
+                with self.transaction() as conn:  # serialized: two workers may start at once
+                    ensure_schema(conn)
+                _SCHEMA_READY.update(() if self._sqlite else (key,))
+        except sa.exc.SQLAlchemyError as exc:
+            self._engine.dispose()
+            if self._sqlite:
+                raise StateError(
+                    f"{where}: cannot open the state database ({reason(exc, self.url)}); if "
+                    "the file is damaged, move it aside and run again (raw files are "
+                    "re-ingested by content hash)"
+                ) from None
+            raise StateError(
+                f"{where}: cannot use the state database ({reason(exc, self.url)}); check "
+                "that the server runs and state.url / DRIFTLOOP_STATE_URL"
+            ) from None
 
     def close(self) -> None:
-        self._conn.close()
+        self._engine.dispose()
 
     def __enter__(self) -> StateDB:
         return self
@@ -154,187 +120,152 @@ class StateDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"StateDB({self.where!r})"
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def transaction(self, *, serial: bool = True) -> Iterator[sa.Connection]:
+        """One write transaction; ``serial``: one writer at a time (state_store's docstring)."""
+        with self._engine.connect() as conn:
+            conn.execution_options(driftloop_write=True)
+            with conn.begin():
+                if serial and not self._sqlite:
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK)))
+                yield conn
+
+    def _rows(self, stmt: sa.Executable) -> list[Any]:  # Rows: tuples with ._mapping
+        with self._engine.connect() as conn:
+            return list(conn.execute(stmt))
+
+    def _one(self, stmt: sa.Executable) -> Any:
+        rows = self._rows(stmt)
+        return rows[0] if rows else None
+
+    def _insert(self, table: sa.Table) -> Any:  # the dialect's INSERT, which has ON CONFLICT
+        return (sqlite.insert if self._sqlite else postgresql.insert)(table)
 
     # -- ingest ledger -------------------------------------------------------------------
 
     def known_sighting(self, path: str, size: int, mtime_ns: int) -> str | None:
-        row = self._conn.execute(
-            "SELECT sha256 FROM sightings WHERE path=? AND size=? AND mtime_ns=?",
-            (path, size, mtime_ns),
-        ).fetchone()
+        c = sightings.c
+        row = self._one(
+            sa.select(c.sha256).where(c.path == path, c.size == size, c.mtime_ns == mtime_ns)
+        )
         return None if row is None else str(row[0])
 
     def record_sighting(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        self._conn.execute(
-            "INSERT OR IGNORE INTO sightings VALUES (?,?,?,?,?)",
-            (path, size, mtime_ns, sha256, utcnow().isoformat()),
+        stmt = self._insert(sightings).values(
+            path=path, size=size, mtime_ns=mtime_ns, sha256=sha256, seen_at=utcnow().isoformat()
         )
-
-    def ingested_sightings(self) -> set[tuple[str, int, int]]:
-        """(path, size, mtime_ns) of every file seen with the content the ledger took under
-        that very path: such a file, unchanged, needs no second look."""
-        rows = self._conn.execute(
-            "SELECT s.path, s.size, s.mtime_ns FROM sightings s "
-            "JOIN raw_files r ON r.sha256 = s.sha256 AND r.path = s.path"
-        )
-        return {(str(r[0]), int(r[1]), int(r[2])) for r in rows}
+        with self.transaction(serial=False) as conn:
+            conn.execute(stmt.on_conflict_do_nothing())
 
     def raw_file(self, sha256: str) -> RawFile | None:
-        row = self._conn.execute(
-            "SELECT sha256, source, path, size, batch_id FROM raw_files WHERE sha256=?", (sha256,)
-        ).fetchone()
+        row = self._one(sa.select(*_FILE, raw_files.c.batch_id).where(raw_files.c.sha256 == sha256))
         return None if row is None else RawFile(*row)
 
     def create_batch(self, batch_id: str, files: list[RawFile]) -> Batch:
         """Record new files and the batch they form, in one transaction."""
         now = utcnow().isoformat()
-        with self.transaction() as conn:
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()[0]
-            conn.execute("INSERT INTO batches VALUES (?,?,?)", (batch_id, seq, now))
-            conn.executemany(
-                "INSERT INTO raw_files VALUES (?,?,?,?,?,?)",
-                [(f.sha256, f.source, f.path, f.size, batch_id, now) for f in files],
-            )
-            self._append_event(
-                conn,
-                "DataArrived",
-                {
-                    "batch_id": batch_id,
-                    "files": [{"path": f.path, "sha256": f.sha256} for f in files],
-                },
-            )
-        return Batch(batch_id, int(seq), now)
+        try:
+            with self.transaction() as conn:
+                # MAX + 1 is safe with many writers: the transaction is serialized (SQLite's
+                # write lock, PostgreSQL's advisory lock), and ``seq`` is UNIQUE besides.
+                # A rolled-back batch leaves no gap; readers only rely on the order.
+                top = sa.select(sa.func.coalesce(sa.func.max(batches.c.seq), 0) + 1)
+                seq = int(conn.execute(top).scalar_one())
+                conn.execute(batches.insert().values(batch_id=batch_id, seq=seq, created_at=now))
+                rows = [
+                    {"sha256": f.sha256, "source": f.source, "path": f.path, "size": f.size}
+                    for f in files
+                ]
+                if rows:
+                    conn.execute(
+                        raw_files.insert().values(batch_id=batch_id, ingested_at=now), rows
+                    )
+                self._append_event(
+                    conn,
+                    "DataArrived",
+                    {
+                        "batch_id": batch_id,
+                        "files": [{"path": f.path, "sha256": f.sha256} for f in files],
+                    },
+                )
+        except sa.exc.IntegrityError as exc:
+            raise StateError(
+                f"{self.where}: batch {batch_id} conflicts with what another process recorded "
+                f"meanwhile ({reason(exc, self.url)}); ingest again: the ledger has the files"
+            ) from None
+        return Batch(batch_id, seq, now)
 
     def batches(self) -> list[Batch]:
-        rows = self._conn.execute("SELECT batch_id, seq, created_at FROM batches ORDER BY seq")
-        return [Batch(*r) for r in rows]
+        c = batches.c
+        return [
+            Batch(*r)
+            for r in self._rows(sa.select(c.batch_id, c.seq, c.created_at).order_by(c.seq))
+        ]
 
     def batch(self, batch_id: str) -> Batch:
         """One batch by id; an unknown id is an error naming it."""
-        row = self._conn.execute(
-            "SELECT batch_id, seq, created_at FROM batches WHERE batch_id=?", (batch_id,)
-        ).fetchone()
+        c = batches.c
+        row = self._one(sa.select(c.batch_id, c.seq, c.created_at).where(c.batch_id == batch_id))
         if row is None:
             raise StateError(
-                f"there is no batch {batch_id!r} in {self.path}; 'driftloop status' lists them"
+                f"there is no batch {batch_id!r} in {self.where}; 'driftloop status' lists them"
             )
         return Batch(*row)
 
     def batch_files(self, batch_id: str) -> list[RawFile]:
-        rows = self._conn.execute(
-            "SELECT sha256, source, path, size, batch_id FROM raw_files WHERE batch_id=? "
-            "ORDER BY source, path",
-            (batch_id,),
+        c = raw_files.c
+        stmt = (
+            sa.select(*_FILE, c.batch_id).where(c.batch_id == batch_id).order_by(c.source, c.path)
         )
-        return [RawFile(*r) for r in rows]
-
-    def files_by_batch(self) -> dict[str, list[RawFile]]:
-        """Every ledger file by batch (as :meth:`batch_files` orders them), in one query."""
-        found: dict[str, list[RawFile]] = {}
-        rows = self._conn.execute(
-            "SELECT sha256, source, path, size, batch_id FROM raw_files ORDER BY source, path"
-        )
-        for row in rows:
-            found.setdefault(row[4], []).append(RawFile(*row))
-        return found
+        return [RawFile(*r) for r in self._rows(stmt)]
 
     def files_until(self, seq: int) -> list[RawFile]:
         """Every file ingested in batches up to ``seq``, oldest first."""
-        rows = self._conn.execute(
-            "SELECT f.sha256, f.source, f.path, f.size, f.batch_id FROM raw_files f "
-            "JOIN batches b USING (batch_id) WHERE b.seq<=? ORDER BY b.seq, f.path",
-            (seq,),
+        stmt = (
+            sa.select(*_FILE, raw_files.c.batch_id)
+            .join(batches, batches.c.batch_id == raw_files.c.batch_id)
+            .where(batches.c.seq <= seq)
+            .order_by(batches.c.seq, raw_files.c.path)
         )
-        return [RawFile(*r) for r in rows]
+        return [RawFile(*r) for r in self._rows(stmt)]
 
     # -- stage runs ----------------------------------------------------------------------
 
-    def progress_marker(self) -> str:
-        """A short text that changes whenever a batch is formed, a stage run starts or ends, or
-        a decision is recorded or applied: part of the settled fingerprint."""
-        rows = [
-            self._conn.execute("SELECT COUNT(*), MAX(seq) FROM batches").fetchone(),
-            self._conn.execute(
-                "SELECT COUNT(*), SUM(attempts), MAX(started_at), MAX(finished_at) FROM stage_runs"
-            ).fetchone(),
-            self._conn.execute("SELECT COUNT(*), MAX(id), SUM(applied) FROM promotions").fetchone(),
-        ]
-        return repr(rows)
-
     def succeeded(self, key: str) -> bool:
-        row = self._conn.execute("SELECT status FROM stage_runs WHERE key=?", (key,)).fetchone()
-        return row is not None and row[0] == "succeeded"
+        return self.run_status(key)[0] == "succeeded"
 
     def run_status(self, key: str) -> tuple[str | None, str | None]:
         """(status, error) of a stage run key, or (None, None) if it never ran."""
-        row = self._conn.execute(
-            "SELECT status, error FROM stage_runs WHERE key=?", (key,)
-        ).fetchone()
+        c = stage_runs.c
+        row = self._one(sa.select(c.status, c.error).where(c.key == key))
         return (None, None) if row is None else (row[0], row[1])
 
     def run_info(self, key: str) -> dict[str, Any] | None:
         """status, error, attempts, finished_at of a stage run key, or None if it never ran."""
-        cur = self._conn.execute(
-            "SELECT status, error, attempts, finished_at FROM stage_runs WHERE key=?", (key,)
-        )
-        row = cur.fetchone()
-        return (
-            None
-            if row is None
-            else dict(zip(("status", "error", "attempts", "finished_at"), row, strict=True))
-        )
-
-    def current_keys(self) -> dict[tuple[str, str], str]:
-        """(stage, batch_id) -> the key of the last run started for that output, when it
-        succeeded: the output it published is that key's, unless removed since (a pass
-        checks ``_SUCCESS``), so a cache hit needs no manifest read."""
-        rows = self._conn.execute(
-            "SELECT c.stage, c.batch_id, c.key FROM current_runs c "
-            "JOIN stage_runs s ON s.key = c.key AND s.status = 'succeeded'"
-        )
-        return {(r[0], r[1]): r[2] for r in rows}
-
-    def adopt_current(self, stage: str, batch_id: str, key: str) -> None:
-        """Record ``key`` as the one whose output is published (its manifest says so)."""
-        self._conn.execute(
-            "INSERT OR REPLACE INTO current_runs VALUES (?,?,?)", (stage, batch_id, key)
-        )
-
-    def fact(self, name: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM facts WHERE name=?", (name,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def facts_with_prefix(self, prefix: str) -> dict[str, str]:
-        rows = self._conn.execute(
-            "SELECT name, value FROM facts WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
-        )
-        return {str(r[0]): str(r[1]) for r in rows}
-
-    def record_fact(self, name: str, value: str) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO facts VALUES (?,?)", (name, value))
+        c = stage_runs.c
+        row = self._one(sa.select(c.status, c.error, c.attempts, c.finished_at).where(c.key == key))
+        return None if row is None else dict(row._mapping)
 
     def start_run(self, key: str, stage: str, batch_id: str) -> None:
         now = utcnow().isoformat()
+        ins = self._insert(stage_runs).values(
+            key=key, stage=stage, batch_id=batch_id, status="running", started_at=now
+        )
+        stmt = ins.on_conflict_do_update(
+            index_elements=[stage_runs.c.key],
+            set_={
+                "status": "running",
+                "attempts": stage_runs.c.attempts + 1,
+                "started_at": ins.excluded.started_at,
+                "finished_at": None,
+                "error": None,
+            },
+        )
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO current_runs VALUES (?,?,?)", (stage, batch_id, key)
-            )
-            conn.execute(
-                "INSERT INTO stage_runs (key, stage, batch_id, status, started_at) "
-                "VALUES (?,?,?,'running',?) ON CONFLICT(key) DO UPDATE SET "
-                "status='running', attempts=attempts+1, started_at=excluded.started_at, "
-                "finished_at=NULL, error=NULL",
-                (key, stage, batch_id, now),
-            )
+            conn.execute(stmt)
             self._append_event(
                 conn, "StageStarted", {"stage": stage, "batch_id": batch_id, "key": key}
             )
@@ -354,9 +285,15 @@ class StateDB:
         status = ("error" if retry else "failed") if error else "succeeded"
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE stage_runs SET status=?, finished_at=?, seconds=?, output=?, error=? "
-                "WHERE key=?",
-                (status, utcnow().isoformat(), seconds, output, error, key),
+                stage_runs.update()
+                .where(stage_runs.c.key == key)
+                .values(
+                    status=status,
+                    finished_at=utcnow().isoformat(),
+                    seconds=seconds,
+                    output=output,
+                    error=error,
+                )
             )
             event = "StageFailed" if error else "StageSucceeded"
             payload = {"stage": stage, "batch_id": batch_id, "key": key, "output": output}
@@ -366,23 +303,18 @@ class StateDB:
 
     def last_succeeded(self, stage: str) -> dict[str, Any] | None:
         """The newest succeeded run of a stage (key, batch_id, finished_at, output)."""
-        row = self._conn.execute(
-            "SELECT key, batch_id, finished_at, output FROM stage_runs WHERE stage=? AND "
-            "status='succeeded' ORDER BY finished_at DESC LIMIT 1",
-            (stage,),
-        ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("key", "batch_id", "finished_at", "output"), row, strict=True))
+        c = stage_runs.c
+        row = self._one(
+            sa.select(c.key, c.batch_id, c.finished_at, c.output)
+            .where(c.stage == stage, c.status == "succeeded")
+            .order_by(c.finished_at.desc())
+            .limit(1)
+        )
+        return None if row is None else dict(row._mapping)
 
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        cur = self._conn.execute(
-            "SELECT key, stage, batch_id, status, attempts, started_at, finished_at, seconds, "
-            "output, error FROM stage_runs ORDER BY started_at DESC LIMIT ?",
-            (limit,),
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        stmt = sa.select(stage_runs).order_by(stage_runs.c.started_at.desc()).limit(limit)
+        return [dict(r._mapping) for r in self._rows(stmt)]
 
     # -- promotions ----------------------------------------------------------------------
 
@@ -394,26 +326,23 @@ class StateDB:
         dies in between, :meth:`unapplied` tells what the registry still has to be told.
         """
         row = {"ts": utcnow().isoformat(), **decision, "applied": int(applied)}
-        columns = list(row)
         with self.transaction() as conn:
-            cur = conn.execute(
-                f"INSERT INTO promotions ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' for _ in columns)})",
-                [row[c] for c in columns],
-            )
+            result = conn.execute(promotions.insert().values(**row))
             event = "ModelPromoted" if decision["decision"] != "rejected" else "PromotionRejected"
             self._append_event(conn, event, decision)
-        return int(cur.lastrowid or 0)
+        key = result.inserted_primary_key
+        return int(key[0]) if key else 0
 
     # applied: 0 recorded, the registry not told yet; 1 applied (the alias moved);
     # 2 superseded (a newer decision was applied instead); -1 withdrawn (the registry refused)
     def mark_applied(self, decision_id: int) -> None:
         """The alias moved as the decision says: ``ChampionMoved`` (what servers follow)."""
+        p = promotions.c
         with self.transaction() as conn:
-            conn.execute("UPDATE promotions SET applied=1 WHERE id=?", (decision_id,))
+            conn.execute(promotions.update().where(p.id == decision_id).values(applied=1))
             row = conn.execute(
-                "SELECT model, version, decision FROM promotions WHERE id=?", (decision_id,)
-            ).fetchone()
+                sa.select(p.model, p.version, p.decision).where(p.id == decision_id)
+            ).first()
             if row is not None:
                 self._append_event(
                     conn, "ChampionMoved", {"model": row[0], "version": row[1], "decision": row[2]}
@@ -421,51 +350,61 @@ class StateDB:
 
     def mark_superseded(self, decision_id: int) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE promotions SET applied=2 WHERE id=?", (decision_id,))
+            conn.execute(
+                promotions.update().where(promotions.c.id == decision_id).values(applied=2)
+            )
 
     def withdraw(self, decision_id: int, why: str) -> None:
         """A recorded decision the registry refused: it never took effect."""
         with self.transaction() as conn:
-            conn.execute("UPDATE promotions SET applied=-1 WHERE id=?", (decision_id,))
+            conn.execute(
+                promotions.update().where(promotions.c.id == decision_id).values(applied=-1)
+            )
             self._append_event(
                 conn, "PromotionWithdrawn", {"decision_id": decision_id, "reason": why}
             )
 
     def unapplied(self, model: str) -> list[dict[str, Any]]:
         """Decisions recorded but not yet applied to the registry, oldest first."""
-        cur = self._conn.execute(
-            "SELECT * FROM promotions WHERE model=? AND applied=0 ORDER BY id", (model,)
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        p = promotions.c
+        stmt = sa.select(promotions).where(p.model == model, p.applied == 0).order_by(p.id)
+        return [dict(r._mapping) for r in self._rows(stmt)]
 
     def decisions(self, model: str, *, effective: bool = False) -> list[dict[str, Any]]:
         """Every decision, oldest first; ``effective``: only those that took effect or are
         about to (recorded or applied; not superseded or withdrawn)."""
-        sql = "SELECT * FROM promotions WHERE model=?"
+        p = promotions.c
+        stmt = sa.select(promotions).where(p.model == model)
         if effective:
-            sql += " AND applied IN (0, 1)"
-        cur = self._conn.execute(sql + " ORDER BY id", (model,))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+            stmt = stmt.where(p.applied.in_((0, 1)))
+        return [dict(r._mapping) for r in self._rows(stmt.order_by(p.id))]
 
     def applied_champion(self, model: str) -> str | None:
         """The version the last applied decision made champion (the registry has it)."""
-        row = self._conn.execute(
-            "SELECT version FROM promotions WHERE model=? AND decision != 'rejected' "
-            "AND applied=1 ORDER BY id DESC LIMIT 1",
-            (model,),
-        ).fetchone()
+        p = promotions.c
+        row = self._one(
+            sa.select(p.version)
+            .where(p.model == model, p.decision != "rejected", p.applied == 1)
+            .order_by(p.id.desc())
+            .limit(1)
+        )
         return str(row[0]) if row else None
 
     def decision_for(self, model: str, version: str) -> dict[str, Any] | None:
         """The latest decision that made ``version`` champion: ts, decision, reason, actor."""
-        row = self._conn.execute(
-            "SELECT ts, decision, reason, actor FROM promotions WHERE model=? AND version=? "
-            "AND decision != 'rejected' AND applied IN (0, 1) ORDER BY id DESC LIMIT 1",
-            (model, version),
-        ).fetchone()
-        return dict(zip(("ts", "decision", "reason", "actor"), row, strict=True)) if row else None
+        p = promotions.c
+        row = self._one(
+            sa.select(p.ts, p.decision, p.reason, p.actor)
+            .where(
+                p.model == model,
+                p.version == version,
+                p.decision != "rejected",
+                p.applied.in_((0, 1)),
+            )
+            .order_by(p.id.desc())
+            .limit(1)
+        )
+        return dict(row._mapping) if row else None
 
     def record(self, event: Event) -> None:
         """The state database as an event sink (:func:`driftloop.core.events.emit`)."""
@@ -478,39 +417,42 @@ class StateDB:
     # -- events --------------------------------------------------------------------------
 
     @staticmethod
-    def _append_event(conn: sqlite3.Connection, type_: str, payload: dict[str, Any]) -> None:
+    def _append_event(conn: sa.Connection, type_: str, payload: dict[str, Any]) -> None:
+        # in a serialized transaction only: ids then commit in the order they are allocated
         conn.execute(
-            "INSERT INTO events (ts, type, payload) VALUES (?,?,?)",
-            (utcnow().isoformat(), type_, json.dumps(payload, sort_keys=True, default=str)),
+            events.insert().values(
+                ts=utcnow().isoformat(),
+                type=type_,
+                payload=json.dumps(payload, sort_keys=True, default=str),
+            )
         )
+
+    @staticmethod
+    def _event(row: Any) -> dict[str, Any]:
+        return {"id": row[0], "ts": row[1], "type": row[2], **json.loads(row[3])}
 
     def events_after(self, event_id: int, types: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Events with an id above ``event_id`` (of the given types), oldest first."""
-        sql = "SELECT id, ts, type, payload FROM events WHERE id > ?"
-        args: list[Any] = [event_id]
+        stmt = sa.select(events).where(events.c.id > event_id)
         if types:
-            sql += f" AND type IN ({','.join('?' * len(types))})"
-            args += list(types)
-        rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        return [{"id": r[0], "ts": r[1], "type": r[2], **json.loads(r[3])} for r in rows]
+            stmt = stmt.where(events.c.type.in_(types))
+        return [self._event(r) for r in self._rows(stmt.order_by(events.c.id))]
 
     def last_event(self, type_: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            "SELECT id, ts, type, payload FROM events WHERE type=? ORDER BY id DESC LIMIT 1",
-            (type_,),
-        ).fetchone()
-        return (
-            None
-            if row is None
-            else {"id": row[0], "ts": row[1], "type": row[2], **json.loads(row[3])}
-        )
+        stmt = sa.select(events).where(events.c.type == type_).order_by(events.c.id.desc())
+        row = self._one(stmt.limit(1))
+        return None if row is None else self._event(row)
 
     def last_event_id(self, types: tuple[str, ...] = ()) -> int:
-        sql = "SELECT MAX(id) FROM events"
+        stmt = sa.select(sa.func.max(events.c.id))
         if types:
-            sql += f" WHERE type IN ({','.join('?' * len(types))})"
-        row = self._conn.execute(sql, types).fetchone()
-        return int(row[0] or 0)
+            stmt = stmt.where(events.c.type.in_(types))
+        row = self._one(stmt)
+        return int(row[0] or 0) if row else 0
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        stmt = sa.select(events).order_by(events.c.id.desc()).limit(limit)
+        return [self._event(r) for r in reversed(self._rows(stmt))]
 
     # -- leases --------------------------------------------------------------------------
 
@@ -530,38 +472,94 @@ class StateDB:
         A lease whose holder stopped renewing it (a process that died) expires after
         ``seconds`` and can then be taken by anyone.
         """
-        with self.transaction() as conn:
+        c = leases.c
+        with self.transaction() as conn:  # serialized: the read and the write are one step
             row = conn.execute(
-                "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?",
-                (name,),
-            ).fetchone()
+                sa.select(c.holder, c.pid, c.host, c.acquired_at, c.expires_at).where(
+                    c.name == name
+                )
+            ).first()
             # ``replace``: take it from that holder (known dead) even before it expires, and
             # only from it: a live process that took it meanwhile keeps it
             if row is not None and row[0] != holder and row[4] > now and row[0] != replace:
-                return dict(
-                    zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True)
-                )
+                return dict(zip(_LEASE, row, strict=True))
             acquired = row[3] if row is not None and row[0] == holder else utcnow().isoformat()
-            conn.execute(
-                "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?)",
-                (name, holder, pid, host, acquired, now + seconds),
-            )
+            values = {"holder": holder, "pid": pid, "host": host, "acquired_at": acquired}
+            values["expires_at"] = now + seconds
+            ins = self._insert(leases).values(name=name, **values)
+            conn.execute(ins.on_conflict_do_update(index_elements=[c.name], set_=values))
         return None
 
     def drop_lease(self, name: str, holder: str) -> None:
         with self.transaction() as conn:
-            conn.execute("DELETE FROM leases WHERE name=? AND holder=?", (name, holder))
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
 
     def lease(self, name: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?", (name,)
-        ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True))
+        c = leases.c
+        row = self._one(
+            sa.select(c.holder, c.pid, c.host, c.acquired_at, c.expires_at).where(c.name == name)
+        )
+        return None if row is None else dict(zip(_LEASE, row, strict=True))
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._conn.execute(
-            "SELECT id, ts, type, payload FROM events ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [{"id": r[0], "ts": r[1], "type": r[2], **json.loads(r[3])} for r in reversed(rows)]
+    # -- claims: one unit of work, one holder, many workers --------------------------------
+
+    def claim(self, unit: str, holder: str, *, seconds: float, now: float) -> bool:
+        """Take ``unit`` for ``holder`` until ``now + seconds``; False when another holds it.
+
+        One atomic statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE): the row is
+        inserted, or taken over when its claim expired, or extended when ``holder`` has it
+        already; otherwise nothing changes and no row counts. ``now`` is the caller's clock
+        (``time.time()``): workers' clocks must agree to well within ``seconds``.
+        """
+        ins = self._insert(claims).values(
+            unit=unit, holder=holder, acquired_at=utcnow().isoformat(), expires_at=now + seconds
+        )
+        c = claims.c
+        stmt = ins.on_conflict_do_update(
+            index_elements=[c.unit],
+            set_={
+                "holder": ins.excluded.holder,
+                "acquired_at": sa.case(
+                    (c.holder == ins.excluded.holder, c.acquired_at), else_=ins.excluded.acquired_at
+                ),
+                "expires_at": ins.excluded.expires_at,
+            },
+            where=sa.or_(c.expires_at <= now, c.holder == holder),
+        )
+        with self.transaction(serial=False) as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def renew(self, unit: str, holder: str, *, seconds: float, now: float) -> bool:
+        """Extend ``holder``'s claim to ``now + seconds``; False when it no longer has it.
+
+        A claim that expired but that nobody took over is still renewed: its row naming
+        ``holder`` proves that nobody else held the unit in between.
+        """
+        c = claims.c
+        stmt = (
+            claims.update()
+            .where(c.unit == unit, c.holder == holder)
+            .values(expires_at=now + seconds)
+        )
+        with self.transaction(serial=False) as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def release(self, unit: str, holder: str) -> bool:
+        """Give ``unit`` up; only its holder can (False, and nothing changes, otherwise)."""
+        stmt = claims.delete().where(claims.c.unit == unit, claims.c.holder == holder)
+        with self.transaction(serial=False) as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def claimant(self, unit: str, *, now: float) -> Claim | None:
+        """Who holds ``unit`` at ``now`` (None: free, or its claim expired)."""
+        c = claims.c
+        row = self._one(sa.select(claims).where(c.unit == unit, c.expires_at > now))
+        return None if row is None else Claim(*row)
+
+    def claims(self, *, now: float, prefix: str = "") -> list[Claim]:
+        """The claims live at ``now`` (units starting with ``prefix``), by unit."""
+        c = claims.c
+        stmt = sa.select(claims).where(c.expires_at > now)
+        if prefix:
+            stmt = stmt.where(c.unit.startswith(prefix, autoescape=True))
+        return [Claim(*r) for r in self._rows(stmt.order_by(c.unit))]
