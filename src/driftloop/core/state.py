@@ -526,8 +526,7 @@ class StateDB:
             },
             where=sa.or_(c.expires_at <= now, c.holder == holder),
         )
-        with self.transaction(serial=False) as conn:
-            return bool(conn.execute(stmt).rowcount == 1)
+        return self._changed(stmt)
 
     def renew(self, unit: str, holder: str, *, seconds: float, now: float) -> bool:
         """Extend ``holder``'s claim to ``now + seconds``; False when it no longer has it.
@@ -541,14 +540,19 @@ class StateDB:
             .where(c.unit == unit, c.holder == holder)
             .values(expires_at=now + seconds)
         )
-        with self.transaction(serial=False) as conn:
-            return bool(conn.execute(stmt).rowcount == 1)
+        return self._changed(stmt)
 
     def release(self, unit: str, holder: str) -> bool:
         """Give ``unit`` up; only its holder can (False, and nothing changes, otherwise)."""
-        stmt = claims.delete().where(claims.c.unit == unit, claims.c.holder == holder)
+        return self._changed(
+            claims.delete().where(claims.c.unit == unit, claims.c.holder == holder)
+        )
+
+    def _changed(self, stmt: Any) -> bool:
+        """Run one claim statement; did it change the row? (RETURNING, not the row count:
+        psycopg's cursor through SQLAlchemy gives -1 for an upsert's count.)"""
         with self.transaction(serial=False) as conn:
-            return bool(conn.execute(stmt).rowcount == 1)
+            return conn.execute(stmt.returning(claims.c.unit)).first() is not None
 
     def claimant(self, unit: str, *, now: float) -> Claim | None:
         """Who holds ``unit`` at ``now`` (None: free, or its claim expired)."""
