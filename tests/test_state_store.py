@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from driftloop.errors import SpecError, StateError
-from driftloop.spec import STATE_URL_ENV, parse_spec
-from driftloop.state import Claim, RawFile, StateDB
-from driftloop.state_store import promotions, resolve_url
+from driftloop.core.errors import SpecError, StateError
+from driftloop.core.spec import STATE_URL_ENV, parse_spec
+from driftloop.core.state import Claim, RawFile, StateDB
+from driftloop.core.state_store import promotions, resolve_url
 from tests.fixtures.postgres import PASSWORD
 
 GUARD = 300.0  # a hang guard for joins and barriers, never a wait that a test relies on
