@@ -485,3 +485,54 @@ def test_an_existing_sqlite_database_keeps_working(tmp_path: Path) -> None:
         with db.transaction() as conn:
             mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
             assert isinstance(conn, sa.Connection) and mode == "wal"
+
+
+# -- a real pass on the server -------------------------------------------------------------
+
+TINY = """
+name: tiny
+task: regression
+target: y
+sources:
+  - name: s
+    path: data/raw/s/*.csv
+contract:
+  columns:
+    x: {dtype: float, min: 0}
+    y: {dtype: float}
+ingest: {settle_seconds: 0}
+model: {enabled: false}
+state: {url: "URL"}
+"""
+
+
+def test_a_pass_keeps_its_state_on_the_spec_s_server(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftloop.orchestration.status import project_status
+    from driftloop.pipeline import run
+
+    from .helpers import write_spec
+
+    url = sa.make_url(postgres_url)
+    monkeypatch.setenv("PGPASSWORD", str(url.password))  # libpq's, as the spec asks
+    # the spec wins over the environment, which names somewhere that does not answer
+    monkeypatch.setenv(STATE_URL_ENV, f"postgresql://nobody@127.0.0.1:{_closed_port()}/x")
+    spec_url = f"postgresql://postgres@127.0.0.1:{url.port}/{url.database}"  # no password
+    write_spec(tmp_path, TINY.replace("URL", spec_url))
+    raw = tmp_path / "data" / "raw" / "s"
+    raw.mkdir(parents=True)
+    (raw / "a.csv").write_text("x,y\n1,2\n3,4\n-1,5\n")
+    first = run(tmp_path)
+    assert first.ingest.batch is not None and first.did_work
+    assert run(tmp_path).ingest.batch is None  # the ledger on the server knows the file
+    assert not (tmp_path / ".driftloop" / "state.db").exists()
+    with StateDB(tmp_path / "unused.db", url=postgres_url) as db:
+        assert [b.batch_id for b in db.batches()] == [first.ingest.batch.batch_id]
+        assert {r["stage"]: r["status"] for r in db.stage_runs()} == {
+            "prep": "succeeded",
+            "features": "succeeded",
+        }
+        assert db.lease("watch") is None  # the pass's lease was taken there, and dropped
+        assert db.last_event("StageStarted") is not None
+    assert project_status(tmp_path)["batches"]

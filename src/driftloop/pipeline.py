@@ -41,7 +41,7 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
     spec = load_spec(project)  # a broken spec or bad model params fail before any state
     if spec.model.enabled:
         check_model_params_once(spec, Layout(project))
-    lease = Lease(Layout(project).state_db)
+    lease = Lease(Layout(project).state_db, url=spec.state.url)
     lease.acquire()
     try:
         return run_pass(project, wait=wait)

@@ -71,6 +71,23 @@ class Claim:
     expires_at: float
 
 
+def state_exists(path: Path, url: str | None = None) -> bool:
+    """Whether there is a state database to read (a server's is made when first opened;
+    the embedded file only by a writer: a reader, such as a server, never creates it)."""
+    resolved = resolve_url(path, url)
+    if resolved.get_backend_name() != "sqlite":
+        return True
+    return Path(resolved.database or path).is_file()
+
+
+def state_where(path: Path, url: str | None = None) -> str:
+    """The state database for a message: the embedded file, or the URL without password."""
+    resolved = resolve_url(path, url)
+    if resolved.get_backend_name() == "sqlite":
+        return str(resolved.database)
+    return shown(resolved)
+
+
 _FILE = (raw_files.c.sha256, raw_files.c.source, raw_files.c.path, raw_files.c.size)
 _LEASE = ("holder", "pid", "host", "acquired_at", "expires_at")
 _SCHEMA_READY: set[str] = set()  # server URLs whose schema this process has checked
@@ -87,7 +104,7 @@ class StateDB:
         self.url = url if isinstance(url, URL) else resolve_url(path, url)
         self.path = path
         self._sqlite = self.url.get_backend_name() == "sqlite"
-        where = str(path) if self._sqlite and url is None else shown(self.url)
+        where = str(self.url.database) if self._sqlite else shown(self.url)
         self.where = where  # for messages: the file, or the URL without its password
         if self._sqlite and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def run_pass(
     layout = Layout(project)
     spec = load_spec(project)
     checked = check_model_params_once(spec, layout) if spec.model.enabled else None
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=spec.state.url) as db:
         if checked is not None:
             db.record_fact(MODEL_PARAMS_FACT, checked)
         applied = []
