@@ -10,6 +10,7 @@ workers. Every write is one short transaction. Tables, URL and engine:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +91,44 @@ def state_where(path: Path, url: str | None = None) -> str:
 
 _FILE = (raw_files.c.sha256, raw_files.c.source, raw_files.c.path, raw_files.c.size)
 _LEASE = ("holder", "pid", "host", "acquired_at", "expires_at")
+# built once: ingest asks these for every file of every pass
+_SIGHTING = sa.select(sightings.c.sha256).where(
+    sightings.c.path == sa.bindparam("path"),
+    sightings.c.size == sa.bindparam("size"),
+    sightings.c.mtime_ns == sa.bindparam("mtime_ns"),
+)
+_RAW_FILE = sa.select(*_FILE, raw_files.c.batch_id).where(
+    raw_files.c.sha256 == sa.bindparam("sha256")
+)
+
+
+def _upserts(dialect: Any) -> dict[str, Any]:
+    """The dialect's ON CONFLICT statements, built once (building one cost more than
+    running it): a sighting recorded once, and a claim (see :meth:`StateDB.claim`)."""
+    sighting = dialect.insert(sightings).values(
+        {c.name: sa.bindparam(f"p_{c.name}") for c in sightings.columns}
+    )
+    ins = dialect.insert(claims).values({c.name: sa.bindparam(f"p_{c.name}") for c in claims.c})
+    c = claims.c
+    claim = ins.on_conflict_do_update(
+        index_elements=[c.unit],
+        set_={
+            "holder": ins.excluded.holder,
+            "acquired_at": sa.case(
+                (c.holder == ins.excluded.holder, c.acquired_at), else_=ins.excluded.acquired_at
+            ),
+            "expires_at": ins.excluded.expires_at,
+        },
+        # taken over when expired, extended by its own holder, else left alone
+        where=sa.or_(c.expires_at <= sa.bindparam("p_now"), c.holder == ins.excluded.holder),
+    )
+    return {
+        "sighting": sighting.on_conflict_do_nothing(),
+        "claim": claim.returning(c.unit),
+    }
+
+
+_UPSERTS = {"sqlite": _upserts(sqlite), "postgresql": _upserts(postgresql)}
 _SCHEMA_READY: set[str] = set()  # server URLs whose schema this process has checked
 
 
@@ -109,6 +148,12 @@ class StateDB:
         if self._sqlite and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine = make_engine(self.url)
+        self._upsert = _UPSERTS[self.url.get_backend_name()]
+        # SQLite: the opening thread keeps one connection for its reads (other threads use
+        # the pool): a checkout per read was most of a read's cost, and ingest reads twice
+        # for every file of every pass
+        self._owner = threading.get_ident()
+        self._kept: sa.Connection | None = None
         key = self.url.render_as_string(hide_password=False)
         try:
             if self._sqlite or key not in _SCHEMA_READY:
@@ -129,6 +174,9 @@ class StateDB:
             ) from None
 
     def close(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
         self._engine.dispose()
 
     def __enter__(self) -> StateDB:
@@ -150,12 +198,20 @@ class StateDB:
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK)))
                 yield conn
 
-    def _rows(self, stmt: sa.Executable) -> list[Any]:  # Rows: tuples with ._mapping
-        with self._engine.connect() as conn:
-            return list(conn.execute(stmt))
+    def _rows(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> list[Any]:
+        """A read: one statement, its rows (tuples with ``._mapping``)."""
+        if not self._sqlite or threading.get_ident() != self._owner:
+            with self._engine.connect() as pooled:
+                return list(pooled.execute(stmt, params))
+        if self._kept is None:
+            self._kept = self._engine.connect()
+        try:
+            return list(self._kept.execute(stmt, params))
+        finally:
+            self._kept.rollback()  # no BEGIN was sent (state_store's begin hook): nothing to undo
 
-    def _one(self, stmt: sa.Executable) -> Any:
-        rows = self._rows(stmt)
+    def _one(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+        rows = self._rows(stmt, params)
         return rows[0] if rows else None
 
     def _insert(self, table: sa.Table) -> Any:  # the dialect's INSERT, which has ON CONFLICT
@@ -164,21 +220,17 @@ class StateDB:
     # -- ingest ledger -------------------------------------------------------------------
 
     def known_sighting(self, path: str, size: int, mtime_ns: int) -> str | None:
-        c = sightings.c
-        row = self._one(
-            sa.select(c.sha256).where(c.path == path, c.size == size, c.mtime_ns == mtime_ns)
-        )
+        row = self._one(_SIGHTING, {"path": path, "size": size, "mtime_ns": mtime_ns})
         return None if row is None else str(row[0])
 
     def record_sighting(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        stmt = self._insert(sightings).values(
-            path=path, size=size, mtime_ns=mtime_ns, sha256=sha256, seen_at=utcnow().isoformat()
-        )
+        row = {"path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha256}
+        row["seen_at"] = utcnow().isoformat()
         with self.transaction(serial=False) as conn:
-            conn.execute(stmt.on_conflict_do_nothing())
+            conn.execute(self._upsert["sighting"], {f"p_{k}": v for k, v in row.items()})
 
     def raw_file(self, sha256: str) -> RawFile | None:
-        row = self._one(sa.select(*_FILE, raw_files.c.batch_id).where(raw_files.c.sha256 == sha256))
+        row = self._one(_RAW_FILE, {"sha256": sha256})
         return None if row is None else RawFile(*row)
 
     def create_batch(self, batch_id: str, files: list[RawFile]) -> Batch:
@@ -528,22 +580,10 @@ class StateDB:
         already; otherwise nothing changes and no row counts. ``now`` is the caller's clock
         (``time.time()``): workers' clocks must agree to well within ``seconds``.
         """
-        ins = self._insert(claims).values(
-            unit=unit, holder=holder, acquired_at=utcnow().isoformat(), expires_at=now + seconds
-        )
-        c = claims.c
-        stmt = ins.on_conflict_do_update(
-            index_elements=[c.unit],
-            set_={
-                "holder": ins.excluded.holder,
-                "acquired_at": sa.case(
-                    (c.holder == ins.excluded.holder, c.acquired_at), else_=ins.excluded.acquired_at
-                ),
-                "expires_at": ins.excluded.expires_at,
-            },
-            where=sa.or_(c.expires_at <= now, c.holder == holder),
-        )
-        return self._changed(stmt)
+        params: dict[str, Any] = {"p_unit": unit, "p_holder": holder, "p_now": now}
+        params.update(p_acquired_at=utcnow().isoformat(), p_expires_at=now + seconds)
+        with self.transaction(serial=False) as conn:
+            return conn.execute(self._upsert["claim"], params).first() is not None
 
     def renew(self, unit: str, holder: str, *, seconds: float, now: float) -> bool:
         """Extend ``holder``'s claim to ``now + seconds``; False when it no longer has it.

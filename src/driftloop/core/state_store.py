@@ -183,8 +183,11 @@ def make_engine(url: URL) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
-            write = conn.get_execution_options().get("driftloop_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            # A read is one statement, which SQLite runs as its own transaction: no BEGIN,
+            # and the ROLLBACK when it is returned to the pool does nothing (a round trip
+            # less, which was most of a read's cost). A write takes the write lock first.
+            if conn.get_execution_options().get("driftloop_write", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     try:
@@ -198,7 +201,8 @@ def make_engine(url: URL) -> Engine:
 
 def ensure_schema(conn: sa.Connection) -> None:
     """Create what is missing; add columns that came after a database was created."""
-    metadata.create_all(conn)
+    if not set(metadata.tables) <= set(conn.dialect.get_table_names(conn)):
+        metadata.create_all(conn)
     columns = {c["name"] for c in sa.inspect(conn).get_columns("promotions")}
     if "applied" not in columns:
         conn.execute(
