@@ -25,17 +25,19 @@ from sqlalchemy.engine import URL
 from driftloop.core.errors import StateError
 from driftloop.core.events import Event
 from driftloop.core.state_store import (
+    SCHEMA_VERSION,
     WRITE_LOCK,
     batches,
     claims,
     ensure_schema,
     events,
+    file_engine,
     leases,
-    make_engine,
     promotions,
     raw_files,
     reason,
     resolve_url,
+    shared_engine,
     shown,
     sightings,
     stage_runs,
@@ -147,22 +149,20 @@ class StateDB:
         self.where = where  # for messages: the file, or the URL without its password
         if self._sqlite and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = make_engine(self.url)
+        # one engine per file or server in the process (state_store: file_engine, shared_engine)
+        self._engine = file_engine(self.url) if self._sqlite else shared_engine(self.url)
         self._upsert = _UPSERTS[self.url.get_backend_name()]
-        # SQLite: the opening thread keeps one connection for its reads (other threads use
-        # the pool): a checkout per read was most of a read's cost, and ingest reads twice
-        # for every file of every pass
+        # SQLite: the opening thread keeps a connection for its reads and one for its writes
+        # (other threads open their own per call): opening one per call was most of a call's
+        # cost, and ingest reads twice for every file of every pass
         self._owner = threading.get_ident()
         self._kept: sa.Connection | None = None
-        key = self.url.render_as_string(hide_password=False)
+        self._kept_writer: sa.Connection | None = None
         try:
-            if self._sqlite or key not in _SCHEMA_READY:
-                with self.transaction() as conn:  # serialized: two workers may start at once
-                    ensure_schema(conn)
-                _SCHEMA_READY.update(() if self._sqlite else (key,))
+            self._ensure_schema()
         except sa.exc.SQLAlchemyError as exc:
-            self._engine.dispose()
             if self._sqlite:
+                self.close()
                 raise StateError(
                     f"{where}: cannot open the state database ({reason(exc, self.url)}); if "
                     "the file is damaged, move it aside and run again (raw files are "
@@ -173,11 +173,26 @@ class StateDB:
                 "that the server runs and state.url / DRIFTLOOP_STATE_URL"
             ) from None
 
+    def _ensure_schema(self) -> None:
+        """Create or migrate the schema unless it is known current: SQLite's ``user_version``
+        says so (one cheap read on every open), a server's was checked by this process."""
+        if self._sqlite:
+            if self._one(sa.text("PRAGMA user_version"))[0] >= SCHEMA_VERSION:
+                return
+        elif self.url.render_as_string(hide_password=False) in _SCHEMA_READY:
+            return
+        with self.transaction() as conn:  # serialized: two workers may start at once
+            ensure_schema(conn)
+            if self._sqlite:
+                conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if not self._sqlite:
+            _SCHEMA_READY.add(self.url.render_as_string(hide_password=False))
+
     def close(self) -> None:
-        if self._kept is not None:
-            self._kept.close()
-            self._kept = None
-        self._engine.dispose()
+        for conn in (self._kept, self._kept_writer):
+            if conn is not None:
+                conn.close()
+        self._kept = self._kept_writer = None
 
     def __enter__(self) -> StateDB:
         return self
@@ -191,6 +206,13 @@ class StateDB:
     @contextmanager
     def transaction(self, *, serial: bool = True) -> Iterator[sa.Connection]:
         """One write transaction; ``serial``: one writer at a time (state_store's docstring)."""
+        if self._sqlite and threading.get_ident() == self._owner:
+            if self._kept_writer is None:
+                self._kept_writer = self._engine.connect()
+                self._kept_writer.execution_options(driftloop_write=True)
+            with self._kept_writer.begin():
+                yield self._kept_writer
+            return
         with self._engine.connect() as conn:
             conn.execution_options(driftloop_write=True)
             with conn.begin():

@@ -22,6 +22,8 @@ A URL is shown only through :func:`shown`, with its password as ``***``.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from sqlalchemy.engine import URL, Engine, make_url
 from driftloop.core.errors import StateError
 from driftloop.core.spec import STATE_URL_ENV, hide_password
 
+# Raise it with every change to the tables below: SQLite records it in ``user_version`` and
+# skips the schema check on open while it is current (1: the first SQLAlchemy schema, claims)
+SCHEMA_VERSION = 1
 # 'driftloo' in ASCII: the key of the advisory lock every serialized write takes (PostgreSQL)
 WRITE_LOCK = 0x6472696674_6C6F6F
 
@@ -172,7 +177,8 @@ def reason(exc: BaseException, url: URL) -> str:
 def make_engine(url: URL) -> Engine:
     """An engine whose transactions behave as the module docstring says."""
     if url.get_backend_name() == "sqlite":
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        # no pool: a StateDB keeps the connections it uses often and closes them on close()
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
 
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -197,6 +203,48 @@ def make_engine(url: URL) -> Engine:
             f"{shown(url)}: the PostgreSQL driver is not installed ({exc.name}); "
             "pip install 'driftloop[postgres]'"
         ) from None
+
+
+_SHARED: dict[str, Engine] = {}
+_SHARED_LOCK = threading.Lock()
+_FILES: OrderedDict[str, Engine] = OrderedDict()  # SQLite engines, the most recent kept
+_FILES_KEPT = 32
+
+
+def _forget_after_fork() -> None:
+    # a forked child must not use (or close) its parent's connections: drop them unclosed
+    for engine in _SHARED.values():
+        engine.dispose(close=False)
+    _SHARED.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def shared_engine(url: URL) -> Engine:
+    """One engine (and connection pool) per server URL in this process: a ``StateDB`` opened
+    per request or per poll (the server's champion thread) reuses its connections instead of
+    connecting and authenticating each time."""
+    key = url.render_as_string(hide_password=False)
+    with _SHARED_LOCK:
+        engine = _SHARED.get(key)
+        if engine is None:
+            engine = _SHARED[key] = make_engine(url)
+        return engine
+
+
+def file_engine(url: URL) -> Engine:
+    """One engine per SQLite file in this process (the recent ones): it holds no connection
+    (no pool), but its compiled statements, which cost more than opening the file."""
+    key = str(url.database)
+    with _SHARED_LOCK:
+        engine = _FILES.get(key)
+        if engine is None:
+            engine = _FILES[key] = make_engine(url)
+            while len(_FILES) > _FILES_KEPT:
+                _FILES.popitem(last=False)
+        _FILES.move_to_end(key)
+        return engine
 
 
 def ensure_schema(conn: sa.Connection) -> None:
