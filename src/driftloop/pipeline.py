@@ -62,7 +62,7 @@ def plan(project: Path) -> Plan:
 
     spec = load_spec(project)
     layout = Layout(project)
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=spec.state.url) as db:
         return planner.plan(spec, gather(Context(spec, layout, db)), datetime.now(UTC))
 
 
@@ -82,5 +82,5 @@ def run_stage(
 
     spec = load_spec(project)
     layout = Layout(project)
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=spec.state.url) as db:
         return run_call(Context(spec, layout, db), StageCall(stage, batch_id, champion))
