@@ -13,8 +13,8 @@ transaction-scoped advisory lock (:data:`WRITE_LOCK`). That keeps the read-then-
 of the single-writer era (a batch's ``seq``, the project lease) correct with many writers,
 and it makes event ids commit in id order, so a reader that follows ``events_after(last)``
 never skips an event whose id was allocated earlier but committed later. The writes are a
-few small statements each, so the lock is held for milliseconds. Per-unit claims do not
-take it: each is one atomic ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``.
+few small statements each, so the lock is held for milliseconds. Per-unit claims and
+sightings do not take it: each is one atomic ``INSERT ... ON CONFLICT ...`` statement.
 
 A URL is shown only through :func:`shown`, with its password as ``***``.
 """
@@ -190,8 +190,8 @@ def make_engine(url: URL) -> Engine:
         @sa.event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
             # A read is one statement, which SQLite runs as its own transaction: no BEGIN,
-            # and the ROLLBACK when it is returned to the pool does nothing (a round trip
-            # less, which was most of a read's cost). A write takes the write lock first.
+            # and the ROLLBACK SQLAlchemy sends after it does nothing. A write takes the
+            # write lock first.
             if conn.get_execution_options().get("driftloop_write", False):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
