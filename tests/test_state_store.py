@@ -175,6 +175,30 @@ def test_promotion_decisions(db: StateDB) -> None:
     assert db.last_event("PromotionWithdrawn")["decision_id"] == four  # type: ignore[index]
 
 
+def test_results_are_plain_json(db: StateDB) -> None:
+    """What the API and the server send as JSON (orjson refuses a str subclass as a key)."""
+    import orjson
+
+    db.create_batch("b1", files("b1", "a1"))
+    db.start_run("k1", "prep", "b1")
+    db.finish_run("k1", "prep", "b1", 0.5, "out", None)
+    db.record_decision(decision("1"))
+    db.take_lease("loop", "a", 1, "h", seconds=10, now=100.0)
+    results: list[Any] = [
+        db.run_info("k1"),
+        db.last_succeeded("prep"),
+        *db.stage_runs(),
+        *db.decisions("shop"),
+        db.decision_for("shop", "1"),
+        db.lease("loop"),
+        *db.events(),
+        db.last_event("DataArrived"),
+    ]
+    for result in results:
+        assert isinstance(result, dict) and all(type(k) is str for k in result), result
+        orjson.dumps(result)
+
+
 # -- events --------------------------------------------------------------------------------
 
 

@@ -131,6 +131,13 @@ def _upserts(dialect: Any) -> dict[str, Any]:
 
 
 _UPSERTS = {"sqlite": _upserts(sqlite), "postgresql": _upserts(postgresql)}
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    # plain str keys: SQLAlchemy's are a str subclass (quoted_name), which orjson refuses
+    return {str(k): v for k, v in row._mapping.items()}
+
+
 _SCHEMA_READY: set[str] = set()  # server URLs whose schema this process has checked
 
 
@@ -338,7 +345,7 @@ class StateDB:
         """status, error, attempts, finished_at of a stage run key, or None if it never ran."""
         c = stage_runs.c
         row = self._one(sa.select(c.status, c.error, c.attempts, c.finished_at).where(c.key == key))
-        return None if row is None else dict(row._mapping)
+        return None if row is None else _as_dict(row)
 
     def start_run(self, key: str, stage: str, batch_id: str) -> None:
         now = utcnow().isoformat()
@@ -401,11 +408,11 @@ class StateDB:
             .order_by(c.finished_at.desc())
             .limit(1)
         )
-        return None if row is None else dict(row._mapping)
+        return None if row is None else _as_dict(row)
 
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         stmt = sa.select(stage_runs).order_by(stage_runs.c.started_at.desc()).limit(limit)
-        return [dict(r._mapping) for r in self._rows(stmt)]
+        return [_as_dict(r) for r in self._rows(stmt)]
 
     # -- promotions ----------------------------------------------------------------------
 
@@ -459,7 +466,7 @@ class StateDB:
         """Decisions recorded but not yet applied to the registry, oldest first."""
         p = promotions.c
         stmt = sa.select(promotions).where(p.model == model, p.applied == 0).order_by(p.id)
-        return [dict(r._mapping) for r in self._rows(stmt)]
+        return [_as_dict(r) for r in self._rows(stmt)]
 
     def decisions(self, model: str, *, effective: bool = False) -> list[dict[str, Any]]:
         """Every decision, oldest first; ``effective``: only those that took effect or are
@@ -468,7 +475,7 @@ class StateDB:
         stmt = sa.select(promotions).where(p.model == model)
         if effective:
             stmt = stmt.where(p.applied.in_((0, 1)))
-        return [dict(r._mapping) for r in self._rows(stmt.order_by(p.id))]
+        return [_as_dict(r) for r in self._rows(stmt.order_by(p.id))]
 
     def applied_champion(self, model: str) -> str | None:
         """The version the last applied decision made champion (the registry has it)."""
@@ -495,7 +502,7 @@ class StateDB:
             .order_by(p.id.desc())
             .limit(1)
         )
-        return dict(row._mapping) if row else None
+        return _as_dict(row) if row else None
 
     def record(self, event: Event) -> None:
         """The state database as an event sink (:func:`driftloop.core.events.emit`)."""
