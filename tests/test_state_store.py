@@ -126,6 +126,31 @@ def test_stage_runs(db: StateDB) -> None:
     assert db.last_event("StageFailed")["error"] == "bad rows"  # type: ignore[index]
 
 
+def test_published_keys_facts_and_the_ledger_at_once(db: StateDB) -> None:
+    db.create_batch("b1", files("b1", "a2", "a1"))
+    db.record_sighting("orders/a1.csv", 11, 5, "a1")  # the ledger took it under this path
+    db.record_sighting("orders/x.csv", 11, 6, "a1")  # the same content under another name
+    assert db.ingested_sightings() == {("orders/a1.csv", 11, 5)}
+    assert [f.sha256 for f in db.files_by_batch()["b1"]] == ["a1", "a2"]
+    before = db.progress_marker()
+    db.start_run("k1", "prep", "b1")
+    assert db.current_keys() == {}  # started, not succeeded
+    db.finish_run("k1", "prep", "b1", 0.1, "out", None)
+    assert db.current_keys() == {("prep", "b1"): "k1"}
+    db.adopt_current("prep", "b1", "k0")  # a published output whose manifest names k0
+    assert db.current_keys() == {}  # k0 never ran here
+    db.adopt_current("prep", "b1", "k1")
+    assert db.current_keys() == {("prep", "b1"): "k1"}
+    assert db.progress_marker() != before
+    assert db.fact("model_params") is None
+    db.record_fact("model_params", "v1")
+    db.record_fact("model_params", "v2")
+    db.record_fact("model_paramsX", "other")
+    db.record_fact("seen:a_b", "1")
+    assert db.fact("model_params") == "v2"
+    assert db.facts_with_prefix("seen:a_") == {"seen:a_b": "1"}  # '_' is no wildcard
+
+
 # -- promotions ----------------------------------------------------------------------------
 
 

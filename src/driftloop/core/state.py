@@ -16,21 +16,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from driftloop.core.errors import StateError
-from driftloop.core.events import Event
 from driftloop.core.state_store import (
     SCHEMA_VERSION,
     WRITE_LOCK,
     batches,
     claims,
+    current_runs,
     ensure_schema,
     events,
+    facts,
     file_engine,
     leases,
     promotions,
@@ -42,6 +43,9 @@ from driftloop.core.state_store import (
     sightings,
     stage_runs,
 )
+
+if TYPE_CHECKING:
+    from driftloop.core.events import Event
 
 
 def utcnow() -> datetime:
@@ -258,6 +262,15 @@ class StateDB:
         with self.transaction(serial=False) as conn:
             conn.execute(self._upsert["sighting"], {f"p_{k}": v for k, v in row.items()})
 
+    def ingested_sightings(self) -> set[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every file seen with the content the ledger took under
+        that very path: such a file, unchanged, needs no second look."""
+        s, r = sightings.c, raw_files.c
+        stmt = sa.select(s.path, s.size, s.mtime_ns).join(
+            raw_files, sa.and_(r.sha256 == s.sha256, r.path == s.path)
+        )
+        return {(str(p), int(z), int(m)) for p, z, m in self._rows(stmt)}
+
     def raw_file(self, sha256: str) -> RawFile | None:
         row = self._one(_RAW_FILE, {"sha256": sha256})
         return None if row is None else RawFile(*row)
@@ -320,6 +333,14 @@ class StateDB:
         )
         return [RawFile(*r) for r in self._rows(stmt)]
 
+    def files_by_batch(self) -> dict[str, list[RawFile]]:
+        """Every ledger file by batch (as :meth:`batch_files` orders them), in one query."""
+        c = raw_files.c
+        found: dict[str, list[RawFile]] = {}
+        for row in self._rows(sa.select(*_FILE, c.batch_id).order_by(c.source, c.path)):
+            found.setdefault(row[4], []).append(RawFile(*row))
+        return found
+
     def files_until(self, seq: int) -> list[RawFile]:
         """Every file ingested in batches up to ``seq``, oldest first."""
         stmt = (
@@ -331,6 +352,20 @@ class StateDB:
         return [RawFile(*r) for r in self._rows(stmt)]
 
     # -- stage runs ----------------------------------------------------------------------
+
+    def progress_marker(self) -> str:
+        """A short text that changes whenever a batch is formed, a stage run starts or ends, or
+        a decision is recorded or applied: part of the settled fingerprint."""
+        b, s, p = batches.c, stage_runs.c, promotions.c
+        f = sa.func
+        rows = [
+            self._one(sa.select(f.count(), f.max(b.seq))),
+            self._one(
+                sa.select(f.count(), f.sum(s.attempts), f.max(s.started_at), f.max(s.finished_at))
+            ),
+            self._one(sa.select(f.count(), f.max(p.id), f.sum(p.applied))),
+        ]
+        return repr([tuple(r) for r in rows])
 
     def succeeded(self, key: str) -> bool:
         return self.run_status(key)[0] == "succeeded"
@@ -346,6 +381,45 @@ class StateDB:
         c = stage_runs.c
         row = self._one(sa.select(c.status, c.error, c.attempts, c.finished_at).where(c.key == key))
         return None if row is None else _as_dict(row)
+
+    def current_keys(self) -> dict[tuple[str, str], str]:
+        """(stage, batch_id) -> the key of the last run started for that output, when it
+        succeeded: the output it published is that key's, unless removed since (a pass
+        checks ``_SUCCESS``), so a cache hit needs no manifest read."""
+        c, s = current_runs.c, stage_runs.c
+        stmt = sa.select(c.stage, c.batch_id, c.key).join(
+            stage_runs, sa.and_(s.key == c.key, s.status == "succeeded")
+        )
+        return {(r[0], r[1]): r[2] for r in self._rows(stmt)}
+
+    def _current(self, stage: str, batch_id: str, key: str) -> Any:
+        ins = self._insert(current_runs).values(stage=stage, batch_id=batch_id, key=key)
+        return ins.on_conflict_do_update(
+            index_elements=[current_runs.c.stage, current_runs.c.batch_id],
+            set_={"key": ins.excluded.key},
+        )
+
+    def adopt_current(self, stage: str, batch_id: str, key: str) -> None:
+        """Record ``key`` as the one whose output is published (its manifest says so)."""
+        with self.transaction(serial=False) as conn:
+            conn.execute(self._current(stage, batch_id, key))
+
+    def fact(self, name: str) -> str | None:
+        row = self._one(sa.select(facts.c.value).where(facts.c.name == name))
+        return None if row is None else str(row[0])
+
+    def facts_with_prefix(self, prefix: str) -> dict[str, str]:
+        c = facts.c
+        stmt = sa.select(c.name, c.value).where(c.name.startswith(prefix, autoescape=True))
+        return {str(r[0]): str(r[1]) for r in self._rows(stmt)}
+
+    def record_fact(self, name: str, value: str) -> None:
+        ins = self._insert(facts).values(name=name, value=value)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[facts.c.name], set_={"value": ins.excluded.value}
+        )
+        with self.transaction(serial=False) as conn:
+            conn.execute(stmt)
 
     def start_run(self, key: str, stage: str, batch_id: str) -> None:
         now = utcnow().isoformat()
@@ -363,6 +437,7 @@ class StateDB:
             },
         )
         with self.transaction() as conn:
+            conn.execute(self._current(stage, batch_id, key))
             conn.execute(stmt)
             self._append_event(
                 conn, "StageStarted", {"stage": stage, "batch_id": batch_id, "key": key}

@@ -36,7 +36,7 @@ from driftloop.core.spec import STATE_URL_ENV, hide_password
 
 # Raise it with every change to the tables below: SQLite records it in ``user_version`` and
 # skips the schema check on open while it is current (1: the first SQLAlchemy schema, claims)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: current_runs and facts
 # 'driftloo' in ASCII: the key of the advisory lock every serialized write takes (PostgreSQL)
 WRITE_LOCK = 0x6472696674_6C6F6F
 
@@ -84,6 +84,19 @@ stage_runs = sa.Table(
     sa.Column("output", sa.Text),
     sa.Column("error", sa.Text),
     sa.Index("stage_runs_batch", "stage", "batch_id"),
+)
+current_runs = sa.Table(  # the key whose output is published, per (stage, batch)
+    "current_runs",
+    metadata,
+    sa.Column("stage", sa.Text, primary_key=True),
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, nullable=False),
+)
+facts = sa.Table(  # small named facts a pass keeps (fingerprints)
+    "facts",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )
 promotions = sa.Table(  # column order = the old SELECT * order (``applied`` came last)
     "promotions",
