@@ -22,3 +22,12 @@ def datasets() -> Path:
             )
         pytest.skip(f"{SHARED} not found: the shared third-party datasets are not in this clone")
     return SHARED
+
+
+pytest_plugins = ["tests.fixtures.postgres"]
+
+
+@pytest.fixture(autouse=True)
+def _no_state_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's DRIFTLOOP_STATE_URL must not send the tests' state elsewhere."""
+    monkeypatch.delenv("DRIFTLOOP_STATE_URL", raising=False)

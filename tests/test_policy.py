@@ -12,6 +12,7 @@ from driftloop.core.layout import Layout, seal
 from driftloop.core.spec import RetrainSpec
 from driftloop.core.stage import Work
 from driftloop.core.state import StateDB
+from driftloop.core.state_store import stage_runs
 from driftloop.orchestration.policy import Situation, retrain_reason
 from driftloop.orchestration.runner import MAX_ATTEMPTS, keyed_run
 
@@ -89,7 +90,10 @@ def test_transient_failures_back_off_and_give_up_validation_failures_do_not_retr
         # without backoff (driftloop run) the next pass retries at once
         keyed_run(db, layout, "prep", Work("k-flaky", out, flaky, "b1"))
         assert calls == ["flaky", "flaky"]
-        db._conn.execute("UPDATE stage_runs SET attempts=? WHERE key='k-flaky'", (MAX_ATTEMPTS,))
+        with db.transaction() as conn:
+            conn.execute(
+                stage_runs.update().where(stage_runs.c.key == "k-flaky"), {"attempts": MAX_ATTEMPTS}
+            )
         gave_up = keyed_run(db, layout, "prep", Work("k-flaky", out, flaky, "b1"), backoff=True)
         assert gave_up.outcome == "failed-earlier" and "gave up after" in str(gave_up.error)
 

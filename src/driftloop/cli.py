@@ -292,10 +292,16 @@ def status(
     """Champion, the loop, pending work, the last drift verdict, recent runs and events."""
     from driftloop.core.errors import DriftloopError
     from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
+    from driftloop.core.state import state_exists
     from driftloop.orchestration.status import project_status
 
     layout = Layout(project)
-    if not layout.state_db.exists():
+    try:
+        url = load_spec(project).state.url
+    except DriftloopError:
+        url = None  # project_status says what is wrong with the spec
+    if not state_exists(layout.state_db, url):
         _fail_text(f"{layout.state_db}: no state yet; run 'driftloop run -p {project}' first")
     try:
         payload = project_status(project)
@@ -370,7 +376,7 @@ def models(
     from driftloop.core.errors import DriftloopError
     from driftloop.core.layout import Layout
     from driftloop.core.spec import load_spec
-    from driftloop.core.state import StateDB
+    from driftloop.core.state import StateDB, state_exists
     from driftloop.models.registry import open_registry
 
     layout = Layout(project)
@@ -379,8 +385,8 @@ def models(
         # A read-only look: a registry that was never written is simply empty.
         found = [dataclasses.asdict(v) for v in open_registry(spec, layout).versions()]
         history = []
-        if layout.state_db.exists():
-            with StateDB(layout.state_db) as db:
+        if state_exists(layout.state_db, spec.state.url):
+            with StateDB(layout.state_db, url=spec.state.url) as db:
                 history = db.decisions(spec.name)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
@@ -446,7 +452,7 @@ def _move_champion(project: Path, *, version: str | None, why: str, actor: str |
     layout = Layout(project)
     try:
         spec = load_spec(project)
-        with StateDB(layout.state_db) as db:
+        with StateDB(layout.state_db, url=spec.state.url) as db:
             decision = manual_alias_change(spec, layout, db, version=version, why=why, actor=actor)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)

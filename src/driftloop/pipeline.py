@@ -41,7 +41,7 @@ def run(project: Path, *, wait: bool = True) -> RunResult:
     spec = load_spec(project)  # a broken spec or bad model params fail before any state
     if spec.model.enabled:
         check_model_params_once(spec, Layout(project))
-    lease = Lease(Layout(project).state_db)
+    lease = Lease(Layout(project).state_db, url=spec.state.url)
     lease.acquire()
     try:
         return run_pass(project, wait=wait)
@@ -62,7 +62,7 @@ def plan(project: Path) -> Plan:
 
     spec = load_spec(project)
     layout = Layout(project)
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=spec.state.url) as db:
         return planner.plan(spec, gather(Context(spec, layout, db)), datetime.now(UTC))
 
 
@@ -82,5 +82,5 @@ def run_stage(
 
     spec = load_spec(project)
     layout = Layout(project)
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=spec.state.url) as db:
         return run_call(Context(spec, layout, db), StageCall(stage, batch_id, champion))

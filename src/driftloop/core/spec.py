@@ -390,6 +390,48 @@ class ServingSpec(_Frozen):
     log: PredictionLogSpec = PredictionLogSpec()
 
 
+STATE_URL_ENV = "DRIFTLOOP_STATE_URL"
+STATE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres")
+_URL_PASSWORD = re.compile(r"^(?P<head>[^:/@]+://[^:/@]*):(?P<password>[^@/]*)@")
+
+
+def hide_password(url: str) -> str:
+    """A database URL as it may be shown: ``user:***@host`` (the text of a URL that
+    SQLAlchemy cannot parse is redacted too, which its own rendering cannot do)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", url, count=1)
+
+
+class StateSpec(_Frozen):
+    """Where the state database lives (ledger, stage runs, claims, events).
+
+    Default: ``.driftloop/state.db`` (SQLite), unless ``DRIFTLOOP_STATE_URL`` names a
+    server. ``url`` here wins over that variable: every worker of a project must share one
+    state database, and the spec is what they all read (the same rule as ``model.tracking_uri``
+    over ``MLFLOW_TRACKING_URI``). A password has no place in this file: libpq reads it from
+    ``PGPASSWORD`` or ``~/.pgpass``, or leave ``url`` out and set the whole URL in the variable.
+    """
+
+    url: str | None = None  # postgresql://user@host:5432/db (psycopg 3) or sqlite:///path
+
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in STATE_SCHEMES:
+            raise ValueError(
+                f"url must start with postgresql:// (or postgresql+psycopg2://) or sqlite:///, "
+                f"got {scheme + '://' if scheme else 'no scheme'}"
+            )
+        if _URL_PASSWORD.match(value):
+            raise ValueError(
+                "url holds a password, which does not belong in driftloop.yaml; put it in "
+                f"PGPASSWORD or ~/.pgpass, or drop state.url and set {STATE_URL_ENV}"
+            )
+        return value
+
+
 class Spec(_Frozen):
     """A whole ``driftloop.yaml``."""
 
@@ -409,8 +451,9 @@ class Spec(_Frozen):
     monitoring: MonitoringSpec = MonitoringSpec()
     serving: ServingSpec = ServingSpec()
     retrain: RetrainSpec = RetrainSpec()
+    state: StateSpec = StateSpec()
 
-    @field_validator("serving", "monitoring", "retrain", mode="before")
+    @field_validator("serving", "monitoring", "retrain", "state", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         """An empty section (``serving:`` with nothing under it) means the defaults."""
@@ -596,7 +639,10 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         if err["type"] == "missing":
             lines.append(f"{where}: {path}: required key is missing; add it")
         elif path:
-            lines.append(f"{where}: {path}: {msg} (got {err.get('input')!r})")
+            got = err.get("input")
+            if isinstance(got, str) and "://" in got:  # a URL: never show its password
+                got = hide_password(got)
+            lines.append(f"{where}: {path}: {msg} (got {got!r})")
         else:
             lines.append(f"{where}: {msg}")
     return "\n".join(lines)

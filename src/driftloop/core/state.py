@@ -1,14 +1,16 @@
-"""The project's state database, ``.driftloop/state.db`` (SQLite in WAL mode).
+"""The project's state database: ``.driftloop/state.db`` (SQLite, WAL) or PostgreSQL.
 
 It holds the ingest ledger (each raw file by content hash, taken exactly once), the
-batches those files formed, the stage runs keyed for idempotence, and an append-only event
-log. Every write is one short transaction.
+batches those files formed, the stage runs keyed for idempotence, promotion decisions,
+an append-only event log, the project's writer lease and per-unit claims for many
+workers. Every write is one short transaction. Tables, URL and engine:
+:mod:`driftloop.core.state_store`.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,87 +18,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+
 from driftloop.core.errors import StateError
+from driftloop.core.state_store import (
+    SCHEMA_VERSION,
+    WRITE_LOCK,
+    batches,
+    claims,
+    current_runs,
+    ensure_schema,
+    events,
+    facts,
+    file_engine,
+    leases,
+    promotions,
+    raw_files,
+    reason,
+    resolve_url,
+    shared_engine,
+    shown,
+    sightings,
+    stage_runs,
+)
 
 if TYPE_CHECKING:
     from driftloop.core.events import Event
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS raw_files (
-    sha256      TEXT PRIMARY KEY,
-    source      TEXT NOT NULL,
-    path        TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    batch_id    TEXT NOT NULL,
-    ingested_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sightings (
-    path      TEXT NOT NULL,
-    size      INTEGER NOT NULL,
-    mtime_ns  INTEGER NOT NULL,
-    sha256    TEXT NOT NULL,
-    seen_at   TEXT NOT NULL,
-    PRIMARY KEY (path, size, mtime_ns)
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id   TEXT PRIMARY KEY,
-    seq        INTEGER NOT NULL UNIQUE,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS stage_runs (
-    key         TEXT PRIMARY KEY,
-    stage       TEXT NOT NULL,
-    batch_id    TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 1,
-    started_at  TEXT NOT NULL,
-    finished_at TEXT,
-    seconds     REAL,
-    output      TEXT,
-    error       TEXT
-);
-CREATE INDEX IF NOT EXISTS stage_runs_batch ON stage_runs (stage, batch_id);
-CREATE TABLE IF NOT EXISTS current_runs (
-    stage     TEXT NOT NULL,
-    batch_id  TEXT NOT NULL,
-    key       TEXT NOT NULL,
-    PRIMARY KEY (stage, batch_id)
-);
-CREATE TABLE IF NOT EXISTS facts (
-    name   TEXT PRIMARY KEY,
-    value  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS promotions (
-    id                INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts                TEXT NOT NULL,
-    model             TEXT NOT NULL,
-    version           TEXT NOT NULL,
-    decision          TEXT NOT NULL,
-    reason            TEXT NOT NULL,
-    metric            TEXT,
-    challenger_score  REAL,
-    champion_version  TEXT,
-    champion_score    REAL,
-    baseline_score    REAL,
-    actor             TEXT NOT NULL,
-    applied           INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS events (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts      TEXT NOT NULL,
-    type    TEXT NOT NULL,
-    payload TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
-CREATE TABLE IF NOT EXISTS leases (
-    name        TEXT PRIMARY KEY,
-    holder      TEXT NOT NULL,
-    pid         INTEGER NOT NULL,
-    host        TEXT NOT NULL,
-    acquired_at TEXT NOT NULL,
-    expires_at  REAL NOT NULL
-);
-"""
 
 
 def utcnow() -> datetime:
@@ -119,34 +68,142 @@ class Batch:
     created_at: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who holds a unit of work (``prep:<batch>``, ``train``...) and until when."""
+
+    unit: str
+    holder: str
+    acquired_at: str
+    expires_at: float
+
+
+def state_exists(path: Path, url: str | None = None) -> bool:
+    """Whether there is a state database to read (a server's is made when first opened;
+    the embedded file only by a writer: a reader, such as a server, never creates it)."""
+    resolved = resolve_url(path, url)
+    if resolved.get_backend_name() != "sqlite":
+        return True
+    return Path(resolved.database or path).is_file()
+
+
+def state_where(path: Path, url: str | None = None) -> str:
+    """The state database for a message: the embedded file, or the URL without password."""
+    resolved = resolve_url(path, url)
+    if resolved.get_backend_name() == "sqlite":
+        return str(resolved.database)
+    return shown(resolved)
+
+
+_FILE = (raw_files.c.sha256, raw_files.c.source, raw_files.c.path, raw_files.c.size)
+_LEASE = ("holder", "pid", "host", "acquired_at", "expires_at")
+# built once: ingest asks these for every file of every pass
+_SIGHTING = sa.select(sightings.c.sha256).where(
+    sightings.c.path == sa.bindparam("path"),
+    sightings.c.size == sa.bindparam("size"),
+    sightings.c.mtime_ns == sa.bindparam("mtime_ns"),
+)
+_RAW_FILE = sa.select(*_FILE, raw_files.c.batch_id).where(
+    raw_files.c.sha256 == sa.bindparam("sha256")
+)
+
+
+def _upserts(dialect: Any) -> dict[str, Any]:
+    """The dialect's ON CONFLICT statements, built once (building one cost more than
+    running it): a sighting recorded once, and a claim (see :meth:`StateDB.claim`)."""
+    sighting = dialect.insert(sightings).values(
+        {c.name: sa.bindparam(f"p_{c.name}") for c in sightings.columns}
+    )
+    ins = dialect.insert(claims).values({c.name: sa.bindparam(f"p_{c.name}") for c in claims.c})
+    c = claims.c
+    claim = ins.on_conflict_do_update(
+        index_elements=[c.unit],
+        set_={
+            "holder": ins.excluded.holder,
+            "acquired_at": sa.case(
+                (c.holder == ins.excluded.holder, c.acquired_at), else_=ins.excluded.acquired_at
+            ),
+            "expires_at": ins.excluded.expires_at,
+        },
+        # taken over when expired, extended by its own holder, else left alone
+        where=sa.or_(c.expires_at <= sa.bindparam("p_now"), c.holder == ins.excluded.holder),
+    )
+    return {
+        "sighting": sighting.on_conflict_do_nothing(),
+        "claim": claim.returning(c.unit),
+    }
+
+
+_UPSERTS = {"sqlite": _upserts(sqlite), "postgresql": _upserts(postgresql)}
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    # plain str keys: SQLAlchemy's are a str subclass (quoted_name), which orjson refuses
+    return {str(k): v for k, v in row._mapping.items()}
+
+
+_SCHEMA_READY: set[str] = set()  # server URLs whose schema this process has checked
+
+
 class StateDB:
-    """A thin, typed wrapper over the SQLite state database."""
+    """A thin, typed wrapper over the state database.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StateError(
-                f"{path}: cannot open the state database ({exc}); if the file is damaged, "
-                "move it aside and run again (raw files are re-ingested by content hash)"
-            ) from None
+    ``StateDB(layout.state_db)`` opens the project's SQLite file, or the server that
+    ``DRIFTLOOP_STATE_URL`` names; ``url`` (the spec's ``state.url``) wins over both.
+    """
+
+    def __init__(self, path: Path, *, url: str | URL | None = None) -> None:
+        self.url = url if isinstance(url, URL) else resolve_url(path, url)
         self.path = path
+        self._sqlite = self.url.get_backend_name() == "sqlite"
+        where = str(self.url.database) if self._sqlite else shown(self.url)
+        self.where = where  # for messages: the file, or the URL without its password
+        if self._sqlite and self.url.database:
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        # one engine per file or server in the process (state_store: file_engine, shared_engine)
+        self._engine = file_engine(self.url) if self._sqlite else shared_engine(self.url)
+        self._upsert = _UPSERTS[self.url.get_backend_name()]
+        # SQLite: the opening thread keeps a connection for its reads and one for its writes
+        # (other threads open their own per call): opening one per call was most of a call's
+        # cost, and ingest reads twice for every file of every pass
+        self._owner = threading.get_ident()
+        self._kept: sa.Connection | None = None
+        self._kept_writer: sa.Connection | None = None
+        try:
+            self._ensure_schema()
+        except sa.exc.SQLAlchemyError as exc:
+            if self._sqlite:
+                self.close()
+                raise StateError(
+                    f"{where}: cannot open the state database ({reason(exc, self.url)}); if "
+                    "the file is damaged, move it aside and run again (raw files are "
+                    "re-ingested by content hash)"
+                ) from None
+            raise StateError(
+                f"{where}: cannot use the state database ({reason(exc, self.url)}); check "
+                "that the server runs and state.url / DRIFTLOOP_STATE_URL"
+            ) from None
 
-    def _migrate(self) -> None:
-        """Columns added after a database was created (CREATE TABLE IF NOT EXISTS keeps it)."""
-        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(promotions)")}
-        if "applied" not in columns:
-            self._conn.execute(
-                "ALTER TABLE promotions ADD COLUMN applied INTEGER NOT NULL DEFAULT 1"
-            )
+    def _ensure_schema(self) -> None:
+        """Create or migrate the schema unless it is known current: SQLite's ``user_version``
+        says so (one cheap read on every open), a server's was checked by this process."""
+        if self._sqlite:
+            if self._one(sa.text("PRAGMA user_version"))[0] >= SCHEMA_VERSION:
+                return
+        elif self.url.render_as_string(hide_password=False) in _SCHEMA_READY:
+            return
+        with self.transaction() as conn:  # serialized: two workers may start at once
+            ensure_schema(conn)
+            if self._sqlite:
+                conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if not self._sqlite:
+            _SCHEMA_READY.add(self.url.render_as_string(hide_password=False))
 
     def close(self) -> None:
-        self._conn.close()
+        for conn in (self._kept, self._kept_writer):
+            if conn is not None:
+                conn.close()
+        self._kept = self._kept_writer = None
 
     def __enter__(self) -> StateDB:
         return self
@@ -154,187 +211,234 @@ class StateDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"StateDB({self.where!r})"
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+    def transaction(self, *, serial: bool = True) -> Iterator[sa.Connection]:
+        """One write transaction; ``serial``: one writer at a time (state_store's docstring)."""
+        if self._sqlite and threading.get_ident() == self._owner:
+            if self._kept_writer is None:
+                self._kept_writer = self._engine.connect()
+                self._kept_writer.execution_options(driftloop_write=True)
+            with self._kept_writer.begin():
+                yield self._kept_writer
+            return
+        with self._engine.connect() as conn:
+            conn.execution_options(driftloop_write=True)
+            with conn.begin():
+                if serial and not self._sqlite:
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK)))
+                yield conn
+
+    def _rows(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> list[Any]:
+        """A read: one statement, its rows (tuples with ``._mapping``)."""
+        if not self._sqlite or threading.get_ident() != self._owner:
+            with self._engine.connect() as pooled:
+                return list(pooled.execute(stmt, params))
+        if self._kept is None:
+            self._kept = self._engine.connect()
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            return list(self._kept.execute(stmt, params))
+        finally:
+            self._kept.rollback()  # no BEGIN was sent (state_store's begin hook): nothing to undo
+
+    def _one(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+        rows = self._rows(stmt, params)
+        return rows[0] if rows else None
+
+    def _insert(self, table: sa.Table) -> Any:  # the dialect's INSERT, which has ON CONFLICT
+        return (sqlite.insert if self._sqlite else postgresql.insert)(table)
 
     # -- ingest ledger -------------------------------------------------------------------
 
     def known_sighting(self, path: str, size: int, mtime_ns: int) -> str | None:
-        row = self._conn.execute(
-            "SELECT sha256 FROM sightings WHERE path=? AND size=? AND mtime_ns=?",
-            (path, size, mtime_ns),
-        ).fetchone()
+        row = self._one(_SIGHTING, {"path": path, "size": size, "mtime_ns": mtime_ns})
         return None if row is None else str(row[0])
 
     def record_sighting(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        self._conn.execute(
-            "INSERT OR IGNORE INTO sightings VALUES (?,?,?,?,?)",
-            (path, size, mtime_ns, sha256, utcnow().isoformat()),
-        )
+        row = {"path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha256}
+        row["seen_at"] = utcnow().isoformat()
+        with self.transaction(serial=False) as conn:
+            conn.execute(self._upsert["sighting"], {f"p_{k}": v for k, v in row.items()})
 
     def ingested_sightings(self) -> set[tuple[str, int, int]]:
         """(path, size, mtime_ns) of every file seen with the content the ledger took under
         that very path: such a file, unchanged, needs no second look."""
-        rows = self._conn.execute(
-            "SELECT s.path, s.size, s.mtime_ns FROM sightings s "
-            "JOIN raw_files r ON r.sha256 = s.sha256 AND r.path = s.path"
+        s, r = sightings.c, raw_files.c
+        stmt = sa.select(s.path, s.size, s.mtime_ns).join(
+            raw_files, sa.and_(r.sha256 == s.sha256, r.path == s.path)
         )
-        return {(str(r[0]), int(r[1]), int(r[2])) for r in rows}
+        return {(str(p), int(z), int(m)) for p, z, m in self._rows(stmt)}
 
     def raw_file(self, sha256: str) -> RawFile | None:
-        row = self._conn.execute(
-            "SELECT sha256, source, path, size, batch_id FROM raw_files WHERE sha256=?", (sha256,)
-        ).fetchone()
+        row = self._one(_RAW_FILE, {"sha256": sha256})
         return None if row is None else RawFile(*row)
 
     def create_batch(self, batch_id: str, files: list[RawFile]) -> Batch:
         """Record new files and the batch they form, in one transaction."""
         now = utcnow().isoformat()
-        with self.transaction() as conn:
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()[0]
-            conn.execute("INSERT INTO batches VALUES (?,?,?)", (batch_id, seq, now))
-            conn.executemany(
-                "INSERT INTO raw_files VALUES (?,?,?,?,?,?)",
-                [(f.sha256, f.source, f.path, f.size, batch_id, now) for f in files],
-            )
-            self._append_event(
-                conn,
-                "DataArrived",
-                {
-                    "batch_id": batch_id,
-                    "files": [{"path": f.path, "sha256": f.sha256} for f in files],
-                },
-            )
-        return Batch(batch_id, int(seq), now)
+        try:
+            with self.transaction() as conn:
+                # MAX + 1 is safe with many writers: the transaction is serialized (SQLite's
+                # write lock, PostgreSQL's advisory lock), and ``seq`` is UNIQUE besides.
+                # A rolled-back batch leaves no gap; readers only rely on the order.
+                top = sa.select(sa.func.coalesce(sa.func.max(batches.c.seq), 0) + 1)
+                seq = int(conn.execute(top).scalar_one())
+                conn.execute(batches.insert().values(batch_id=batch_id, seq=seq, created_at=now))
+                rows = [
+                    {"sha256": f.sha256, "source": f.source, "path": f.path, "size": f.size}
+                    for f in files
+                ]
+                if rows:
+                    conn.execute(
+                        raw_files.insert().values(batch_id=batch_id, ingested_at=now), rows
+                    )
+                self._append_event(
+                    conn,
+                    "DataArrived",
+                    {
+                        "batch_id": batch_id,
+                        "files": [{"path": f.path, "sha256": f.sha256} for f in files],
+                    },
+                )
+        except sa.exc.IntegrityError as exc:
+            raise StateError(
+                f"{self.where}: batch {batch_id} conflicts with what another process recorded "
+                f"meanwhile ({reason(exc, self.url)}); ingest again: the ledger has the files"
+            ) from None
+        return Batch(batch_id, seq, now)
 
     def batches(self) -> list[Batch]:
-        rows = self._conn.execute("SELECT batch_id, seq, created_at FROM batches ORDER BY seq")
-        return [Batch(*r) for r in rows]
+        c = batches.c
+        return [
+            Batch(*r)
+            for r in self._rows(sa.select(c.batch_id, c.seq, c.created_at).order_by(c.seq))
+        ]
 
     def batch(self, batch_id: str) -> Batch:
         """One batch by id; an unknown id is an error naming it."""
-        row = self._conn.execute(
-            "SELECT batch_id, seq, created_at FROM batches WHERE batch_id=?", (batch_id,)
-        ).fetchone()
+        c = batches.c
+        row = self._one(sa.select(c.batch_id, c.seq, c.created_at).where(c.batch_id == batch_id))
         if row is None:
             raise StateError(
-                f"there is no batch {batch_id!r} in {self.path}; 'driftloop status' lists them"
+                f"there is no batch {batch_id!r} in {self.where}; 'driftloop status' lists them"
             )
         return Batch(*row)
 
     def batch_files(self, batch_id: str) -> list[RawFile]:
-        rows = self._conn.execute(
-            "SELECT sha256, source, path, size, batch_id FROM raw_files WHERE batch_id=? "
-            "ORDER BY source, path",
-            (batch_id,),
+        c = raw_files.c
+        stmt = (
+            sa.select(*_FILE, c.batch_id).where(c.batch_id == batch_id).order_by(c.source, c.path)
         )
-        return [RawFile(*r) for r in rows]
+        return [RawFile(*r) for r in self._rows(stmt)]
 
     def files_by_batch(self) -> dict[str, list[RawFile]]:
         """Every ledger file by batch (as :meth:`batch_files` orders them), in one query."""
+        c = raw_files.c
         found: dict[str, list[RawFile]] = {}
-        rows = self._conn.execute(
-            "SELECT sha256, source, path, size, batch_id FROM raw_files ORDER BY source, path"
-        )
-        for row in rows:
+        for row in self._rows(sa.select(*_FILE, c.batch_id).order_by(c.source, c.path)):
             found.setdefault(row[4], []).append(RawFile(*row))
         return found
 
     def files_until(self, seq: int) -> list[RawFile]:
         """Every file ingested in batches up to ``seq``, oldest first."""
-        rows = self._conn.execute(
-            "SELECT f.sha256, f.source, f.path, f.size, f.batch_id FROM raw_files f "
-            "JOIN batches b USING (batch_id) WHERE b.seq<=? ORDER BY b.seq, f.path",
-            (seq,),
+        stmt = (
+            sa.select(*_FILE, raw_files.c.batch_id)
+            .join(batches, batches.c.batch_id == raw_files.c.batch_id)
+            .where(batches.c.seq <= seq)
+            .order_by(batches.c.seq, raw_files.c.path)
         )
-        return [RawFile(*r) for r in rows]
+        return [RawFile(*r) for r in self._rows(stmt)]
 
     # -- stage runs ----------------------------------------------------------------------
 
     def progress_marker(self) -> str:
         """A short text that changes whenever a batch is formed, a stage run starts or ends, or
         a decision is recorded or applied: part of the settled fingerprint."""
+        b, s, p = batches.c, stage_runs.c, promotions.c
+        f = sa.func
         rows = [
-            self._conn.execute("SELECT COUNT(*), MAX(seq) FROM batches").fetchone(),
-            self._conn.execute(
-                "SELECT COUNT(*), SUM(attempts), MAX(started_at), MAX(finished_at) FROM stage_runs"
-            ).fetchone(),
-            self._conn.execute("SELECT COUNT(*), MAX(id), SUM(applied) FROM promotions").fetchone(),
+            self._one(sa.select(f.count(), f.max(b.seq))),
+            self._one(
+                sa.select(f.count(), f.sum(s.attempts), f.max(s.started_at), f.max(s.finished_at))
+            ),
+            self._one(sa.select(f.count(), f.max(p.id), f.sum(p.applied))),
         ]
-        return repr(rows)
+        return repr([tuple(r) for r in rows])
 
     def succeeded(self, key: str) -> bool:
-        row = self._conn.execute("SELECT status FROM stage_runs WHERE key=?", (key,)).fetchone()
-        return row is not None and row[0] == "succeeded"
+        return self.run_status(key)[0] == "succeeded"
 
     def run_status(self, key: str) -> tuple[str | None, str | None]:
         """(status, error) of a stage run key, or (None, None) if it never ran."""
-        row = self._conn.execute(
-            "SELECT status, error FROM stage_runs WHERE key=?", (key,)
-        ).fetchone()
+        c = stage_runs.c
+        row = self._one(sa.select(c.status, c.error).where(c.key == key))
         return (None, None) if row is None else (row[0], row[1])
 
     def run_info(self, key: str) -> dict[str, Any] | None:
         """status, error, attempts, finished_at of a stage run key, or None if it never ran."""
-        cur = self._conn.execute(
-            "SELECT status, error, attempts, finished_at FROM stage_runs WHERE key=?", (key,)
-        )
-        row = cur.fetchone()
-        return (
-            None
-            if row is None
-            else dict(zip(("status", "error", "attempts", "finished_at"), row, strict=True))
-        )
+        c = stage_runs.c
+        row = self._one(sa.select(c.status, c.error, c.attempts, c.finished_at).where(c.key == key))
+        return None if row is None else _as_dict(row)
 
     def current_keys(self) -> dict[tuple[str, str], str]:
         """(stage, batch_id) -> the key of the last run started for that output, when it
         succeeded: the output it published is that key's, unless removed since (a pass
         checks ``_SUCCESS``), so a cache hit needs no manifest read."""
-        rows = self._conn.execute(
-            "SELECT c.stage, c.batch_id, c.key FROM current_runs c "
-            "JOIN stage_runs s ON s.key = c.key AND s.status = 'succeeded'"
+        c, s = current_runs.c, stage_runs.c
+        stmt = sa.select(c.stage, c.batch_id, c.key).join(
+            stage_runs, sa.and_(s.key == c.key, s.status == "succeeded")
         )
-        return {(r[0], r[1]): r[2] for r in rows}
+        return {(r[0], r[1]): r[2] for r in self._rows(stmt)}
+
+    def _current(self, stage: str, batch_id: str, key: str) -> Any:
+        ins = self._insert(current_runs).values(stage=stage, batch_id=batch_id, key=key)
+        return ins.on_conflict_do_update(
+            index_elements=[current_runs.c.stage, current_runs.c.batch_id],
+            set_={"key": ins.excluded.key},
+        )
 
     def adopt_current(self, stage: str, batch_id: str, key: str) -> None:
         """Record ``key`` as the one whose output is published (its manifest says so)."""
-        self._conn.execute(
-            "INSERT OR REPLACE INTO current_runs VALUES (?,?,?)", (stage, batch_id, key)
-        )
+        with self.transaction(serial=False) as conn:
+            conn.execute(self._current(stage, batch_id, key))
 
     def fact(self, name: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM facts WHERE name=?", (name,)).fetchone()
+        row = self._one(sa.select(facts.c.value).where(facts.c.name == name))
         return None if row is None else str(row[0])
 
     def facts_with_prefix(self, prefix: str) -> dict[str, str]:
-        rows = self._conn.execute(
-            "SELECT name, value FROM facts WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
-        )
-        return {str(r[0]): str(r[1]) for r in rows}
+        c = facts.c
+        stmt = sa.select(c.name, c.value).where(c.name.startswith(prefix, autoescape=True))
+        return {str(r[0]): str(r[1]) for r in self._rows(stmt)}
 
     def record_fact(self, name: str, value: str) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO facts VALUES (?,?)", (name, value))
+        ins = self._insert(facts).values(name=name, value=value)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[facts.c.name], set_={"value": ins.excluded.value}
+        )
+        with self.transaction(serial=False) as conn:
+            conn.execute(stmt)
 
     def start_run(self, key: str, stage: str, batch_id: str) -> None:
         now = utcnow().isoformat()
+        ins = self._insert(stage_runs).values(
+            key=key, stage=stage, batch_id=batch_id, status="running", started_at=now
+        )
+        stmt = ins.on_conflict_do_update(
+            index_elements=[stage_runs.c.key],
+            set_={
+                "status": "running",
+                "attempts": stage_runs.c.attempts + 1,
+                "started_at": ins.excluded.started_at,
+                "finished_at": None,
+                "error": None,
+            },
+        )
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO current_runs VALUES (?,?,?)", (stage, batch_id, key)
-            )
-            conn.execute(
-                "INSERT INTO stage_runs (key, stage, batch_id, status, started_at) "
-                "VALUES (?,?,?,'running',?) ON CONFLICT(key) DO UPDATE SET "
-                "status='running', attempts=attempts+1, started_at=excluded.started_at, "
-                "finished_at=NULL, error=NULL",
-                (key, stage, batch_id, now),
-            )
+            conn.execute(self._current(stage, batch_id, key))
+            conn.execute(stmt)
             self._append_event(
                 conn, "StageStarted", {"stage": stage, "batch_id": batch_id, "key": key}
             )
@@ -354,9 +458,15 @@ class StateDB:
         status = ("error" if retry else "failed") if error else "succeeded"
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE stage_runs SET status=?, finished_at=?, seconds=?, output=?, error=? "
-                "WHERE key=?",
-                (status, utcnow().isoformat(), seconds, output, error, key),
+                stage_runs.update()
+                .where(stage_runs.c.key == key)
+                .values(
+                    status=status,
+                    finished_at=utcnow().isoformat(),
+                    seconds=seconds,
+                    output=output,
+                    error=error,
+                )
             )
             event = "StageFailed" if error else "StageSucceeded"
             payload = {"stage": stage, "batch_id": batch_id, "key": key, "output": output}
@@ -366,23 +476,18 @@ class StateDB:
 
     def last_succeeded(self, stage: str) -> dict[str, Any] | None:
         """The newest succeeded run of a stage (key, batch_id, finished_at, output)."""
-        row = self._conn.execute(
-            "SELECT key, batch_id, finished_at, output FROM stage_runs WHERE stage=? AND "
-            "status='succeeded' ORDER BY finished_at DESC LIMIT 1",
-            (stage,),
-        ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("key", "batch_id", "finished_at", "output"), row, strict=True))
+        c = stage_runs.c
+        row = self._one(
+            sa.select(c.key, c.batch_id, c.finished_at, c.output)
+            .where(c.stage == stage, c.status == "succeeded")
+            .order_by(c.finished_at.desc())
+            .limit(1)
+        )
+        return None if row is None else _as_dict(row)
 
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        cur = self._conn.execute(
-            "SELECT key, stage, batch_id, status, attempts, started_at, finished_at, seconds, "
-            "output, error FROM stage_runs ORDER BY started_at DESC LIMIT ?",
-            (limit,),
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        stmt = sa.select(stage_runs).order_by(stage_runs.c.started_at.desc()).limit(limit)
+        return [_as_dict(r) for r in self._rows(stmt)]
 
     # -- promotions ----------------------------------------------------------------------
 
@@ -394,26 +499,23 @@ class StateDB:
         dies in between, :meth:`unapplied` tells what the registry still has to be told.
         """
         row = {"ts": utcnow().isoformat(), **decision, "applied": int(applied)}
-        columns = list(row)
         with self.transaction() as conn:
-            cur = conn.execute(
-                f"INSERT INTO promotions ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' for _ in columns)})",
-                [row[c] for c in columns],
-            )
+            result = conn.execute(promotions.insert().values(**row))
             event = "ModelPromoted" if decision["decision"] != "rejected" else "PromotionRejected"
             self._append_event(conn, event, decision)
-        return int(cur.lastrowid or 0)
+        key = result.inserted_primary_key
+        return int(key[0]) if key else 0
 
     # applied: 0 recorded, the registry not told yet; 1 applied (the alias moved);
     # 2 superseded (a newer decision was applied instead); -1 withdrawn (the registry refused)
     def mark_applied(self, decision_id: int) -> None:
         """The alias moved as the decision says: ``ChampionMoved`` (what servers follow)."""
+        p = promotions.c
         with self.transaction() as conn:
-            conn.execute("UPDATE promotions SET applied=1 WHERE id=?", (decision_id,))
+            conn.execute(promotions.update().where(p.id == decision_id).values(applied=1))
             row = conn.execute(
-                "SELECT model, version, decision FROM promotions WHERE id=?", (decision_id,)
-            ).fetchone()
+                sa.select(p.model, p.version, p.decision).where(p.id == decision_id)
+            ).first()
             if row is not None:
                 self._append_event(
                     conn, "ChampionMoved", {"model": row[0], "version": row[1], "decision": row[2]}
@@ -421,51 +523,61 @@ class StateDB:
 
     def mark_superseded(self, decision_id: int) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE promotions SET applied=2 WHERE id=?", (decision_id,))
+            conn.execute(
+                promotions.update().where(promotions.c.id == decision_id).values(applied=2)
+            )
 
     def withdraw(self, decision_id: int, why: str) -> None:
         """A recorded decision the registry refused: it never took effect."""
         with self.transaction() as conn:
-            conn.execute("UPDATE promotions SET applied=-1 WHERE id=?", (decision_id,))
+            conn.execute(
+                promotions.update().where(promotions.c.id == decision_id).values(applied=-1)
+            )
             self._append_event(
                 conn, "PromotionWithdrawn", {"decision_id": decision_id, "reason": why}
             )
 
     def unapplied(self, model: str) -> list[dict[str, Any]]:
         """Decisions recorded but not yet applied to the registry, oldest first."""
-        cur = self._conn.execute(
-            "SELECT * FROM promotions WHERE model=? AND applied=0 ORDER BY id", (model,)
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        p = promotions.c
+        stmt = sa.select(promotions).where(p.model == model, p.applied == 0).order_by(p.id)
+        return [_as_dict(r) for r in self._rows(stmt)]
 
     def decisions(self, model: str, *, effective: bool = False) -> list[dict[str, Any]]:
         """Every decision, oldest first; ``effective``: only those that took effect or are
         about to (recorded or applied; not superseded or withdrawn)."""
-        sql = "SELECT * FROM promotions WHERE model=?"
+        p = promotions.c
+        stmt = sa.select(promotions).where(p.model == model)
         if effective:
-            sql += " AND applied IN (0, 1)"
-        cur = self._conn.execute(sql + " ORDER BY id", (model,))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+            stmt = stmt.where(p.applied.in_((0, 1)))
+        return [_as_dict(r) for r in self._rows(stmt.order_by(p.id))]
 
     def applied_champion(self, model: str) -> str | None:
         """The version the last applied decision made champion (the registry has it)."""
-        row = self._conn.execute(
-            "SELECT version FROM promotions WHERE model=? AND decision != 'rejected' "
-            "AND applied=1 ORDER BY id DESC LIMIT 1",
-            (model,),
-        ).fetchone()
+        p = promotions.c
+        row = self._one(
+            sa.select(p.version)
+            .where(p.model == model, p.decision != "rejected", p.applied == 1)
+            .order_by(p.id.desc())
+            .limit(1)
+        )
         return str(row[0]) if row else None
 
     def decision_for(self, model: str, version: str) -> dict[str, Any] | None:
         """The latest decision that made ``version`` champion: ts, decision, reason, actor."""
-        row = self._conn.execute(
-            "SELECT ts, decision, reason, actor FROM promotions WHERE model=? AND version=? "
-            "AND decision != 'rejected' AND applied IN (0, 1) ORDER BY id DESC LIMIT 1",
-            (model, version),
-        ).fetchone()
-        return dict(zip(("ts", "decision", "reason", "actor"), row, strict=True)) if row else None
+        p = promotions.c
+        row = self._one(
+            sa.select(p.ts, p.decision, p.reason, p.actor)
+            .where(
+                p.model == model,
+                p.version == version,
+                p.decision != "rejected",
+                p.applied.in_((0, 1)),
+            )
+            .order_by(p.id.desc())
+            .limit(1)
+        )
+        return _as_dict(row) if row else None
 
     def record(self, event: Event) -> None:
         """The state database as an event sink (:func:`driftloop.core.events.emit`)."""
@@ -478,39 +590,42 @@ class StateDB:
     # -- events --------------------------------------------------------------------------
 
     @staticmethod
-    def _append_event(conn: sqlite3.Connection, type_: str, payload: dict[str, Any]) -> None:
+    def _append_event(conn: sa.Connection, type_: str, payload: dict[str, Any]) -> None:
+        # in a serialized transaction only: ids then commit in the order they are allocated
         conn.execute(
-            "INSERT INTO events (ts, type, payload) VALUES (?,?,?)",
-            (utcnow().isoformat(), type_, json.dumps(payload, sort_keys=True, default=str)),
+            events.insert().values(
+                ts=utcnow().isoformat(),
+                type=type_,
+                payload=json.dumps(payload, sort_keys=True, default=str),
+            )
         )
+
+    @staticmethod
+    def _event(row: Any) -> dict[str, Any]:
+        return {"id": row[0], "ts": row[1], "type": row[2], **json.loads(row[3])}
 
     def events_after(self, event_id: int, types: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Events with an id above ``event_id`` (of the given types), oldest first."""
-        sql = "SELECT id, ts, type, payload FROM events WHERE id > ?"
-        args: list[Any] = [event_id]
+        stmt = sa.select(events).where(events.c.id > event_id)
         if types:
-            sql += f" AND type IN ({','.join('?' * len(types))})"
-            args += list(types)
-        rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        return [{"id": r[0], "ts": r[1], "type": r[2], **json.loads(r[3])} for r in rows]
+            stmt = stmt.where(events.c.type.in_(types))
+        return [self._event(r) for r in self._rows(stmt.order_by(events.c.id))]
 
     def last_event(self, type_: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            "SELECT id, ts, type, payload FROM events WHERE type=? ORDER BY id DESC LIMIT 1",
-            (type_,),
-        ).fetchone()
-        return (
-            None
-            if row is None
-            else {"id": row[0], "ts": row[1], "type": row[2], **json.loads(row[3])}
-        )
+        stmt = sa.select(events).where(events.c.type == type_).order_by(events.c.id.desc())
+        row = self._one(stmt.limit(1))
+        return None if row is None else self._event(row)
 
     def last_event_id(self, types: tuple[str, ...] = ()) -> int:
-        sql = "SELECT MAX(id) FROM events"
+        stmt = sa.select(sa.func.max(events.c.id))
         if types:
-            sql += f" WHERE type IN ({','.join('?' * len(types))})"
-        row = self._conn.execute(sql, types).fetchone()
-        return int(row[0] or 0)
+            stmt = stmt.where(events.c.type.in_(types))
+        row = self._one(stmt)
+        return int(row[0] or 0) if row else 0
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        stmt = sa.select(events).order_by(events.c.id.desc()).limit(limit)
+        return [self._event(r) for r in reversed(self._rows(stmt))]
 
     # -- leases --------------------------------------------------------------------------
 
@@ -530,38 +645,86 @@ class StateDB:
         A lease whose holder stopped renewing it (a process that died) expires after
         ``seconds`` and can then be taken by anyone.
         """
-        with self.transaction() as conn:
+        c = leases.c
+        with self.transaction() as conn:  # serialized: the read and the write are one step
             row = conn.execute(
-                "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?",
-                (name,),
-            ).fetchone()
+                sa.select(c.holder, c.pid, c.host, c.acquired_at, c.expires_at).where(
+                    c.name == name
+                )
+            ).first()
             # ``replace``: take it from that holder (known dead) even before it expires, and
             # only from it: a live process that took it meanwhile keeps it
             if row is not None and row[0] != holder and row[4] > now and row[0] != replace:
-                return dict(
-                    zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True)
-                )
+                return dict(zip(_LEASE, row, strict=True))
             acquired = row[3] if row is not None and row[0] == holder else utcnow().isoformat()
-            conn.execute(
-                "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?)",
-                (name, holder, pid, host, acquired, now + seconds),
-            )
+            values = {"holder": holder, "pid": pid, "host": host, "acquired_at": acquired}
+            values["expires_at"] = now + seconds
+            ins = self._insert(leases).values(name=name, **values)
+            conn.execute(ins.on_conflict_do_update(index_elements=[c.name], set_=values))
         return None
 
     def drop_lease(self, name: str, holder: str) -> None:
         with self.transaction() as conn:
-            conn.execute("DELETE FROM leases WHERE name=? AND holder=?", (name, holder))
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
 
     def lease(self, name: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            "SELECT holder, pid, host, acquired_at, expires_at FROM leases WHERE name=?", (name,)
-        ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("holder", "pid", "host", "acquired_at", "expires_at"), row, strict=True))
+        c = leases.c
+        row = self._one(
+            sa.select(c.holder, c.pid, c.host, c.acquired_at, c.expires_at).where(c.name == name)
+        )
+        return None if row is None else dict(zip(_LEASE, row, strict=True))
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._conn.execute(
-            "SELECT id, ts, type, payload FROM events ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [{"id": r[0], "ts": r[1], "type": r[2], **json.loads(r[3])} for r in reversed(rows)]
+    # -- claims: one unit of work, one holder, many workers --------------------------------
+
+    def claim(self, unit: str, holder: str, *, seconds: float, now: float) -> bool:
+        """Take ``unit`` for ``holder`` until ``now + seconds``; False when another holds it.
+
+        One atomic statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE): the row is
+        inserted, or taken over when its claim expired, or extended when ``holder`` has it
+        already; otherwise nothing changes and no row counts. ``now`` is the caller's clock
+        (``time.time()``): workers' clocks must agree to well within ``seconds``.
+        """
+        params: dict[str, Any] = {"p_unit": unit, "p_holder": holder, "p_now": now}
+        params.update(p_acquired_at=utcnow().isoformat(), p_expires_at=now + seconds)
+        with self.transaction(serial=False) as conn:
+            return conn.execute(self._upsert["claim"], params).first() is not None
+
+    def renew(self, unit: str, holder: str, *, seconds: float, now: float) -> bool:
+        """Extend ``holder``'s claim to ``now + seconds``; False when it no longer has it.
+
+        A claim that expired but that nobody took over is still renewed: its row naming
+        ``holder`` proves that nobody else held the unit in between.
+        """
+        c = claims.c
+        stmt = (
+            claims.update()
+            .where(c.unit == unit, c.holder == holder)
+            .values(expires_at=now + seconds)
+        )
+        return self._changed(stmt)
+
+    def release(self, unit: str, holder: str) -> bool:
+        """Give ``unit`` up; only its holder can (False, and nothing changes, otherwise)."""
+        return self._changed(
+            claims.delete().where(claims.c.unit == unit, claims.c.holder == holder)
+        )
+
+    def _changed(self, stmt: Any) -> bool:
+        """Run one claim statement; did it change the row? (RETURNING, not the row count:
+        psycopg's cursor through SQLAlchemy gives -1 for an upsert's count.)"""
+        with self.transaction(serial=False) as conn:
+            return conn.execute(stmt.returning(claims.c.unit)).first() is not None
+
+    def claimant(self, unit: str, *, now: float) -> Claim | None:
+        """Who holds ``unit`` at ``now`` (None: free, or its claim expired)."""
+        c = claims.c
+        row = self._one(sa.select(claims).where(c.unit == unit, c.expires_at > now))
+        return None if row is None else Claim(*row)
+
+    def claims(self, *, now: float, prefix: str = "") -> list[Claim]:
+        """The claims live at ``now`` (units starting with ``prefix``), by unit."""
+        c = claims.c
+        stmt = sa.select(claims).where(c.expires_at > now)
+        if prefix:
+            stmt = stmt.where(c.unit.startswith(prefix, autoescape=True))
+        return [Claim(*r) for r in self._rows(stmt.order_by(c.unit))]

@@ -438,7 +438,7 @@ def monitor(
         json_path, html_path = write_reports(layout.reports, report, now)
         report["paths"] = {"json": layout.relative(json_path), "html": layout.relative(html_path)}
     if record_events:
-        _record(layout, report)
+        _record(layout, report, spec.state.url)
     return MonitorResult(report, json_path, html_path)
 
 
@@ -455,7 +455,7 @@ def _single(
     return column_drift(columns[0], series.drop_nulls(), settings, seed=seed)
 
 
-def _record(layout: Layout, report: dict[str, Any]) -> None:
+def _record(layout: Layout, report: dict[str, Any], url: str | None) -> None:
     from driftloop.core.events import DriftDetected, PerformanceDegraded
     from driftloop.core.state import StateDB
 
@@ -469,7 +469,7 @@ def _record(layout: Layout, report: dict[str, Any]) -> None:
         "current": report["current"],
         "report": report.get("paths"),
     }
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=url) as db:
         if summary["drift_detected"]:
             drift = report["data_drift"]
             db.record(

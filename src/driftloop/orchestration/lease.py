@@ -21,7 +21,7 @@ from typing import Any
 
 from driftloop.core.errors import ProjectLockedError
 from driftloop.core.procs import pid_alive
-from driftloop.core.state import StateDB
+from driftloop.core.state import StateDB, state_where
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,16 @@ LEASE_SECONDS = 15.0
 class Lease:
     """The project's writer lease, held from :meth:`acquire` to :meth:`release`."""
 
-    def __init__(self, state_db: Path, name: str = "watch", seconds: float = LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        state_db: Path,
+        name: str = "watch",
+        seconds: float = LEASE_SECONDS,
+        *,
+        url: str | None = None,  # the spec's state.url
+    ) -> None:
         self.state_db = state_db
+        self.url = url
         self.name = name
         self.seconds = seconds
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -52,10 +60,11 @@ class Lease:
         if held is not None:
             until = datetime.fromtimestamp(held["expires_at"], UTC).isoformat(timespec="seconds")
             raise ProjectLockedError(
-                f"{self.state_db}: another driftloop process holds this project (a 'driftloop "
-                f"watch' or 'run', pid {held['pid']} on {held['host']}, since "
-                f"{held['acquired_at'][:19]}); a watch takes new files itself: stop it first to "
-                f"make a pass by hand. If it died, its lease expires at {until}."
+                f"{state_where(self.state_db, self.url)}: another driftloop process holds "
+                f"this project (a 'driftloop watch' or 'run', pid {held['pid']} on "
+                f"{held['host']}, since {held['acquired_at'][:19]}); a watch takes new files "
+                "itself: stop it first to make a pass by hand. If it died, its lease expires "
+                f"at {until}."
             )
         self._thread = threading.Thread(target=self._renew, name="driftloop-lease", daemon=True)
         self._thread.start()
@@ -65,11 +74,11 @@ class Lease:
         if self._thread is not None:
             self._thread.join(5)
         if not self.lost.is_set():
-            with StateDB(self.state_db) as db:
+            with StateDB(self.state_db, url=self.url) as db:
                 db.drop_lease(self.name, self.holder)
 
     def _take(self, *, replace: str | None = None) -> dict[str, Any] | None:
-        with StateDB(self.state_db) as db:
+        with StateDB(self.state_db, url=self.url) as db:
             return db.take_lease(
                 self.name,
                 self.holder,

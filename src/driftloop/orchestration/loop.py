@@ -34,7 +34,7 @@ from typing import Any
 from driftloop.core.layout import Layout, sweep_temporaries
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
-from driftloop.core.state import StateDB
+from driftloop.core.state import StateDB, state_exists
 from driftloop.core.storage import candidate_files, placement
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
@@ -84,7 +84,7 @@ def run_pass(
     layout = Layout(project)
     spec = load_spec(project)
     checked = check_model_params_once(spec, layout) if spec.model.enabled else None
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=spec.state.url) as db:
         if checked is not None:
             db.record_fact(MODEL_PARAMS_FACT, checked)
         applied = []
@@ -142,8 +142,8 @@ def check_model_params_once(spec: Spec, layout: Layout) -> str:
     origin = found.origin if found is not None and found.origin else ""
     installed = os.stat(origin).st_mtime_ns if origin else 0  # noqa: PTH116
     fingerprint = f"{spec.section_hash('model', 'task')}:{origin}:{installed}"
-    if layout.state_db.is_file():  # a project that ran before (nothing is created here)
-        with StateDB(layout.state_db) as db:
+    if state_exists(layout.state_db, spec.state.url):  # it ran before (nothing is made here)
+        with StateDB(layout.state_db, url=spec.state.url) as db:
             if db.fact(MODEL_PARAMS_FACT) == fingerprint:
                 return fingerprint
     from driftloop.train.fit import check_model_params

@@ -112,6 +112,8 @@ def policy_spec(spec_text: str, project: Path, retrain: dict[str, Any]) -> str:
         **(data.get("model") or {}),
         "tracking_uri": f"sqlite:///{layout.mlflow_db.resolve()}",
     }
+    # its own state database too, whatever the project's spec or DRIFTLOOP_STATE_URL say
+    data["state"] = {"url": f"sqlite:///{(project / '.driftloop' / 'state.db').resolve()}"}
     monitoring = data.get("monitoring") or {}
     data["monitoring"] = {**monitoring, "on_new_data": True}
     parse_spec(data, "replay spec")  # fails here, not in the middle of a replay
@@ -254,7 +256,7 @@ class _Scorer:
         from driftloop.monitoring.stage import recorded_champion
         from driftloop.serving.model import ServedModel
 
-        with StateDB(self.layout.state_db) as db:
+        with StateDB(self.layout.state_db, url=self.spec.state.url) as db:
             version = recorded_champion(db, self.spec.name)
         if version is None:
             raise ProjectError("replay: the initial window trained no champion")

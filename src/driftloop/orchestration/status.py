@@ -24,7 +24,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
 
     layout = Layout(project)
     spec = load_spec(project)
-    with StateDB(layout.state_db) as db:
+    with StateDB(layout.state_db, url=spec.state.url) as db:
         batches = db.batches()
         champion = recorded_champion(db, spec.name)
         decisions = [

@@ -69,11 +69,19 @@ class Watcher:
         # their (size, mtime_ns) then: ingest takes them without waiting out the settle time.
         self.complete: dict[str, tuple[int, int]] = {}
 
+    def _state_url(self) -> str | None:
+        """The spec's state.url for the lease; a spec broken at start leaves the default
+        (DRIFTLOOP_STATE_URL or the project's file) until it is fixed and the watch restarts."""
+        try:
+            return load_spec(self.project).state.url
+        except DriftloopError:
+            return None
+
     def run(self, *, until_idle: bool = False) -> None:
         """Watch until :attr:`stop` is set (or, with ``until_idle``, until a pass finds
         nothing to do and no file is settling)."""
         self.layout.raw.mkdir(parents=True, exist_ok=True)
-        lease = Lease(self.layout.state_db)
+        lease = Lease(self.layout.state_db, url=self._state_url())
         lease.acquire()
         observer = self._observe()
         try:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from driftloop.core.errors import StateError, first_line
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec
-from driftloop.core.state import StateDB
+from driftloop.core.state import StateDB, state_exists
 from driftloop.models import cache as model_cache
 from driftloop.serving.model import ServedModel
 
@@ -76,8 +76,8 @@ class ChampionSource:
 
     def _state(self) -> StateDB | None:
         """The project's state database, if it exists (a server never creates one)."""
-        path = self.layout.state_db
-        return StateDB(path) if path.is_file() else None
+        path, url = self.layout.state_db, self.spec.state.url
+        return StateDB(path, url=url) if state_exists(path, url) else None
 
     def recorded_champion(self) -> str | None:
         """The champion the state database last recorded (promotion, manual, rollback)."""

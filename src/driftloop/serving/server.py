@@ -89,6 +89,7 @@ def start_server(spec: Spec, layout: Layout) -> Server:
         metrics.version.set(float(model.version) if model.version.isdigit() else 0)
         _event(
             layout,
+            spec.state.url,
             ModelServed(
                 model=model.name,
                 version=model.version,
@@ -105,6 +106,7 @@ def start_server(spec: Spec, layout: Layout) -> Server:
         current = slot.current
         _event(
             layout,
+            spec.state.url,
             ModelLoadFailed(
                 model=spec.name,
                 version=version,
@@ -172,12 +174,12 @@ def _record(
         predictions.append(model.log_frame(result, request_ids, index, ts))
 
 
-def _event(layout: Layout, event: Event) -> None:
+def _event(layout: Layout, url: str | None, event: Event) -> None:
     """Record an event in the state database; serving goes on if it cannot."""
     from driftloop.core.state import StateDB
 
     try:
-        with StateDB(layout.state_db) as db:
+        with StateDB(layout.state_db, url=url) as db:
             db.record(event)
     except Exception as exc:
         log.warning("could not record %s in the state database: %s", event.type, exc)
