@@ -577,6 +577,32 @@ def print_monitor(report: dict[str, Any]) -> None:
 
 
 @app.command()
+def work(
+    project: ProjectOpt = Path(),
+    interval: Annotated[
+        float, typer.Option(help="Seconds between passes when nothing is to do.")
+    ] = 1.0,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Stop once a pass finds nothing to do.")
+    ] = False,
+) -> None:
+    """One of several workers sharing a project's state (state.url on PostgreSQL): passes
+    that claim each unit of work, so workers on any machines split it, never repeat it."""
+    import threading
+
+    from driftloop.core.errors import DriftloopError
+    from driftloop.orchestration.loop import work as work_loop
+
+    stop = threading.Event()
+    _on_stop_signals(stop.set)
+    try:
+        passes = work_loop(project, until_idle=until_idle, interval=interval, stop=stop)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    _console().print(f"worker stopped after {passes} pass(es)")
+
+
+@app.command()
 def watch(
     project: ProjectOpt = Path(),
     interval: Annotated[

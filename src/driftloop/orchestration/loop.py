@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,7 @@ from driftloop.core.storage import candidate_files, placement
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
 from driftloop.orchestration.facts import advance_watermark, gather
-from driftloop.orchestration.runner import StageReport, run_call
+from driftloop.orchestration.runner import StageReport, claimed, run_call
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ def run_pass(
             return RunResult(IngestResult(batch=None))  # nothing changed since a pass settled
         for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
-        found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
+        with claimed(db, "ingest") as holder:  # one worker forms a batch at a time
+            found = IngestResult(batch=None)
+            if holder is None:
+                found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
         result = RunResult(found, applied=applied)
         ctx = Context(spec, layout, db, now=now)
         ctx.memo["placement"] = placement(listed)
@@ -200,3 +204,20 @@ def new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict
     last = last_training(layout, db)
     seen = {m["batch_id"] for m in last["inputs"]} if last else set()
     return [b for b in feature_batches(layout, db) if b["batch_id"] not in seen], last
+
+
+def work(project: Path, *, until_idle: bool, interval: float, stop: threading.Event) -> int:
+    """``driftloop work``: one of several workers on a project whose state database they
+    share (PostgreSQL). No project lease: ingest and every stage call are claimed per unit,
+    so workers never run the same unit at once, and the run keys make every call idempotent.
+    Passes until ``stop`` is set, or with ``until_idle`` until one finds nothing to do;
+    returns the number of passes made."""
+    passes = 0
+    while not stop.is_set():
+        result = run_pass(project, wait=False, backoff=True)
+        passes += 1
+        idle = not result.reports and result.ingest.batch is None
+        if until_idle and idle and not result.ingest.still_writing:
+            return passes
+        stop.wait(interval if idle else 0.0)
+    return passes

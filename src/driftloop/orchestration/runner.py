@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import socket
+import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 
 Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting", "skipped"]
 MAX_ATTEMPTS = 12  # a transient failure is tried this many times in all (about 20 minutes)
+CLAIM_SECONDS = 30.0  # a unit's claim, renewed every third of it while the call runs
+# This process, as a claimant: another worker (another process, here or elsewhere) sees it
+HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 BACKOFF_SECONDS = (1.0, 300.0)  # the first wait, and the longest
 
 # name -> the module whose STAGE it is (imported on first use)
@@ -112,7 +120,9 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
         outcome: Outcome = "ran" if manifest.get("batch_id") else "cached"
         return StageReport(call.stage, manifest.get("batch_id") or "-", outcome, seconds, manifest)
     current = ctx.once("current", ctx.db.current_keys)
-    report = keyed_run(ctx.db, ctx.layout, call.stage, work, backoff=backoff, current=current)
+    report = keyed_run(
+        ctx.db, ctx.layout, call.stage, work, backoff=backoff, current=current, unit=call.unit
+    )
     if report.outcome != "cached":
         ctx.forget("current")  # a run started: the published keys changed
     return report
@@ -150,6 +160,7 @@ def keyed_run(
     *,
     backoff: bool = False,
     current: Mapping[tuple[str, str], str] | None = None,
+    unit: str | None = None,
 ) -> StageReport:
     """Run ``work`` unless its key already succeeded (cache hit) or failed on its data.
 
@@ -174,6 +185,17 @@ def keyed_run(
         finished = datetime.fromisoformat(info["finished_at"])
         if (datetime.now(UTC) - finished).total_seconds() < wait:
             return StageReport(stage, batch_id, "waiting", error=info["error"])
+    with claimed(db, unit or f"{stage}:{batch_id}") as holder:
+        if holder is not None:  # another worker runs this unit now: its result will do
+            why = f"another worker runs it ({holder})"
+            return StageReport(stage, batch_id, "waiting", error=why)
+        if _cached(db, stage, work, None):  # finished by another worker meanwhile
+            return StageReport(stage, batch_id, "cached", key=key, manifest_dir=work.output)
+        return _run(db, layout, stage, work)
+
+
+def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
+    key, batch_id = work.key, work.batch_id
     db.start_run(key, stage, batch_id)
     started = time.perf_counter()
     try:
@@ -195,3 +217,29 @@ def keyed_run(
     seconds = time.perf_counter() - started
     db.finish_run(key, stage, batch_id, seconds, layout.relative(work.output), None)
     return StageReport(stage, batch_id, "ran", seconds, manifest, key=key)
+
+
+@contextmanager
+def claimed(db: StateDB, unit: str) -> Iterator[str | None]:
+    """Claim ``unit`` for this process while the block runs (renewed by a thread, released
+    after); yields None when it is ours, else who holds it. Claims only keep two workers
+    from doing the same work at once; run keys and committed outputs decide what is done."""
+    if not db.claim(unit, HOLDER, seconds=CLAIM_SECONDS, now=time.time()):
+        found = db.claimant(unit, now=time.time())
+        yield found.holder if found is not None else "a worker that just finished"
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        with StateDB(db.path, url=db.url) as own:  # a connection of this thread's own
+            while not stop.wait(CLAIM_SECONDS / 3):
+                own.renew(unit, HOLDER, seconds=CLAIM_SECONDS, now=time.time())
+
+    renewer = threading.Thread(target=renew, name=f"claim {unit}", daemon=True)
+    renewer.start()
+    try:
+        yield None
+    finally:
+        stop.set()
+        renewer.join()
+        db.release(unit, HOLDER)
