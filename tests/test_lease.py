@@ -40,12 +40,12 @@ def test_a_lease_whose_holder_died_expires(tmp_path: Path) -> None:
 
 def test_the_holder_renews_and_notices_a_takeover(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
-    holder = Lease(db, seconds=0.3)
+    holder = Lease(db, seconds=3.0)  # renewed every second
     holder.acquire()
-    time.sleep(0.7)  # longer than the lease: only renewal keeps it
+    time.sleep(7.0)  # more than twice the lease: only renewal keeps it
     with pytest.raises(ProjectLockedError):
         Lease(db, seconds=30).acquire()
     with StateDB(db) as state:  # someone forces it away (an operator deleting the row, say)
-        state.take_lease("watch", "intruder", 1, "elsewhere", seconds=60, now=time.time() + 1)
-    assert holder.lost.wait(2)
+        state.take_lease("watch", "intruder", 1, "elsewhere", seconds=60, now=time.time() + 10)
+    assert holder.lost.wait(300)  # a hang guard: the next renewal notices
     holder.release()

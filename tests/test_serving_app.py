@@ -141,7 +141,7 @@ def test_health_ready_model_and_metrics(client: httpx.Client, project: Path) -> 
     ready = client.get("/ready").json()
     assert ready["ready"] is True
     assert ready["model"] == {"name": "synth", "version": champion(project)}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300  # a hang guard, not a speed claim
     while ready["registry_checked_at"] is None and time.monotonic() < deadline:
         time.sleep(0.2)
         ready = client.get("/ready").json()
@@ -187,12 +187,12 @@ def test_feedback_is_checked_and_logged(client: httpx.Client, project: Path) -> 
     raw = client.post("/feedback", content=json.dumps([{"request_id": rid, "label": 3}]))
     assert raw.status_code == 422 and raw.json()["detail"][0]["loc"] == ["body", 0, "label"]
     folder = Layout(project).feedback
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 300  # a hang guard: the log is flushed in the background
     while time.monotonic() < deadline:
         files = list(folder.glob("date=*/part-*.parquet"))
         frame = pl.concat([pl.read_parquet(f) for f in files]) if files else pl.DataFrame()
-        if frame.height and rid in frame["__request_id"].to_list():
-            break
+        if frame.height and frame["__request_id"].to_list().count(rid) >= 2:
+            break  # both labels written (they may land in two parts)
         time.sleep(0.1)
     mine = frame.filter(pl.col("__request_id") == rid)
     assert sorted(mine["__label"].to_list()) == ["no", "yes"]

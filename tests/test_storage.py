@@ -132,7 +132,7 @@ def test_an_arrival_is_notified_with_the_complete_object(raw: RawCase) -> None:
     subscription = raw.store.watch(raw.prefix, on_change)
     try:
         raw.land("data/raw/s/a.csv", CONTENT)
-        assert landed.wait(30), "no notification for an object that landed"
+        assert landed.wait(300), "no notification for an object that landed"  # a hang guard
     finally:
         subscription.stop()
     assert arrived[-1] == raw.store.stat("data/raw/s/a.csv")

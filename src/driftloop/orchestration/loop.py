@@ -52,6 +52,17 @@ class RunResult:
     retrain: str | None = None  # why a training was requested in this pass
     waiting: str | None = None  # why new data did not train (the policy said not yet)
     applied: list[dict[str, Any]] = field(default_factory=list)  # decisions re-applied
+    busy_elsewhere: str | None = None  # another worker was ingesting (its holder)
+
+    @property
+    def pending(self) -> bool:
+        """Work this pass could not do yet and a later one will: a file still being written,
+        a unit another worker runs, a retry waiting for its backoff."""
+        return (
+            bool(self.ingest.still_writing)
+            or self.busy_elsewhere is not None
+            or any(r.outcome == "waiting" for r in self.reports)
+        )
 
     @property
     def failed(self) -> list[StageReport]:
@@ -103,7 +114,7 @@ def run_pass(
             found = IngestResult(batch=None)
             if holder is None:
                 found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
-        result = RunResult(found, applied=applied)
+        result = RunResult(found, applied=applied, busy_elsewhere=holder)
         ctx = Context(spec, layout, db, now=now)
         ctx.memo["placement"] = placement(listed)
         for _ in range(MAX_ROUNDS):
@@ -120,13 +131,12 @@ def run_pass(
 
 
 def _settles(result: RunResult) -> bool:
-    """The pass ended with nothing left to do, nothing failed (a failure is reported again
-    by every pass until it is fixed) and no file half-written or unreadable."""
-    found = result.ingest
+    """The pass ended with nothing pending, nothing failed (a failure is reported again by
+    every pass until it is fixed) and no file unreadable."""
     return not (
-        any(r.outcome in ("failed", "failed-earlier", "waiting") for r in result.reports)
-        or found.still_writing
-        or found.unreadable
+        result.pending
+        or any(r.outcome in ("failed", "failed-earlier") for r in result.reports)
+        or result.ingest.unreadable
     )
 
 
@@ -217,7 +227,7 @@ def work(project: Path, *, until_idle: bool, interval: float, stop: threading.Ev
         result = run_pass(project, wait=False, backoff=True)
         passes += 1
         idle = not result.reports and result.ingest.batch is None
-        if until_idle and idle and not result.ingest.still_writing:
+        if until_idle and idle and not result.pending:
             return passes
         stop.wait(interval if idle else 0.0)
     return passes

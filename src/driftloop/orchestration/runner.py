@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from driftloop.core.errors import DriftloopError, SpecError, TransientError
 from driftloop.core.layout import Layout, is_complete, read_manifest
+from driftloop.core.procs import pid_alive
 from driftloop.core.spec import did_you_mean
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work
 from driftloop.core.state import StateDB
@@ -219,12 +220,28 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
     return StageReport(stage, batch_id, "ran", seconds, manifest, key=key)
 
 
+def _claim(db: StateDB, unit: str) -> bool:
+    """Claim ``unit``; a claim whose holder was a process on this machine that is gone
+    (killed) is taken over at once instead of waiting for it to expire."""
+    if db.claim(unit, HOLDER, seconds=CLAIM_SECONDS, now=time.time()):
+        return True
+    found = db.claimant(unit, now=time.time())
+    if found is None:
+        return db.claim(unit, HOLDER, seconds=CLAIM_SECONDS, now=time.time())
+    host, _, rest = found.holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+        db.release(unit, found.holder)  # only that holder's claim, if it is still its
+        return db.claim(unit, HOLDER, seconds=CLAIM_SECONDS, now=time.time())
+    return False
+
+
 @contextmanager
 def claimed(db: StateDB, unit: str) -> Iterator[str | None]:
     """Claim ``unit`` for this process while the block runs (renewed by a thread, released
     after); yields None when it is ours, else who holds it. Claims only keep two workers
     from doing the same work at once; run keys and committed outputs decide what is done."""
-    if not db.claim(unit, HOLDER, seconds=CLAIM_SECONDS, now=time.time()):
+    if not _claim(db, unit):
         found = db.claimant(unit, now=time.time())
         yield found.holder if found is not None else "a worker that just finished"
         return

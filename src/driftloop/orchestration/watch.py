@@ -88,7 +88,7 @@ class Watcher:
             while not self.stop.is_set() and not lease.lost.is_set():
                 self._wake.clear()
                 result = self._pass()
-                busy = result is None or result.progressed or bool(result.ingest.still_writing)
+                busy = result is None or result.progressed or result.pending
                 self._monitor_if_due()
                 if until_idle and result is not None and not busy:
                     return
