@@ -123,7 +123,7 @@ def run_pass(
             result.waiting = plan.waiting
             if not execute(ctx, plan, result, backoff=backoff):
                 break
-        advance_watermark(ctx, gather(ctx) if result.reports else facts)
+        advance_watermark(ctx, facts)  # the last plan's facts: after the work it followed
         if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
             # what this pass saw of the sources (a file landing since changes the next one's)
             db.record_fact(settled.FACT, settled.fingerprint(spec, layout, db, listed))
