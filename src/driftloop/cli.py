@@ -37,6 +37,7 @@ _state = {"verbose": False}
 EXIT_STAGE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
+NOTHING_TO_DO = "nothing to do: every batch is up to date"
 
 
 @app.callback()
@@ -110,11 +111,16 @@ def init(
 @app.command()
 def run(project: ProjectOpt = Path()) -> None:
     """One full pass: ingest new raw files, then prep and features for every batch."""
+    from driftloop.orchestration.settled import quick_settled
+
+    if quick_settled(project):  # answered without loading the spec or the state layer
+        typer.echo(NOTHING_TO_DO)
+        return
     from driftloop.core.errors import DriftloopError
     from driftloop.pipeline import run as run_pipeline
 
     try:
-        result = run_pipeline(project)
+        result = run_pipeline(project, quick=False)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     print_run(result)
@@ -142,7 +148,7 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             f"{decision['decision']} ({decision['reason']})"
         )
     if not result.did_work and not quiet_when_idle:
-        console.print("nothing to do: every batch is up to date")
+        console.print(NOTHING_TO_DO)
     for report in result.reports:
         if report.outcome == "cached":
             continue

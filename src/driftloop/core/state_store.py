@@ -34,9 +34,9 @@ from sqlalchemy.engine import URL, Engine, make_url
 from driftloop.core.errors import StateError
 from driftloop.core.spec import STATE_URL_ENV, hide_password
 
-# Raise it with every change to the tables below: SQLite records it in ``user_version`` and
-# skips the schema check on open while it is current (1: the first SQLAlchemy schema, claims)
-SCHEMA_VERSION = 2  # 2: current_runs and facts
+# Raise SCHEMA_VERSION (core/state_peek.py) with every change to the tables below: SQLite
+# records it in ``user_version`` and skips the schema check on open while it is current
+# (1: the first SQLAlchemy schema, claims; 2: current_runs and facts)
 # 'driftloo' in ASCII: the key of the advisory lock every serialized write takes (PostgreSQL)
 WRITE_LOCK = 0x6472696674_6C6F6F
 

@@ -7,15 +7,21 @@ being written and are never listed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, RawStore, raw_store
-from driftloop.core.spec import Spec
+
+if TYPE_CHECKING:
+    from driftloop.core.spec import Spec
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
 
 def is_temporary(key: str) -> bool:
-    name = key.rstrip("/").rsplit("/", 1)[-1]
+    name = key.rstrip("/")
+    name = name[name.rfind("/") + 1 :]
     return name.startswith((".", "_")) or name.endswith(TEMP_SUFFIXES)
 
 
@@ -36,14 +42,21 @@ def candidate_files(
 ) -> list[tuple[str, RawObject]]:
     """(source name, object) for every complete object a source's glob matches; the first
     source wins."""
-    stores = stores or source_stores(spec, layout)
+    return list_sources([(s.name, s.path) for s in spec.sources], layout, stores)
+
+
+def list_sources(
+    sources: Iterable[tuple[str, str]], layout: Layout, stores: dict[str, RawStore] | None = None
+) -> list[tuple[str, RawObject]]:
+    """:func:`candidate_files` for (name, path) pairs, with no spec at hand."""
     seen: set[str] = set()
     found: list[tuple[str, RawObject]] = []
-    for source in spec.sources:
-        for obj in stores[source.name].list(source.path):
+    for name, path in sources:
+        store = stores[name] if stores else raw_store(path, layout.root, what=f"source {name!r}")
+        for obj in store.list(path):
             if not is_temporary(obj.key) and obj.key not in seen:
                 seen.add(obj.key)
-                found.append((source.name, obj))
+                found.append((name, obj))
     return found
 
 

@@ -105,8 +105,7 @@ def run_pass(
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
         listed = candidate_files(spec, layout)  # the sources' files, once for the whole pass
-        before = settled.fingerprint(spec, layout, db, listed)
-        if not applied and db.fact(settled.FACT) == before:
+        if not applied and db.fact(settled.FACT) == settled.current(spec, layout, db, listed):
             return RunResult(IngestResult(batch=None))  # nothing changed since a pass settled
         for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
@@ -126,7 +125,7 @@ def run_pass(
         advance_watermark(ctx, facts)  # the last plan's facts: after the work it followed
         if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
             # what this pass saw of the sources (a file landing since changes the next one's)
-            db.record_fact(settled.FACT, settled.fingerprint(spec, layout, db, listed))
+            db.record_fact(settled.FACT, settled.current(spec, layout, db, listed))
     return result
 
 

@@ -120,12 +120,15 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
         seconds = time.perf_counter() - started
         outcome: Outcome = "ran" if manifest.get("batch_id") else "cached"
         return StageReport(call.stage, manifest.get("batch_id") or "-", outcome, seconds, manifest)
-    current = ctx.once("current", ctx.db.current_keys)
+    current = ctx.current()
     report = keyed_run(
         ctx.db, ctx.layout, call.stage, work, backoff=backoff, current=current, unit=call.unit
     )
-    if report.outcome != "cached":
-        ctx.forget("current")  # a run started: the published keys changed
+    # keep the published keys read once per pass as the state database now has them
+    if report.outcome in ("ran", "cached"):
+        current[(call.stage, work.batch_id)] = work.key
+    elif report.outcome == "failed":  # a run started and did not succeed
+        current.pop((call.stage, work.batch_id), None)
     return report
 
 
@@ -149,7 +152,7 @@ def _cached(
 
 def is_current(ctx: Context, stage: str, work: Work | Skip) -> bool:
     """The call's output is current: a run would be a cache hit."""
-    current = ctx.once("current", ctx.db.current_keys)
+    current = ctx.current()
     return isinstance(work, Work) and _cached(ctx.db, stage, work, current)
 
 

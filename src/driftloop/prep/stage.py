@@ -90,6 +90,16 @@ def place_files(
     return [p for p in own if p[1] not in joined] + [p for p in history if p[1] in joined]
 
 
+FILES_BY_BATCH = "files_by_batch"  # a Context memo: the whole ledger by batch, read at once
+
+
+def batch_files(ctx: Context, batch_id: str) -> list[RawFile]:
+    """A batch's ledger files: from the whole ledger when a caller about to key many batches
+    read it at once (``ctx.once(FILES_BY_BATCH, db.files_by_batch)``), else one query."""
+    by_batch = ctx.memo.get(FILES_BY_BATCH)
+    return by_batch.get(batch_id, []) if by_batch is not None else ctx.db.batch_files(batch_id)
+
+
 def work(ctx: Context, call: StageCall) -> Work:
     """A batch's prep: its key from the files it reads (by content) and the spec sections."""
     spec, layout, db = ctx.spec, ctx.layout, ctx.db
@@ -100,7 +110,7 @@ def work(ctx: Context, call: StageCall) -> Work:
         db,
         batch,
         placed=ctx.once("placement", lambda: placement(candidate_files(spec, layout))),
-        files=ctx.once("files_by_batch", db.files_by_batch).get(batch.batch_id, []),
+        files=batch_files(ctx, batch.batch_id),
     )
     key = run_key(
         "prep",
