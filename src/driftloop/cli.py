@@ -474,10 +474,12 @@ def serve(
     """Serve the champion over HTTP (/predict, /feedback, /model, /metrics); follow promotions."""
     from driftloop.core.errors import DriftloopError
     from driftloop.core.spec import load_spec
+    from driftloop.serving.auth import check_binding, load_tokens
     from driftloop.serving.run import serve as run_server
 
     try:
         spec = load_spec(project)
+        check_binding(host or spec.serving.host, load_tokens())
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     settings = spec.serving

@@ -370,6 +370,15 @@ class PredictionLogSpec(_Frozen):
     flush_seconds: float = Field(5.0, gt=0.0)
 
 
+class FeedbackLimitSpec(_Frozen):
+    """How many /feedback labels one caller (API token, or address when the API is open)
+    may send: a token bucket of ``burst`` labels refilled at ``labels_per_second``, per
+    worker; beyond it, 429 with Retry-After."""
+
+    labels_per_second: float = Field(100.0, gt=0.0)
+    burst: int = Field(10_000, ge=1)
+
+
 class ServingSpec(_Frozen):
     """``driftloop serve``: where it listens, how it follows the champion, what it accepts."""
 
@@ -388,6 +397,7 @@ class ServingSpec(_Frozen):
     # model is being trained, or another worker already serves it) before a 503.
     first_model_wait_seconds: float = Field(10.0, ge=0.0)
     log: PredictionLogSpec = PredictionLogSpec()
+    feedback_limit: FeedbackLimitSpec = FeedbackLimitSpec()
 
 
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"

@@ -41,9 +41,14 @@ def serve(
     """Serve the project's champion until interrupted (Ctrl-C or SIGTERM: a clean stop)."""
     import uvicorn
 
+    from driftloop.serving.auth import check_binding, load_tokens
+
     project = project.resolve()
     spec = load_spec(project)
     settings = spec.serving
+    # Before any worker starts: a bad token file or an open API on a public address stops
+    # here with one clear message, not in every worker.
+    check_binding(host or settings.host, load_tokens())
     prepare_environment(project, settings.threads_per_worker)
     uvicorn.run(
         "driftloop.serving.run:app_from_environment",
