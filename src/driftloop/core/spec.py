@@ -379,6 +379,20 @@ class FeedbackLimitSpec(_Frozen):
     burst: int = Field(10_000, ge=1)
 
 
+class HttpLimitsSpec(_Frozen):
+    """What one connection may cost a worker: header size and count, the time to send the
+    headers and the body, idle keep-alive, and connections per worker. Beyond them a client
+    gets 431 (headers too large), 408 (too slow) or 503 (too many connections), and the
+    connection is closed."""
+
+    max_header_bytes: int = Field(16_384, ge=1024)  # request line + header names and values
+    max_headers: int = Field(100, ge=8)
+    header_timeout_seconds: float = Field(10.0, gt=0.0)  # from connect / first byte to the end
+    body_timeout_seconds: float = Field(30.0, gt=0.0)  # from the headers to the body's end
+    keep_alive_seconds: int = Field(5, ge=1)  # an idle connection between requests
+    max_connections: int = Field(512, ge=1)  # per worker; beyond, requests get 503
+
+
 class ServingSpec(_Frozen):
     """``driftloop serve``: where it listens, how it follows the champion, what it accepts."""
 
@@ -398,6 +412,7 @@ class ServingSpec(_Frozen):
     first_model_wait_seconds: float = Field(10.0, ge=0.0)
     log: PredictionLogSpec = PredictionLogSpec()
     feedback_limit: FeedbackLimitSpec = FeedbackLimitSpec()
+    limits: HttpLimitsSpec = HttpLimitsSpec()
 
 
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"

@@ -24,6 +24,7 @@ import polars as pl
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from driftloop.core.predlog import BY, CORRECTION, LABEL, RECORD, REQUEST_ID, TS
 from driftloop.serving.auth import ADMIN, ApiToken
@@ -56,7 +57,10 @@ async def predict_request(server: Server, request: Request) -> Response:
             "not_ready",
             server.watcher.last_error or "no model is loaded yet; see /ready",
         )
-    body = await _read_limited(request, settings.max_body_bytes)
+    try:
+        body = await _read_limited(request, settings.max_body_bytes)
+    except ClientDisconnect:
+        return _refuse(server, endpoint, started, 408, "body_incomplete", _GONE)
     if body is None:
         return _refuse(
             server,
@@ -142,7 +146,10 @@ async def feedback_request(server: Server, request: Request, token: ApiToken | N
             f"got {('Content-Type ' + repr(media[:80])) if media else 'no Content-Type'}"
         )
         return _refuse(server, endpoint, started, 415, "media_type", wrong)
-    body = await _read_limited(request, server.spec.serving.max_body_bytes)
+    try:
+        body = await _read_limited(request, server.spec.serving.max_body_bytes)
+    except ClientDisconnect:
+        return _refuse(server, endpoint, started, 408, "body_incomplete", _GONE)
     if body is None:
         return _refuse(server, endpoint, started, 413, "too_large", "the body is too large")
     try:
@@ -269,7 +276,10 @@ def _unknown_requests(server: Server, listed: list[FeedbackItem]) -> list[Proble
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it is over ``limit`` bytes (read no further than that)."""
+    """The body, or None when it is over ``limit`` bytes (read no further than that).
+
+    Raises ClientDisconnect when the client went away before sending it all (or was closed
+    by ``serving.limits.body_timeout_seconds``)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         if int(declared) > limit:
@@ -283,6 +293,12 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_GONE = (
+    "the connection closed before the whole body arrived (by the client, or by the server "
+    "after serving.limits.body_timeout_seconds)"
+)
 
 
 def json_response(

@@ -42,6 +42,7 @@ def serve(
     import uvicorn
 
     from driftloop.serving.auth import check_binding, load_tokens
+    from driftloop.serving.limits import uvicorn_settings
 
     project = project.resolve()
     spec = load_spec(project)
@@ -59,6 +60,7 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        **uvicorn_settings(settings.limits),  # header/body bounds, connections per worker
     )
 
 
