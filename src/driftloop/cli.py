@@ -46,6 +46,11 @@ def _main(
     ] = False,
 ) -> None:
     _state["verbose"] = verbose
+    from driftloop.core.redact import redact_standard_streams
+
+    # Everything the CLI prints, logs or traces goes out without a URI's password (an
+    # MLflow error quotes the tracking URI it failed on).
+    redact_standard_streams()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

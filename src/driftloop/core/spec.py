@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftloop.core.errors import SpecError, SpecNotFoundError
+from driftloop.core.redact import has_password, redact
 
 SPEC_FILENAME = "driftloop.yaml"
 
@@ -417,13 +418,6 @@ class ServingSpec(_Frozen):
 
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"
 STATE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres")
-_URL_PASSWORD = re.compile(r"^(?P<head>[^:/@]+://[^:/@]*):(?P<password>[^@/]*)@")
-
-
-def hide_password(url: str) -> str:
-    """A database URL as it may be shown: ``user:***@host`` (the text of a URL that
-    SQLAlchemy cannot parse is redacted too, which its own rendering cannot do)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", url, count=1)
 
 
 class StateSpec(_Frozen):
@@ -449,7 +443,7 @@ class StateSpec(_Frozen):
                 f"url must start with postgresql:// (or postgresql+psycopg2://) or sqlite:///, "
                 f"got {scheme + '://' if scheme else 'no scheme'}"
             )
-        if _URL_PASSWORD.match(value):
+        if has_password(value):
             raise ValueError(
                 "url holds a password, which does not belong in driftloop.yaml; put it in "
                 f"PGPASSWORD or ~/.pgpass, or drop state.url and set {STATE_URL_ENV}"
@@ -666,7 +660,7 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         elif path:
             got = err.get("input")
             if isinstance(got, str) and "://" in got:  # a URL: never show its password
-                got = hide_password(got)
+                got = redact(got)
             lines.append(f"{where}: {path}: {msg} (got {got!r})")
         else:
             lines.append(f"{where}: {msg}")

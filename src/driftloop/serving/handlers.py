@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from driftloop.core.predlog import BY, CORRECTION, LABEL, RECORD, REQUEST_ID, TS
+from driftloop.core.redact import redact
 from driftloop.serving.auth import ADMIN, ApiToken
 from driftloop.serving.batcher import OverloadedError
 from driftloop.serving.ratelimit import retry_after
@@ -304,9 +305,12 @@ _GONE = (
 def json_response(
     payload: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers
-    )
+    """A JSON answer; no URI's password leaves the server in one (a registry error quotes
+    the tracking URI, and /ready, /model and /predict pass such errors on)."""
+    body = orjson.dumps(payload)
+    if b"@" in body or b"=" in body:  # what a credential needs; most answers have neither
+        body = redact(body.decode()).encode()
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _refuse(

@@ -94,8 +94,10 @@ def metrics_folder() -> Path:
 
 def app_from_environment() -> Any:
     """The app factory uvicorn's workers call (the project comes from the environment)."""
+    from driftloop.core.redact import redact_standard_streams
     from driftloop.serving.app import create_app
 
+    redact_standard_streams()  # the worker's logs, before logging holds the stream
     logging.basicConfig(
         level=os.environ.get(LOG_LEVEL_ENV, "WARNING"),
         format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: %(message)s",
