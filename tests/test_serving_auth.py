@@ -341,3 +341,14 @@ def test_feedback_is_rate_limited_per_token(client: TestClient) -> None:
     assert "serving.feedback_limit allows" in limited.json()["detail"]
     # another token has its own budget
     assert client.post("/feedback", json=items[:1], headers=bearer(ADMIN)).status_code == 202
+
+
+def test_an_open_api_limits_labels_by_address(project: Path) -> None:
+    with TestClient(create_app(project, tokens=Tokens())) as client:
+        rid = predicted(client, records=BURST)
+        fix = {"request_id": rid, "label": "no", "correction": True}
+        assert client.post("/feedback", json=fix).status_code == 202  # open: no admin to ask
+        items = [{"request_id": rid, "record": i, "label": "yes"} for i in range(BURST - 1)]
+        assert client.post("/feedback", json=items).status_code == 202
+        limited = client.post("/feedback", json=items[:1])
+        assert limited.status_code == 429 and "retry-after" in limited.headers
