@@ -47,6 +47,11 @@ def _main(
     ] = False,
 ) -> None:
     _state["verbose"] = verbose
+    from driftloop.core.redact import redact_standard_streams
+
+    # Everything the CLI prints, logs or traces goes out without a URI's password (an
+    # MLflow error quotes the tracking URI it failed on).
+    redact_standard_streams()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -480,10 +485,12 @@ def serve(
     """Serve the champion over HTTP (/predict, /feedback, /model, /metrics); follow promotions."""
     from driftloop.core.errors import DriftloopError
     from driftloop.core.spec import load_spec
+    from driftloop.serving.auth import check_binding, load_tokens
     from driftloop.serving.run import serve as run_server
 
     try:
         spec = load_spec(project)
+        check_binding(host or spec.serving.host, load_tokens())
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     settings = spec.serving

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftloop.core.errors import SpecError, SpecNotFoundError
+from driftloop.core.redact import has_password, redact
 
 SPEC_FILENAME = "driftloop.yaml"
 
@@ -370,6 +371,29 @@ class PredictionLogSpec(_Frozen):
     flush_seconds: float = Field(5.0, gt=0.0)
 
 
+class FeedbackLimitSpec(_Frozen):
+    """How many /feedback labels one caller (API token, or address when the API is open)
+    may send: a token bucket of ``burst`` labels refilled at ``labels_per_second``, per
+    worker; beyond it, 429 with Retry-After."""
+
+    labels_per_second: float = Field(100.0, gt=0.0)
+    burst: int = Field(10_000, ge=1)
+
+
+class HttpLimitsSpec(_Frozen):
+    """What one connection may cost a worker: header size and count, the time to send the
+    headers and the body, idle keep-alive, and connections per worker. Beyond them a client
+    gets 431 (headers too large), 408 (too slow) or 503 (too many connections), and the
+    connection is closed."""
+
+    max_header_bytes: int = Field(16_384, ge=1024)  # request line + header names and values
+    max_headers: int = Field(100, ge=8)
+    header_timeout_seconds: float = Field(10.0, gt=0.0)  # from connect / first byte to the end
+    body_timeout_seconds: float = Field(30.0, gt=0.0)  # from the headers to the body's end
+    keep_alive_seconds: int = Field(5, ge=1)  # an idle connection between requests
+    max_connections: int = Field(512, ge=1)  # per worker; beyond, requests get 503
+
+
 class ServingSpec(_Frozen):
     """``driftloop serve``: where it listens, how it follows the champion, what it accepts."""
 
@@ -388,17 +412,12 @@ class ServingSpec(_Frozen):
     # model is being trained, or another worker already serves it) before a 503.
     first_model_wait_seconds: float = Field(10.0, ge=0.0)
     log: PredictionLogSpec = PredictionLogSpec()
+    feedback_limit: FeedbackLimitSpec = FeedbackLimitSpec()
+    limits: HttpLimitsSpec = HttpLimitsSpec()
 
 
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"
 STATE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres")
-_URL_PASSWORD = re.compile(r"^(?P<head>[^:/@]+://[^:/@]*):(?P<password>[^@/]*)@")
-
-
-def hide_password(url: str) -> str:
-    """A database URL as it may be shown: ``user:***@host`` (the text of a URL that
-    SQLAlchemy cannot parse is redacted too, which its own rendering cannot do)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", url, count=1)
 
 
 class StateSpec(_Frozen):
@@ -424,7 +443,7 @@ class StateSpec(_Frozen):
                 f"url must start with postgresql:// (or postgresql+psycopg2://) or sqlite:///, "
                 f"got {scheme + '://' if scheme else 'no scheme'}"
             )
-        if _URL_PASSWORD.match(value):
+        if has_password(value):
             raise ValueError(
                 "url holds a password, which does not belong in driftloop.yaml; put it in "
                 f"PGPASSWORD or ~/.pgpass, or drop state.url and set {STATE_URL_ENV}"
@@ -641,7 +660,7 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         elif path:
             got = err.get("input")
             if isinstance(got, str) and "://" in got:  # a URL: never show its password
-                got = hide_password(got)
+                got = redact(got)
             lines.append(f"{where}: {path}: {msg} (got {got!r})")
         else:
             lines.append(f"{where}: {msg}")

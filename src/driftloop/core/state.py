@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from driftloop.core.errors import StateError
+from driftloop.core.redact import redact, redact_value
 from driftloop.core.state_peek import PROGRESS, SCHEMA_VERSION, progress_marker
 from driftloop.core.state_store import (
     WRITE_LOCK,
@@ -495,6 +496,7 @@ class StateDB:
     ) -> None:
         """Record the end of a run; a failure with ``retry`` is tried again next pass."""
         status = ("error" if retry else "failed") if error else "succeeded"
+        error = redact(error) if error else error  # an error may quote a URI's password
         with self.transaction() as conn:
             conn.execute(
                 stage_runs.update()
@@ -537,6 +539,7 @@ class StateDB:
         ``applied`` false, and marked applied after (:meth:`mark_applied`): if the process
         dies in between, :meth:`unapplied` tells what the registry still has to be told.
         """
+        decision = redact_value(decision)
         row = {"ts": utcnow().isoformat(), **decision, "applied": int(applied)}
         with self.transaction() as conn:
             result = conn.execute(promotions.insert().values(**row))
@@ -635,7 +638,7 @@ class StateDB:
             events.insert().values(
                 ts=utcnow().isoformat(),
                 type=type_,
-                payload=json.dumps(payload, sort_keys=True, default=str),
+                payload=redact(json.dumps(payload, sort_keys=True, default=str)),
             )
         )
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from driftloop.core.errors import DriftloopError, SpecError, TransientError
 from driftloop.core.layout import Layout, is_complete, read_manifest
 from driftloop.core.procs import pid_alive
+from driftloop.core.redact import redact
 from driftloop.core.spec import did_you_mean
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work
 from driftloop.core.state import StateDB
@@ -207,7 +208,7 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
     except Exception as exc:
         seconds = time.perf_counter() - started
         expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
-        message = (
+        message = redact(  # a third party's error may quote a URI with its password
             str(exc)
             if expected
             else (
