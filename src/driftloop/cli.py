@@ -93,6 +93,7 @@ def init(
                 raise typer.BadParameter("--task must be classification or regression")
             from driftloop.init import init_from_file
 
+            notes: list[str] = []
             path = init_from_file(
                 project,
                 from_file,
@@ -101,7 +102,10 @@ def init(
                 name=name,
                 task=task,
                 force=force,
+                notes=notes,
             )
+            for line in notes:
+                console.print(line, markup=False)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     console.print(f"wrote {path}; next: driftloop run -p {project}")
@@ -174,6 +178,18 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 console.print(f"  quarantined file {f['path']}: {f['error']}")
             for w in m["warnings"]:
                 console.print(f"  note: {w}")
+            if m.get("new_values") or m.get("outliers"):
+                from driftloop.prep.notes import describe_new_values, describe_outliers
+
+                for item in m.get("new_values") or []:
+                    proposed = item["proposed"]
+                    console.print(
+                        f"  kept and reported: {describe_new_values(item)}; proposed: "
+                        f"{proposed['key']}: {proposed['allowed']}",
+                        markup=False,
+                    )
+                for item in m.get("outliers") or []:
+                    console.print(f"  kept and reported: {describe_outliers(item)}", markup=False)
             reasons = m.get("quarantine_reasons", [])
             for item in reasons[:3]:
                 console.print(f"  {item['rows']:>6} row(s): {item['reason']}")
@@ -340,6 +356,23 @@ def print_status(s: dict[str, Any]) -> None:
         f"last training; {len(pending['batches'])} with missing outputs; "
         f"{len(pending['files_not_ingested'])} raw file(s) not ingested yet"
     )
+    changes = s.get("contract_changes") or []
+    if changes:
+        console.print(
+            "contract changes proposed (new values kept and scored; the spec does not list "
+            "them yet):"
+        )
+        for c in changes:
+            values = ", ".join(
+                f"{v['value']!r} ({v['rows']} row(s)"
+                + (f", variant of {v['variant_of']!r})" if v["variant_of"] else ")")
+                for v in c["values"]
+            )
+            console.print(
+                f"  {c['column']}: {values} in {len(c['batches'])} batch(es); to accept them: "
+                f"{c['proposed']['key']}: {c['proposed']['allowed']}",
+                markup=False,
+            )
     verdict = s["last_drift_verdict"]
     if verdict:
         console.print(

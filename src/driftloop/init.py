@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import math
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -39,6 +40,8 @@ DATETIME_FORMATS = (
 DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y")
 MAX_CATEGORIES = 30
 NUMERIC_SHARE = 0.99  # a column this numeric is numeric; the rest is quarantined as bad values
+IQR_K = 3.0  # plausible range: 1st/99th percentiles widened by this many interquartile ranges
+TREND_SHARE = 0.99  # a column that never falls between rows this often is a trend, not a range
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,47 @@ def _as_temporal(col: pl.Series) -> tuple[str, str] | None:
     return None
 
 
-def guess_column(col: pl.Series, *, required: bool) -> ColumnGuess:
+def _round_out(value: float, *, up: bool) -> float | int:
+    """``value`` to 3 significant digits, rounded away from the data (a readable bound)."""
+    if value == 0 or not math.isfinite(value):
+        return 0
+    step = 10 ** (math.floor(math.log10(abs(value))) - 2)
+    out = (math.ceil if up else math.floor)(value / step) * step
+    out = round(out, max(0, -math.floor(math.log10(step))))
+    return int(out) if float(out).is_integer() else out
+
+
+def plausible_range(values: pl.Series) -> dict[str, float | int]:
+    """Robust outlier bounds from a sample: its 1st and 99th percentiles widened by ``IQR_K``
+    times the interquartile range, so a few extreme values in the sample do not move them;
+    a lower bound of 0 for a sample with no negative value. Empty when the sample cannot
+    say: too few values, integer codes (few distinct values: next year's month 12 is no
+    outlier), a counter or id (every value distinct), a column that grows with time."""
+    arr = values.drop_nulls().cast(pl.Float64)
+    if arr.len() < 20:
+        return {}
+    distinct = arr.n_unique()
+    if values.dtype == pl.Int64 and (distinct <= MAX_CATEGORIES or distinct == arr.len()):
+        return {}
+    if distinct > MAX_CATEGORIES and (arr.diff().drop_nulls() >= 0).mean() >= TREND_SHARE:
+        return {}
+    q1, q3 = arr.quantile(0.25), arr.quantile(0.75)
+    p_lo, p_hi = arr.quantile(0.01), arr.quantile(0.99)
+    assert q1 is not None and q3 is not None and p_lo is not None and p_hi is not None
+    non_negative = float(arr.min() or 0.0) >= 0  # type: ignore[arg-type]
+    out: dict[str, float | int] = {}
+    iqr = q3 - q1
+    if iqr > 0:
+        lo, hi = p_lo - IQR_K * iqr, p_hi + IQR_K * iqr
+        out = {"min": _round_out(lo, up=False), "max": _round_out(hi, up=True)}
+        if non_negative and lo < 0:
+            out["min"] = 0
+    elif non_negative:
+        out = {"min": 0}
+    return out
+
+
+def guess_column(col: pl.Series, *, required: bool, target: bool = False) -> ColumnGuess:
     nulls = col.null_count()
     rule: dict[str, Any] = {}
     note = f"{nulls} missing of {col.len()}"
@@ -109,11 +152,25 @@ def guess_column(col: pl.Series, *, required: bool) -> ColumnGuess:
         arr = values.cast(pl.Float64).to_numpy()
         lo, hi = float(arr.min()), float(arr.max())
         note += f"; seen {lo:g} .. {hi:g}"
-        if lo >= 0:
-            rule["min"] = 0
         distinct = values.n_unique()
-        if dtype == "int" and distinct <= 2 and set(values.unique().to_list()) <= {0, 1}:
+        flag = dtype == "int" and distinct <= 2 and set(values.unique().to_list()) <= {0, 1}
+        if flag:
             note += "; 0/1 flag"
+        elif dtype == "int" and distinct == 1:
+            # one value cannot say whether later ones have decimals: the wider type
+            dtype, values = "float", values.cast(pl.Float64)
+            note += "; constant in the sample, so float (the wider type)"
+        elif not required or target:  # not the id or the time column: they are what they are
+            bounds = plausible_range(values)
+            if bounds:
+                rule["plausible"] = bounds
+                outside = values.cast(pl.Float64)
+                if "min" in bounds:
+                    outside = outside.filter(outside >= bounds["min"])
+                if "max" in bounds:
+                    outside = outside.filter(outside <= bounds["max"])
+                if values.len() - outside.len():
+                    note += f"; {values.len() - outside.len()} sample value(s) outside plausible"
     elif temporal:
         dtype, fmt = temporal
         rule["format"] = fmt
@@ -127,9 +184,13 @@ def guess_column(col: pl.Series, *, required: bool) -> ColumnGuess:
             distinct = values.n_unique()
             if 0 < distinct <= MAX_CATEGORIES and values.len() >= 20 * distinct:
                 rule["allowed"] = sorted(values.unique().to_list())
+                if not target:  # a list seen in one sample: open (a new class is a decision)
+                    rule["new_values"] = "report"
             else:
                 note += f"; {distinct} distinct values"
-    nullable = nulls > 0 or not required
+    # Inferred from the data: a column with no missing value in the sample is required, so a
+    # record without it (an empty request) is refused rather than scored on guesses.
+    nullable = nulls > 0
     return ColumnGuess(col.name, dtype, nullable, nulls, rule, note)
 
 
@@ -193,6 +254,11 @@ def render_spec(
         "",
         "# The column contract. A row that breaks a rule goes to data/quarantine/<batch>/ with",
         "# the rule, column and value. Rules: dtype, nullable, min, max, allowed, regex, format.",
+        "# Guessed from one sample: 'allowed' lists are open (new_values: report: a new value is",
+        "# kept, scored and reported with a proposed change; 'reject' closes a list), and",
+        "# 'plausible' ranges report outliers without quarantining them (strict: true does).",
+        "# nullable: false where the sample has no missing value. The target's labels are",
+        "# closed: a new label stops the batch until you add it.",
         "contract:",
         "  extra_columns: reject   # reject: quarantine files with unknown columns; drop: ignore",
         "  columns:",
@@ -222,6 +288,65 @@ def render_spec(
     return "\n".join(lines)
 
 
+def explain(
+    guesses: list[ColumnGuess],
+    *,
+    rows: int,
+    task: str,
+    target: str,
+    time_column: str | None,
+    id_column: str | None,
+) -> list[str]:
+    """What init inferred, and which rules are guesses from one sample, as lines to print."""
+    by_name = {g.name: g for g in guesses}
+    kinds: dict[str, int] = {}
+    for g in guesses:
+        kinds[g.dtype] = kinds.get(g.dtype, 0) + 1
+    types = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    tg = by_name[target]
+    labels = f", labels {list(tg.rule.get('allowed', []))} (closed: a new label stops the batch)"
+    lines = [
+        f"inferred from {rows} sample rows: {len(guesses)} columns ({types}); task {task}; "
+        f"target {target!r}{labels if 'allowed' in tg.rule else ''}; time column "
+        f"{time_column!r}; id column {id_column!r}",
+    ]
+    guessed = []
+    open_lists = [g for g in guesses if g.rule.get("new_values") == "report"]
+    if open_lists:
+        shown = ", ".join(f"{g.name} ({len(g.rule['allowed'])})" for g in open_lists)
+        guessed.append(
+            f"allowed values of {shown}: open (new_values: report): a value not in the list "
+            "is kept, scored and reported with a proposed change; set new_values: reject to "
+            "quarantine it"
+        )
+    required = [g.name for g in guesses if not g.nullable]
+    if required:
+        guessed.append(
+            f"not nullable, as no value is missing in the sample: {', '.join(required)}; a "
+            "missing value is quarantined and /predict requires the field; set nullable: true "
+            "where a value may be missing"
+        )
+    ranged = [g for g in guesses if "plausible" in g.rule]
+    if ranged:
+        shown = ", ".join(f"{g.name} {_range_text(g.rule['plausible'])}" for g in ranged)
+        guessed.append(
+            f"plausible ranges (1st/99th percentile +/- {IQR_K:g} IQR; reported, not quarantined; "
+            f"strict: true quarantines): {shown}"
+        )
+    if guessed:
+        lines.append("guesses from one sample (check them in driftloop.yaml):")
+        lines += [f"  - {g}" for g in guessed]
+    return lines
+
+
+def _range_text(bounds: dict[str, Any]) -> str:
+    if "max" not in bounds:
+        return f">= {bounds['min']}"
+    if "min" not in bounds:
+        return f"<= {bounds['max']}"
+    return f"[{bounds['min']}, {bounds['max']}]"
+
+
 def init_from_file(
     project: Path,
     sample: Path | str,
@@ -231,9 +356,11 @@ def init_from_file(
     name: str | None = None,
     task: str | None = None,
     force: bool = False,
+    notes: list[str] | None = None,
 ) -> Path:
     """Infer a spec from a sample (a path or URL), write it, and copy the sample into
-    data/raw/<source>/."""
+    data/raw/<source>/. ``notes``, when given, receives what was inferred and which rules
+    are guesses from one sample (``driftloop init`` prints them)."""
     layout = Layout(project)
     if layout.spec.exists() and not force:
         raise ProjectExistsError(
@@ -273,7 +400,11 @@ def init_from_file(
             raise InitError(f"{sample}: {flag} {wanted!r} is not a column{hint}")
     id_column = _guess_id(frame, target)
     guesses = [
-        guess_column(frame.get_column(c), required=c in (target, time_column, id_column))
+        guess_column(
+            frame.get_column(c),
+            required=c in (target, time_column, id_column),
+            target=c == target,
+        )
         for c in columns
     ]
     by_name = {g.name: g for g in guesses}
@@ -312,6 +443,15 @@ def init_from_file(
         datetime_parts=parts,
         sample=sample.name,
     )
+    if notes is not None:
+        notes += explain(
+            guesses,
+            rows=frame.height,
+            task=chosen_task,
+            target=target,
+            time_column=time_column,
+            id_column=id_column,
+        )
     raw_dir = layout.raw / source_name
     raw_dir.mkdir(parents=True, exist_ok=True)
     layout.spec.write_text(text, encoding="utf-8")

@@ -80,6 +80,26 @@ class SourceSpec(_Frozen):
         return value
 
 
+class PlausibleRange(_Frozen):
+    """Where a column's values usually lie (``init`` proposes it from the sample's quartiles).
+
+    A value outside is an outlier: prep counts and reports it per column and keeps the row;
+    with ``strict: true`` the row is quarantined instead, like ``min``/``max``.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PlausibleRange:
+        if self.min is None and self.max is None:
+            raise ValueError("plausible needs a 'min', a 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"plausible min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
 class ColumnContract(_Frozen):
     """What every value of one column must satisfy."""
 
@@ -90,6 +110,11 @@ class ColumnContract(_Frozen):
     allowed: tuple[str | int | float | bool, ...] | None = None
     regex: str | None = None
     format: str | None = None  # strptime format for date/datetime; inferred when absent
+    # A value outside ``allowed``: "reject" quarantines its row (a list closed on purpose);
+    # "report" accepts and scores it, and prep reports it with a proposed spec change (what
+    # ``init`` writes for a list it guessed from one sample). Never "report" on the target.
+    new_values: Literal["reject", "report"] = "reject"
+    plausible: PlausibleRange | None = None  # outlier bounds: reported, or strict
 
     @model_validator(mode="after")
     def _coherent(self) -> ColumnContract:
@@ -103,6 +128,10 @@ class ColumnContract(_Frozen):
             _check_regex(self.regex)
         if self.allowed is not None:
             _check_allowed(self.allowed, self.dtype)
+        elif self.new_values == "report":
+            raise ValueError("new_values applies to a column with an 'allowed' list; add one")
+        if self.plausible is not None and self.dtype not in ("int", "float"):
+            raise ValueError(f"plausible applies to int and float columns, not {self.dtype}")
         if self.format is not None:
             if self.dtype not in ("date", "datetime"):
                 raise ValueError(f"format applies to date and datetime columns, not {self.dtype}")
@@ -522,6 +551,13 @@ def _reference_problems(spec: Spec) -> list[str]:
             )
     if spec.id_column is not None:
         found.append(missing("id_column", spec.id_column))
+    target = cols.get(spec.target)
+    if target is not None and target.new_values == "report":
+        found.append(
+            f"contract.columns.{spec.target}: new_values 'report' does not apply to the target; "
+            "a new class must be a decision: add the label to 'allowed' (or remove "
+            "new_values there)"
+        )
     names = [s.name for s in spec.sources]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         found.append(f"sources: name {dup!r} is used twice; give each source its own name")

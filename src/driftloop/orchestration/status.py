@@ -66,11 +66,54 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             "watch": (
                 {**lease, "alive": lease["expires_at"] > time.time()} if lease is not None else None
             ),
+            "contract_changes": contract_changes(
+                spec, db.events_after(0, types=("ContractChangeProposed",))
+            ),
             "last_drift_verdict": _last_verdict(layout),
             "stage_runs": db.stage_runs(limit=runs),
             "events": db.events(limit=events),
         }
     return status
+
+
+def contract_changes(spec: Any, proposed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The values prep kept and reported (``ContractChangeProposed`` events) that the spec
+    still does not list, per column, with the rows and batches they came in and the list
+    that would accept them. A value added to ``allowed`` since is no longer shown."""
+    found: dict[str, dict[Any, dict[str, Any]]] = {}
+    batches: dict[str, list[str]] = {}
+    for event in proposed:
+        for change in event["changes"]:
+            name = change["column"]
+            rule = spec.contract.columns.get(name)
+            if rule is None or rule.allowed is None or rule.new_values != "report":
+                continue
+            listed = {str(v) for v in rule.allowed}
+            for v in change["values"]:
+                if str(v["value"]) in listed:
+                    continue
+                seen = found.setdefault(name, {}).setdefault(
+                    v["value"], {"value": v["value"], "rows": 0, "variant_of": v["variant_of"]}
+                )
+                seen["rows"] += v["rows"]
+                if event["batch_id"] not in batches.setdefault(name, []):
+                    batches[name].append(event["batch_id"])
+    out = []
+    for name, values in found.items():
+        allowed = list(spec.contract.columns[name].allowed)
+        new = [v["value"] for v in values.values() if v["variant_of"] is None]
+        out.append(
+            {
+                "column": name,
+                "values": sorted(values.values(), key=lambda v: -v["rows"]),
+                "batches": batches[name],
+                "proposed": {
+                    "key": f"contract.columns.{name}.allowed",
+                    "allowed": sorted([*allowed, *new], key=str),
+                },
+            }
+        )
+    return out
 
 
 def _last_verdict(layout: Layout) -> dict[str, Any] | None:
