@@ -105,7 +105,7 @@ def contract_changes(spec: Any, proposed: list[dict[str, Any]]) -> list[dict[str
         out.append(
             {
                 "column": name,
-                "values": sorted(values.values(), key=lambda v: -v["rows"]),
+                "values": sorted(values.values(), key=lambda v: (-v["rows"], str(v["value"]))),
                 "batches": batches[name],
                 "proposed": {
                     "key": f"contract.columns.{name}.allowed",
