@@ -117,7 +117,9 @@ def test_new_values_of_an_open_list_are_kept_and_reported_with_a_proposal(
     assert "'clear' (1 row(s), variant of 'Clear')" in status.stdout
     spec_path = tmp_path / "driftloop.yaml"
     spec_path.write_text(
-        spec_path.read_text().replace("[Clear, Light Snow, Mist]", "[Clear, Heavy Rain, Light Snow, Mist]")
+        spec_path.read_text().replace(
+            "[Clear, Light Snow, Mist]", "[Clear, Heavy Rain, Light Snow, Mist]"
+        )
     )
     changes = json.loads(cli("status", "-p", str(tmp_path), "--json").stdout)["contract_changes"]
     assert [v["value"] for v in changes[0]["values"]] == ["Light  Snow", "clear"]
@@ -267,9 +269,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.shared_data
-def test_a_multi_year_feed_initialised_from_its_first_slice(
-    datasets: Path, tmp_path: Path
-) -> None:
+def test_a_multi_year_feed_initialised_from_its_first_slice(datasets: Path, tmp_path: Path) -> None:
     """bank_marketing is ordered by date, May 2008 -> Nov 2010: init from its first 5,000
     rows (all May 2008, one contact channel, no earlier campaign), then deliver a slice of
     2009 and one of 2010. Their new months, channels and outcomes are legitimate: kept,
@@ -290,9 +290,7 @@ def test_a_multi_year_feed_initialised_from_its_first_slice(
         (raw / name).write_bytes(header + b"".join(part))
         result = driftloop.run(project)
         assert not result.failed, [r.error for r in result.reports]
-    manifests = [
-        read_manifest(p.parent) for p in (project / "data/processed").glob("*/_SUCCESS")
-    ]
+    manifests = [read_manifest(p.parent) for p in (project / "data/processed").glob("*/_SUCCESS")]
     later = [m for m in manifests if m["inputs"][0]["path"].endswith(("2009.csv", "2010.csv"))]
     assert len(later) == 2
     for m in later:

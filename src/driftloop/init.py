@@ -123,7 +123,8 @@ def plausible_range(values: pl.Series) -> dict[str, float | int]:
     distinct = arr.n_unique()
     if values.dtype == pl.Int64 and (distinct <= MAX_CATEGORIES or distinct == arr.len()):
         return {}
-    if distinct > MAX_CATEGORIES and (arr.diff().drop_nulls() >= 0).mean() >= TREND_SHARE:
+    rising = (arr.diff().drop_nulls() >= 0).mean()
+    if distinct > MAX_CATEGORIES and float(rising or 0.0) >= TREND_SHARE:  # type: ignore[arg-type]
         return {}
     q1, q3 = arr.quantile(0.25), arr.quantile(0.75)
     p_lo, p_hi = arr.quantile(0.01), arr.quantile(0.99)

@@ -98,14 +98,19 @@ def contract_changes(spec: Any, proposed: list[dict[str, Any]]) -> list[dict[str
                 seen["rows"] += v["rows"]
                 if event["batch_id"] not in batches.setdefault(name, []):
                     batches[name].append(event["batch_id"])
-    out = []
-    for name, values in found.items():
+    out: list[dict[str, Any]] = []
+
+    def most_rows(v: dict[str, Any]) -> tuple[int, str]:
+        return -int(v["rows"]), str(v["value"])
+
+    for name, by_value in found.items():
         allowed = list(spec.contract.columns[name].allowed)
-        new = [v["value"] for v in values.values() if v["variant_of"] is None]
+        listed_new: list[dict[str, Any]] = list(by_value.values())
+        new = [v["value"] for v in listed_new if v["variant_of"] is None]
         out.append(
             {
                 "column": name,
-                "values": sorted(values.values(), key=lambda v: (-v["rows"], str(v["value"]))),
+                "values": sorted(listed_new, key=most_rows),
                 "batches": batches[name],
                 "proposed": {
                     "key": f"contract.columns.{name}.allowed",

@@ -115,19 +115,19 @@ def outliers(frame: pl.LazyFrame, spec: Spec) -> list[dict[str, Any]]:
         if f"{name}\x00below" not in row:
             continue
         assert rule.plausible is not None
-        below, above = int(row[f"{name}\x00below"] or 0), int(row[f"{name}\x00above"] or 0)
-        if below + above == 0:
+        n_below, n_above = int(row[f"{name}\x00below"] or 0), int(row[f"{name}\x00above"] or 0)
+        if n_below + n_above == 0:
             continue
         lo, hi = rule.plausible.min, rule.plausible.max
         out.append(
             {
                 "column": name,
                 "rule": plausible_label(lo, hi),
-                "rows": below + above,
-                "below": below,
-                "above": above,
-                "lowest": row[f"{name}\x00min"] if below else None,
-                "highest": row[f"{name}\x00max"] if above else None,
+                "rows": n_below + n_above,
+                "below": n_below,
+                "above": n_above,
+                "lowest": row[f"{name}\x00min"] if n_below else None,
+                "highest": row[f"{name}\x00max"] if n_above else None,
             }
         )
     return out

@@ -36,9 +36,9 @@ from driftloop.core.state import Batch, RawFile, StateDB
 from driftloop.core.storage import candidate_files, placement
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
-from driftloop.prep.core import FILE, ROW, RULES, quarantined_rows
+from driftloop.prep.core import RULES, quarantined_rows
 from driftloop.prep.notes import new_values, outliers
-from driftloop.prep.read import STREAM_MIN_BYTES, RawRead
+from driftloop.prep.read import FILE, ROW, STREAM_MIN_BYTES, RawRead
 from driftloop.prep.rules import POLARS_TYPES, column_rules
 
 log = logging.getLogger(__name__)
