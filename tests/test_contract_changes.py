@@ -302,3 +302,34 @@ def test_a_multi_year_feed_initialised_from_its_first_slice(datasets: Path, tmp_
     status = json.loads(cli("status", "-p", str(project), "--json").stdout)
     columns = {c["column"] for c in status["contract_changes"]}
     assert {"contact", "month", "poutcome"} <= columns
+
+
+@pytest.mark.xdist_group("serving")
+def test_predict_scores_a_new_value_and_refuses_an_empty_record(tmp_path: Path) -> None:
+    """/predict, served by a real process: a value an open list does not name is scored
+    (200, with a flag saying so); an empty record is refused (422), since no field is
+    nullable."""
+    from .serving_helpers import SERVING, record, serving
+    from .test_lifecycle import SPEC as SYNTH
+    from .test_lifecycle import land as land_synth
+
+    spec = SYNTH.replace("x1: {dtype: float}", "x1: {dtype: float, nullable: false}")
+    spec = spec.replace("x2: {dtype: float}", "x2: {dtype: float, nullable: false}")
+    spec = spec.replace(
+        "c: {dtype: str}",
+        "c: {dtype: str, nullable: false, allowed: [a, b, c], new_values: report}",
+    )
+    write_spec(tmp_path, spec + SERVING)
+    land_synth(tmp_path, "part-0.csv", 600, seed=1)
+    result = driftloop.run(tmp_path)
+    assert not result.failed, [(r.stage, r.error) for r in result.failed]
+    with serving(tmp_path) as running, running.client() as client:
+        new = client.post("/predict", json=record(c="d"))
+        assert new.status_code == 200, new.text
+        [pred] = new.json()["predictions"]
+        assert pred["prediction"] in ("no", "yes")
+        assert pred["flags"] == ["new value: column 'c' breaks isin(['a', 'b', 'c']): got 'd'"]
+        empty = client.post("/predict", json={})
+        assert empty.status_code == 422, empty.text
+        missing = {d["loc"][-1] for d in empty.json()["detail"]}
+        assert missing == {"t", "x1", "x2", "c"}
