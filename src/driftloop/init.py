@@ -309,7 +309,7 @@ def explain(
     lines = [
         f"inferred from {rows} sample rows: {len(guesses)} columns ({types}); task {task}; "
         f"target {target!r}{labels if 'allowed' in tg.rule else ''}; time column "
-        f"{time_column!r}; id column {id_column!r}",
+        f"{time_column or 'none (row order)'}; id column {id_column or 'none'}",
     ]
     guessed = []
     open_lists = [g for g in guesses if g.rule.get("new_values") == "report"]
