@@ -75,6 +75,18 @@ def init(
         str | None, typer.Option(help="Write a built-in example project instead (e.g. 'shop').")
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing driftloop.yaml.")] = False,
+    header: Annotated[
+        bool | None,
+        typer.Option(
+            "--header/--no-header",
+            help="Whether the CSV's first row is a header (default: yes, unless it looks "
+            "like data, which init reports).",
+        ),
+    ] = None,
+    names: Annotated[
+        str | None,
+        typer.Option(help="With --no-header: the column names, comma-separated (a,b,c)."),
+    ] = None,
 ) -> None:
     """Write driftloop.yaml, inferred from a sample file or from a built-in example."""
     from driftloop.core.errors import DriftloopError
@@ -103,6 +115,8 @@ def init(
                 task=task,
                 force=force,
                 notes=notes,
+                header=header,
+                names=[n.strip() for n in names.split(",")] if names is not None else None,
             )
             for line in notes:
                 console.print(line, markup=False)

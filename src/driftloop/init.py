@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 import yaml
+from pydantic import ValidationError
 
 from driftloop.core.errors import InitError, ProjectExistsError
 from driftloop.core.layout import Layout
@@ -73,6 +74,51 @@ def sniff_csv(path: Path) -> CsvOptions:
         counts = {d: first_line.count(d) for d in ",;\t|"}
         separator = max(counts, key=lambda d: counts[d])
     return CsvOptions(separator=separator, encoding=encoding, null_values=NULL_TOKENS)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.strip())
+    except ValueError:
+        return False
+    return text.strip() != ""
+
+
+def headerless_reason(path: Path, opts: CsvOptions, *, rows: int = 200) -> str | None:
+    """Why the first row looks like data rather than a header, or None.
+
+    A header has names; a column whose first field is a number, and whose next rows are
+    numbers too, says the first row is a record (a column named ``2019`` over numbers is the
+    exception: ``init --header`` reads it as a header anyway).
+    """
+    with path.open(encoding=opts.encoding, errors="replace", newline="") as fh:
+        for _ in range(opts.skip_rows):
+            fh.readline()
+        reader = csv.reader(
+            fh,
+            delimiter=opts.separator,
+            quotechar=opts.quote_char or '"',
+            quoting=csv.QUOTE_MINIMAL if opts.quote_char else csv.QUOTE_NONE,
+        )
+        try:
+            lines = [row for _, row in zip(range(rows + 1), reader, strict=False) if row]
+        except csv.Error:
+            return None
+    if len(lines) < 2:
+        return None
+    first, rest = lines[0], lines[1:]
+    numbers = []
+    for j, value in enumerate(first):
+        below = [r[j] for r in rest if j < len(r) and r[j].strip()]
+        if _is_number(value) and below and sum(map(_is_number, below)) >= 0.8 * len(below):
+            numbers.append(value.strip())
+    if not numbers:
+        return None
+    shown = ", ".join(repr(v) for v in numbers[:3])
+    return (
+        f"{len(numbers)} of its {len(first)} fields are numbers where a header would have "
+        f"names: {shown}"
+    )
 
 
 def _as_numeric(col: pl.Series) -> tuple[str, pl.Series] | None:
@@ -251,7 +297,13 @@ def render_spec(
         f"      quote_char: {_yaml_scalar(opts.quote_char)}",
         f"      encoding: {opts.encoding}",
         f"      null_values: {_yaml_scalar(list(opts.null_values))}   # missing, after trimming",
-        "      has_header: true",
+        f"      has_header: {_yaml_scalar(opts.has_header)}",
+        *(
+            [f"      names: {_yaml_scalar(list(opts.names))}   # the columns, in order"]
+            if opts.names
+            else []
+        ),
+        *([f"      skip_rows: {opts.skip_rows}"] if opts.skip_rows else []),
         "",
         "# The column contract. A row that breaks a rule goes to data/quarantine/<batch>/ with",
         "# the rule, column and value. Rules: dtype, nullable, min, max, allowed, regex, format.",
@@ -358,10 +410,14 @@ def init_from_file(
     task: str | None = None,
     force: bool = False,
     notes: list[str] | None = None,
+    header: bool | None = None,
+    names: list[str] | None = None,
 ) -> Path:
     """Infer a spec from a sample (a path or URL), write it, and copy the sample into
     data/raw/<source>/. ``notes``, when given, receives what was inferred and which rules
-    are guesses from one sample (``driftloop init`` prints them)."""
+    are guesses from one sample (``driftloop init`` prints them). ``header``: whether the
+    CSV's first row is a header (None: it is, unless it looks like data, which is an error
+    that says so); ``names`` names the columns of a file without one."""
     layout = Layout(project)
     if layout.spec.exists() and not force:
         raise ProjectExistsError(
@@ -380,6 +436,25 @@ def init_from_file(
     sample = local
     is_parquet = sample.suffix.lower() in (".parquet", ".pq")
     opts = CsvOptions() if is_parquet else sniff_csv(sample)
+    if names and header is not False:
+        raise InitError("--names names the columns of a file without a header; add --no-header")
+    if header is False and not is_parquet:
+        try:
+            opts = CsvOptions(
+                **{**opts.model_dump(), "has_header": False, "names": names or None}
+            )
+        except ValidationError as exc:
+            why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise InitError(f"--names: {why}") from None
+    elif header is None and not is_parquet:
+        looks_like_data = headerless_reason(sample, opts)
+        if looks_like_data:
+            raise InitError(
+                f"{sample}: the first row looks like data, not a header ({looks_like_data}). "
+                "If the file has no header row, pass --no-header, with --names a,b,c to name "
+                "the columns (else they are column_1, column_2, ...); the spec keeps both for "
+                "later files. If that row is the header, pass --header"
+            )
     source_name = _source_name(sample)
     suffix = "parquet" if is_parquet else sample.suffix.lstrip(".").lower() or "csv"
     source = SourceSpec(

@@ -40,7 +40,26 @@ class CsvOptions(_Frozen):
     encoding: str = "utf-8"
     null_values: tuple[str, ...] = ("",)
     has_header: bool = True
+    # The column names of a file without a header row (has_header: false), in order; without
+    # them such a file's columns are column_1, column_2, ...
+    names: tuple[str, ...] | None = None
     skip_rows: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _names_without_header(self) -> CsvOptions:
+        if self.names is None:
+            return self
+        if self.has_header:
+            raise ValueError(
+                "names apply to files without a header row; set has_header: false, or drop "
+                "names to use the header's"
+            )
+        if not self.names or any(not n.strip() for n in self.names):
+            raise ValueError("names must list one non-empty name per column")
+        dupes = sorted({n for n in self.names if self.names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"names repeats {dupes}; give each column its own name")
+        return self
 
     @field_validator("encoding")
     @classmethod

@@ -134,6 +134,7 @@ def read_current_batch(spec: Spec, layout: Layout, path: Path) -> pl.DataFrame:
             quote_char=csv.quote_char,
             null_values=list(csv.null_values),
             has_header=csv.has_header,
+            new_columns=list(csv.names) if csv.names else None,
             skip_rows=csv.skip_rows,
             encoding="utf8-lossy" if csv.encoding.lower().replace("-", "") == "utf8" else "utf8",
         )
