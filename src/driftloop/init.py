@@ -440,9 +440,7 @@ def init_from_file(
         raise InitError("--names names the columns of a file without a header; add --no-header")
     if header is False and not is_parquet:
         try:
-            opts = CsvOptions(
-                **{**opts.model_dump(), "has_header": False, "names": names or None}
-            )
+            opts = CsvOptions(**{**opts.model_dump(), "has_header": False, "names": names or None})
         except ValidationError as exc:
             why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
             raise InitError(f"--names: {why}") from None
