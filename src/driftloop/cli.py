@@ -33,7 +33,17 @@ app = typer.Typer(
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder (holds driftloop.yaml).")
 ]
-_state = {"verbose": False}
+_state: dict[str, Any] = {"verbose": False, "unmatched_shown": set()}
+
+
+def unmatched_text(item: dict[str, str]) -> str:
+    return (
+        f"unmatched: {item['path']} is in source {item['source']}'s folder but does not match "
+        f"its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
+        f"sources[].path in driftloop.yaml"
+    )
+
+
 EXIT_STAGE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
@@ -154,12 +164,17 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
         console.print(f"  waiting for {path}: still being written; the next run takes it")
     for problem in ing.unreadable:
         console.print(f"  [red]cannot read[/red] {problem}; fix its permissions, it is retried")
+    for item in result.unmatched:  # each once per process (watch makes many passes)
+        if item["path"] in _state["unmatched_shown"]:
+            continue
+        _state["unmatched_shown"].add(item["path"])
+        console.print(f"  {unmatched_text(item)}", markup=False)
     for decision in result.applied:
         console.print(
             f"applied a recorded decision the registry had missed: v{decision['version']} "
             f"{decision['decision']} ({decision['reason']})"
         )
-    if not result.did_work and not quiet_when_idle:
+    if not result.did_work and not quiet_when_idle and not result.unmatched:
         console.print("nothing to do: every batch is up to date")
     for report in result.reports:
         if report.outcome == "cached":
@@ -370,6 +385,8 @@ def print_status(s: dict[str, Any]) -> None:
         f"last training; {len(pending['batches'])} with missing outputs; "
         f"{len(pending['files_not_ingested'])} raw file(s) not ingested yet"
     )
+    for item in pending.get("files_unmatched", []):
+        console.print(unmatched_text(item), markup=False)
     changes = s.get("contract_changes") or []
     if changes:
         console.print(
@@ -686,6 +703,8 @@ def watch(
                 parts.append(f"last: {state.last_work}")
             if state.next_monitor:
                 parts.append(f"next log check {state.next_monitor:%H:%M}")
+            if state.unmatched:
+                parts.append(f"{len(state.unmatched)} unmatched file(s)")
             line = Text(" | ".join(parts), style="dim")
             if state.last_error:
                 line.append(f" | failing: {state.last_error}", style="red")

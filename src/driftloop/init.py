@@ -457,7 +457,10 @@ def init_from_file(
     suffix = "parquet" if is_parquet else sample.suffix.lstrip(".").lower() or "csv"
     source = SourceSpec(
         name=source_name,
-        path=layout.source_pattern(source_name, suffix),
+        # CSV is a format, not an extension: a census file's '.data' sample has a '.test'
+        # sibling, an export may land as '.txt'; every file in the folder is read as CSV
+        # (one that is not is quarantined with the reason, never skipped unseen)
+        path=layout.source_pattern(source_name, "parquet" if is_parquet else None),
         format="parquet" if is_parquet else "csv",
         csv=opts,
     )

@@ -18,7 +18,7 @@ from driftloop.core.state import StateDB
 def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[str, Any]:
     """Champion, recent stage runs and durations, pending work, last drift verdict, events."""
     from driftloop.core.spec import load_spec
-    from driftloop.core.storage import candidate_files
+    from driftloop.core.storage import candidate_files, unmatched_files
     from driftloop.monitoring.stage import recorded_champion
     from driftloop.orchestration.loop import new_batches
 
@@ -41,7 +41,8 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
         new, last = new_batches(layout, db)
         known = {f.path for b in batches for f in db.batch_files(b.batch_id)}
-        waiting_files = [o.key for _, o in candidate_files(spec, layout) if o.key not in known]
+        listed = candidate_files(spec, layout)
+        waiting_files = [o.key for _, o in listed if o.key not in known]
         lease = db.lease("watch")
         served = db.last_event("ModelServed")
         status: dict[str, Any] = {
@@ -60,6 +61,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             "pending": {
                 "batches": pending,
                 "files_not_ingested": waiting_files,
+                "files_unmatched": unmatched_files(spec, layout, listed),
                 "batches_since_last_training": [b["batch_id"] for b in new],
                 "last_training": last["version"] if last else None,
             },
