@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import math
 import re
 import shutil
@@ -56,7 +57,8 @@ class ColumnGuess:
 
 
 def sniff_csv(path: Path) -> CsvOptions:
-    """Guess encoding and separator from the first 64 KiB."""
+    """Guess encoding, separator and the lines above the header (a title, an export note)
+    from the first 64 KiB."""
     head = path.read_bytes()[: 64 * 1024]
     encoding = "utf-8"
     try:
@@ -66,14 +68,41 @@ def sniff_csv(path: Path) -> CsvOptions:
             encoding = "cp1252"
         text = head.decode(encoding, errors="replace")
     text = text.removeprefix("\ufeff")
+    separator = _separator(text)
+    skip = leading_junk(text, separator)
+    if skip:  # the separator of the table itself, without the lines above it
+        separator = _separator("".join(text.splitlines(True)[skip:]))
+    return CsvOptions(
+        separator=separator, encoding=encoding, null_values=NULL_TOKENS, skip_rows=skip
+    )
+
+
+def _separator(text: str) -> str:
     first_line: str = text.splitlines()[0] if text else ""
     try:
-        dialect = csv.Sniffer().sniff(text[:16384], delimiters=",;\t|")
-        separator = dialect.delimiter
+        return csv.Sniffer().sniff(text[:16384], delimiters=",;\t|").delimiter
     except csv.Error:
         counts = {d: first_line.count(d) for d in ",;\t|"}
-        separator = max(counts, key=lambda d: counts[d])
-    return CsvOptions(separator=separator, encoding=encoding, null_values=NULL_TOKENS)
+        return max(counts, key=lambda d: counts[d])
+
+
+def leading_junk(text: str, separator: str, *, lines: int = 50) -> int:
+    """How many lines at the top are not part of the table: lines before the first one with
+    as many fields as most lines have (a title or an export note above the header)."""
+    rows = [
+        len(r)
+        for r in csv.reader(io.StringIO("\n".join(text.splitlines()[:lines])), delimiter=separator)
+    ]
+    counts = [n for n in rows if n > 0]
+    if len(counts) < 3:
+        return 0
+    usual = max(set(counts), key=counts.count)
+    if usual < 2 or counts.count(usual) < len(counts) / 2:
+        return 0
+    for i, n in enumerate(rows):
+        if n == usual:
+            return i if i <= 5 else 0  # more than a few lines of preamble: not a preamble
+    return 0
 
 
 def _is_number(text: str) -> bool:
@@ -520,6 +549,12 @@ def init_from_file(
         datetime_parts=parts,
         sample=sample.name,
     )
+    if notes is not None and opts.skip_rows:
+        top = sample.read_text(encoding=opts.encoding, errors="replace").splitlines()
+        notes.append(
+            f"skipped {opts.skip_rows} line(s) above the header ({top[0][:60]!r}); the spec "
+            f"says csv.skip_rows: {opts.skip_rows}, for every later file of this source"
+        )
     if notes is not None:
         notes += explain(
             guesses,
