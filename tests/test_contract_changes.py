@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 
 import driftloop
+from driftloop.core import events
 from driftloop.core.errors import SpecError
 from driftloop.core.layout import read_manifest
 from driftloop.core.spec import load_spec, parse_spec, read_yaml
@@ -108,7 +109,7 @@ def test_new_values_of_an_open_list_are_kept_and_reported_with_a_proposal(
     # a typed event, and driftloop status lists the change until the spec takes it
     with StateDB(tmp_path / ".driftloop/state.db") as db:
         [event] = db.events_after(0, types=("ContractChangeProposed",))
-    parsed = driftloop.core.events.parse(event)
+    parsed = events.parse(event)
     assert parsed.type == "ContractChangeProposed" and parsed.changes[0]["column"] == "sky"
     status = cli("status", "-p", str(tmp_path))
     assert status.returncode == 0, status.stderr

@@ -1,10 +1,13 @@
 """``driftloop init``: write a working project from a sample file or a built-in example.
 
 Inference reads the whole sample as text, then decides per column: type (int, float, bool,
-date, datetime, str), nullability, a lower bound where every value is non-negative, and
-allowed values for low-cardinality text. Bounds seen in the sample are written as comments,
-not rules, so next month's larger values are not quarantined. The written spec is loaded
-back before ``init`` returns, so it always runs as is.
+date, datetime, str), nullability (required when no value is missing), allowed values for
+low-cardinality text (an open list: ``new_values: report``, except the target's) and a
+plausible range for numbers (a warning rule). What one sample cannot know is written so that
+later files are not lost to it, and :func:`explain` says which rules are guesses. The CSV's
+layout is sniffed too: separator, encoding, lines above the header (``skip_rows``), and a
+first row that looks like data (an error that says to pass ``--no-header``). The written spec
+is loaded back before ``init`` returns, so it always runs as is.
 """
 
 from __future__ import annotations
