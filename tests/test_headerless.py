@@ -145,3 +145,16 @@ def test_shared_files_without_their_header_are_recognised(datasets: Path, tmp_pa
         cut = tmp_path / original.name
         cut.write_bytes(b"".join(original.read_bytes().splitlines(True)[1:2001]))
         assert headerless_reason(cut, sniff_csv(cut)) is not None, relpath
+
+
+def test_replay_reads_a_headerless_history_with_the_specs_names(tmp_path: Path) -> None:
+    from driftloop.orchestration.replay import _read_raw, policy_spec
+
+    sample = headerless(tmp_path / "adult.data", 60)
+    driftloop.init_from_file(tmp_path / "p", sample, "income", header=False, names=NAMES.split(","))
+    text = (tmp_path / "p" / "driftloop.yaml").read_text()
+    history = _read_raw(sample, parse_spec(read_yaml(text)))
+    assert history.columns == NAMES.split(",") and history.height == 60
+    # the batches replay lands carry a header: the policy's spec says so
+    landed = parse_spec(read_yaml(policy_spec(text, tmp_path / "policy", {})))
+    assert landed.primary.csv.has_header and landed.primary.csv.names is None
