@@ -406,8 +406,11 @@ def explain(
         )
     required = [g.name for g in guesses if not g.nullable]
     if required:
+        named = ", ".join(required[:25]) + (
+            f", ... ({len(required)} in all)" if len(required) > 25 else ""
+        )
         guessed.append(
-            f"not nullable, as no value is missing in the sample: {', '.join(required)}; a "
+            f"not nullable, as no value is missing in the sample: {named}; a "
             "missing value is quarantined and /predict requires the field; set nullable: true "
             "where a value may be missing"
         )
