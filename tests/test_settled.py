@@ -28,7 +28,7 @@ def settled_project(tmp_path: Path) -> Path:
     land(tmp_path, "a.csv", [(1, 2), (3, 4)])
     first = driftloop.run(tmp_path)
     assert first.ingest.batch is not None and not first.failed
-    assert quick_settled(tmp_path)  # the pass ended with nothing left to do
+    assert quick_settled(tmp_path) is not None  # the pass ended with nothing left to do
     assert driftloop.run(tmp_path).reports == []
     return tmp_path
 
@@ -44,7 +44,7 @@ def test_a_settled_pass_is_answered_quickly_and_the_ordinary_pass_agrees(tmp_pat
     result = driftloop.run(project)
     assert not result.did_work and result.reports == []
     assert stage_runs(project) == runs
-    assert quick_settled(project)  # reading it changed nothing
+    assert quick_settled(project) is not None  # reading it changed nothing
 
 
 def _land(p: Path) -> None:
@@ -107,7 +107,7 @@ def test_anything_that_could_change_the_plan_makes_an_ordinary_pass(
 ) -> None:
     project = settled_project(tmp_path)
     change(project)
-    assert not quick_settled(project)
+    assert quick_settled(project) is None
 
 
 @pytest.mark.parametrize("name", ["DRIFTLOOP_STATE_URL", "MLFLOW_TRACKING_URI"])
@@ -116,7 +116,7 @@ def test_the_environment_that_picks_state_and_registry_is_part_of_it(
 ) -> None:
     project = settled_project(tmp_path)
     monkeypatch.setenv(name, f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    assert not quick_settled(project)
+    assert quick_settled(project) is None
 
 
 def test_a_new_file_is_taken_by_the_next_run_after_a_settled_one(tmp_path: Path) -> None:

@@ -43,8 +43,9 @@ def run(project: Path, *, wait: bool = True, quick: bool = True) -> RunResult:
     from driftloop.orchestration.lease import Lease
     from driftloop.orchestration.settled import quick_settled
 
-    if quick and quick_settled(project):  # nothing changed since a pass settled
-        return RunResult(IngestResult(batch=None))
+    settled = quick_settled(project) if quick else None
+    if settled is not None:  # nothing changed since a pass settled
+        return RunResult(IngestResult(batch=None), unmatched=list(settled.unmatched))
     spec = load_spec(project)  # a broken spec or bad model params fail before any state
     if spec.model.enabled:
         check_model_params_once(spec, Layout(project))

@@ -41,7 +41,26 @@ class CsvOptions(_Frozen):
     encoding: str = "utf-8"
     null_values: tuple[str, ...] = ("",)
     has_header: bool = True
+    # The column names of a file without a header row (has_header: false), in order; without
+    # them such a file's columns are column_1, column_2, ...
+    names: tuple[str, ...] | None = None
     skip_rows: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _names_without_header(self) -> CsvOptions:
+        if self.names is None:
+            return self
+        if self.has_header:
+            raise ValueError(
+                "names apply to files without a header row; set has_header: false, or drop "
+                "names to use the header's"
+            )
+        if not self.names or any(not n.strip() for n in self.names):
+            raise ValueError("names must list one non-empty name per column")
+        dupes = sorted({n for n in self.names if self.names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"names repeats {dupes}; give each column its own name")
+        return self
 
     @field_validator("encoding")
     @classmethod
@@ -81,6 +100,26 @@ class SourceSpec(_Frozen):
         return value
 
 
+class PlausibleRange(_Frozen):
+    """Where a column's values usually lie (``init`` proposes it from the sample's quartiles).
+
+    A value outside is an outlier: prep counts and reports it per column and keeps the row;
+    with ``strict: true`` the row is quarantined instead, like ``min``/``max``.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PlausibleRange:
+        if self.min is None and self.max is None:
+            raise ValueError("plausible needs a 'min', a 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"plausible min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
 class ColumnContract(_Frozen):
     """What every value of one column must satisfy."""
 
@@ -91,6 +130,11 @@ class ColumnContract(_Frozen):
     allowed: tuple[str | int | float | bool, ...] | None = None
     regex: str | None = None
     format: str | None = None  # strptime format for date/datetime; inferred when absent
+    # A value outside ``allowed``: "reject" quarantines its row (a list closed on purpose);
+    # "report" accepts and scores it, and prep reports it with a proposed spec change (what
+    # ``init`` writes for a list it guessed from one sample). Never "report" on the target.
+    new_values: Literal["reject", "report"] = "reject"
+    plausible: PlausibleRange | None = None  # outlier bounds: reported, or strict
 
     @model_validator(mode="after")
     def _coherent(self) -> ColumnContract:
@@ -104,6 +148,10 @@ class ColumnContract(_Frozen):
             _check_regex(self.regex)
         if self.allowed is not None:
             _check_allowed(self.allowed, self.dtype)
+        elif self.new_values == "report":
+            raise ValueError("new_values applies to a column with an 'allowed' list; add one")
+        if self.plausible is not None and self.dtype not in ("int", "float"):
+            raise ValueError(f"plausible applies to int and float columns, not {self.dtype}")
         if self.format is not None:
             if self.dtype not in ("date", "datetime"):
                 raise ValueError(f"format applies to date and datetime columns, not {self.dtype}")
@@ -541,6 +589,13 @@ def _reference_problems(spec: Spec) -> list[str]:
             )
     if spec.id_column is not None:
         found.append(missing("id_column", spec.id_column))
+    target = cols.get(spec.target)
+    if target is not None and target.new_values == "report":
+        found.append(
+            f"contract.columns.{spec.target}: new_values 'report' does not apply to the target; "
+            "a new class must be a decision: add the label to 'allowed' (or remove "
+            "new_values there)"
+        )
     names = [s.name for s in spec.sources]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         found.append(f"sources: name {dup!r} is used twice; give each source its own name")

@@ -60,6 +60,48 @@ def list_sources(
     return found
 
 
+def source_folder(pattern: str) -> tuple[str, bool] | None:
+    """The folder a source's glob looks in, up to its first wildcard, and whether the glob
+    recurses below it (``**``); None for a glob whose folder part is all wildcards."""
+    parts = pattern.replace("\\", "/").split("/")
+    plain: list[str] = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        plain.append(part)
+    if not plain:
+        return None
+    return "/".join(plain), len(plain) < len(parts) - 1
+
+
+def unmatched_files(
+    spec: Spec,
+    layout: Layout,
+    listed: list[tuple[str, RawObject]],
+    stores: dict[str, RawStore] | None = None,
+) -> list[dict[str, str]]:
+    """Files in a source's folder that no source's glob matches (``data.test`` beside
+    ``*.data``), each with the folder's source and the pattern it missed: they are reported,
+    never read, so that a file landed under the wrong name does not vanish. ``listed`` is
+    :func:`candidate_files`' answer; temporary names are left out, as there."""
+    stores = stores or source_stores(spec, layout)
+    matched = {obj.key for _, obj in listed}
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for source in spec.sources:
+        where = source_folder(source.path)
+        if where is None:
+            continue
+        folder, recursive = where
+        pattern = f"{folder}/**/*" if recursive else f"{folder}/*"
+        for obj in stores[source.name].list(pattern):
+            if obj.key in matched or obj.key in seen or is_temporary(obj.key):
+                continue
+            seen.add(obj.key)
+            out.append({"path": obj.key, "source": source.name, "pattern": source.path})
+    return out
+
+
 def placement(found: list[tuple[str, RawObject]]) -> dict[str, str]:
     """Each listed object's key and the source it belongs to (see :func:`candidate_files`):
     a pass lists the sources once, not once per batch."""

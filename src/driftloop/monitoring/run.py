@@ -125,23 +125,26 @@ def read_current_batch(spec: Spec, layout: Layout, path: Path) -> pl.DataFrame:
         )
     if path.suffix.lower() == ".parquet":
         return pl.read_parquet(path)
-    csv = spec.primary.csv
-    try:
-        return pl.read_csv(
-            path,
-            infer_schema=False,
-            separator=csv.separator,
-            quote_char=csv.quote_char,
-            null_values=list(csv.null_values),
-            has_header=csv.has_header,
-            skip_rows=csv.skip_rows,
-            encoding="utf8-lossy" if csv.encoding.lower().replace("-", "") == "utf8" else "utf8",
-        )
-    except pl.exceptions.PolarsError as exc:
+    # Read as prep reads a raw file of the primary source (skip_rows, header or names,
+    # separator, encoding), then trimmed and null markers made nulls as prep does, so a
+    # file with ', ' separators or a line above its header gives the same values.
+    from driftloop.prep.contract import normalize_strings
+    from driftloop.prep.read import ROW, read_raw
+
+    read = read_raw(path, spec.primary, str(path), stream_min_bytes=None)
+    if read.frame is None:
         raise MonitoringError(
-            f"{path}: cannot be read as CSV with the spec's options ({exc}); check "
+            f"{path}: cannot be read as CSV with the spec's options ({read.error}); check "
             "sources[0].csv in driftloop.yaml"
-        ) from None
+        )
+    if read.bad_lines:
+        log.warning(
+            "%s: %d line(s) set aside by the reader (wrong number of fields), not monitored",
+            path,
+            len(read.bad_lines),
+        )
+    frame = read.frame.drop(ROW)
+    return normalize_strings(frame, spec.primary.csv, trim=spec.cleaning.trim_strings).collect()
 
 
 def _predict(champion: Champion, records: pl.DataFrame, spec: Spec) -> pl.DataFrame:

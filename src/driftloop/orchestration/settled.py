@@ -90,12 +90,27 @@ def fingerprint(
     return digest.hexdigest()
 
 
-def current(spec: Spec, layout: Layout, db: StateDB, listed: list[tuple[str, RawObject]]) -> str:
-    """The fact a pass would record now (compare it with ``db.fact(FACT)``)."""
+def current(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    listed: list[tuple[str, RawObject]],
+    unmatched: list[dict[str, str]],
+) -> str:
+    """The fact a pass would record now (compare it with ``db.fact(FACT)``); ``unmatched``:
+    the files in the sources' folders that no pattern matches, reported by every pass."""
     basis = Basis.of(spec, layout)
     found = fingerprint(basis, layout, db.progress_marker(), listed)
     folders = folder_stamps(basis, layout)
-    return json.dumps({"fingerprint": found, "folders": folders, **asdict(basis)}, sort_keys=True)
+    fact = {"fingerprint": found, "folders": folders, "unmatched": unmatched, **asdict(basis)}
+    return json.dumps(fact, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A settled project, as :func:`quick_settled` found it."""
+
+    unmatched: tuple[dict[str, str], ...]  # still to be reported, as every pass does
 
 
 def folder_stamps(basis: Basis, layout: Layout) -> dict[str, int]:
@@ -114,19 +129,19 @@ def folder_stamps(basis: Basis, layout: Layout) -> dict[str, int]:
     return stamps
 
 
-def quick_settled(project: Path) -> bool:
+def quick_settled(project: Path) -> Settled | None:
     """True when the last pass settled and nothing changed since, decided without parsing
     the spec or opening the state database through SQLAlchemy (their imports cost more than
     the rest of a settled pass). Only for the embedded default (the state file of
-    ``Layout.state_db``); False whenever in doubt: the ordinary pass then decides."""
+    ``Layout.state_db``); None whenever in doubt: the ordinary pass then decides."""
     from driftloop.core.state_peek import peek
 
     layout = Layout(project)
     if os.environ.get(STATE_URL_ENV):
-        return False
+        return None
     seen = peek(layout.state_db, FACT)
     if seen is None or seen.settled is None or seen.busy:
-        return False
+        return None
     try:
         fact = json.loads(seen.settled)
         basis = Basis(
@@ -135,13 +150,16 @@ def quick_settled(project: Path) -> bool:
             module=fact["module"],
         )
         if hashlib.sha256(layout.spec.read_bytes()).hexdigest() != basis.spec_sha256:
-            return False
+            return None
         if folder_stamps(basis, layout) != fact["folders"]:
-            return False  # a file landed or left: no need to list them all to know
+            return None  # a file landed or left: no need to list them all to know
         listed = list_sources(basis.sources, layout)
     except (ValueError, KeyError, TypeError, OSError, DriftloopError):
-        return False  # an older fact, a spec gone, a source that cannot be listed: not sure
-    return bool(fingerprint(basis, layout, seen.progress, listed) == fact["fingerprint"])
+        return None  # an older fact, a spec gone, a source that cannot be listed: not sure
+    if fingerprint(basis, layout, seen.progress, listed) != fact["fingerprint"]:
+        return None
+    unmatched = fact.get("unmatched")
+    return None if not isinstance(unmatched, list) else Settled(unmatched=tuple(unmatched))
 
 
 def time_sensitive(spec: Spec, waiting: str | None) -> bool:
