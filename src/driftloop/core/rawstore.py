@@ -89,6 +89,11 @@ class RawStore(Protocol):
         """Objects (not folders) matching a glob (``**`` recurses), sorted by key."""
         ...
 
+    def keys(self, pattern: str) -> builtins.list[str]:
+        """The keys :meth:`list` gives, without their identity (where the backend can name
+        objects without a look at each: a folder of 10,000 files is one directory read)."""
+        ...
+
     def stat(self, key: str) -> RawObject:
         """The object's identity now; :class:`FileNotFoundError` when it is gone."""
         ...
@@ -150,16 +155,42 @@ class LocalRawStore:
             objects.setdefault(obj.key, obj)
         return list(objects.values())
 
+    def keys(self, pattern: str) -> builtins.list[str]:
+        folder, _, name = pattern.replace(os.sep, "/").rpartition("/")
+        if not (folder and not glob.has_magic(folder) and not name.startswith(".")):
+            return [o.key for o in self.list(pattern)]
+        prefix = self._prefix(folder)
+        try:
+            entries = list(os.scandir(self.path(folder)))
+        except OSError:
+            return []
+        matches = _name_matcher(name)
+        found = []
+        for entry in entries:
+            if entry.name.startswith(".") or not matches(entry.name):
+                continue
+            try:
+                regular = entry.is_file()  # the directory's own entry type: no stat
+            except OSError:
+                continue
+            if regular:
+                key = prefix + entry.name if prefix is not None else self.key(Path(entry.path))
+                found.append(key.removeprefix("./"))
+        return sorted(found)
+
+    def _prefix(self, folder: str) -> str | None:
+        """The key prefix of a plain folder's files, when the folder is inside the root."""
+        root = self.root.absolute()
+        absolute = self.path(folder).absolute()
+        inside = absolute.is_relative_to(root) and ".." not in Path(folder).parts
+        return f"{absolute.relative_to(root).as_posix()}/" if inside else None
+
     def _list_folder(self, folder: str, name: str) -> builtins.list[RawObject]:
         """A pattern whose folder part is plain (``data/raw/s/*.csv``): one ``scandir`` of
         that folder, with no path object per file (a source may hold 10,000s of files)."""
-        base = self.path(folder)
-        root = self.root.absolute()
-        absolute = base.absolute()
-        inside = absolute.is_relative_to(root) and ".." not in Path(folder).parts
-        prefix = f"{absolute.relative_to(root).as_posix()}/" if inside else None
+        prefix = self._prefix(folder)
         try:
-            entries = list(os.scandir(base))
+            entries = list(os.scandir(self.path(folder)))
         except OSError:  # no such folder (yet)
             return []
         found = []
@@ -259,6 +290,9 @@ class MemoryRawStore:
         matches = glob_regex(pattern).fullmatch
         with self._lock:
             return sorted((o for _, o in self._objects.values() if matches(o.key)), key=_key)
+
+    def keys(self, pattern: str) -> builtins.list[str]:
+        return [o.key for o in self.list(pattern)]
 
     def stat(self, key: str) -> RawObject:
         with self._lock:

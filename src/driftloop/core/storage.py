@@ -94,11 +94,11 @@ def unmatched_files(
             continue
         folder, recursive = where
         pattern = f"{folder}/**/*" if recursive else f"{folder}/*"
-        for obj in stores[source.name].list(pattern):
-            if obj.key in matched or obj.key in seen or is_temporary(obj.key):
+        for key in stores[source.name].keys(pattern):  # names only: no look at each file
+            if key in matched or key in seen or is_temporary(key):
                 continue
-            seen.add(obj.key)
-            out.append({"path": obj.key, "source": source.name, "pattern": source.path})
+            seen.add(key)
+            out.append({"path": key, "source": source.name, "pattern": source.path})
     return out
 
 
