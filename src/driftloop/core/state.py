@@ -817,5 +817,5 @@ class CurrentKeys(MutableMapping[tuple[str, str], str]):
             self._load()
         return iter([k for k, v in self._known.items() if v is not None])
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # the whole table: never asked in a loop (test `is None`)
         return sum(1 for _ in self)

@@ -75,12 +75,13 @@ def feature_batches(
     ``current`` (the state database's published keys) spares reading each manifest."""
     found = []
     features, processed = layout.relative(layout.features), layout.relative(layout.processed)
+    published = current if current is not None else {}
     for batch in db.batches():
         b = batch.batch_id
         out_dir = os.path.join(layout.features, b)  # noqa: PTH118 - 10,000s of batches
         if not os.path.exists(os.path.join(out_dir, SUCCESS)):  # noqa: PTH110, PTH118
             continue
-        key = (current or {}).get(("features", b)) or read_manifest(Path(out_dir))["run_key"]
+        key = published.get(("features", b)) or read_manifest(Path(out_dir))["run_key"]
         found.append(
             {
                 "batch_id": b,
