@@ -1,6 +1,7 @@
 """The ``driftloop`` command line.
 
-Exit codes: 0 success (quarantined rows are reported, not failures); 1 a stage failed;
+Exit codes: 0 success (quarantined rows are reported, not failures); 1 a stage failed, now
+or earlier and not yet fixed, retried or dismissed (``driftloop batches``);
 2 bad input to driftloop itself (spec, arguments, project folder); 3 ``driftloop monitor``
 found drift or degraded performance (so cron and CI can tell it from an error). Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
@@ -118,7 +119,7 @@ def run(project: ProjectOpt = Path()) -> None:
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     print_run(result)
-    if result.failed:
+    if result.unresolved:
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
@@ -159,8 +160,14 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             earlier = (
                 " (earlier run; unchanged since)" if report.outcome == "failed-earlier" else ""
             )
+            console.print(f"[red]FAILED[/red] {report.stage} {report.batch_id}{earlier}: ", end="")
+            console.print(str(report.error), markup=False)
+            continue
+        if report.outcome == "dismissed":
             console.print(
-                f"[red]FAILED[/red] {report.stage} {report.batch_id}{earlier}: {report.error}"
+                f"{report.stage} {report.batch_id}: failed, dismissed by a user (left out; "
+                f"'driftloop batches retry {report.batch_id}' runs it again)",
+                markup=False,
             )
             continue
         m = report.manifest
@@ -174,11 +181,10 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 console.print(f"  quarantined file {f['path']}: {f['error']}")
             for w in m["warnings"]:
                 console.print(f"  note: {w}")
-            reasons = m.get("quarantine_reasons", [])
-            for item in reasons[:3]:
-                console.print(f"  {item['rows']:>6} row(s): {item['reason']}")
-            if len(reasons) > 3:
-                console.print(f"  ... {len(reasons) - 3} more reason(s)")
+            from driftloop.prep.stage import reason_lines
+
+            for line in reason_lines(m.get("quarantine_reasons", [])):
+                console.print(line, markup=False)
             if m["rows_quarantined"]:
                 where = Layout(Path()).relative(Layout(Path()).quarantine / report.batch_id)
                 console.print(f"  rows and reasons: {where}/")
@@ -212,6 +218,12 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             )
     if result.waiting:
         console.print(f"no training: {result.waiting}")
+    if result.unresolved:
+        batches_ = sorted({r.batch_id for r in result.unresolved})
+        console.print(
+            f"{len(result.unresolved)} unresolved failure(s) ({', '.join(batches_)}): every "
+            "run exits 1 until each is fixed, retried or dismissed; see 'driftloop batches'"
+        )
 
 
 @app.command()
@@ -356,6 +368,122 @@ def print_status(s: dict[str, Any]) -> None:
         console.print(f"  {e['ts'][:19]}  {e['type']:<18} {detail}")
 
 
+batches_app = typer.Typer(
+    help="Failed batches: list them with their reasons, retry or dismiss one.",
+    no_args_is_help=False,
+)
+app.add_typer(batches_app, name="batches")
+
+
+@batches_app.callback(invoke_without_command=True)
+def batches(
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The failed stage runs still in the way (each run exits 1 while one is unresolved),
+    with their reasons, and the ones a user dismissed, with who and why."""
+    ctx.obj = project
+    if ctx.invoked_subcommand is not None:
+        return
+    from driftloop.core.errors import DriftloopError
+    from driftloop.orchestration.failures import batch_failures
+
+    _require_state(project)
+    try:
+        found = batch_failures(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if as_json:
+        sys.stdout.write(json.dumps(found, indent=2, default=str) + "\n")
+        return
+    console = _console()
+    unresolved, dismissed = found["unresolved"], found["dismissed"]
+    console.print(
+        f"{found['batches']} batch(es); {len(unresolved)} unresolved failure(s), "
+        f"{len(dismissed)} dismissed"
+    )
+    for f in unresolved:
+        tries = f" after {f['attempts']} attempt(s)" if f["status"] == "error" else ""
+        console.print(f"[red]FAILED[/red] {f['stage']} {f['batch_id']}{tries}:")
+        console.print("  " + str(f["error"]).replace("\n", "\n  "), markup=False)
+    for f in dismissed:
+        d = f["dismissed"] or {}
+        console.print(
+            f"dismissed {f['stage']} {f['batch_id']} by {d.get('by', '?')} "
+            f"({str(d.get('at', ''))[:19]}): {d.get('reason', '?')}",
+            markup=False,
+        )
+        console.print("  " + str(f["error"]).splitlines()[0], markup=False)
+    if unresolved:
+        console.print(
+            "fix the data or the spec and run again, or: driftloop batches retry BATCH | "
+            "driftloop batches dismiss BATCH --reason TEXT"
+        )
+
+
+@batches_app.command("retry")
+def batches_retry(
+    ctx: typer.Context,
+    batch: Annotated[str, typer.Argument(help="The batch whose failed calls run again.")],
+    by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+) -> None:
+    """Run a batch's failed (or dismissed) stage calls again on the next pass."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.orchestration.failures import retry
+
+    _require_state(ctx.obj)
+    try:
+        done = retry(ctx.obj, batch, actor=by)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    for d in done:
+        _console().print(
+            f"{d['stage']} {d['batch_id']}: runs again on the next pass (asked by {d['actor']}); "
+            f"now: driftloop run -p {ctx.obj}",
+            markup=False,
+        )
+
+
+@batches_app.command("dismiss")
+def batches_dismiss(
+    ctx: typer.Context,
+    batch: Annotated[str, typer.Argument(help="The batch whose failure is accepted.")],
+    reason: Annotated[str, typer.Option(help="Why, for the record (required).")],
+    by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+) -> None:
+    """Accept a batch's failure: the loop leaves it out and 'run' stops exiting 1 for it
+    (until its data or the spec changes, or 'driftloop batches retry')."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.orchestration.failures import dismiss
+
+    _require_state(ctx.obj)
+    try:
+        done = dismiss(ctx.obj, batch, reason=reason, actor=by)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    for d in done:
+        _console().print(
+            f"{d['stage']} {d['batch_id']}: dismissed by {d['actor']}: {d['reason']}",
+            markup=False,
+        )
+
+
+def _require_state(project: Path) -> None:
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
+    from driftloop.core.state import state_exists
+
+    layout = Layout(project)
+    try:
+        url = load_spec(project).state.url
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if not state_exists(layout.state_db, url):
+        _fail_text(f"{layout.state_db}: no state yet; run 'driftloop run -p {project}' first")
+
+
 models_app = typer.Typer(
     help="Model versions, aliases and promotion history; promote or roll back.",
     no_args_is_help=False,
@@ -427,9 +555,13 @@ def models_promote(
     version: Annotated[str, typer.Argument(help="The version to make champion.")],
     reason: Annotated[str, typer.Option(help="Why, for the audit record.")] = "manual promotion",
     by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Promote even a version whose holdout metric is undefined (NaN)."),
+    ] = False,
 ) -> None:
     """Point the champion alias at VERSION, with an audit record."""
-    _move_champion(ctx.obj, version=version, why=reason, actor=by)
+    _move_champion(ctx.obj, version=version, why=reason, actor=by, force=force)
 
 
 @models_app.command("rollback")
@@ -442,7 +574,9 @@ def models_rollback(
     _move_champion(ctx.obj, version=None, why=reason, actor=by)
 
 
-def _move_champion(project: Path, *, version: str | None, why: str, actor: str | None) -> None:
+def _move_champion(
+    project: Path, *, version: str | None, why: str, actor: str | None, force: bool = False
+) -> None:
     from driftloop.core.errors import DriftloopError
     from driftloop.core.layout import Layout
     from driftloop.core.spec import load_spec
@@ -453,12 +587,14 @@ def _move_champion(project: Path, *, version: str | None, why: str, actor: str |
     try:
         spec = load_spec(project)
         with StateDB(layout.state_db, url=spec.state.url) as db:
-            decision = manual_alias_change(spec, layout, db, version=version, why=why, actor=actor)
+            decision = manual_alias_change(
+                spec, layout, db, version=version, why=why, actor=actor, force=force
+            )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     _console().print(
         f"champion of {spec.name}: v{decision['version']} (was v{decision['champion_version']}); "
-        f"{decision['decision']} by {decision['actor']}: {why}"
+        f"{decision['decision']} by {decision['actor']}: {decision['reason']}"
     )
 
 

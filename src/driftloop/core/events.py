@@ -113,6 +113,27 @@ class RetrainRequested(Event):
     new_batches: list[str]
 
 
+class FailureDismissed(Event):
+    """A user accepted a failed stage run (``driftloop batches dismiss``): the batch is left
+    out of the loop until its key changes or someone retries it."""
+
+    stage: str
+    batch_id: str
+    key: str
+    error: str | None
+    reason: str
+    actor: str
+
+
+class RetryRequested(Event):
+    """A user asked for a failed (or dismissed) stage run to run again on the next pass."""
+
+    stage: str
+    batch_id: str
+    key: str
+    actor: str
+
+
 class DriftDetected(Event):
     model: str
     version: str

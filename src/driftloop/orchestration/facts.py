@@ -18,7 +18,7 @@ from datetime import datetime
 
 from driftloop.core.layout import read_manifest
 from driftloop.core.outputs import SUCCESS
-from driftloop.core.stage import Context, StageCall, Work
+from driftloop.core.stage import Context, Skip, StageCall, Work
 from driftloop.monitoring.stage import (
     MONITOR_SECTIONS,
     SIGNAL,
@@ -50,13 +50,17 @@ def gather(ctx: Context) -> Facts:
             and exists(f"{featured_dir}/{b}/{SUCCESS}")
         ):
             prepped = featured = True
+            dismissed = False
         else:
-            prepped = is_current(ctx, "prep", prep.work(ctx, StageCall("prep", b)))
-            featured = prepped and is_current(
-                ctx, "features", features.work(ctx, StageCall("features", b))
-            )
+            featured = dismissed = False
+            work = prep.work(ctx, StageCall("prep", b))
+            prepped = is_current(ctx, "prep", work)
+            if prepped:
+                work = features.work(ctx, StageCall("features", b))
+                featured = is_current(ctx, "features", work)
+            dismissed = not featured and _dismissed(ctx, "features" if prepped else "prep", work)
         arrived = datetime.fromisoformat(batch.created_at)
-        batches.append(BatchFacts(b, arrived, prepped, featured))
+        batches.append(BatchFacts(b, arrived, prepped, featured, dismissed=dismissed))
     if not spec.model.enabled:
         return Facts(tuple(batches))
     from driftloop.train.stage import TRAIN_SECTIONS, last_training, train_plan
@@ -162,12 +166,19 @@ def _trusted_seq(ctx: Context) -> int:
     return int(mark["seq"]) if mark.get("environment") == environment(ctx) else 0
 
 
+def _dismissed(ctx: Context, stage: str, work: Work | Skip) -> bool:
+    """A user dismissed this very call's failure (a new key, from new data or a new spec,
+    runs again)."""
+    found = ctx.once("dismissed", ctx.db.dismissed_keys)
+    return isinstance(work, Work) and found.get((stage, work.batch_id)) == work.key
+
+
 def advance_watermark(ctx: Context, facts: Facts) -> None:
     """Record the last batch through which every batch is current (after a pass)."""
     seqs = {b.batch_id: b.seq for b in ctx.db.batches()}
     through = 0
     for b in facts.batches:
-        if not (b.prepped and b.featured):
+        if not ((b.prepped and b.featured) or b.dismissed):
             break
         through = seqs[b.batch_id]
     mark = json.dumps({"environment": environment(ctx), "seq": through})

@@ -69,6 +69,12 @@ class RunResult:
         return [r for r in self.reports if r.outcome == "failed"]
 
     @property
+    def unresolved(self) -> list[StageReport]:
+        """Failures that stay until fixed, retried or dismissed (``driftloop batches``):
+        the ones of this pass and the earlier ones it met again."""
+        return [r for r in self.reports if r.outcome in ("failed", "failed-earlier")]
+
+    @property
     def progressed(self) -> bool:
         """Something new happened (a batch, a stage that ran or failed just now); a stage
         that failed earlier and is unchanged does not count."""

@@ -31,6 +31,7 @@ class BatchFacts:
     checked_against: frozenset[str] = frozenset()  # champion versions its check is current for
     drift: bool = False  # its check against the champion found drift
     decay: bool = False  # ... or decayed performance
+    dismissed: bool = False  # its failed prep or features run was dismissed by a user
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,12 @@ class Plan:
 
 def plan(spec: Spec, facts: Facts, now: datetime) -> Plan:
     """The next stage calls: data stages first; the model's once every batch is current."""
-    prep = [StageCall("prep", b.batch_id) for b in facts.batches if not b.prepped]
+    live = [b for b in facts.batches if not b.dismissed]  # a dismissed failure: left out
+    prep = [StageCall("prep", b.batch_id) for b in live if not b.prepped]
     planned = {c.batch_id for c in prep}
     features = [
         StageCall("features", b.batch_id)
-        for b in facts.batches
+        for b in live
         if not b.featured and (b.prepped or b.batch_id in planned)
     ]
     if prep or features:
