@@ -3,7 +3,9 @@
 Exit codes: 0 success (quarantined rows are reported, not failures); 1 a stage failed, now
 or earlier and not yet fixed, retried or dismissed (``driftloop batches``);
 2 bad input to driftloop itself (spec, arguments, project folder); 3 ``driftloop monitor``
-found drift or degraded performance (so cron and CI can tell it from an error). Errors
+found dataset, target or prediction drift or degraded performance (so cron and CI can tell
+it from an error); 4 ``driftloop monitor`` found a column drifted, below the dataset drift
+threshold (a warning: a unit change upstream, say; the retrain policy does not act on it). Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
 commands, so ``--help`` answers fast.
 """
@@ -38,6 +40,7 @@ _state = {"verbose": False}
 EXIT_STAGE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
+EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
 
 
 @app.callback()
@@ -181,7 +184,7 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 console.print(f"  quarantined file {f['path']}: {f['error']}")
             for w in m["warnings"]:
                 console.print(f"  note: {w}")
-            from driftloop.prep.stage import reason_lines
+            from driftloop.prep.core import reason_lines
 
             for line in reason_lines(m.get("quarantine_reasons", [])):
                 console.print(line, markup=False)
@@ -645,7 +648,10 @@ def monitor(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
-    """Drift and performance of the champion: exit 0 if none, 3 if drift or degradation."""
+    """Drift and performance of the champion: exit 0 if no column drifted and nothing
+    degraded, 3 for dataset, target or prediction drift or degradation, 4 when only some
+    columns drifted (below the dataset threshold). A raw file goes through the source's
+    prep first: only the rows prep would keep are scored."""
     from driftloop.core.errors import DriftloopError
     from driftloop.monitoring.run import monitor as run_monitor
 
@@ -658,11 +664,14 @@ def monitor(
     else:
         print_monitor(result.report)
     if result.exit_code:
-        raise typer.Exit(EXIT_DRIFT)
+        raise typer.Exit(result.exit_code)  # EXIT_DRIFT, or EXIT_COLUMN_DRIFT (a warning)
 
 
 def print_monitor(report: dict[str, Any]) -> None:
-    """The monitoring summary: what was compared, what drifted, performance, the report."""
+    """The monitoring summary: what was compared, what drifted, performance, the report.
+    A value the report could not compute (null) prints as ``undefined``."""
+    from driftloop.monitoring.report import number
+
     console = _console()
     model, cur, drift = report["model"], report["current"], report["data_drift"]
     where = cur.get("path") or (
@@ -672,44 +681,71 @@ def print_monitor(report: dict[str, Any]) -> None:
         f"monitor {model['name']} v{model['version']}: reference {report['reference']['rows']} "
         f"training rows vs {where} ({cur['rows']} rows)"
     )
+    prep = cur.get("prep")
+    if prep:
+        from driftloop.prep.core import reason_lines
+
+        console.print(
+            f"prep of the raw file: {prep['rows_in']} rows in, {prep['rows_ok']} scored, "
+            f"{prep['rows_quarantined']} quarantined, {prep['rows_duplicate']} duplicate "
+            "(not scored)"
+        )
+        for line in reason_lines(prep["quarantine_reasons"]):
+            console.print(line, markup=False)
     console.print(
         f"data drift: {drift['number_of_drifted_columns']} of {drift['number_of_columns']} "
-        f"features drifted (weighted share {drift['weighted_share_of_drifted_columns']:.2f}, "
-        f"dataset drift at {drift['drift_share']:.2f}: "
-        f"{'YES' if drift['dataset_drift'] else 'no'})"
+        f"features drifted (weighted share "
+        f"{number(drift['weighted_share_of_drifted_columns'], 2)}, dataset drift at "
+        f"{drift['drift_share']:.2f}: {'YES' if drift['dataset_drift'] else 'no'})"
     )
     for c in drift["columns"]:
         if c["drift"]:
-            console.print(f"  {c['column']}: {c['test']} {c['value']:.4g}; {c['reason']}")
+            console.print(
+                f"  {c['column']}: {c['test']} {_g(c['value'])}; {c['reason']}", markup=False
+            )
     for key in ("target_drift", "prediction_drift"):
         c = report.get(key)
         if c:
             verdict = "DRIFT" if c["drift"] else "no drift"
             console.print(
                 f"{key.replace('_', ' ')} ({c['column']}): {verdict}, {c['test']} "
-                f"{c['value']:.4g}; {c['reason']}"
+                f"{_g(c['value'])}; {c['reason']}",
+                markup=False,
             )
     perf = report.get("performance")
     if perf:
         o = perf["overall"]
         decayed = sum(w["decayed"] for w in perf["windows"])
+        undefined = sum(w["value"] is None for w in perf["windows"])
         console.print(
-            f"performance: {perf['metric']} {o['value']:.4f} [{o['low']:.4f}, {o['high']:.4f}] "
-            f"on {perf['rows']} labelled rows vs holdout {perf['holdout']:.4f} (tolerance "
-            f"{perf['tolerance']:g}): {'DEGRADED' if perf['degraded'] else 'ok'}; "
+            f"performance: {perf['metric']} {number(o['value'])} [{number(o['low'])}, "
+            f"{number(o['high'])}] on {perf['rows']} labelled rows vs holdout "
+            f"{number(perf['holdout'])} (tolerance {perf['tolerance']:g}): "
+            f"{'DEGRADED' if perf['degraded'] else 'ok'}; "
             f"{decayed} of {len(perf['windows'])} windows decayed"
+            + (f", {undefined} undefined" if undefined else ""),
+            markup=False,
         )
         found = ", ".join(f"{k} {v['count']}" for k, v in perf["detectors"]["detections"].items())
         console.print(f"  change detectors on the {perf['detectors']['stream']}: {found}")
     estimate = report.get("estimated_performance")
     if estimate and estimate["overall"]:
-        values = ", ".join(f"{m} {estimate['overall'][m]:.4f}" for m in estimate["metrics"])
+        values = ", ".join(f"{m} {number(estimate['overall'].get(m))}" for m in estimate["metrics"])
         console.print(f"estimated performance (no labels used; an estimate): {values}")
     paths = report.get("paths") or {}
     if paths:
         console.print(f"report: {paths['json']}, {paths['html']}")
     summary = report["summary"]
-    console.print(("DRIFT: " if summary["exit_code"] else "OK: ") + "; ".join(summary["messages"]))
+    if summary.get("headline"):
+        console.print(summary["headline"])
+    lead = {EXIT_DRIFT: "DRIFT: ", EXIT_COLUMN_DRIFT: "COLUMN DRIFT: "}.get(
+        summary["exit_code"], "OK: "
+    )
+    console.print(lead + "; ".join(summary["messages"]), markup=False)
+
+
+def _g(value: Any) -> str:
+    return "undefined" if value is None else f"{value:.4g}"
 
 
 @app.command()

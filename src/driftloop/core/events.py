@@ -147,6 +147,19 @@ class DriftDetected(Event):
     target_drift: dict[str, Any] | None
 
 
+class ColumnDriftDetected(Event):
+    """Some inputs drifted, below the dataset drift threshold (``driftloop monitor`` exits
+    4): a unit change upstream in one column, say. The retrain policy does not act on it."""
+
+    model: str
+    version: str
+    current: Any
+    report: dict[str, Any] | None
+    drift_share: float
+    weighted_share_of_drifted_columns: float | None
+    columns: list[dict[str, Any]]
+
+
 class PerformanceDegraded(Event):
     model: str
     version: str

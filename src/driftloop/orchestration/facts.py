@@ -11,6 +11,7 @@ champion found (drift, decay) is read from the state database too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,12 +71,15 @@ def gather(ctx: Context) -> Facts:
     trained = frozenset(m["batch_id"] for m in last["inputs"]) if last else frozenset()
     signals = check_signals(db)
     monitor_sections = spec.section_hash(*MONITOR_SECTIONS)
+    retry = _checks_to_retry(ctx, monitor_sections)
     checked = [
         _with_check(ctx, f, champion, signals.get(f.batch_id), monitor_sections)
         if f.featured and f.batch_id not in trained
         else f
         for f in batches
     ]
+    if retry:
+        checked = [dataclasses.replace(f, retry_check=retry.get(f.batch_id)) for f in checked]
     plan = train_plan(spec, layout, db, current=ctx.once("current", db.current_keys))
     row = db.last_succeeded("train")
     promote = stage_def("promote").work(ctx, StageCall("promote"))
@@ -99,6 +103,28 @@ def gather(ctx: Context) -> Facts:
         training=(db.run_info(plan.key) or {}).get("status") if plan else None,
         undecided=undecided,
     )
+
+
+def _checks_to_retry(ctx: Context, sections: str) -> dict[str, str]:
+    """Batch id -> the champion version of its current check when that check errored (an
+    unexpected error, retried; one that failed on its data is not). The version is found
+    by the check's key among the versions ever decided on."""
+    errored = [
+        f
+        for f in ctx.once("failures", ctx.db.failures)
+        if f["stage"] == "monitor" and f["status"] == "error"
+    ]
+    if not errored:
+        return {}
+    current = ctx.once("current", ctx.db.current_keys)
+    versions = {str(d["version"]) for d in ctx.db.decisions(ctx.spec.name)}
+    found = {}
+    for f in errored:
+        features_key = str(current.get(("features", f["batch_id"])))
+        for version in versions:
+            if check_key(sections, features_key, version) == f["key"]:
+                found[f["batch_id"]] = version
+    return found
 
 
 def _with_check(

@@ -177,9 +177,12 @@ def execute(ctx: Context, plan: planner.Plan, result: RunResult, *, backoff: boo
     in this plan. True if any call ran (the facts changed: plan again)."""
     progressed = False
     blocked: set[str | None] = set()
+    # a call that failed earlier in this pass waits for the next pass (a later plan of the
+    # same pass may list it again: an errored check is retried)
+    failed = {(r.stage, r.batch_id) for r in result.reports if r.outcome == "failed"}
     for wave in plan.waves:
         for call in wave:
-            if call.batch_id in blocked:
+            if call.batch_id in blocked or (call.stage, call.batch_id or "-") in failed:
                 continue
             if call.reason is not None:
                 _request_retrain(ctx, call.reason)

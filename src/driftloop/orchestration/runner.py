@@ -125,7 +125,8 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
         ctx.db, ctx.layout, call.stage, work, backoff=backoff, current=current, unit=call.unit
     )
     if report.outcome != "cached":
-        ctx.forget("current")  # a run started: the published keys changed
+        for name in ("current", "failures", "dismissed"):
+            ctx.forget(name)  # a run started: the published keys (and failures) changed
     return report
 
 

@@ -5,7 +5,6 @@ write processed rows and quarantine atomically with their manifests.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ from driftloop.core.state import Batch, RawFile, StateDB
 from driftloop.core.storage import candidate_files, placement
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
-from driftloop.prep.core import RAW_LINE, RULES, quarantined_rows
+from driftloop.prep.core import quarantine_reasons, quarantined_rows, reason_lines
 from driftloop.prep.read import STREAM_MIN_BYTES, RawRead
 from driftloop.prep.rules import POLARS_TYPES
 
@@ -315,49 +314,8 @@ def _limit_failure(
     return None
 
 
-_COLUMN_RULE = re.compile(r"^column '(?P<column>.*)' breaks (?P<rule>.*)$", re.DOTALL)
-EXAMPLE_CHARS = 60
-
-
 def _reasons(bad: Path) -> list[dict[str, Any]]:
-    """Each distinct broken rule with how many rows broke it, most common first, with the
-    rule, its column and an example: the value of the first row that broke it (a row the
-    reader set aside: its line)."""
-    index = "__index"
-    counted = (
-        pl.scan_parquet(bad)
-        .with_row_index(index)
-        .select(index, RULES)
-        .explode(RULES)
-        .group_by(RULES)
-        .agg(pl.len().alias("len"), pl.col(index).min().alias("first"))
-        .sort(["len", RULES], descending=[True, False])
-        .collect()
-    )
-    firsts = counted.get_column("first").to_list()
-    rows = pl.scan_parquet(bad).with_row_index(index).filter(pl.col(index).is_in(firsts))
-    by_index = {r[index]: r for r in rows.collect().iter_rows(named=True)}
-    out = []
-    for label, n, first in counted.rows():
-        found = _COLUMN_RULE.match(label or "")
-        column, rule = (found["column"], found["rule"]) if found else (None, label)
-        row = by_index.get(first, {})
-        value = row.get(column) if column is not None else row.get(RAW_LINE)
-        example = "null" if value is None else repr(str(value)[:EXAMPLE_CHARS])
-        out.append({"reason": label, "rows": n, "rule": rule, "column": column, "example": example})
-    return out
-
-
-def reason_lines(reasons: list[dict[str, Any]], *, top: int = 3) -> list[str]:
-    """The most common reasons, one line each, as ``driftloop run`` prints them whether the
-    batch passed or failed (a manifest written before the examples has none)."""
-    lines = []
-    for item in reasons[:top]:
-        example = f" (e.g. {item['example']})" if item.get("example") else ""
-        lines.append(f"  {item['rows']:>6} row(s): {item['reason']}{example}")
-    if len(reasons) > top:
-        lines.append(f"  ... {len(reasons) - top} more reason(s)")
-    return lines
+    return quarantine_reasons(pl.scan_parquet(bad))
 
 
 def _quarantine_manifest(batch: Batch, prep: dict[str, Any]) -> dict[str, Any]:
