@@ -43,10 +43,27 @@ EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from driftloop import __version__
+
+        typer.echo(f"driftloop {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print driftloop's version and exit.",
+        ),
     ] = False,
 ) -> None:
     _state["verbose"] = verbose
@@ -113,7 +130,12 @@ def init(
 
 @app.command()
 def run(project: ProjectOpt = Path()) -> None:
-    """One full pass: ingest new raw files, then prep and features for every batch."""
+    """One full pass of the loop: ingest new raw files; prep (validate, clean, quarantine)
+    and features for every batch not up to date; check each new batch against the champion
+    (drift, and performance from its labels); if the retrain policy says so, train a
+    challenger and run the promotion gate, which promotes it or keeps the champion. Exits 0
+    when the pass completes, 1 while a failure is unresolved (this run's or an earlier
+    one's: see 'driftloop batches'), 2 for a bad spec or arguments."""
     from driftloop.core.errors import DriftloopError
     from driftloop.pipeline import run as run_pipeline
 
@@ -880,6 +902,14 @@ def replay(
         typer.Option(help="Policies to compare (static, every_batch, triggered); default all."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    keep_projects: Annotated[
+        bool,
+        typer.Option(
+            "--keep-projects",
+            help="Keep each policy's project (data, models, registry); by default only the "
+            "report (replay.csv, summary.json, replay.html) is kept.",
+        ),
+    ] = False,
 ) -> None:
     """Stream a historical dataset through the loop in order; compare retrain policies."""
     from driftloop.core.errors import DriftloopError
@@ -900,6 +930,7 @@ def replay(
             initial_periods=initial_periods,
             policies=tuple(policy or POLICIES),
             say=console.print,
+            keep_projects=keep_projects,
         )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)

@@ -33,6 +33,8 @@ async def predict_request(server: Server, request: Request) -> Response:
     started = time.perf_counter()
     endpoint = "/predict"
     settings = server.spec.serving
+    # every answer names its request, refusals too (a 422 for a JSON type as for a rule)
+    request_id = _request_id(request)
     model = server.slot.current
     if model is None:
         # A worker that has no model yet (the first one is being trained or loaded) holds
@@ -48,6 +50,7 @@ async def predict_request(server: Server, request: Request) -> Response:
             503,
             "not_ready",
             server.watcher.last_error or "no model is loaded yet; see /ready",
+            request_id,
         )
     body = await _read_limited(request, settings.max_body_bytes)
     if body is None:
@@ -59,6 +62,7 @@ async def predict_request(server: Server, request: Request) -> Response:
             "too_large",
             f"the body is over serving.max_body_bytes ({settings.max_body_bytes} bytes); "
             "send fewer records per request",
+            request_id,
         )
     try:
         data = orjson.loads(body)
@@ -70,13 +74,13 @@ async def predict_request(server: Server, request: Request) -> Response:
             422,
             "bad_json",
             [Problem(("body",), f"not valid JSON: {exc}", "json_invalid").as_detail()],
+            request_id,
         )
     try:
         records = model.contract.records(data)
     except RequestShapeError as exc:
-        return _refuse(
-            server, endpoint, started, 422, "validation", [p.as_detail() for p in exc.problems]
-        )
+        problems = [p.as_detail() for p in exc.problems]
+        return _refuse(server, endpoint, started, 422, "validation", problems, request_id)
     if len(records) > settings.max_records:
         return _refuse(
             server,
@@ -86,8 +90,8 @@ async def predict_request(server: Server, request: Request) -> Response:
             "too_large",
             f"{len(records)} records in one request; serving.max_records is "
             f"{settings.max_records}: split the request",
+            request_id,
         )
-    request_id = _request_id(request)
     try:
         answer = await server.batcher.score(
             records,
