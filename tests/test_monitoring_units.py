@@ -235,6 +235,23 @@ def test_feedback_joins_by_request_and_record_latest_wins(tmp_path: Path) -> Non
     )
     write_part(tmp_path, "feedback", "2026-01-03", "part-0.parquet", feedback)
     joined = with_feedback(read_predictions(tmp_path), read_feedback(tmp_path), pl.String)
+    # the first label stays: a later one cannot overwrite it (feedback poisoning)
+    assert joined.get_column("__label").to_list() == ["no", None, None]
+    # an admin's correction replaces it (the latest correction wins), and is kept when a
+    # plain label comes after it
+    later = [start + dt.timedelta(days=d) for d in (3, 4, 5)]
+    fixes = pl.DataFrame(
+        {
+            "__ts": pl.Series(later, dtype=pl.Datetime("us", "UTC")),
+            "__request_id": ["1-0", "1-0", "1-0"],
+            "__record": pl.Series([0, 0, 0], dtype=pl.Int32),
+            "__label": ["maybe", "yes", "no"],
+            "__correction": [True, True, False],
+            "__by": ["abc", "abc", None],
+        }
+    )
+    write_part(tmp_path, "feedback", "2026-01-06", "part-0.parquet", fixes)
+    joined = with_feedback(read_predictions(tmp_path), read_feedback(tmp_path), pl.String)
     assert joined.get_column("__label").to_list() == ["yes", None, None]
 
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from driftloop.core.errors import SpecError, StateError
 from driftloop.core.spec import STATE_URL_ENV, parse_spec
-from driftloop.core.state import Claim, RawFile, StateDB
+from driftloop.core.state import Claim, CurrentKeys, RawFile, StateDB
 from driftloop.core.state_store import promotions, resolve_url
 from tests.fixtures.postgres import PASSWORD
 
@@ -175,6 +175,32 @@ def test_published_keys_facts_and_the_ledger_at_once(db: StateDB) -> None:
     db.record_fact("seen:a_b", "1")
     assert db.fact("model_params") == "v2"
     assert db.facts_with_prefix("seen:a_") == {"seen:a_b": "1"}  # '_' is no wildcard
+
+
+def test_published_keys_read_as_asked(db: StateDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = CurrentKeys.MANY + 6
+    for i in range(n):
+        db.start_run(f"k{i}", "prep", f"b{i}")
+        db.finish_run(f"k{i}", "prep", f"b{i}", 0.1, "out", None)
+    db.start_run("bad", "features", "b0")
+    db.finish_run("bad", "features", "b0", 0.1, None, "broken")
+    whole: list[int] = []
+    monkeypatch.setattr(db, "current_keys", lambda: whole.append(1) or StateDB.current_keys(db))
+    current = CurrentKeys(db)
+    assert current.get(("prep", "b0")) == "k0" and ("features", "b0") not in current
+    current[("features", "b1")] = "new"  # what the runner writes through after a run
+    del current[("prep", "b1")]  # ... and after a run that failed
+    assert ("prep", "b1") not in current and current[("features", "b1")] == "new"
+    assert whole == []  # a few asked: a row each
+    for i in range(n):
+        current.get(("prep", f"b{i}"))
+    assert whole == [1]  # many asked: the table, once
+    assert current.get(("prep", f"b{n - 1}")) == f"k{n - 1}"
+    assert current[("features", "b1")] == "new"  # written through, kept over the table
+    assert len(current) == n + 1 and dict(current) == {
+        **{("prep", f"b{i}"): f"k{i}" for i in range(n)},
+        ("features", "b1"): "new",
+    }
 
 
 # -- promotions ----------------------------------------------------------------------------

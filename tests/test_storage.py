@@ -95,6 +95,20 @@ def test_list_gives_each_object_with_its_identity_sorted_by_key(raw: RawCase) ->
     assert raw.store.list("data/raw/nothing/*.csv") == []
 
 
+def test_keys_are_the_listed_keys(raw: RawCase) -> None:
+    for key in (
+        "data/raw/s/b.csv",
+        "data/raw/s/a.txt",
+        "data/raw/s/deeper/c.csv",
+        "data/raw/t.csv",
+    ):
+        raw.land(key, CONTENT)
+    for pattern in ("data/raw/s/*", "data/raw/s/*.csv", "data/raw/s/**/*", "data/raw/*/*.csv"):
+        assert raw.store.keys(pattern) == [o.key for o in raw.store.list(pattern)], pattern
+    assert raw.store.keys("data/raw/s/*") == ["data/raw/s/a.txt", "data/raw/s/b.csv"]
+    assert raw.store.keys("data/raw/nothing/*") == []
+
+
 def test_stat_is_the_listed_identity_and_changes_with_the_content(raw: RawCase) -> None:
     raw.land("data/raw/s/a.csv", CONTENT)
     (listed,) = raw.store.list("data/raw/s/*.csv")

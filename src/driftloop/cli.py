@@ -36,10 +36,21 @@ app = typer.Typer(
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder (holds driftloop.yaml).")
 ]
-_state = {"verbose": False}
+_state: dict[str, Any] = {"verbose": False, "unmatched_shown": set()}
+
+
+def unmatched_text(item: dict[str, str]) -> str:
+    return (
+        f"unmatched: {item['path']} is in source {item['source']}'s folder but does not match "
+        f"its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
+        f"sources[].path in driftloop.yaml"
+    )
+
+
 EXIT_STAGE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
+NOTHING_TO_DO = "nothing to do: every batch is up to date"
 EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
 
 
@@ -67,6 +78,11 @@ def _main(
     ] = False,
 ) -> None:
     _state["verbose"] = verbose
+    from driftloop.core.redact import redact_standard_streams
+
+    # Everything the CLI prints, logs or traces goes out without a URI's password (an
+    # MLflow error quotes the tracking URI it failed on).
+    redact_standard_streams()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -96,6 +112,18 @@ def init(
         str | None, typer.Option(help="Write a built-in example project instead (e.g. 'shop').")
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing driftloop.yaml.")] = False,
+    header: Annotated[
+        bool | None,
+        typer.Option(
+            "--header/--no-header",
+            help="Whether the CSV's first row is a header (default: yes, unless it looks "
+            "like data, which init reports).",
+        ),
+    ] = None,
+    names: Annotated[
+        str | None,
+        typer.Option(help="With --no-header: the column names, comma-separated (a,b,c)."),
+    ] = None,
 ) -> None:
     """Write driftloop.yaml, inferred from a sample file or from a built-in example."""
     from driftloop.core.errors import DriftloopError
@@ -114,6 +142,7 @@ def init(
                 raise typer.BadParameter("--task must be classification or regression")
             from driftloop.init import init_from_file
 
+            notes: list[str] = []
             path = init_from_file(
                 project,
                 from_file,
@@ -122,7 +151,12 @@ def init(
                 name=name,
                 task=task,
                 force=force,
+                notes=notes,
+                header=header,
+                names=[n.strip() for n in names.split(",")] if names is not None else None,
             )
+            for line in notes:
+                console.print(line, markup=False)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     console.print(f"wrote {path}; next: driftloop run -p {project}")
@@ -136,11 +170,20 @@ def run(project: ProjectOpt = Path()) -> None:
     challenger and run the promotion gate, which promotes it or keeps the champion. Exits 0
     when the pass completes, 1 while a failure is unresolved (this run's or an earlier
     one's: see 'driftloop batches'), 2 for a bad spec or arguments."""
+    from driftloop.orchestration.settled import quick_settled
+
+    settled = quick_settled(project)
+    if settled is not None:  # answered without loading the spec or the state layer
+        for item in settled.unmatched:
+            typer.echo(f"  {unmatched_text(item)}")
+        if not settled.unmatched:
+            typer.echo(NOTHING_TO_DO)
+        return
     from driftloop.core.errors import DriftloopError
     from driftloop.pipeline import run as run_pipeline
 
     try:
-        result = run_pipeline(project)
+        result = run_pipeline(project, quick=False)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     print_run(result)
@@ -162,13 +205,18 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
         console.print(f"  waiting for {path}: still being written; the next run takes it")
     for problem in ing.unreadable:
         console.print(f"  [red]cannot read[/red] {problem}; fix its permissions, it is retried")
+    for item in result.unmatched:  # each once per process (watch makes many passes)
+        if item["path"] in _state["unmatched_shown"]:
+            continue
+        _state["unmatched_shown"].add(item["path"])
+        console.print(f"  {unmatched_text(item)}", markup=False)
     for decision in result.applied:
         console.print(
             f"applied a recorded decision the registry had missed: v{decision['version']} "
             f"{decision['decision']} ({decision['reason']})"
         )
-    if not result.did_work and not quiet_when_idle:
-        console.print("nothing to do: every batch is up to date")
+    if not result.did_work and not quiet_when_idle and not result.unmatched:
+        console.print(NOTHING_TO_DO)
     for report in result.reports:
         if report.outcome == "cached":
             continue
@@ -206,6 +254,18 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 console.print(f"  quarantined file {f['path']}: {f['error']}")
             for w in m["warnings"]:
                 console.print(f"  note: {w}")
+            if m.get("new_values") or m.get("outliers"):
+                from driftloop.prep.notes import describe_new_values, describe_outliers
+
+                for item in m.get("new_values") or []:
+                    proposed = item["proposed"]
+                    console.print(
+                        f"  kept and reported: {describe_new_values(item)}; proposed: "
+                        f"{proposed['key']}: {proposed['allowed']}",
+                        markup=False,
+                    )
+                for item in m.get("outliers") or []:
+                    console.print(f"  kept and reported: {describe_outliers(item)}", markup=False)
             from driftloop.prep.core import reason_lines
 
             for line in reason_lines(m.get("quarantine_reasons", [])):
@@ -377,6 +437,25 @@ def print_status(s: dict[str, Any]) -> None:
         f"last training; {len(pending['batches'])} with missing outputs; "
         f"{len(pending['files_not_ingested'])} raw file(s) not ingested yet"
     )
+    for item in pending.get("files_unmatched", []):
+        console.print(unmatched_text(item), markup=False)
+    changes = s.get("contract_changes") or []
+    if changes:
+        console.print(
+            "contract changes proposed (new values kept and scored; the spec does not list "
+            "them yet):"
+        )
+        for c in changes:
+            values = ", ".join(
+                f"{v['value']!r} ({v['rows']} row(s)"
+                + (f", variant of {v['variant_of']!r})" if v["variant_of"] else ")")
+                for v in c["values"]
+            )
+            console.print(
+                f"  {c['column']}: {values} in {len(c['batches'])} batch(es); to accept them: "
+                f"{c['proposed']['key']}: {c['proposed']['allowed']}",
+                markup=False,
+            )
     verdict = s["last_drift_verdict"]
     if verdict:
         console.print(
@@ -635,10 +714,12 @@ def serve(
     """Serve the champion over HTTP (/predict, /feedback, /model, /metrics); follow promotions."""
     from driftloop.core.errors import DriftloopError
     from driftloop.core.spec import load_spec
+    from driftloop.serving.auth import check_binding, load_tokens
     from driftloop.serving.run import serve as run_server
 
     try:
         spec = load_spec(project)
+        check_binding(host or spec.serving.host, load_tokens())
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     settings = spec.serving
@@ -833,6 +914,8 @@ def watch(
                 parts.append(f"last: {state.last_work}")
             if state.next_monitor:
                 parts.append(f"next log check {state.next_monitor:%H:%M}")
+            if state.unmatched:
+                parts.append(f"{len(state.unmatched)} unmatched file(s)")
             line = Text(" | ".join(parts), style="dim")
             if state.last_error:
                 line.append(f" | failing: {state.last_error}", style="red")

@@ -34,7 +34,11 @@ LOOP_SETTINGS = """
 # batches, or at once when that check finds drift or decayed performance.
 retrain: {every_batches: 3, on_drift: true, on_decay: true}
 monitoring: {permutations: 199, schedule_minutes: null}   # the demo monitors the log itself
-serving: {events_poll_seconds: 0.2, log: {flush_seconds: 1}}
+# The demo sends every label of its traffic at once, more than one client's default budget.
+serving:
+  events_poll_seconds: 0.2
+  log: {flush_seconds: 1}
+  feedback_limit: {labels_per_second: 10000, burst: 1000000}
 """
 
 

@@ -1,16 +1,21 @@
 """``driftloop init``: write a working project from a sample file or a built-in example.
 
 Inference reads the whole sample as text, then decides per column: type (int, float, bool,
-date, datetime, str), nullability, a lower bound where every value is non-negative, and
-allowed values for low-cardinality text. Bounds seen in the sample are written as comments,
-not rules, so next month's larger values are not quarantined. The written spec is loaded
-back before ``init`` returns, so it always runs as is.
+date, datetime, str), nullability (required when no value is missing), allowed values for
+low-cardinality text (an open list: ``new_values: report``, except the target's) and a
+plausible range for numbers (a warning rule). What one sample cannot know is written so that
+later files are not lost to it, and :func:`explain` says which rules are guesses. The CSV's
+layout is sniffed too: separator, encoding, lines above the header (``skip_rows``), and a
+first row that looks like data (an error that says to pass ``--no-header``). The written spec
+is loaded back before ``init`` returns, so it always runs as is.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import io
+import math
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -19,6 +24,7 @@ from typing import Any
 
 import polars as pl
 import yaml
+from pydantic import ValidationError
 
 from driftloop.core.errors import InitError, ProjectExistsError
 from driftloop.core.layout import Layout
@@ -39,6 +45,8 @@ DATETIME_FORMATS = (
 DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y")
 MAX_CATEGORIES = 30
 NUMERIC_SHARE = 0.99  # a column this numeric is numeric; the rest is quarantined as bad values
+IQR_K = 3.0  # plausible range: 1st/99th percentiles widened by this many interquartile ranges
+TREND_SHARE = 0.99  # a column that never falls between rows this often is a trend, not a range
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ class ColumnGuess:
 
 
 def sniff_csv(path: Path) -> CsvOptions:
-    """Guess encoding and separator from the first 64 KiB."""
+    """Guess encoding, separator and the lines above the header (a title, an export note)
+    from the first 64 KiB."""
     head = path.read_bytes()[: 64 * 1024]
     encoding = "utf-8"
     try:
@@ -62,14 +71,86 @@ def sniff_csv(path: Path) -> CsvOptions:
             encoding = "cp1252"
         text = head.decode(encoding, errors="replace")
     text = text.removeprefix("\ufeff")
+    separator = _separator(text)
+    skip = leading_junk(text, separator)
+    if skip:  # the separator of the table itself, without the lines above it
+        separator = _separator("".join(text.splitlines(True)[skip:]))
+    return CsvOptions(
+        separator=separator, encoding=encoding, null_values=NULL_TOKENS, skip_rows=skip
+    )
+
+
+def _separator(text: str) -> str:
     first_line: str = text.splitlines()[0] if text else ""
     try:
-        dialect = csv.Sniffer().sniff(text[:16384], delimiters=",;\t|")
-        separator = dialect.delimiter
+        return csv.Sniffer().sniff(text[:16384], delimiters=",;\t|").delimiter
     except csv.Error:
         counts = {d: first_line.count(d) for d in ",;\t|"}
-        separator = max(counts, key=lambda d: counts[d])
-    return CsvOptions(separator=separator, encoding=encoding, null_values=NULL_TOKENS)
+        return max(counts, key=lambda d: counts[d])
+
+
+def leading_junk(text: str, separator: str, *, lines: int = 50) -> int:
+    """How many lines at the top are not part of the table: lines before the first one with
+    as many fields as most lines have (a title or an export note above the header)."""
+    rows = [
+        len(r)
+        for r in csv.reader(io.StringIO("\n".join(text.splitlines()[:lines])), delimiter=separator)
+    ]
+    counts = [n for n in rows if n > 0]
+    if len(counts) < 3:
+        return 0
+    usual = max(set(counts), key=counts.count)
+    if usual < 2 or counts.count(usual) < len(counts) / 2:
+        return 0
+    for i, n in enumerate(rows):
+        if n == usual:
+            return i if i <= 5 else 0  # more than a few lines of preamble: not a preamble
+    return 0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.strip())
+    except ValueError:
+        return False
+    return text.strip() != ""
+
+
+def headerless_reason(path: Path, opts: CsvOptions, *, rows: int = 200) -> str | None:
+    """Why the first row looks like data rather than a header, or None.
+
+    A header has names; a column whose first field is a number, and whose next rows are
+    numbers too, says the first row is a record (a column named ``2019`` over numbers is the
+    exception: ``init --header`` reads it as a header anyway).
+    """
+    with path.open(encoding=opts.encoding, errors="replace", newline="") as fh:
+        for _ in range(opts.skip_rows):
+            fh.readline()
+        reader = csv.reader(
+            fh,
+            delimiter=opts.separator,
+            quotechar=opts.quote_char or '"',
+            quoting=csv.QUOTE_MINIMAL if opts.quote_char else csv.QUOTE_NONE,
+        )
+        try:
+            lines = [row for _, row in zip(range(rows + 1), reader, strict=False) if row]
+        except csv.Error:
+            return None
+    if len(lines) < 2:
+        return None
+    first, rest = lines[0], lines[1:]
+    numbers = []
+    for j, value in enumerate(first):
+        below = [r[j] for r in rest if j < len(r) and r[j].strip()]
+        if _is_number(value) and below and sum(map(_is_number, below)) >= 0.8 * len(below):
+            numbers.append(value.strip())
+    if not numbers:
+        return None
+    shown = ", ".join(repr(v) for v in numbers[:3])
+    return (
+        f"{len(numbers)} of its {len(first)} fields are numbers where a header would have "
+        f"names: {shown}"
+    )
 
 
 def _as_numeric(col: pl.Series) -> tuple[str, pl.Series] | None:
@@ -98,7 +179,48 @@ def _as_temporal(col: pl.Series) -> tuple[str, str] | None:
     return None
 
 
-def guess_column(col: pl.Series, *, required: bool) -> ColumnGuess:
+def _round_out(value: float, *, up: bool) -> float | int:
+    """``value`` to 3 significant digits, rounded away from the data (a readable bound)."""
+    if value == 0 or not math.isfinite(value):
+        return 0
+    step = 10 ** (math.floor(math.log10(abs(value))) - 2)
+    out = (math.ceil if up else math.floor)(value / step) * step
+    out = round(out, max(0, -math.floor(math.log10(step))))
+    return int(out) if float(out).is_integer() else out
+
+
+def plausible_range(values: pl.Series) -> dict[str, float | int]:
+    """Robust outlier bounds from a sample: its 1st and 99th percentiles widened by ``IQR_K``
+    times the interquartile range, so a few extreme values in the sample do not move them;
+    a lower bound of 0 for a sample with no negative value. Empty when the sample cannot
+    say: too few values, integer codes (few distinct values: next year's month 12 is no
+    outlier), a counter or id (every value distinct), a column that grows with time."""
+    arr = values.drop_nulls().cast(pl.Float64)
+    if arr.len() < 20:
+        return {}
+    distinct = arr.n_unique()
+    if values.dtype == pl.Int64 and (distinct <= MAX_CATEGORIES or distinct == arr.len()):
+        return {}
+    rising = (arr.diff().drop_nulls() >= 0).mean()
+    if distinct > MAX_CATEGORIES and float(rising or 0.0) >= TREND_SHARE:  # type: ignore[arg-type]
+        return {}
+    q1, q3 = arr.quantile(0.25), arr.quantile(0.75)
+    p_lo, p_hi = arr.quantile(0.01), arr.quantile(0.99)
+    assert q1 is not None and q3 is not None and p_lo is not None and p_hi is not None
+    non_negative = float(arr.min() or 0.0) >= 0  # type: ignore[arg-type]
+    out: dict[str, float | int] = {}
+    iqr = q3 - q1
+    if iqr > 0:
+        lo, hi = p_lo - IQR_K * iqr, p_hi + IQR_K * iqr
+        out = {"min": _round_out(lo, up=False), "max": _round_out(hi, up=True)}
+        if non_negative and lo < 0:
+            out["min"] = 0
+    elif non_negative:
+        out = {"min": 0}
+    return out
+
+
+def guess_column(col: pl.Series, *, required: bool, target: bool = False) -> ColumnGuess:
     nulls = col.null_count()
     rule: dict[str, Any] = {}
     note = f"{nulls} missing of {col.len()}"
@@ -109,11 +231,25 @@ def guess_column(col: pl.Series, *, required: bool) -> ColumnGuess:
         arr = values.cast(pl.Float64).to_numpy()
         lo, hi = float(arr.min()), float(arr.max())
         note += f"; seen {lo:g} .. {hi:g}"
-        if lo >= 0:
-            rule["min"] = 0
         distinct = values.n_unique()
-        if dtype == "int" and distinct <= 2 and set(values.unique().to_list()) <= {0, 1}:
+        flag = dtype == "int" and distinct <= 2 and set(values.unique().to_list()) <= {0, 1}
+        if flag:
             note += "; 0/1 flag"
+        elif dtype == "int" and distinct == 1:
+            # one value cannot say whether later ones have decimals: the wider type
+            dtype, values = "float", values.cast(pl.Float64)
+            note += "; constant in the sample, so float (the wider type)"
+        elif not required or target:  # not the id or the time column: they are what they are
+            bounds = plausible_range(values)
+            if bounds:
+                rule["plausible"] = bounds
+                outside = values.cast(pl.Float64)
+                if "min" in bounds:
+                    outside = outside.filter(outside >= bounds["min"])
+                if "max" in bounds:
+                    outside = outside.filter(outside <= bounds["max"])
+                if values.len() - outside.len():
+                    note += f"; {values.len() - outside.len()} sample value(s) outside plausible"
     elif temporal:
         dtype, fmt = temporal
         rule["format"] = fmt
@@ -127,9 +263,13 @@ def guess_column(col: pl.Series, *, required: bool) -> ColumnGuess:
             distinct = values.n_unique()
             if 0 < distinct <= MAX_CATEGORIES and values.len() >= 20 * distinct:
                 rule["allowed"] = sorted(values.unique().to_list())
+                if not target:  # a list seen in one sample: open (a new class is a decision)
+                    rule["new_values"] = "report"
             else:
                 note += f"; {distinct} distinct values"
-    nullable = nulls > 0 or not required
+    # Inferred from the data: a column with no missing value in the sample is required, so a
+    # record without it (an empty request) is refused rather than scored on guesses.
+    nullable = nulls > 0
     return ColumnGuess(col.name, dtype, nullable, nulls, rule, note)
 
 
@@ -189,10 +329,21 @@ def render_spec(
         f"      quote_char: {_yaml_scalar(opts.quote_char)}",
         f"      encoding: {opts.encoding}",
         f"      null_values: {_yaml_scalar(list(opts.null_values))}   # missing, after trimming",
-        "      has_header: true",
+        f"      has_header: {_yaml_scalar(opts.has_header)}",
+        *(
+            [f"      names: {_yaml_scalar(list(opts.names))}   # the columns, in order"]
+            if opts.names
+            else []
+        ),
+        *([f"      skip_rows: {opts.skip_rows}"] if opts.skip_rows else []),
         "",
         "# The column contract. A row that breaks a rule goes to data/quarantine/<batch>/ with",
         "# the rule, column and value. Rules: dtype, nullable, min, max, allowed, regex, format.",
+        "# Guessed from one sample: 'allowed' lists are open (new_values: report: a new value is",
+        "# kept, scored and reported with a proposed change; 'reject' closes a list), and",
+        "# 'plausible' ranges report outliers without quarantining them (strict: true does).",
+        "# nullable: false where the sample has no missing value. The target's labels are",
+        "# closed: a new label stops the batch until you add it.",
         "contract:",
         "  extra_columns: reject   # reject: quarantine files with unknown columns; drop: ignore",
         "  columns:",
@@ -222,6 +373,68 @@ def render_spec(
     return "\n".join(lines)
 
 
+def explain(
+    guesses: list[ColumnGuess],
+    *,
+    rows: int,
+    task: str,
+    target: str,
+    time_column: str | None,
+    id_column: str | None,
+) -> list[str]:
+    """What init inferred, and which rules are guesses from one sample, as lines to print."""
+    by_name = {g.name: g for g in guesses}
+    kinds: dict[str, int] = {}
+    for g in guesses:
+        kinds[g.dtype] = kinds.get(g.dtype, 0) + 1
+    types = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    tg = by_name[target]
+    labels = f", labels {list(tg.rule.get('allowed', []))} (closed: a new label stops the batch)"
+    lines = [
+        f"inferred from {rows} sample rows: {len(guesses)} columns ({types}); task {task}; "
+        f"target {target!r}{labels if 'allowed' in tg.rule else ''}; time column "
+        f"{time_column or 'none (row order)'}; id column {id_column or 'none'}",
+    ]
+    guessed = []
+    open_lists = [g for g in guesses if g.rule.get("new_values") == "report"]
+    if open_lists:
+        shown = ", ".join(f"{g.name} ({len(g.rule['allowed'])})" for g in open_lists)
+        guessed.append(
+            f"allowed values of {shown}: open (new_values: report): a value not in the list "
+            "is kept, scored and reported with a proposed change; set new_values: reject to "
+            "quarantine it"
+        )
+    required = [g.name for g in guesses if not g.nullable]
+    if required:
+        named = ", ".join(required[:25]) + (
+            f", ... ({len(required)} in all)" if len(required) > 25 else ""
+        )
+        guessed.append(
+            f"not nullable, as no value is missing in the sample: {named}; a "
+            "missing value is quarantined and /predict requires the field; set nullable: true "
+            "where a value may be missing"
+        )
+    ranged = [g for g in guesses if "plausible" in g.rule]
+    if ranged:
+        shown = ", ".join(f"{g.name} {_range_text(g.rule['plausible'])}" for g in ranged)
+        guessed.append(
+            f"plausible ranges (1st/99th percentile +/- {IQR_K:g} IQR; reported, not quarantined; "
+            f"strict: true quarantines): {shown}"
+        )
+    if guessed:
+        lines.append("guesses from one sample (check them in driftloop.yaml):")
+        lines += [f"  - {g}" for g in guessed]
+    return lines
+
+
+def _range_text(bounds: dict[str, Any]) -> str:
+    if "max" not in bounds:
+        return f">= {bounds['min']}"
+    if "min" not in bounds:
+        return f"<= {bounds['max']}"
+    return f"[{bounds['min']}, {bounds['max']}]"
+
+
 def init_from_file(
     project: Path,
     sample: Path | str,
@@ -231,9 +444,15 @@ def init_from_file(
     name: str | None = None,
     task: str | None = None,
     force: bool = False,
+    notes: list[str] | None = None,
+    header: bool | None = None,
+    names: list[str] | None = None,
 ) -> Path:
     """Infer a spec from a sample (a path or URL), write it, and copy the sample into
-    data/raw/<source>/."""
+    data/raw/<source>/. ``notes``, when given, receives what was inferred and which rules
+    are guesses from one sample (``driftloop init`` prints them). ``header``: whether the
+    CSV's first row is a header (None: it is, unless it looks like data, which is an error
+    that says so); ``names`` names the columns of a file without one."""
     layout = Layout(project)
     if layout.spec.exists() and not force:
         raise ProjectExistsError(
@@ -252,11 +471,31 @@ def init_from_file(
     sample = local
     is_parquet = sample.suffix.lower() in (".parquet", ".pq")
     opts = CsvOptions() if is_parquet else sniff_csv(sample)
+    if names and header is not False:
+        raise InitError("--names names the columns of a file without a header; add --no-header")
+    if header is False and not is_parquet:
+        try:
+            opts = CsvOptions(**{**opts.model_dump(), "has_header": False, "names": names or None})
+        except ValidationError as exc:
+            why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise InitError(f"--names: {why}") from None
+    elif header is None and not is_parquet:
+        looks_like_data = headerless_reason(sample, opts)
+        if looks_like_data:
+            raise InitError(
+                f"{sample}: the first row looks like data, not a header ({looks_like_data}). "
+                "If the file has no header row, pass --no-header, with --names a,b,c to name "
+                "the columns (else they are column_1, column_2, ...); the spec keeps both for "
+                "later files. If that row is the header, pass --header"
+            )
     source_name = _source_name(sample)
     suffix = "parquet" if is_parquet else sample.suffix.lstrip(".").lower() or "csv"
     source = SourceSpec(
         name=source_name,
-        path=layout.source_pattern(source_name, suffix),
+        # CSV is a format, not an extension: a census file's '.data' sample has a '.test'
+        # sibling, an export may land as '.txt'; every file in the folder is read as CSV
+        # (one that is not is quarantined with the reason, never skipped unseen)
+        path=layout.source_pattern(source_name, "parquet" if is_parquet else None),
         format="parquet" if is_parquet else "csv",
         csv=opts,
     )
@@ -273,7 +512,11 @@ def init_from_file(
             raise InitError(f"{sample}: {flag} {wanted!r} is not a column{hint}")
     id_column = _guess_id(frame, target)
     guesses = [
-        guess_column(frame.get_column(c), required=c in (target, time_column, id_column))
+        guess_column(
+            frame.get_column(c),
+            required=c in (target, time_column, id_column),
+            target=c == target,
+        )
         for c in columns
     ]
     by_name = {g.name: g for g in guesses}
@@ -312,6 +555,21 @@ def init_from_file(
         datetime_parts=parts,
         sample=sample.name,
     )
+    if notes is not None and opts.skip_rows:
+        top = sample.read_text(encoding=opts.encoding, errors="replace").splitlines()
+        notes.append(
+            f"skipped {opts.skip_rows} line(s) above the header ({top[0][:60]!r}); the spec "
+            f"says csv.skip_rows: {opts.skip_rows}, for every later file of this source"
+        )
+    if notes is not None:
+        notes += explain(
+            guesses,
+            rows=frame.height,
+            task=chosen_task,
+            target=target,
+            time_column=time_column,
+            id_column=id_column,
+        )
     raw_dir = layout.raw / source_name
     raw_dir.mkdir(parents=True, exist_ok=True)
     layout.spec.write_text(text, encoding="utf-8")

@@ -29,15 +29,23 @@ def read_features(project: Path, batch_id: str) -> pl.LazyFrame:
     return features_stage.read_features(Layout(project), batch_id)
 
 
-def run(project: Path, *, wait: bool = True) -> RunResult:
+def run(project: Path, *, wait: bool = True, quick: bool = True) -> RunResult:
     """Ingest new files and bring every batch's outputs, and the model, up to date.
 
     The pass holds the project's writer lease, like ``driftloop watch``: it refuses to run
     beside a watcher (which takes new files itself), and a watcher cannot start meanwhile.
+    A project where nothing changed since a pass settled is answered first, without the
+    lease (:func:`~driftloop.orchestration.settled.quick_settled`; ``quick=False``: the
+    caller asked already).
     """
     from driftloop.core.spec import load_spec
+    from driftloop.ingest.stage import IngestResult
     from driftloop.orchestration.lease import Lease
+    from driftloop.orchestration.settled import quick_settled
 
+    settled = quick_settled(project) if quick else None
+    if settled is not None:  # nothing changed since a pass settled
+        return RunResult(IngestResult(batch=None), unmatched=list(settled.unmatched))
     spec = load_spec(project)  # a broken spec or bad model params fail before any state
     if spec.model.enabled:
         check_model_params_once(spec, Layout(project))

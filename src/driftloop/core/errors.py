@@ -13,6 +13,7 @@ shown only with ``--verbose``.
      ├── InitError                    ``init`` could not infer a spec from the sample
      ├── StageError                   a stage failed; names the stage and the batch
      │    ├── QuarantineLimitError    a batch's share of bad rows is above the spec's limit
+     │    ├── NewLabelError           a batch holds a target label the contract does not list
      │    ├── JoinError               secondary sources cannot be joined as the spec says
      │    ├── FeatureError            the feature function failed or returned bad output
      │    └── TrainError              the data cannot train a model (too few rows, constant target)
@@ -64,6 +65,11 @@ class StageError(DriftloopError):
 
 class QuarantineLimitError(StageError):
     """A batch has more bad rows than the spec's ``quarantine.max_bad_share`` allows."""
+
+
+class NewLabelError(StageError):
+    """A batch holds a target label the contract's ``allowed`` list does not name: a new
+    class must be a decision (add it to the list), not an accident."""
 
 
 class JoinError(StageError):

@@ -172,6 +172,15 @@ class PerformanceDegraded(Event):
     decayed_windows: list[dict[str, Any]]
 
 
+class ContractChangeProposed(Event):
+    """Prep kept rows whose values an open ``allowed`` list does not name (``new_values:
+    report``); ``changes`` holds, per column, the new values with their rows (casing and
+    whitespace variants marked ``variant_of``) and the proposed list."""
+
+    batch_id: str
+    changes: list[dict[str, Any]]
+
+
 class ModelServed(Event):
     model: str
     version: str

@@ -123,9 +123,11 @@ class Layout:
     def state_db(self) -> Path:
         return self.state_dir / "state.db"
 
-    def source_pattern(self, source: str, suffix: str) -> str:
-        """The glob a new source's files land under: ``data/raw/<source>/*.<suffix>``."""
-        return f"{self.relative(self.raw / source)}/*.{suffix}"
+    def source_pattern(self, source: str, suffix: str | None) -> str:
+        """The glob a new source's files land under: ``data/raw/<source>/*.<suffix>``, or
+        every file there (``*``) without a suffix."""
+        tail = "*" if suffix is None else f"*.{suffix}"
+        return f"{self.relative(self.raw / source)}/{tail}"
 
     def relative(self, path: Path) -> str:
         """A path as the user sees it: relative to the project when inside it."""

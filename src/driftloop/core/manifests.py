@@ -60,6 +60,9 @@ class PrepManifest(_Manifest):
     streamed: bool
     columns_schema: dict[str, str] = Field(alias="schema")
     quarantine_reasons: list[dict[str, Any]]
+    # kept and reported (prep/notes.py): values new to an open allowed list, outliers
+    new_values: list[dict[str, Any]] | None = None
+    outliers: list[dict[str, Any]] | None = None
     timings: dict[str, float] | None = None
 
 

@@ -9,7 +9,11 @@ Prediction rows: the contract's input columns as their contract types, then the 
 below (``__ts`` Datetime us UTC, ``__record`` Int32, ``__prediction`` a String label or a
 Float64 value, ``__proba_<class>`` Float64 for classifiers, ``__flags`` nullable String).
 Feedback rows: ``__ts``, ``__request_id``, ``__record`` and ``__label`` (the true value as
-text in the target's contract type). The log's own columns start with ``__``, like every
+text in the target's contract type), then ``__correction`` (Boolean: sent as a correction
+by an ``admin`` token) and ``__by`` (String: the fingerprint of the API token that sent it,
+null when the API is open); parts written before those two columns lack them. Monitoring
+keeps the first label of each record, unless a correction came (the latest one wins).
+The log's own columns start with ``__``, like every
 column driftloop adds, so they never collide with a contract column (a model may well have
 an input called "ts" or "prediction").
 """
@@ -27,6 +31,8 @@ PREDICTION = "__prediction"  # class label (text) or value
 PROBA = "__proba_"  # + class: probability of each class
 FLAGS = "__flags"  # remarks on an accepted record (unknown categories, when flagged)
 LABEL = "__label"  # /feedback: the true value, as text in the target's contract type
+CORRECTION = "__correction"  # /feedback: an admin's correction of an earlier label
+BY = "__by"  # /feedback: which API token sent the label (its fingerprint, not the token)
 KEYS = [REQUEST_ID, RECORD]  # a prediction's identity, which feedback names
 PREDICTION_COLUMNS = [TS, *KEYS, MODEL_NAME, MODEL_VERSION, PREDICTION]  # every part has them
 FEEDBACK_COLUMNS = [TS, *KEYS, LABEL]

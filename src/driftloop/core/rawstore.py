@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 import fnmatch
+import functools
 import glob
 import hashlib
 import io
@@ -36,9 +37,8 @@ import re
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from driftloop.core.layout import Layout
@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class RawObject:
-    """One raw object and its identity: if any of these changes, the content may have."""
+class RawObject(NamedTuple):
+    """One raw object and its identity: if any of these changes, the content may have.
+    (A named tuple: a listing makes 10,000s of them, at half a frozen dataclass's cost.)"""
 
     key: str
     size: int
@@ -87,6 +87,11 @@ class RawStore(Protocol):
 
     def list(self, pattern: str) -> list[RawObject]:
         """Objects (not folders) matching a glob (``**`` recurses), sorted by key."""
+        ...
+
+    def keys(self, pattern: str) -> builtins.list[str]:
+        """The keys :meth:`list` gives, without their identity (where the backend can name
+        objects without a look at each: a folder of 10,000 files is one directory read)."""
         ...
 
     def stat(self, key: str) -> RawObject:
@@ -150,21 +155,48 @@ class LocalRawStore:
             objects.setdefault(obj.key, obj)
         return list(objects.values())
 
+    def keys(self, pattern: str) -> builtins.list[str]:
+        folder, _, name = pattern.replace(os.sep, "/").rpartition("/")
+        if not (folder and not glob.has_magic(folder) and not name.startswith(".")):
+            return [o.key for o in self.list(pattern)]
+        prefix = self._prefix(folder)
+        try:
+            entries = list(os.scandir(self.path(folder)))
+        except OSError:
+            return []
+        matches = _name_matcher(name)
+        found = []
+        for entry in entries:
+            if entry.name.startswith(".") or not matches(entry.name):
+                continue
+            try:
+                regular = entry.is_file()  # the directory's own entry type: no stat
+            except OSError:
+                continue
+            if regular:
+                key = prefix + entry.name if prefix is not None else self.key(Path(entry.path))
+                found.append(key.removeprefix("./"))
+        return sorted(found)
+
+    def _prefix(self, folder: str) -> str | None:
+        """The key prefix of a plain folder's files, when the folder is inside the root."""
+        root = self.root.absolute()
+        absolute = self.path(folder).absolute()
+        inside = absolute.is_relative_to(root) and ".." not in Path(folder).parts
+        return f"{absolute.relative_to(root).as_posix()}/" if inside else None
+
     def _list_folder(self, folder: str, name: str) -> builtins.list[RawObject]:
         """A pattern whose folder part is plain (``data/raw/s/*.csv``): one ``scandir`` of
         that folder, with no path object per file (a source may hold 10,000s of files)."""
-        base = self.path(folder)
-        root = self.root.absolute()
-        absolute = base.absolute()
-        inside = absolute.is_relative_to(root) and ".." not in Path(folder).parts
-        prefix = f"{absolute.relative_to(root).as_posix()}/" if inside else None
+        prefix = self._prefix(folder)
         try:
-            entries = list(os.scandir(base))
+            entries = list(os.scandir(self.path(folder)))
         except OSError:  # no such folder (yet)
             return []
         found = []
+        matches = _name_matcher(name)
         for entry in entries:
-            if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, name):
+            if entry.name.startswith(".") or not matches(entry.name):
                 continue
             try:
                 st = entry.stat()
@@ -173,7 +205,8 @@ class LocalRawStore:
             if stat.S_ISREG(st.st_mode):
                 key = prefix + entry.name if prefix is not None else self.key(Path(entry.path))
                 found.append(RawObject(key.removeprefix("./"), st.st_size, st.st_mtime_ns))
-        return sorted(found, key=lambda o: o.key)
+        found.sort()  # by key (keys are unique: the tuples' order is the keys')
+        return found
 
     def stat(self, key: str) -> RawObject:
         return self._stat(self.path(key))
@@ -258,6 +291,9 @@ class MemoryRawStore:
         with self._lock:
             return sorted((o for _, o in self._objects.values() if matches(o.key)), key=_key)
 
+    def keys(self, pattern: str) -> builtins.list[str]:
+        return [o.key for o in self.list(pattern)]
+
     def stat(self, key: str) -> RawObject:
         with self._lock:
             if key not in self._objects:
@@ -332,6 +368,12 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 # The registry of stores by URL scheme. A store takes the project folder (local keys are
 # relative to it). A new store is registered here and tested by tests/test_storage.py.
 RAW_STORES: dict[str, Callable[[Path], RawStore]] = {"file": LocalRawStore}
+
+
+@functools.lru_cache(maxsize=64)
+def _name_matcher(pattern: str) -> Callable[[str], object]:
+    """``fnmatch.fnmatchcase`` for one pattern, compiled once (called for 10,000s of names)."""
+    return re.compile(fnmatch.translate(pattern)).match
 
 
 def raw_store(url: str, root: Path, *, what: str | None = None) -> RawStore:

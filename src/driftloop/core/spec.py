@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftloop.core.errors import SpecError, SpecNotFoundError
+from driftloop.core.redact import has_password, redact
 
 SPEC_FILENAME = "driftloop.yaml"
 
@@ -40,7 +41,26 @@ class CsvOptions(_Frozen):
     encoding: str = "utf-8"
     null_values: tuple[str, ...] = ("",)
     has_header: bool = True
+    # The column names of a file without a header row (has_header: false), in order; without
+    # them such a file's columns are column_1, column_2, ...
+    names: tuple[str, ...] | None = None
     skip_rows: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _names_without_header(self) -> CsvOptions:
+        if self.names is None:
+            return self
+        if self.has_header:
+            raise ValueError(
+                "names apply to files without a header row; set has_header: false, or drop "
+                "names to use the header's"
+            )
+        if not self.names or any(not n.strip() for n in self.names):
+            raise ValueError("names must list one non-empty name per column")
+        dupes = sorted({n for n in self.names if self.names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"names repeats {dupes}; give each column its own name")
+        return self
 
     @field_validator("encoding")
     @classmethod
@@ -80,6 +100,26 @@ class SourceSpec(_Frozen):
         return value
 
 
+class PlausibleRange(_Frozen):
+    """Where a column's values usually lie (``init`` proposes it from the sample's quartiles).
+
+    A value outside is an outlier: prep counts and reports it per column and keeps the row;
+    with ``strict: true`` the row is quarantined instead, like ``min``/``max``.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PlausibleRange:
+        if self.min is None and self.max is None:
+            raise ValueError("plausible needs a 'min', a 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"plausible min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
 class ColumnContract(_Frozen):
     """What every value of one column must satisfy."""
 
@@ -90,6 +130,11 @@ class ColumnContract(_Frozen):
     allowed: tuple[str | int | float | bool, ...] | None = None
     regex: str | None = None
     format: str | None = None  # strptime format for date/datetime; inferred when absent
+    # A value outside ``allowed``: "reject" quarantines its row (a list closed on purpose);
+    # "report" accepts and scores it, and prep reports it with a proposed spec change (what
+    # ``init`` writes for a list it guessed from one sample). Never "report" on the target.
+    new_values: Literal["reject", "report"] = "reject"
+    plausible: PlausibleRange | None = None  # outlier bounds: reported, or strict
 
     @model_validator(mode="after")
     def _coherent(self) -> ColumnContract:
@@ -103,6 +148,10 @@ class ColumnContract(_Frozen):
             _check_regex(self.regex)
         if self.allowed is not None:
             _check_allowed(self.allowed, self.dtype)
+        elif self.new_values == "report":
+            raise ValueError("new_values applies to a column with an 'allowed' list; add one")
+        if self.plausible is not None and self.dtype not in ("int", "float"):
+            raise ValueError(f"plausible applies to int and float columns, not {self.dtype}")
         if self.format is not None:
             if self.dtype not in ("date", "datetime"):
                 raise ValueError(f"format applies to date and datetime columns, not {self.dtype}")
@@ -370,6 +419,29 @@ class PredictionLogSpec(_Frozen):
     flush_seconds: float = Field(5.0, gt=0.0)
 
 
+class FeedbackLimitSpec(_Frozen):
+    """How many /feedback labels one caller (API token, or address when the API is open)
+    may send: a token bucket of ``burst`` labels refilled at ``labels_per_second``, per
+    worker; beyond it, 429 with Retry-After."""
+
+    labels_per_second: float = Field(100.0, gt=0.0)
+    burst: int = Field(10_000, ge=1)
+
+
+class HttpLimitsSpec(_Frozen):
+    """What one connection may cost a worker: header size and count, the time to send the
+    headers and the body, idle keep-alive, and connections per worker. Beyond them a client
+    gets 431 (headers too large), 408 (too slow) or 503 (too many connections), and the
+    connection is closed."""
+
+    max_header_bytes: int = Field(16_384, ge=1024)  # request line + header names and values
+    max_headers: int = Field(100, ge=8)
+    header_timeout_seconds: float = Field(10.0, gt=0.0)  # from connect / first byte to the end
+    body_timeout_seconds: float = Field(30.0, gt=0.0)  # from the headers to the body's end
+    keep_alive_seconds: int = Field(5, ge=1)  # an idle connection between requests
+    max_connections: int = Field(512, ge=1)  # per worker; beyond, requests get 503
+
+
 class ServingSpec(_Frozen):
     """``driftloop serve``: where it listens, how it follows the champion, what it accepts."""
 
@@ -388,17 +460,12 @@ class ServingSpec(_Frozen):
     # model is being trained, or another worker already serves it) before a 503.
     first_model_wait_seconds: float = Field(10.0, ge=0.0)
     log: PredictionLogSpec = PredictionLogSpec()
+    feedback_limit: FeedbackLimitSpec = FeedbackLimitSpec()
+    limits: HttpLimitsSpec = HttpLimitsSpec()
 
 
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"
 STATE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres")
-_URL_PASSWORD = re.compile(r"^(?P<head>[^:/@]+://[^:/@]*):(?P<password>[^@/]*)@")
-
-
-def hide_password(url: str) -> str:
-    """A database URL as it may be shown: ``user:***@host`` (the text of a URL that
-    SQLAlchemy cannot parse is redacted too, which its own rendering cannot do)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", url, count=1)
 
 
 class StateSpec(_Frozen):
@@ -424,7 +491,7 @@ class StateSpec(_Frozen):
                 f"url must start with postgresql:// (or postgresql+psycopg2://) or sqlite:///, "
                 f"got {scheme + '://' if scheme else 'no scheme'}"
             )
-        if _URL_PASSWORD.match(value):
+        if has_password(value):
             raise ValueError(
                 "url holds a password, which does not belong in driftloop.yaml; put it in "
                 f"PGPASSWORD or ~/.pgpass, or drop state.url and set {STATE_URL_ENV}"
@@ -522,6 +589,13 @@ def _reference_problems(spec: Spec) -> list[str]:
             )
     if spec.id_column is not None:
         found.append(missing("id_column", spec.id_column))
+    target = cols.get(spec.target)
+    if target is not None and target.new_values == "report":
+        found.append(
+            f"contract.columns.{spec.target}: new_values 'report' does not apply to the target; "
+            "a new class must be a decision: add the label to 'allowed' (or remove "
+            "new_values there)"
+        )
     names = [s.name for s in spec.sources]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         found.append(f"sources: name {dup!r} is used twice; give each source its own name")
@@ -641,7 +715,7 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
         elif path:
             got = err.get("input")
             if isinstance(got, str) and "://" in got:  # a URL: never show its password
-                got = hide_password(got)
+                got = redact(got)
             lines.append(f"{where}: {path}: {msg} (got {got!r})")
         else:
             lines.append(f"{where}: {msg}")

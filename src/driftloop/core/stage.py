@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from driftloop.core.layout import Layout
 from driftloop.core.spec import Spec
-from driftloop.core.state import StateDB
+from driftloop.core.state import CurrentKeys, StateDB
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class Context:
 
     What a pass reads once for all its calls (the sources' placement, the ledger by batch,
     the keys of the published outputs) is kept in ``memo`` (:meth:`once`); the runner
-    forgets the published keys whenever a call ran.
+    writes the keys a call publishes through to :meth:`current`.
     """
 
     spec: Spec
@@ -75,6 +75,10 @@ class Context:
     db: StateDB
     now: datetime | None = None
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def current(self) -> CurrentKeys:
+        """The published keys of the outputs, read once per pass and as asked."""
+        return self.once("current", lambda: CurrentKeys(self.db))
 
     def once(self, name: str, compute: Callable[[], T]) -> T:
         if name not in self.memo:

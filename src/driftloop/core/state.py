@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from driftloop.core.errors import StateError
+from driftloop.core.redact import redact, redact_value
+from driftloop.core.state_peek import PROGRESS, SCHEMA_VERSION, progress_marker
 from driftloop.core.state_store import (
-    SCHEMA_VERSION,
     WRITE_LOCK,
     batches,
     claims,
@@ -52,8 +53,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class RawFile:
+class RawFile(NamedTuple):
     sha256: str
     source: str
     path: str
@@ -61,8 +61,7 @@ class RawFile:
     batch_id: str
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     batch_id: str
     seq: int
     created_at: str
@@ -108,6 +107,31 @@ _RAW_FILE = sa.select(*_FILE, raw_files.c.batch_id).where(
 )
 
 
+_BATCHES = sa.select(batches.c.batch_id, batches.c.seq, batches.c.created_at).order_by(
+    batches.c.seq
+)
+_CURRENT = sa.select(current_runs.c.stage, current_runs.c.batch_id, current_runs.c.key).join(
+    stage_runs,
+    sa.and_(stage_runs.c.key == current_runs.c.key, stage_runs.c.status == "succeeded"),
+)
+_CURRENT_ONE = (
+    sa.select(current_runs.c.key)
+    .join(
+        stage_runs,
+        sa.and_(stage_runs.c.key == current_runs.c.key, stage_runs.c.status == "succeeded"),
+    )
+    .where(
+        current_runs.c.stage == sa.bindparam("stage"),
+        current_runs.c.batch_id == sa.bindparam("batch_id"),
+    )
+)
+_INGESTED = sa.select(sightings.c.path, sightings.c.size, sightings.c.mtime_ns).join(
+    raw_files,
+    sa.and_(raw_files.c.sha256 == sightings.c.sha256, raw_files.c.path == sightings.c.path),
+)
+_FILES = sa.select(*_FILE, raw_files.c.batch_id).order_by(raw_files.c.source, raw_files.c.path)
+
+
 def _upserts(dialect: Any) -> dict[str, Any]:
     """The dialect's ON CONFLICT statements, built once (building one cost more than
     running it): a sighting recorded once, and a claim (see :meth:`StateDB.claim`)."""
@@ -143,6 +167,18 @@ def _as_dict(row: Any) -> dict[str, Any]:
 
 
 _SCHEMA_READY: set[str] = set()  # server URLs whose schema this process has checked
+
+
+_COMPILED: dict[tuple[int, str], str] = {}  # StateDB._all: module-level statements only
+
+
+def _fetch(conn: sa.Connection, sql: str) -> list[tuple[Any, ...]]:
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 class StateDB:
@@ -231,17 +267,36 @@ class StateDB:
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK)))
                 yield conn
 
-    def _rows(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> list[Any]:
+    def _rows(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> Sequence[Any]:
         """A read: one statement, its rows (tuples with ``._mapping``)."""
         if not self._sqlite or threading.get_ident() != self._owner:
             with self._engine.connect() as pooled:
-                return list(pooled.execute(stmt, params))
+                return pooled.execute(stmt, params).fetchall()
+        if self._kept is None:
+            self._kept = self._engine.connect()
+        try:  # fetchall: one driver call, not one per row (a history has 10,000s of rows)
+            return self._kept.execute(stmt, params).fetchall()
+        finally:
+            self._kept.rollback()  # no BEGIN was sent (state_store's begin hook): nothing to undo
+
+    def _all(self, stmt: sa.Select[Any]) -> list[tuple[Any, ...]]:
+        """A bulk read with constants only (a whole table's worth of rows): the statement
+        compiled once, its rows fetched by the driver as plain tuples. Through SQLAlchemy's
+        result rows, 10,000 rows cost a tenth of a second; a pass reads a few such tables."""
+        dialect = self._engine.dialect
+        sql = _COMPILED.get((id(stmt), dialect.name))
+        if sql is None:
+            compiled = stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+            sql = _COMPILED[(id(stmt), dialect.name)] = str(compiled)
+        if not self._sqlite or threading.get_ident() != self._owner:
+            with self._engine.connect() as pooled:
+                return _fetch(pooled, sql)
         if self._kept is None:
             self._kept = self._engine.connect()
         try:
-            return list(self._kept.execute(stmt, params))
+            return _fetch(self._kept, sql)
         finally:
-            self._kept.rollback()  # no BEGIN was sent (state_store's begin hook): nothing to undo
+            self._kept.rollback()
 
     def _one(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> Any:
         rows = self._rows(stmt, params)
@@ -265,11 +320,7 @@ class StateDB:
     def ingested_sightings(self) -> set[tuple[str, int, int]]:
         """(path, size, mtime_ns) of every file seen with the content the ledger took under
         that very path: such a file, unchanged, needs no second look."""
-        s, r = sightings.c, raw_files.c
-        stmt = sa.select(s.path, s.size, s.mtime_ns).join(
-            raw_files, sa.and_(r.sha256 == s.sha256, r.path == s.path)
-        )
-        return {(str(p), int(z), int(m)) for p, z, m in self._rows(stmt)}
+        return {(str(p), int(z), int(m)) for p, z, m in self._all(_INGESTED)}
 
     def raw_file(self, sha256: str) -> RawFile | None:
         row = self._one(_RAW_FILE, {"sha256": sha256})
@@ -310,11 +361,7 @@ class StateDB:
         return Batch(batch_id, seq, now)
 
     def batches(self) -> list[Batch]:
-        c = batches.c
-        return [
-            Batch(*r)
-            for r in self._rows(sa.select(c.batch_id, c.seq, c.created_at).order_by(c.seq))
-        ]
+        return [Batch(*r) for r in self._all(_BATCHES)]
 
     def batch(self, batch_id: str) -> Batch:
         """One batch by id; an unknown id is an error naming it."""
@@ -335,9 +382,8 @@ class StateDB:
 
     def files_by_batch(self) -> dict[str, list[RawFile]]:
         """Every ledger file by batch (as :meth:`batch_files` orders them), in one query."""
-        c = raw_files.c
         found: dict[str, list[RawFile]] = {}
-        for row in self._rows(sa.select(*_FILE, c.batch_id).order_by(c.source, c.path)):
+        for row in self._all(_FILES):
             found.setdefault(row[4], []).append(RawFile(*row))
         return found
 
@@ -355,17 +401,10 @@ class StateDB:
 
     def progress_marker(self) -> str:
         """A short text that changes whenever a batch is formed, a stage run starts or ends, or
-        a decision is recorded or applied: part of the settled fingerprint."""
-        b, s, p = batches.c, stage_runs.c, promotions.c
-        f = sa.func
-        rows = [
-            self._one(sa.select(f.count(), f.max(b.seq))),
-            self._one(
-                sa.select(f.count(), f.sum(s.attempts), f.max(s.started_at), f.max(s.finished_at))
-            ),
-            self._one(sa.select(f.count(), f.max(p.id), f.sum(p.applied))),
-        ]
-        return repr([tuple(r) for r in rows])
+        a decision is recorded or applied: part of the settled fingerprint. The statements
+        are :data:`driftloop.core.state_peek.PROGRESS`, which a settled pass also reads
+        without SQLAlchemy."""
+        return progress_marker([tuple(self._one(sa.text(q))) for q in PROGRESS])
 
     def succeeded(self, key: str) -> bool:
         return self.run_status(key)[0] == "succeeded"
@@ -386,11 +425,12 @@ class StateDB:
         """(stage, batch_id) -> the key of the last run started for that output, when it
         succeeded: the output it published is that key's, unless removed since (a pass
         checks ``_SUCCESS``), so a cache hit needs no manifest read."""
-        c, s = current_runs.c, stage_runs.c
-        stmt = sa.select(c.stage, c.batch_id, c.key).join(
-            stage_runs, sa.and_(s.key == c.key, s.status == "succeeded")
-        )
-        return {(r[0], r[1]): r[2] for r in self._rows(stmt)}
+        return {(r[0], r[1]): r[2] for r in self._all(_CURRENT)}
+
+    def current_key(self, stage: str, batch_id: str) -> str | None:
+        """:meth:`current_keys` for one output (its primary key: one indexed row)."""
+        row = self._one(_CURRENT_ONE, {"stage": stage, "batch_id": batch_id})
+        return None if row is None else str(row[0])
 
     def _current(self, stage: str, batch_id: str, key: str) -> Any:
         ins = self._insert(current_runs).values(stage=stage, batch_id=batch_id, key=key)
@@ -456,6 +496,7 @@ class StateDB:
     ) -> None:
         """Record the end of a run; a failure with ``retry`` is tried again next pass."""
         status = ("error" if retry else "failed") if error else "succeeded"
+        error = redact(error) if error else error  # an error may quote a URI's password
         with self.transaction() as conn:
             conn.execute(
                 stage_runs.update()
@@ -563,6 +604,7 @@ class StateDB:
         ``applied`` false, and marked applied after (:meth:`mark_applied`): if the process
         dies in between, :meth:`unapplied` tells what the registry still has to be told.
         """
+        decision = redact_value(decision)
         row = {"ts": utcnow().isoformat(), **decision, "applied": int(applied)}
         with self.transaction() as conn:
             result = conn.execute(promotions.insert().values(**row))
@@ -661,7 +703,7 @@ class StateDB:
             events.insert().values(
                 ts=utcnow().isoformat(),
                 type=type_,
-                payload=json.dumps(payload, sort_keys=True, default=str),
+                payload=redact(json.dumps(payload, sort_keys=True, default=str)),
             )
         )
 
@@ -793,3 +835,52 @@ class StateDB:
         if prefix:
             stmt = stmt.where(c.unit.startswith(prefix, autoescape=True))
         return [Claim(*r) for r in self._rows(stmt.order_by(c.unit))]
+
+
+class CurrentKeys(MutableMapping[tuple[str, str], str]):
+    """The published key of each output, (stage, batch_id) -> key (:meth:`StateDB.current_keys`),
+    read as asked: one indexed row each for the first outputs asked about (a pass with a few
+    new batches asks about those only), the whole table at once from the ``MANY``-th on (a
+    pass that keys the whole history). The runner writes what it changes through to it."""
+
+    MANY = 64
+
+    def __init__(self, db: StateDB) -> None:
+        self._db = db
+        self._known: dict[tuple[str, str], str | None] = {}  # None: no published key
+        self._complete = False
+
+    def _look(self, key: tuple[str, str]) -> str | None:
+        if key in self._known or self._complete:
+            return self._known.get(key)
+        if len(self._known) >= self.MANY:
+            self._load()
+            return self._known.get(key)
+        found = self._known[key] = self._db.current_key(*key)
+        return found
+
+    def _load(self) -> None:
+        written = {k: v for k, v in self._known.items() if v is not None}
+        self._known = {**self._db.current_keys(), **written}
+        self._complete = True
+
+    def __getitem__(self, key: tuple[str, str]) -> str:
+        found = self._look(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __setitem__(self, key: tuple[str, str], value: str) -> None:
+        self._known[key] = value
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        self[key]  # a KeyError when there is none
+        self._known[key] = None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        if not self._complete:
+            self._load()
+        return iter([k for k, v in self._known.items() if v is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

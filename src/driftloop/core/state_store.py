@@ -32,11 +32,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from driftloop.core.errors import StateError
-from driftloop.core.spec import STATE_URL_ENV, hide_password
+from driftloop.core.redact import redact
+from driftloop.core.spec import STATE_URL_ENV
 
-# Raise it with every change to the tables below: SQLite records it in ``user_version`` and
-# skips the schema check on open while it is current (1: the first SQLAlchemy schema, claims)
-SCHEMA_VERSION = 2  # 2: current_runs and facts
+# Raise SCHEMA_VERSION (core/state_peek.py) with every change to the tables below: SQLite
+# records it in ``user_version`` and skips the schema check on open while it is current
+# (1: the first SQLAlchemy schema, claims; 2: current_runs and facts)
 # 'driftloo' in ASCII: the key of the advisory lock every serialized write takes (PostgreSQL)
 WRITE_LOCK = 0x6472696674_6C6F6F
 
@@ -159,7 +160,7 @@ def resolve_url(
         url = make_url(text)
     except (sa.exc.ArgumentError, ValueError):
         raise StateError(
-            f"{hide_password(text)}: not a database URL; expected "
+            f"{redact(text)}: not a database URL; expected "
             "postgresql://user@host:5432/database or sqlite:///path/state.db "
             f"(state.url in driftloop.yaml or {STATE_URL_ENV})"
         ) from None

@@ -7,15 +7,21 @@ being written and are never listed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, RawStore, raw_store
-from driftloop.core.spec import Spec
+
+if TYPE_CHECKING:
+    from driftloop.core.spec import Spec
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
 
 def is_temporary(key: str) -> bool:
-    name = key.rstrip("/").rsplit("/", 1)[-1]
+    name = key.rstrip("/")
+    name = name[name.rfind("/") + 1 :]
     return name.startswith((".", "_")) or name.endswith(TEMP_SUFFIXES)
 
 
@@ -36,15 +42,64 @@ def candidate_files(
 ) -> list[tuple[str, RawObject]]:
     """(source name, object) for every complete object a source's glob matches; the first
     source wins."""
-    stores = stores or source_stores(spec, layout)
+    return list_sources([(s.name, s.path) for s in spec.sources], layout, stores)
+
+
+def list_sources(
+    sources: Iterable[tuple[str, str]], layout: Layout, stores: dict[str, RawStore] | None = None
+) -> list[tuple[str, RawObject]]:
+    """:func:`candidate_files` for (name, path) pairs, with no spec at hand."""
     seen: set[str] = set()
     found: list[tuple[str, RawObject]] = []
-    for source in spec.sources:
-        for obj in stores[source.name].list(source.path):
+    for name, path in sources:
+        store = stores[name] if stores else raw_store(path, layout.root, what=f"source {name!r}")
+        for obj in store.list(path):
             if not is_temporary(obj.key) and obj.key not in seen:
                 seen.add(obj.key)
-                found.append((source.name, obj))
+                found.append((name, obj))
     return found
+
+
+def source_folder(pattern: str) -> tuple[str, bool] | None:
+    """The folder a source's glob looks in, up to its first wildcard, and whether the glob
+    recurses below it (``**``); None for a glob whose folder part is all wildcards."""
+    parts = pattern.replace("\\", "/").split("/")
+    plain: list[str] = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        plain.append(part)
+    if not plain:
+        return None
+    return "/".join(plain), len(plain) < len(parts) - 1
+
+
+def unmatched_files(
+    spec: Spec,
+    layout: Layout,
+    listed: list[tuple[str, RawObject]],
+    stores: dict[str, RawStore] | None = None,
+) -> list[dict[str, str]]:
+    """Files in a source's folder that no source's glob matches (``data.test`` beside
+    ``*.data``), each with the folder's source and the pattern it missed: they are reported,
+    never read, so that a file landed under the wrong name does not vanish. ``listed`` is
+    :func:`candidate_files`' answer; temporary names are left out, as there."""
+    stores = stores or source_stores(spec, layout)
+    matched = {obj.key for _, obj in listed}
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for source in spec.sources:
+        where = source_folder(source.path)
+        if where is None:
+            continue
+        folder, recursive = where
+        pattern = f"{folder}/**/*" if recursive else f"{folder}/*"
+        for key in stores[source.name].keys(pattern):  # names only: no look at each file
+            if key in matched or key in seen or is_temporary(key):
+                continue
+            seen.add(key)
+            out.append({"path": key, "source": source.name, "pattern": source.path})
+    return out
 
 
 def placement(found: list[tuple[str, RawObject]]) -> dict[str, str]:

@@ -53,7 +53,7 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     if not is_complete(in_dir):
         retract(layout.features / batch.batch_id)  # built from processed rows now withdrawn
         return Skip("no processed data", batch.batch_id)
-    prep_key = ctx.once("current", ctx.db.current_keys).get(("prep", batch.batch_id))
+    prep_key = ctx.current().get(("prep", batch.batch_id))
     if prep_key is None:  # not known from the state database: the manifest says
         prep_key = manifests.read(in_dir, PrepManifest).run_key
     user_code = ctx.once("user_code", lambda: user_code_hash(spec, layout.root))

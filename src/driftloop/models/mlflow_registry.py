@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.core.errors import RegistryError, RegistryUnavailableError
+from driftloop.core.redact import redact
 from driftloop.models.registry import CHALLENGER, ModelVersion, Registered, Registry
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class MlflowRegistry:
         self._client: Any = None
 
     def __repr__(self) -> str:
-        return f"MlflowRegistry({self.uri!r}, {self.model!r})"
+        return f"MlflowRegistry({redact(self.uri)!r}, {self.model!r})"
 
     # -- the store ------------------------------------------------------------------------
     @property
@@ -101,9 +102,11 @@ class MlflowRegistry:
 
     def _unavailable(self, exc: Any, doing: str) -> RegistryUnavailableError:
         return RegistryUnavailableError(
-            f"the model registry at {self.uri} did not answer ({doing}): "
-            f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI; "
-            "it is tried again"
+            redact(
+                f"the model registry at {self.uri} did not answer ({doing}): "
+                f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI; "
+                "it is tried again"
+            )
         )
 
     def _no_version(self, version: str, detail: str = "") -> RegistryError:

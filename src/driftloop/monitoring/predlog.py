@@ -28,6 +28,7 @@ import polars as pl
 from driftloop.core.errors import MonitoringError
 from driftloop.core.layout import Layout
 from driftloop.core.predlog import (
+    CORRECTION,
     FEEDBACK_COLUMNS,
     KEYS,
     LABEL,
@@ -121,13 +122,21 @@ def read_predictions(
 
 
 def read_feedback(root: Path) -> pl.DataFrame:
-    """Every label received, the latest per (request id, record)."""
+    """One label per (request id, record): the first one received, unless an admin sent a
+    correction (then the latest correction). A later plain label never replaces the first,
+    so a client cannot overwrite labels that are already in."""
     frame = _read(_parts(Layout(root).feedback, None, None), FEEDBACK_COLUMNS)
     if frame.is_empty():
         return frame
+    if CORRECTION not in frame.columns:  # parts written before corrections existed
+        frame = frame.with_columns(pl.lit(False).alias(CORRECTION))
+    frame = frame.sort(TS, maintain_order=True)
+    corrected = pl.col(CORRECTION).fill_null(False)
+    first = frame.filter(~corrected).unique(subset=KEYS, keep="first", maintain_order=True)
+    fixes = frame.filter(corrected).unique(subset=KEYS, keep="last", maintain_order=True)
     return (
-        frame.sort(TS)
-        .unique(subset=KEYS, keep="last", maintain_order=True)
+        pl.concat([first.join(fixes, on=KEYS, how="anti"), fixes], how="diagonal_relaxed")
+        .sort(TS, maintain_order=True)
         .select(TS, *KEYS, LABEL)
     )
 

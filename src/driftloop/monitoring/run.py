@@ -160,7 +160,7 @@ def prep_raw_file(
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    read = read_raw(path, source, layout.relative(path))
+    read = read_raw(path, source, layout.relative(path), stream_min_bytes=None)
     if read.error is not None:
         raise MonitoringError(
             f"{path}: cannot be read as source {source.name!r} says ({read.error}); check "

@@ -3,9 +3,9 @@ manifest only where the database cannot say).
 
 A pass's cost follows new work, not history: batches up to the *watermark* (every batch
 through it was current when a pass last ended, under the same spec and feature code) are
-taken as current when the state database names the key of their published outputs and
-those outputs are committed (a ``_SUCCESS`` check each), without computing their keys
-again; only the batches after it are keyed in full. What a batch's check against the
+taken as current when their outputs are still committed (a ``_SUCCESS`` check each, once
+per pass), without computing their keys again; only the batches after it are keyed in
+full. What a batch's check against the
 champion found (drift, decay) is read from the state database too.
 """
 
@@ -20,6 +20,7 @@ from datetime import datetime
 from driftloop.core.layout import read_manifest
 from driftloop.core.outputs import SUCCESS
 from driftloop.core.stage import Context, Skip, StageCall, Work
+from driftloop.core.state import Batch
 from driftloop.monitoring.stage import (
     MONITOR_SECTIONS,
     SIGNAL,
@@ -29,37 +30,31 @@ from driftloop.monitoring.stage import (
 )
 from driftloop.orchestration.planner import BatchFacts, Facts
 from driftloop.orchestration.runner import is_current, stage_def
+from driftloop.prep import stage as prep_stage
 
 WATERMARK = "current_through"
+MANY = 50  # batches to key in full, from which the whole ledger is read at once
 
 
 def gather(ctx: Context) -> Facts:
     spec, layout, db = ctx.spec, ctx.layout, ctx.db
-    current = ctx.once("current", db.current_keys)
-    trusted = _trusted_seq(ctx)
     prep, features = stage_def("prep"), stage_def("features")
-    processed, featured_dir = str(layout.processed), str(layout.features)
-    exists = os.path.exists
+    known = ctx.once("trusted", lambda: _trusted(ctx))  # the same in every round
+    if sum(isinstance(b, Batch) for b in known) > MANY:  # one read of the ledger, not one each
+        ctx.once(prep_stage.FILES_BY_BATCH, db.files_by_batch)
     batches = []
-    for batch in db.batches():
+    for batch in known:
+        if isinstance(batch, BatchFacts):
+            batches.append(batch)
+            continue
         b = batch.batch_id
-        if (
-            batch.seq <= trusted
-            and ("prep", b) in current
-            and ("features", b) in current
-            and exists(f"{processed}/{b}/{SUCCESS}")
-            and exists(f"{featured_dir}/{b}/{SUCCESS}")
-        ):
-            prepped = featured = True
-            dismissed = False
-        else:
-            featured = dismissed = False
-            work = prep.work(ctx, StageCall("prep", b))
-            prepped = is_current(ctx, "prep", work)
-            if prepped:
-                work = features.work(ctx, StageCall("features", b))
-                featured = is_current(ctx, "features", work)
-            dismissed = not featured and _dismissed(ctx, "features" if prepped else "prep", work)
+        featured = dismissed = False
+        work = prep.work(ctx, StageCall("prep", b))
+        prepped = is_current(ctx, "prep", work)
+        if prepped:
+            work = features.work(ctx, StageCall("features", b))
+            featured = is_current(ctx, "features", work)
+        dismissed = not featured and _dismissed(ctx, "features" if prepped else "prep", work)
         arrived = datetime.fromisoformat(batch.created_at)
         batches.append(BatchFacts(b, arrived, prepped, featured, dismissed=dismissed))
     if not spec.model.enabled:
@@ -80,7 +75,7 @@ def gather(ctx: Context) -> Facts:
     ]
     if retry:
         checked = [dataclasses.replace(f, retry_check=retry.get(f.batch_id)) for f in checked]
-    plan = train_plan(spec, layout, db, current=ctx.once("current", db.current_keys))
+    plan = train_plan(spec, layout, db, current=ctx.current())
     row = db.last_succeeded("train")
     promote = stage_def("promote").work(ctx, StageCall("promote"))
     # a training not decided yet (a gate that failed is reported when it fails, and decided
@@ -116,7 +111,7 @@ def _checks_to_retry(ctx: Context, sections: str) -> dict[str, str]:
     ]
     if not errored:
         return {}
-    current = ctx.once("current", ctx.db.current_keys)
+    current = ctx.current()
     versions = {str(d["version"]) for d in ctx.db.decisions(ctx.spec.name)}
     found = {}
     for f in errored:
@@ -125,6 +120,24 @@ def _checks_to_retry(ctx: Context, sections: str) -> dict[str, str]:
             if check_key(sections, features_key, version) == f["key"]:
                 found[f["batch_id"]] = version
     return found
+
+
+def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
+    """Every batch in order: as facts (current) when it is up to the watermark and its
+    outputs are still committed (a ``_SUCCESS`` check each), else as it is, to be keyed in
+    full. A pass's own work only adds batches after the watermark, so a pass computes this
+    once, not once per plan."""
+    through = _trusted_seq(ctx)
+    processed, featured = str(ctx.layout.processed), str(ctx.layout.features)
+    exists = os.path.exists
+    return [
+        BatchFacts(b.batch_id, datetime.fromisoformat(b.created_at), True, True)
+        if b.seq <= through
+        and exists(f"{processed}/{b.batch_id}/{SUCCESS}")
+        and exists(f"{featured}/{b.batch_id}/{SUCCESS}")
+        else b
+        for b in ctx.once("batches", ctx.db.batches)
+    ]
 
 
 def _with_check(
@@ -137,7 +150,7 @@ def _with_check(
     """A new batch with what its check against the champion found, and whether that check
     is current (keyed by the batch's features and the champion, as the monitor stage keys
     it); its rows are read only when a check may be due (a batch without rows gets none)."""
-    current = ctx.once("current", ctx.db.current_keys)
+    current = ctx.current()
     b = batch.batch_id
     versions: frozenset[str] = frozenset()
     rows = None
@@ -154,7 +167,7 @@ def _with_check(
         else:
             versions = frozenset({champion})
     out_dir = ctx.layout.batch_checks / b
-    if found is None and (out_dir / SUCCESS).exists():
+    if found is None and (out_dir / SUCCESS).exists():  # (rare: found is None)
         # a check written before its findings were kept in the state database
         summary = read_manifest(out_dir)["summary"]
         found = {
@@ -201,7 +214,7 @@ def _dismissed(ctx: Context, stage: str, work: Work | Skip) -> bool:
 
 def advance_watermark(ctx: Context, facts: Facts) -> None:
     """Record the last batch through which every batch is current (after a pass)."""
-    seqs = {b.batch_id: b.seq for b in ctx.db.batches()}
+    seqs = {b.batch_id: b.seq for b in ctx.once("batches", ctx.db.batches)}
     through = 0
     for b in facts.batches:
         if not ((b.prepped and b.featured) or b.dismissed):

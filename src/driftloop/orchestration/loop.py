@@ -36,7 +36,7 @@ from driftloop.core.layout import Layout, sweep_temporaries
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
 from driftloop.core.state import StateDB, state_exists
-from driftloop.core.storage import candidate_files, placement
+from driftloop.core.storage import candidate_files, placement, unmatched_files
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
 from driftloop.orchestration.facts import advance_watermark, gather
@@ -53,6 +53,8 @@ class RunResult:
     waiting: str | None = None  # why new data did not train (the policy said not yet)
     applied: list[dict[str, Any]] = field(default_factory=list)  # decisions re-applied
     busy_elsewhere: str | None = None  # another worker was ingesting (its holder)
+    # files in a source's folder that no source's glob matches: {path, source, pattern}
+    unmatched: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def pending(self) -> bool:
@@ -111,16 +113,19 @@ def run_pass(
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
         listed = candidate_files(spec, layout)  # the sources' files, once for the whole pass
-        before = settled.fingerprint(spec, layout, db, listed)
-        if not applied and db.fact(settled.FACT) == before:
-            return RunResult(IngestResult(batch=None))  # nothing changed since a pass settled
+        unmatched = unmatched_files(spec, layout, listed)
+        if not applied and db.fact(settled.FACT) == settled.current(
+            spec, layout, db, listed, unmatched
+        ):
+            # nothing changed since a pass settled
+            return RunResult(IngestResult(batch=None), unmatched=unmatched)
         for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
         with claimed(db, "ingest") as holder:  # one worker forms a batch at a time
             found = IngestResult(batch=None)
             if holder is None:
                 found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
-        result = RunResult(found, applied=applied, busy_elsewhere=holder)
+        result = RunResult(found, applied=applied, busy_elsewhere=holder, unmatched=unmatched)
         ctx = Context(spec, layout, db, now=now)
         ctx.memo["placement"] = placement(listed)
         for _ in range(MAX_ROUNDS):
@@ -132,7 +137,7 @@ def run_pass(
         advance_watermark(ctx, facts)  # the last plan's facts: after the work it followed
         if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
             # what this pass saw of the sources (a file landing since changes the next one's)
-            db.record_fact(settled.FACT, settled.fingerprint(spec, layout, db, listed))
+            db.record_fact(settled.FACT, settled.current(spec, layout, db, listed, unmatched))
     return result
 
 

@@ -108,6 +108,9 @@ def policy_spec(spec_text: str, project: Path, retrain: dict[str, Any]) -> str:
         )
     layout = Layout(project)
     source["path"] = layout.source_pattern(source["name"], "csv")
+    # replay lands its batches as CSV files with a header row and nothing above it
+    csv_opts = {k: v for k, v in (source.get("csv") or {}).items() if k != "names"}
+    source["csv"] = {**csv_opts, "has_header": True, "skip_rows": 0}
     data["ingest"] = {**(data.get("ingest") or {}), "settle_seconds": 0, "batch_window_seconds": 0}
     data["retrain"] = retrain
     data["model"] = {
@@ -188,6 +191,9 @@ def _read_raw(path: Path, spec: Spec) -> pl.DataFrame:
         path,
         separator=opts.separator,
         quote_char=opts.quote_char,
+        has_header=opts.has_header,
+        new_columns=list(opts.names) if opts.names else None,
+        skip_rows=opts.skip_rows,
         infer_schema=False,
         encoding="utf8-lossy" if opts.encoding.lower() not in ("utf-8", "utf8") else "utf8",
     )

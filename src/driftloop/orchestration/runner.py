@@ -27,6 +27,7 @@ from typing import Any, Literal
 from driftloop.core.errors import DriftloopError, SpecError, TransientError
 from driftloop.core.layout import Layout, is_complete, read_manifest
 from driftloop.core.procs import pid_alive
+from driftloop.core.redact import redact
 from driftloop.core.spec import did_you_mean
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work
 from driftloop.core.state import StateDB
@@ -120,13 +121,18 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
         seconds = time.perf_counter() - started
         outcome: Outcome = "ran" if manifest.get("batch_id") else "cached"
         return StageReport(call.stage, manifest.get("batch_id") or "-", outcome, seconds, manifest)
-    current = ctx.once("current", ctx.db.current_keys)
+    current = ctx.current()
     report = keyed_run(
         ctx.db, ctx.layout, call.stage, work, backoff=backoff, current=current, unit=call.unit
     )
+    # keep the published keys read once per pass as the state database now has them
+    if report.outcome in ("ran", "cached"):
+        current[(call.stage, work.batch_id)] = work.key
+    elif report.outcome == "failed":  # a run started and did not succeed
+        current.pop((call.stage, work.batch_id), None)
     if report.outcome != "cached":
-        for name in ("current", "failures", "dismissed"):
-            ctx.forget(name)  # a run started: the published keys (and failures) changed
+        for name in ("failures", "dismissed"):
+            ctx.forget(name)  # a run started: the failures in the way changed
     return report
 
 
@@ -150,7 +156,7 @@ def _cached(
 
 def is_current(ctx: Context, stage: str, work: Work | Skip) -> bool:
     """The call's output is current: a run would be a cache hit."""
-    current = ctx.once("current", ctx.db.current_keys)
+    current = ctx.current()
     return isinstance(work, Work) and _cached(ctx.db, stage, work, current)
 
 
@@ -208,7 +214,7 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
     except Exception as exc:
         seconds = time.perf_counter() - started
         expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
-        message = (
+        message = redact(  # a third party's error may quote a URI with its password
             str(exc)
             if expected
             else (

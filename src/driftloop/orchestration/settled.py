@@ -2,52 +2,164 @@
 
 When a pass ends with nothing ingested, nothing run and nothing waiting on the clock, it
 records a fingerprint of everything a plan depends on: the spec and the user's feature
-module, every raw file the sources match (name, size, modification time), the output
-folders' listings, and the state database's progress (batches, stage runs, decisions).
-The next pass computes the same fingerprint (a directory listing and a few queries, no
-manifest opened, no stage imported) and, when it is unchanged, stops there. Anything that
-could change the plan changes the fingerprint: a file landing or changing, a spec edit, an
-output published, withdrawn or left behind by a crash, a decision recorded by ``driftloop
-models``, a run by another worker.
+module, the environment that picks the state and the registry, every raw file the sources
+match (name, size, modification time), the output folders (whose modification time changes
+with every entry added, removed or renamed), and the state
+database's progress (batches, stage runs, decisions). The next pass computes the same
+fingerprint (a directory listing and a few queries, no manifest opened, no stage imported)
+and, when it is unchanged, stops there. Anything that could change the plan changes the
+fingerprint: a file landing or changing, a spec or environment edit, an output published,
+withdrawn or left behind by a crash, a decision recorded by ``driftloop models``, a run by
+another worker.
+
+The fact also keeps what the fingerprint was computed from (the spec's hash, its sources,
+the feature module's path: a :class:`Basis`), so that :func:`quick_settled` can answer for
+the embedded default without parsing the spec or importing the state layer: a settled
+``driftloop run`` costs the interpreter, a listing and a read of the state file, whatever
+the history.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from driftloop.core.errors import DriftloopError
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject
-from driftloop.core.spec import Spec
-from driftloop.core.state import StateDB
-from driftloop.core.storage import candidate_files
+from driftloop.core.storage import list_sources
+
+if TYPE_CHECKING:
+    from driftloop.core.spec import Spec
+    from driftloop.core.state import StateDB
 
 FACT = "settled"
+STATE_URL_ENV = "DRIFTLOOP_STATE_URL"  # as core.spec has it (not imported: see quick_settled)
+# what picks the state database and the registry, besides the spec
+ENVIRONMENT = (STATE_URL_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What a fingerprint is computed from, besides the files and the state."""
+
+    spec_sha256: str
+    sources: tuple[tuple[str, str], ...]  # (name, path) of each source, in order
+    module: str | None  # the user's feature module's file, if any
+
+    @classmethod
+    def of(cls, spec: Spec, layout: Layout) -> Basis:
+        module = None
+        if spec.features.function:
+            from driftloop.features.compute import user_module_path
+
+            module = str(user_module_path(spec.features.function, layout.root))
+        return cls(
+            spec_sha256=hashlib.sha256(layout.spec.read_bytes()).hexdigest(),
+            sources=tuple((s.name, s.path) for s in spec.sources),
+            module=module,
+        )
 
 
 def fingerprint(
-    spec: Spec, layout: Layout, db: StateDB, listed: list[tuple[str, RawObject]] | None = None
+    basis: Basis, layout: Layout, progress: str, listed: list[tuple[str, RawObject]]
 ) -> str:
-    """``listed``: the sources' listing (:func:`candidate_files`), when the caller has it."""
-    digest = hashlib.sha256()
-    digest.update(layout.spec.read_bytes())
-    if spec.features.function:
-        from driftloop.features.compute import user_module_path
-
-        module = user_module_path(spec.features.function, layout.root)
+    """``progress``: the state's progress marker; ``listed``: the sources' listing."""
+    digest = hashlib.sha256(basis.spec_sha256.encode())
+    for name in ENVIRONMENT:
+        digest.update(f"{name}\0{os.environ.get(name, '')}\n".encode())
+    if basis.module is not None:
+        module = Path(basis.module)
         digest.update(module.read_bytes() if module.is_file() else b"missing")
-    listed = candidate_files(spec, layout) if listed is None else listed
     files = [f"{o.key}\0{s}\0{o.size}\0{o.mtime_ns}\0{o.version}" for s, o in listed]
     digest.update("\n".join(files).encode())
     for folder in layout.outputs:
+        # an output published, withdrawn or left behind adds, removes or renames an entry,
+        # which changes the folder's modification time: no need to list 10,000 names
         try:
-            names = sorted(os.listdir(folder))  # noqa: PTH208 - names only, fast
-            stamp = os.stat(folder).st_mtime_ns  # noqa: PTH116
+            st = os.stat(folder)  # noqa: PTH116
+            stamp = f"{st.st_ino}\0{st.st_mtime_ns}"
         except OSError:
-            names, stamp = [], 0
-        digest.update(f"{folder}\0{stamp}\0{len(names)}\0{names}\n".encode())
-    digest.update(db.progress_marker().encode())
+            stamp = "missing"
+        digest.update(f"{folder}\0{stamp}\n".encode())
+    digest.update(progress.encode())
     return digest.hexdigest()
+
+
+def current(
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    listed: list[tuple[str, RawObject]],
+    unmatched: list[dict[str, str]],
+) -> str:
+    """The fact a pass would record now (compare it with ``db.fact(FACT)``); ``unmatched``:
+    the files in the sources' folders that no pattern matches, reported by every pass."""
+    basis = Basis.of(spec, layout)
+    found = fingerprint(basis, layout, db.progress_marker(), listed)
+    folders = folder_stamps(basis, layout)
+    fact = {"fingerprint": found, "folders": folders, "unmatched": unmatched, **asdict(basis)}
+    return json.dumps(fact, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A settled project, as :func:`quick_settled` found it."""
+
+    unmatched: tuple[dict[str, str], ...]  # still to be reported, as every pass does
+
+
+def folder_stamps(basis: Basis, layout: Layout) -> dict[str, int]:
+    """The modification time of each source's folder, where the source is a plain folder of
+    this machine: a file landing, leaving or renamed there changes it. Only a quick "no":
+    equal stamps still need the listing (a file rewritten in place does not change them)."""
+    stamps = {}
+    for _, path in basis.sources:
+        folder, _, _ = path.replace(os.sep, "/").rpartition("/")
+        if not folder or "://" in folder or any(c in folder for c in "*?["):
+            continue
+        try:
+            stamps[folder] = os.stat(layout.root / folder).st_mtime_ns  # noqa: PTH116
+        except OSError:
+            stamps[folder] = 0
+    return stamps
+
+
+def quick_settled(project: Path) -> Settled | None:
+    """True when the last pass settled and nothing changed since, decided without parsing
+    the spec or opening the state database through SQLAlchemy (their imports cost more than
+    the rest of a settled pass). Only for the embedded default (the state file of
+    ``Layout.state_db``); None whenever in doubt: the ordinary pass then decides."""
+    from driftloop.core.state_peek import peek
+
+    layout = Layout(project)
+    if os.environ.get(STATE_URL_ENV):
+        return None
+    seen = peek(layout.state_db, FACT)
+    if seen is None or seen.settled is None or seen.busy:
+        return None
+    try:
+        fact = json.loads(seen.settled)
+        basis = Basis(
+            spec_sha256=fact["spec_sha256"],
+            sources=tuple((str(n), str(p)) for n, p in fact["sources"]),
+            module=fact["module"],
+        )
+        if hashlib.sha256(layout.spec.read_bytes()).hexdigest() != basis.spec_sha256:
+            return None
+        if folder_stamps(basis, layout) != fact["folders"]:
+            return None  # a file landed or left: no need to list them all to know
+        listed = list_sources(basis.sources, layout)
+    except (ValueError, KeyError, TypeError, OSError, DriftloopError):
+        return None  # an older fact, a spec gone, a source that cannot be listed: not sure
+    if fingerprint(basis, layout, seen.progress, listed) != fact["fingerprint"]:
+        return None
+    unmatched = fact.get("unmatched")
+    return None if not isinstance(unmatched, list) else Settled(unmatched=tuple(unmatched))
 
 
 def time_sensitive(spec: Spec, waiting: str | None) -> bool:

@@ -18,7 +18,7 @@ from driftloop.core.state import StateDB
 def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[str, Any]:
     """Champion, recent stage runs and durations, pending work, last drift verdict, events."""
     from driftloop.core.spec import load_spec
-    from driftloop.core.storage import candidate_files
+    from driftloop.core.storage import candidate_files, unmatched_files
     from driftloop.monitoring.stage import recorded_champion
     from driftloop.orchestration.loop import new_batches
 
@@ -41,7 +41,8 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
         new, last = new_batches(layout, db)
         known = {f.path for b in batches for f in db.batch_files(b.batch_id)}
-        waiting_files = [o.key for _, o in candidate_files(spec, layout) if o.key not in known]
+        listed = candidate_files(spec, layout)
+        waiting_files = [o.key for _, o in listed if o.key not in known]
         lease = db.lease("watch")
         served = db.last_event("ModelServed")
         status: dict[str, Any] = {
@@ -60,17 +61,66 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             "pending": {
                 "batches": pending,
                 "files_not_ingested": waiting_files,
+                "files_unmatched": unmatched_files(spec, layout, listed),
                 "batches_since_last_training": [b["batch_id"] for b in new],
                 "last_training": last["version"] if last else None,
             },
             "watch": (
                 {**lease, "alive": lease["expires_at"] > time.time()} if lease is not None else None
             ),
+            "contract_changes": contract_changes(
+                spec, db.events_after(0, types=("ContractChangeProposed",))
+            ),
             "last_drift_verdict": _last_verdict(layout),
             "stage_runs": db.stage_runs(limit=runs),
             "events": db.events(limit=events),
         }
     return status
+
+
+def contract_changes(spec: Any, proposed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The values prep kept and reported (``ContractChangeProposed`` events) that the spec
+    still does not list, per column, with the rows and batches they came in and the list
+    that would accept them. A value added to ``allowed`` since is no longer shown."""
+    found: dict[str, dict[Any, dict[str, Any]]] = {}
+    batches: dict[str, list[str]] = {}
+    for event in proposed:
+        for change in event["changes"]:
+            name = change["column"]
+            rule = spec.contract.columns.get(name)
+            if rule is None or rule.allowed is None or rule.new_values != "report":
+                continue
+            listed = {str(v) for v in rule.allowed}
+            for v in change["values"]:
+                if str(v["value"]) in listed:
+                    continue
+                seen = found.setdefault(name, {}).setdefault(
+                    v["value"], {"value": v["value"], "rows": 0, "variant_of": v["variant_of"]}
+                )
+                seen["rows"] += v["rows"]
+                if event["batch_id"] not in batches.setdefault(name, []):
+                    batches[name].append(event["batch_id"])
+    out: list[dict[str, Any]] = []
+
+    def most_rows(v: dict[str, Any]) -> tuple[int, str]:
+        return -int(v["rows"]), str(v["value"])
+
+    for name, by_value in found.items():
+        allowed = list(spec.contract.columns[name].allowed)
+        listed_new: list[dict[str, Any]] = list(by_value.values())
+        new = [v["value"] for v in listed_new if v["variant_of"] is None]
+        out.append(
+            {
+                "column": name,
+                "values": sorted(listed_new, key=most_rows),
+                "batches": batches[name],
+                "proposed": {
+                    "key": f"contract.columns.{name}.allowed",
+                    "allowed": sorted([*allowed, *new], key=str),
+                },
+            }
+        )
+    return out
 
 
 def _last_verdict(layout: Layout) -> dict[str, Any] | None:

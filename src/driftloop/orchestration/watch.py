@@ -42,6 +42,7 @@ class WatchState:
     next_monitor: datetime | None = None
     notifications: str = "watchdog"
     history: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # files no source's glob matches
 
 
 class Watcher:
@@ -120,10 +121,19 @@ class Watcher:
         self.state.passes += 1
         self.state.last_pass_seconds = time.perf_counter() - started
         self.state.last_error = None
+        new_unmatched = [u for u in result.unmatched if u["path"] not in self.state.unmatched]
+        self.state.unmatched = [u["path"] for u in result.unmatched]
+        for item in new_unmatched:
+            log.warning(
+                "unmatched: %s does not match source %s's pattern %r",
+                item["path"],
+                item["source"],
+                item["pattern"],
+            )
         if result.progressed:
             self.state.last_work = f"{self.clock():%H:%M:%S} {_summary(result)}"
-            if self.on_pass is not None:
-                self.on_pass(result)
+        if (result.progressed or new_unmatched) and self.on_pass is not None:
+            self.on_pass(result)
         self._status()
         return result
 

@@ -228,7 +228,14 @@ def _header(head: bytes, opts: CsvOptions) -> list[str]:
             "line(s) at the top, or set the source's csv.skip_rows to skip them"
         )
     if not opts.has_header:
-        return [f"column_{i + 1}" for i in range(len(first))]
+        if opts.names is None:
+            return [f"column_{i + 1}" for i in range(len(first))]
+        if len(opts.names) != len(first):
+            raise ValueError(
+                f"the first row has {len(first)} field(s) but csv.names lists "
+                f"{len(opts.names)} name(s) {list(opts.names)}; give one name per column"
+            )
+        return list(opts.names)
     names = [n.strip() for n in first]
     if any(n == "" for n in names):
         position = names.index("") + 1

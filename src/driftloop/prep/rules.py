@@ -39,6 +39,9 @@ class Rule:
     column: str
     name: str
     failed: pl.Expr  # True where the row breaks the rule, never null
+    # A warning rule (an allowed list with ``new_values: report``, a ``plausible`` range
+    # that is not strict): a row that breaks it is kept and scored, and the break reported.
+    warn: bool = False
 
     def message(self) -> pl.Expr:
         raw = pl.col(self.column)
@@ -139,7 +142,24 @@ def column_rules(
         rules.append(Rule(name, f"less_than_or_equal_to({float(high)})", failing(value <= high)))
     if rule.allowed is not None:
         allowed = typed_allowed(rule)
-        rules.append(Rule(name, f"isin({allowed})", failing(value.is_in(allowed))))
+        rules.append(
+            Rule(
+                name,
+                f"isin({allowed})",
+                failing(value.is_in(allowed)),
+                warn=rule.new_values == "report",
+            )
+        )
+    if rule.plausible is not None:
+        lo, hi = rule.plausible.min, rule.plausible.max
+        test = pl.lit(True)
+        if lo is not None:
+            test = test & (value >= lo)
+        if hi is not None:
+            test = test & (value <= hi)
+        rules.append(
+            Rule(name, plausible_label(lo, hi), failing(test), warn=not rule.plausible.strict)
+        )
     if rule.regex is not None:
         pattern = rule.regex if rule.regex.startswith("^") else f"^{rule.regex}"
         rules.append(
@@ -148,13 +168,24 @@ def column_rules(
     return rules
 
 
-def contract_rules(contract: ContractSpec, columns: list[str], fills: dict[str, Any]) -> list[Rule]:
+def plausible_label(lo: float | None, hi: float | None) -> str:
+    """The plausible-range rule's name, pandera's ``in_range`` (an open side is infinite)."""
+    low = float("-inf") if lo is None else float(lo)
+    high = float("inf") if hi is None else float(hi)
+    return f"in_range({low}, {high})"
+
+
+def contract_rules(
+    contract: ContractSpec, columns: list[str], fills: dict[str, Any], *, warn: bool = False
+) -> list[Rule]:
+    """The rules that quarantine a row (``warn=False``), or the warning rules (``warn=True``)."""
     return [
         r
         for c in columns
         for r in column_rules(
             c, contract.columns[c], fill=fills.get(c), max_length=contract.max_field_length
         )
+        if r.warn == warn
     ]
 
 
@@ -166,7 +197,7 @@ def within_contract(name: str, rule: ColumnContract) -> pl.Expr:
         ok = ok & (value >= rule.min)
     if rule.max is not None:
         ok = ok & (value <= rule.max)
-    if rule.allowed is not None:
+    if rule.allowed is not None and rule.new_values == "reject":
         ok = ok & value.is_in(typed_allowed(rule))
     return ok
 
@@ -183,8 +214,15 @@ def pandera_schema(contract: ContractSpec, columns: list[str]) -> Any:
             checks.append(pa.Check.ge(_number(rule.min, rule.dtype)))
         if rule.max is not None:
             checks.append(pa.Check.le(_number(rule.max, rule.dtype)))
-        if rule.allowed is not None:
+        if rule.allowed is not None and rule.new_values == "reject":
             checks.append(pa.Check.isin(typed_allowed(rule)))
+        if rule.plausible is not None and rule.plausible.strict:
+            lo, hi = rule.plausible.min, rule.plausible.max
+            checks.append(
+                pa.Check.in_range(
+                    float("-inf") if lo is None else lo, float("inf") if hi is None else hi
+                )
+            )
         if rule.regex is not None:
             checks.append(pa.Check.str_matches(rule.regex))
         out[name] = pa.Column(POLARS_TYPES[rule.dtype], checks, nullable=rule.nullable)

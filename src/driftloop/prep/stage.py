@@ -14,9 +14,11 @@ import polars as pl
 
 from driftloop import __version__
 from driftloop.core.errors import (
+    NewLabelError,
     QuarantineLimitError,
     StageError,
 )
+from driftloop.core.events import ContractChangeProposed
 from driftloop.core.layout import (
     COMPRESSION,
     DATA_FILE,
@@ -34,9 +36,10 @@ from driftloop.core.state import Batch, RawFile, StateDB
 from driftloop.core.storage import candidate_files, placement
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
-from driftloop.prep.core import quarantine_reasons, quarantined_rows, reason_lines
-from driftloop.prep.read import STREAM_MIN_BYTES, RawRead
-from driftloop.prep.rules import POLARS_TYPES
+from driftloop.prep.core import RULES, quarantine_reasons, quarantined_rows, reason_lines
+from driftloop.prep.notes import new_values, outliers
+from driftloop.prep.read import FILE, ROW, STREAM_MIN_BYTES, RawRead
+from driftloop.prep.rules import POLARS_TYPES, column_rules
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,16 @@ def place_files(
     return [p for p in own if p[1] not in joined] + [p for p in history if p[1] in joined]
 
 
+FILES_BY_BATCH = "files_by_batch"  # a Context memo: the whole ledger by batch, read at once
+
+
+def batch_files(ctx: Context, batch_id: str) -> list[RawFile]:
+    """A batch's ledger files: from the whole ledger when a caller about to key many batches
+    read it at once (``ctx.once(FILES_BY_BATCH, db.files_by_batch)``), else one query."""
+    by_batch = ctx.memo.get(FILES_BY_BATCH)
+    return by_batch.get(batch_id, []) if by_batch is not None else ctx.db.batch_files(batch_id)
+
+
 def work(ctx: Context, call: StageCall) -> Work:
     """A batch's prep: its key from the files it reads (by content) and the spec sections."""
     spec, layout, db = ctx.spec, ctx.layout, ctx.db
@@ -100,7 +113,7 @@ def work(ctx: Context, call: StageCall) -> Work:
         db,
         batch,
         placed=ctx.once("placement", lambda: placement(candidate_files(spec, layout))),
-        files=ctx.once("files_by_batch", db.files_by_batch).get(batch.batch_id, []),
+        files=batch_files(ctx, batch.batch_id),
     )
     key = run_key(
         "prep",
@@ -264,11 +277,15 @@ def _run_prep(
             "schema": {c: str(t) for c, t in pl.read_parquet_schema(good).items()},
             "quarantine_reasons": _reasons(bad) if quarantined else [],
         }
+        kept = pl.scan_parquet(good)
+        noticed = {"new_values": new_values(kept, spec), "outliers": outliers(kept, spec)}
+        manifest.update({k: v for k, v in noticed.items() if v})
         manifest = PrepManifest.model_validate(manifest).as_json()  # its shape, checked
         if quarantined or duplicate or secondary_bad or plan.files_quarantined:
             seal(qtmp, _quarantine_manifest(batch, manifest))
         quarantine = layout.relative(layout.quarantine / batch.batch_id)
-        failure = _limit_failure(spec, batch.batch_id, counts, plan, quarantine)
+        label = _new_label_failure(spec, batch.batch_id, bad, quarantine) if quarantined else None
+        failure = label or _limit_failure(spec, batch.batch_id, counts, plan, quarantine)
         if failure is not None and manifest["quarantine_reasons"]:
             failure += "\n" + "\n".join(reason_lines(manifest["quarantine_reasons"]))
         if failure is None:
@@ -276,8 +293,41 @@ def _run_prep(
             seal(ptmp, manifest)
     if failure is not None:
         retract(layout.features / batch.batch_id)  # built from processed rows now withdrawn
-        raise QuarantineLimitError(failure)
+        raise (NewLabelError if label else QuarantineLimitError)(failure)
+    if manifest.get("new_values"):
+        db.record(ContractChangeProposed(batch_id=batch.batch_id, changes=manifest["new_values"]))
     return manifest
+
+
+def _new_label_failure(spec: Spec, batch_id: str, bad: Path, quarantine: str) -> str | None:
+    """A target label the contract does not list stops the batch: a new class must be a
+    decision. The rows wait in quarantine; the message names the labels and one example."""
+    target = spec.contract.columns[spec.target]
+    if target.allowed is None:
+        return None
+    [isin] = [
+        r
+        for r in column_rules(spec.target, target, max_length=spec.contract.max_field_length)
+        if r.name.startswith("isin(")
+    ]
+    rows = (
+        pl.scan_parquet(bad)
+        .filter(pl.col(RULES).list.contains(isin.label))
+        .select(spec.target, FILE, ROW)
+        .collect()
+    )
+    if rows.height == 0:
+        return None
+    labels = rows.get_column(spec.target).value_counts(sort=True)
+    shown = ", ".join(f"{v!r} ({n} row(s))" for v, n in labels.rows()[:5])
+    first = rows.row(0, named=True)
+    return (
+        f"batch {batch_id}: {rows.height} row(s) have a target label that contract.columns."
+        f"{spec.target}.allowed {list(target.allowed)} does not list: {shown}; for example "
+        f"{first[FILE]} record {first[ROW]}: {spec.target}={first[spec.target]!r}. A new class "
+        f"must be a decision: if it is real, add it to contract.columns.{spec.target}.allowed "
+        f"in driftloop.yaml and run again (the rows are in {quarantine}/rows.parquet)"
+    )
 
 
 def _write_secondary_bad(plan: PrepPlan, folder: Path) -> pl.DataFrame:

@@ -17,14 +17,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from driftloop import __version__
 from driftloop.core.layout import Layout
 from driftloop.core.spec import load_spec
+from driftloop.serving.auth import ANY, ApiToken, Tokens, load_tokens, require
 from driftloop.serving.handlers import feedback_request, json_response, predict_request
 from driftloop.serving.records import record_schema
 from driftloop.serving.schemas import FeedbackItem, FeedbackResponse, PredictResponse
@@ -32,12 +33,17 @@ from driftloop.serving.server import Server, start_server, stop_server
 
 log = logging.getLogger(__name__)
 STARTUP_WAIT_SECONDS = 120.0
+Caller = Annotated[ApiToken | None, Depends(require(ANY))]  # any valid token (when tokens are set)
 
 
-def create_app(project: Path) -> FastAPI:
-    """The serving app for a project folder (reads its driftloop.yaml now, starts nothing)."""
+def create_app(project: Path, tokens: Tokens | None = None) -> FastAPI:
+    """The serving app for a project folder (reads its driftloop.yaml now, starts nothing).
+
+    ``tokens``: the API tokens; by default those of the environment (:mod:`.auth`).
+    """
     project = project.resolve()
     spec = load_spec(project)
+    tokens = load_tokens() if tokens is None else tokens
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,18 +80,22 @@ def create_app(project: Path) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.state.tokens = tokens
 
     @app.post(
         "/predict",
         response_model=PredictResponse,
         responses={
+            **_AUTH,
             413: {"description": "Body or record count over the limit"},
             422: {"description": "A record breaks the contract; detail names field and rule"},
             503: {"description": "No model loaded yet"},
         },
         openapi_extra=_json_body(record_schema(spec)),
     )
-    async def predict(request: Request) -> Response:
+    async def predict(
+        request: Request, _: Annotated[ApiToken | None, Depends(require("predict"))]
+    ) -> Response:
         """Predict for one record or a list of records (raw contract columns)."""
         return await predict_request(request.app.state.server, request)
 
@@ -93,12 +103,23 @@ def create_app(project: Path) -> FastAPI:
         "/feedback",
         response_model=FeedbackResponse,
         status_code=202,
-        responses={422: {"description": "A label breaks the target's contract"}},
+        responses={
+            **_AUTH,
+            404: {"description": "A request id this server did not issue"},
+            415: {"description": "The body is not application/json"},
+            422: {"description": "A label breaks the target's contract"},
+            429: {"description": "Too many labels from this token; see Retry-After"},
+        },
         openapi_extra=_json_body(FeedbackItem.model_json_schema()),
     )
-    async def feedback(request: Request) -> Response:
-        """Store true labels by request id (and record), for realized-performance monitoring."""
-        return await feedback_request(request.app.state.server, request)
+    async def feedback(
+        request: Request, token: Annotated[ApiToken | None, Depends(require("feedback"))]
+    ) -> Response:
+        """Store true labels by request id (and record), for realized-performance monitoring.
+
+        The first label of a record is kept; a later one is stored but ignored, unless it is
+        sent with ``"correction": true`` by an ``admin`` token."""
+        return await feedback_request(request.app.state.server, request, token)
 
     _offline_docs(app)
 
@@ -107,8 +128,8 @@ def create_app(project: Path) -> FastAPI:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/ready", responses={503: {"description": "No model loaded yet"}})
-    async def ready(request: Request) -> Response:
+    @app.get("/ready", responses={**_AUTH, 503: {"description": "No model loaded yet"}})
+    async def ready(request: Request, _: Caller) -> Response:
         """A model is loaded and warm."""
         server: Server = request.app.state.server
         model = server.slot.current
@@ -125,8 +146,8 @@ def create_app(project: Path) -> FastAPI:
             }
         )
 
-    @app.get("/model", responses={503: {"description": "No model loaded yet"}})
-    async def model_info(request: Request) -> Response:
+    @app.get("/model", responses={**_AUTH, 503: {"description": "No model loaded yet"}})
+    async def model_info(request: Request, _: Caller) -> Response:
         """The served version: metrics, training-data lineage, why it is champion."""
         server: Server = request.app.state.server
         model = server.slot.current
@@ -147,8 +168,10 @@ def create_app(project: Path) -> FastAPI:
             }
         )
 
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
+    @app.get("/metrics", responses=_AUTH)
+    async def metrics(
+        request: Request, _: Annotated[ApiToken | None, Depends(require("metrics"))]
+    ) -> Response:
         """Prometheus metrics (text exposition format)."""
         server: Server = request.app.state.server
         return Response(
@@ -156,6 +179,12 @@ def create_app(project: Path) -> FastAPI:
         )
 
     return app
+
+
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token, or not one of the server's (when tokens are set)"},
+    403: {"description": "The token lacks the scope this endpoint needs"},
+}
 
 
 def _json_body(item: dict[str, Any]) -> dict[str, Any]:

@@ -35,9 +35,14 @@ class BackgroundServer:
     process: subprocess.Popen[bytes]
     log: Path
     ready_seconds: float = 0.0
+    token: str | None = None  # an API token, sent as a bearer token by client()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        return httpx.Client(base_url=self.url, timeout=30, headers=self.headers)
 
 
 @contextmanager
@@ -49,6 +54,7 @@ def background_server(
     workers: int | None = None,
     env: dict[str, str] | None = None,  # added to this process's environment
     wait_ready: bool = True,
+    token: str | None = None,  # sent by the server's client() and the readiness check
 ) -> Iterator[BackgroundServer]:
     """``driftloop serve`` for the project on a free port, stopped with SIGTERM on exit."""
     port = free_port()
@@ -61,7 +67,7 @@ def background_server(
         process = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-    server = BackgroundServer(f"http://127.0.0.1:{port}", process, log)
+    server = BackgroundServer(f"http://127.0.0.1:{port}", process, log, token=token)
     try:
         if wait_ready:
             server.ready_seconds = wait_until_ready(server, timeout, started)
@@ -77,7 +83,8 @@ def wait_until_ready(server: BackgroundServer, timeout: float, started: float) -
             tail = server.log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"driftloop serve exited early ({server.log}):\n{tail}")
         try:
-            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+            ready = httpx.get(f"{server.url}/ready", timeout=2, headers=server.headers)
+            if ready.status_code == 200:
                 return time.perf_counter() - started
         except httpx.TransportError:
             pass

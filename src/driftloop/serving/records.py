@@ -261,6 +261,10 @@ class RequestContract:
                 continue
             given = values[f"__raw_{rule.column}"]
             msg = f"{rule.label}: got {'null' if given is None else repr(given)}"
+            if rule.warn:  # an open allowed list, a plausible range: scored, and said
+                kind = "new value" if rule.name.startswith("isin(") else "outlier"
+                flags.setdefault(row, []).append(f"{kind}: {msg}")
+                continue
             if rule.name.startswith("isin(") and self.unknown_category == "flag":
                 flags.setdefault(row, []).append(f"unknown category: {msg}")
                 continue
@@ -306,8 +310,10 @@ def record_schema(spec: Spec) -> dict[str, Any]:
             prop["minimum"] = rule.min
         if rule.max is not None:
             prop["maximum"] = rule.max
-        if rule.allowed is not None:
+        if rule.allowed is not None and rule.new_values == "reject":
             prop["enum"] = list(rule.allowed)
+        elif rule.allowed is not None:  # open: a new value is scored and reported
+            prop["examples"] = list(rule.allowed)
         if rule.regex is not None:
             prop["pattern"] = rule.regex
         if rule.nullable or name in spec.cleaning.impute:

@@ -41,9 +41,15 @@ def serve(
     """Serve the project's champion until interrupted (Ctrl-C or SIGTERM: a clean stop)."""
     import uvicorn
 
+    from driftloop.serving.auth import check_binding, load_tokens
+    from driftloop.serving.limits import uvicorn_settings
+
     project = project.resolve()
     spec = load_spec(project)
     settings = spec.serving
+    # Before any worker starts: a bad token file or an open API on a public address stops
+    # here with one clear message, not in every worker.
+    check_binding(host or settings.host, load_tokens())
     prepare_environment(project, settings.threads_per_worker)
     uvicorn.run(
         "driftloop.serving.run:app_from_environment",
@@ -54,6 +60,7 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        **uvicorn_settings(settings.limits),  # header/body bounds, connections per worker
     )
 
 
@@ -87,8 +94,10 @@ def metrics_folder() -> Path:
 
 def app_from_environment() -> Any:
     """The app factory uvicorn's workers call (the project comes from the environment)."""
+    from driftloop.core.redact import redact_standard_streams
     from driftloop.serving.app import create_app
 
+    redact_standard_streams()  # the worker's logs, before logging holds the stream
     logging.basicConfig(
         level=os.environ.get(LOG_LEVEL_ENV, "WARNING"),
         format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: %(message)s",

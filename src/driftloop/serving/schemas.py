@@ -32,6 +32,11 @@ class FeedbackItem(BaseModel):
         0, ge=0, le=2**31 - 1, description="Which record of the request (0 for one record)"
     )
     label: str | int | float | bool = Field(description="The true value of the target")
+    correction: bool = Field(
+        False,
+        description="Replace the label already given for this record (needs an admin token); "
+        "without it, the first label of a record is the one monitoring uses",
+    )
 
 
 class FeedbackResponse(BaseModel):

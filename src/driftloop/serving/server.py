@@ -18,6 +18,8 @@ from driftloop.serving.champion import ChampionSource, ChampionWatcher, ModelSlo
 from driftloop.serving.logbook import FrameLog
 from driftloop.serving.metrics import ServingMetrics
 from driftloop.serving.model import Scored, ServedModel
+from driftloop.serving.ratelimit import RateLimiter
+from driftloop.serving.request_ids import RequestIds
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class Server:
     feedback: FrameLog
     watcher: ChampionWatcher
     loaded: asyncio.Event  # set once a model is in the slot
+    request_ids: RequestIds
+    feedback_limit: RateLimiter
 
 
 def start_server(spec: Spec, layout: Layout) -> Server:
@@ -135,6 +139,12 @@ def start_server(spec: Spec, layout: Layout) -> Server:
         logs["feedback"],
         watcher,
         loaded,
+        RequestIds.for_project(layout.state_dir),
+        RateLimiter(
+            settings.feedback_limit.labels_per_second,
+            settings.feedback_limit.burst,
+            clock=loop.time,
+        ),
     )
     for frame_log in logs.values():
         frame_log.start()

@@ -1,0 +1,142 @@
+"""A pass with nothing to do does nothing, and a settled ``driftloop run`` answers without
+parsing the spec or importing the state layer; anything that could change the plan makes
+the next pass an ordinary one."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import driftloop
+from driftloop.core.layout import Layout
+from driftloop.core.state import StateDB
+from driftloop.orchestration.lease import Lease
+from driftloop.orchestration.settled import quick_settled
+
+from .helpers import write_spec
+from .test_ingest import SPEC, land
+
+
+def settled_project(tmp_path: Path) -> Path:
+    write_spec(tmp_path, SPEC)
+    land(tmp_path, "a.csv", [(1, 2), (3, 4)])
+    first = driftloop.run(tmp_path)
+    assert first.ingest.batch is not None and not first.failed
+    assert quick_settled(tmp_path) is not None  # the pass ended with nothing left to do
+    assert driftloop.run(tmp_path).reports == []
+    return tmp_path
+
+
+def stage_runs(project: Path) -> int:
+    with StateDB(Layout(project).state_db) as db:
+        return len(db.stage_runs(limit=1000))
+
+
+def test_a_settled_pass_is_answered_quickly_and_the_ordinary_pass_agrees(tmp_path: Path) -> None:
+    project = settled_project(tmp_path)
+    runs = stage_runs(project)
+    result = driftloop.run(project)
+    assert not result.did_work and result.reports == []
+    assert stage_runs(project) == runs
+    assert quick_settled(project) is not None  # reading it changed nothing
+
+
+def _land(p: Path) -> None:
+    land(p, "b.csv", [(5, 6)])
+
+
+def _rewrite_in_place(p: Path) -> None:
+    raw = p / "data/raw/s/a.csv"
+    stat = raw.stat()
+    raw.write_text("x,y\n7,8\n9,9\n")  # same size, another content
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+
+def _remove_raw(p: Path) -> None:
+    (p / "data/raw/s/a.csv").unlink()
+
+
+def _edit_spec(p: Path) -> None:
+    write_spec(p, SPEC.replace("logs: [x]", "logs: []"))
+
+
+def _withdraw_output(p: Path) -> None:
+    batch = next((p / "data/features").iterdir())
+    batch.rename(p / "data/features" / f".gone-{batch.name}")
+
+
+def _record_a_run_elsewhere(p: Path) -> None:
+    with StateDB(Layout(p).state_db) as db:
+        key = "prep:elsewhere"
+        db.start_run(key, "prep", "elsewhere")
+        db.finish_run(key, "prep", "elsewhere", 0.1, "x", None)
+
+
+def _hold_the_lease(p: Path) -> None:
+    Lease(Layout(p).state_db, name="watch", seconds=600)._take()  # a watcher, alive
+
+
+def _older_state_file(p: Path) -> None:
+    conn = sqlite3.connect(Layout(p).state_db)
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _land,
+        _rewrite_in_place,
+        _remove_raw,
+        _edit_spec,
+        _withdraw_output,
+        _record_a_run_elsewhere,
+        _hold_the_lease,
+        _older_state_file,
+    ],
+)
+def test_anything_that_could_change_the_plan_makes_an_ordinary_pass(
+    tmp_path: Path, change: Callable[[Path], None]
+) -> None:
+    project = settled_project(tmp_path)
+    change(project)
+    assert quick_settled(project) is None
+
+
+@pytest.mark.parametrize("name", ["DRIFTLOOP_STATE_URL", "MLFLOW_TRACKING_URI"])
+def test_the_environment_that_picks_state_and_registry_is_part_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    project = settled_project(tmp_path)
+    monkeypatch.setenv(name, f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert quick_settled(project) is None
+
+
+def test_a_new_file_is_taken_by_the_next_run_after_a_settled_one(tmp_path: Path) -> None:
+    project = settled_project(tmp_path)
+    _land(project)
+    result = driftloop.run(project)
+    assert result.ingest.batch is not None and len(result.ingest.new_files) == 1
+
+
+def test_a_settled_cli_run_imports_neither_the_spec_nor_the_state_layer(tmp_path: Path) -> None:
+    project = settled_project(tmp_path)
+    code = (
+        "import sys\n"
+        "from driftloop.cli import main\n"
+        f"sys.argv = ['driftloop', 'run', '-p', {str(project)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "heavy = [m for m in ('sqlalchemy', 'driftloop.core.spec', 'driftloop.core.state',"
+        " 'polars') if m in sys.modules]\n"
+        "print('heavy:', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "nothing to do: every batch is up to date" in out.stdout
+    assert "heavy: []" in out.stdout, out.stdout
