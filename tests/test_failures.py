@@ -97,6 +97,13 @@ def test_run_exits_1_while_a_failure_is_unresolved_and_0_once_dismissed(tmp_path
     # nothing left to dismiss
     code, _, err = invoke("batches", "-p", str(tmp_path), "dismiss", batch, "--reason", "again")
     assert code == 2 and "no unresolved stage run" in err
+    # the pass settled with the batch left out; a retry is a change it sees
+    code, out, _ = invoke("run", "-p", str(tmp_path))
+    assert code == 0 and "nothing to do" in out
+    code, out, _ = invoke("batches", "-p", str(tmp_path), "retry", batch)
+    assert code == 0, out
+    code, out, _ = invoke("run", "-p", str(tmp_path))
+    assert code == 1 and f"FAILED prep {batch}: batch" in out
 
 
 def test_retry_runs_a_failed_call_again_and_a_fix_resolves_it(tmp_path: Path) -> None:

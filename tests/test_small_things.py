@@ -50,8 +50,12 @@ def test_run_help_describes_the_whole_pass() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    project = synthetic_project(tmp_path_factory.mktemp("docs"), versions=1)
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_project(tmp_path_factory.mktemp("docs"), versions=1)
+
+
+@pytest.fixture(scope="module")
+def server(project: Path) -> Iterator[Running]:
     with serving(project) as running:
         yield running
 
@@ -111,18 +115,25 @@ def test_docs_render_offline_in_a_browser(browser: Any, server: Running) -> None
     page.close()
 
 
-def test_a_422_for_a_json_type_names_its_request(server: Running) -> None:
+def test_a_422_for_a_json_type_names_its_request(server: Running, project: Path) -> None:
+    """Refusals carry a server-issued request id like every answer; one refused before its
+    records are known holds no record, so no label can name it."""
+    from driftloop.core.layout import Layout
+    from driftloop.serving.request_ids import RequestIds
+
+    ids = RequestIds.for_project(Layout(project).state_dir)
     with server.client() as c:
         for body in ({**record(), "x1": {"nested": 1}}, {**record(), "colour": "red"}):
-            got = c.post("/predict", json=body, headers={"X-Request-ID": "typed-1"})
+            got = c.post("/predict", json=body)
             assert got.status_code == 422, got.text
-            assert got.json()["request_id"] == "typed-1"
-            assert got.headers["x-request-id"] == "typed-1"
+            given = got.json()["request_id"]
+            assert got.headers["x-request-id"] == given and ids.records(given) == 0
         bad = c.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
         assert bad.status_code == 422
-        assert bad.json()["request_id"] and bad.headers["x-request-id"] == bad.json()["request_id"]
-        rule = c.post("/predict", json={**record(), "c": None, "x1": "abc"})
-        assert rule.status_code == 422 and rule.json()["request_id"]  # as before
+        assert bad.headers["x-request-id"] == bad.json()["request_id"]
+        assert ids.records(bad.json()["request_id"]) == 0
+        rule = c.post("/predict", json={**record(), "t": "yesterday"})  # a rule, not a type
+        assert rule.status_code == 422 and ids.records(rule.json()["request_id"]) == 1
 
 
 def test_replay_keeps_only_what_its_report_needs(tmp_path: Path) -> None:
