@@ -140,3 +140,35 @@ def test_a_settled_cli_run_imports_neither_the_spec_nor_the_state_layer(tmp_path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "nothing to do: every batch is up to date" in out.stdout
     assert "heavy: []" in out.stdout, out.stdout
+
+
+def test_an_upgrade_that_keys_prep_differently_redoes_the_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftloop.prep import stage as prep_stage
+
+    project = settled_project(tmp_path)
+    assert quick_settled(project) is not None
+    monkeypatch.setattr(prep_stage, "PREP_VERSION", "next")  # as a release that changes prep
+    monkeypatch.setattr(driftloop, "__version__", "next")
+    assert quick_settled(project) is None
+    result = driftloop.run(project)
+    assert [(r.stage, r.outcome) for r in result.reports] == [("prep", "ran"), ("features", "ran")]
+
+
+def test_an_option_left_at_its_default_keys_nothing() -> None:
+    from driftloop.core.spec import parse_spec
+
+    base = {
+        "name": "p",
+        "task": "regression",
+        "target": "y",
+        "sources": [{"name": "s", "path": "data/raw/s/*.csv"}],
+        "contract": {"columns": {"x": {"dtype": "float"}, "y": {"dtype": "float"}}},
+    }
+    plain, spelled = parse_spec(base), parse_spec({**base, "cleaning": {}})
+    sections = ("sources", "contract", "cleaning")
+    assert plain.section_hash(*sections) == spelled.section_hash(*sections)
+    columns = {"x": {"dtype": "float", "min": 0}, "y": {"dtype": "float"}}
+    changed = parse_spec({**base, "contract": {"columns": columns}})
+    assert changed.section_hash(*sections) != plain.section_hash(*sections)

@@ -557,9 +557,11 @@ class Spec(_Frozen):
 
     @cached_property
     def json_sections(self) -> dict[str, Any]:
-        """The spec as JSON data, computed once (the spec is frozen): a pass hashes sections
-        for every batch's keys."""
-        return self.model_dump(mode="json")
+        """The spec as JSON data without the values left at their defaults, computed once
+        (the spec is frozen): a pass hashes sections for every batch's keys. Without the
+        defaults, a release that adds an option does not change every key and redo every
+        project's history; a change of what a default does is a stage's ``*_VERSION``."""
+        return self.model_dump(mode="json", exclude_defaults=True)
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named top-level sections, for stage-run keys."""

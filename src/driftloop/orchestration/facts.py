@@ -188,12 +188,20 @@ def _with_check(
 
 
 def environment(ctx: Context) -> str:
-    """What every batch's data stages depend on besides its own files: the spec and the
-    user's feature module."""
-    from driftloop.features.stage import user_code_hash
+    """What every batch's data stages depend on besides its own files: the spec, the user's
+    feature module, and the stages' versions and sections as this release keys them (an
+    upgrade that keys a batch differently moves the watermark back)."""
+    from driftloop.features.stage import FEATURES_SECTIONS, FEATURES_VERSION, user_code_hash
 
     digest = hashlib.sha256(ctx.layout.spec.read_bytes())
     digest.update(ctx.once("user_code", lambda: user_code_hash(ctx.spec, ctx.layout.root)).encode())
+    keyed = (
+        prep_stage.PREP_VERSION,
+        ctx.spec.section_hash(*prep_stage.PREP_SECTIONS),
+        FEATURES_VERSION,
+        ctx.spec.section_hash(*FEATURES_SECTIONS),
+    )
+    digest.update("\0".join(keyed).encode())
     return digest.hexdigest()
 
 

@@ -1,10 +1,10 @@
 """A pass with nothing to do does nothing: the settled fingerprint.
 
 When a pass ends with nothing ingested, nothing run and nothing waiting on the clock, it
-records a fingerprint of everything a plan depends on: the spec and the user's feature
-module, the environment that picks the state and the registry, every raw file the sources
-match (name, size, modification time), the output folders (whose modification time changes
-with every entry added, removed or renamed), and the state
+records a fingerprint of everything a plan depends on: driftloop's version, the spec and
+the user's feature module, the environment that picks the state and the registry, every
+raw file the sources match (name, size, modification time), the output folders (whose
+modification time changes with every entry added, removed or renamed), and the state
 database's progress (batches, stage runs, decisions). The next pass computes the same
 fingerprint (a directory listing and a few queries, no manifest opened, no stage imported)
 and, when it is unchanged, stops there. Anything that could change the plan changes the
@@ -69,7 +69,9 @@ def fingerprint(
     basis: Basis, layout: Layout, progress: str, listed: list[tuple[str, RawObject]]
 ) -> str:
     """``progress``: the state's progress marker; ``listed``: the sources' listing."""
-    digest = hashlib.sha256(basis.spec_sha256.encode())
+    import driftloop  # a release may key the stages differently
+
+    digest = hashlib.sha256(f"{driftloop.__version__}\0{basis.spec_sha256}".encode())
     for name in ENVIRONMENT:
         digest.update(f"{name}\0{os.environ.get(name, '')}\n".encode())
     if basis.module is not None:
