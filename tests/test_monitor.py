@@ -130,7 +130,7 @@ def test_the_holdout_rows_reproduce_the_holdout(
     assert set(drift["drifted_columns"]) == {"nswprice", "nswdemand"}
     assert drift["share_of_drifted_columns"] < 0.5 < drift["weighted_share_of_drifted_columns"]
     assert out.returncode == 3 == report["summary"]["exit_code"]
-    # counted with equal weights, 2 of 7 inputs is not dataset drift: exit 0
+    # counted with equal weights, 2 of 7 inputs is not dataset drift: exit 4, column drift
     spec = project / "driftloop.yaml"
     original = spec.read_text()
     try:
@@ -138,8 +138,9 @@ def test_the_holdout_rows_reproduce_the_holdout(
         plain = monitor_cli(project, "--current", str(held))
     finally:
         spec.write_text(original)
-    assert plain.returncode == 0, plain.stdout + plain.stderr
-    assert plain.stdout.splitlines()[-1].startswith("OK: 2 feature(s) drifted")
+    assert plain.returncode == 4, plain.stdout + plain.stderr
+    assert plain.stdout.splitlines()[-1].startswith("COLUMN DRIFT: 2 feature(s) drifted")
+    assert "no dataset drift" in plain.stdout and "2 of 7 column(s) drifted" in plain.stdout
 
 
 def write_log(project: Path, frame: pl.DataFrame, version: str, start: dt.datetime) -> None:

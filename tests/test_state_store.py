@@ -126,6 +126,32 @@ def test_stage_runs(db: StateDB) -> None:
     assert db.last_event("StageFailed")["error"] == "bad rows"  # type: ignore[index]
 
 
+def test_failures_dismissed_and_retried(db: StateDB) -> None:
+    """The failures in the way are the current keys that failed; a dismissal and a retry
+    are recorded with who (and why), and a key replaced by a newer run is no failure."""
+    db.start_run("k1", "prep", "b1")
+    db.finish_run("k1", "prep", "b1", 0.1, None, "too many bad rows")
+    db.start_run("k2", "prep", "b2")
+    db.finish_run("k2", "prep", "b2", 0.1, None, "disk", retry=True)
+    db.start_run("k3", "prep", "b3")
+    db.finish_run("k3", "prep", "b3", 0.1, None, "old failure")
+    db.start_run("k4", "prep", "b3")  # b3's spec changed: a new key made its output
+    db.finish_run("k4", "prep", "b3", 0.1, "data/processed/b3", None)
+    found = [(f["key"], f["status"]) for f in db.failures()]
+    assert found == [("k1", "failed"), ("k2", "error")]
+    done = db.dismiss("k1", reason="a test file", actor="ana")
+    assert (done["batch_id"], done["actor"], done["reason"]) == ("b1", "ana", "a test file")
+    assert db.dismissed_keys() == {("prep", "b1"): "k1"}
+    assert [f["key"] for f in db.failures(dismissed=False)] == ["k2"]
+    with pytest.raises(StateError, match="not a failed run"):
+        db.dismiss("k4", reason="x", actor="ana")
+    db.request_retry("k1", actor="bo")
+    assert db.run_info("k1")["status"] == "retry"  # type: ignore[index]
+    assert db.dismissed_keys() == {}
+    assert [e["type"] for e in db.events()][-2:] == ["FailureDismissed", "RetryRequested"]
+    assert db.last_event("RetryRequested")["actor"] == "bo"  # type: ignore[index]
+
+
 def test_published_keys_facts_and_the_ledger_at_once(db: StateDB) -> None:
     db.create_batch("b1", files("b1", "a2", "a1"))
     db.record_sighting("orders/a1.csv", 11, 5, "a1")  # the ledger took it under this path

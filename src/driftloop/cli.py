@@ -1,8 +1,11 @@
 """The ``driftloop`` command line.
 
-Exit codes: 0 success (quarantined rows are reported, not failures); 1 a stage failed;
+Exit codes: 0 success (quarantined rows are reported, not failures); 1 a stage failed, now
+or earlier and not yet fixed, retried or dismissed (``driftloop batches``);
 2 bad input to driftloop itself (spec, arguments, project folder); 3 ``driftloop monitor``
-found drift or degraded performance (so cron and CI can tell it from an error). Errors
+found dataset, target or prediction drift or degraded performance (so cron and CI can tell
+it from an error); 4 ``driftloop monitor`` found a column drifted, below the dataset drift
+threshold (a warning: a unit change upstream, say; the retrain policy does not act on it). Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
 commands, so ``--help`` answers fast.
 """
@@ -48,12 +51,30 @@ EXIT_STAGE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 NOTHING_TO_DO = "nothing to do: every batch is up to date"
+EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from driftloop import __version__
+
+        typer.echo(f"driftloop {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print driftloop's version and exit.",
+        ),
     ] = False,
 ) -> None:
     _state["verbose"] = verbose
@@ -143,7 +164,12 @@ def init(
 
 @app.command()
 def run(project: ProjectOpt = Path()) -> None:
-    """One full pass: ingest new raw files, then prep and features for every batch."""
+    """One full pass of the loop: ingest new raw files; prep (validate, clean, quarantine)
+    and features for every batch not up to date; check each new batch against the champion
+    (drift, and performance from its labels); if the retrain policy says so, train a
+    challenger and run the promotion gate, which promotes it or keeps the champion. Exits 0
+    when the pass completes, 1 while a failure is unresolved (this run's or an earlier
+    one's: see 'driftloop batches'), 2 for a bad spec or arguments."""
     from driftloop.orchestration.settled import quick_settled
 
     settled = quick_settled(project)
@@ -161,7 +187,7 @@ def run(project: ProjectOpt = Path()) -> None:
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     print_run(result)
-    if result.failed:
+    if result.unresolved:
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
@@ -207,8 +233,14 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             earlier = (
                 " (earlier run; unchanged since)" if report.outcome == "failed-earlier" else ""
             )
+            console.print(f"[red]FAILED[/red] {report.stage} {report.batch_id}{earlier}: ", end="")
+            console.print(str(report.error), markup=False)
+            continue
+        if report.outcome == "dismissed":
             console.print(
-                f"[red]FAILED[/red] {report.stage} {report.batch_id}{earlier}: {report.error}"
+                f"{report.stage} {report.batch_id}: failed, dismissed by a user (left out; "
+                f"'driftloop batches retry {report.batch_id}' runs it again)",
+                markup=False,
             )
             continue
         m = report.manifest
@@ -234,11 +266,10 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                     )
                 for item in m.get("outliers") or []:
                     console.print(f"  kept and reported: {describe_outliers(item)}", markup=False)
-            reasons = m.get("quarantine_reasons", [])
-            for item in reasons[:3]:
-                console.print(f"  {item['rows']:>6} row(s): {item['reason']}")
-            if len(reasons) > 3:
-                console.print(f"  ... {len(reasons) - 3} more reason(s)")
+            from driftloop.prep.core import reason_lines
+
+            for line in reason_lines(m.get("quarantine_reasons", [])):
+                console.print(line, markup=False)
             if m["rows_quarantined"]:
                 where = Layout(Path()).relative(Layout(Path()).quarantine / report.batch_id)
                 console.print(f"  rows and reasons: {where}/")
@@ -272,6 +303,12 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             )
     if result.waiting:
         console.print(f"no training: {result.waiting}")
+    if result.unresolved:
+        batches_ = sorted({r.batch_id for r in result.unresolved})
+        console.print(
+            f"{len(result.unresolved)} unresolved failure(s) ({', '.join(batches_)}): every "
+            "run exits 1 until each is fixed, retried or dismissed; see 'driftloop batches'"
+        )
 
 
 @app.command()
@@ -435,6 +472,122 @@ def print_status(s: dict[str, Any]) -> None:
         console.print(f"  {e['ts'][:19]}  {e['type']:<18} {detail}")
 
 
+batches_app = typer.Typer(
+    help="Failed batches: list them with their reasons, retry or dismiss one.",
+    no_args_is_help=False,
+)
+app.add_typer(batches_app, name="batches")
+
+
+@batches_app.callback(invoke_without_command=True)
+def batches(
+    ctx: typer.Context,
+    project: ProjectOpt = Path(),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The failed stage runs still in the way (each run exits 1 while one is unresolved),
+    with their reasons, and the ones a user dismissed, with who and why."""
+    ctx.obj = project
+    if ctx.invoked_subcommand is not None:
+        return
+    from driftloop.core.errors import DriftloopError
+    from driftloop.orchestration.failures import batch_failures
+
+    _require_state(project)
+    try:
+        found = batch_failures(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if as_json:
+        sys.stdout.write(json.dumps(found, indent=2, default=str) + "\n")
+        return
+    console = _console()
+    unresolved, dismissed = found["unresolved"], found["dismissed"]
+    console.print(
+        f"{found['batches']} batch(es); {len(unresolved)} unresolved failure(s), "
+        f"{len(dismissed)} dismissed"
+    )
+    for f in unresolved:
+        tries = f" after {f['attempts']} attempt(s)" if f["status"] == "error" else ""
+        console.print(f"[red]FAILED[/red] {f['stage']} {f['batch_id']}{tries}:")
+        console.print("  " + str(f["error"]).replace("\n", "\n  "), markup=False)
+    for f in dismissed:
+        d = f["dismissed"] or {}
+        console.print(
+            f"dismissed {f['stage']} {f['batch_id']} by {d.get('by', '?')} "
+            f"({str(d.get('at', ''))[:19]}): {d.get('reason', '?')}",
+            markup=False,
+        )
+        console.print("  " + str(f["error"]).splitlines()[0], markup=False)
+    if unresolved:
+        console.print(
+            "fix the data or the spec and run again, or: driftloop batches retry BATCH | "
+            "driftloop batches dismiss BATCH --reason TEXT"
+        )
+
+
+@batches_app.command("retry")
+def batches_retry(
+    ctx: typer.Context,
+    batch: Annotated[str, typer.Argument(help="The batch whose failed calls run again.")],
+    by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+) -> None:
+    """Run a batch's failed (or dismissed) stage calls again on the next pass."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.orchestration.failures import retry
+
+    _require_state(ctx.obj)
+    try:
+        done = retry(ctx.obj, batch, actor=by)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    for d in done:
+        _console().print(
+            f"{d['stage']} {d['batch_id']}: runs again on the next pass (asked by {d['actor']}); "
+            f"now: driftloop run -p {ctx.obj}",
+            markup=False,
+        )
+
+
+@batches_app.command("dismiss")
+def batches_dismiss(
+    ctx: typer.Context,
+    batch: Annotated[str, typer.Argument(help="The batch whose failure is accepted.")],
+    reason: Annotated[str, typer.Option(help="Why, for the record (required).")],
+    by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+) -> None:
+    """Accept a batch's failure: the loop leaves it out and 'run' stops exiting 1 for it
+    (until its data or the spec changes, or 'driftloop batches retry')."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.orchestration.failures import dismiss
+
+    _require_state(ctx.obj)
+    try:
+        done = dismiss(ctx.obj, batch, reason=reason, actor=by)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    for d in done:
+        _console().print(
+            f"{d['stage']} {d['batch_id']}: dismissed by {d['actor']}: {d['reason']}",
+            markup=False,
+        )
+
+
+def _require_state(project: Path) -> None:
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.layout import Layout
+    from driftloop.core.spec import load_spec
+    from driftloop.core.state import state_exists
+
+    layout = Layout(project)
+    try:
+        url = load_spec(project).state.url
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    if not state_exists(layout.state_db, url):
+        _fail_text(f"{layout.state_db}: no state yet; run 'driftloop run -p {project}' first")
+
+
 models_app = typer.Typer(
     help="Model versions, aliases and promotion history; promote or roll back.",
     no_args_is_help=False,
@@ -506,9 +659,13 @@ def models_promote(
     version: Annotated[str, typer.Argument(help="The version to make champion.")],
     reason: Annotated[str, typer.Option(help="Why, for the audit record.")] = "manual promotion",
     by: Annotated[str | None, typer.Option(help="Who (default: the OS user).")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Promote even a version whose holdout metric is undefined (NaN)."),
+    ] = False,
 ) -> None:
     """Point the champion alias at VERSION, with an audit record."""
-    _move_champion(ctx.obj, version=version, why=reason, actor=by)
+    _move_champion(ctx.obj, version=version, why=reason, actor=by, force=force)
 
 
 @models_app.command("rollback")
@@ -521,7 +678,9 @@ def models_rollback(
     _move_champion(ctx.obj, version=None, why=reason, actor=by)
 
 
-def _move_champion(project: Path, *, version: str | None, why: str, actor: str | None) -> None:
+def _move_champion(
+    project: Path, *, version: str | None, why: str, actor: str | None, force: bool = False
+) -> None:
     from driftloop.core.errors import DriftloopError
     from driftloop.core.layout import Layout
     from driftloop.core.spec import load_spec
@@ -532,12 +691,14 @@ def _move_champion(project: Path, *, version: str | None, why: str, actor: str |
     try:
         spec = load_spec(project)
         with StateDB(layout.state_db, url=spec.state.url) as db:
-            decision = manual_alias_change(spec, layout, db, version=version, why=why, actor=actor)
+            decision = manual_alias_change(
+                spec, layout, db, version=version, why=why, actor=actor, force=force
+            )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     _console().print(
         f"champion of {spec.name}: v{decision['version']} (was v{decision['champion_version']}); "
-        f"{decision['decision']} by {decision['actor']}: {why}"
+        f"{decision['decision']} by {decision['actor']}: {decision['reason']}"
     )
 
 
@@ -590,7 +751,10 @@ def monitor(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
-    """Drift and performance of the champion: exit 0 if none, 3 if drift or degradation."""
+    """Drift and performance of the champion: exit 0 if no column drifted and nothing
+    degraded, 3 for dataset, target or prediction drift or degradation, 4 when only some
+    columns drifted (below the dataset threshold). A raw file goes through the source's
+    prep first: only the rows prep would keep are scored."""
     from driftloop.core.errors import DriftloopError
     from driftloop.monitoring.run import monitor as run_monitor
 
@@ -603,11 +767,14 @@ def monitor(
     else:
         print_monitor(result.report)
     if result.exit_code:
-        raise typer.Exit(EXIT_DRIFT)
+        raise typer.Exit(result.exit_code)  # EXIT_DRIFT, or EXIT_COLUMN_DRIFT (a warning)
 
 
 def print_monitor(report: dict[str, Any]) -> None:
-    """The monitoring summary: what was compared, what drifted, performance, the report."""
+    """The monitoring summary: what was compared, what drifted, performance, the report.
+    A value the report could not compute (null) prints as ``undefined``."""
+    from driftloop.monitoring.report import number
+
     console = _console()
     model, cur, drift = report["model"], report["current"], report["data_drift"]
     where = cur.get("path") or (
@@ -617,44 +784,71 @@ def print_monitor(report: dict[str, Any]) -> None:
         f"monitor {model['name']} v{model['version']}: reference {report['reference']['rows']} "
         f"training rows vs {where} ({cur['rows']} rows)"
     )
+    prep = cur.get("prep")
+    if prep:
+        from driftloop.prep.core import reason_lines
+
+        console.print(
+            f"prep of the raw file: {prep['rows_in']} rows in, {prep['rows_ok']} scored, "
+            f"{prep['rows_quarantined']} quarantined, {prep['rows_duplicate']} duplicate "
+            "(not scored)"
+        )
+        for line in reason_lines(prep["quarantine_reasons"]):
+            console.print(line, markup=False)
     console.print(
         f"data drift: {drift['number_of_drifted_columns']} of {drift['number_of_columns']} "
-        f"features drifted (weighted share {drift['weighted_share_of_drifted_columns']:.2f}, "
-        f"dataset drift at {drift['drift_share']:.2f}: "
-        f"{'YES' if drift['dataset_drift'] else 'no'})"
+        f"features drifted (weighted share "
+        f"{number(drift['weighted_share_of_drifted_columns'], 2)}, dataset drift at "
+        f"{drift['drift_share']:.2f}: {'YES' if drift['dataset_drift'] else 'no'})"
     )
     for c in drift["columns"]:
         if c["drift"]:
-            console.print(f"  {c['column']}: {c['test']} {c['value']:.4g}; {c['reason']}")
+            console.print(
+                f"  {c['column']}: {c['test']} {_g(c['value'])}; {c['reason']}", markup=False
+            )
     for key in ("target_drift", "prediction_drift"):
         c = report.get(key)
         if c:
             verdict = "DRIFT" if c["drift"] else "no drift"
             console.print(
                 f"{key.replace('_', ' ')} ({c['column']}): {verdict}, {c['test']} "
-                f"{c['value']:.4g}; {c['reason']}"
+                f"{_g(c['value'])}; {c['reason']}",
+                markup=False,
             )
     perf = report.get("performance")
     if perf:
         o = perf["overall"]
         decayed = sum(w["decayed"] for w in perf["windows"])
+        undefined = sum(w["value"] is None for w in perf["windows"])
         console.print(
-            f"performance: {perf['metric']} {o['value']:.4f} [{o['low']:.4f}, {o['high']:.4f}] "
-            f"on {perf['rows']} labelled rows vs holdout {perf['holdout']:.4f} (tolerance "
-            f"{perf['tolerance']:g}): {'DEGRADED' if perf['degraded'] else 'ok'}; "
+            f"performance: {perf['metric']} {number(o['value'])} [{number(o['low'])}, "
+            f"{number(o['high'])}] on {perf['rows']} labelled rows vs holdout "
+            f"{number(perf['holdout'])} (tolerance {perf['tolerance']:g}): "
+            f"{'DEGRADED' if perf['degraded'] else 'ok'}; "
             f"{decayed} of {len(perf['windows'])} windows decayed"
+            + (f", {undefined} undefined" if undefined else ""),
+            markup=False,
         )
         found = ", ".join(f"{k} {v['count']}" for k, v in perf["detectors"]["detections"].items())
         console.print(f"  change detectors on the {perf['detectors']['stream']}: {found}")
     estimate = report.get("estimated_performance")
     if estimate and estimate["overall"]:
-        values = ", ".join(f"{m} {estimate['overall'][m]:.4f}" for m in estimate["metrics"])
+        values = ", ".join(f"{m} {number(estimate['overall'].get(m))}" for m in estimate["metrics"])
         console.print(f"estimated performance (no labels used; an estimate): {values}")
     paths = report.get("paths") or {}
     if paths:
         console.print(f"report: {paths['json']}, {paths['html']}")
     summary = report["summary"]
-    console.print(("DRIFT: " if summary["exit_code"] else "OK: ") + "; ".join(summary["messages"]))
+    if summary.get("headline"):
+        console.print(summary["headline"])
+    lead = {EXIT_DRIFT: "DRIFT: ", EXIT_COLUMN_DRIFT: "COLUMN DRIFT: "}.get(
+        summary["exit_code"], "OK: "
+    )
+    console.print(lead + "; ".join(summary["messages"]), markup=False)
+
+
+def _g(value: Any) -> str:
+    return "undefined" if value is None else f"{value:.4g}"
 
 
 @app.command()
@@ -791,6 +985,14 @@ def replay(
         typer.Option(help="Policies to compare (static, every_batch, triggered); default all."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    keep_projects: Annotated[
+        bool,
+        typer.Option(
+            "--keep-projects",
+            help="Keep each policy's project (data, models, registry); by default only the "
+            "report (replay.csv, summary.json, replay.html) is kept.",
+        ),
+    ] = False,
 ) -> None:
     """Stream a historical dataset through the loop in order; compare retrain policies."""
     from driftloop.core.errors import DriftloopError
@@ -811,6 +1013,7 @@ def replay(
             initial_periods=initial_periods,
             policies=tuple(policy or POLICIES),
             say=console.print,
+            keep_projects=keep_projects,
         )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)

@@ -113,6 +113,27 @@ class RetrainRequested(Event):
     new_batches: list[str]
 
 
+class FailureDismissed(Event):
+    """A user accepted a failed stage run (``driftloop batches dismiss``): the batch is left
+    out of the loop until its key changes or someone retries it."""
+
+    stage: str
+    batch_id: str
+    key: str
+    error: str | None
+    reason: str
+    actor: str
+
+
+class RetryRequested(Event):
+    """A user asked for a failed (or dismissed) stage run to run again on the next pass."""
+
+    stage: str
+    batch_id: str
+    key: str
+    actor: str
+
+
 class DriftDetected(Event):
     model: str
     version: str
@@ -124,6 +145,19 @@ class DriftDetected(Event):
     columns: list[dict[str, Any]]
     prediction_drift: dict[str, Any] | None
     target_drift: dict[str, Any] | None
+
+
+class ColumnDriftDetected(Event):
+    """Some inputs drifted, below the dataset drift threshold (``driftloop monitor`` exits
+    4): a unit change upstream in one column, say. The retrain policy does not act on it."""
+
+    model: str
+    version: str
+    current: Any
+    report: dict[str, Any] | None
+    drift_share: float
+    weighted_share_of_drifted_columns: float | None
+    columns: list[dict[str, Any]]
 
 
 class PerformanceDegraded(Event):

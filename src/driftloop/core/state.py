@@ -515,6 +515,71 @@ class StateDB:
                 payload["error"] = error
             self._append_event(conn, event, payload)
 
+    UNRESOLVED = ("failed", "error")  # a run that failed and is neither fixed nor dismissed
+
+    def failures(self, *, dismissed: bool = True) -> list[dict[str, Any]]:
+        """The failed runs still in the way: for each (stage, batch) output, its current key
+        when that key failed (on its data, or retries exhausted or pending) and, with
+        ``dismissed``, when a user dismissed it; oldest batch first. A failure whose output
+        a newer key has since made is not listed."""
+        c, s = current_runs.c, stage_runs.c
+        statuses = (*self.UNRESOLVED, "dismissed") if dismissed else self.UNRESOLVED
+        stmt = (
+            sa.select(s.stage, s.batch_id, s.key, s.status, s.error, s.attempts, s.finished_at)
+            .join(current_runs, sa.and_(c.key == s.key))
+            .where(s.status.in_(statuses))
+            .order_by(s.batch_id, s.stage)
+        )
+        return [_as_dict(r) for r in self._rows(stmt)]
+
+    def dismissed_keys(self) -> dict[tuple[str, str], str]:
+        """(stage, batch_id) -> the current key a user dismissed."""
+        return {
+            (f["stage"], f["batch_id"]): f["key"]
+            for f in self.failures()
+            if f["status"] == "dismissed"
+        }
+
+    def dismiss(self, key: str, *, reason: str, actor: str) -> dict[str, Any]:
+        """Mark a failed run dismissed (``FailureDismissed``, with who and why, in the same
+        transaction); returns the event's payload."""
+        from driftloop.core.events import FailureDismissed
+
+        return self._resolve(
+            key, "dismissed", lambda run: FailureDismissed(reason=reason, actor=actor, **run)
+        )
+
+    def request_retry(self, key: str, *, actor: str) -> dict[str, Any]:
+        """Make a failed or dismissed run run again on the next pass, with a fresh count of
+        attempts (``RetryRequested``); returns the event's payload."""
+        from driftloop.core.events import RetryRequested
+
+        def event(run: dict[str, Any]) -> Any:
+            return RetryRequested(actor=actor, **{k: run[k] for k in ("stage", "batch_id", "key")})
+
+        return self._resolve(key, "retry", event)
+
+    def _resolve(self, key: str, status: str, event: Any) -> dict[str, Any]:
+        s = stage_runs.c
+        with self.transaction() as conn:
+            row = conn.execute(
+                sa.select(s.stage, s.batch_id, s.key, s.error, s.status).where(s.key == key)
+            ).first()
+            if row is None or row[4] not in (*self.UNRESOLVED, "dismissed"):
+                raise StateError(
+                    f"stage run {key[:12]}: not a failed run (status {row[4] if row else 'none'})"
+                    "; 'driftloop batches' lists the failures"
+                )
+            found = event({"stage": row[0], "batch_id": row[1], "key": row[2], "error": row[3]})
+            # finished_at moves too: the pass's settled fingerprint sees the change
+            values: dict[str, Any] = {"status": status, "finished_at": utcnow().isoformat()}
+            if status == "retry":
+                values["attempts"] = 0
+            conn.execute(stage_runs.update().where(s.key == key).values(**values))
+            payload: dict[str, Any] = found.payload()
+            self._append_event(conn, found.type, payload)
+        return payload
+
     def last_succeeded(self, stage: str) -> dict[str, Any] | None:
         """The newest succeeded run of a stage (key, batch_id, finished_at, output)."""
         c = stage_runs.c

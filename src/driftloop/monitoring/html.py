@@ -28,7 +28,8 @@ def distribution_svg(plot: dict[str, Any], width: int = 320, height: int = 120) 
     """Reference and current shares side by side per bin (or category)."""
     if not plot:
         return ""
-    ref, cur = plot["reference"], plot["current"]
+    ref = [v if _defined(v) else 0.0 for v in plot["reference"]]
+    cur = [v if _defined(v) else 0.0 for v in plot["current"]]
     n = len(ref)
     top = max([*ref, *cur, 1e-12])
     pad = 18
@@ -93,22 +94,54 @@ def scores_svg(columns: list[dict[str, Any]], width: int = 640) -> str:
     )
 
 
-def performance_svg(perf: dict[str, Any], estimate: dict[str, Any] | None, width: int = 640) -> str:
-    """The metric per window with its interval, the holdout value and the tolerance."""
+def _defined(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def axis_label(value: float) -> str:
+    """A y-axis tick: plain digits (500, 12,345, 0.853), never scientific notation."""
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 10 or value == 0:
+        return f"{value:.1f}".rstrip("0").rstrip(".")
+    if size >= 0.01:
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def performance_svg(
+    perf: dict[str, Any],
+    estimate: dict[str, Any] | None,
+    width: int = 640,
+    *,
+    x_title: str = "window",
+) -> str:
+    """The metric per window with its interval, the holdout value and the tolerance. A
+    window whose metric is undefined (null: for example labels the model never saw) is left
+    out of the line and marked on the axis; with none defined there is no chart."""
     windows = perf["windows"]
-    if not windows:
+    defined = [i for i, w in enumerate(windows) if _defined(w["value"])]
+    if not defined:
         return ""
-    height, pad_l, pad_b = 220, 50, 30
-    values = [v for w in windows for v in (w["low"], w["high"], w["value"]) if v is not None]
-    holdout = perf["holdout"]
-    bound = (holdout - perf["tolerance"]) if perf["higher_is_better"] else None
-    if holdout is not None:
-        values += [holdout, holdout + perf["tolerance"], holdout - perf["tolerance"]]
+    height, pad_b = 240, 44
+    values = [
+        v for i in defined for v in (windows[i]["low"], windows[i]["high"], windows[i]["value"])
+    ]
+    holdout, tolerance = perf["holdout"], perf["tolerance"]
+    bound = None
+    if _defined(holdout):
+        bound = holdout - tolerance if perf["higher_is_better"] else holdout + tolerance
+        values += [holdout, bound]
     est = [w.get(perf["metric"]) for w in (estimate or {}).get("windows", [])]
-    values += [v for v in est if v is not None]
+    values += [v for v in est if _defined(v)]
+    values = [v for v in values if _defined(v)]
     lo, hi = min(values), max(values)
     if math.isclose(lo, hi):
         lo, hi = lo - 0.5, hi + 0.5
+    ticks = [lo + (hi - lo) * k / 4 for k in range(5)]
+    labels = [axis_label(v) for v in ticks]
+    pad_l = 14 + 6 * max(len(t) for t in labels)  # room for the longest tick: never clipped
     n = len(windows)
 
     def x(i: int) -> float:
@@ -117,44 +150,61 @@ def performance_svg(perf: dict[str, Any], estimate: dict[str, Any] | None, width
     def y(v: float) -> float:
         return float(10 + (height - pad_b - 10) * (hi - v) / (hi - lo))
 
-    band = " ".join(f"{x(i):.1f},{y(w['high']):.1f}" for i, w in enumerate(windows))
-    band += " " + " ".join(
-        f"{x(i):.1f},{y(w['low']):.1f}" for i, w in reversed(list(enumerate(windows)))
-    )
-    line = " ".join(f"{x(i):.1f},{y(w['value']):.1f}" for i, w in enumerate(windows))
-    parts = [
-        f'<polygon points="{band}" fill="{REF}" opacity="0.2"/>',
-        f'<polyline points="{line}" fill="none" stroke="{REF}" stroke-width="2"/>',
-    ]
+    parts = []
+    banded = [i for i in defined if _defined(windows[i]["low"]) and _defined(windows[i]["high"])]
+    if banded:
+        band = " ".join(f"{x(i):.1f},{y(windows[i]['high']):.1f}" for i in banded)
+        band += " " + " ".join(f"{x(i):.1f},{y(windows[i]['low']):.1f}" for i in reversed(banded))
+        parts.append(f'<polygon points="{band}" fill="{REF}" opacity="0.2"/>')
+    line = " ".join(f"{x(i):.1f},{y(windows[i]['value']):.1f}" for i in defined)
+    parts.append(f'<polyline points="{line}" fill="none" stroke="{REF}" stroke-width="2"/>')
     for i, w in enumerate(windows):
-        color = BAD if w["decayed"] else REF
-        parts.append(f'<circle cx="{x(i):.1f}" cy="{y(w["value"]):.1f}" r="3" fill="{color}"/>')
-    if est and len(est) == n and all(v is not None for v in est):
+        if i in defined:
+            color = BAD if w["decayed"] else REF
+            parts.append(f'<circle cx="{x(i):.1f}" cy="{y(w["value"]):.1f}" r="3" fill="{color}"/>')
+        else:
+            parts.append(
+                f'<text x="{x(i):.1f}" y="{height - pad_b - 3}" font-size="10" '
+                f'text-anchor="middle" fill="{BAD}">undefined</text>'
+            )
+    if est and len(est) == n and all(_defined(v) for v in est):
         pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(est))
         parts.append(
             f'<polyline points="{pts}" fill="none" stroke="{CUR}" stroke-dasharray="5 3"/>'
         )
-    if holdout is not None:
+    if _defined(holdout) and bound is not None:
         parts.append(
             f'<line x1="{pad_l}" y1="{y(holdout):.1f}" x2="{width - 10}" y2="{y(holdout):.1f}" '
             f'stroke="{OK}"/><text x="{pad_l + 2}" y="{y(holdout) - 3:.1f}" font-size="10" '
-            f'fill="{OK}">holdout {_fmt(holdout)}</text>'
+            f'fill="{OK}">holdout {axis_label(holdout)}</text>'
         )
-        limit = bound if bound is not None else holdout + perf["tolerance"]
         parts.append(
-            f'<line x1="{pad_l}" y1="{y(limit):.1f}" x2="{width - 10}" y2="{y(limit):.1f}" '
+            f'<line x1="{pad_l}" y1="{y(bound):.1f}" x2="{width - 10}" y2="{y(bound):.1f}" '
             f'stroke="{BAD}" stroke-dasharray="4 3"/><text x="{pad_l + 2}" '
-            f'y="{y(limit) + 11:.1f}" font-size="10" fill="{BAD}">tolerance</text>'
+            f'y="{y(bound) + 11:.1f}" font-size="10" fill="{BAD}">tolerance</text>'
         )
-    for v in (lo, hi):
+    for v, label in zip(ticks, labels, strict=True):
         parts.append(
             f'<text x="{pad_l - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">'
-            f"{_fmt(v, 3)}</text>"
+            f"{escape(label)}</text>"
+            f'<line x1="{pad_l - 2}" y1="{y(v):.1f}" x2="{pad_l}" y2="{y(v):.1f}" stroke="{INK}"/>'
+        )
+    base = height - pad_b
+    parts.append(
+        f'<line x1="{pad_l}" y1="{base}" x2="{width - 10}" y2="{base}" stroke="{INK}"/>'
+        f'<line x1="{pad_l}" y1="10" x2="{pad_l}" y2="{base}" stroke="{INK}"/>'
+    )
+    shown = sorted({round(k * (n - 1) / 4) for k in range(5)}) if n > 5 else list(range(n))
+    for i in shown:
+        anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
+        parts.append(
+            f'<line x1="{x(i):.1f}" y1="{base}" x2="{x(i):.1f}" y2="{base + 3}" stroke="{INK}"/>'
+            f'<text x="{x(i):.1f}" y="{base + 14}" font-size="10" text-anchor="{anchor}">'
+            f"{escape(windows[i]['window'])}</text>"
         )
     parts.append(
-        f'<text x="{pad_l}" y="{height - 8}" font-size="10">{escape(windows[0]["window"])}</text>'
-        f'<text x="{width - 10}" y="{height - 8}" font-size="10" text-anchor="end">'
-        f"{escape(windows[-1]['window'])}</text>"
+        f'<text x="{(pad_l + width) / 2:.1f}" y="{height - 6}" font-size="10" '
+        f'text-anchor="middle" fill="#777">{escape(x_title)}</text>'
     )
     return (
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
@@ -193,24 +243,44 @@ def _column_rows(columns: list[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _prep_part(prep: dict[str, Any] | None) -> str:
+    """A raw file's prep: what was scored, and why the other rows were not."""
+    if not prep:
+        return ""
+    items = "".join(
+        f"<li>{r['rows']:,} row(s): {escape(r['reason'])}"
+        + (f" (e.g. {escape(str(r['example']))})" if r.get("example") else "")
+        + "</li>"
+        for r in prep["quarantine_reasons"]
+    )
+    more = f"<li>... {prep['more_reasons']} more reason(s)</li>" if prep["more_reasons"] else ""
+    return (
+        f"<p>Prep of the raw file (the source's reading, cleaning and contract): "
+        f"{prep['rows_in']:,} rows in, {prep['rows_ok']:,} scored, "
+        f"{prep['rows_quarantined']:,} quarantined and {prep['rows_duplicate']:,} duplicate "
+        f"(not scored).</p><ul>{items}{more}</ul>"
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     model, cur, drift = report["model"], report["current"], report["data_drift"]
     summary = report["summary"]
     extra = [c for c in (report.get("target_drift"), report.get("prediction_drift")) if c]
     columns = drift["columns"] + extra
     where = cur.get("path") or f"prediction log {cur['window']['since']} - {cur['window']['until']}"
-    status = "drift detected" if summary["drift_detected"] else "no drift"
-    if summary["performance_degraded"]:
-        status += ", performance degraded"
+    status = summary.get("headline") or (
+        "drift detected" if summary["drift_detected"] else "no drift"
+    )
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>driftloop monitoring: {escape(model['name'])} v{escape(model['version'])}</title>",
         f"<style>{CSS}</style></head><body>",
-        f"<h1>{escape(model['name'])} v{escape(model['version'])}: {status}</h1>",
+        f"<h1>{escape(model['name'])} v{escape(model['version'])}: {escape(status)}</h1>",
         f"<p>Reference: {report['reference']['rows']:,} training rows "
         f"({escape(report['reference']['source'])}). Current: {escape(str(where))}, "
         f"{cur['rows']:,} rows. Generated {escape(report['generated_at'])}; exit code "
         f"{summary['exit_code']}.</p>",
+        _prep_part(cur.get("prep")),
         "<ul>" + "".join(f"<li>{escape(m)}</li>" for m in summary["messages"]) + "</ul>",
         "<h2>Effect sizes against thresholds</h2>",
         "<p class='muted'>Each bar is the effect minus what sampling alone gives (noise "
@@ -229,8 +299,22 @@ def render(report: dict[str, Any]) -> str:
             f"<p>{escape(perf['metric'])} on {perf['rows']:,} labelled rows: {_fmt(o['value'])} "
             f"[{_fmt(o['low'])}, {_fmt(o['high'])}] ({perf['confidence']:.0%} interval) vs "
             f"holdout {_fmt(perf['holdout'])}; tolerance {perf['tolerance']:g}. "
-            f"{'<span class=drift>DEGRADED</span>' if perf['degraded'] else 'Not degraded.'}</p>",
-            performance_svg(perf, estimate),
+            + (
+                f"{undefined} window(s) where {escape(perf['metric'])} is undefined (for "
+                "example labels the model never saw, or a single class). "
+                if (undefined := sum(not _defined(w["value"]) for w in perf["windows"]))
+                else ""
+            )
+            + f"{'<span class=drift>DEGRADED</span>' if perf['degraded'] else 'Not degraded.'}</p>",
+            performance_svg(
+                perf,
+                estimate,
+                x_title=(
+                    "time (the first row of each window)"
+                    if perf.get("window_axis") == "time"
+                    else "rows, in the order they came"
+                ),
+            ),
             f"<p class='key'><span style='background:{REF}'></span>realized, with its "
             f"interval (band); red points: decayed windows"
             + (

@@ -23,7 +23,10 @@ Schema, version 1 (``kind`` "driftloop.monitoring_report")::
                        detections {ADWIN|PageHinkley|DDM: {count, rows, windows}}}}
     estimated_performance  null | {kind: "estimate", method, note, metrics, windows,
                        overall, holdout, below_holdout_by_more_than_tolerance}
-    summary      {drift_detected, performance_degraded, exit_code (0 | 3), messages}
+    summary      {drift_detected, column_drift, performance_degraded, exit_code (0 | 3 | 4),
+                  headline, messages}: exit_code 3 for dataset, target or prediction drift
+                  or degraded performance; 4 (a warning) when only columns drifted, below
+                  the dataset threshold; 0 when no column drifted and nothing degraded
     timings      {load_champion_s, total_s}
     paths        {json, html} (when written)
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,34 @@ from driftloop.monitoring.drift import ColumnDrift, DataDrift, _jsonable
 from driftloop.monitoring.reference import Reference
 
 SCHEMA_VERSION = 1
-EXIT_DRIFT = 3
+EXIT_DRIFT = 3  # dataset, target or prediction drift, or degraded performance
+EXIT_COLUMN_DRIFT = 4  # a warning: some column drifted, below the dataset drift threshold
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A metric for a message: ``undefined`` when it could not be computed (null or NaN:
+    labels the model never saw, one class in a window)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "undefined"
+    return f"{value:.{digits}f}"
+
+
+def headline(
+    drift: DataDrift, prediction: ColumnDrift | None, target: ColumnDrift | None, degraded: bool
+) -> str:
+    """Dataset drift and column drift, both said (a table of drifted columns under "no
+    drift" reads as a contradiction), then prediction, target and performance."""
+    share = f"{drift.weighted_share:.0%} weighted share, threshold {drift.drift_share:.0%}"
+    parts = [
+        f"{'dataset drift' if drift.dataset_drift else 'no dataset drift'} ({share})",
+        f"{len(drift.drifted)} of {len(drift.columns)} column(s) drifted",
+    ]
+    if prediction is not None and prediction.drift:
+        parts.append("prediction drift")
+    if target is not None and target.drift:
+        parts.append("target drift")
+    parts.append("performance degraded" if degraded else "performance not degraded")
+    return "; ".join(parts)
 
 
 def build_report(
@@ -92,12 +123,14 @@ def build_report(
     if degraded and realized is not None:
         o = realized["overall"]
         messages.append(
-            f"performance degraded: {realized['metric']} {o['value']:.4f} "
-            f"[{o['low']:.4f}, {o['high']:.4f}] vs holdout {realized['holdout']:.4f} "
-            f"(tolerance {realized['tolerance']:g})"
+            f"performance degraded: {realized['metric']} {number(o['value'])} "
+            f"[{number(o['low'])}, {number(o['high'])}] vs holdout "
+            f"{number(realized['holdout'])} (tolerance {realized['tolerance']:g})"
         )
     drifted = drift.dataset_drift or bool(prediction and prediction.drift)
     drifted = drifted or bool(target and target.drift)
+    columns_drifted = bool(drift.drifted)
+    exit_code = EXIT_DRIFT if drifted or degraded else EXIT_COLUMN_DRIFT if columns_drifted else 0
     report: dict[str, Any] = _jsonable(
         {
             "schema_version": SCHEMA_VERSION,
@@ -119,8 +152,10 @@ def build_report(
             "estimated_performance": estimated,
             "summary": {
                 "drift_detected": drifted,
+                "column_drift": columns_drifted,
                 "performance_degraded": degraded,
-                "exit_code": EXIT_DRIFT if drifted or degraded else 0,
+                "exit_code": exit_code,
+                "headline": headline(drift, prediction, target, degraded),
                 "messages": messages or ["no drift, no degradation"],
             },
             "timings": timings,

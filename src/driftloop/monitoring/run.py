@@ -35,6 +35,7 @@ from driftloop.monitoring.reference import Reference
 log = logging.getLogger(__name__)
 
 EXIT_DRIFT = 3  # documented in cli.py: something drifted or performance degraded
+EXIT_COLUMN_DRIFT = 4  # documented in cli.py: only columns drifted, below the dataset threshold
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,12 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
     return Champion(version, Predictor(folder), reference, holdout, profile)
 
 
-def read_current_batch(spec: Spec, layout: Layout, path: Path) -> pl.DataFrame:
-    """Raw contract columns of a batch: a file, or a processed/features batch folder."""
+def read_current_batch(
+    spec: Spec, layout: Layout, path: Path
+) -> tuple[pl.DataFrame, dict[str, Any] | None]:
+    """Processed rows of a batch: a processed/features batch folder as prep wrote it, or a
+    raw CSV/Parquet file put through prep here (the same read, cleaning and contract), with
+    what prep made of it (None for a batch folder)."""
     from driftloop.core.layout import is_complete
 
     if not path.exists():
@@ -117,34 +122,69 @@ def read_current_batch(spec: Spec, layout: Layout, path: Path) -> pl.DataFrame:
                 f"{processed}: no complete processed output for batch {folder.name}; "
                 "run 'driftloop run'"
             )
-        return pl.read_parquet(processed / "data.parquet")
+        return pl.read_parquet(processed / "data.parquet"), None
     if path.is_dir():
         raise MonitoringError(
             f"{path}: a folder that is not a batch of data/processed or data/features; "
             "pass a file or a batch folder"
         )
-    if path.suffix.lower() == ".parquet":
-        return pl.read_parquet(path)
-    # Read as prep reads a raw file of the primary source (skip_rows, header or names,
-    # separator, encoding), then trimmed and null markers made nulls as prep does, so a
-    # file with ', ' separators or a line above its header gives the same values.
-    from driftloop.prep.contract import normalize_strings
-    from driftloop.prep.read import ROW, read_raw
+    return prep_raw_file(spec, layout, path)
 
-    read = read_raw(path, spec.primary, str(path), stream_min_bytes=None)
-    if read.frame is None:
+
+REASONS_SHOWN = 10  # the most common quarantine reasons a report lists
+
+
+def prep_raw_file(
+    spec: Spec, layout: Layout, path: Path
+) -> tuple[pl.DataFrame, dict[str, Any] | None]:
+    """A raw file through prep, in memory, as the primary source: its read options, the
+    cleaning and the contract. Rows prep would quarantine (or drop as duplicates) are
+    counted and their reasons listed, never scored, so a raw file gets the verdict its
+    processed batch would."""
+    import hashlib
+
+    from driftloop.prep import SourceRead, prepare, read_raw
+    from driftloop.prep.core import quarantine_reasons
+
+    if len(spec.sources) > 1:
+        joined = ", ".join(s.name for s in spec.sources[1:])
         raise MonitoringError(
-            f"{path}: cannot be read as CSV with the spec's options ({read.error}); check "
-            "sources[0].csv in driftloop.yaml"
+            f"{path}: this project joins other sources ({joined}) to its primary rows, which a "
+            "single raw file lacks; land the file in data/raw, run 'driftloop run' and "
+            "monitor its batch: --current data/processed/<batch>"
         )
-    if read.bad_lines:
-        log.warning(
-            "%s: %d line(s) set aside by the reader (wrong number of fields), not monitored",
-            path,
-            len(read.bad_lines),
+    source = spec.primary
+    if path.suffix.lower() == ".parquet" and source.format != "parquet":
+        source = source.model_copy(update={"format": "parquet"})
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    read = read_raw(path, source, layout.relative(path), stream_min_bytes=None)
+    if read.error is not None:
+        raise MonitoringError(
+            f"{path}: cannot be read as source {source.name!r} says ({read.error}); check "
+            "the file, or the source's csv options in driftloop.yaml"
         )
-    frame = read.frame.drop(ROW)
-    return normalize_strings(frame, spec.primary.csv, trim=spec.cleaning.trim_strings).collect()
+    prepared = prepare([SourceRead(source, digest.hexdigest(), read)], spec)
+    counts = prepared.counts
+    quarantined = prepared.quarantined
+    reasons = quarantine_reasons(quarantined.lazy()) if quarantined.height else []
+    summary = {
+        **counts,
+        "files_quarantined": prepared.plan.files_quarantined,
+        "quarantine_reasons": reasons[:REASONS_SHOWN],
+        "more_reasons": max(0, len(reasons) - REASONS_SHOWN),
+    }
+    if prepared.processed.is_empty():
+        files = prepared.plan.files_quarantined
+        why = files[0]["error"] if files else reasons[0]["reason"] if reasons else "no rows"
+        raise MonitoringError(
+            f"{path}: no row passes prep ({counts['rows_quarantined']} quarantined, "
+            f"{counts['rows_duplicate']} duplicate; the first reason: {why}); nothing to "
+            "monitor: fix the file, or the contract in driftloop.yaml"
+        )
+    return prepared.processed, summary
 
 
 def _predict(champion: Champion, records: pl.DataFrame, spec: Spec) -> pl.DataFrame:
@@ -154,7 +194,7 @@ def _predict(champion: Champion, records: pl.DataFrame, spec: Spec) -> pl.DataFr
 
 
 def current_from_batch(spec: Spec, layout: Layout, champion: Champion, path: Path) -> Current:
-    records = read_current_batch(spec, layout, path)
+    records, prepped = read_current_batch(spec, layout, path)
     missing = [c for c in spec.contract.columns if c not in records.columns and c != spec.target]
     if missing:
         raise MonitoringError(
@@ -168,8 +208,11 @@ def current_from_batch(spec: Spec, layout: Layout, champion: Champion, path: Pat
     if spec.target in records.columns and typed.get_column(spec.target).drop_nulls().len() > 0:
         labels = typed.get_column(spec.target)
     time_ = typed.get_column(spec.time_column) if spec.time_column else None
+    source: dict[str, Any] = {"kind": "batch", "path": layout.relative(path), "rows": typed.height}
+    if prepped is not None:
+        source["prep"] = prepped  # a raw file: what prep kept, and why it kept the rest out
     return Current(
-        {"kind": "batch", "path": layout.relative(path), "rows": typed.height},
+        source,
         typed,
         _predict(champion, typed, spec),
         labels,
@@ -269,12 +312,22 @@ def _windows(
             return remap, labels
     size = settings.window_rows
     index = np.arange(rows) // size
-    labels = (
-        [f"rows {k * size}-{min(rows, (k + 1) * size) - 1}" for k in range(int(index.max()) + 1)]
-        if rows
-        else []
-    )
+    count = int(index.max()) + 1 if rows else 0
+    if time_ is not None and time_.len() == rows and time_.null_count() == 0:
+        # rows in time order: each window is named by the time of its first row (the chart's
+        # x axis is then time)
+        starts = time_.gather([k * size for k in range(count)]).to_list()
+        return index, [_time_label(t) for t in starts]
+    labels = [f"rows {k * size}-{min(rows, (k + 1) * size) - 1}" for k in range(count)]
     return index, labels
+
+
+def _time_label(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return f"{value:%Y-%m-%d %H:%M}"
+    if isinstance(value, dt.date):
+        return f"{value:%Y-%m-%d}"
+    return str(value)
 
 
 def _performance(
@@ -322,6 +375,7 @@ def _performance(
         time_.filter(pl.Series(known)) if time_ is not None and time_.len() == known.size else None
     )
     windows, labels = _windows(int(known.sum()), t_known, settings)
+    by_time = t_known is not None and t_known.null_count() == 0
     metric = spec.metric
     outcomes = Outcomes(
         y_true=(
@@ -345,6 +399,7 @@ def _performance(
     )
     holdout_value = champion.profile.get("holdout_metric", {}).get(metric)
     realized = realized_performance(metric, outcomes, holdout_value, settings, rng)
+    realized["window_axis"] = "time" if by_time else "rows"
     return realized, estimated
 
 
@@ -459,11 +514,12 @@ def _single(
 
 
 def _record(layout: Layout, report: dict[str, Any], url: str | None) -> None:
-    from driftloop.core.events import DriftDetected, PerformanceDegraded
+    from driftloop.core.events import ColumnDriftDetected, DriftDetected, PerformanceDegraded
     from driftloop.core.state import StateDB
 
     summary = report["summary"]
-    if not (summary["drift_detected"] or summary["performance_degraded"]):
+    column_drift = bool(summary.get("column_drift")) and not report["data_drift"]["dataset_drift"]
+    if not (summary["drift_detected"] or summary["performance_degraded"] or column_drift):
         return
     layout.state_dir.mkdir(parents=True, exist_ok=True)
     base = {
@@ -472,23 +528,30 @@ def _record(layout: Layout, report: dict[str, Any], url: str | None) -> None:
         "current": report["current"],
         "report": report.get("paths"),
     }
+    drift = report["data_drift"]
+    drifted_columns = [
+        {k: c[k] for k in ("column", "test", "value", "effect", "p_value", "reason")}
+        for c in drift["columns"]
+        if c["drift"]
+    ]
     with StateDB(layout.state_db, url=url) as db:
+        if column_drift:
+            db.record(
+                ColumnDriftDetected(
+                    **base,
+                    drift_share=drift["drift_share"],
+                    weighted_share_of_drifted_columns=drift["weighted_share_of_drifted_columns"],
+                    columns=drifted_columns,
+                )
+            )
         if summary["drift_detected"]:
-            drift = report["data_drift"]
             db.record(
                 DriftDetected(
                     **base,
                     dataset_drift=drift["dataset_drift"],
                     weighted_share_of_drifted_columns=drift["weighted_share_of_drifted_columns"],
                     drift_share=drift["drift_share"],
-                    columns=[
-                        {
-                            k: c[k]
-                            for k in ("column", "test", "value", "effect", "p_value", "reason")
-                        }
-                        for c in drift["columns"]
-                        if c["drift"]
-                    ],
+                    columns=drifted_columns,
                     prediction_drift=_brief(report.get("prediction_drift")),
                     target_drift=_brief(report.get("target_drift")),
                 )
@@ -515,4 +578,4 @@ def _brief(column: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-__all__ = ["EXIT_DRIFT", "MonitorResult", "monitor"]
+__all__ = ["EXIT_COLUMN_DRIFT", "EXIT_DRIFT", "MonitorResult", "monitor"]

@@ -11,6 +11,7 @@ champion found (drift, decay) is read from the state database too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from datetime import datetime
 
 from driftloop.core.layout import read_manifest
 from driftloop.core.outputs import SUCCESS
-from driftloop.core.stage import Context, StageCall, Work
+from driftloop.core.stage import Context, Skip, StageCall, Work
 from driftloop.core.state import Batch
 from driftloop.monitoring.stage import (
     MONITOR_SECTIONS,
@@ -47,11 +48,15 @@ def gather(ctx: Context) -> Facts:
             batches.append(batch)
             continue
         b = batch.batch_id
-        prepped = is_current(ctx, "prep", prep.work(ctx, StageCall("prep", b)))
-        featured = prepped and is_current(
-            ctx, "features", features.work(ctx, StageCall("features", b))
-        )
-        batches.append(BatchFacts(b, datetime.fromisoformat(batch.created_at), prepped, featured))
+        featured = dismissed = False
+        work = prep.work(ctx, StageCall("prep", b))
+        prepped = is_current(ctx, "prep", work)
+        if prepped:
+            work = features.work(ctx, StageCall("features", b))
+            featured = is_current(ctx, "features", work)
+        dismissed = not featured and _dismissed(ctx, "features" if prepped else "prep", work)
+        arrived = datetime.fromisoformat(batch.created_at)
+        batches.append(BatchFacts(b, arrived, prepped, featured, dismissed=dismissed))
     if not spec.model.enabled:
         return Facts(tuple(batches))
     from driftloop.train.stage import TRAIN_SECTIONS, last_training, train_plan
@@ -61,12 +66,15 @@ def gather(ctx: Context) -> Facts:
     trained = frozenset(m["batch_id"] for m in last["inputs"]) if last else frozenset()
     signals = check_signals(db)
     monitor_sections = spec.section_hash(*MONITOR_SECTIONS)
+    retry = _checks_to_retry(ctx, monitor_sections)
     checked = [
         _with_check(ctx, f, champion, signals.get(f.batch_id), monitor_sections)
         if f.featured and f.batch_id not in trained
         else f
         for f in batches
     ]
+    if retry:
+        checked = [dataclasses.replace(f, retry_check=retry.get(f.batch_id)) for f in checked]
     plan = train_plan(spec, layout, db, current=ctx.current())
     row = db.last_succeeded("train")
     promote = stage_def("promote").work(ctx, StageCall("promote"))
@@ -90,6 +98,28 @@ def gather(ctx: Context) -> Facts:
         training=(db.run_info(plan.key) or {}).get("status") if plan else None,
         undecided=undecided,
     )
+
+
+def _checks_to_retry(ctx: Context, sections: str) -> dict[str, str]:
+    """Batch id -> the champion version of its current check when that check errored (an
+    unexpected error, retried; one that failed on its data is not). The version is found
+    by the check's key among the versions ever decided on."""
+    errored = [
+        f
+        for f in ctx.once("failures", ctx.db.failures)
+        if f["stage"] == "monitor" and f["status"] == "error"
+    ]
+    if not errored:
+        return {}
+    current = ctx.current()
+    versions = {str(d["version"]) for d in ctx.db.decisions(ctx.spec.name)}
+    found = {}
+    for f in errored:
+        features_key = str(current.get(("features", f["batch_id"])))
+        for version in versions:
+            if check_key(sections, features_key, version) == f["key"]:
+                found[f["batch_id"]] = version
+    return found
 
 
 def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
@@ -183,12 +213,19 @@ def _trusted_seq(ctx: Context) -> int:
     return int(mark["seq"]) if mark.get("environment") == environment(ctx) else 0
 
 
+def _dismissed(ctx: Context, stage: str, work: Work | Skip) -> bool:
+    """A user dismissed this very call's failure (a new key, from new data or a new spec,
+    runs again)."""
+    found = ctx.once("dismissed", ctx.db.dismissed_keys)
+    return isinstance(work, Work) and found.get((stage, work.batch_id)) == work.key
+
+
 def advance_watermark(ctx: Context, facts: Facts) -> None:
     """Record the last batch through which every batch is current (after a pass)."""
     seqs = {b.batch_id: b.seq for b in ctx.once("batches", ctx.db.batches)}
     through = 0
     for b in facts.batches:
-        if not (b.prepped and b.featured):
+        if not ((b.prepped and b.featured) or b.dismissed):
             break
         through = seqs[b.batch_id]
     mark = json.dumps({"environment": environment(ctx), "seq": through})

@@ -71,6 +71,12 @@ class RunResult:
         return [r for r in self.reports if r.outcome == "failed"]
 
     @property
+    def unresolved(self) -> list[StageReport]:
+        """Failures that stay until fixed, retried or dismissed (``driftloop batches``):
+        the ones of this pass and the earlier ones it met again."""
+        return [r for r in self.reports if r.outcome in ("failed", "failed-earlier")]
+
+    @property
     def progressed(self) -> bool:
         """Something new happened (a batch, a stage that ran or failed just now); a stage
         that failed earlier and is unchanged does not count."""
@@ -176,9 +182,12 @@ def execute(ctx: Context, plan: planner.Plan, result: RunResult, *, backoff: boo
     in this plan. True if any call ran (the facts changed: plan again)."""
     progressed = False
     blocked: set[str | None] = set()
+    # a call that failed earlier in this pass waits for the next pass (a later plan of the
+    # same pass may list it again: an errored check is retried)
+    failed = {(r.stage, r.batch_id) for r in result.reports if r.outcome == "failed"}
     for wave in plan.waves:
         for call in wave:
-            if call.batch_id in blocked:
+            if call.batch_id in blocked or (call.stage, call.batch_id or "-") in failed:
                 continue
             if call.reason is not None:
                 _request_retrain(ctx, call.reason)

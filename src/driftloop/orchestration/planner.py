@@ -31,6 +31,8 @@ class BatchFacts:
     checked_against: frozenset[str] = frozenset()  # champion versions its check is current for
     drift: bool = False  # its check against the champion found drift
     decay: bool = False  # ... or decayed performance
+    dismissed: bool = False  # its failed prep or features run was dismissed by a user
+    retry_check: str | None = None  # the champion of its check that errored (retried)
 
 
 @dataclass(frozen=True)
@@ -62,18 +64,29 @@ class Plan:
 
 def plan(spec: Spec, facts: Facts, now: datetime) -> Plan:
     """The next stage calls: data stages first; the model's once every batch is current."""
-    prep = [StageCall("prep", b.batch_id) for b in facts.batches if not b.prepped]
+    live = [b for b in facts.batches if not b.dismissed]  # a dismissed failure: left out
+    prep = [StageCall("prep", b.batch_id) for b in live if not b.prepped]
     planned = {c.batch_id for c in prep}
     features = [
         StageCall("features", b.batch_id)
-        for b in facts.batches
+        for b in live
         if not b.featured and (b.prepped or b.batch_id in planned)
     ]
     if prep or features:
         return Plan([w for w in (prep, features) if w])
     if not spec.model.enabled:
         return Plan()
-    return _model_plan(spec, facts, now)
+    found = _model_plan(spec, facts, now)
+    # A check that errored (not on its data) runs again against the champion it was for,
+    # even when its batch was trained meanwhile (then the check is no longer "new")
+    retries = [
+        StageCall("monitor", b.batch_id, champion=b.retry_check)
+        for b in facts.batches
+        if b.retry_check is not None and b.batch_id in facts.trained
+    ]
+    if retries:
+        return Plan([*found.waves, retries], waiting=found.waiting)
+    return found
 
 
 def _model_plan(spec: Spec, facts: Facts, now: datetime) -> Plan:

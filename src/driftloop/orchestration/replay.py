@@ -11,7 +11,8 @@ file and the loop makes a pass, which may check it, retrain and promote.
 Policies: ``static`` (the first model only), ``every_batch`` (retrain on every batch) and
 ``triggered`` (the project's ``retrain`` section without its every-N-batches trigger: retrain
 when the check of a new batch finds drift or decay, as configured, after any cooldown). The
-result is a CSV with one row per policy and batch, a JSON summary and an HTML chart.
+result is a CSV with one row per policy and batch, a JSON summary and an HTML chart; the
+policies' projects are deleted once their rows are written (``keep_projects`` keeps them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,8 +136,12 @@ def replay(
     initial_periods: int | None = None,
     policies: tuple[str, ...] = tuple(POLICIES),
     say: Callable[[str], None] = print,
+    keep_projects: bool = False,
 ) -> ReplayResult:
-    """Replay ``data`` through the loop under each policy; write the report (see module doc)."""
+    """Replay ``data`` through the loop under each policy; write the report (see module doc).
+
+    Each policy's project (raw batches, outputs, models, registry: hundreds of times the
+    data's size) is deleted once its rows are in the report, unless ``keep_projects``."""
     spec = load_spec(project)
     spec_text = Layout(project).spec.read_text(encoding="utf-8")
     frame = _read_raw(data, spec)
@@ -157,6 +163,10 @@ def replay(
         if name not in POLICIES:
             raise ProjectError(f"replay: unknown policy {name!r}; use {list(POLICIES)}")
         result.rows += _replay_policy(name, spec, spec_text, parts, folder / name, say)
+        if not keep_projects:
+            size = _folder_bytes(folder / name)
+            shutil.rmtree(folder / name)
+            say(f"  removed its project ({size / 2**20:.0f} MB; --keep-projects keeps it)")
     result.summary = summarize(result.rows, spec)
     pl.DataFrame(result.rows, infer_schema_length=None).write_csv(folder / "replay.csv")
     (folder / "summary.json").write_text(json.dumps(result.summary, indent=2), encoding="utf-8")
@@ -164,6 +174,10 @@ def replay(
 
     (folder / "replay.html").write_text(render(result.rows, result.summary, spec), encoding="utf-8")
     return result
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _read_raw(path: Path, spec: Spec) -> pl.DataFrame:

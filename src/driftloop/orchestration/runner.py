@@ -34,7 +34,7 @@ from driftloop.core.state import StateDB
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting", "skipped"]
+Outcome = Literal["ran", "cached", "failed", "failed-earlier", "waiting", "skipped", "dismissed"]
 MAX_ATTEMPTS = 12  # a transient failure is tried this many times in all (about 20 minutes)
 CLAIM_SECONDS = 30.0  # a unit's claim, renewed every third of it while the call runs
 # This process, as a claimant: another worker (another process, here or elsewhere) sees it
@@ -130,6 +130,9 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
         current[(call.stage, work.batch_id)] = work.key
     elif report.outcome == "failed":  # a run started and did not succeed
         current.pop((call.stage, work.batch_id), None)
+    if report.outcome != "cached":
+        for name in ("failures", "dismissed"):
+            ctx.forget(name)  # a run started: the failures in the way changed
     return report
 
 
@@ -170,7 +173,8 @@ def keyed_run(
     """Run ``work`` unless its key already succeeded (cache hit) or failed on its data.
 
     A DriftloopError is a failure of the data or spec: recorded and not retried until the
-    key changes. Any other exception is recorded as an error and retried on the next pass;
+    key changes (or a user asks: ``driftloop batches retry``; one dismissed is reported as
+    such). Any other exception is recorded as an error and retried on the next pass;
     with ``backoff`` (the event loop) only once a wait that doubles with each attempt has
     passed (1 s, 2 s, 4 s, ... up to 5 minutes), and not after ``MAX_ATTEMPTS``.
     """
@@ -179,12 +183,14 @@ def keyed_run(
         return StageReport(stage, batch_id, "cached", key=key, manifest_dir=work.output)
     info = db.run_info(key) or {}
     if info.get("status") == "failed":
-        return StageReport(stage, batch_id, "failed-earlier", error=info["error"])
+        return StageReport(stage, batch_id, "failed-earlier", error=info["error"], key=key)
+    if info.get("status") == "dismissed":  # a user accepted it ('driftloop batches dismiss')
+        return StageReport(stage, batch_id, "dismissed", error=info["error"], key=key)
     if info.get("status") == "error" and backoff:
         attempts = int(info["attempts"])
         if attempts >= MAX_ATTEMPTS:
             why = f"gave up after {attempts} attempts; the last: {info['error']}"
-            return StageReport(stage, batch_id, "failed-earlier", error=why)
+            return StageReport(stage, batch_id, "failed-earlier", error=why, key=key)
         first, longest = BACKOFF_SECONDS
         wait = min(longest, first * 2 ** (attempts - 1))
         finished = datetime.fromisoformat(info["finished_at"])

@@ -7,6 +7,7 @@ listed in ``files_quarantined`` with the reason.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -378,6 +379,50 @@ def quarantined_rows(bad: pl.LazyFrame, plan: PrepPlan) -> pl.LazyFrame:
     if plan.bad_lines is None:
         return described
     return pl.concat([described, plan.bad_lines.lazy()], how="diagonal_relaxed")
+
+
+_COLUMN_RULE = re.compile(r"^column '(?P<column>.*)' breaks (?P<rule>.*)$", re.DOTALL)
+EXAMPLE_CHARS = 60
+
+
+def quarantine_reasons(bad: pl.LazyFrame) -> list[dict[str, Any]]:
+    """Each distinct broken rule of the quarantined rows (:func:`quarantined_rows`) with how
+    many rows broke it, most common first, with the rule, its column and an example: the
+    value of the first row that broke it (a row the reader set aside: its line)."""
+    index = "__index"
+    counted = (
+        bad.with_row_index(index)
+        .select(index, RULES)
+        .explode(RULES)
+        .group_by(RULES)
+        .agg(pl.len().alias("len"), pl.col(index).min().alias("first"))
+        .sort(["len", RULES], descending=[True, False])
+        .collect()
+    )
+    firsts = counted.get_column("first").to_list()
+    rows = bad.with_row_index(index).filter(pl.col(index).is_in(firsts))
+    by_index = {r[index]: r for r in rows.collect().iter_rows(named=True)}
+    out = []
+    for label, n, first in counted.rows():
+        found = _COLUMN_RULE.match(label or "")
+        column, rule = (found["column"], found["rule"]) if found else (None, label)
+        row = by_index.get(first, {})
+        value = row.get(column) if column is not None else row.get(RAW_LINE)
+        example = "null" if value is None else repr(str(value)[:EXAMPLE_CHARS])
+        out.append({"reason": label, "rows": n, "rule": rule, "column": column, "example": example})
+    return out
+
+
+def reason_lines(reasons: list[dict[str, Any]], *, top: int = 3) -> list[str]:
+    """The most common reasons, one line each, as ``driftloop run`` prints them whether the
+    batch passed or failed (a manifest written before the examples has none)."""
+    lines = []
+    for item in reasons[:top]:
+        example = f" (e.g. {item['example']})" if item.get("example") else ""
+        lines.append(f"  {item['rows']:>6} row(s): {item['reason']}{example}")
+    if len(reasons) > top:
+        lines.append(f"  ... {len(reasons) - top} more reason(s)")
+    return lines
 
 
 def rows_per_file(frames: list[pl.LazyFrame]) -> dict[str, int]:

@@ -36,7 +36,7 @@ from driftloop.core.state import Batch, RawFile, StateDB
 from driftloop.core.storage import candidate_files, placement
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
-from driftloop.prep.core import RULES, quarantined_rows
+from driftloop.prep.core import RULES, quarantine_reasons, quarantined_rows, reason_lines
 from driftloop.prep.notes import new_values, outliers
 from driftloop.prep.read import FILE, ROW, STREAM_MIN_BYTES, RawRead
 from driftloop.prep.rules import POLARS_TYPES, column_rules
@@ -286,6 +286,8 @@ def _run_prep(
         quarantine = layout.relative(layout.quarantine / batch.batch_id)
         label = _new_label_failure(spec, batch.batch_id, bad, quarantine) if quarantined else None
         failure = label or _limit_failure(spec, batch.batch_id, counts, plan, quarantine)
+        if failure is not None and manifest["quarantine_reasons"]:
+            failure += "\n" + "\n".join(reason_lines(manifest["quarantine_reasons"]))
         if failure is None:
             manifest["timings"] = {"total_s": round(time.perf_counter() - started, 4)}
             seal(ptmp, manifest)
@@ -363,16 +365,7 @@ def _limit_failure(
 
 
 def _reasons(bad: Path) -> list[dict[str, Any]]:
-    """Each distinct broken rule with how many rows broke it, most common first."""
-    counted = (
-        pl.scan_parquet(bad)
-        .select(pl.col(RULES).explode())
-        .group_by(RULES)
-        .len()
-        .sort(["len", RULES], descending=[True, False])
-        .collect()
-    )
-    return [{"reason": r, "rows": n} for r, n in counted.rows()]
+    return quarantine_reasons(pl.scan_parquet(bad))
 
 
 def _quarantine_manifest(batch: Batch, prep: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 from typing import Any
 
 from driftloop.core.errors import RegistryError, first_line
@@ -27,9 +28,12 @@ def manual_alias_change(
     why: str,
     actor: str | None,
     registry: Registry | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """``models promote VERSION`` (version given) or ``models rollback`` (None).
-    ``registry``: the project's own (from the spec) unless given."""
+    ``registry``: the project's own (from the spec) unless given. A version whose holdout
+    metric is undefined (NaN or missing) is refused unless ``force``; forced, the decision's
+    reason says so."""
     registry = open_registry(spec, layout, registry)
     current = registry.alias(CHAMPION)
     kind = "manual"
@@ -41,10 +45,19 @@ def manual_alias_change(
                 f"model {spec.name!r}: there is no earlier champion to roll back to "
                 f"(champion is {current or 'unset'}); see 'driftloop models'"
             )
-    if registry.get_version(version) is None:
+    found = registry.get_version(version)
+    if found is None:
         raise RegistryError(
             f"model {spec.name!r} has no version {version}; see 'driftloop models' for the versions"
         )
+    problem = undefined_metric(spec, found.metrics) if kind == "manual" else None
+    if problem is not None:
+        if not force:
+            raise RegistryError(
+                f"model {spec.name!r} v{version}: {problem}; it is not promoted: pass --force "
+                "to serve it anyway (the reason is recorded with the decision)"
+            )
+        why = f"{why} (forced: {problem})"
     decision = {
         "model": spec.name,
         "version": version,
@@ -62,6 +75,17 @@ def manual_alias_change(
     move_alias(spec, layout, db, decision_id, version, registry=registry)
     registry.tag(version, {"driftloop.decision": kind, "driftloop.reason": why})
     return decision
+
+
+def undefined_metric(spec: Spec, metrics: dict[str, float]) -> str | None:
+    """Why a version's holdout metric cannot be trusted (NaN or missing), or None."""
+    metric = spec.promotion_metric
+    value = metrics.get(f"holdout_{metric}")
+    if value is None:
+        return f"its holdout {metric} was not recorded"
+    if math.isnan(value):
+        return f"its holdout {metric} is undefined (NaN)"
+    return None
 
 
 def move_alias(

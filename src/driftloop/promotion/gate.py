@@ -54,10 +54,10 @@ def gate(
     """
     version = str(training["version"])
     metric = spec.promotion_metric
-    challenger = training["metrics"].get(metric)
-    baseline = training["baseline"].get(metric)
-    if challenger is None or baseline is None:
-        raise RegistryError(f"metric {metric!r} could not be computed on the holdout")
+    # a metric the holdout could not define (one class: no roc_auc) is NaN: decide() rejects
+    # it with the challenger's problem as the reason, rather than failing the stage
+    challenger = _defined(training["metrics"].get(metric))
+    baseline = _defined(training["baseline"].get(metric))
     champion_version = registry.alias(CHAMPION)
     champion_score = None
     if champion_version == version:  # moved by hand before the gate came to it
@@ -89,6 +89,10 @@ def gate(
     tag_decision(registry, decision)
     log.info("model %s v%s %s: %s", spec.name, version, decision["decision"], verdict.reason)
     return decision
+
+
+def _defined(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def tag_decision(registry: Registry, decision: dict[str, Any]) -> None:
@@ -174,13 +178,28 @@ def decide(spec: Spec, challenger: float, baseline: float, champion: float | Non
     ``champion`` is None when there is no champion yet (callers pass ``math.nan`` when a
     champion exists but cannot be scored on this holdout).
     """
+    metric = spec.promotion_metric
+    if math.isnan(challenger):
+        return Decision(
+            False,
+            f"the challenger's {metric} is undefined (NaN) on its holdout (for example a "
+            "holdout with a single class, or too few rows), so it cannot be compared; not "
+            "promoting: check the holdout's labels and size, or use 'driftloop models promote "
+            "N --force' to serve it anyway",
+        )
+    if math.isnan(baseline) and spec.promotion.must_beat_baseline:
+        return Decision(
+            False,
+            f"the naive baseline's {metric} is undefined (NaN) on this holdout, so the "
+            f"challenger ({metric} {challenger:.4f}) cannot be shown to beat it; not promoting "
+            "automatically: use 'driftloop models promote N' after comparing them",
+        )
     if champion is not None and math.isnan(champion):
         return Decision(
             False,
             f"the champion could not be scored with {spec.promotion_metric} on this holdout; "
             "not promoting automatically: compare them and use 'driftloop models promote'",
         )
-    metric = spec.promotion_metric
     policy = spec.promotion
     over_baseline, _ = improvement(metric, challenger, baseline)
     if policy.must_beat_baseline and over_baseline <= 0:

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from driftloop import __version__
 from driftloop.core.layout import Layout
 from driftloop.core.spec import load_spec
 from driftloop.serving.auth import ANY, ApiToken, Tokens, load_tokens, require
@@ -69,6 +70,9 @@ def create_app(project: Path, tokens: Tokens | None = None) -> FastAPI:
 
     app = FastAPI(
         title=f"driftloop: {spec.name}",
+        version=__version__,  # driftloop's, as --version and the manifests say
+        docs_url=None,  # /docs and /redoc are served below from local assets, not a CDN
+        redoc_url=None,
         description=(
             f"Predictions from the champion of model '{spec.name}' ({spec.task}, target "
             f"'{spec.target}'). Records are the contract's raw columns; they are checked by "
@@ -116,6 +120,8 @@ def create_app(project: Path, tokens: Tokens | None = None) -> FastAPI:
         The first label of a record is kept; a later one is stored but ignored, unless it is
         sent with ``"correction": true`` by an ``admin`` token."""
         return await feedback_request(request.app.state.server, request, token)
+
+    _offline_docs(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -186,3 +192,52 @@ def _json_body(item: dict[str, Any]) -> dict[str, Any]:
     the body themselves, so FastAPI does not derive this)."""
     schema = {"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their JavaScript, CSS and icon served by
+    this server (FastAPI's self-hosting recipe; the files come with ``fastapi-offline``), so
+    the pages render on a machine without internet access."""
+    import fastapi_offline
+    from fastapi.openapi.docs import (
+        get_redoc_html,
+        get_swagger_ui_html,
+        get_swagger_ui_oauth2_redirect_html,
+    )
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    openapi_url = str(app.openapi_url)
+    redirect_url = str(app.swagger_ui_oauth2_redirect_url)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect_url}",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )

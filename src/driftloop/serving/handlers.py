@@ -42,6 +42,9 @@ async def predict_request(server: Server, request: Request) -> Response:
     started = time.perf_counter()
     endpoint = "/predict"
     settings = server.spec.serving
+    # Every answer names its request, a refusal before the records are known too (a 422 for
+    # malformed JSON or a wrong JSON type, as for a broken rule): its id holds 0 records,
+    # so no label can be sent for it (made only when refusing: the answer path pays nothing)
     model = server.slot.current
     if model is None:
         # A worker that has no model yet (the first one is being trained or loaded) holds
@@ -57,11 +60,14 @@ async def predict_request(server: Server, request: Request) -> Response:
             503,
             "not_ready",
             server.watcher.last_error or "no model is loaded yet; see /ready",
+            server.request_ids.issue(0),
         )
     try:
         body = await _read_limited(request, settings.max_body_bytes)
     except ClientDisconnect:
-        return _refuse(server, endpoint, started, 408, "body_incomplete", _GONE)
+        return _refuse(
+            server, endpoint, started, 408, "body_incomplete", _GONE, server.request_ids.issue(0)
+        )
     if body is None:
         return _refuse(
             server,
@@ -71,6 +77,7 @@ async def predict_request(server: Server, request: Request) -> Response:
             "too_large",
             f"the body is over serving.max_body_bytes ({settings.max_body_bytes} bytes); "
             "send fewer records per request",
+            server.request_ids.issue(0),
         )
     try:
         data = orjson.loads(body)
@@ -82,12 +89,14 @@ async def predict_request(server: Server, request: Request) -> Response:
             422,
             "bad_json",
             [Problem(("body",), f"not valid JSON: {exc}", "json_invalid").as_detail()],
+            server.request_ids.issue(0),
         )
     try:
         records = model.contract.records(data)
     except RequestShapeError as exc:
+        problems = [p.as_detail() for p in exc.problems]
         return _refuse(
-            server, endpoint, started, 422, "validation", [p.as_detail() for p in exc.problems]
+            server, endpoint, started, 422, "validation", problems, server.request_ids.issue(0)
         )
     if len(records) > settings.max_records:
         return _refuse(
@@ -98,6 +107,7 @@ async def predict_request(server: Server, request: Request) -> Response:
             "too_large",
             f"{len(records)} records in one request; serving.max_records is "
             f"{settings.max_records}: split the request",
+            server.request_ids.issue(0),
         )
     request_id = server.request_ids.issue(len(records))
     try:
