@@ -29,7 +29,7 @@ from driftloop.monitoring.stage import (
     recorded_champion,
 )
 from driftloop.orchestration.planner import BatchFacts, Facts
-from driftloop.orchestration.runner import is_current, stage_def
+from driftloop.orchestration.runner import is_current, ran, stage_def
 from driftloop.prep import stage as prep_stage
 
 WATERMARK = "current_through"
@@ -64,18 +64,28 @@ def gather(ctx: Context) -> Facts:
     champion = recorded_champion(db, spec.name)
     last = last_training(layout, db)
     trained = frozenset(m["batch_id"] for m in last["inputs"]) if last else frozenset()
-    signals = check_signals(db)
+    signals = ctx.once(f"signals:{ran(ctx)['monitor']}", lambda: check_signals(db))
     monitor_sections = spec.section_hash(*MONITOR_SECTIONS)
     retry = _checks_to_retry(ctx, monitor_sections)
-    checked = [
-        _with_check(ctx, f, champion, signals.get(f.batch_id), monitor_sections)
-        if f.featured and f.batch_id not in trained
-        else f
-        for f in batches
-    ]
+    current = ctx.current()
+    seen: dict[tuple[object, ...], BatchFacts] = ctx.once("checked", dict)
+    checked = []
+    for f in batches:
+        if not f.featured or f.batch_id in trained:
+            checked.append(f)
+            continue
+        b, found = f.batch_id, signals.get(f.batch_id)
+        # what decides a batch's check facts; the same in a later plan of the pass: known
+        seen_as = (f, champion, current.get(("features", b)), current.get(("monitor", b)))
+        facts = seen.get(seen_as)
+        if facts is None or found is None:
+            facts = _with_check(ctx, f, champion, found, monitor_sections)
+        seen[seen_as] = facts
+        checked.append(facts)
     if retry:
         checked = [dataclasses.replace(f, retry_check=retry.get(f.batch_id)) for f in checked]
-    plan = train_plan(spec, layout, db, current=ctx.current())
+    have_features = frozenset(f.batch_id for f in batches if f.featured)  # seen this pass
+    plan = train_plan(spec, layout, db, current=ctx.current(), committed=have_features)
     row = db.last_succeeded("train")
     promote = stage_def("promote").work(ctx, StageCall("promote"))
     # a training not decided yet (a gate that failed is reported when it fails, and decided

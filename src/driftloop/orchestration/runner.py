@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -133,7 +134,15 @@ def run_call(ctx: Context, call: StageCall, *, backoff: bool = False) -> StageRe
     if report.outcome != "cached":
         for name in ("failures", "dismissed"):
             ctx.forget(name)  # a run started: the failures in the way changed
+        ran(ctx)[call.stage] += 1
     return report
+
+
+def ran(ctx: Context) -> Counter[str]:
+    """How many calls of each stage started a run in this pass: what a pass read once stays
+    good until a stage that changes it ran (``ctx.once(f"x:{ran(ctx)['monitor']}", ...)``)."""
+    found: Counter[str] = ctx.once("ran", Counter)
+    return found
 
 
 def _cached(

@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,17 +69,21 @@ TRAIN_SECTIONS = (
 
 
 def feature_batches(
-    layout: Layout, db: StateDB, current: Mapping[tuple[str, str], str] | None = None
+    layout: Layout,
+    db: StateDB,
+    current: Mapping[tuple[str, str], str] | None = None,
+    committed: Container[str] = (),
 ) -> list[dict[str, Any]]:
     """Every batch with complete features (oldest first): ids and manifests, no data read.
-    ``current`` (the state database's published keys) spares reading each manifest."""
+    ``current`` (the state database's published keys) spares reading each manifest, and
+    ``committed`` (batches whose features the caller saw committed just now) a check each."""
     found = []
     features, processed = layout.relative(layout.features), layout.relative(layout.processed)
     published = current if current is not None else {}
     for batch in db.batches():
         b = batch.batch_id
         out_dir = os.path.join(layout.features, b)  # noqa: PTH118 - 10,000s of batches
-        if not os.path.exists(os.path.join(out_dir, SUCCESS)):  # noqa: PTH110, PTH118
+        if b not in committed and not os.path.exists(os.path.join(out_dir, SUCCESS)):  # noqa: PTH110, PTH118
             continue
         key = published.get(("features", b)) or read_manifest(Path(out_dir))["run_key"]
         found.append(
@@ -122,9 +126,11 @@ def train_plan(
     db: StateDB,
     *,
     current: Mapping[tuple[str, str], str] | None = None,
+    committed: Container[str] = (),
 ) -> TrainPlan | None:
-    """The training run over every batch's features so far; None when there are none."""
-    lineage = feature_batches(layout, db, current)
+    """The training run over every batch's features so far; None when there are none
+    (``current``, ``committed``: see :func:`feature_batches`)."""
+    lineage = feature_batches(layout, db, current, committed)
     if not lineage:
         return None
     sections = spec.section_hash(*TRAIN_SECTIONS)
