@@ -31,7 +31,7 @@ from driftloop.core.layout import Layout
 from driftloop.core.rawstore import raw_store
 from driftloop.core.spec import SPEC_FILENAME, CsvOptions, SourceSpec, load_spec
 from driftloop.prep.contract import normalize_strings
-from driftloop.prep.read import ROW, read_raw
+from driftloop.prep.read import ROW, csv_rows, read_raw
 
 NULL_TOKENS = ("", "NA", "N/A", "NULL", "null", "NaN", "nan")
 DATETIME_FORMATS = (
@@ -124,14 +124,7 @@ def headerless_reason(path: Path, opts: CsvOptions, *, rows: int = 200) -> str |
     exception: ``init --header`` reads it as a header anyway).
     """
     with path.open(encoding=opts.encoding, errors="replace", newline="") as fh:
-        for _ in range(opts.skip_rows):
-            fh.readline()
-        reader = csv.reader(
-            fh,
-            delimiter=opts.separator,
-            quotechar=opts.quote_char or '"',
-            quoting=csv.QUOTE_MINIMAL if opts.quote_char else csv.QUOTE_NONE,
-        )
+        reader = csv_rows(fh, opts)
         try:
             lines = [row for _, row in zip(range(rows + 1), reader, strict=False) if row]
         except csv.Error:

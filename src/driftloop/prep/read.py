@@ -19,9 +19,10 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import polars as pl
 
@@ -203,19 +204,24 @@ def _scan_csv(path: Path, opts: CsvOptions, names: list[str]) -> pl.LazyFrame:
     return scan.select(pl.col(ROW).cast(pl.Int64), *names)
 
 
-def _header(head: bytes, opts: CsvOptions) -> list[str]:
-    decoder = codecs.getincrementaldecoder(opts.encoding)()
-    text = decoder.decode(head, final=False)
-    text = text.removeprefix("\ufeff")
-    lines = io.StringIO(text, newline="")
+def csv_rows(lines: TextIO, opts: CsvOptions) -> Iterator[list[str]]:
+    """The rows of a CSV text below its ``skip_rows``, split as the source's options say
+    (Python's reader, for the few rows a header check or ``init``'s sample looks at)."""
     for _ in range(opts.skip_rows):
         lines.readline()
-    reader = csv.reader(
+    return csv.reader(
         lines,
         delimiter=opts.separator,
         quotechar=opts.quote_char or '"',
         quoting=csv.QUOTE_MINIMAL if opts.quote_char else csv.QUOTE_NONE,
     )
+
+
+def _header(head: bytes, opts: CsvOptions) -> list[str]:
+    decoder = codecs.getincrementaldecoder(opts.encoding)()
+    text = decoder.decode(head, final=False)
+    text = text.removeprefix("\ufeff")
+    reader = csv_rows(io.StringIO(text, newline=""), opts)
     try:
         first = next(reader)
     except StopIteration:
