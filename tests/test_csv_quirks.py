@@ -64,8 +64,14 @@ def test_init_prep_monitor_and_requests_agree_on_a_quirky_file(tmp_path: Path) -
 
     from driftloop.monitoring.run import read_current_batch
 
-    current = read_current_batch(load_spec(project), Layout(project), later)
-    assert current.columns == ["age", "workclass", "fnlwgt", "income"]
+    current, _ = read_current_batch(load_spec(project), Layout(project), later)
+    # prep's rows: the data columns, then its lineage columns (__row, __file)
+    assert [c for c in current.columns if not c.startswith("__")] == [
+        "age",
+        "workclass",
+        "fnlwgt",
+        "income",
+    ]
     assert current.height == 30
     assert current.get_column("workclass").to_list() == processed.get_column("workclass").to_list()
     assert (
