@@ -24,6 +24,7 @@ from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work
 from driftloop.core.state import Batch, RawFile, StateDB, utcnow
 from driftloop.core.storage import candidate_files, source_stores
+from driftloop.core.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def ingest(
                 sha = store.sha256(rel)
                 after = store.stat(rel)
             except OSError as exc:  # unreadable (permissions) or gone: the others go on
-                log.warning("%s cannot be read (%s); left for a later pass", rel, exc)
+                log.warning("%s cannot be read (%s); left for a later pass", shown(rel), exc)
                 result.unreadable.append(f"{rel}: {exc.strerror or exc}")
                 continue
             if after != now:
@@ -119,7 +120,9 @@ def ingest(
         newest = max(newest, now.mtime)
     if result.reuploads:
         for r in result.reuploads:
-            log.info("%s has the same content as %s; not ingested again", r.path, r.same_as)
+            log.info(
+                "%s has the same content as %s; not ingested again", shown(r.path), shown(r.same_as)
+            )
     if not new:
         return result
     window = spec.ingest.batch_window_seconds
