@@ -36,7 +36,7 @@ app = typer.Typer(
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder (holds driftloop.yaml).")
 ]
-_state: dict[str, Any] = {"verbose": False, "unmatched_shown": set()}
+_state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_shown": set()}
 
 
 def unmatched_text(item: dict[str, str]) -> str:
@@ -222,6 +222,10 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
         console.print(
             f"  [red]cannot read[/red] {_name(problem)}; fix its permissions, it is retried"
         )
+    for problem in ing.refused:  # each once per process, as unmatched files
+        if problem not in _state["refused_shown"]:
+            _state["refused_shown"].add(problem)
+            console.print(f"  [red]refused[/red] {_name(problem)}")
     for item in result.unmatched:  # each once per process (watch makes many passes)
         if item["path"] in _state["unmatched_shown"]:
             continue

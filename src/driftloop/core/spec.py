@@ -284,6 +284,9 @@ class IngestSpec(_Frozen):
     # Files that land together form one batch (orders with the customers they name): new
     # files are taken once none has been completed for this long.
     batch_window_seconds: float = Field(0.5, ge=0.0)
+    # A symbolic link in a raw folder whose target is outside the project folder and outside
+    # its source's folder is refused unless this is true (see core.storage.link_refusal).
+    follow_links_outside: bool = False
 
 
 Estimator = Literal[

@@ -23,7 +23,7 @@ from driftloop.core.rawstore import RawObject
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work
 from driftloop.core.state import Batch, RawFile, StateDB, utcnow
-from driftloop.core.storage import candidate_files, source_stores
+from driftloop.core.storage import candidate_files, link_refusal, source_stores
 from driftloop.core.text import shown
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class IngestResult:
     reuploads: list[Reupload] = field(default_factory=list)
     still_writing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # files that could not be read, why
+    refused: list[str] = field(default_factory=list)  # links that leave the project, why
 
 
 def ingest(
@@ -89,6 +90,11 @@ def ingest(
     taken: dict[str, str] = {}
     for source, before in listed:
         rel, store = before.key, stores[source]
+        refusal = link_refusal(spec, layout, source, store, rel)
+        if refusal is not None:  # never opened: the other files go on
+            log.info("%s is refused: %s", shown(rel), refusal)
+            result.refused.append(f"{rel}: {refusal}")
+            continue
         try:
             now = store.stat(rel)
         except OSError:
@@ -159,6 +165,7 @@ def work(ctx: Context, call: StageCall) -> Work:
             "reuploads": [{"path": r.path, "same_as": r.same_as} for r in found.reuploads],
             "still_writing": found.still_writing,
             "unreadable": found.unreadable,
+            "refused": found.refused,
         }
 
     return Work("ingest", ctx.layout.raw, run)
