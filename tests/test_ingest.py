@@ -327,7 +327,8 @@ def test_a_link_that_leaves_the_project_is_refused_unless_the_spec_allows_it(
         if path.is_file() and not path.is_symlink():
             assert b"TOPSECRET" not in path.read_bytes(), path
 
-    write_spec(project, SPEC.replace("{settle_seconds: 0}", "{settle_seconds: 0, follow_links_outside: true}"))
+    allowed = SPEC.replace("{settle_seconds: 0}", "{settle_seconds: 0, follow_links_outside: true}")
+    write_spec(project, allowed)
     again = run(project)
     assert [f.path for f in again.ingest.new_files] == ["data/raw/s/link.csv"]
     assert again.ingest.refused == []

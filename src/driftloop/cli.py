@@ -43,8 +43,8 @@ def unmatched_text(item: dict[str, str]) -> str:
     from driftloop.core.text import shown
 
     return (
-        f"unmatched: {shown(item['path'])} is in source {item['source']}'s folder but does not match "
-        f"its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
+        f"unmatched: {shown(item['path'])} is in source {item['source']}'s folder but does not "
+        f"match its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
         f"sources[].path in driftloop.yaml"
     )
 
@@ -307,6 +307,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             )
         elif report.stage == "ingest":
             console.print(f"ingested {len(m['new_files'])} new file(s) as batch {report.batch_id}")
+            for problem in m.get("refused", []):
+                console.print(f"  [red]refused[/red] {_name(problem)}")
         elif report.stage == "promote":
             d = m["decision"]
             trained_now = any(r.stage == "train" and r.outcome == "ran" for r in result.reports)

@@ -777,7 +777,7 @@ def read_yaml(text: str, where: str = SPEC_FILENAME) -> Any:
             ) from None
         return loader.construct_document(node)
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]  # PyYAML leaves it untyped
+        loader.dispose()
 
 
 def _bound_aliases(root: yaml.Node, where: str) -> None:

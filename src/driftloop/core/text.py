@@ -21,6 +21,4 @@ def shown(name: object) -> str:
     text = str(name)
     if text.isprintable():  # the common case costs one scan
         return text
-    return "".join(
-        repr(c)[1:-1] if unicodedata.category(c) in _ESCAPED else c for c in text
-    )
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _ESCAPED else c for c in text)
