@@ -86,7 +86,7 @@ features:
   ratios: [{name: amount_per_price, numerator: amount, denominator: price}]
   logs: [amount]
   buckets: [{column: amount, edges: [10, 50, 100, 500]}]
-ingest: {settle_seconds: 0}
+ingest: {settle_seconds: 0, follow_links_outside: true}  # the CSV is linked in place
 model: {enabled: false}  # the benchmark is prep + features
 """
 

@@ -144,6 +144,30 @@ def test_failing_stage_exits_1_and_names_the_batch(tmp_path: Path) -> None:
     assert list((tmp_path / "data/quarantine").glob("*/rows.parquet"))
 
 
+def test_run_output_escapes_raw_file_names(tmp_path: Path) -> None:
+    """A raw file's name is shown, never obeyed: a newline in it cannot forge a line of
+    output, and a terminal escape code in it is printed escaped."""
+    (tmp_path / "driftloop.yaml").write_text(
+        "name: t\ntask: regression\ntarget: y\nsources: [{name: s, path: data/raw/s/*.csv}]\n"
+        "contract: {columns: {y: {dtype: float, min: 0}}}\ningest: {settle_seconds: 0}\n"
+        "model: {enabled: false}\n"
+    )
+    raw = tmp_path / "data/raw/s"
+    raw.mkdir(parents=True)
+    (raw / "a.csv").write_text("y\n1\n2\n3\n")
+    # The same content again (a skipped re-upload) and a file that is not CSV (quarantined).
+    (raw / "b\nPROMOTED: forged v9\x1b[2J.csv").write_text("y\n1\n2\n3\n")
+    (raw / "c\nPROMOTED: forged v8\x1b[31m[red].csv").write_bytes(b"\x00\x01\x02\x03" * 64)
+    out = cli("run", cwd=tmp_path)
+    assert "Traceback" not in out.stderr, out.stderr
+    printed = out.stdout + out.stderr
+    assert not [line for line in printed.splitlines() if line.startswith("PROMOTED")]
+    assert "\x1b" not in printed
+    skipped = "skipped data/raw/s/b\\nPROMOTED: forged v9\\x1b[2J.csv: same content as"
+    assert f"{skipped} data/raw/s/a.csv" in out.stdout, out.stdout
+    assert "quarantined file data/raw/s/c\\nPROMOTED: forged v8\\x1b[31m[red].csv" in out.stdout
+
+
 def test_help_keeps_heavy_imports_lazy() -> None:
     out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, check=True)
     assert "init" in out.stdout and "run" in out.stdout

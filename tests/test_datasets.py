@@ -40,7 +40,7 @@ contract:
     Churn: {dtype: str, nullable: false, allowed: ["Yes", "No"]}
 cleaning:
   deduplicate: {enabled: true, subset: [customerID]}
-ingest: {settle_seconds: 0}
+ingest: {settle_seconds: 0, follow_links_outside: true}  # datasets linked in place
 model: {enabled: false}  # prep and features only here
 """
 
@@ -177,7 +177,7 @@ contract:
     y: {dtype: str, allowed: ["no", "yes"], nullable: false}
 features:
   exclude: [duration]
-ingest: {settle_seconds: 0}
+ingest: {settle_seconds: 0, follow_links_outside: true}  # datasets linked in place
 model: {enabled: false}  # prep and features only here
 """
 
@@ -238,7 +238,7 @@ quarantine: {max_bad_share: 0.2}
 features:
   datetime_parts: {pickup_datetime: [hour, weekday]}
   exclude: [total_amount, tip_amount]
-ingest: {settle_seconds: 0}
+ingest: {settle_seconds: 0, follow_links_outside: true}  # datasets linked in place
 model: {enabled: false}  # prep and features only here
 """
 

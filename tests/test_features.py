@@ -47,7 +47,7 @@ features:
   buckets: [{column: hr, edges: [6, 10, 16, 20]}]
   exclude: [instant, casual, registered]
   function: bike_features:extra
-ingest: {settle_seconds: 0}
+ingest: {settle_seconds: 0, follow_links_outside: true}  # datasets linked in place
 model: {enabled: false}  # prep and features only here
 """
 )

@@ -285,3 +285,50 @@ def test_an_unreadable_file_is_reported_and_the_others_go_on(
         result = ingest(spec, layout, db)
     assert [f.path for f in result.new_files] == ["data/raw/s/fine.csv"]
     assert result.unreadable == ["data/raw/s/secret.csv: Permission denied"]
+
+
+def test_a_link_that_leaves_the_project_is_refused_unless_the_spec_allows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A symbolic link in a raw folder to a file outside the project (and outside the
+    source's folder) is never opened: it is reported as refused, without its content, and
+    the other files go on; a link within the project is followed; the spec may allow links
+    that leave it."""
+    from driftloop.cli import print_run
+
+    project = tmp_path / "project"
+    write_spec(project, SPEC)
+    land(project, "fine.csv", [(1, 2)])
+    secret = tmp_path / "elsewhere" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:TOPSECRET:/root:/bin/sh\n")
+    raw = project / "data" / "raw" / "s"
+    (raw / "link.csv").symlink_to(secret)
+    kept = project / "kept" / "more.csv"
+    kept.parent.mkdir()
+    kept.write_text("x,y\n5,6\n")
+    (raw / "inside.csv").symlink_to(kept)
+
+    result = run(project)
+    assert sorted(f.path for f in result.ingest.new_files) == [
+        "data/raw/s/fine.csv",
+        "data/raw/s/inside.csv",
+    ]
+    [refused] = result.ingest.refused
+    assert refused.startswith(
+        "data/raw/s/link.csv: a symbolic link to a file outside the project folder"
+    )
+    assert "ingest.follow_links_outside: true" in refused
+    print_run(result)
+    printed = capsys.readouterr().out
+    assert "refused data/raw/s/link.csv: a symbolic link" in printed
+    assert "TOPSECRET" not in printed and str(secret) not in printed
+    for path in project.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert b"TOPSECRET" not in path.read_bytes(), path
+
+    allowed = SPEC.replace("{settle_seconds: 0}", "{settle_seconds: 0, follow_links_outside: true}")
+    write_spec(project, allowed)
+    again = run(project)
+    assert [f.path for f in again.ingest.new_files] == ["data/raw/s/link.csv"]
+    assert again.ingest.refused == []

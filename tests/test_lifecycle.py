@@ -588,3 +588,25 @@ def test_a_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
         load_pipeline(path)
     save_pipeline(Pipeline([("f", FunctionTransformer())]), path)
     assert load_pipeline(path) is not None
+
+
+@pytest.mark.parametrize("name", ["eval", "exec", "getattr", "__import__"])
+def test_a_model_file_calling_builtins_is_refused(tmp_path: Path, name: str) -> None:
+    """``builtins`` is not trusted: a partial of ``builtins.eval`` (which skops stores as a
+    function by name) would run code when the pipeline transforms."""
+    import builtins
+    from functools import partial
+
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from driftloop.core.errors import RegistryError
+    from driftloop.models.package import load_pipeline, save_pipeline
+
+    path = tmp_path / "pipeline.skops"
+    code = partial(getattr(builtins, name), "__import__('os').getcwd()")
+    save_pipeline(Pipeline([("f", FunctionTransformer(code))]), path)
+    with pytest.raises(RegistryError) as info:
+        load_pipeline(path)
+    assert f"'builtins.{name}'" in str(info.value)
+    assert "types outside scikit-learn/NumPy/SciPy" in str(info.value)

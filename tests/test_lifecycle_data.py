@@ -55,7 +55,7 @@ BIKE = (
     cnt: {dtype: int, min: 0, nullable: false}
 features:
   exclude: [instant, casual, registered]  # an id that leaks time; cnt = casual + registered
-ingest: {settle_seconds: 0}
+ingest: {settle_seconds: 0, follow_links_outside: true}  # datasets linked in place
 model: {split: time}
 """
 )

@@ -85,6 +85,43 @@ def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
         load_spec(tmp_path)
 
 
+BILLION_LAUGHS = """model:
+  params:
+    a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+    f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+    g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+    h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+    i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """A billion laughs (a 1 KB spec whose aliases expand to 10**9 values) is a SpecError
+    naming the file and the limit, found before anything walks the expanded values."""
+    path = write_spec(tmp_path, BASE + BILLION_LAUGHS)
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: line 19: YAML aliases (*name) expand this value to ")
+    assert "more than the 100,000 allowed; aliases are limited" in text
+    # A merge-key bomb (<<: [*a, ...]) is counted the same way.
+    merges = "x0: &x0 {k: v}\n" + "".join(
+        f"x{i}: &x{i} {{<<: [{', '.join([f'*x{i - 1}'] * 10)}]}}\n" for i in range(1, 9)
+    )
+    with pytest.raises(SpecError, match="aliases are limited"):
+        read_yaml(merges)
+    with pytest.raises(SpecError, match="refers to the value that holds it"):
+        read_yaml("a: &a [1, *a]\n")
+    # Aliases within the bound keep working.
+    shared = BASE.replace("x: {dtype: float, min: 0}", "x: &num {dtype: float, min: 0}")
+    spec = parse_spec(read_yaml(shared + "    z: *num\n"))
+    assert spec.contract.columns["z"] == spec.contract.columns["x"]
+
+
 def test_section_hash_changes_only_with_section() -> None:
     a = parse_spec(read_yaml(BASE))
     data = read_yaml(BASE)

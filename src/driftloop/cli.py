@@ -36,13 +36,15 @@ app = typer.Typer(
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder (holds driftloop.yaml).")
 ]
-_state: dict[str, Any] = {"verbose": False, "unmatched_shown": set()}
+_state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_shown": set()}
 
 
 def unmatched_text(item: dict[str, str]) -> str:
+    from driftloop.core.text import shown
+
     return (
-        f"unmatched: {item['path']} is in source {item['source']}'s folder but does not match "
-        f"its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
+        f"unmatched: {shown(item['path'])} is in source {item['source']}'s folder but does not "
+        f"match its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
         f"sources[].path in driftloop.yaml"
     )
 
@@ -93,6 +95,17 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
+
+
+def _name(value: object) -> str:
+    """A file name, key or path from outside, ready for ``console.print``: control
+    characters escaped (a newline cannot forge a line, an escape code cannot drive the
+    terminal) and rich markup shown as text (``[red]`` in a name is not a style)."""
+    from rich.markup import escape
+
+    from driftloop.core.text import shown
+
+    return escape(shown(value))
 
 
 @app.command()
@@ -200,11 +213,19 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
     if ing.batch is not None:
         console.print(f"ingested {len(ing.new_files)} new file(s) as batch {ing.batch.batch_id}")
     for r in ing.reuploads:
-        console.print(f"  skipped {r.path}: same content as {r.same_as} (already ingested)")
+        console.print(
+            f"  skipped {_name(r.path)}: same content as {_name(r.same_as)} (already ingested)"
+        )
     for path in ing.still_writing:
-        console.print(f"  waiting for {path}: still being written; the next run takes it")
+        console.print(f"  waiting for {_name(path)}: still being written; the next run takes it")
     for problem in ing.unreadable:
-        console.print(f"  [red]cannot read[/red] {problem}; fix its permissions, it is retried")
+        console.print(
+            f"  [red]cannot read[/red] {_name(problem)}; fix its permissions, it is retried"
+        )
+    for problem in ing.refused:  # each once per process, as unmatched files
+        if problem not in _state["refused_shown"]:
+            _state["refused_shown"].add(problem)
+            console.print(f"  [red]refused[/red] {_name(problem)}")
     for item in result.unmatched:  # each once per process (watch makes many passes)
         if item["path"] in _state["unmatched_shown"]:
             continue
@@ -251,9 +272,9 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 f"({report.seconds:.2f}s)"
             )
             for f in m["files_quarantined"]:
-                console.print(f"  quarantined file {f['path']}: {f['error']}")
+                console.print(f"  quarantined file {_name(f['path'])}: {_name(f['error'])}")
             for w in m["warnings"]:
-                console.print(f"  note: {w}")
+                console.print(f"  note: {_name(w)}")
             if m.get("new_values") or m.get("outliers"):
                 from driftloop.prep.notes import describe_new_values, describe_outliers
 
@@ -286,6 +307,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             )
         elif report.stage == "ingest":
             console.print(f"ingested {len(m['new_files'])} new file(s) as batch {report.batch_id}")
+            for problem in m.get("refused", []):
+                console.print(f"  [red]refused[/red] {_name(problem)}")
         elif report.stage == "promote":
             d = m["decision"]
             trained_now = any(r.stage == "train" and r.outcome == "ran" for r in result.reports)
@@ -460,7 +483,7 @@ def print_status(s: dict[str, Any]) -> None:
     if verdict:
         console.print(
             f"last monitoring ({verdict['generated_at'][:19]}, v{verdict['model_version']}, "
-            f"{verdict['current']}): {'; '.join(verdict['messages'])}"
+            f"{_name(verdict['current'])}): {'; '.join(verdict['messages'])}"
         )
     console.print("recent stage runs:")
     for run_ in s["stage_runs"][:10]:
@@ -469,7 +492,7 @@ def print_status(s: dict[str, Any]) -> None:
     console.print("recent events:")
     for e in s["events"][-10:]:
         detail = e.get("batch_id") or e.get("version") or e.get("reason") or ""
-        console.print(f"  {e['ts'][:19]}  {e['type']:<18} {detail}")
+        console.print(f"  {e['ts'][:19]}  {e['type']:<18} {_name(detail)}")
 
 
 batches_app = typer.Typer(

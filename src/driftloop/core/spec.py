@@ -284,6 +284,9 @@ class IngestSpec(_Frozen):
     # Files that land together form one batch (orders with the customers they name): new
     # files are taken once none has been completed for this long.
     batch_window_seconds: float = Field(0.5, ge=0.0)
+    # A symbolic link in a raw folder whose target is outside the project folder and outside
+    # its source's folder is refused unless this is true (see core.storage.link_refusal).
+    follow_links_outside: bool = False
 
 
 Estimator = Literal[
@@ -748,9 +751,70 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def read_yaml(text: str) -> Any:
-    """Parse YAML text with 1.2 booleans (see :class:`_Yaml12Loader`)."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
+# A spec is a few thousand values at most; aliases (``*name``) may not make it more than
+# this once expanded. PyYAML shares an aliased value instead of copying it, but everything
+# after (validation, hashing, JSON) walks it whole: ten nested levels of ten aliases each (a
+# "billion laughs") is a 1 KB file that exhausted memory.
+MAX_YAML_VALUES = 100_000
+
+
+def read_yaml(text: str, where: str = SPEC_FILENAME) -> Any:
+    """Parse YAML text with 1.2 booleans (see :class:`_Yaml12Loader`).
+
+    A document whose aliases expand to more than :data:`MAX_YAML_VALUES` values, or refer to
+    the node that holds them, is a :class:`SpecError` naming ``where``, found before anything
+    is built from it."""
+    loader = _Yaml12Loader(text)  # a SafeLoader subclass: no arbitrary objects
+    try:
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _bound_aliases(node, where)
+        except RecursionError:
+            raise SpecError(
+                f"{where}: the YAML is nested too deeply to read; flatten its structure"
+            ) from None
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _bound_aliases(root: yaml.Node, where: str) -> None:
+    """Count the values of ``root`` as if every alias were written out (each distinct node
+    is visited once), and refuse a document that would exceed :data:`MAX_YAML_VALUES`."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise SpecError(
+                f"{where}: line {node.start_mark.line + 1}: an alias refers to the value that "
+                "holds it (a recursive structure); write the value out instead"
+            )
+        if isinstance(node, yaml.SequenceNode):
+            children: list[yaml.Node] = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        open_nodes.add(key)
+        total = 1 + sum(expanded(child) for child in children)
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total > MAX_YAML_VALUES:
+            raise SpecError(
+                f"{where}: line {node.start_mark.line + 1}: YAML aliases (*name) expand this "
+                f"value to {total:,} values, more than the {MAX_YAML_VALUES:,} allowed; "
+                "aliases are limited so that a small file cannot exhaust memory (an alias "
+                "bomb); write the values out, or alias fewer nested values"
+            )
+        return total
+
+    expanded(root)
 
 
 def load_spec(project: Path) -> Spec:
@@ -762,7 +826,7 @@ def load_spec(project: Path) -> Spec:
             "in this folder, or pass --project to a folder that has one"
         )
     try:
-        data = read_yaml(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -102,6 +102,37 @@ def unmatched_files(
     return out
 
 
+def link_refusal(spec: Spec, layout: Layout, source: str, store: RawStore, key: str) -> str | None:
+    """Why a raw file of this machine is not read, or None: the file (or a folder on its
+    way) is a symbolic link whose target lies outside the project folder and outside its
+    source's folder, and the spec does not set ``ingest.follow_links_outside``.
+
+    A link in a raw folder is someone else's choice of what driftloop reads: a link to a
+    system file would be read, and a parser's error would quote its first line. The reason
+    names the link, never what it points to or holds."""
+    if spec.ingest.follow_links_outside or store.scheme != "file":
+        return None
+    path = store.local_path(key)
+    if path is None:
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # gone, or a loop of links: the listing passes it over
+        return None
+    allowed = [layout.root.resolve()]
+    pattern = next((s.path for s in spec.sources if s.name == source), None)
+    where = source_folder(pattern) if pattern is not None else None
+    if where is not None and (folder := store.local_path(where[0])) is not None:
+        allowed.append(folder.resolve())
+    if any(target.is_relative_to(root) for root in allowed):
+        return None
+    return (
+        "a symbolic link to a file outside the project folder and outside the source's "
+        "folder; not read. Copy the file into the source's folder, or set "
+        "ingest.follow_links_outside: true in driftloop.yaml to read such links"
+    )
+
+
 def placement(found: list[tuple[str, RawObject]]) -> dict[str, str]:
     """Each listed object's key and the source it belongs to (see :func:`candidate_files`):
     a pass lists the sources once, not once per batch."""

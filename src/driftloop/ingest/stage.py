@@ -23,7 +23,8 @@ from driftloop.core.rawstore import RawObject
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work
 from driftloop.core.state import Batch, RawFile, StateDB, utcnow
-from driftloop.core.storage import candidate_files, source_stores
+from driftloop.core.storage import candidate_files, link_refusal, source_stores
+from driftloop.core.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class IngestResult:
     reuploads: list[Reupload] = field(default_factory=list)
     still_writing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # files that could not be read, why
+    refused: list[str] = field(default_factory=list)  # links that leave the project, why
 
 
 def ingest(
@@ -88,6 +90,11 @@ def ingest(
     taken: dict[str, str] = {}
     for source, before in listed:
         rel, store = before.key, stores[source]
+        refusal = link_refusal(spec, layout, source, store, rel)
+        if refusal is not None:  # never opened: the other files go on
+            log.info("%s is refused: %s", shown(rel), refusal)
+            result.refused.append(f"{rel}: {refusal}")
+            continue
         try:
             now = store.stat(rel)
         except OSError:
@@ -101,7 +108,7 @@ def ingest(
                 sha = store.sha256(rel)
                 after = store.stat(rel)
             except OSError as exc:  # unreadable (permissions) or gone: the others go on
-                log.warning("%s cannot be read (%s); left for a later pass", rel, exc)
+                log.warning("%s cannot be read (%s); left for a later pass", shown(rel), exc)
                 result.unreadable.append(f"{rel}: {exc.strerror or exc}")
                 continue
             if after != now:
@@ -119,7 +126,9 @@ def ingest(
         newest = max(newest, now.mtime)
     if result.reuploads:
         for r in result.reuploads:
-            log.info("%s has the same content as %s; not ingested again", r.path, r.same_as)
+            log.info(
+                "%s has the same content as %s; not ingested again", shown(r.path), shown(r.same_as)
+            )
     if not new:
         return result
     window = spec.ingest.batch_window_seconds
@@ -156,6 +165,7 @@ def work(ctx: Context, call: StageCall) -> Work:
             "reuploads": [{"path": r.path, "same_as": r.same_as} for r in found.reuploads],
             "still_writing": found.still_writing,
             "unreadable": found.unreadable,
+            "refused": found.refused,
         }
 
     return Work("ingest", ctx.layout.raw, run)

@@ -26,8 +26,13 @@ from driftloop.core.errors import RegistryError
 PIPELINE = "pipeline.skops"
 META = "driftloop_model.json"
 USER_CODE = "user_code"
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
-TRUSTED_TYPES = ("functools.partial",)  # sklearn stores partials of its own functions
+# What the README promises: scikit-learn, NumPy and SciPy, and functools.partial (which
+# scikit-learn stores around its own functions; a partial's function is checked as any other
+# name). Nothing from ``builtins``: skops already trusts plain values (int, str, list, ...),
+# and what else it would name there is code (``builtins.eval``, ``exec``, ``getattr``,
+# ``__import__``, ``open``).
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+TRUSTED_TYPES = ("functools.partial",)
 
 
 def save_pipeline(pipeline: Any, path: Path) -> None:
@@ -47,7 +52,9 @@ def load_pipeline(path: Path) -> Any:
     if foreign:
         raise RegistryError(
             f"{path}: the model file holds types outside scikit-learn/NumPy/SciPy "
-            f"({foreign[:5]}); refusing to load it"
+            f"({foreign[:5]}); refusing to load it: a model must be a scikit-learn pipeline "
+            "of these libraries' types; retrain it with driftloop, or load it only if you "
+            "trust whoever wrote it"
         )
     return sio.load(path, trusted=untrusted)
 

@@ -34,6 +34,7 @@ from driftloop.core.spec import SourceSpec, Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work, run_key
 from driftloop.core.state import Batch, RawFile, StateDB
 from driftloop.core.storage import candidate_files, placement
+from driftloop.core.text import shown
 from driftloop.prep import PrepPlan, SourceRead, plan_prep, read_raw, rows_per_file
 from driftloop.prep.contract import imputation_report
 from driftloop.prep.core import RULES, quarantine_reasons, quarantined_rows, reason_lines
@@ -346,7 +347,7 @@ def _limit_failure(
         return None  # nothing for the primary source in this batch (a joined source's update)
     if counts["rows_in"] == 0:
         files = plan.files_quarantined
-        first = f"; {files[0]['path']}: {files[0]['error']}" if files else ""
+        first = f"; {shown(files[0]['path'])}: {shown(files[0]['error'])}" if files else ""
         more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
         return (
             f"batch {batch_id}: no usable rows; every file was quarantined{first}{more} "
