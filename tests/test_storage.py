@@ -6,6 +6,7 @@ A new store is tested the moment it is registered: add it to ``RAW_STORES`` /
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 
 from driftloop.core.errors import StorageSchemeError
 from driftloop.core.layout import Layout
-from driftloop.core.outputs import OUTPUT_STORES, OutputStore, output_store
+from driftloop.core.outputs import OUTPUT_STORES, LocalOutputStore, OutputStore, output_store
 from driftloop.core.rawstore import (
     RAW_STORES,
     LocalRawStore,
@@ -266,10 +267,22 @@ def test_an_uncommitted_output_is_never_visible(out: OutputCase) -> None:
 
 
 def test_a_crash_before_success_leaves_nothing_visible_and_is_swept(out: OutputCase) -> None:
+    import subprocess
+    import sys
+
     output = out.base / "b1"
-    attempt_cm = out.store.attempt(output)
-    attempt = attempt_cm.__enter__()  # the process dies inside the block: no exit runs
-    (attempt / "data.txt").write_text("half")
+    code = (  # a process that dies inside the block: no exit runs
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from driftloop.core.outputs import output_store\n"
+        "output = Path(sys.argv[1])\n"
+        "block = output_store(output.parent).attempt(output)\n"
+        "attempt = block.__enter__()\n"
+        "(attempt / 'data.txt').write_text('half')\n"
+        "os._exit(9)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", code, str(output)], check=False)
+    assert died.returncode == 9
     assert not out.store.is_committed(output)
     assert out.leftovers() != []  # the abandoned attempt is still there ...
     out.store.sweep(out.base)  # ... until the next pass sweeps it
@@ -311,3 +324,32 @@ def test_retract_withdraws_a_committed_output_at_once(out: OutputCase) -> None:
     assert not out.store.is_committed(output)
     assert out.leftovers() == []
     out.store.retract(output)  # withdrawing what is not there is a no-op
+
+
+def test_a_sweep_leaves_a_live_attempt_alone(tmp_path: Path) -> None:
+    """Two workers share the output folders: one's pass must not remove the other's attempt
+    in progress (it did: the running prep failed with its folder gone), only a dead one's."""
+    import subprocess
+    import sys
+
+    store = LocalOutputStore()
+    folder = tmp_path / "data/processed"
+    with store.attempt(folder / "b1") as mine:
+        (mine / "data.parquet").write_bytes(b"x")
+        store.sweep(folder)  # as another worker's pass does, meanwhile
+        assert mine.is_dir()
+        store.seal(mine, {"ok": True})
+    assert store.is_committed(folder / "b1")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead = folder / f".tmp-b2~{gone.stdout.strip()}~{socket.gethostname()}~0000"
+    old_style = folder / ".tmp-b3-1234abcd"
+    for leftover in (dead, old_style):
+        leftover.mkdir()
+    store.sweep(folder)
+    assert not dead.exists() and not old_style.exists()
+    assert store.is_committed(folder / "b1")

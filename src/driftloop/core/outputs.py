@@ -9,9 +9,10 @@ which is stale either way; an attempt a crash abandoned is removed by
 :meth:`OutputStore.sweep`.
 
 :class:`LocalOutputStore` keeps the rename commit: the attempt is a hidden folder beside the
-final one (``.tmp-<name>-<random>``) holding data, manifest and ``_SUCCESS``, renamed into
-place in one step. An object store has no rename; its implementation (issue 13) writes to a
-run-specific prefix and publishes the marker with a conditional put, naming that prefix.
+final one (``.tmp-<name>~<pid>~<host>~<random>``) holding data, manifest and ``_SUCCESS``,
+renamed into place in one step; a sweep removes only attempts whose process is gone. An
+object store has no rename; its implementation (issue 13) writes to a run-specific prefix
+and publishes the marker with a conditional put, naming that prefix.
 
 Outputs are addressed by URL (a :class:`~pathlib.Path` on this machine today), and the store
 is chosen from the address (:func:`output_store`), so callers need no store argument.
@@ -23,12 +24,14 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from driftloop.core.procs import pid_alive
 from driftloop.core.urls import no_store, url_scheme
 
 SUCCESS = "_SUCCESS"
@@ -70,7 +73,7 @@ class LocalOutputStore:
     @contextlib.contextmanager
     def attempt(self, output: Path) -> Iterator[Path]:
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.parent / f".tmp-{output.name}-{uuid.uuid4().hex[:8]}"
+        tmp = output.parent / f".tmp-{output.name}{_owner()}"
         tmp.mkdir()
         published = False
         try:
@@ -79,7 +82,7 @@ class LocalOutputStore:
                 return
             old = None
             if output.exists():
-                old = output.parent / f".old-{output.name}-{uuid.uuid4().hex[:8]}"
+                old = output.parent / f".old-{output.name}{_owner()}"
                 output.rename(old)
             tmp.rename(output)
             published = True
@@ -110,7 +113,7 @@ class LocalOutputStore:
         """Rename the output aside (one atomic step), then delete it."""
         if not output.exists():
             return
-        old = output.parent / f".old-{output.name}-{uuid.uuid4().hex[:8]}"
+        old = output.parent / f".old-{output.name}{_owner()}"
         output.rename(old)
         _fsync_dir(output.parent)
         shutil.rmtree(old, ignore_errors=True)
@@ -121,8 +124,27 @@ class LocalOutputStore:
         except OSError:  # no such folder yet
             return
         for entry in entries:
-            if entry.name.startswith((".tmp-", ".old-")):
+            if entry.name.startswith((".tmp-", ".old-")) and not _in_progress(entry.name):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+
+# An attempt's folder names its owner (``.tmp-<name>~<pid>~<host>~<random>``): a sweep
+# removes what a process that is gone left, never the attempt of a live one (another worker,
+# a ``driftloop stage`` beside a pass). Another machine's attempts (a shared folder) are
+# left for that machine's sweep.
+_SEP = "~"
+
+
+def _owner() -> str:
+    return f"{_SEP}{os.getpid()}{_SEP}{socket.gethostname()}{_SEP}{uuid.uuid4().hex[:8]}"
+
+
+def _in_progress(name: str) -> bool:
+    parts = name.rsplit(_SEP, 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return False  # an older release's leftover: nobody can be writing it now
+    pid, host = int(parts[1]), parts[2]
+    return host != socket.gethostname() or pid_alive(pid)
 
 
 def _fsync_dir(path: Path) -> None:
