@@ -343,12 +343,19 @@ def swaps(work: Path, moves: int) -> Row:
 
 
 def worker_pids(parent: int) -> list[int]:
-    """The server's worker processes (its children), from /proc."""
+    """The server's worker processes (its children but multiprocessing's resource tracker)."""
     children: list[int] = []
     for task in Path(f"/proc/{parent}/task").glob("*"):
         text = (task / "children").read_text() if (task / "children").exists() else ""
         children += [int(p) for p in text.split()]
-    return children
+    return [pid for pid in children if b"resource_tracker" not in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def rss(pid: int) -> int | None:
