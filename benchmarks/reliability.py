@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -190,7 +191,7 @@ def unaccounted(
         elif f"skipped {path}: same content as" in output:
             pass  # the same bytes as a file already taken: reported, not read twice
         else:
-            problems.append(f"{name} {applied}: neither read nor reported ({failed!r})")
+            problems.append(f"{name} {applied}: neither read nor reported ({failed})")
     return problems
 
 
@@ -206,8 +207,20 @@ def fuzz(work: Path, count: int, kind: str) -> Row:
         len(files),
         len(problems),
         "no traceback; each file read (rows_in = ok + quarantined + duplicate) or reported",
-        f"{len(problems)} problem(s): " + "; ".join(problems[:3]) if problems else "",
+        by_reason(problems),
     )
+
+
+def by_reason(problems: list[str]) -> str:
+    """The problems grouped by the run's failure they came with (batch ids left out)."""
+    if not problems:
+        return ""
+    counts: dict[str, int] = {}
+    for problem in problems:
+        reason = re.sub(r"\d{8}T\d{6}-[0-9a-f]+", "BATCH", problem.partition(": ")[2])
+        counts[reason] = counts.get(reason, 0) + 1
+    shown = sorted(counts.items(), key=lambda item: -item[1])[:5]
+    return f"{len(problems)} problem(s): " + "; ".join(f"{n} x {r}" for r, n in shown)
 
 
 def fuzz_csv(work: Path, count: int) -> Row:

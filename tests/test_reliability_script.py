@@ -9,8 +9,6 @@ import pytest
 from benchmarks.fuzz_files import fuzzed_files, valid_frame
 from benchmarks.reliability import fuzz_group, main, unaccounted
 
-pytestmark = pytest.mark.slow
-
 
 def test_the_fuzzed_files_are_seeded_and_mutated() -> None:
     first = list(fuzzed_files(30, seed=7, kind="parquet"))
