@@ -42,6 +42,9 @@ _state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_s
 def unmatched_text(item: dict[str, str]) -> str:
     from driftloop.core.text import shown
 
+    if "problem" in item:  # a name that is not UTF-8
+        where = f"{shown(item['path'])} in source {item['source']}'s folder"
+        return f"unmatched: {where}: {item['problem']}"
     return (
         f"unmatched: {shown(item['path'])} is in source {item['source']}'s folder but does not "
         f"match its pattern {item['pattern']!r}, so it is not read; rename it, or widen "

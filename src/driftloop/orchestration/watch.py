@@ -23,6 +23,7 @@ from driftloop.core.errors import DriftloopError, first_line
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, Subscription, raw_store
 from driftloop.core.spec import load_spec
+from driftloop.core.text import shown
 from driftloop.orchestration.lease import Lease
 from driftloop.orchestration.loop import RunResult, run_pass
 
@@ -125,10 +126,10 @@ class Watcher:
         self.state.unmatched = [u["path"] for u in result.unmatched]
         for item in new_unmatched:
             log.warning(
-                "unmatched: %s does not match source %s's pattern %r",
-                item["path"],
-                item["source"],
-                item["pattern"],
+                "unmatched: %s %s",
+                shown(item["path"]),
+                item.get("problem")
+                or f"does not match source {item['source']}'s pattern {item['pattern']!r}",
             )
         if result.progressed:
             self.state.last_work = f"{self.clock():%H:%M:%S} {_summary(result)}"

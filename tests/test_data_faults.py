@@ -1,0 +1,181 @@
+"""Faults in the data that must not stop the loop or lose data (issue 12, section 4): a raw
+file whose name is not UTF-8, a Parquet file whose columns are not text, a batch whose raw
+file is gone, a raw file changed in place."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import polars as pl
+
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
+from driftloop.core.state import StateDB
+from driftloop.core.storage import candidate_files, unmatched_files
+from driftloop.ingest.stage import ingest
+from driftloop.pipeline import run
+
+from .helpers import write_spec
+
+BIN = Path(sys.executable).parent / "driftloop"
+CSV_SPEC = """
+name: tiny
+task: regression
+target: y
+sources:
+  - name: s
+    path: data/raw/s/*.csv
+contract:
+  columns:
+    x: {dtype: float, min: 0}
+    y: {dtype: float}
+features:
+  logs: [x]
+ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
+"""
+BAD_NAME = b"caf\xe9\n\x1b[31mPROMOTED.csv"  # Latin-1, a newline and an escape code
+BAD_SHOWN = "data/raw/s/caf\\udce9\\n\\x1b[31mPROMOTED.csv"  # as every output shows it
+
+
+def land_csv(project: Path, name: str | bytes, text: str = "x,y\n1,2\n3,4\n") -> None:
+    folder = project / "data" / "raw" / "s"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = os.fsencode(folder) + b"/" + name if isinstance(name, bytes) else folder / name
+    with open(path, "wb") as fh:  # noqa: PTH123 - a bytes path, which pathlib cannot hold
+        fh.write(text.encode())
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_and_the_others_are_ingested(
+    tmp_path: Path,
+) -> None:
+    """The listing leaves the file out (the ledger and every output hold text), the report of
+    unmatched files names it, escaped, with the fix; the good file beside it is ingested."""
+    write_spec(tmp_path, CSV_SPEC)
+    land_csv(tmp_path, BAD_NAME)
+    land_csv(tmp_path, "good.csv")
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    listed = candidate_files(spec, layout)
+    assert [o.key for _, o in listed] == ["data/raw/s/good.csv"]
+    [unmatched] = unmatched_files(spec, layout, listed)
+    assert os.fsencode(unmatched["path"]) == b"data/raw/s/" + BAD_NAME
+    assert "its name is not valid UTF-8, so it is not read; rename it" in unmatched["problem"]
+    with StateDB(layout.state_db) as db:
+        found = ingest(spec, layout, db)
+    assert [f.path for f in found.new_files] == ["data/raw/s/good.csv"]
+
+
+def test_run_goes_on_past_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """``driftloop run`` used to end in a traceback (exit 1) on such a name, on every run."""
+    write_spec(tmp_path, CSV_SPEC)
+    land_csv(tmp_path, BAD_NAME)
+    land_csv(tmp_path, "good.csv")
+    for _ in range(2):  # the second run is settled and still says so
+        out = subprocess.run(
+            [str(BIN), "run", "-p", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "Traceback" not in out.stderr
+        assert f"unmatched: {BAD_SHOWN} in source s's folder: its name is not valid UTF-8" in (
+            out.stdout
+        )
+        assert "\nPROMOTED" not in out.stdout and "\x1b" not in out.stdout
+    status = subprocess.run(
+        [str(BIN), "status", "-p", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert status.returncode == 0 and BAD_SHOWN in status.stdout
+    assert len(list((tmp_path / "data" / "features").glob("*/_SUCCESS"))) == 1
+
+
+def test_watch_ingests_a_good_file_landing_after_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """``watch`` used to fail every pass on such a name, so a good file landing after it was
+    never ingested."""
+    from driftloop.orchestration.loop import RunResult
+    from driftloop.orchestration.watch import Watcher
+
+    write_spec(tmp_path, CSV_SPEC)
+    land_csv(tmp_path, BAD_NAME)
+    ingested = threading.Event()
+    errors: list[str] = []
+
+    def on_pass(result: RunResult) -> None:
+        if result.ingest.batch is not None:
+            ingested.set()
+
+    watcher = Watcher(tmp_path, interval=0.2, on_pass=on_pass)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        land_csv(tmp_path, "good.csv")
+        watcher.wake()
+        assert ingested.wait(120), f"the good file was not ingested: {watcher.state.last_error}"
+        errors.extend(filter(None, [watcher.state.last_error]))
+        assert [os.fsencode(p) for p in watcher.state.unmatched] == [b"data/raw/s/" + BAD_NAME]
+    finally:
+        watcher.stop.set()
+        watcher.wake()
+        thread.join(30)
+    assert errors == []
+
+
+PARQUET_SPEC = """
+name: tiny
+task: regression
+target: y
+sources:
+  - name: s
+    path: data/raw/s/*.parquet
+    format: parquet
+contract:
+  columns:
+    x: {dtype: float, min: 0}
+    y: {dtype: float}
+ingest: {settle_seconds: 0}
+model: {enabled: false}  # prep and features only here
+"""
+
+
+def _manifest(folder: Path) -> dict[str, object]:
+    [batch] = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    manifest: dict[str, object] = json.loads((batch / "manifest.json").read_text())
+    return manifest
+
+
+def test_a_parquet_file_whose_columns_are_not_text_is_quarantined_alone(tmp_path: Path) -> None:
+    """A list-typed column, or a binary column holding bytes that are not UTF-8, used to fail
+    the whole batch as an unexpected error on every run; now that file is quarantined with the
+    column and the fix, and the batch's other files go on."""
+    write_spec(tmp_path, PARQUET_SPEC)
+    raw = tmp_path / "data" / "raw" / "s"
+    raw.mkdir(parents=True)
+    pl.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0]}).write_parquet(raw / "good.parquet")
+    pl.DataFrame({"x": [5.0], "y": [6.0], "tags": [["a", "b"]]}).write_parquet(
+        raw / "lists.parquet"
+    )
+    pl.DataFrame(
+        {"x": [7.0, 8.0, 9.0], "y": [1.0, 2.0, 3.0], "note": [b"ok", b"\xff\xfe", None]}
+    ).write_parquet(raw / "binary.parquet")
+
+    result = run(tmp_path)
+    assert not result.failed, [r.error for r in result.failed]
+    assert [(r.stage, r.outcome) for r in result.reports] == [("prep", "ran"), ("features", "ran")]
+    manifest = _manifest(tmp_path / "data" / "processed")
+    assert manifest["rows_ok"] == 2
+    reasons = {f["path"]: f["error"] for f in manifest["files_quarantined"]}  # type: ignore[attr-defined]
+    assert sorted(reasons) == ["data/raw/s/binary.parquet", "data/raw/s/lists.parquet"]
+    lists, binary = reasons["data/raw/s/lists.parquet"], reasons["data/raw/s/binary.parquet"]
+    assert lists.startswith("column 'tags' is nested (List(String)); expected one scalar")
+    assert "expected one scalar value per field" in lists and "Flatten or drop" in lists
+    assert binary.startswith("column 'note' is binary: record 2 is not valid UTF-8")
+    assert "Write the column as a UTF-8 string column" in binary
+    # The same run again is a cache hit, not a failure every time.
+    assert not run(tmp_path).reports
