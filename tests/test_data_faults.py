@@ -179,3 +179,79 @@ def test_a_parquet_file_whose_columns_are_not_text_is_quarantined_alone(tmp_path
     assert "Write the column as a UTF-8 string column" in binary
     # The same run again is a cache hit, not a failure every time.
     assert not run(tmp_path).reports
+
+
+def _rows(n: int, start: int = 0) -> str:
+    return "x,y\n" + "".join(f"{i + 1},{2 * i}\n" for i in range(start, start + n))
+
+
+def _committed(project: Path, folder: str, batch: str) -> int | None:
+    """The rows of a batch's committed output, None when there is none."""
+    out = project / "data" / folder / batch
+    if not (out / "_SUCCESS").is_file():
+        return None
+    return pl.read_parquet(out / "data.parquet").height
+
+
+def test_a_batch_whose_raw_file_is_gone_keeps_its_outputs_and_is_reported_stale(
+    tmp_path: Path,
+) -> None:
+    """A contract change re-preps every batch; one whose raw file is gone used to fail and
+    lose its processed rows and features (the next model trained on half the rows). Its
+    outputs are kept, the batch is reported stale with what to do, and the others go on."""
+    from driftloop.orchestration.failures import dismiss, retry
+    from driftloop.orchestration.status import project_status
+    from driftloop.train.stage import train_plan, training_frame
+
+    write_spec(tmp_path, CSV_SPEC)
+    land_csv(tmp_path, "a.csv", _rows(400))
+    first = run(tmp_path).ingest.batch
+    land_csv(tmp_path, "b.csv", _rows(400, 400))
+    second = run(tmp_path).ingest.batch
+    assert first is not None and second is not None
+    a, b = first.batch_id, second.batch_id
+    kept = (tmp_path / "data/raw/s/a.csv").read_bytes()
+    (tmp_path / "data/raw/s/a.csv").unlink()
+    write_spec(tmp_path, CSV_SPEC.replace("min: 0", "min: 0, max: 1000000"))
+
+    result = run(tmp_path)
+    by_batch = {(r.stage, r.batch_id): r for r in result.reports}
+    stale = by_batch[("prep", a)]
+    assert stale.outcome == "failed"
+    assert (stale.error or "").startswith(
+        f"batch {a} is stale: it cannot be prepared again under the current driftloop.yaml "
+        "because its raw file data/raw/s/a.csv cannot be read as it was ingested: the file is "
+        "gone since it was ingested"
+    )
+    assert "nothing was deleted" in (stale.error or "")
+    assert f"'driftloop batches retry {a}'" in (stale.error or "")
+    assert f"'driftloop batches dismiss {a} --reason TEXT'" in (stale.error or "")
+    assert by_batch[("prep", b)].outcome == "ran"
+    assert [r.batch_id for r in result.unresolved] == [a]  # run exits 1 until resolved
+    # Nothing of the stale batch was deleted.
+    assert _committed(tmp_path, "processed", a) == 400
+    assert _committed(tmp_path, "features", a) == 400
+    # ... and every later run says so again.
+    again = run(tmp_path)
+    assert [(r.batch_id, r.outcome) for r in again.unresolved] == [(a, "failed-earlier")]
+    assert "is stale" in (again.unresolved[0].error or "")
+    [shown_stale] = project_status(tmp_path)["stale_batches"]
+    assert shown_stale == {"batch_id": a, "dismissed": False, "reason": stale.error}
+
+    # Accepted as it is: training reads both batches' rows, 800, not 400.
+    dismiss(tmp_path, a, reason="the raw file was archived", actor="test")
+    assert not run(tmp_path).unresolved
+    assert [s["dismissed"] for s in project_status(tmp_path)["stale_batches"]] == [True]
+    layout = Layout(tmp_path)
+    with StateDB(layout.state_db) as db:
+        plan = train_plan(load_spec(tmp_path), layout, db)
+    assert plan is not None and training_frame(layout, plan.lineage).height == 800
+
+    # The file back, the batch retried: prepared again under the current contract.
+    (tmp_path / "data/raw/s/a.csv").write_bytes(kept)
+    retry(tmp_path, a, actor="test")
+    rebuilt = run(tmp_path)
+    assert not rebuilt.unresolved
+    assert [(r.stage, r.batch_id, r.outcome) for r in rebuilt.reports][:1] == [("prep", a, "ran")]
+    assert _committed(tmp_path, "processed", a) == 400
+    assert project_status(tmp_path)["stale_batches"] == []

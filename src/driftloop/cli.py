@@ -482,6 +482,15 @@ def print_status(s: dict[str, Any]) -> None:
                 f"{c['proposed']['key']}: {c['proposed']['allowed']}",
                 markup=False,
             )
+    for stale in s.get("stale_batches", []):  # outputs kept from an earlier run
+        if stale["dismissed"]:
+            console.print(
+                f"stale: batch {stale['batch_id']} (dismissed): training reads its rows as "
+                "they were prepared before",
+                markup=False,
+            )
+        else:
+            console.print(f"stale: {stale['reason']}", markup=False)
     verdict = s["last_drift_verdict"]
     if verdict:
         console.print(

@@ -71,11 +71,25 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             "contract_changes": contract_changes(
                 spec, db.events_after(0, types=("ContractChangeProposed",))
             ),
+            "stale_batches": stale_batches(db),
             "last_drift_verdict": _last_verdict(layout),
             "stage_runs": db.stage_runs(limit=runs),
             "events": db.events(limit=events),
         }
     return status
+
+
+def stale_batches(db: StateDB) -> list[dict[str, Any]]:
+    """Batches that cannot be prepared again (a raw file gone or changed) and keep their
+    earlier outputs: each with the reason and what to do, and whether a user dismissed it
+    (then training reads its rows as they were prepared before)."""
+    from driftloop.prep.stage import STALE
+
+    return [
+        {"batch_id": f["batch_id"], "dismissed": f["status"] == "dismissed", "reason": f["error"]}
+        for f in db.failures()
+        if f["stage"] == "prep" and STALE in (f["error"] or "")
+    ]
 
 
 def contract_changes(spec: Any, proposed: list[dict[str, Any]]) -> list[dict[str, Any]]:
