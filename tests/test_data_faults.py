@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from driftloop.core.layout import Layout
 from driftloop.core.spec import load_spec
@@ -255,3 +256,64 @@ def test_a_batch_whose_raw_file_is_gone_keeps_its_outputs_and_is_reported_stale(
     assert [(r.stage, r.batch_id, r.outcome) for r in rebuilt.reports][:1] == [("prep", a, "ran")]
     assert _committed(tmp_path, "processed", a) == 400
     assert project_status(tmp_path)["stale_batches"] == []
+
+
+def test_a_file_changed_in_place_is_refused_not_counted_twice(tmp_path: Path) -> None:
+    """A file rewritten in place (its rows plus new ones) used to be ingested again as a file
+    of its own: its first rows were in two batches and trained on twice. The rule: a raw
+    file is never modified; the new content is refused on every pass, with what to do,
+    until the original is back; new rows land under a new name."""
+    from driftloop.orchestration.status import project_status
+
+    write_spec(tmp_path, CSV_SPEC)
+    land_csv(tmp_path, "a.csv", _rows(3))
+    first = run(tmp_path).ingest.batch
+    assert first is not None
+    original = (tmp_path / "data/raw/s/a.csv").read_bytes()
+    land_csv(tmp_path, "a.csv", _rows(5))  # the same three rows and two more
+
+    for _ in range(2):  # refused on every run, not only the first
+        result = run(tmp_path)
+        assert result.ingest.batch is None and not result.reports
+        [changed] = result.ingest.changed
+        assert changed.startswith(
+            f"data/raw/s/a.csv: changed in place since it was ingested in batch "
+            f"{first.batch_id} (sha256 "
+        )
+        assert "so it is not ingested again: its earlier rows would be counted twice" in changed
+        assert "land new rows under a new file name" in changed
+    with StateDB(Layout(tmp_path).state_db) as db:
+        assert len(db.batches()) == 1
+        assert [f.path for f in db.batch_files(first.batch_id)] == ["data/raw/s/a.csv"]
+    pending = project_status(tmp_path)["pending"]
+    assert pending["files_changed_in_place"] == ["data/raw/s/a.csv"]
+    assert pending["files_not_ingested"] == []
+    assert _committed(tmp_path, "features", first.batch_id) == 3  # trained on once
+
+    # The new rows under a new name are a batch of their own; the original back: all clear.
+    land_csv(tmp_path, "a-more.csv", "x,y\n" + _rows(5).split("\n", 4)[4])
+    (tmp_path / "data/raw/s/a.csv").write_bytes(original)
+    result = run(tmp_path)
+    assert result.ingest.changed == [] and result.ingest.batch is not None
+    assert [f.path for f in result.ingest.new_files] == ["data/raw/s/a-more.csv"]
+    assert project_status(tmp_path)["pending"]["files_changed_in_place"] == []
+    rows = sum(
+        pl.read_parquet(p).height for p in (tmp_path / "data/features").glob("*/data.parquet")
+    )
+    assert rows == 5
+    assert not run(tmp_path).reports  # settled
+
+
+def test_run_prints_a_file_changed_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from driftloop.cli import print_run
+
+    write_spec(tmp_path, CSV_SPEC)
+    land_csv(tmp_path, "a.csv", _rows(3))
+    run(tmp_path)
+    land_csv(tmp_path, "a.csv", _rows(4))
+    print_run(run(tmp_path))
+    printed = capsys.readouterr().out
+    assert "not ingested data/raw/s/a.csv: changed in place since it was ingested" in printed
+    assert "nothing to do" not in printed

@@ -70,6 +70,7 @@ class Watcher:
         # Files the OS said are finished (closed after writing, or renamed into place), with
         # their (size, mtime_ns) then: ingest takes them without waiting out the settle time.
         self.complete: dict[str, tuple[int, int]] = {}
+        self._changed: set[str] = set()  # files changed in place, reported already
 
     def _state_url(self) -> str | None:
         """The spec's state.url for the lease; a spec broken at start leaves the default
@@ -133,7 +134,9 @@ class Watcher:
             )
         if result.progressed:
             self.state.last_work = f"{self.clock():%H:%M:%S} {_summary(result)}"
-        if (result.progressed or new_unmatched) and self.on_pass is not None:
+        new_changed = [c for c in result.ingest.changed if c not in self._changed]
+        self._changed = set(result.ingest.changed)  # told once (ingest logged each)
+        if (result.progressed or new_unmatched or new_changed) and self.on_pass is not None:
             self.on_pass(result)
         self._status()
         return result
