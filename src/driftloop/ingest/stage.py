@@ -125,7 +125,7 @@ def ingest(
         earlier = db.raw_file_at(rel)
         if earlier is not None:  # the same name, new content: never counted twice
             why = changed_in_place(earlier, sha)
-            log.warning("%s is not ingested: %s", shown(rel), why)
+            log.info("%s is not ingested: %s", shown(rel), why)
             result.changed.append(f"{rel}: {why}")
             continue
         taken[sha] = rel
