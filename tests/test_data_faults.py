@@ -317,3 +317,46 @@ def test_run_prints_a_file_changed_in_place(
     printed = capsys.readouterr().out
     assert "not ingested data/raw/s/a.csv: changed in place since it was ingested" in printed
     assert "nothing to do" not in printed
+
+
+def test_watch_reports_a_file_changed_in_place_once_and_goes_on(tmp_path: Path) -> None:
+    from driftloop.orchestration.loop import RunResult
+    from driftloop.orchestration.watch import Watcher
+
+    write_spec(tmp_path, CSV_SPEC)
+    land_csv(tmp_path, "a.csv", _rows(3))
+    run(tmp_path)
+    land_csv(tmp_path, "a.csv", _rows(4))  # changed in place before the watch starts
+    told: list[tuple[bool, list[str]]] = []
+    ingested = threading.Event()
+
+    def on_pass(result: RunResult) -> None:
+        if result.ingest.changed:
+            told.append((result.progressed, result.ingest.changed))
+        if result.ingest.batch is not None:
+            ingested.set()
+
+    watcher = Watcher(tmp_path, interval=0.2, on_pass=on_pass)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        land_csv(tmp_path, "b.csv", _rows(2, 10))  # a good file after it is taken
+        watcher.wake()
+        assert ingested.wait(120), f"b.csv was not ingested: {watcher.state.last_error}"
+        passes = watcher.state.passes
+        while watcher.state.passes < passes + 2 and thread.is_alive():
+            watcher.wake()
+            ingested.wait(0.1)
+    finally:
+        watcher.stop.set()
+        watcher.wake()
+        thread.join(30)
+    assert told and all(
+        len(c) == 1 and c[0].startswith("data/raw/s/a.csv: changed") for _, c in told
+    )
+    assert sum(not progressed for progressed, _ in told) <= 1  # told once, not every pass
+    with StateDB(Layout(tmp_path).state_db) as db:
+        assert sorted(f.path for f in db.files_until(10)) == [
+            "data/raw/s/a.csv",
+            "data/raw/s/b.csv",
+        ]
