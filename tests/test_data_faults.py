@@ -195,11 +195,12 @@ def _committed(project: Path, folder: str, batch: str) -> int | None:
 
 
 def test_a_batch_whose_raw_file_is_gone_keeps_its_outputs_and_is_reported_stale(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A contract change re-preps every batch; one whose raw file is gone used to fail and
     lose its processed rows and features (the next model trained on half the rows). Its
     outputs are kept, the batch is reported stale with what to do, and the others go on."""
+    from driftloop.cli import print_status
     from driftloop.orchestration.failures import dismiss, retry
     from driftloop.orchestration.status import project_status
     from driftloop.train.stage import train_plan, training_frame
@@ -238,6 +239,9 @@ def test_a_batch_whose_raw_file_is_gone_keeps_its_outputs_and_is_reported_stale(
     assert "is stale" in (again.unresolved[0].error or "")
     [shown_stale] = project_status(tmp_path)["stale_batches"]
     assert shown_stale == {"batch_id": a, "dismissed": False, "reason": stale.error}
+    capsys.readouterr()
+    print_status(project_status(tmp_path))
+    assert f"stale: batch {a} is stale: it cannot be prepared again" in capsys.readouterr().out
 
     # Accepted as it is: training reads both batches' rows, 800, not 400.
     dismiss(tmp_path, a, reason="the raw file was archived", actor="test")
