@@ -42,6 +42,9 @@ _state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_s
 def unmatched_text(item: dict[str, str]) -> str:
     from driftloop.core.text import shown
 
+    if "problem" in item:  # a name that is not UTF-8
+        where = f"{shown(item['path'])} in source {item['source']}'s folder"
+        return f"unmatched: {where}: {item['problem']}"
     return (
         f"unmatched: {shown(item['path'])} is in source {item['source']}'s folder but does not "
         f"match its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
@@ -226,6 +229,10 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
         if problem not in _state["refused_shown"]:
             _state["refused_shown"].add(problem)
             console.print(f"  [red]refused[/red] {_name(problem)}")
+    for problem in ing.changed:  # a file changed in place: each once per process
+        if problem not in _state["refused_shown"]:
+            _state["refused_shown"].add(problem)
+            console.print(f"  [red]not ingested[/red] {_name(problem)}")
     for item in result.unmatched:  # each once per process (watch makes many passes)
         if item["path"] in _state["unmatched_shown"]:
             continue
@@ -236,7 +243,7 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             f"applied a recorded decision the registry had missed: v{decision['version']} "
             f"{decision['decision']} ({decision['reason']})"
         )
-    if not result.did_work and not quiet_when_idle and not result.unmatched:
+    if not result.did_work and not quiet_when_idle and not (result.unmatched or ing.changed):
         console.print(NOTHING_TO_DO)
     for report in result.reports:
         if report.outcome == "cached":
@@ -309,6 +316,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             console.print(f"ingested {len(m['new_files'])} new file(s) as batch {report.batch_id}")
             for problem in m.get("refused", []):
                 console.print(f"  [red]refused[/red] {_name(problem)}")
+            for problem in m.get("changed", []):
+                console.print(f"  [red]not ingested[/red] {_name(problem)}")
         elif report.stage == "promote":
             d = m["decision"]
             trained_now = any(r.stage == "train" and r.outcome == "ran" for r in result.reports)
@@ -462,6 +471,11 @@ def print_status(s: dict[str, Any]) -> None:
     )
     for item in pending.get("files_unmatched", []):
         console.print(unmatched_text(item), markup=False)
+    for path in pending.get("files_changed_in_place", []):
+        console.print(
+            f"not ingested: {_name(path)} changed in place since it was ingested; put the "
+            "original content back and land new rows under a new file name"
+        )
     changes = s.get("contract_changes") or []
     if changes:
         console.print(
@@ -479,6 +493,15 @@ def print_status(s: dict[str, Any]) -> None:
                 f"{c['proposed']['key']}: {c['proposed']['allowed']}",
                 markup=False,
             )
+    for stale in s.get("stale_batches", []):  # outputs kept from an earlier run
+        if stale["dismissed"]:
+            console.print(
+                f"stale: batch {stale['batch_id']} (dismissed): training reads its rows as "
+                "they were prepared before",
+                markup=False,
+            )
+        else:
+            console.print(f"stale: {stale['reason']}", markup=False)
     verdict = s["last_drift_verdict"]
     if verdict:
         console.print(

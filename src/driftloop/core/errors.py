@@ -16,7 +16,9 @@ shown only with ``--verbose``.
      │    ├── NewLabelError           a batch holds a target label the contract does not list
      │    ├── JoinError               secondary sources cannot be joined as the spec says
      │    ├── FeatureError            the feature function failed or returned bad output
-     │    └── TrainError              the data cannot train a model (too few rows, constant target)
+     │    ├── TrainError              the data cannot train a model (too few rows, constant target)
+     │    └── StaleBatchError         a batch cannot be prepared again (a raw file is gone or
+     │                                changed); its earlier outputs are kept, marked stale
      ├── RegistryError                the model registry (MLflow) refused or lacks what is asked
      │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
@@ -82,6 +84,12 @@ class FeatureError(StageError):
 
 class TrainError(StageError):
     """The data cannot train a model as the spec asks."""
+
+
+class StaleBatchError(StageError):
+    """A batch's outputs cannot be rebuilt (a raw file it reads is gone, or changed since it
+    was ingested): the outputs an earlier run built are kept, and the batch is stale until
+    the file is back or a user accepts it (``driftloop batches dismiss``)."""
 
 
 class RegistryError(DriftloopError):

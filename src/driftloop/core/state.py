@@ -106,6 +106,12 @@ _SIGHTING = sa.select(sightings.c.sha256).where(
 _RAW_FILE = sa.select(*_FILE, raw_files.c.batch_id).where(
     raw_files.c.sha256 == sa.bindparam("sha256")
 )
+_RAW_FILE_AT = (
+    sa.select(*_FILE, raw_files.c.batch_id)
+    .where(raw_files.c.path == sa.bindparam("path"))
+    .order_by(raw_files.c.ingested_at.desc())
+    .limit(1)
+)
 
 
 _BATCHES = sa.select(batches.c.batch_id, batches.c.seq, batches.c.created_at).order_by(
@@ -326,6 +332,12 @@ class StateDB:
 
     def raw_file(self, sha256: str) -> RawFile | None:
         row = self._one(_RAW_FILE, {"sha256": sha256})
+        return None if row is None else RawFile(*row)
+
+    def raw_file_at(self, path: str) -> RawFile | None:
+        """The content the ledger took under ``path`` (the latest, where an older release
+        took several), to tell a file changed in place from a new one."""
+        row = self._one(_RAW_FILE_AT, {"path": path})
         return None if row is None else RawFile(*row)
 
     def create_batch(self, batch_id: str, files: list[RawFile]) -> Batch:

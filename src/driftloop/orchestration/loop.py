@@ -143,11 +143,13 @@ def run_pass(
 
 def _settles(result: RunResult) -> bool:
     """The pass ended with nothing pending, nothing failed (a failure is reported again by
-    every pass until it is fixed) and no file unreadable."""
+    every pass until it is fixed) and no file unreadable or changed in place (reported by
+    every pass until it is back or gone)."""
     return not (
         result.pending
         or any(r.outcome in ("failed", "failed-earlier") for r in result.reports)
         or result.ingest.unreadable
+        or result.ingest.changed
     )
 
 
