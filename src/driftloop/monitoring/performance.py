@@ -156,6 +156,28 @@ def metric_with_interval(
     )
 
 
+def undefined_reason(metric: str, o: Outcomes, rows: Any) -> str:
+    """Why ``metric`` has no value on ``rows``, in words for the report."""
+    if o.classes is None:
+        y = np.asarray(o.y_true, float)[rows]
+        if metric == "r2" and y.size and np.all(y == y[0]):
+            return f"the labels are all {y[0]:g}: r2 divides by their variance, which is 0"
+        return f"{metric} could not be computed on these {rows.size:,} rows (missing values?)"
+    present = sorted(set(np.asarray(o.y_true).astype(str)[rows].tolist()))
+    unseen = [label for label in present if label not in o.classes]
+    if unseen and metric in ("roc_auc", "average_precision", "log_loss"):
+        return (
+            f"labels the model never saw ({', '.join(repr(u) for u in unseen[:5])}; it knows "
+            f"{o.classes}): {metric} needs the model's probability of the true label"
+        )
+    if len(present) == 1 and metric in ("roc_auc", "average_precision"):
+        return (
+            f"the labels hold one class only ({present[0]!r}): {metric} ranks the rows of "
+            "one class against the others', so it needs rows of each class"
+        )
+    return f"{metric} could not be computed on these {rows.size:,} rows"
+
+
 def decayed(metric: str, low: float, high: float, holdout: float, tolerance: float) -> bool:
     """The whole interval is worse than the holdout by more than the tolerance."""
     if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(holdout)):
@@ -182,16 +204,17 @@ def realized_performance(
         value, low, high = percentile_interval(
             stat, rows, settings.bootstrap, settings.confidence, rng
         )
-        windows.append(
-            {
-                "window": label,
-                "rows": int(rows.size),
-                "value": value,
-                "low": low,
-                "high": high,
-                "decayed": decayed(metric, low, high, holdout, settings.tolerance),
-            }
-        )
+        entry = {
+            "window": label,
+            "rows": int(rows.size),
+            "value": value,
+            "low": low,
+            "high": high,
+            "decayed": decayed(metric, low, high, holdout, settings.tolerance),
+        }
+        if not math.isfinite(value):
+            entry["undefined_reason"] = undefined_reason(metric, outcomes, rows)
+        windows.append(entry)
     all_rows = np.arange(len(outcomes.y_true))
     value, low, high = percentile_interval(stat, None, settings.bootstrap, settings.confidence, rng)
     overall = decayed(metric, low, high, holdout, settings.tolerance)
@@ -203,7 +226,17 @@ def realized_performance(
         "tolerance": settings.tolerance,
         "confidence": settings.confidence,
         "rows": int(all_rows.size),
-        "overall": {"value": value, "low": low, "high": high, "decayed": overall},
+        "overall": {
+            "value": value,
+            "low": low,
+            "high": high,
+            "decayed": overall,
+            **(
+                {}
+                if math.isfinite(value)
+                else {"undefined_reason": undefined_reason(metric, outcomes, all_rows)}
+            ),
+        },
         "windows": windows,
         "degraded": overall or latest,
         "detectors": streaming_detectors(outcomes),
