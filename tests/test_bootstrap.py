@@ -138,3 +138,12 @@ def test_memory_does_not_grow_with_rows_times_resamples(metric: str) -> None:
         tracemalloc.stop()
     assert low <= value <= high
     assert peak < 128 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_no_rows_give_no_value_and_no_interval() -> None:
+    o = binary_scores(50, np.random.default_rng(10))
+    stat = statistic("roc_auc", o)
+    got = percentile_interval(
+        stat, np.array([], dtype=np.int64), 200, 0.95, np.random.default_rng(0)
+    )
+    assert all(v != v for v in got)  # three NaNs

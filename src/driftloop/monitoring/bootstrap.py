@@ -55,7 +55,8 @@ class Statistic:
 def statistic(metric: str, o: Any) -> Statistic:
     """The metric's per-row keys for ``o`` (a performance.Outcomes)."""
     keys, make = _statistic(metric, o)
-    return Statistic(metric, np.asarray(keys, dtype=np.float64).reshape(len(keys), -1), make)
+    keys = np.asarray(keys, dtype=np.float64)
+    return Statistic(metric, keys.reshape(len(keys), -1) if keys.ndim < 2 else keys, make)
 
 
 def percentile_interval(
@@ -70,6 +71,8 @@ def percentile_interval(
     bootstrap interval."""
     metric, make = stat.metric, stat.make
     cell_keys, counts, codes = unique_rows(stat.keys if rows is None else stat.keys[rows])
+    if counts.size == 0:
+        return math.nan, math.nan, math.nan
     value = float(make(cell_keys)(counts[None, :].astype(np.float64))[0])
     grouped = _grouped(metric, cell_keys, counts, codes, groups)
     if grouped is not None:
@@ -174,7 +177,8 @@ def _grouped_auc(
 
 def unique_rows(keys: Any) -> tuple[Any, Any, Any]:
     """(cell keys sorted by column 0 then 1..., rows per cell, cell of each row)."""
-    keys = np.asarray(keys, dtype=np.float64).reshape(len(keys), -1)
+    keys = np.asarray(keys, dtype=np.float64)
+    keys = keys.reshape(len(keys), -1) if keys.ndim < 2 else keys
     n = keys.shape[0]
     if n == 0:
         return keys, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
