@@ -147,3 +147,15 @@ def test_no_rows_give_no_value_and_no_interval() -> None:
         stat, np.array([], dtype=np.int64), 200, 0.95, np.random.default_rng(0)
     )
     assert all(v != v for v in got)  # three NaNs
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "log_loss"])
+def test_a_small_window_agrees_with_the_dense_row_bootstrap(metric: str) -> None:
+    """A window of 1,000 rows gets 25 groups by default: the interval still agrees."""
+    o = binary_scores(1_000, np.random.default_rng(11))
+    low, high = dense_reference(metric, o, 3_000, 0.9, np.random.default_rng(12))
+    _, new_low, new_high = percentile_interval(
+        statistic(metric, o), None, 3_000, 0.9, np.random.default_rng(13)
+    )
+    width = high - low
+    assert abs(new_low - low) < 0.1 * width and abs(new_high - high) < 0.1 * width

@@ -23,6 +23,11 @@ the same answer). Two exact ways to draw it, chosen by K:
 - many cells (continuous scores or errors): n row indices per resample (``integers``), mapped
   to their cells and counted (``bincount``), O(n) time per resample, no n x B matrix.
 
+ROC AUC and the mean losses (log loss, MAE, RMSE) with many distinct values first merge their
+cells into groups of consecutive values (min(1024, n/40) groups, at least 16: a window of
+1,000 rows gets 25) and put back what the merge hides (see ``_grouped``), so they take the
+first way.
+
 Resamples are drawn and scored in chunks of at most ``BUDGET`` numbers, so memory is
 O(n + K + BUDGET), never rows x resamples. (The previous code drew the dense rows x
 resamples multinomial matrix: 12.3 GB for 800k rows.)
@@ -39,6 +44,7 @@ import numpy as np
 
 BUDGET = 1 << 20  # numbers per chunk of resamples (8 MiB per float64 array)
 GROUPS = 1024  # above this many cells, ROC AUC and mean losses resample groups of cells
+MIN_GROUPS = 16  # a small window (1,000 rows) gets n/40 groups, at least this many
 Scorer = Callable[[Any], Any]  # (resamples x cells) counts -> one value per resample
 
 
@@ -65,7 +71,7 @@ def percentile_interval(
     resamples: int,
     confidence: float,
     rng: np.random.Generator,
-    groups: int = GROUPS,
+    groups: int | None = None,
 ) -> tuple[float, float, float]:
     """(value, low, high): the metric on ``rows`` (None: all; exact) and its percentile
     bootstrap interval."""
@@ -73,6 +79,8 @@ def percentile_interval(
     cell_keys, counts, codes = unique_rows(stat.keys if rows is None else stat.keys[rows])
     if counts.size == 0:
         return math.nan, math.nan, math.nan
+    if groups is None:  # few enough that drawing them costs less than drawing the rows
+        groups = max(MIN_GROUPS, min(GROUPS, int(counts.sum()) // 40))
     value = float(make(cell_keys)(counts[None, :].astype(np.float64))[0])
     grouped = _grouped(metric, cell_keys, counts, codes, groups)
     if grouped is not None:
