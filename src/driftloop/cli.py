@@ -324,6 +324,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 f"split, {m['holdout_rows']} held out): {metric} {value:.4f}, "
                 f"baseline {base:.4f} ({report.seconds:.2f}s)"
             )
+            if m.get("registry_warning"):
+                console.print(f"WARNING: {m['registry_warning']}", markup=False)
     if result.waiting:
         console.print(f"no training: {result.waiting}")
     if result.unresolved:
@@ -449,6 +451,9 @@ def print_status(s: dict[str, Any]) -> None:
         )
     else:
         console.print(f"champion: none yet for {s['project']}")
+    lost = s.get("registry_history_lost")
+    if lost:
+        console.print(f"WARNING ({lost['at'][:19]}): {lost['message']}", markup=False)
     watch = s["watch"]
     if watch and watch["alive"]:
         console.print(f"watch: running (pid {watch['pid']} on {watch['host']})")

@@ -45,6 +45,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
         waiting_files = [o.key for _, o in listed if o.key not in known]
         lease = db.lease("watch")
         served = db.last_event("ModelServed")
+        lost = db.last_event("RegistryHistoryLost")
         status: dict[str, Any] = {
             "project": spec.name,
             "champion": {
@@ -57,6 +58,9 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
                     else None
                 ),
             },
+            "registry_history_lost": (
+                {"at": lost["ts"], "message": lost["message"]} if lost else None
+            ),
             "batches": len(batches),
             "pending": {
                 "batches": pending,
