@@ -5,7 +5,10 @@ or earlier and not yet fixed, retried or dismissed (``driftloop batches``);
 2 bad input to driftloop itself (spec, arguments, project folder); 3 ``driftloop monitor``
 found dataset, target or prediction drift or degraded performance (so cron and CI can tell
 it from an error); 4 ``driftloop monitor`` found a column drifted, below the dataset drift
-threshold (a warning: a unit change upstream, say; the retrain policy does not act on it). Errors
+threshold (a warning: a unit change upstream, say; the retrain policy does not act on it);
+5 the machine, not the project: the state database stayed locked by another process past
+the wait (``DRIFTLOOP_STATE_LOCK_SECONDS``, 30 s) or the disk is full; nothing was lost,
+run again once the cause is gone. Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
 commands, so ``--help`` answers fast.
 """
@@ -54,6 +57,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 NOTHING_TO_DO = "nothing to do: every batch is up to date"
 EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
+EXIT_RETRY_LATER = 5  # the state database locked past the wait, or the disk full
 
 
 def _print_version(value: bool) -> None:
@@ -199,6 +203,12 @@ def run(project: ProjectOpt = Path()) -> None:
         result = run_pipeline(project, quick=False)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
+    except OSError as exc:
+        from driftloop.core.errors import disk_full, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        _fail(disk_full(f"driftloop run -p {project}", exc), EXIT_RETRY_LATER)
     print_run(result)
     if result.unresolved:
         raise typer.Exit(EXIT_STAGE_FAILED)
@@ -1086,6 +1096,10 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
+    from driftloop.core.errors import DiskFullError, StateLockedError
+
+    if isinstance(exc, (DiskFullError, StateLockedError)):
+        code = EXIT_RETRY_LATER  # not the project's fault: the same command will work later
     if _state["verbose"]:
         import traceback
 

@@ -211,9 +211,11 @@ class StateDB:
             if self._sqlite:
                 self.close()
                 raise StateError(
-                    f"{where}: cannot open the state database ({reason(exc, self.url)}); if "
-                    "the file is damaged, move it aside and run again (raw files are "
-                    "re-ingested by content hash)"
+                    f"{where}: cannot open the state database ({reason(exc, self.url)}); "
+                    "check the file's permissions and its disk; a damaged file is repaired "
+                    "with 'sqlite3 state.db .recover' into a new file, or restored from a "
+                    "backup. Do not delete it or move it aside: it records which raw files "
+                    "were taken, and without it every raw file would be ingested again"
                 ) from None
             raise StateError(
                 f"{where}: cannot use the state database ({reason(exc, self.url)}); check "
