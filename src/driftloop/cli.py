@@ -246,6 +246,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             f"applied a recorded decision the registry had missed: v{decision['version']} "
             f"{decision['decision']} ({decision['reason']})"
         )
+    for line in result.reconciled:
+        console.print(f"after an interruption: {line}", markup=False)
     if not result.did_work and not quiet_when_idle and not result.unmatched:
         console.print(NOTHING_TO_DO)
     for report in result.reports:

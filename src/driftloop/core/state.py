@@ -593,6 +593,11 @@ class StateDB:
         )
         return None if row is None else _as_dict(row)
 
+    def running(self) -> list[dict[str, Any]]:
+        """The stage runs recorded as running (a live run, or one whose process was killed)."""
+        stmt = sa.select(stage_runs).where(stage_runs.c.status == "running")
+        return [_as_dict(r) for r in self._rows(stmt.order_by(stage_runs.c.started_at))]
+
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         stmt = sa.select(stage_runs).order_by(stage_runs.c.started_at.desc()).limit(limit)
         return [_as_dict(r) for r in self._rows(stmt)]
