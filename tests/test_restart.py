@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from driftloop.cli import app
@@ -33,19 +34,28 @@ HANG_GUARD = 600.0  # seconds: only a child that never reaches the commit fails 
 
 CHILD = """
 import pathlib, sys, time
-from driftloop.core import outputs
+from driftloop.core import outputs, state
 
-marker, folder, project = sys.argv[1:4]
-commit = outputs.LocalOutputStore.seal
+marker, where, project = sys.argv[1:4]
+commit, record = outputs.LocalOutputStore.seal, state.StateDB.record_event
+
+def wait_here():
+    pathlib.Path(marker).write_text("there")
+    while True:  # until SIGKILL
+        time.sleep(1)
 
 def seal(self, attempt, manifest):
-    if f"/data/{folder}/" in str(attempt):
-        pathlib.Path(marker).write_text("in the commit")
-        while True:  # until SIGKILL
-            time.sleep(1)
+    if f"/data/{where}/" in str(attempt):
+        wait_here()
     commit(self, attempt, manifest)
 
+def record_event(self, type_, payload):
+    if type_ == where:
+        wait_here()
+    record(self, type_, payload)
+
 outputs.LocalOutputStore.seal = seal
+state.StateDB.record_event = record_event
 from driftloop.cli import app
 sys.argv = ["driftloop", "run", "-p", project]
 app()
@@ -93,17 +103,25 @@ def test_a_run_left_running_by_a_kill_is_marked_interrupted_and_run_again(
     assert len(failed) == 1 and failed[0]["error"].startswith("interrupted:")
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "models",  # registered and recorded; the training's output not committed
+        "ModelRegistered",  # registered; killed before the state database recorded it
+    ],
+)
 def test_a_version_registered_by_a_killed_training_is_decided_never_left_dangling(
-    tmp_path: Path,
+    tmp_path: Path, where: str
 ) -> None:
     project = tmp_path / "p"
     write_spec(project, SPEC)
     land(project, "a.csv", 600, seed=1)
-    kill_inside_commit(project, "models")  # registered, its training not committed
+    kill_inside_commit(project, where)
     with StateDB(Layout(project).state_db) as db:
-        [registered] = db.events_after(0, types=("ModelRegistered",))
+        recorded = db.events_after(0, types=("ModelRegistered",))
         assert db.decisions("synth") == []
         assert [r["stage"] for r in db.running()] == ["train"]
+    assert len(recorded) == (1 if where == "models" else 0)
 
     again = CliRunner().invoke(app, ["run", "-p", str(project)])
     assert again.exit_code == 0, again.output
@@ -112,7 +130,6 @@ def test_a_version_registered_by_a_killed_training_is_decided_never_left_danglin
         assert db.running() == []
         decisions = [(d["version"], d["decision"]) for d in db.decisions("synth")]
         [interrupted] = [d for d in db.decisions("synth") if d["version"] == "1"]
-    assert registered["version"] == "1"
     assert decisions == [("1", "rejected"), ("2", "promoted")], decisions
     assert interrupted["reason"].startswith("interrupted: its training was stopped")
     registry = open_registry(load_spec(project), Layout(project))

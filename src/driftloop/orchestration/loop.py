@@ -124,11 +124,17 @@ def run_pass(
         for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
         # and its records: runs left "running", versions left undecided
-        reconciled = [f"{r['stage']} {r['batch_id']}: {r['error']}" for r in reconcile_runs(db)]
+        interrupted = reconcile_runs(db)
+        reconciled = [f"{r['stage']} {r['batch_id']}: {r['error']}" for r in interrupted]
         if spec.model.enabled:
             reconciled += [
                 f"{d['model']} v{d['version']}: rejected: {d['reason']}"
-                for d in reconcile_versions(spec, layout, db)
+                for d in reconcile_versions(
+                    spec,
+                    layout,
+                    db,
+                    train_interrupted=any(r["stage"] == "train" for r in interrupted),
+                )
             ]
         with claimed(db, "ingest") as holder:  # one worker forms a batch at a time
             found = IngestResult(batch=None)

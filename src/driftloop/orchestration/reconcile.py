@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from driftloop.core.errors import first_line
@@ -102,14 +103,34 @@ def undecided_versions(
     return out
 
 
-def reconcile_versions(spec: Spec, layout: Layout, db: StateDB) -> list[dict[str, Any]]:
-    """Record the versions a killed training left undecided as rejected (``interrupted``)."""
+def reconcile_versions(
+    spec: Spec, layout: Layout, db: StateDB, *, train_interrupted: bool = False
+) -> list[dict[str, Any]]:
+    """Record the versions a killed training left undecided as rejected (``interrupted``).
+
+    ``train_interrupted`` (a training was found killed): the registry is asked too, for
+    versions it holds that the state database never heard of (a kill between registering a
+    version and recording it) and that carry no decision tag.
+    """
     from driftloop.models.cache import store_id
     from driftloop.models.registry import open_registry, store_uri
 
     registered = [
         e for e in db.events_after(0, types=("ModelRegistered",)) if e.get("model") == spec.name
     ]
+    store = store_id(store_uri(spec, layout))
+    if train_interrupted:
+        known = {str(e["run_id"]) for e in registered}
+        registered += [
+            {
+                "version": v.version,
+                "run_id": v.run_id,
+                "store": store,
+                "ts": datetime.fromtimestamp((v.created or 0) / 1000, UTC).isoformat(),
+            }
+            for v in reversed(open_registry(spec, layout).versions())
+            if v.run_id and v.run_id not in known and "driftloop.decision" not in v.tags
+        ]
     if not registered:
         return []
     claim = db.claimant("train", now=time.time())
@@ -126,7 +147,7 @@ def reconcile_versions(spec: Spec, layout: Layout, db: StateDB) -> list[dict[str
     found = undecided_versions(
         registered,
         db.decisions(spec.name),
-        store=store_id(store_uri(spec, layout)),
+        store=store,
         pending_run=str(newest.manifest["run_id"]) if newest is not None else None,
         lost_runs=lost,
     )

@@ -271,6 +271,18 @@ def _train_and_register(
             lineage={"batches": lineage},
             spec_text=spec_text,
         )
+        # Recorded at once: a version the state database does not know of could be left
+        # undecided by a kill (orchestration/reconcile.py decides the ones it knows).
+        db.record_event(
+            "ModelRegistered",
+            {
+                "model": spec.name,
+                "version": registered.version,
+                "run_id": registered.run_id,
+                "store": model_cache.store_id(registry.uri),
+            },
+        )
+        lost = _history_lost(db, registry)
         # Serving on this machine starts from this copy instead of a download.
         entry = model_cache.store(
             layout,
@@ -288,16 +300,6 @@ def _train_and_register(
             ),
         )
     _precompile(entry)
-    lost = _history_lost(db, registry)
-    db.record_event(
-        "ModelRegistered",
-        {
-            "model": spec.name,
-            "version": registered.version,
-            "run_id": registered.run_id,
-            "store": model_cache.store_id(registry.uri),
-        },
-    )
     manifest = {
         "stage": "train",
         "stage_version": TRAIN_VERSION,
