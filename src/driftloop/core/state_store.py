@@ -37,7 +37,8 @@ from driftloop.core.spec import STATE_URL_ENV
 
 # Raise SCHEMA_VERSION (core/state_peek.py) with every change to the tables below: SQLite
 # records it in ``user_version`` and skips the schema check on open while it is current
-# (1: the first SQLAlchemy schema, claims; 2: current_runs and facts)
+# (1: the first SQLAlchemy schema, claims; 2: current_runs and facts; 3: an index of runs
+# by status)
 # 'driftloo' in ASCII: the key of the advisory lock every serialized write takes (PostgreSQL)
 WRITE_LOCK = 0x6472696674_6C6F6F
 
@@ -85,6 +86,8 @@ stage_runs = sa.Table(
     sa.Column("output", sa.Text),
     sa.Column("error", sa.Text),
     sa.Index("stage_runs_batch", "stage", "batch_id"),
+    sa.Index("stage_runs_status", "status"),  # the failures in the way, without a scan
+    sa.Index("stage_runs_newest", "stage", "status", "finished_at"),  # a stage's last success
 )
 current_runs = sa.Table(  # the key whose output is published, per (stage, batch)
     "current_runs",
@@ -315,6 +318,9 @@ def ensure_schema(conn: sa.Connection) -> None:
     """Create what is missing; add columns that came after a database was created."""
     if not set(metadata.tables) <= set(conn.dialect.get_table_names(conn)):
         metadata.create_all(conn)
+    for table in metadata.tables.values():  # indexes that came after a database was created
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
     columns = {c["name"] for c in sa.inspect(conn).get_columns("promotions")}
     if "applied" not in columns:
         conn.execute(

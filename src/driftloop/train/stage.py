@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from driftloop.core.manifests import TrainManifest
 from driftloop.core.outputs import MANIFEST, SUCCESS
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
-from driftloop.core.state import StateDB
+from driftloop.core.state import Batch, StateDB
 from driftloop.features.compute import user_module_path
 from driftloop.features.stage import read_features
 from driftloop.models import cache as model_cache
@@ -73,19 +73,21 @@ def feature_batches(
     db: StateDB,
     current: Mapping[tuple[str, str], str] | None = None,
     committed: Container[str] = (),
+    batches: Iterable[Batch] | None = None,
 ) -> list[dict[str, Any]]:
     """Every batch with complete features (oldest first): ids and manifests, no data read.
-    ``current`` (the state database's published keys) spares reading each manifest, and
-    ``committed`` (batches whose features the caller saw committed just now) a check each."""
+    ``current`` (the state database's published keys) spares reading each manifest,
+    ``committed`` (batches whose features the caller saw committed just now) a check each,
+    and ``batches`` (the caller's read of the state database's batches) a read."""
     found = []
     features, processed = layout.relative(layout.features), layout.relative(layout.processed)
     published = current if current is not None else {}
-    for batch in db.batches():
+    root = str(layout.features)  # (os.path, not pathlib: 10,000s of batches)
+    for batch in db.batches() if batches is None else batches:
         b = batch.batch_id
-        out_dir = os.path.join(layout.features, b)  # noqa: PTH118 - 10,000s of batches
-        if b not in committed and not os.path.exists(os.path.join(out_dir, SUCCESS)):  # noqa: PTH110, PTH118
+        if b not in committed and not os.path.exists(f"{root}/{b}/{SUCCESS}"):  # noqa: PTH110
             continue
-        key = published.get(("features", b)) or read_manifest(Path(out_dir))["run_key"]
+        key = published.get(("features", b)) or read_manifest(Path(root, b))["run_key"]
         found.append(
             {
                 "batch_id": b,
@@ -127,10 +129,11 @@ def train_plan(
     *,
     current: Mapping[tuple[str, str], str] | None = None,
     committed: Container[str] = (),
+    batches: Iterable[Batch] | None = None,
 ) -> TrainPlan | None:
     """The training run over every batch's features so far; None when there are none
-    (``current``, ``committed``: see :func:`feature_batches`)."""
-    lineage = feature_batches(layout, db, current, committed)
+    (``current``, ``committed``, ``batches``: see :func:`feature_batches`)."""
+    lineage = feature_batches(layout, db, current, committed, batches)
     if not lineage:
         return None
     sections = spec.section_hash(*TRAIN_SECTIONS)
