@@ -354,7 +354,7 @@ def _history_lost(db: StateDB, registry: Registry) -> str | None:
     if not lost:
         return None
     message = history_lost_message(registry.model, registry.uri, lost)
-    log.warning("%s", message)
+    log.info("%s", message)  # the run's summary prints it (the manifest's registry_warning)
     db.record_event(
         "RegistryHistoryLost",
         {"model": registry.model, "store": store, "versions": lost, "message": message},
