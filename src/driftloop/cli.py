@@ -186,7 +186,8 @@ def run(project: ProjectOpt = Path()) -> None:
     (drift, and performance from its labels); if the retrain policy says so, train a
     challenger and run the promotion gate, which promotes it or keeps the champion. Exits 0
     when the pass completes, 1 while a failure is unresolved (this run's or an earlier
-    one's: see 'driftloop batches'), 2 for a bad spec or arguments."""
+    one's: see 'driftloop batches'), 2 for a bad spec or arguments, 5 when the state
+    database stayed locked by another process or the disk is full (run again later)."""
     from driftloop.orchestration.settled import quick_settled
 
     settled = quick_settled(project)
