@@ -219,9 +219,11 @@ class StateDB:
             if self._sqlite:
                 self.close()
                 raise StateError(
-                    f"{where}: cannot open the state database ({reason(exc, self.url)}); if "
-                    "the file is damaged, move it aside and run again (raw files are "
-                    "re-ingested by content hash)"
+                    f"{where}: cannot open the state database ({reason(exc, self.url)}); "
+                    "check the file's permissions and its disk; a damaged file is repaired "
+                    "with 'sqlite3 state.db .recover' into a new file, or restored from a "
+                    "backup. Do not delete it or move it aside: it records which raw files "
+                    "were taken, and without it every raw file would be ingested again"
                 ) from None
             raise StateError(
                 f"{where}: cannot use the state database ({reason(exc, self.url)}); check "
@@ -612,6 +614,11 @@ class StateDB:
             .limit(1)
         )
         return None if row is None else _as_dict(row)
+
+    def running(self) -> list[dict[str, Any]]:
+        """The stage runs recorded as running (a live run, or one whose process was killed)."""
+        stmt = sa.select(stage_runs).where(stage_runs.c.status == "running")
+        return [_as_dict(r) for r in self._rows(stmt.order_by(stage_runs.c.started_at))]
 
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         stmt = sa.select(stage_runs).order_by(stage_runs.c.started_at.desc()).limit(limit)

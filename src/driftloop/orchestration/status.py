@@ -52,6 +52,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
         ]
         lease = db.lease("watch")
         served = db.last_event("ModelServed")
+        lost = db.last_event("RegistryHistoryLost")
         status: dict[str, Any] = {
             "project": spec.name,
             "champion": {
@@ -64,6 +65,9 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
                     else None
                 ),
             },
+            "registry_history_lost": (
+                {"at": lost["ts"], "message": lost["message"]} if lost else None
+            ),
             "batches": len(batches),
             "pending": {
                 "batches": pending,
