@@ -148,6 +148,16 @@ def crash_problems(project: Path, trials: int, rows: int) -> list[str]:
     if unapplied:
         problems.append(f"decisions not applied to the registry: {unapplied}")
     registry = open_registry(spec, layout)
+    # Nothing the kills left dangles: no stage run stuck at "running", and every version
+    # registered in the registry has a decision (the gate's, or "interrupted").
+    with StateDB(layout.state_db) as db:
+        running = db.running()
+        decided = {str(d["version"]) for d in db.decisions(spec.name)}
+    if running:
+        problems.append(f"{len(running)} stage run(s) left at 'running'")
+    undecided = sorted({v.version for v in registry.versions()} - decided)
+    if undecided:
+        problems.append(f"registered version(s) {undecided} have no decision")
     if not isinstance(registry, MlflowRegistry):
         problems.append(f"the registry is {type(registry).__name__}, not MLflow")
     champion = registry.alias(CHAMPION)

@@ -106,6 +106,12 @@ _SIGHTING = sa.select(sightings.c.sha256).where(
 _RAW_FILE = sa.select(*_FILE, raw_files.c.batch_id).where(
     raw_files.c.sha256 == sa.bindparam("sha256")
 )
+_RAW_FILE_AT = (
+    sa.select(*_FILE, raw_files.c.batch_id)
+    .where(raw_files.c.path == sa.bindparam("path"))
+    .order_by(raw_files.c.ingested_at.desc())
+    .limit(1)
+)
 
 
 _BATCHES = sa.select(batches.c.batch_id, batches.c.seq, batches.c.created_at).order_by(
@@ -213,9 +219,11 @@ class StateDB:
             if self._sqlite:
                 self.close()
                 raise StateError(
-                    f"{where}: cannot open the state database ({reason(exc, self.url)}); if "
-                    "the file is damaged, move it aside and run again (raw files are "
-                    "re-ingested by content hash)"
+                    f"{where}: cannot open the state database ({reason(exc, self.url)}); "
+                    "check the file's permissions and its disk; a damaged file is repaired "
+                    "with 'sqlite3 state.db .recover' into a new file, or restored from a "
+                    "backup. Do not delete it or move it aside: it records which raw files "
+                    "were taken, and without it every raw file would be ingested again"
                 ) from None
             raise StateError(
                 f"{where}: cannot use the state database ({reason(exc, self.url)}); check "
@@ -326,6 +334,12 @@ class StateDB:
 
     def raw_file(self, sha256: str) -> RawFile | None:
         row = self._one(_RAW_FILE, {"sha256": sha256})
+        return None if row is None else RawFile(*row)
+
+    def raw_file_at(self, path: str) -> RawFile | None:
+        """The content the ledger took under ``path`` (the latest, where an older release
+        took several), to tell a file changed in place from a new one."""
+        row = self._one(_RAW_FILE_AT, {"path": path})
         return None if row is None else RawFile(*row)
 
     def create_batch(self, batch_id: str, files: list[RawFile]) -> Batch:
@@ -600,6 +614,11 @@ class StateDB:
             .limit(1)
         )
         return None if row is None else _as_dict(row)
+
+    def running(self) -> list[dict[str, Any]]:
+        """The stage runs recorded as running (a live run, or one whose process was killed)."""
+        stmt = sa.select(stage_runs).where(stage_runs.c.status == "running")
+        return [_as_dict(r) for r in self._rows(stmt.order_by(stage_runs.c.started_at))]
 
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         stmt = sa.select(stage_runs).order_by(stage_runs.c.started_at.desc()).limit(limit)

@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from driftloop.core.errors import StateError
+from driftloop.core.errors import StateError, StateLockedError, disk_full, first_line, is_disk_full
 from driftloop.core.redact import redact
 from driftloop.core.spec import STATE_URL_ENV
 
@@ -191,11 +191,59 @@ def reason(exc: BaseException, url: URL) -> str:
     return text
 
 
+LOCK_WAIT_ENV = "DRIFTLOOP_STATE_LOCK_SECONDS"
+LOCK_WAIT_SECONDS = 30.0  # how long a write waits for another process's lock (SQLite)
+
+
+def lock_wait_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """How long a write waits for the state database's lock: ``DRIFTLOOP_STATE_LOCK_SECONDS``
+    (seconds, > 0) or 30."""
+    text = (os.environ if environ is None else environ).get(LOCK_WAIT_ENV)
+    if not text:
+        return LOCK_WAIT_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise StateError(
+            f"{LOCK_WAIT_ENV}={text!r}: expected a number of seconds above 0 "
+            f"(default {LOCK_WAIT_SECONDS:g}); fix or unset the variable"
+        )
+    return value
+
+
+def _translated(url: URL, wait: float) -> Any:
+    """A ``handle_error`` hook: a lock held too long and a full disk become driftloop's
+    errors with what to do, whichever statement met them (SQLAlchemy raises what it
+    returns); everything else stays as it was."""
+
+    def handle(context: Any) -> BaseException | None:
+        orig = context.original_exception
+        where = str(url.database) if url.get_backend_name() == "sqlite" else shown(url)
+        text = str(orig)
+        if "database is locked" in text or "database table is locked" in text:
+            return StateLockedError(
+                f"{where}: the state database is locked: another process held its write "
+                f"lock for more than {wait:g} s ({first_line(orig)}). Nothing was lost. See "
+                "which process has the file open (fuser or lsof on it: a sqlite3 shell, a "
+                "backup, a stuck driftloop), end it or wait for it, then run again; "
+                f"{LOCK_WAIT_ENV} sets how long to wait"
+            )
+        if is_disk_full(orig):
+            return disk_full(f"{where} (the state database)", orig)
+        return None
+
+    return handle
+
+
 def make_engine(url: URL) -> Engine:
     """An engine whose transactions behave as the module docstring says."""
     if url.get_backend_name() == "sqlite":
+        wait = lock_wait_seconds()
         # no pool: a StateDB keeps the connections it uses often and closes them on close()
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(url, connect_args={"timeout": wait}, poolclass=sa.pool.NullPool)
+        sa.event.listen(engine, "handle_error", _translated(url, wait))
 
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -214,7 +262,9 @@ def make_engine(url: URL) -> Engine:
 
         return engine
     try:
-        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 15})
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 15})
+        sa.event.listen(engine, "handle_error", _translated(url, 15.0))
+        return engine
     except ModuleNotFoundError as exc:
         raise StateError(
             f"{shown(url)}: the PostgreSQL driver is not installed ({exc.name}); "

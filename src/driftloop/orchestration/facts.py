@@ -215,12 +215,13 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
     outputs are still committed (a ``_SUCCESS`` check each), else as it is, to be keyed in
     full. A pass's own work only adds batches after the watermark, so a pass computes this
     once, not once per plan."""
-    through = _trusted_seq(ctx)
+    through, passed = _trusted_seq(ctx)
     processed, featured = str(ctx.layout.processed), str(ctx.layout.features)
     exists = os.path.exists
     return [
         BatchFacts(b.batch_id, datetime.fromisoformat(b.created_at), True, True)
         if b.seq <= through
+        and b.batch_id not in passed
         and exists(f"{processed}/{b.batch_id}/{SUCCESS}")
         and exists(f"{featured}/{b.batch_id}/{SUCCESS}")
         else b
@@ -293,12 +294,16 @@ def environment(ctx: Context) -> str:
     return digest.hexdigest()
 
 
-def _trusted_seq(ctx: Context) -> int:
+def _trusted_seq(ctx: Context) -> tuple[int, frozenset[str]]:
+    """The watermark's batch sequence, and the dismissed batches it passed (keyed in full
+    always: one may keep outputs of an earlier key, a stale batch, and a retry runs it)."""
     found = ctx.db.fact(WATERMARK)
     if not found:
-        return 0
+        return 0, frozenset()
     mark = json.loads(found)
-    return int(mark["seq"]) if mark.get("environment") == environment(ctx) else 0
+    if mark.get("environment") != environment(ctx):
+        return 0, frozenset()
+    return int(mark["seq"]), frozenset(mark.get("dismissed", ()))
 
 
 def _dismissed(ctx: Context, stage: str, work: Work | Skip) -> bool:
@@ -311,12 +316,17 @@ def _dismissed(ctx: Context, stage: str, work: Work | Skip) -> bool:
 def advance_watermark(ctx: Context, facts: Facts) -> None:
     """Record the last batch through which every batch is current (after a pass)."""
     seqs = {b.batch_id: b.seq for b in ctx.once("batches", ctx.db.batches)}
-    through = 0
+    through, passed = 0, []
     for b in facts.batches:
         if not ((b.prepped and b.featured) or b.dismissed):
             break
         through = seqs[b.batch_id]
-    mark = json.dumps({"environment": environment(ctx), "seq": through})
+        if b.dismissed:
+            passed.append(b.batch_id)
+    found: dict[str, object] = {"environment": environment(ctx), "seq": through}
+    if passed:
+        found["dismissed"] = passed
+    mark = json.dumps(found)
     if ctx.db.fact(WATERMARK) != mark:
         ctx.db.record_fact(WATERMARK, mark)
     if ctx.spec.model.enabled and facts.champion is not None:

@@ -274,12 +274,25 @@ def _train_and_register(
             lineage={"batches": lineage},
             spec_text=spec_text,
         )
+        # Recorded at once: a version the state database does not know of could be left
+        # undecided by a kill (orchestration/reconcile.py decides the ones it knows).
+        db.record_event(
+            "ModelRegistered",
+            {
+                "model": spec.name,
+                "version": registered.version,
+                "run_id": registered.run_id,
+                "store": model_cache.store_id(registry.uri),
+            },
+        )
+        lost = _history_lost(db, registry)
         # Serving on this machine starts from this copy instead of a download.
         entry = model_cache.store(
             layout,
             registry.model,
             registry.uri,
             registered.version,
+            run_id=registered.run_id,
             package=package,
             info=package_info(
                 spec.name,
@@ -290,10 +303,6 @@ def _train_and_register(
             ),
         )
     _precompile(entry)
-    db.record_event(
-        "ModelRegistered",
-        {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
-    )
     manifest = {
         "stage": "train",
         "stage_version": TRAIN_VERSION,
@@ -312,12 +321,45 @@ def _train_and_register(
         "inputs": lineage,
         "sections_hash": spec.section_hash(*TRAIN_SECTIONS),
         "timings": {"total_s": round(time.perf_counter() - started, 4)},
+        "registry_warning": lost,
     }
     manifest = TrainManifest.model_validate(manifest).as_json()  # its shape, checked
     with atomic_output(out_dir) as tmp_dir:
         holdout.write_parquet(tmp_dir / HOLDOUT)
         seal(tmp_dir, manifest)
     return manifest
+
+
+def _history_lost(db: StateDB, registry: Registry) -> str | None:
+    """Say once, loudly, that the registry lost versions this project registered (checked
+    after each registration: a store made again numbers its first model v1 again)."""
+    from driftloop.models.registry import history_lost_message, lost_versions
+
+    store = model_cache.store_id(registry.uri)
+    reported = {
+        str(v["run_id"])
+        for e in db.events_after(0, types=("RegistryHistoryLost",))
+        if e.get("model") == registry.model
+        for v in e["versions"]
+    }
+    recorded = [
+        e
+        for e in db.events_after(0, types=("ModelRegistered",))
+        if e.get("model") == registry.model
+    ]
+    if not recorded:
+        return None
+    present = {v.version: v.run_id for v in registry.versions()}
+    lost = lost_versions(recorded, present, store, reported)
+    if not lost:
+        return None
+    message = history_lost_message(registry.model, registry.uri, lost)
+    log.info("%s", message)  # the run's summary prints it (the manifest's registry_warning)
+    db.record_event(
+        "RegistryHistoryLost",
+        {"model": registry.model, "store": store, "versions": lost, "message": message},
+    )
+    return message
 
 
 def _holdout_keys(holdout: pl.DataFrame) -> pl.DataFrame:
