@@ -324,6 +324,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 f"split, {m['holdout_rows']} held out): {metric} {value:.4f}, "
                 f"baseline {base:.4f} ({report.seconds:.2f}s)"
             )
+            if m.get("refit_on_all"):
+                console.print(f"  refit on all {m['served_rows']} rows of the window to serve")
     if result.waiting:
         console.print(f"no training: {result.waiting}")
     if result.unresolved:
@@ -666,8 +668,13 @@ def models(
         shown = f"{value:.4f}" if value is not None else "-"
         baseline = f"{base:.4f}" if base is not None else "-"
         decision = v["tags"].get("driftloop.decision", "-")
+        learned = v["tags"].get("driftloop.served_rows")
+        rows = f"  learned from {learned} rows" if learned else ""
+        if v["tags"].get("driftloop.refit_on_all") == "true":
+            rows += f" (holdout {v['tags'].get('driftloop.holdout_rows')} included)"
         console.print(
-            f"  v{v['version']:<4} {aliases:<22} {metric} {shown}  baseline {baseline}  {decision}"
+            f"  v{v['version']:<4} {aliases:<22} {metric} {shown}  baseline {baseline}  "
+            f"{decision}{rows}"
         )
     console.print("history:")
     for d in history:

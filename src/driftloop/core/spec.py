@@ -327,6 +327,9 @@ class ModelSpec(_Frozen):
     holdout: HoldoutSpec = HoldoutSpec()
     split: Literal["auto", "time", "arrival", "random"] = "auto"
     min_rows: int = Field(50, ge=2)
+    # After the gate's comparison (on a model fitted without the holdout), the version that
+    # is served is fitted again on every row of the window, the holdout included.
+    refit_on_all: bool = True
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in the project
 
 

@@ -1,0 +1,231 @@
+"""The served model learns from the newest rows (``model.refit_on_all``), while the gate
+compares models that never saw its holdout (issue 11, section 3).
+
+Synthetic regression data where a category appears only in the newest rows, with a large
+effect: the model fitted without the holdout cannot know it, the served one must.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from driftloop.cli import app
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
+from driftloop.core.state import StateDB
+from driftloop.models import cache as model_cache
+from driftloop.models import inference
+from driftloop.models.package import EVALUATION_PIPELINE, Predictor
+from driftloop.pipeline import run
+from driftloop.testing import InMemoryRegistry, forget, memory_store
+
+from .helpers import write_spec
+
+SPEC = """
+name: refit
+task: regression
+target: y
+time_column: t
+sources: [{name: s, path: data/raw/s/*.csv}]
+contract:
+  columns:
+    t: {dtype: datetime, format: "%Y-%m-%d %H:%M:%S", nullable: false}
+    x: {dtype: float}
+    c: {dtype: str}
+    y: {dtype: float, nullable: false}
+ingest: {settle_seconds: 0}
+"""
+
+NEW = "new"  # a category only the newest rows have
+JUMP = 50.0  # its effect on the target
+
+
+def land(project: Path, name: str, rows: int, *, seed: int, day: int, newest: float) -> None:
+    """``rows`` rows over 10 days from ``day``; the newest ``newest`` share has category
+    NEW, which adds JUMP to the target."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=rows)
+    cut = round(rows * (1 - newest))
+    c = np.where(np.arange(rows) >= cut, NEW, rng.choice(["a", "b"], rows))
+    y = 3 * x + (c == NEW) * JUMP + rng.normal(scale=0.1, size=rows)
+    t = [
+        f"2024-01-{1 + day + i * 10 // rows:02d} {i % 24:02d}:{i % 60:02d}:00" for i in range(rows)
+    ]
+    frame = pl.DataFrame({"t": t, "x": x.round(4), "c": c, "y": y.round(4)})
+    folder = project / "data" / "raw" / "s"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(folder / name)
+
+
+@pytest.fixture
+def registry() -> Iterator[InMemoryRegistry]:
+    found = memory_store("refit")
+    yield found
+    forget(found.uri)
+
+
+def write(
+    project: Path, registry: InMemoryRegistry, promotion: dict[str, Any] | None = None, **model: Any
+) -> None:
+    data = yaml.safe_load(SPEC)
+    data["model"] = {**model, "tracking_uri": registry.uri}
+    if promotion:
+        data["promotion"] = promotion
+    write_spec(project, yaml.safe_dump(data, sort_keys=False))
+
+
+def ran(result: Any, stage: str) -> dict[str, Any]:
+    [report] = [r for r in result.reports if r.stage == stage]
+    assert report.outcome == "ran", report.error
+    manifest: dict[str, Any] = report.manifest
+    return manifest
+
+
+def package(project: Path, registry: InMemoryRegistry, version: str) -> Path:
+    return model_cache.fetch(registry, Layout(project), version) / model_cache.PACKAGE
+
+
+def new_rows(n: int = 20) -> pl.DataFrame:
+    """Raw records of the newest kind."""
+    return pl.DataFrame(
+        {"t": ["2024-01-20 10:00:00"] * n, "x": np.linspace(-1, 1, n), "c": [NEW] * n}
+    )
+
+
+def test_the_served_model_learns_from_the_holdout(
+    tmp_path: Path, registry: InMemoryRegistry
+) -> None:
+    write(tmp_path, registry)
+    land(tmp_path, "a.csv", 1000, seed=1, day=0, newest=0.1)  # NEW only in the holdout
+    result = run(tmp_path)
+    train = ran(result, "train")
+    assert train["refit_on_all"] is True
+    assert train["train_rows"] + train["holdout_rows"] == train["served_rows"] == 1000
+
+    folder = package(tmp_path, registry, train["version"])
+    served, evaluation = Predictor(folder), Predictor(folder, evaluation=True)
+    assert (folder / EVALUATION_PIPELINE).is_file()
+    truth = 3 * new_rows().get_column("x").to_numpy() + JUMP
+    served_error = np.abs(served.predict(new_rows()).get_column("prediction") - truth).mean()
+    blind_error = np.abs(evaluation.predict(new_rows()).get_column("prediction") - truth).mean()
+    assert served_error < 5 < JUMP / 2 < blind_error  # only the served model knows NEW
+
+    # The holdout metric is the evaluation model's, scored on rows it never saw: the served
+    # model, which learned them, would score far better there.
+    from driftloop.promotion.gate import holdout_records, rescore
+
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    holdout = pl.read_parquet(tmp_path / "data" / "models" / train["run_key"][:16] / "holdout.parquet")
+    with StateDB(layout.state_db) as db:
+        records = holdout_records(layout, db, holdout)
+    assert rescore(evaluation, records, spec)["rmse"] == pytest.approx(train["metrics"]["rmse"])
+    assert rescore(served, records, spec)["rmse"] < train["metrics"]["rmse"] / 3
+
+    # Recorded with the version: params, tags, lineage.
+    stored = registry._versions[train["version"]]
+    assert stored.params["served_rows"] == "1000"
+    assert stored.params["refit_on_all"] == "True"
+    assert stored.params["train_rows"] == str(train["train_rows"])
+    assert stored.tags["driftloop.served_rows"] == "1000"
+    trained_on = registry.lineage(train["version"])["trained_on"]
+    assert trained_on == {
+        "train_rows": train["train_rows"],
+        "holdout_rows": train["holdout_rows"],
+        "served_rows": 1000,
+        "refit_on_all": True,
+        "split": "time",
+    }
+    # The reference profile and the monitoring reference describe what the served model
+    # learned from: every row, NEW included.
+    profile = json.loads((folder / "reference_profile.json").read_text())
+    assert profile["row_count"] == 1000
+    categories = profile["columns"]["c"]["categories"]
+    assert NEW in categories
+    reference = pl.read_parquet(folder / "reference_columns.parquet")
+    target = reference.filter(pl.col("role") == "target").row(0, named=True)
+    assert target["count"] == 1000
+    # The holdout reference (monitoring's calibration) holds out-of-sample predictions.
+    holdout_ref = pl.read_parquet(folder / "reference_holdout.parquet")
+    assert holdout_ref.height == train["holdout_rows"]
+
+    # `driftloop models` says what the served model learned from.
+    listed = CliRunner().invoke(app, ["models", "-p", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert f"learned from 1000 rows (holdout {train['holdout_rows']} included)" in listed.stdout
+
+
+def test_the_compiled_path_is_the_served_model(tmp_path: Path, registry: InMemoryRegistry) -> None:
+    """The verified compiled path that serving uses is compiled from the refitted pipeline
+    and verified on a sample of the rows it learned from."""
+    write(tmp_path, registry)
+    land(tmp_path, "a.csv", 1000, seed=2, day=0, newest=0.1)
+    train = ran(run(tmp_path), "train")
+    entry = package(tmp_path, registry, train["version"]).parent
+    verdict = inference.load(entry / model_cache.COMPILED)
+    assert verdict is not None and verdict.compiled is not None, "no compiled path was kept"
+    served = Predictor(entry / model_cache.PACKAGE)
+    features = served.features(new_rows())
+    compiled_values, _ = verdict.compiled.predict_features(features)
+    served_values, _ = served.predict_features(features)
+    np.testing.assert_allclose(compiled_values, served_values, atol=1e-6)
+    assert np.mean(served_values) > JUMP / 2  # the refitted model's view of NEW
+
+
+def test_refit_off_serves_the_model_fitted_without_the_holdout(
+    tmp_path: Path, registry: InMemoryRegistry
+) -> None:
+    write(tmp_path, registry, refit_on_all=False)
+    land(tmp_path, "a.csv", 1000, seed=3, day=0, newest=0.1)
+    train = ran(run(tmp_path), "train")
+    assert train["refit_on_all"] is False
+    assert train["served_rows"] == train["train_rows"] < 1000
+    folder = package(tmp_path, registry, train["version"])
+    assert not (folder / EVALUATION_PIPELINE).exists()
+    assert json.loads((folder / "reference_profile.json").read_text())["row_count"] == (
+        train["train_rows"]
+    )
+    listed = CliRunner().invoke(app, ["models", "-p", str(tmp_path)])
+    assert f"learned from {train['train_rows']} rows\n" in listed.stdout.replace("  \n", "\n")
+
+
+def test_the_gate_scores_the_champion_by_its_model_fitted_without_its_holdout(
+    tmp_path: Path, registry: InMemoryRegistry
+) -> None:
+    """A small second batch: the new holdout (the newest 20% of the window) reaches back
+    into rows the champion's served (refitted) model learned from. Scored by that model the
+    champion would look better than it is; the gate uses the champion's evaluation model,
+    which never saw them, as the challenger's figure comes from one that never saw them."""
+    # the first model cannot know NEW (only its holdout has it): served all the same
+    write(tmp_path, registry, promotion={"must_beat_baseline": False})
+    land(tmp_path, "a.csv", 1000, seed=4, day=0, newest=0.15)
+    first = ran(run(tmp_path), "train")
+    land(tmp_path, "b.csv", 100, seed=5, day=11, newest=1.0)
+    result = run(tmp_path)
+    second = ran(result, "train")
+    decision = ran(result, "promote")["decision"]
+    assert decision["champion_version"] == first["version"]
+
+    from driftloop.promotion.gate import holdout_records, rescore
+
+    spec, layout = load_spec(tmp_path), Layout(tmp_path)
+    holdout = pl.read_parquet(
+        tmp_path / "data" / "models" / second["run_key"][:16] / "holdout.parquet"
+    )
+    with StateDB(layout.state_db) as db:
+        records = holdout_records(layout, db, holdout)
+    folder = package(tmp_path, registry, first["version"])
+    fair = rescore(Predictor(folder, evaluation=True), records, spec)["rmse"]
+    seen = rescore(Predictor(folder), records, spec)["rmse"]
+    assert decision["champion_score"] == pytest.approx(fair, abs=1e-12)
+    assert seen < fair / 3  # what the gate would have compared without this care
+    # The challenger, which learned NEW from its training rows, beats the blind champion.
+    assert decision["decision"] == "promoted", decision
