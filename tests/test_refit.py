@@ -124,7 +124,9 @@ def test_the_served_model_learns_from_the_holdout(
     from driftloop.promotion.gate import holdout_records, rescore
 
     spec, layout = load_spec(tmp_path), Layout(tmp_path)
-    holdout = pl.read_parquet(tmp_path / "data" / "models" / train["run_key"][:16] / "holdout.parquet")
+    holdout = pl.read_parquet(
+        tmp_path / "data" / "models" / train["run_key"][:16] / "holdout.parquet"
+    )
     with StateDB(layout.state_db) as db:
         records = holdout_records(layout, db, holdout)
     assert rescore(evaluation, records, spec)["rmse"] == pytest.approx(train["metrics"]["rmse"])
@@ -190,8 +192,9 @@ def test_refit_off_serves_the_model_fitted_without_the_holdout(
     assert train["served_rows"] == train["train_rows"] < 1000
     folder = package(tmp_path, registry, train["version"])
     assert not (folder / EVALUATION_PIPELINE).exists()
-    assert json.loads((folder / "reference_profile.json").read_text())["row_count"] == (
-        train["train_rows"]
+    assert (
+        json.loads((folder / "reference_profile.json").read_text())["row_count"]
+        == (train["train_rows"])
     )
     listed = CliRunner().invoke(app, ["models", "-p", str(tmp_path)])
     assert f"learned from {train['train_rows']} rows\n" in listed.stdout.replace("  \n", "\n")
