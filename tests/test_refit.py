@@ -232,3 +232,34 @@ def test_the_gate_scores_the_champion_by_its_model_fitted_without_its_holdout(
     assert seen < fair / 3  # what the gate would have compared without this care
     # The challenger, which learned NEW from its training rows, beats the blind champion.
     assert decision["decision"] == "promoted", decision
+
+
+def test_init_leaves_the_year_out_and_a_user_may_ask_for_it(tmp_path: Path) -> None:
+    """A time split puts the holdout's year outside the training range every time, so
+    ``init`` proposes no ``year`` part; written in by hand, it is still computed."""
+    from driftloop.core.spec import parse_spec, read_yaml
+    from driftloop.features.compute import build_features
+    from driftloop.init import init_from_file
+
+    rows = 200
+    days = [f"2023-{1 + i % 12:02d}-{1 + i % 28:02d} {i % 24:02d}:00:00" for i in range(rows)]
+    sample = tmp_path / "sample.csv"
+    pl.DataFrame(
+        {"ts": days, "x": np.arange(rows) * 1.5, "y": np.arange(rows) % 7 * 2.0}
+    ).write_csv(sample)
+    project = tmp_path / "p"
+    init_from_file(project, sample, "y", time_column="ts")
+    spec = load_spec(project)
+    assert spec.features.datetime_parts == {"ts": ("month", "weekday", "hour")}
+    text = (project / "driftloop.yaml").read_text()
+    assert "no year" in text  # the spec says why, where the user would add it
+
+    data = read_yaml((project / "driftloop.yaml").read_text())
+    data["features"]["datetime_parts"] = {"ts": ["year", "month"]}
+    chosen = parse_spec(data)
+    frame = pl.DataFrame({"ts": ["2024-03-01 10:00:00"], "x": [1.0], "y": [2.0]}).with_columns(
+        pl.col("ts").str.to_datetime()
+    )
+    built = build_features(frame.lazy(), chosen).collect()
+    assert built.get_column("ts_year").to_list() == [2024]
+    assert built.get_column("ts_month").to_list() == [3]
