@@ -1,6 +1,7 @@
 """Adaptation quality: ``driftloop replay`` on elec2 and bike sharing, three policies each.
 
     .venv/bin/python benchmarks/replay.py [--datasets elec2 bike] [--out DIR]
+        [--refit-on-all true|false] [--policies static every_batch triggered]
 
 elec2 (the classic concept-drift stream): an initial window of 4 weeks (1,344 rows), then
 weekly batches of 336 rows in row order. Bike sharing (hourly): 2011 as the initial window,
@@ -96,10 +97,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--refit-on-all",
+        choices=["true", "false"],
+        default="true",
+        help="model.refit_on_all in both specs (false: serve the model fitted without the "
+        "holdout, as before 0.2)",
+    )
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=["static", "every_batch", "triggered"],
+        help="a subset of the three policies",
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the shared datasets are needed")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import yaml
+
     from driftloop.orchestration.replay import replay
 
     out = args.out or Path(tempfile.mkdtemp(prefix="driftloop-replay-"))
@@ -108,9 +124,17 @@ def main() -> None:
         spec, data, cut = CASES[name]
         project = out / name / "project"
         project.mkdir(parents=True, exist_ok=True)
-        (project / "driftloop.yaml").write_text(spec)
+        data = yaml.safe_load(spec)
+        data["model"]["refit_on_all"] = args.refit_on_all == "true"
+        (project / "driftloop.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         started = time.perf_counter()
-        result = replay(project, SHARED / data, out=out / name / "replay", **cut)  # type: ignore[arg-type]
+        result = replay(
+            project,
+            SHARED / data,
+            out=out / name / "replay",
+            policies=tuple(args.policies),
+            **cut,  # type: ignore[arg-type]
+        )
         results[name] = result.summary
         print(
             f"{name}: {time.perf_counter() - started:.0f}s, report {result.folder / 'replay.html'}"
