@@ -124,9 +124,9 @@ def main() -> None:
         spec, data, cut = CASES[name]
         project = out / name / "project"
         project.mkdir(parents=True, exist_ok=True)
-        data = yaml.safe_load(spec)
-        data["model"]["refit_on_all"] = args.refit_on_all == "true"
-        (project / "driftloop.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        doc = yaml.safe_load(spec)
+        doc["model"]["refit_on_all"] = args.refit_on_all == "true"
+        (project / "driftloop.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         started = time.perf_counter()
         result = replay(
             project,
