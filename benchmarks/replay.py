@@ -83,7 +83,7 @@ features:
 model: {split: time}
 monitoring:
   permutations: 199
-  performance: {tolerance: 15}             # rmse, in rentals per hour
+  performance: {tolerance: 0.15}           # rmse: relative, 15% above the holdout's
 retrain: {on_drift: false, on_decay: true}  # 2012 drifts from 2011 every month (growth)
 """
 

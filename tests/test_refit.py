@@ -263,3 +263,75 @@ def test_init_leaves_the_year_out_and_a_user_may_ask_for_it(tmp_path: Path) -> N
     built = build_features(frame.lazy(), chosen).collect()
     assert built.get_column("ts_year").to_list() == [2024]
     assert built.get_column("ts_month").to_list() == [3]
+
+
+def test_decay_tolerance_is_relative_for_errors_and_absolute_for_bounded_metrics() -> None:
+    """0.05 of RMSE means 5% of the holdout's RMSE (an RMSE of 100 rentals per hour decays
+    past 105, not past 100.05); 0.05 of R^2 or accuracy means 0.05. Stated in the report."""
+    import datetime as dt
+
+    from driftloop.core.spec import MonitoringSpec, PerformanceMonitoring, parse_spec
+    from driftloop.monitoring.drift import data_drift
+    from driftloop.monitoring.html import render
+    from driftloop.monitoring.performance import (
+        Outcomes,
+        decay_bound,
+        realized_performance,
+        tolerance_kind,
+    )
+    from driftloop.monitoring.reference import Reference
+    from driftloop.monitoring.report import build_report
+
+    assert tolerance_kind("rmse") == tolerance_kind("mae") == tolerance_kind("log_loss")
+    assert tolerance_kind("rmse") == "relative"
+    for bounded in ("roc_auc", "accuracy", "f1", "average_precision", "r2"):
+        assert tolerance_kind(bounded) == "absolute"
+    assert decay_bound("rmse", 100.0, 0.05) == pytest.approx(105.0)
+    assert decay_bound("mae", 40.0, 0.1) == pytest.approx(44.0)
+    assert decay_bound("r2", 0.8, 0.05) == pytest.approx(0.75)
+    assert decay_bound("accuracy", 0.9, 0.05) == pytest.approx(0.85)
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    truth = rng.normal(500, 200, n)
+
+    def outcomes(rmse: float) -> Outcomes:
+        pred = truth + rng.normal(0, rmse, n)
+        return Outcomes(truth, pred, None, None, np.arange(n) // 5_000, ["w0", "w1", "w2", "w3"])
+
+    settings = PerformanceMonitoring(tolerance=0.05, bootstrap=100)
+    slightly = realized_performance("rmse", outcomes(102.0), 100.0, settings, rng)
+    assert not slightly["degraded"]  # 2% worse: within 5% (an absolute 0.05 called it decay)
+    assert slightly["overall"]["low"] > 100.05
+    worse = realized_performance("rmse", outcomes(115.0), 100.0, settings, rng)
+    assert worse["degraded"] and worse["overall"]["low"] > 105
+    assert worse["tolerance_kind"] == "relative"
+    assert worse["decay_bound"] == pytest.approx(105.0)
+
+    base = {
+        "name": "p",
+        "task": "regression",
+        "target": "y",
+        "sources": [{"name": "s", "path": "data/raw/s/*.csv"}],
+        "contract": {"columns": {"y": {"dtype": "float"}, "x": {"dtype": "float"}}},
+    }
+    frame = pl.DataFrame({"x": rng.normal(size=500)})
+    reference = Reference.from_frame(frame)
+    report = build_report(
+        spec=parse_spec(base),
+        champion_version="1",
+        reference=reference,
+        current={"kind": "batch", "path": "b.csv", "rows": 500},
+        drift=data_drift(reference, frame, MonitoringSpec()),
+        target=None,
+        prediction=None,
+        realized=worse,
+        estimated=None,
+        now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        timings={"total_s": 0.1},
+    )
+    assert report["performance"]["tolerance_kind"] == "relative"
+    [message] = [m for m in report["summary"]["messages"] if "degraded" in m]
+    assert "tolerance relative, 0.05 = 5.0% of the holdout's rmse" in message
+    html = render(report)
+    assert "tolerance relative, 0.05 = 5.0% of the holdout&#x27;s rmse: decayed above 105" in html

@@ -847,13 +847,16 @@ def print_monitor(report: dict[str, Any]) -> None:
             )
     perf = report.get("performance")
     if perf:
+        from driftloop.monitoring.performance import tolerance_text
+
         o = perf["overall"]
         decayed = sum(w["decayed"] for w in perf["windows"])
         undefined = sum(w["value"] is None for w in perf["windows"])
+        tolerance = tolerance_text(perf["metric"], perf["tolerance"])
         console.print(
             f"performance: {perf['metric']} {number(o['value'])} [{number(o['low'])}, "
             f"{number(o['high'])}] on {perf['rows']} labelled rows vs holdout "
-            f"{number(perf['holdout'])} (tolerance {perf['tolerance']:g}): "
+            f"{number(perf['holdout'])} (tolerance {tolerance}): "
             f"{'DEGRADED' if perf['degraded'] else 'ok'}; "
             f"{decayed} of {len(perf['windows'])} windows decayed"
             + (f", {undefined} undefined" if undefined else ""),
