@@ -1,7 +1,7 @@
 """Adaptation quality: ``driftloop replay`` on elec2 and bike sharing, three policies each.
 
     .venv/bin/python benchmarks/replay.py [--datasets elec2 bike] [--out DIR]
-        [--refit-on-all true|false] [--policies static every_batch triggered]
+        [--refit-on-all true|false] [--policies static every_batch triggered] [--head N]
 
 elec2 (the classic concept-drift stream): an initial window of 4 weeks (1,344 rows), then
 weekly batches of 336 rows in row order. Bike sharing (hourly): 2011 as the initial window,
@@ -110,6 +110,12 @@ def main() -> None:
         default=["static", "every_batch", "triggered"],
         help="a subset of the three policies",
     )
+    parser.add_argument(
+        "--head",
+        type=int,
+        default=None,
+        help="replay only the first N rows of each dataset (a slice, for a busy machine)",
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the shared datasets are needed")
@@ -127,10 +133,17 @@ def main() -> None:
         doc = yaml.safe_load(spec)
         doc["model"]["refit_on_all"] = args.refit_on_all == "true"
         (project / "driftloop.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        source = SHARED / data
+        if args.head is not None:
+            import polars as pl
+
+            source = out / name / f"head-{args.head}-{source.name}"
+            sliced = pl.read_csv(SHARED / data, infer_schema=False, n_rows=args.head)
+            sliced.write_csv(source)
         started = time.perf_counter()
         result = replay(
             project,
-            SHARED / data,
+            source,
             out=out / name / "replay",
             policies=tuple(args.policies),
             **cut,  # type: ignore[arg-type]
