@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -59,9 +60,9 @@ class Trained:
         """The pipeline whose holdout scores are ``metrics``."""
         return self.evaluation if self.evaluation is not None else self.pipeline
 
-    @property
+    @cached_property
     def served_rows(self) -> pl.DataFrame:
-        """The rows the served pipeline learned from."""
+        """The rows the served pipeline learned from (concatenated once)."""
         if self.refit:
             return pl.concat([self.split.train, self.split.holdout], how="vertical_relaxed")
         return self.split.train
