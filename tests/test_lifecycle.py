@@ -543,6 +543,11 @@ def test_the_gate_and_a_rollback_on_mlflow_through_the_cli(tmp_path: Path) -> No
         "1": ["champion"],
     }
     assert data["versions"][0]["tags"]["driftloop.decision"] == "promoted"
+    # what the served model learnt from, in MLflow's run and on the version (refit_on_all)
+    assert data["versions"][0]["tags"]["driftloop.served_rows"] == "600"
+    run_params = registry.client().get_run(data["versions"][0]["run_id"]).data.params
+    assert run_params["served_rows"] == "600" and run_params["refit_on_all"] == "True"
+    assert int(run_params["train_rows"]) + int(run_params["holdout_rows"]) == 600
     bad = subprocess.run([*cli, "promote", "9"], capture_output=True, text=True)
     assert bad.returncode == 2 and "has no version 9" in bad.stderr
 
