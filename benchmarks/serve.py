@@ -268,7 +268,9 @@ def floor(project: Path, bodies: list[dict[str, Any]]) -> dict[str, float]:
     registry = open_registry(spec, layout)
     version = registry.alias(CHAMPION)
     predictor = load_predictor(registry, f"models:/{spec.name}/{version}")
-    [entry] = list(layout.model_cache.glob(f"*/{version}"))
+    from driftloop.models import cache as model_cache
+
+    entry = model_cache.fetch(registry, layout, str(version))  # keyed by version and run id
     served = ServedModel.load(
         spec.name, str(version), entry / "driftloop", unknown_category="reject"
     )

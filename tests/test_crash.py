@@ -140,6 +140,13 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_path: Pa
     finished = {e["key"] for e in events if e["type"] in ("StageSucceeded", "StageFailed")}
     assert len(started) > len(finished)  # some kills landed inside a stage
 
+    # Nothing the kills left dangles: no stage run stuck at "running", and every version
+    # registered in the registry has a decision (the gate's, or "interrupted").
+    with StateDB(layout.state_db) as db:
+        assert db.running() == []
+        decided = {str(d["version"]) for d in db.decisions(spec.name)}
+    assert {v.version for v in registry.versions()} <= decided
+
 
 @pytest.mark.parametrize("delay", [0.4, 0.8, 1.2, 1.6])
 def test_a_kill_while_the_registry_is_first_created_leaves_no_broken_store(

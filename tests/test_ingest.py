@@ -236,14 +236,16 @@ def test_a_raw_file_changed_in_place_is_not_read_as_the_old_batch(tmp_path: Path
     write_spec(tmp_path, SPEC)
     path = land(tmp_path, "a.csv", [(1, 2), (3, 4)])
     run(tmp_path)
-    path.write_text("x,y\n5,6\n7,8\n9,10\n")  # overwritten in place: a new file to ingest
+    path.write_text("x,y\n5,6\n7,8\n9,10\n")  # overwritten in place: refused at ingest
     write_spec(tmp_path, SPEC.replace("logs: [x]", "logs: [y]").replace("min: 0", "min: 0.5"))
     result = run(tmp_path)
-    first, second = result.reports[0], result.reports[1]
-    # The old batch cannot be rebuilt from content that is gone; the new content is its own.
+    # The old batch cannot be rebuilt from content that is gone: it keeps its outputs and
+    # is reported stale; the new content is not ingested (tests/test_data_faults.py).
+    [first] = result.reports
     assert first.outcome == "failed"
+    assert "is stale" in str(first.error)
     assert "the file changed since it was ingested" in str(first.error)
-    assert second.outcome == "ran" and second.manifest["rows_in"] == 3
+    assert result.ingest.batch is None and len(result.ingest.changed) == 1
 
 
 def test_files_landing_together_form_one_batch_in_the_loop(tmp_path: Path) -> None:

@@ -222,3 +222,28 @@ def test_monitor_rng_is_deterministic(project: Path, elec: pl.DataFrame, tmp_pat
     strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
     assert strip(a.report) == strip(b.report)
     assert np.isfinite(a.report["data_drift"]["columns"][0]["value"])
+
+
+def test_an_extreme_float_does_not_overflow_the_drift_tests(
+    project: Path, elec: pl.DataFrame, tmp_path: Path
+) -> None:
+    """1e308 and -1e308 are valid floats under the contract: the drift tests must read them
+    (issue 12: the range overflowed, a bin count became NaN and ``monitor`` crashed)."""
+    late = elec[22_000:24_000].with_columns(
+        nswprice=pl.when(pl.int_range(pl.len()) == 3)
+        .then(1e308)
+        .when(pl.int_range(pl.len()) == 4)
+        .then(-1e308)
+        .otherwise(pl.col("nswprice")),
+        nswdemand=pl.when(pl.int_range(pl.len()) == 5).then(1.7e308).otherwise(pl.col("nswdemand")),
+    )
+    path = tmp_path / "extreme.csv"
+    late.write_csv(path, float_scientific=True)
+    out = monitor_cli(project, "--current", str(path), "--json")
+    assert out.returncode in (0, 3, 4), out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    columns = {c["column"]: c for c in report["data_drift"]["columns"]}
+    for name in ("nswprice", "nswdemand"):
+        column = columns[name]
+        assert column["test"] is not None and column["value"] is not None, column
+        assert column["current_count"] == 2_000  # the extreme values are counted, not dropped

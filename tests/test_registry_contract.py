@@ -149,8 +149,11 @@ def test_a_version_gives_back_its_package_and_lineage(registry: Registry, tmp_pa
     layout = Layout(tmp_path / "project")
     entry = model_cache.fetch(registry, layout, "2")
     assert files(entry / model_cache.PACKAGE) == files(tmp_path / "p2")
-    assert model_cache.lookup(layout, "contract", registry.uri, "2") == entry
-    assert model_cache.read_info(entry)["run_id"] == registry.versions()[0].run_id
+    run_id = registry.versions()[0].run_id
+    assert run_id is not None
+    assert model_cache.lookup(layout, "contract", registry.uri, "2", run_id) == entry
+    assert model_cache.read_info(entry)["run_id"] == run_id
+    assert model_cache.lookup(layout, "contract", registry.uri, "2", "another-run") is None
 
 
 # -- MLflow ---------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_a_version_that_cannot_load_leaves_the_old_one_serving(tmp_path: Path) -
         before = c.post("/predict", json=record()).json()["model"]["version"]
         broken = "1" if before == "2" else "2"
         # Damage every copy of the other version's fitted pipeline (registry and local cache).
-        cached = next(layout.model_cache.glob(f"*/{broken}/driftloop/pipeline.skops"))
+        cached = next(layout.model_cache.glob(f"*/{broken}-*/driftloop/pipeline.skops"))
         good = cached.read_bytes()
         copies = [p for p in project.rglob("pipeline.skops") if p.read_bytes() == good]
         assert len(copies) == 2  # the registry's artifact and the cache entry

@@ -185,20 +185,27 @@ def test_published_keys_read_as_asked(db: StateDB, monkeypatch: pytest.MonkeyPat
     db.start_run("bad", "features", "b0")
     db.finish_run("bad", "features", "b0", 0.1, None, "broken")
     whole: list[int] = []
+    stages: list[str] = []
     monkeypatch.setattr(db, "current_keys", lambda: whole.append(1) or StateDB.current_keys(db))
+    real_of = StateDB.current_keys_of
+    monkeypatch.setattr(db, "current_keys_of", lambda s: stages.append(s) or real_of(db, s))
     current = CurrentKeys(db)
     assert current.get(("prep", "b0")) == "k0" and ("features", "b0") not in current
     current[("features", "b1")] = "new"  # what the runner writes through after a run
     del current[("prep", "b1")]  # ... and after a run that failed
     assert ("prep", "b1") not in current and current[("features", "b1")] == "new"
-    assert whole == []  # a few asked: a row each
+    assert whole == [] and stages == []  # a few asked: a row each
     for i in range(n):
         current.get(("prep", f"b{i}"))
-    assert whole == [1]  # many asked: the table, once
+    assert stages == ["prep"] and whole == []  # many of one stage asked: its rows, once
     assert current.get(("prep", f"b{n - 1}")) == f"k{n - 1}"
-    assert current[("features", "b1")] == "new"  # written through, kept over the table
-    assert len(current) == n + 1 and dict(current) == {
-        **{("prep", f"b{i}"): f"k{i}" for i in range(n)},
+    assert ("prep", "b1") not in current  # what was written through wins over the read
+    assert current[("features", "b1")] == "new"  # written through, kept over the read
+    assert current.get(("features", "b0")) is None  # another stage: still a row each
+    assert stages == ["prep"]
+    assert len(current) == n and whole == [1]  # every key asked: the whole table
+    assert dict(current) == {
+        **{("prep", f"b{i}"): f"k{i}" for i in range(n) if i != 1},
         ("features", "b1"): "new",
     }
 

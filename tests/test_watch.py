@@ -191,13 +191,18 @@ def test_up_runs_the_loop_and_the_server_together(tmp_path: Path) -> None:
 
 def test_a_file_renamed_into_place_is_taken_without_the_settle_wait(tmp_path: Path) -> None:
     write_spec(tmp_path, SPEC.replace("settle_seconds: 0", "settle_seconds: 900") + QUICK)
+    # The source's folder exists before the watcher starts: a folder created later is
+    # watched only once the OS reports it, and a file written and renamed inside it before
+    # then is reported as created, not as renamed (it waits out settle_seconds, losing
+    # nothing). Under load that came first: the rename this test is about went unseen.
+    folder = tmp_path / "data" / "raw" / "s"
+    folder.mkdir(parents=True)
     log = tmp_path / "watch.log"
     watcher = start("watch", "-p", str(tmp_path), "--interval", "5", log=log)
     try:
         # the watcher is listening once its first pass (on an empty project) has settled
         wait_for(lambda: settled(tmp_path), 60, "the first pass", log)
         land(tmp_path, ".a.csv.tmp", 300, seed=1)  # written under a temporary name ...
-        folder = tmp_path / "data" / "raw" / "s"
         landed = time.monotonic()
         (folder / ".a.csv.tmp").rename(folder / "a.csv")  # ... and renamed: complete
         wait_for(lambda: succeeded(tmp_path, "prep") == 1, 600, "prep of a renamed file", log)

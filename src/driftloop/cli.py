@@ -5,7 +5,10 @@ or earlier and not yet fixed, retried or dismissed (``driftloop batches``);
 2 bad input to driftloop itself (spec, arguments, project folder); 3 ``driftloop monitor``
 found dataset, target or prediction drift or degraded performance (so cron and CI can tell
 it from an error); 4 ``driftloop monitor`` found a column drifted, below the dataset drift
-threshold (a warning: a unit change upstream, say; the retrain policy does not act on it). Errors
+threshold (a warning: a unit change upstream, say; the retrain policy does not act on it);
+5 the machine, not the project: the state database stayed locked by another process past
+the wait (``DRIFTLOOP_STATE_LOCK_SECONDS``, 30 s) or the disk is full; nothing was lost,
+run again once the cause is gone. Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
 commands, so ``--help`` answers fast.
 """
@@ -42,6 +45,9 @@ _state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_s
 def unmatched_text(item: dict[str, str]) -> str:
     from driftloop.core.text import shown
 
+    if "problem" in item:  # a name that is not UTF-8
+        where = f"{shown(item['path'])} in source {item['source']}'s folder"
+        return f"unmatched: {where}: {item['problem']}"
     return (
         f"unmatched: {shown(item['path'])} is in source {item['source']}'s folder but does not "
         f"match its pattern {item['pattern']!r}, so it is not read; rename it, or widen "
@@ -54,6 +60,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 NOTHING_TO_DO = "nothing to do: every batch is up to date"
 EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
+EXIT_RETRY_LATER = 5  # the state database locked past the wait, or the disk full
 
 
 def _print_version(value: bool) -> None:
@@ -182,7 +189,8 @@ def run(project: ProjectOpt = Path()) -> None:
     (drift, and performance from its labels); if the retrain policy says so, train a
     challenger and run the promotion gate, which promotes it or keeps the champion. Exits 0
     when the pass completes, 1 while a failure is unresolved (this run's or an earlier
-    one's: see 'driftloop batches'), 2 for a bad spec or arguments."""
+    one's: see 'driftloop batches'), 2 for a bad spec or arguments, 5 when the state
+    database stayed locked by another process or the disk is full (run again later)."""
     from driftloop.orchestration.settled import quick_settled
 
     settled = quick_settled(project)
@@ -199,6 +207,12 @@ def run(project: ProjectOpt = Path()) -> None:
         result = run_pipeline(project, quick=False)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
+    except OSError as exc:
+        from driftloop.core.errors import disk_full, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        _fail(disk_full(f"driftloop run -p {project}", exc), EXIT_RETRY_LATER)
     print_run(result)
     if result.unresolved:
         raise typer.Exit(EXIT_STAGE_FAILED)
@@ -226,6 +240,10 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
         if problem not in _state["refused_shown"]:
             _state["refused_shown"].add(problem)
             console.print(f"  [red]refused[/red] {_name(problem)}")
+    for problem in ing.changed:  # a file changed in place: each once per process
+        if problem not in _state["refused_shown"]:
+            _state["refused_shown"].add(problem)
+            console.print(f"  [red]not ingested[/red] {_name(problem)}")
     for item in result.unmatched:  # each once per process (watch makes many passes)
         if item["path"] in _state["unmatched_shown"]:
             continue
@@ -236,7 +254,9 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             f"applied a recorded decision the registry had missed: v{decision['version']} "
             f"{decision['decision']} ({decision['reason']})"
         )
-    if not result.did_work and not quiet_when_idle and not result.unmatched:
+    for line in result.reconciled:
+        console.print(f"after an interruption: {line}", markup=False)
+    if not result.did_work and not quiet_when_idle and not (result.unmatched or ing.changed):
         console.print(NOTHING_TO_DO)
     for report in result.reports:
         if report.outcome == "cached":
@@ -309,6 +329,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             console.print(f"ingested {len(m['new_files'])} new file(s) as batch {report.batch_id}")
             for problem in m.get("refused", []):
                 console.print(f"  [red]refused[/red] {_name(problem)}")
+            for problem in m.get("changed", []):
+                console.print(f"  [red]not ingested[/red] {_name(problem)}")
         elif report.stage == "promote":
             d = m["decision"]
             trained_now = any(r.stage == "train" and r.outcome == "ran" for r in result.reports)
@@ -326,6 +348,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             )
             if m.get("refit_on_all"):
                 console.print(f"  refit on all {m['served_rows']} rows of the window to serve")
+            if m.get("registry_warning"):
+                console.print(f"WARNING: {m['registry_warning']}", markup=False)
     if result.waiting:
         console.print(f"no training: {result.waiting}")
     if result.unresolved:
@@ -451,6 +475,9 @@ def print_status(s: dict[str, Any]) -> None:
         )
     else:
         console.print(f"champion: none yet for {s['project']}")
+    lost = s.get("registry_history_lost")
+    if lost:
+        console.print(f"WARNING ({lost['at'][:19]}): {lost['message']}", markup=False)
     watch = s["watch"]
     if watch and watch["alive"]:
         console.print(f"watch: running (pid {watch['pid']} on {watch['host']})")
@@ -464,6 +491,11 @@ def print_status(s: dict[str, Any]) -> None:
     )
     for item in pending.get("files_unmatched", []):
         console.print(unmatched_text(item), markup=False)
+    for path in pending.get("files_changed_in_place", []):
+        console.print(
+            f"not ingested: {_name(path)} changed in place since it was ingested; put the "
+            "original content back and land new rows under a new file name"
+        )
     changes = s.get("contract_changes") or []
     if changes:
         console.print(
@@ -481,6 +513,15 @@ def print_status(s: dict[str, Any]) -> None:
                 f"{c['proposed']['key']}: {c['proposed']['allowed']}",
                 markup=False,
             )
+    for stale in s.get("stale_batches", []):  # outputs kept from an earlier run
+        if stale["dismissed"]:
+            console.print(
+                f"stale: batch {stale['batch_id']} (dismissed): training reads its rows as "
+                "they were prepared before",
+                markup=False,
+            )
+        else:
+            console.print(f"stale: {stale['reason']}", markup=False)
     verdict = s["last_drift_verdict"]
     if verdict:
         console.print(
@@ -1091,6 +1132,10 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
+    from driftloop.core.errors import DiskFullError, StateLockedError
+
+    if isinstance(exc, (DiskFullError, StateLockedError)):
+        code = EXIT_RETRY_LATER  # not the project's fault: the same command will work later
     if _state["verbose"]:
         import traceback
 

@@ -16,19 +16,27 @@ shown only with ``--verbose``.
      │    ├── NewLabelError           a batch holds a target label the contract does not list
      │    ├── JoinError               secondary sources cannot be joined as the spec says
      │    ├── FeatureError            the feature function failed or returned bad output
-     │    └── TrainError              the data cannot train a model (too few rows, constant target)
+     │    ├── TrainError              the data cannot train a model (too few rows, constant target)
+     │    └── StaleBatchError         a batch cannot be prepared again (a raw file is gone or
+     │                                changed); its earlier outputs are kept, marked stale
      ├── RegistryError                the model registry (MLflow) refused or lacks what is asked
      │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
      ├── StorageError                 a source or output location cannot be used
      │    └── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
+     ├── DiskFullError                no space left writing an output or the state database
      └── StateError                   the state database is unusable
+          └── StateLockedError        another process held its write lock past the timeout
 
-A ``TransientError`` says the failure may pass by itself (a registry that did not answer):
-the loop retries it with a backoff, where other errors are failures of the data or spec.
+A ``TransientError`` says the failure may pass by itself (a registry that did not answer,
+a locked state database, a full disk): the loop retries it with a backoff, where other
+errors are failures of the data or spec. The CLI exits 5 for the last two (nothing was lost;
+fix the machine's condition and run again).
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class DriftloopError(Exception):
@@ -84,6 +92,12 @@ class TrainError(StageError):
     """The data cannot train a model as the spec asks."""
 
 
+class StaleBatchError(StageError):
+    """A batch's outputs cannot be rebuilt (a raw file it reads is gone, or changed since it
+    was ingested): the outputs an earlier run built are kept, and the batch is stale until
+    the file is back or a user accepts it (``driftloop batches dismiss``)."""
+
+
 class RegistryError(DriftloopError):
     """The model registry does not hold what was asked for, or refused the change."""
 
@@ -110,6 +124,34 @@ class RegistryUnavailableError(RegistryError, TransientError):
 
 class StateError(DriftloopError):
     """The state database is unusable."""
+
+
+class StateLockedError(StateError, TransientError):
+    """Another process held the state database's write lock longer than the wait allows."""
+
+
+class DiskFullError(TransientError):
+    """No space left on the device an output or the state database is written to."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError saying the device is full (errno ENOSPC or EDQUOT), or SQLite's own
+    "database or disk is full" (SQLITE_FULL)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "database or disk is full" in text or "No space left on device" in text
+
+
+def disk_full(where: str, exc: BaseException) -> DiskFullError:
+    """The one message for a full disk: what, where, and advice that loses nothing."""
+    return DiskFullError(
+        f"{where}: no space left on the device ({first_line(exc)}); free space on that disk "
+        "(old reports under data/monitoring, other files), then run again: the pass starts "
+        "over from what was committed. Nothing needs moving or deleting in the project: do "
+        "not move .driftloop/state.db aside (it records which raw files were taken; without "
+        "it every raw file would be ingested again, into a second set of processed outputs)"
+    )
 
 
 def first_line(exc: BaseException) -> str:

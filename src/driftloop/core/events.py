@@ -70,6 +70,18 @@ class ModelRegistered(Event):
     model: str
     version: str
     run_id: str
+    store: str | None = None  # the registry's store id (models/cache.store_id); older: none
+
+
+class RegistryHistoryLost(Event):
+    """The registry no longer holds versions this project registered (its store was deleted
+    or replaced): each lost ``{version, run_id, now}`` (``now``: the run id the registry
+    holds under that number today, or None) and what to do."""
+
+    model: str
+    store: str
+    versions: list[dict[str, Any]]
+    message: str
 
 
 class _Decision(Event):

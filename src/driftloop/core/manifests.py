@@ -129,6 +129,7 @@ class TrainManifest(_Manifest):
     sections_hash: str
     decision: dict[str, Any] | None = None  # decided inside the train stage (before 0.3)
     timings: dict[str, float] | None = None
+    registry_warning: str | None = None  # the registry lost versions (RegistryHistoryLost)
 
 
 class Decision(_Manifest):

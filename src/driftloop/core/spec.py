@@ -272,6 +272,15 @@ class FeaturesSpec(_Frozen):
     def _module_function(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^[\w.]+:\w+$", value):
             raise ValueError(f"function {value!r} must look like 'module:function'")
+        if value is not None and not all(
+            p.isidentifier() for p in value.partition(":")[0].split(".")
+        ):
+            raise ValueError(
+                f"function {value!r}: the module must name a file inside the project folder "
+                "by its dotted path there, without a leading dot (features.py: "
+                "'features:build'; pkg/feats.py: 'pkg.feats:build'); a module outside the "
+                "project would run here but not be packaged with the model"
+            )
         return value
 
 

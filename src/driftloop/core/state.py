@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +106,12 @@ _SIGHTING = sa.select(sightings.c.sha256).where(
 _RAW_FILE = sa.select(*_FILE, raw_files.c.batch_id).where(
     raw_files.c.sha256 == sa.bindparam("sha256")
 )
+_RAW_FILE_AT = (
+    sa.select(*_FILE, raw_files.c.batch_id)
+    .where(raw_files.c.path == sa.bindparam("path"))
+    .order_by(raw_files.c.ingested_at.desc())
+    .limit(1)
+)
 
 
 _BATCHES = sa.select(batches.c.batch_id, batches.c.seq, batches.c.created_at).order_by(
@@ -114,6 +121,7 @@ _CURRENT = sa.select(current_runs.c.stage, current_runs.c.batch_id, current_runs
     stage_runs,
     sa.and_(stage_runs.c.key == current_runs.c.key, stage_runs.c.status == "succeeded"),
 )
+_CURRENT_OF: dict[str, sa.Select[Any]] = {}
 _CURRENT_ONE = (
     sa.select(current_runs.c.key)
     .join(
@@ -211,9 +219,11 @@ class StateDB:
             if self._sqlite:
                 self.close()
                 raise StateError(
-                    f"{where}: cannot open the state database ({reason(exc, self.url)}); if "
-                    "the file is damaged, move it aside and run again (raw files are "
-                    "re-ingested by content hash)"
+                    f"{where}: cannot open the state database ({reason(exc, self.url)}); "
+                    "check the file's permissions and its disk; a damaged file is repaired "
+                    "with 'sqlite3 state.db .recover' into a new file, or restored from a "
+                    "backup. Do not delete it or move it aside: it records which raw files "
+                    "were taken, and without it every raw file would be ingested again"
                 ) from None
             raise StateError(
                 f"{where}: cannot use the state database ({reason(exc, self.url)}); check "
@@ -326,6 +336,12 @@ class StateDB:
         row = self._one(_RAW_FILE, {"sha256": sha256})
         return None if row is None else RawFile(*row)
 
+    def raw_file_at(self, path: str) -> RawFile | None:
+        """The content the ledger took under ``path`` (the latest, where an older release
+        took several), to tell a file changed in place from a new one."""
+        row = self._one(_RAW_FILE_AT, {"path": path})
+        return None if row is None else RawFile(*row)
+
     def create_batch(self, batch_id: str, files: list[RawFile]) -> Batch:
         """Record new files and the batch they form, in one transaction."""
         now = utcnow().isoformat()
@@ -427,6 +443,12 @@ class StateDB:
         checks ``_SUCCESS``), so a cache hit needs no manifest read."""
         return {(r[0], r[1]): r[2] for r in self._all(_CURRENT)}
 
+    def current_keys_of(self, stage: str) -> dict[str, str]:
+        """:meth:`current_keys` for one stage's outputs: batch_id -> key."""
+        if stage not in _CURRENT_OF:  # one statement per stage: compiled once (see _all)
+            _CURRENT_OF[stage] = _CURRENT.where(current_runs.c.stage == stage)
+        return {r[1]: r[2] for r in self._all(_CURRENT_OF[stage])}
+
     def current_key(self, stage: str, batch_id: str) -> str | None:
         """:meth:`current_keys` for one output (its primary key: one indexed row)."""
         row = self._one(_CURRENT_ONE, {"stage": stage, "batch_id": batch_id})
@@ -524,10 +546,12 @@ class StateDB:
         a newer key has since made is not listed."""
         c, s = current_runs.c, stage_runs.c
         statuses = (*self.UNRESOLVED, "dismissed") if dismissed else self.UNRESOLVED
+        published = sa.exists().where(  # by its primary key: the runs by status lead
+            c.stage == s.stage, c.batch_id == s.batch_id, c.key == s.key
+        )
         stmt = (
             sa.select(s.stage, s.batch_id, s.key, s.status, s.error, s.attempts, s.finished_at)
-            .join(current_runs, sa.and_(c.key == s.key))
-            .where(s.status.in_(statuses))
+            .where(s.status.in_(statuses), published)
             .order_by(s.batch_id, s.stage)
         )
         return [_as_dict(r) for r in self._rows(stmt)]
@@ -590,6 +614,11 @@ class StateDB:
             .limit(1)
         )
         return None if row is None else _as_dict(row)
+
+    def running(self) -> list[dict[str, Any]]:
+        """The stage runs recorded as running (a live run, or one whose process was killed)."""
+        stmt = sa.select(stage_runs).where(stage_runs.c.status == "running")
+        return [_as_dict(r) for r in self._rows(stmt.order_by(stage_runs.c.started_at))]
 
     def stage_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         stmt = sa.select(stage_runs).order_by(stage_runs.c.started_at.desc()).limit(limit)
@@ -839,30 +868,42 @@ class StateDB:
 
 class CurrentKeys(MutableMapping[tuple[str, str], str]):
     """The published key of each output, (stage, batch_id) -> key (:meth:`StateDB.current_keys`),
-    read as asked: one indexed row each for the first outputs asked about (a pass with a few
-    new batches asks about those only), the whole table at once from the ``MANY``-th on (a
-    pass that keys the whole history). The runner writes what it changes through to it."""
+    read as asked: one indexed row each for the first outputs of a stage asked about (a pass
+    with a few new batches asks about those only), the stage's whole table at once from the
+    ``MANY``-th on (a pass that keys the whole history: a training's lineage). The runner
+    writes what it changes through to it."""
 
     MANY = 64
 
     def __init__(self, db: StateDB) -> None:
         self._db = db
         self._known: dict[tuple[str, str], str | None] = {}  # None: no published key
+        self._written: dict[tuple[str, str], str | None] = {}  # by the runner: wins over a read
+        self._asked: Counter[str] = Counter()  # rows read one at a time, per stage
+        self._loaded: set[str] = set()  # stages read whole
         self._complete = False
 
     def _look(self, key: tuple[str, str]) -> str | None:
-        if key in self._known or self._complete:
+        stage = key[0]
+        if key in self._known or self._complete or stage in self._loaded:
             return self._known.get(key)
-        if len(self._known) >= self.MANY:
-            self._load()
+        if self._asked[stage] >= self.MANY:
+            self._load(stage)
             return self._known.get(key)
+        self._asked[stage] += 1
         found = self._known[key] = self._db.current_key(*key)
         return found
 
-    def _load(self) -> None:
-        written = {k: v for k, v in self._known.items() if v is not None}
-        self._known = {**self._db.current_keys(), **written}
-        self._complete = True
+    def _load(self, stage: str | None = None) -> None:
+        """Read one stage's published keys (all with None); what was written through stays."""
+        if stage is None:
+            self._known = self._db.current_keys()  # type: ignore[assignment]
+            self._complete = True
+        else:
+            found = self._db.current_keys_of(stage)
+            self._known.update({(stage, b): k for b, k in found.items()})
+            self._loaded.add(stage)
+        self._known.update(self._written)
 
     def __getitem__(self, key: tuple[str, str]) -> str:
         found = self._look(key)
@@ -870,12 +911,16 @@ class CurrentKeys(MutableMapping[tuple[str, str], str]):
             raise KeyError(key)
         return found
 
+    def get(self, key: tuple[str, str], default: str | None = None) -> str | None:  # type: ignore[override]
+        found = self._look(key)  # (not Mapping's: that one raises and catches a KeyError)
+        return default if found is None else found
+
     def __setitem__(self, key: tuple[str, str], value: str) -> None:
-        self._known[key] = value
+        self._known[key] = self._written[key] = value
 
     def __delitem__(self, key: tuple[str, str]) -> None:
         self[key]  # a KeyError when there is none
-        self._known[key] = None
+        self._known[key] = self._written[key] = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         if not self._complete:

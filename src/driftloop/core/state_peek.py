@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # PRAGMA user_version of a current state file (2: current_runs and facts)
+SCHEMA_VERSION = 3  # PRAGMA user_version of a current state file (see core/state_store.py)
 
 # A text that changes whenever a batch is formed, a stage run starts or ends, or a decision
 # is recorded or applied (``repr`` of these rows: see :func:`progress_marker`).

@@ -31,13 +31,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from driftloop.core.errors import StateError
+from driftloop.core.errors import StateError, StateLockedError, disk_full, first_line, is_disk_full
 from driftloop.core.redact import redact
 from driftloop.core.spec import STATE_URL_ENV
 
 # Raise SCHEMA_VERSION (core/state_peek.py) with every change to the tables below: SQLite
 # records it in ``user_version`` and skips the schema check on open while it is current
-# (1: the first SQLAlchemy schema, claims; 2: current_runs and facts)
+# (1: the first SQLAlchemy schema, claims; 2: current_runs and facts; 3: an index of runs
+# by status)
 # 'driftloo' in ASCII: the key of the advisory lock every serialized write takes (PostgreSQL)
 WRITE_LOCK = 0x6472696674_6C6F6F
 
@@ -85,6 +86,8 @@ stage_runs = sa.Table(
     sa.Column("output", sa.Text),
     sa.Column("error", sa.Text),
     sa.Index("stage_runs_batch", "stage", "batch_id"),
+    sa.Index("stage_runs_status", "status"),  # the failures in the way, without a scan
+    sa.Index("stage_runs_newest", "stage", "status", "finished_at"),  # a stage's last success
 )
 current_runs = sa.Table(  # the key whose output is published, per (stage, batch)
     "current_runs",
@@ -188,11 +191,59 @@ def reason(exc: BaseException, url: URL) -> str:
     return text
 
 
+LOCK_WAIT_ENV = "DRIFTLOOP_STATE_LOCK_SECONDS"
+LOCK_WAIT_SECONDS = 30.0  # how long a write waits for another process's lock (SQLite)
+
+
+def lock_wait_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """How long a write waits for the state database's lock: ``DRIFTLOOP_STATE_LOCK_SECONDS``
+    (seconds, > 0) or 30."""
+    text = (os.environ if environ is None else environ).get(LOCK_WAIT_ENV)
+    if not text:
+        return LOCK_WAIT_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise StateError(
+            f"{LOCK_WAIT_ENV}={text!r}: expected a number of seconds above 0 "
+            f"(default {LOCK_WAIT_SECONDS:g}); fix or unset the variable"
+        )
+    return value
+
+
+def _translated(url: URL, wait: float) -> Any:
+    """A ``handle_error`` hook: a lock held too long and a full disk become driftloop's
+    errors with what to do, whichever statement met them (SQLAlchemy raises what it
+    returns); everything else stays as it was."""
+
+    def handle(context: Any) -> BaseException | None:
+        orig = context.original_exception
+        where = str(url.database) if url.get_backend_name() == "sqlite" else shown(url)
+        text = str(orig)
+        if "database is locked" in text or "database table is locked" in text:
+            return StateLockedError(
+                f"{where}: the state database is locked: another process held its write "
+                f"lock for more than {wait:g} s ({first_line(orig)}). Nothing was lost. See "
+                "which process has the file open (fuser or lsof on it: a sqlite3 shell, a "
+                "backup, a stuck driftloop), end it or wait for it, then run again; "
+                f"{LOCK_WAIT_ENV} sets how long to wait"
+            )
+        if is_disk_full(orig):
+            return disk_full(f"{where} (the state database)", orig)
+        return None
+
+    return handle
+
+
 def make_engine(url: URL) -> Engine:
     """An engine whose transactions behave as the module docstring says."""
     if url.get_backend_name() == "sqlite":
+        wait = lock_wait_seconds()
         # no pool: a StateDB keeps the connections it uses often and closes them on close()
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(url, connect_args={"timeout": wait}, poolclass=sa.pool.NullPool)
+        sa.event.listen(engine, "handle_error", _translated(url, wait))
 
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -211,7 +262,9 @@ def make_engine(url: URL) -> Engine:
 
         return engine
     try:
-        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 15})
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 15})
+        sa.event.listen(engine, "handle_error", _translated(url, 15.0))
+        return engine
     except ModuleNotFoundError as exc:
         raise StateError(
             f"{shown(url)}: the PostgreSQL driver is not installed ({exc.name}); "
@@ -265,6 +318,9 @@ def ensure_schema(conn: sa.Connection) -> None:
     """Create what is missing; add columns that came after a database was created."""
     if not set(metadata.tables) <= set(conn.dialect.get_table_names(conn)):
         metadata.create_all(conn)
+    for table in metadata.tables.values():  # indexes that came after a database was created
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
     columns = {c["name"] for c in sa.inspect(conn).get_columns("promotions")}
     if "applied" not in columns:
         conn.execute(

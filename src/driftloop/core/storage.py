@@ -25,6 +25,24 @@ def is_temporary(key: str) -> bool:
     return name.startswith((".", "_")) or name.endswith(TEMP_SUFFIXES)
 
 
+def is_unnamed(key: str) -> bool:
+    """True when a key is not valid UTF-8 (a local file name with bytes the file system does
+    not decode; Python keeps them as lone surrogates): the ledger, the state database and
+    every output hold text, so such a file is never listed, only reported
+    (:func:`unmatched_files`) for the user to rename."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+UNNAMED = (
+    "its name is not valid UTF-8, so it is not read; rename it to a UTF-8 name "
+    "(convmv converts names from another encoding)"
+)
+
+
 def source_stores(spec: Spec, layout: Layout) -> dict[str, RawStore]:
     """Each source's store, chosen once from its path's URL scheme.
 
@@ -54,7 +72,7 @@ def list_sources(
     for name, path in sources:
         store = stores[name] if stores else raw_store(path, layout.root, what=f"source {name!r}")
         for obj in store.list(path):
-            if not is_temporary(obj.key) and obj.key not in seen:
+            if not is_temporary(obj.key) and obj.key not in seen and not is_unnamed(obj.key):
                 seen.add(obj.key)
                 found.append((name, obj))
     return found
@@ -83,7 +101,10 @@ def unmatched_files(
     """Files in a source's folder that no source's glob matches (``data.test`` beside
     ``*.data``), each with the folder's source and the pattern it missed: they are reported,
     never read, so that a file landed under the wrong name does not vanish. ``listed`` is
-    :func:`candidate_files`' answer; temporary names are left out, as there."""
+    :func:`candidate_files`' answer; temporary names are left out, as there. A file whose
+    name is not valid UTF-8 (:func:`is_unnamed`) is reported here too, with ``problem``
+    saying so (its ``path`` keeps the undecodable bytes as Python holds them: show it with
+    :func:`driftloop.core.text.shown`)."""
     stores = stores or source_stores(spec, layout)
     matched = {obj.key for _, obj in listed}
     out: list[dict[str, str]] = []
@@ -98,7 +119,10 @@ def unmatched_files(
             if key in matched or key in seen or is_temporary(key):
                 continue
             seen.add(key)
-            out.append({"path": key, "source": source.name, "pattern": source.path})
+            item = {"path": key, "source": source.name, "pattern": source.path}
+            if is_unnamed(key):
+                item["problem"] = UNNAMED
+            out.append(item)
     return out
 
 

@@ -80,9 +80,34 @@ def _bucket_label(lo: float, hi: float) -> str:
 
 
 def user_module_path(reference: str, project: Path) -> Path:
-    """The file a ``module:function`` reference points at, inside the project folder."""
+    """The file a ``module:function`` reference points at, inside the project folder (or a
+    model package's code folder): ``pkg.feats`` is ``<project>/pkg/feats.py``.
+
+    A module that resolves outside that folder is refused: a leading dot or an absolute
+    part (``.tmp.x`` was ``/tmp/x.py``) or a symbolic link that leaves it. Such a module
+    ran in ``run`` and ``serve`` but was never packaged with the model; a model runs only the
+    code it carries.
+    """
     module_name = reference.partition(":")[0]
-    return project / (module_name.replace(".", "/") + ".py")
+    parts = module_name.split(".")
+    fix = (
+        "put the module in the project folder and name it by its path there without '.py' "
+        "(features.py: 'features:build'; pkg/feats.py: 'pkg.feats:build')"
+    )
+    if not all(p.isidentifier() for p in parts):
+        raise FeatureError(
+            f"features.function {reference!r}: the module {module_name!r} is not a dotted "
+            f"name of a file inside the project folder {project}; {fix}"
+        )
+    path = project.joinpath(*parts[:-1], parts[-1] + ".py")
+    root = project.resolve()
+    if path.exists() and not path.resolve().is_relative_to(root):
+        raise FeatureError(
+            f"features.function {reference!r}: the module file {path} leads outside the "
+            f"project folder (to {path.resolve()}); a model carries only code from inside "
+            f"it, so this module would run here and be missing where the model is served; {fix}"
+        )
+    return path
 
 
 def load_user_function(reference: str, project: Path) -> UserFunction:

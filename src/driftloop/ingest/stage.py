@@ -43,6 +43,7 @@ class IngestResult:
     still_writing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # files that could not be read, why
     refused: list[str] = field(default_factory=list)  # links that leave the project, why
+    changed: list[str] = field(default_factory=list)  # files changed in place, why (not taken)
 
 
 def ingest(
@@ -121,6 +122,12 @@ def ingest(
             if original != rel:
                 result.reuploads.append(Reupload(rel, original))
             continue
+        earlier = db.raw_file_at(rel)
+        if earlier is not None:  # the same name, new content: never counted twice
+            why = changed_in_place(earlier, sha)
+            log.info("%s is not ingested: %s", shown(rel), why)
+            result.changed.append(f"{rel}: {why}")
+            continue
         taken[sha] = rel
         new.append(RawFile(sha, source, rel, now.size, batch_id=""))
         newest = max(newest, now.mtime)
@@ -146,6 +153,22 @@ def ingest(
     return result
 
 
+def changed_in_place(earlier: RawFile, sha: str) -> str:
+    """Why a file whose name the ledger took with other content is not ingested.
+
+    The rule: a raw file is never modified. Its rows are in ``earlier``'s batch already; were
+    the new content ingested as a file of its own, every row it kept would be trained on
+    twice. So it is refused, on every pass, until the original content is back or the file
+    is gone; new rows land under a new name."""
+    return (
+        f"changed in place since it was ingested in batch {earlier.batch_id} (sha256 "
+        f"{earlier.sha256[:12]}..., now {sha[:12]}...), so it is not ingested again: its "
+        "earlier rows would be counted twice. Raw files must not be modified: put the "
+        "original content back, and land new rows under a new file name (only the new "
+        "rows, or the old ones are counted twice)"
+    )
+
+
 def make_batch_id(files: list[RawFile]) -> str:
     digest = hashlib.sha256("".join(sorted(f.sha256 for f in files)).encode()).hexdigest()
     return f"{utcnow():%Y%m%dT%H%M%S}-{digest[:8]}"
@@ -166,6 +189,7 @@ def work(ctx: Context, call: StageCall) -> Work:
             "still_writing": found.still_writing,
             "unreadable": found.unreadable,
             "refused": found.refused,
+            "changed": found.changed,
         }
 
     return Work("ingest", ctx.layout.raw, run)

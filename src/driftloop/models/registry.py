@@ -176,3 +176,54 @@ def version_info(registry: Registry, version: str) -> dict[str, Any]:
         )
     lineage = registry.lineage(version)
     return package_info(registry.model, found.version, found.run_id, found.metrics, lineage)
+
+
+def lost_versions(
+    recorded: list[dict[str, Any]],
+    present: dict[str, str | None],
+    store: str,
+    reported: set[str],
+) -> list[dict[str, Any]]:
+    """The versions the state database saw registered in this store that the registry no
+    longer holds as they were (pure).
+
+    ``recorded``: the ``ModelRegistered`` payloads (oldest first); ``present``: the registry's
+    versions now, each with its run id; ``store``: this store's id (``cache.store_id``; a
+    payload without one, from before it was recorded, counts as this store's); ``reported``:
+    run ids a ``RegistryHistoryLost`` event already named, so a loss is reported once.
+    """
+    lost = []
+    for event in recorded:
+        run_id, version = str(event["run_id"]), str(event["version"])
+        if event.get("store") not in (None, store) or run_id in reported:
+            continue
+        if present.get(version, "") != run_id:
+            lost.append({"version": version, "run_id": run_id, "now": present.get(version)})
+    return lost
+
+
+def history_lost_message(model: str, uri: str, lost: list[dict[str, Any]]) -> str:
+    """What a registry that lost versions this project registered means, and what to do."""
+    from driftloop.core.redact import redact
+
+    gone = [v for v in lost if v["now"] is None]
+    other = [v for v in lost if v["now"] is not None]
+    parts = []
+    if gone:
+        parts.append("no longer has " + ", ".join(f"v{v['version']}" for v in gone))
+    if other:
+        parts.append(
+            "holds another model under "
+            + ", ".join(
+                f"v{v['version']} (run {v['now'][:8]}, was {v['run_id'][:8]})" for v in other
+            )
+        )
+    return redact(
+        f"the model registry at {uri} lost its history: model {model!r} {' and '.join(parts)} "
+        "that this project registered (was the MLflow store deleted or replaced?). Versions "
+        "are told apart by their run id, so no old copy is served for a new one, but the "
+        "decisions recorded for the lost versions no longer name a model. Restore the store "
+        "from a backup (model.tracking_uri / MLFLOW_TRACKING_URI) to keep the history; "
+        "otherwise promote a version of the new store ('driftloop models'); this is reported "
+        "once, as a RegistryHistoryLost event"
+    )

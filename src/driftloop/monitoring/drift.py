@@ -29,7 +29,7 @@ from driftloop.monitoring.stattests import (
     get_test,
     select_test,
 )
-from driftloop.monitoring.stattests.base import aligned_counts, histogram_counts
+from driftloop.monitoring.stattests.base import aligned_counts, common_scale, histogram_counts
 
 PLOT_BINS = 30
 PLOT_CATEGORIES = 15
@@ -167,6 +167,8 @@ def column_drift(
             current_missing=cur.missing,
             importance=importance,
         )
+    if isinstance(ref_data, NumericData) and isinstance(cur, NumericData):
+        ref_data, cur = common_scale(ref_data, cur)  # 1e308 is a valid float: no overflow
     test = choose_test(ref, ref_data, cur, settings)
     override = settings.columns.get(ref.name)
     threshold = (override.threshold if override else None) or test.default_threshold
@@ -270,8 +272,9 @@ def plot_data(ref: ColumnData, cur: ColumnData) -> dict[str, Any]:
     if isinstance(ref, NumericData) and isinstance(cur, NumericData):
         lo = min(_quantile(ref.sorted_values, 0.005), _quantile(cur.sorted_values, 0.005))
         hi = max(_quantile(ref.sorted_values, 0.995), _quantile(cur.sorted_values, 0.995))
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
+        if hi <= lo:  # one value: half a unit each side (and visible next to a huge value)
+            pad = max(0.5 * ref.scale, abs(lo) * 2.0**-20)
+            lo, hi = lo - pad, hi + pad
         edges = np.linspace(lo, hi, PLOT_BINS + 1)
         open_edges = edges.copy()
         open_edges[0], open_edges[-1] = -np.inf, np.inf  # the outer bins hold the tails
@@ -279,7 +282,7 @@ def plot_data(ref: ColumnData, cur: ColumnData) -> dict[str, Any]:
         c = histogram_counts(cur.sorted_values, open_edges) / cur.count
         return {
             "kind": "numeric",
-            "edges": edges.tolist(),
+            "edges": (edges / ref.scale).tolist(),  # in the column's units
             "reference": r.tolist(),
             "current": c.tolist(),
         }

@@ -224,6 +224,24 @@ def performance_svg(
     )
 
 
+def _undefined_note(perf: dict[str, Any]) -> str:
+    """Why the metric has no value, overall and in how many windows (with each reason)."""
+    metric = escape(perf["metric"])
+    note = ""
+    overall = perf["overall"]
+    if not _defined(overall["value"]):
+        why = overall.get("undefined_reason") or "it could not be computed"
+        note += f"<b>{metric} is undefined</b>: {escape(why)}. "
+    undefined = [w for w in perf["windows"] if not _defined(w["value"])]
+    if undefined:
+        reasons = sorted({w.get("undefined_reason") or "not computable" for w in undefined})
+        note += (
+            f"{len(undefined)} window(s) where {metric} is undefined: "
+            f"{escape('; '.join(reasons[:3]))}{' ...' if len(reasons) > 3 else ''}. "
+        )
+    return note
+
+
 CSS = """
 body{font-family:system-ui,sans-serif;color:#333;margin:2em;max-width:1100px}
 table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #ddd;
@@ -311,12 +329,7 @@ def render(report: dict[str, Any]) -> str:
             f"<p>{escape(perf['metric'])} on {perf['rows']:,} labelled rows: {_fmt(o['value'])} "
             f"[{_fmt(o['low'])}, {_fmt(o['high'])}] ({perf['confidence']:.0%} interval) vs "
             f"holdout {_fmt(perf['holdout'])}; {escape(_tolerance_note(perf))} "
-            + (
-                f"{undefined} window(s) where {escape(perf['metric'])} is undefined (for "
-                "example labels the model never saw, or a single class). "
-                if (undefined := sum(not _defined(w["value"]) for w in perf["windows"]))
-                else ""
-            )
+            + _undefined_note(perf)
             + f"{'<span class=drift>DEGRADED</span>' if perf['degraded'] else 'Not degraded.'}</p>",
             performance_svg(
                 perf,

@@ -2,14 +2,15 @@
 label-free estimate for classifiers.
 
 Realized performance: the champion's metric (the spec's) per window of labelled rows, with
-a bootstrap confidence interval (resampling rows; ``bootstrap`` resamples drawn as
-multinomial weights, so one pass computes them all). A window *decayed* when its whole
-interval is worse than the holdout metric by more than ``tolerance``: the interval must
-clear the tolerance, so a small window with a wide interval does not alarm on noise. The
-tolerance is relative for error metrics (RMSE, MAE, log loss: unbounded, in the target's
-units, so 0.05 means 5% worse than the holdout's value) and absolute for bounded ones (ROC
-AUC, accuracy, F1, average precision, R^2: 0.05 means 0.05 lower); see :func:`decay_bound`.
-``degraded`` is true when all labelled rows together, or the latest window, decayed.
+a bootstrap confidence interval (resampling rows, ``bootstrap`` times; each resample is
+drawn as counts of the metric's distinct cells, exactly the row bootstrap summed by cell, in
+chunks of bounded size: see bootstrap.py). A window *decayed* when its whole interval is
+worse than the holdout metric by more than ``tolerance``: the interval must clear the
+tolerance, so a small window with a wide interval does not alarm on noise. The tolerance is
+relative for error metrics (RMSE, MAE, log loss: unbounded, in the target's units, so 0.05
+means 5% worse than the holdout's value) and absolute for bounded ones (ROC AUC, accuracy,
+F1, average precision, R^2: 0.05 means 0.05 lower); see :func:`decay_bound`. ``degraded``
+is true when all labelled rows together, or the latest window, decayed.
 
 Streaming detectors (river): ADWIN and Page-Hinkley on the error stream (0/1 errors for
 classifiers, absolute errors for regressors) and DDM on 0/1 errors, in row order; they
@@ -33,6 +34,7 @@ import numpy as np
 
 from driftloop.core.spec import PerformanceMonitoring
 from driftloop.models.metrics import HIGHER_IS_BETTER  # one table of metric directions
+from driftloop.monitoring.bootstrap import percentile_interval, statistic
 
 MIN_WINDOW_ROWS = 10
 
@@ -50,7 +52,10 @@ class Outcomes:
 
 
 def weighted_metric(metric: str, o: Outcomes, weights: Any) -> Any:
-    """The metric under each row of ``weights`` (draws x rows), vectorized where it can be."""
+    """The metric under each row of ``weights`` (draws x rows), vectorized where it can be.
+
+    The row-level reference: the bootstrap scores cell counts instead (bootstrap.py), and the
+    tests check that both agree exactly."""
     w = np.atleast_2d(weights).astype(np.float64)
     total = w.sum(axis=1)
     if metric in ("rmse", "mae", "r2"):
@@ -147,25 +152,33 @@ def _sklearn_metric(metric: str, o: Outcomes, weights: Any) -> float:
 def metric_with_interval(
     metric: str, o: Outcomes, rows: Any, settings: PerformanceMonitoring, rng: np.random.Generator
 ) -> tuple[float, float, float]:
-    """(value, low, high): the metric on ``rows`` and its percentile bootstrap interval."""
-    n = int(rows.size)
-    sub = Outcomes(
-        o.y_true[rows],
-        o.y_pred[rows],
-        None if o.proba is None else o.proba[rows],
-        o.classes,
-        o.windows[rows],
-        o.window_labels,
+    """(value, low, high): the metric on ``rows`` and its percentile bootstrap interval,
+    computed on the metric's sufficient statistics in bounded memory (bootstrap.py)."""
+    return percentile_interval(
+        statistic(metric, o), rows, settings.bootstrap, settings.confidence, rng
     )
-    value = float(weighted_metric(metric, sub, np.ones((1, n)))[0])
-    draws = rng.multinomial(n, np.full(n, 1.0 / n), size=settings.bootstrap)
-    values = np.asarray(weighted_metric(metric, sub, draws), dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return value, math.nan, math.nan
-    tail = (1 - settings.confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return value, float(low), float(high)
+
+
+def undefined_reason(metric: str, o: Outcomes, rows: Any) -> str:
+    """Why ``metric`` has no value on ``rows``, in words for the report."""
+    if o.classes is None:
+        y = np.asarray(o.y_true, float)[rows]
+        if metric == "r2" and y.size and np.all(y == y[0]):
+            return f"the labels are all {y[0]:g}: r2 divides by their variance, which is 0"
+        return f"{metric} could not be computed on these {rows.size:,} rows (missing values?)"
+    present = sorted(set(np.asarray(o.y_true).astype(str)[rows].tolist()))
+    unseen = [label for label in present if label not in o.classes]
+    if unseen and metric in ("roc_auc", "average_precision", "log_loss"):
+        return (
+            f"labels the model never saw ({', '.join(repr(u) for u in unseen[:5])}; it knows "
+            f"{o.classes}): {metric} needs the model's probability of the true label"
+        )
+    if len(present) == 1 and metric in ("roc_auc", "average_precision"):
+        return (
+            f"the labels hold one class only ({present[0]!r}): {metric} ranks the rows of "
+            "one class against the others', so it needs rows of each class"
+        )
+    return f"{metric} could not be computed on these {rows.size:,} rows"
 
 
 # Error metrics have no upper bound and take the target's scale (RMSE in rentals per hour,
@@ -214,24 +227,28 @@ def realized_performance(
     rng: np.random.Generator,
 ) -> dict[str, Any]:
     holdout = math.nan if holdout_value is None else float(holdout_value)
+    stat = statistic(metric, outcomes)  # per-row keys, once for every window
     windows = []
     for index, label in enumerate(outcomes.window_labels):
         rows = np.flatnonzero(outcomes.windows == index)
         if rows.size < MIN_WINDOW_ROWS:
             continue
-        value, low, high = metric_with_interval(metric, outcomes, rows, settings, rng)
-        windows.append(
-            {
-                "window": label,
-                "rows": int(rows.size),
-                "value": value,
-                "low": low,
-                "high": high,
-                "decayed": decayed(metric, low, high, holdout, settings.tolerance),
-            }
+        value, low, high = percentile_interval(
+            stat, rows, settings.bootstrap, settings.confidence, rng
         )
+        entry = {
+            "window": label,
+            "rows": int(rows.size),
+            "value": value,
+            "low": low,
+            "high": high,
+            "decayed": decayed(metric, low, high, holdout, settings.tolerance),
+        }
+        if not math.isfinite(value):
+            entry["undefined_reason"] = undefined_reason(metric, outcomes, rows)
+        windows.append(entry)
     all_rows = np.arange(len(outcomes.y_true))
-    value, low, high = metric_with_interval(metric, outcomes, all_rows, settings, rng)
+    value, low, high = percentile_interval(stat, None, settings.bootstrap, settings.confidence, rng)
     overall = decayed(metric, low, high, holdout, settings.tolerance)
     latest = bool(windows and windows[-1]["decayed"])
     return {
@@ -245,7 +262,17 @@ def realized_performance(
         else None,
         "confidence": settings.confidence,
         "rows": int(all_rows.size),
-        "overall": {"value": value, "low": low, "high": high, "decayed": overall},
+        "overall": {
+            "value": value,
+            "low": low,
+            "high": high,
+            "decayed": overall,
+            **(
+                {}
+                if math.isfinite(value)
+                else {"undefined_reason": undefined_reason(metric, outcomes, all_rows)}
+            ),
+        },
         "windows": windows,
         "degraded": overall or latest,
         "detectors": streaming_detectors(outcomes),

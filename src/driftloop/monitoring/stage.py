@@ -10,13 +10,26 @@ from typing import Any
 
 from driftloop.core.layout import Layout, atomic_output, is_complete, read_manifest, seal
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
-from driftloop.core.state import StateDB
+from driftloop.core.state import Batch, StateDB
 
 MONITOR_VERSION = "1"
 MONITOR_SECTIONS = ("monitoring", "target", "task", "model")
 
 
 SIGNAL = "check:"  # + batch id: what the batch's latest check found, for the planner
+# Through which batch (by sequence) every batch not trained on has a current check against
+# one champion, and what those checks found (see orchestration/facts.py); a check that
+# runs again on a batch up to it moves it back.
+CHECKED = "checked_through"
+
+
+def record_signal(db: StateDB, batch: Batch, found: dict[str, bool]) -> None:
+    """Keep what a batch's check found; a check of a batch the checked mark covers moves the
+    mark back before it (the mark's findings for that batch would be stale)."""
+    mark = db.fact(CHECKED)
+    if mark is not None and json.loads(mark)["seq"] >= batch.seq:
+        db.record_fact(CHECKED, json.dumps({**json.loads(mark), "seq": batch.seq - 1}))
+    db.record_fact(f"{SIGNAL}{batch.batch_id}", json.dumps(found))
 
 
 def check_key(sections: str, features_key: str, champion: str) -> str:
@@ -42,7 +55,8 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     """A batch checked against a champion (the call's, else the recorded one), keyed by the
     batch's features and the champion's version."""
     spec, layout = ctx.spec, ctx.layout
-    batch_id = ctx.db.batch(str(call.batch_id)).batch_id
+    batch = ctx.db.batch(str(call.batch_id))
+    batch_id = batch.batch_id
     champion = call.champion or recorded_champion(ctx.db, spec.name)
     if champion is None:
         return Skip("no champion to check against yet", batch_id)
@@ -61,7 +75,7 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
             "drift": bool(summary["drift_detected"]),
             "decay": bool(summary["performance_degraded"]),
         }
-        ctx.db.record_fact(f"{SIGNAL}{batch_id}", json.dumps(found))
+        record_signal(ctx.db, batch, found)
         return manifest
 
     return Work(key, layout.batch_checks / batch_id, run, batch_id)

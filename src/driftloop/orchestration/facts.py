@@ -22,6 +22,7 @@ from driftloop.core.outputs import SUCCESS
 from driftloop.core.stage import Context, Skip, StageCall, Work
 from driftloop.core.state import Batch
 from driftloop.monitoring.stage import (
+    CHECKED,
     MONITOR_SECTIONS,
     SIGNAL,
     check_key,
@@ -64,19 +65,30 @@ def gather(ctx: Context) -> Facts:
     champion = recorded_champion(db, spec.name)
     last = last_training(layout, db)
     trained = frozenset(m["batch_id"] for m in last["inputs"]) if last else frozenset()
-    signals = ctx.once(f"signals:{ran(ctx)['monitor']}", lambda: check_signals(db))
     monitor_sections = spec.section_hash(*MONITOR_SECTIONS)
     retry = _checks_to_retry(ctx, monitor_sections)
     current = ctx.current()
+    # the batches the checked mark covers: known without a key or a signal each
+    mark = _checked_mark(ctx, champion, monitor_sections)
+    covered = ctx.once(f"covered:{mark}", lambda: _covered(ctx, batches, champion, mark))
+    to_check = [
+        f for f in batches if f.featured and f.batch_id not in trained and f.batch_id not in covered
+    ]
+    signals = _signals(ctx, [f.batch_id for f in to_check])
     seen: dict[tuple[object, ...], BatchFacts] = ctx.once("checked", dict)
     checked = []
     for f in batches:
         if not f.featured or f.batch_id in trained:
             checked.append(f)
             continue
+        if (known_check := covered.get(f.batch_id)) is not None:
+            checked.append(known_check)
+            continue
         b, found = f.batch_id, signals.get(f.batch_id)
-        # what decides a batch's check facts; the same in a later plan of the pass: known
-        seen_as = (f, champion, current.get(("features", b)), current.get(("monitor", b)))
+        # what decides a batch's check facts; the same in a later plan of the pass, until a
+        # check runs (one may rerun under the same key, its output having gone): known
+        published = (current.get(("features", b)), current.get(("monitor", b)))
+        seen_as = (f, champion, *published, ran(ctx)["monitor"])
         facts = seen.get(seen_as)
         if facts is None or found is None:
             facts = _with_check(ctx, f, champion, found, monitor_sections)
@@ -84,8 +96,19 @@ def gather(ctx: Context) -> Facts:
         checked.append(facts)
     if retry:
         checked = [dataclasses.replace(f, retry_check=retry.get(f.batch_id)) for f in checked]
-    have_features = frozenset(f.batch_id for f in batches if f.featured)  # seen this pass
-    plan = train_plan(spec, layout, db, current=ctx.current(), committed=have_features)
+    # the training over the features so far: they change when a data stage runs
+    data_runs = f"{ran(ctx)['prep']}:{ran(ctx)['features']}"
+    plan = ctx.once(
+        f"train_plan:{data_runs}",
+        lambda: train_plan(
+            spec,
+            layout,
+            db,
+            current=ctx.current(),
+            committed=frozenset(f.batch_id for f in batches if f.featured),  # seen this pass
+            batches=ctx.once("batches", db.batches),
+        ),
+    )
     row = db.last_succeeded("train")
     promote = stage_def("promote").work(ctx, StageCall("promote"))
     # a training not decided yet (a gate that failed is reported when it fails, and decided
@@ -107,6 +130,61 @@ def gather(ctx: Context) -> Facts:
         and last.get("sections_hash") not in (None, spec.section_hash(*TRAIN_SECTIONS)),
         training=(db.run_info(plan.key) or {}).get("status") if plan else None,
         undecided=undecided,
+    )
+
+
+def _checked_mark(ctx: Context, champion: str | None, sections: str) -> tuple[int, str]:
+    """The checked mark when it holds for this champion, monitoring sections and data
+    environment: (the sequence through which it covers batches, its findings as JSON)."""
+    found = ctx.db.fact(CHECKED)
+    if champion is None or not found:
+        return 0, "{}"
+    mark = json.loads(found)
+    now = {"champion": champion, "sections": sections, "environment": environment(ctx)}
+    if any(mark.get(k) != v for k, v in now.items()):
+        return 0, "{}"
+    return int(mark["seq"]), json.dumps(mark["found"], sort_keys=True)
+
+
+def _covered(
+    ctx: Context, batches: list[BatchFacts], champion: str | None, mark: tuple[int, str]
+) -> dict[str, BatchFacts]:
+    """Batch id -> facts, for the featured batches up to the checked mark whose check is
+    still committed (a ``_SUCCESS`` check each): checked against the champion, with what
+    the mark says the check found."""
+    through, found_json = mark
+    if champion is None or through == 0:
+        return {}
+    found = json.loads(found_json)
+    seqs = _seqs(ctx)
+    checks, exists, versions = str(ctx.layout.batch_checks), os.path.exists, frozenset({champion})
+    covered = {}
+    for f in batches:
+        if seqs[f.batch_id] > through:
+            break
+        if f.featured and exists(f"{checks}/{f.batch_id}/{SUCCESS}"):
+            drift, decay = found.get(f.batch_id, (False, False))
+            covered[f.batch_id] = BatchFacts(
+                f.batch_id, f.arrived, f.prepped, f.featured, None, versions, drift, decay
+            )
+    return covered
+
+
+def _signals(ctx: Context, batch_ids: list[str]) -> dict[str, dict[str, bool]]:
+    """What the latest checks of these batches found: a fact each for a few, all at once
+    (and once until a check runs) for many."""
+    if len(batch_ids) > MANY:
+        return ctx.once(f"signals:{ran(ctx)['monitor']}", lambda: check_signals(ctx.db))
+    found = {}
+    for b in batch_ids:
+        if (value := ctx.db.fact(f"{SIGNAL}{b}")) is not None:
+            found[b] = json.loads(value)
+    return found
+
+
+def _seqs(ctx: Context) -> dict[str, int]:
+    return ctx.once(
+        "seqs", lambda: {b.batch_id: b.seq for b in ctx.once("batches", ctx.db.batches)}
     )
 
 
@@ -137,12 +215,13 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
     outputs are still committed (a ``_SUCCESS`` check each), else as it is, to be keyed in
     full. A pass's own work only adds batches after the watermark, so a pass computes this
     once, not once per plan."""
-    through = _trusted_seq(ctx)
+    through, passed = _trusted_seq(ctx)
     processed, featured = str(ctx.layout.processed), str(ctx.layout.features)
     exists = os.path.exists
     return [
         BatchFacts(b.batch_id, datetime.fromisoformat(b.created_at), True, True)
         if b.seq <= through
+        and b.batch_id not in passed
         and exists(f"{processed}/{b.batch_id}/{SUCCESS}")
         and exists(f"{featured}/{b.batch_id}/{SUCCESS}")
         else b
@@ -215,12 +294,16 @@ def environment(ctx: Context) -> str:
     return digest.hexdigest()
 
 
-def _trusted_seq(ctx: Context) -> int:
+def _trusted_seq(ctx: Context) -> tuple[int, frozenset[str]]:
+    """The watermark's batch sequence, and the dismissed batches it passed (keyed in full
+    always: one may keep outputs of an earlier key, a stale batch, and a retry runs it)."""
     found = ctx.db.fact(WATERMARK)
     if not found:
-        return 0
+        return 0, frozenset()
     mark = json.loads(found)
-    return int(mark["seq"]) if mark.get("environment") == environment(ctx) else 0
+    if mark.get("environment") != environment(ctx):
+        return 0, frozenset()
+    return int(mark["seq"]), frozenset(mark.get("dismissed", ()))
 
 
 def _dismissed(ctx: Context, stage: str, work: Work | Skip) -> bool:
@@ -233,11 +316,49 @@ def _dismissed(ctx: Context, stage: str, work: Work | Skip) -> bool:
 def advance_watermark(ctx: Context, facts: Facts) -> None:
     """Record the last batch through which every batch is current (after a pass)."""
     seqs = {b.batch_id: b.seq for b in ctx.once("batches", ctx.db.batches)}
-    through = 0
+    through, passed = 0, []
     for b in facts.batches:
         if not ((b.prepped and b.featured) or b.dismissed):
             break
         through = seqs[b.batch_id]
-    mark = json.dumps({"environment": environment(ctx), "seq": through})
+        if b.dismissed:
+            passed.append(b.batch_id)
+    found: dict[str, object] = {"environment": environment(ctx), "seq": through}
+    if passed:
+        found["dismissed"] = passed
+    mark = json.dumps(found)
     if ctx.db.fact(WATERMARK) != mark:
         ctx.db.record_fact(WATERMARK, mark)
+    if ctx.spec.model.enabled and facts.champion is not None:
+        _advance_checked(ctx, facts, seqs)
+
+
+def _advance_checked(ctx: Context, facts: Facts, seqs: dict[str, int]) -> None:
+    """Record the last batch through which every batch was trained on, has no rows to check,
+    or has a current check against the champion that did not error (after a pass), with
+    what those checks found."""
+    through, found = 0, {}
+    for b in facts.batches:
+        if b.batch_id in facts.trained:
+            through = seqs[b.batch_id]
+            continue
+        if b.dismissed and not b.featured:
+            through = seqs[b.batch_id]
+            continue
+        if not b.featured or b.retry_check is not None:
+            break
+        if b.rows != 0 and facts.champion not in b.checked_against:
+            break
+        through = seqs[b.batch_id]
+        if b.drift or b.decay:
+            found[b.batch_id] = (b.drift, b.decay)
+    mark = {
+        "champion": facts.champion,
+        "sections": ctx.spec.section_hash(*MONITOR_SECTIONS),
+        "environment": environment(ctx),
+        "seq": through,
+        "found": found,
+    }
+    text = json.dumps(mark, sort_keys=True)
+    if ctx.db.fact(CHECKED) != text:
+        ctx.db.record_fact(CHECKED, text)

@@ -40,6 +40,7 @@ from driftloop.core.storage import candidate_files, placement, unmatched_files
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
 from driftloop.orchestration.facts import advance_watermark, gather
+from driftloop.orchestration.reconcile import reconcile_runs, reconcile_versions
 from driftloop.orchestration.runner import StageReport, claimed, run_call
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class RunResult:
     busy_elsewhere: str | None = None  # another worker was ingesting (its holder)
     # files in a source's folder that no source's glob matches: {path, source, pattern}
     unmatched: list[dict[str, str]] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)  # what a killed process left, put right
 
     @property
     def pending(self) -> bool:
@@ -121,11 +123,30 @@ def run_pass(
             return RunResult(IngestResult(batch=None), unmatched=unmatched)
         for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
+        # and its records: runs left "running", versions left undecided
+        interrupted = reconcile_runs(db)
+        reconciled = [f"{r['stage']} {r['batch_id']}: {r['error']}" for r in interrupted]
+        if spec.model.enabled:
+            reconciled += [
+                f"{d['model']} v{d['version']}: rejected: {d['reason']}"
+                for d in reconcile_versions(
+                    spec,
+                    layout,
+                    db,
+                    train_interrupted=any(r["stage"] == "train" for r in interrupted),
+                )
+            ]
         with claimed(db, "ingest") as holder:  # one worker forms a batch at a time
             found = IngestResult(batch=None)
             if holder is None:
                 found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
-        result = RunResult(found, applied=applied, busy_elsewhere=holder, unmatched=unmatched)
+        result = RunResult(
+            found,
+            applied=applied,
+            busy_elsewhere=holder,
+            unmatched=unmatched,
+            reconciled=reconciled,
+        )
         ctx = Context(spec, layout, db, now=now)
         ctx.memo["placement"] = placement(listed)
         for _ in range(MAX_ROUNDS):
@@ -143,11 +164,13 @@ def run_pass(
 
 def _settles(result: RunResult) -> bool:
     """The pass ended with nothing pending, nothing failed (a failure is reported again by
-    every pass until it is fixed) and no file unreadable."""
+    every pass until it is fixed) and no file unreadable or changed in place (reported by
+    every pass until it is back or gone)."""
     return not (
         result.pending
         or any(r.outcome in ("failed", "failed-earlier") for r in result.reports)
         or result.ingest.unreadable
+        or result.ingest.changed
     )
 
 

@@ -25,7 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from driftloop.core.errors import DriftloopError, SpecError, TransientError
+from driftloop.core.errors import (
+    DiskFullError,
+    DriftloopError,
+    SpecError,
+    TransientError,
+    disk_full,
+    is_disk_full,
+)
 from driftloop.core.layout import Layout, is_complete, read_manifest
 from driftloop.core.procs import pid_alive
 from driftloop.core.redact import redact
@@ -225,7 +232,9 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
         expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
         message = redact(  # a third party's error may quote a URI with its password
             str(exc)
-            if expected
+            if expected or isinstance(exc, DiskFullError)
+            else str(disk_full(f"{stage} {batch_id}", exc))
+            if is_disk_full(exc)
             else (
                 f"unexpected {type(exc).__name__}: {exc} "
                 "(retried on the next run; --verbose shows the traceback)"

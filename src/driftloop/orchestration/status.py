@@ -40,11 +40,19 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             if missing:
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
         new, last = new_batches(layout, db)
-        known = {f.path for b in batches for f in db.batch_files(b.batch_id)}
+        known = {f.path: f.sha256 for b in batches for f in db.batch_files(b.batch_id)}
         listed = candidate_files(spec, layout)
         waiting_files = [o.key for _, o in listed if o.key not in known]
+        # taken under this name with other content (a pass hashed it and refused it)
+        changed_files = [
+            o.key
+            for _, o in listed
+            if o.key in known
+            and db.known_sighting(o.key, o.size, o.mtime_ns) not in (None, known[o.key])
+        ]
         lease = db.lease("watch")
         served = db.last_event("ModelServed")
+        lost = db.last_event("RegistryHistoryLost")
         status: dict[str, Any] = {
             "project": spec.name,
             "champion": {
@@ -57,10 +65,14 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
                     else None
                 ),
             },
+            "registry_history_lost": (
+                {"at": lost["ts"], "message": lost["message"]} if lost else None
+            ),
             "batches": len(batches),
             "pending": {
                 "batches": pending,
                 "files_not_ingested": waiting_files,
+                "files_changed_in_place": changed_files,
                 "files_unmatched": unmatched_files(spec, layout, listed),
                 "batches_since_last_training": [b["batch_id"] for b in new],
                 "last_training": last["version"] if last else None,
@@ -71,11 +83,25 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             "contract_changes": contract_changes(
                 spec, db.events_after(0, types=("ContractChangeProposed",))
             ),
+            "stale_batches": stale_batches(db),
             "last_drift_verdict": _last_verdict(layout),
             "stage_runs": db.stage_runs(limit=runs),
             "events": db.events(limit=events),
         }
     return status
+
+
+def stale_batches(db: StateDB) -> list[dict[str, Any]]:
+    """Batches that cannot be prepared again (a raw file gone or changed) and keep their
+    earlier outputs: each with the reason and what to do, and whether a user dismissed it
+    (then training reads its rows as they were prepared before)."""
+    from driftloop.prep.stage import STALE
+
+    return [
+        {"batch_id": f["batch_id"], "dismissed": f["status"] == "dismissed", "reason": f["error"]}
+        for f in db.failures()
+        if f["stage"] == "prep" and STALE in (f["error"] or "")
+    ]
 
 
 def contract_changes(spec: Any, proposed: list[dict[str, Any]]) -> list[dict[str, Any]]:

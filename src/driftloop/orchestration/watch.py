@@ -23,6 +23,7 @@ from driftloop.core.errors import DriftloopError, first_line
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, Subscription, raw_store
 from driftloop.core.spec import load_spec
+from driftloop.core.text import shown
 from driftloop.orchestration.lease import Lease
 from driftloop.orchestration.loop import RunResult, run_pass
 
@@ -69,6 +70,7 @@ class Watcher:
         # Files the OS said are finished (closed after writing, or renamed into place), with
         # their (size, mtime_ns) then: ingest takes them without waiting out the settle time.
         self.complete: dict[str, tuple[int, int]] = {}
+        self._changed: set[str] = set()  # files changed in place, reported already
 
     def _state_url(self) -> str | None:
         """The spec's state.url for the lease; a spec broken at start leaves the default
@@ -125,14 +127,16 @@ class Watcher:
         self.state.unmatched = [u["path"] for u in result.unmatched]
         for item in new_unmatched:
             log.warning(
-                "unmatched: %s does not match source %s's pattern %r",
-                item["path"],
-                item["source"],
-                item["pattern"],
+                "unmatched: %s %s",
+                shown(item["path"]),
+                item.get("problem")
+                or f"does not match source {item['source']}'s pattern {item['pattern']!r}",
             )
         if result.progressed:
             self.state.last_work = f"{self.clock():%H:%M:%S} {_summary(result)}"
-        if (result.progressed or new_unmatched) and self.on_pass is not None:
+        new_changed = [c for c in result.ingest.changed if c not in self._changed]
+        self._changed = set(result.ingest.changed)  # told once (ingest logged each)
+        if (result.progressed or new_unmatched or new_changed) and self.on_pass is not None:
             self.on_pass(result)
         self._status()
         return result

@@ -86,9 +86,59 @@ def _read_parquet(path: Path, shown_as: str) -> RawRead:
         frame = pl.read_parquet(path)
     except Exception as exc:  # polars raises several types for corrupt files
         return RawRead(shown_as, None, error=f"not a readable Parquet file: {first_line(exc)}")
-    strings = frame.select(pl.all().cast(pl.String))
+    problem = _parquet_column_problem(frame)
+    if problem is not None:  # the file alone is quarantined; the batch's others go on
+        return RawRead(shown_as, None, error=problem)
+    try:
+        strings = frame.select(pl.all().cast(pl.String))
+    except pl.exceptions.PolarsError as exc:  # a type with no text form
+        return RawRead(
+            shown_as,
+            None,
+            error=f"a column cannot be read as text ({first_line(exc)}); expected columns of "
+            "strings, numbers, booleans or dates. Convert it before the file lands",
+        )
     rows = pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(ROW)
     return RawRead(shown_as, strings.lazy().select(rows, pl.all()))
+
+
+def _parquet_column_problem(frame: pl.DataFrame) -> str | None:
+    """Why a Parquet file's columns cannot be read as the text prep checks, or None: a
+    nested column (list, array, struct) has no one value per field, and a binary column is
+    text only when every value is valid UTF-8. The reason names the column (and the first
+    bad record) and says how to fix it."""
+    for name, dtype in frame.schema.items():
+        if dtype.is_nested():
+            return (
+                f"column {name!r} is nested ({dtype}); expected one scalar value per "
+                "field (string, number, boolean, date). Flatten or drop the column before the "
+                "file lands (one column per element, or the list joined into a string)"
+            )
+        if dtype == pl.Binary and (bad := _not_utf8(frame.get_column(name))):
+            return (
+                f"column {name!r} is binary: record {bad[0]} is not valid UTF-8 "
+                f"({len(bad)} record(s) in all); expected UTF-8 text. Write the column as "
+                "a UTF-8 string column, or drop it before the file lands"
+            )
+    return None
+
+
+def _not_utf8(values: pl.Series) -> list[int]:
+    """The record numbers (from 1) of a binary column's values that are not UTF-8."""
+    try:
+        values.cast(pl.String)  # the common case: all text, one vectorised check
+    except pl.exceptions.PolarsError:  # (Polars raises even when not strict)
+        pass
+    else:
+        return []
+    bad = []
+    for i, value in enumerate(values.to_list(), start=1):
+        try:
+            if value is not None:
+                value.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(i)
+    return bad
 
 
 def _read_csv(path: Path, opts: CsvOptions, shown_as: str, stream_min_bytes: int | None) -> RawRead:

@@ -17,6 +17,7 @@ from driftloop.core.errors import (
     NewLabelError,
     QuarantineLimitError,
     StageError,
+    StaleBatchError,
 )
 from driftloop.core.events import ContractChangeProposed
 from driftloop.core.layout import (
@@ -24,6 +25,7 @@ from driftloop.core.layout import (
     DATA_FILE,
     Layout,
     atomic_output,
+    is_complete,
     parquet_rows,
     retract,
     seal,
@@ -148,27 +150,72 @@ def _read(
             error=f"no source in driftloop.yaml matches this file any more (it was ingested "
             f"for source {f.source!r}); add a source whose path matches it",
         )
+    unavailable = _unavailable(layout, db, f)
+    if unavailable is not None:
+        return RawRead(f.path, None, error=unavailable)
     store = raw_store(f.path, layout.root)  # a ledger key names its store
-    try:
-        obj = store.stat(f.path)
-    except OSError as exc:
-        return RawRead(f.path, None, error=f"the file is gone since it was ingested ({exc})")
-    if db.known_sighting(f.path, obj.size, obj.mtime_ns) != f.sha256:
-        now = store.sha256(f.path)
-        if now == f.sha256:
-            db.record_sighting(f.path, obj.size, obj.mtime_ns, now)
-        else:
-            return RawRead(
-                f.path,
-                None,
-                error=f"the file changed since it was ingested (sha256 {f.sha256[:12]}..., now "
-                f"{now[:12]}...); raw files must not be modified in place: land changed data "
-                "as a new file (the new content was ingested as a file of its own)",
-            )
     path = store.local_path(f.path)
     if path is None:  # Polars and pyarrow read paths; a remote store's reader comes with it
         return RawRead(f.path, None, error=f"{store.scheme}:// files cannot be read yet")
     return read_raw(path, source, f.path, stream_min_bytes=threshold)
+
+
+def _unavailable(layout: Layout, db: StateDB, f: RawFile) -> str | None:
+    """Why a ledger file's content, as it was ingested, cannot be read again, or None: the
+    file is gone, or it changed in place (its size and time are compared with what was
+    hashed at ingest; it is hashed again only when they differ)."""
+    store = raw_store(f.path, layout.root)  # a ledger key names its store
+    try:
+        obj = store.stat(f.path)
+    except OSError as exc:
+        return f"the file is gone since it was ingested ({exc.strerror or exc})"
+    if db.known_sighting(f.path, obj.size, obj.mtime_ns) == f.sha256:
+        return None
+    try:
+        now = store.sha256(f.path)
+    except OSError as exc:
+        return f"the file cannot be read again ({exc.strerror or exc})"
+    if now == f.sha256:
+        db.record_sighting(f.path, obj.size, obj.mtime_ns, now)
+        return None
+    return (
+        f"the file changed since it was ingested (sha256 {f.sha256[:12]}..., now "
+        f"{now[:12]}...); raw files must not be modified in place: land changed data as a "
+        "new file"
+    )
+
+
+STALE = "is stale:"  # in a stale batch's failure, after "batch <id> " (status finds it)
+
+
+def _stale(layout: Layout, db: StateDB, batch: Batch, files: list[Placed]) -> str | None:
+    """Why a batch that has committed outputs cannot be prepared again, or None.
+
+    Its outputs were built from raw files one of which is now gone or changed: a new prep
+    would lose those rows (and the withdrawal of a failed batch's outputs would delete the
+    only copy of them), so the outputs are kept, the batch is reported stale, and nothing
+    is written."""
+    if not is_complete(layout.processed / batch.batch_id):
+        return None  # nothing built yet: such a file is quarantined with its reason
+    missing = [
+        (f.path, why)
+        for f, source in files
+        if source is not None and (why := _unavailable(layout, db, f)) is not None
+    ]
+    if not missing:
+        return None
+    path, why = missing[0]
+    more = f" (and {len(missing) - 1} more file(s))" if len(missing) > 1 else ""
+    b = batch.batch_id
+    return (
+        f"batch {b} {STALE} it cannot be prepared again under the current driftloop.yaml "
+        f"because its raw file {shown(path)}{more} cannot be read as it was ingested: {why}. "
+        "Its processed rows and features from the earlier run are kept, nothing was "
+        "deleted; no new model is trained until this is resolved. To rebuild it, put the "
+        f"file back with the content it had and run 'driftloop batches retry {b}'; to train "
+        f"on its rows as they were prepared before, run 'driftloop batches dismiss {b} "
+        "--reason TEXT'"
+    )
 
 
 def _plan(
@@ -223,6 +270,9 @@ def _run_prep(
     started: float,
 ) -> dict[str, Any]:
     """Plan, run and write one batch's prep; raise after writing quarantine if it fails."""
+    stale = _stale(layout, db, batch, files)
+    if stale is not None:  # before any output is touched: the earlier one is kept
+        raise StaleBatchError(stale)
     failure: str | None = None
     # Processed is the outer context: quarantine (inner) is published first, so processed
     # rows never appear without their quarantine beside them.

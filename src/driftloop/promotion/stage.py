@@ -74,7 +74,9 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
 
     def run(started: float) -> dict[str, Any]:
         chosen = open_registry(spec, layout)
-        decision = _recorded(spec, layout, db, chosen, str(training["version"]))
+        decision = _recorded(
+            spec, layout, db, chosen, str(training["version"]), str(training["run_id"])
+        )
         if decision is None:
             holdout = pl.read_parquet(train_dir / training["holdout"])
             decision = gate(spec, layout, db, chosen, training, holdout)
@@ -107,18 +109,28 @@ STAGE = StageDef(
 
 
 def _recorded(
-    spec: Spec, layout: Layout, db: StateDB, registry: Registry, version: str
+    spec: Spec, layout: Layout, db: StateDB, registry: Registry, version: str, run_id: str
 ) -> dict[str, Any] | None:
     """The gate's decision on ``version`` if it was recorded already (a process killed
     after recording it), brought to effect; None when the gate has not decided it.
 
     A decision the registry refused (withdrawn) does not count: it never took effect, and
-    the gate decides again.
+    the gate decides again. Nor does one recorded before this run registered the version: it
+    was for an older model under the same number (a registry whose store was made again).
     """
+    registered = [
+        str(e["ts"])
+        for e in db.events_after(0, types=("ModelRegistered",))
+        if e.get("model") == spec.name and str(e.get("run_id")) == run_id
+    ]
+    since = registered[-1] if registered else ""
     found = [
         d
         for d in db.decisions(spec.name)
-        if d["actor"] == ACTOR and str(d["version"]) == version and d["applied"] != -1
+        if d["actor"] == ACTOR
+        and str(d["version"]) == version
+        and d["applied"] != -1
+        and str(d["ts"]) >= since
     ]
     if not found:
         return None

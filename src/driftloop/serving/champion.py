@@ -112,8 +112,34 @@ class ChampionSource:
 
         return self.registry.alias(CHAMPION)  # a store never written has none (and stays so)
 
-    def cached(self, version: str) -> Path | None:
-        return model_cache.lookup(self.layout, self.spec.name, self.store_uri, version)
+    def recorded_run(self, version: str) -> str | None:
+        """The run id of ``version`` as this project registered it in this store, before the
+        decision that made it champion (a store made again reuses numbers: the number alone
+        could name another model)."""
+        db = self._state()
+        if db is None:
+            return None
+        store = model_cache.store_id(self.store_uri)
+        with db:
+            decided = db.decision_for(self.spec.name, version)
+            registered = db.events_after(0, types=("ModelRegistered",))
+        runs = [
+            str(e["run_id"])
+            for e in registered
+            if e.get("model") == self.spec.name
+            and str(e.get("version")) == version
+            and e.get("store") in (None, store)
+            and (decided is None or str(e["ts"]) <= str(decided["ts"]))
+        ]
+        return runs[-1] if runs else None
+
+    def registry_run(self, version: str) -> str | None:
+        """The run id the registry holds under ``version`` now."""
+        found = self.registry.get_version(version)
+        return found.run_id if found is not None else None
+
+    def cached(self, version: str, run_id: str) -> Path | None:
+        return model_cache.lookup(self.layout, self.spec.name, self.store_uri, version, run_id)
 
     def fetch(self, version: str) -> Path:
         """The cache entry of a version, downloading it from the registry when absent."""
@@ -165,8 +191,12 @@ class ChampionWatcher:
 
     def _run(self) -> None:
         recorded = self._quietly(self.source.recorded_champion)
-        if recorded is not None and self.source.cached(recorded) is not None:
-            self._swap_to(recorded, origin="local cache (the state database's champion)")
+        run = self._quietly(lambda: self.source.recorded_run(recorded)) if recorded else None
+        folder = self.source.cached(recorded, run) if recorded and run else None
+        if recorded is not None and folder is not None:
+            self._swap_to(
+                recorded, origin="local cache (the state database's champion)", folder=folder
+            )
             if self.slot.current is not None:
                 self.first_attempt.set()  # serve now; the registry check follows at once
         mark = self._quietly(self.source.promotion_mark) or 0
@@ -198,8 +228,19 @@ class ChampionWatcher:
                 )
             return
         if current is not None and current.version == version:
-            self._refresh_decision(current)
-            return
+            try:  # the same number from a store made again is another model: its run tells
+                same = self.source.registry_run(version) in (None, current.info.get("run_id"))
+            except Exception as exc:
+                self._remember(f"the registry did not answer: {first_line(exc)}")
+                return
+            if same:
+                self._refresh_decision(current)
+                return
+            log.warning(
+                "the registry's v%s is another run than the one served (its store was made "
+                "again?); loading it",
+                version,
+            )
         if (
             self._failed is not None
             and self._failed[0] == version
@@ -208,10 +249,10 @@ class ChampionWatcher:
             return  # it failed to load a moment ago: not again at every poll
         self._swap_to(version, origin="registry")
 
-    def _swap_to(self, version: str, *, origin: str) -> None:
+    def _swap_to(self, version: str, *, origin: str, folder: Path | None = None) -> None:
         started = time.perf_counter()
         try:
-            folder = self.source.fetch(version)
+            folder = folder or self.source.fetch(version)
             model = self._load(version, folder)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {first_line(exc)}"

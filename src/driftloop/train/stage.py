@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from driftloop.core.manifests import TrainManifest
 from driftloop.core.outputs import MANIFEST, SUCCESS
 from driftloop.core.spec import Spec
 from driftloop.core.stage import Context, Skip, StageCall, StageDef, Work, run_key
-from driftloop.core.state import StateDB
+from driftloop.core.state import Batch, StateDB
 from driftloop.features.compute import user_module_path
 from driftloop.features.stage import read_features
 from driftloop.models import cache as model_cache
@@ -75,19 +75,21 @@ def feature_batches(
     db: StateDB,
     current: Mapping[tuple[str, str], str] | None = None,
     committed: Container[str] = (),
+    batches: Iterable[Batch] | None = None,
 ) -> list[dict[str, Any]]:
     """Every batch with complete features (oldest first): ids and manifests, no data read.
-    ``current`` (the state database's published keys) spares reading each manifest, and
-    ``committed`` (batches whose features the caller saw committed just now) a check each."""
+    ``current`` (the state database's published keys) spares reading each manifest,
+    ``committed`` (batches whose features the caller saw committed just now) a check each,
+    and ``batches`` (the caller's read of the state database's batches) a read."""
     found = []
     features, processed = layout.relative(layout.features), layout.relative(layout.processed)
     published = current if current is not None else {}
-    for batch in db.batches():
+    root = str(layout.features)  # (os.path, not pathlib: 10,000s of batches)
+    for batch in db.batches() if batches is None else batches:
         b = batch.batch_id
-        out_dir = os.path.join(layout.features, b)  # noqa: PTH118 - 10,000s of batches
-        if b not in committed and not os.path.exists(os.path.join(out_dir, SUCCESS)):  # noqa: PTH110, PTH118
+        if b not in committed and not os.path.exists(f"{root}/{b}/{SUCCESS}"):  # noqa: PTH110
             continue
-        key = published.get(("features", b)) or read_manifest(Path(out_dir))["run_key"]
+        key = published.get(("features", b)) or read_manifest(Path(root, b))["run_key"]
         found.append(
             {
                 "batch_id": b,
@@ -129,10 +131,11 @@ def train_plan(
     *,
     current: Mapping[tuple[str, str], str] | None = None,
     committed: Container[str] = (),
+    batches: Iterable[Batch] | None = None,
 ) -> TrainPlan | None:
     """The training run over every batch's features so far; None when there are none
-    (``current``, ``committed``: see :func:`feature_batches`)."""
-    lineage = feature_batches(layout, db, current, committed)
+    (``current``, ``committed``, ``batches``: see :func:`feature_batches`)."""
+    lineage = feature_batches(layout, db, current, committed, batches)
     if not lineage:
         return None
     sections = spec.section_hash(*TRAIN_SECTIONS)
@@ -286,12 +289,25 @@ def _train_and_register(
             lineage={"batches": lineage, "trained_on": trained_on},
             spec_text=spec_text,
         )
+        # Recorded at once: a version the state database does not know of could be left
+        # undecided by a kill (orchestration/reconcile.py decides the ones it knows).
+        db.record_event(
+            "ModelRegistered",
+            {
+                "model": spec.name,
+                "version": registered.version,
+                "run_id": registered.run_id,
+                "store": model_cache.store_id(registry.uri),
+            },
+        )
+        lost = _history_lost(db, registry)
         # Serving on this machine starts from this copy instead of a download.
         entry = model_cache.store(
             layout,
             registry.model,
             registry.uri,
             registered.version,
+            run_id=registered.run_id,
             package=package,
             info=package_info(
                 spec.name,
@@ -302,10 +318,6 @@ def _train_and_register(
             ),
         )
     _precompile(entry)
-    db.record_event(
-        "ModelRegistered",
-        {"model": spec.name, "version": registered.version, "run_id": registered.run_id},
-    )
     manifest = {
         "stage": "train",
         "stage_version": TRAIN_VERSION,
@@ -326,6 +338,7 @@ def _train_and_register(
         "inputs": lineage,
         "sections_hash": spec.section_hash(*TRAIN_SECTIONS),
         "timings": {"total_s": round(time.perf_counter() - started, 4)},
+        "registry_warning": lost,
     }
     manifest = TrainManifest.model_validate(manifest).as_json()  # its shape, checked
     with atomic_output(out_dir) as tmp_dir:
@@ -344,6 +357,38 @@ def _trained_on(trained: Trained) -> dict[str, Any]:
         "refit_on_all": trained.refit,
         "split": trained.split.kind,
     }
+
+
+def _history_lost(db: StateDB, registry: Registry) -> str | None:
+    """Say once, loudly, that the registry lost versions this project registered (checked
+    after each registration: a store made again numbers its first model v1 again)."""
+    from driftloop.models.registry import history_lost_message, lost_versions
+
+    store = model_cache.store_id(registry.uri)
+    reported = {
+        str(v["run_id"])
+        for e in db.events_after(0, types=("RegistryHistoryLost",))
+        if e.get("model") == registry.model
+        for v in e["versions"]
+    }
+    recorded = [
+        e
+        for e in db.events_after(0, types=("ModelRegistered",))
+        if e.get("model") == registry.model
+    ]
+    if not recorded:
+        return None
+    present = {v.version: v.run_id for v in registry.versions()}
+    lost = lost_versions(recorded, present, store, reported)
+    if not lost:
+        return None
+    message = history_lost_message(registry.model, registry.uri, lost)
+    log.info("%s", message)  # the run's summary prints it (the manifest's registry_warning)
+    db.record_event(
+        "RegistryHistoryLost",
+        {"model": registry.model, "store": store, "versions": lost, "message": message},
+    )
+    return message
 
 
 def _holdout_keys(holdout: pl.DataFrame) -> pl.DataFrame:

@@ -16,8 +16,9 @@ binned counts, vectorized over many draws (one draw per row of the count matrice
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +35,7 @@ class NumericData:
     sorted_values: FloatArray
     missing: int = 0
     distinct: int | None = None  # computed on demand when None
+    scale: float = 1.0  # the values are the column's times this power of two (common_scale)
 
     @property
     def count(self) -> int:
@@ -141,6 +143,32 @@ def get_test(name: str) -> StatTest:
 
 
 # ---- shared helpers ----------------------------------------------------------------------
+
+SAFE_EXPONENT = 900  # magnitudes up to 2^900: sums over 2^40 values and ranges stay finite
+
+
+def common_scale(ref: NumericData, cur: NumericData) -> tuple[NumericData, NumericData]:
+    """Both samples times one power of two that brings the largest magnitude to at most
+    2^900, when it is above that; else both unchanged.
+
+    A contract-valid float can be as large as 1.8e308: a sum of two of them or the range
+    from -1e308 to 1e308 overflows, and a test would read inf or NaN (or crash converting a
+    bin count). Every test here is scale-free (p-values, shares over bins whose edges scale
+    with the data, a distance normed by the reference's spread), and a power of two scales
+    exactly, so the tests run on the scaled values (at most 2^-124: nothing underflows that
+    matters). ``scale`` records the factor for what is reported in the column's units (a
+    spread, plot edges). Squares are not safe at any one scale (1 and 1e308 in one column):
+    a spread is computed on values normed by their own largest magnitude (wasserstein.py).
+    """
+    ends = [abs(float(d.sorted_values[i])) for d in (ref, cur) if d.count for i in (0, -1)]
+    largest = max(ends, default=0.0)
+    if largest <= 2.0**SAFE_EXPONENT:
+        return ref, cur
+    factor = math.ldexp(1.0, SAFE_EXPONENT - math.frexp(largest)[1])
+    return (
+        replace(ref, sorted_values=ref.sorted_values * factor, scale=ref.scale * factor),
+        replace(cur, sorted_values=cur.sorted_values * factor, scale=cur.scale * factor),
+    )
 
 
 def aligned_counts(ref: CategoricalData, cur: CategoricalData) -> tuple[IntArray, IntArray, Any]:

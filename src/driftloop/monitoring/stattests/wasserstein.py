@@ -13,6 +13,8 @@ once, at training time) as the area between the two quantile functions. It equal
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from driftloop.monitoring.stattests._bins import quantile_bins
@@ -27,6 +29,7 @@ from driftloop.monitoring.stattests.base import (
 )
 
 CHUNK = 1 << 16  # steps per pass: small buffers stay in cache and are reused
+CEILING = 1e300  # the largest normed distance reported
 
 
 def wasserstein_sorted(r: FloatArray, c: FloatArray) -> float:
@@ -55,30 +58,44 @@ def wasserstein_sorted(r: FloatArray, c: FloatArray) -> float:
 
 
 def _std(r: FloatArray) -> float:
-    """Population std (ddof=0, as ``numpy.std``), two passes in cache-sized chunks."""
-    mean = float(np.sum(r)) / r.size
+    """Population std (ddof=0, as ``numpy.std``), two passes in cache-sized chunks, on the
+    values divided by a power of two near their largest magnitude (exact), so the squares
+    neither overflow (1e308) nor lose the small values' spread next to a huge one."""
+    largest = max(abs(float(r[0])), abs(float(r[-1])))  # sorted: the ends are the extremes
+    unit = math.ldexp(1.0, math.frexp(largest)[1]) if largest > 0 else 1.0
+    mean = float(np.sum(r / unit)) / r.size
     squares = sum(
-        float(np.square(r[lo : lo + CHUNK] - mean).sum()) for lo in range(0, r.size, CHUNK)
+        float(np.square(r[lo : lo + CHUNK] / unit - mean).sum()) for lo in range(0, r.size, CHUNK)
     )
-    return float(np.sqrt(squares / r.size))
+    return float(np.sqrt(squares / r.size)) * unit
+
+
+def _capped(x: FloatArray) -> FloatArray:
+    """A normed distance beyond CEILING (1 and 1e308 against a spread of 0.001) is CEILING:
+    its permutation null and noise floor stay finite."""
+    return np.minimum(np.nan_to_num(x, nan=0.0, posinf=CEILING), CEILING)
 
 
 def wasserstein(ref: NumericData, cur: NumericData) -> TestResult:
-    norm = max(_std(ref.sorted_values), 0.001)
-    value = wasserstein_sorted(ref.sorted_values, cur.sorted_values) / norm
+    norm = max(_std(ref.sorted_values), 0.001 * ref.scale)  # the floor in the column's units
+    with np.errstate(over="ignore"):
+        value = float(
+            _capped(np.array([wasserstein_sorted(ref.sorted_values, cur.sorted_values) / norm]))[0]
+        )
     ref_counts, cur_counts, means = quantile_bins(ref, cur)
-    gaps = np.diff(means) / norm
+    gaps = np.diff(means)  # normed after the sum: a gap over a tiny spread may overflow
 
     def of_counts(r: IntArray, c: IntArray) -> FloatArray:
         fr = np.cumsum(r, axis=1)[:, :-1] / r.sum(axis=1, keepdims=True)
         fc = np.cumsum(c, axis=1)[:, :-1] / c.sum(axis=1, keepdims=True)
-        return np.asarray(np.abs(fr - fc) @ gaps, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            return _capped(np.asarray(np.abs(fr - fc) @ gaps, dtype=np.float64) / norm)
 
     return TestResult(
         value=value,
         effect=value,
         binned=Binned(ref_counts, cur_counts, of_counts, exact=False),
-        details={"reference_std": norm},
+        details={"reference_std": norm / ref.scale},
     )
 
 
