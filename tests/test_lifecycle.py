@@ -344,8 +344,9 @@ def test_champion_is_rescored_on_the_new_holdout_from_raw_records(
         frame = training_frame(layout, feature_batches(layout, db))
         holdout = fit(frame, spec).split.holdout
         records = holdout_records(layout, db, holdout)
-    champion = Predictor(model_cache.fetch(registry, layout, "1") / model_cache.PACKAGE)
-    again = rescore(champion, records, spec)["roc_auc"]
+    # (the champion's model fitted without its own holdout: see tests/test_refit.py)
+    folder = model_cache.fetch(registry, layout, "1") / model_cache.PACKAGE
+    again = rescore(Predictor(folder, evaluation=True), records, spec)["roc_auc"]
     assert again == pytest.approx(decision["champion_score"], abs=1e-12)
     # An identical retrain (the user function transforms a raw column) scores exactly the
     # champion's figure, so it is not promoted: both were scored on the same inputs.
@@ -542,6 +543,11 @@ def test_the_gate_and_a_rollback_on_mlflow_through_the_cli(tmp_path: Path) -> No
         "1": ["champion"],
     }
     assert data["versions"][0]["tags"]["driftloop.decision"] == "promoted"
+    # what the served model learnt from, in MLflow's run and on the version (refit_on_all)
+    assert data["versions"][0]["tags"]["driftloop.served_rows"] == "600"
+    run_params = registry.client().get_run(data["versions"][0]["run_id"]).data.params
+    assert run_params["served_rows"] == "600" and run_params["refit_on_all"] == "True"
+    assert int(run_params["train_rows"]) + int(run_params["holdout_rows"]) == 600
     bad = subprocess.run([*cli, "promote", "9"], capture_output=True, text=True)
     assert bad.returncode == 2 and "has no version 9" in bad.stderr
 

@@ -227,7 +227,7 @@ def test_axis_labels_are_plain_numbers_never_clipped() -> None:
         for i, v in enumerate((480.0, 500.0, 0.0, 1520.0))
     ]
     windows[2].update(value=None, low=None, high=None)  # undefined in that window
-    perf = {"windows": windows, "holdout": 500.0, "tolerance": 50.0, "higher_is_better": False}
+    perf = {"windows": windows, "holdout": 500.0, "tolerance": 0.1, "higher_is_better": False}
     svg = performance_svg({**perf, "metric": "rmse"}, None, x_title="time")
     texts = re.findall(r">([^<]+)<", svg)
     assert not [t for t in texts if re.search(r"\de[+-]?\d", t)]  # no scientific notation

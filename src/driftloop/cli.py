@@ -346,6 +346,8 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
                 f"split, {m['holdout_rows']} held out): {metric} {value:.4f}, "
                 f"baseline {base:.4f} ({report.seconds:.2f}s)"
             )
+            if m.get("refit_on_all"):
+                console.print(f"  refit on all {m['served_rows']} rows of the window to serve")
             if m.get("registry_warning"):
                 console.print(f"WARNING: {m['registry_warning']}", markup=False)
     if result.waiting:
@@ -707,8 +709,13 @@ def models(
         shown = f"{value:.4f}" if value is not None else "-"
         baseline = f"{base:.4f}" if base is not None else "-"
         decision = v["tags"].get("driftloop.decision", "-")
+        learned = v["tags"].get("driftloop.served_rows")
+        rows = f"  learned from {learned} rows" if learned else ""
+        if v["tags"].get("driftloop.refit_on_all") == "true":
+            rows += f" (holdout {v['tags'].get('driftloop.holdout_rows')} included)"
         console.print(
-            f"  v{v['version']:<4} {aliases:<22} {metric} {shown}  baseline {baseline}  {decision}"
+            f"  v{v['version']:<4} {aliases:<22} {metric} {shown}  baseline {baseline}  "
+            f"{decision}{rows}"
         )
     console.print("history:")
     for d in history:
@@ -881,13 +888,16 @@ def print_monitor(report: dict[str, Any]) -> None:
             )
     perf = report.get("performance")
     if perf:
+        from driftloop.monitoring.performance import tolerance_text
+
         o = perf["overall"]
         decayed = sum(w["decayed"] for w in perf["windows"])
         undefined = sum(w["value"] is None for w in perf["windows"])
+        tolerance = tolerance_text(perf["metric"], perf["tolerance"])
         console.print(
             f"performance: {perf['metric']} {number(o['value'])} [{number(o['low'])}, "
             f"{number(o['high'])}] on {perf['rows']} labelled rows vs holdout "
-            f"{number(perf['holdout'])} (tolerance {perf['tolerance']:g}): "
+            f"{number(perf['holdout'])} (tolerance {tolerance}): "
             f"{'DEGRADED' if perf['degraded'] else 'ok'}; "
             f"{decayed} of {len(perf['windows'])} windows decayed"
             + (f", {undefined} undefined" if undefined else ""),

@@ -352,7 +352,12 @@ def render_spec(
         "  impute: {}                     # e.g. {age: {strategy: median}}",
         "",
         "features:",
-        f"  datetime_parts: {_yaml_scalar(datetime_parts)}",
+        f"  datetime_parts: {_yaml_scalar(datetime_parts)}"
+        + (
+            "   # no year: the holdout's is always new (add it if you mean it)"
+            if datetime_parts
+            else ""
+        ),
         "  ratios: []      # e.g. [{name: price_per_item, numerator: price, denominator: items}]",
         "  logs: []        # log1p of non-negative columns",
         "  buckets: []     # e.g. [{column: age, edges: [18, 30, 50, 65]}]",
@@ -530,11 +535,14 @@ def init_from_file(
             "not dates or numbers; choose a date/datetime column, or omit it to use row order"
         )
     chosen_task = task or _task_for(by_name[target], frame.get_column(target))
+    # No ``year``: under a time split the holdout's year (and every later one) is outside
+    # the training range, so a model cannot generalise it and monitoring sees it drift in
+    # every report. A user who wants it writes it in.
     parts: dict[str, list[str]] = {}
     if time_column and by_name[time_column].dtype == "datetime":
-        parts[time_column] = ["year", "month", "weekday", "hour"]
+        parts[time_column] = ["month", "weekday", "hour"]
     elif time_column and by_name[time_column].dtype == "date":
-        parts[time_column] = ["year", "month", "weekday"]
+        parts[time_column] = ["month", "weekday"]
     exclude = [id_column] if id_column else []
     text = render_spec(
         name=name or _source_name(project.resolve()) or source_name,

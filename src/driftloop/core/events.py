@@ -180,6 +180,7 @@ class PerformanceDegraded(Event):
     metric: str
     holdout: float | None
     tolerance: float
+    tolerance_kind: str | None = None  # relative (error metrics) | absolute; None: older
     overall: dict[str, Any]
     decayed_windows: list[dict[str, Any]]
 

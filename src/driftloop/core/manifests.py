@@ -121,6 +121,9 @@ class TrainManifest(_Manifest):
     split: str
     train_rows: int
     holdout_rows: int
+    # whether the served model was fitted again with the holdout (absent: older manifests)
+    refit_on_all: bool | None = None
+    served_rows: int | None = None  # the rows the served model learned from
     holdout: str | None = None  # the holdout's lineage keys (absent before the gate's stage)
     inputs: list[TrainingInput]
     sections_hash: str

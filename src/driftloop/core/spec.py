@@ -336,6 +336,9 @@ class ModelSpec(_Frozen):
     holdout: HoldoutSpec = HoldoutSpec()
     split: Literal["auto", "time", "arrival", "random"] = "auto"
     min_rows: int = Field(50, ge=2)
+    # After the gate's comparison (on a model fitted without the holdout), the version that
+    # is served is fitted again on every row of the window, the holdout included.
+    refit_on_all: bool = True
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite in the project
 
 
@@ -382,7 +385,10 @@ class ColumnMonitoring(_Frozen):
 class PerformanceMonitoring(_Frozen):
     """Realized performance when labels arrive: windows, confidence, tolerated decay."""
 
-    tolerance: float = Field(0.05, ge=0.0)  # metric units, in its worse direction
+    # How much worse than the holdout before a window decayed: a share of the holdout's value
+    # for error metrics (rmse, mae, log_loss: 0.05 = 5% higher), metric units for bounded
+    # ones (roc_auc, accuracy, f1, average_precision, r2: 0.05 = 0.05 lower).
+    tolerance: float = Field(0.05, ge=0.0)
     window_rows: int = Field(1_000, ge=10)  # rows per window (without window_days)
     window_days: float | None = Field(None, gt=0.0)  # by time when the data has a time
     confidence: float = Field(0.95, gt=0.5, lt=1.0)

@@ -24,6 +24,10 @@ import polars as pl
 from driftloop.core.errors import RegistryError
 
 PIPELINE = "pipeline.skops"
+# The same configuration fitted without the holdout, when the served pipeline was fitted
+# again on every row (model.refit_on_all): the gate scores a champion with this one, so that
+# champion and challenger are compared as models that never saw the holdout.
+EVALUATION_PIPELINE = "evaluation_pipeline.skops"
 META = "driftloop_model.json"
 USER_CODE = "user_code"
 # What the README promises: scikit-learn, NumPy and SciPy, and functools.partial (which
@@ -119,9 +123,14 @@ def raw_records(frame: Any, spec: Any) -> pl.DataFrame:
 
 
 class Predictor:
-    """The loaded pieces of a driftloop model; used by the pyfunc wrapper and by tests."""
+    """The loaded pieces of a driftloop model; used by the pyfunc wrapper and by tests.
 
-    def __init__(self, folder: Path) -> None:
+    ``evaluation=True`` gives the model whose holdout scores the version was registered
+    with: the pipeline fitted without the holdout when the served one was fitted again on
+    every row (``EVALUATION_PIPELINE``), else the served pipeline itself.
+    """
+
+    def __init__(self, folder: Path, *, evaluation: bool = False) -> None:
         from driftloop.core.spec import parse_spec
         from driftloop.features.compute import load_user_function
 
@@ -130,6 +139,10 @@ class Predictor:
         self.inputs: list[str] = meta["inputs"]
         self.categorical: list[str] = meta["categorical"]
         self.classes: list[str] | None = meta["classes"]
+        self.file = PIPELINE
+        if evaluation and (folder / EVALUATION_PIPELINE).is_file():
+            self.file = EVALUATION_PIPELINE
+            self.classes = meta["evaluation_classes"]
         self._folder = folder
         self._pipeline: Any = None
         reference = self.spec.features.function
@@ -142,7 +155,7 @@ class Predictor:
         """The fitted scikit-learn pipeline, loaded on first use (serving from a verified
         compiled path never needs it, nor the import of scikit-learn)."""
         if self._pipeline is None:
-            self._pipeline = load_pipeline(self._folder / PIPELINE)
+            self._pipeline = load_pipeline(self._folder / self.file)
         return self._pipeline
 
     def features(self, records: Any) -> pl.DataFrame:
@@ -189,16 +202,25 @@ def write_package(
     user_module: Path | None,
     profile: dict[str, Any],
     monitoring: dict[str, pl.DataFrame] | None = None,
+    evaluation: Any = None,
+    evaluation_classes: list[str] | None = None,
+    trained_on: dict[str, Any] | None = None,
 ) -> None:
     """Everything ``Predictor`` needs, in one folder (and what monitoring compares against:
-    ``monitoring`` frames are written as ``<name>.parquet``, see driftloop.profile)."""
+    ``monitoring`` frames are written as ``<name>.parquet``, see driftloop.profile).
+    ``evaluation``: the pipeline fitted without the holdout, when ``pipeline`` (the one
+    served) learned from it too; ``trained_on``: the rows each learned from."""
     folder.mkdir(parents=True, exist_ok=True)
     save_pipeline(pipeline, folder / PIPELINE)
+    if evaluation is not None:
+        save_pipeline(evaluation, folder / EVALUATION_PIPELINE)
     meta = {
         "spec": spec.model_dump(mode="json"),
         "inputs": inputs,
         "categorical": categorical,
         "classes": classes,
+        "evaluation_classes": evaluation_classes if evaluation is not None else classes,
+        "trained_on": trained_on,
     }
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
     from driftloop.models.profile import profile_to_json, write_monitoring_frame

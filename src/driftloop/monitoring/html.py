@@ -11,6 +11,8 @@ import math
 from html import escape
 from typing import Any
 
+from driftloop.monitoring.performance import decay_bound, tolerance_text
+
 REF, CUR, BAD, OK, INK = "#4c78a8", "#f58518", "#c0392b", "#2e7d32", "#333"
 
 
@@ -110,6 +112,16 @@ def axis_label(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
+def _tolerance_note(perf: dict[str, Any]) -> str:
+    """The tolerance, its kind, and the value past which a window decayed."""
+    note = f"tolerance {tolerance_text(perf['metric'], perf['tolerance'])}"
+    bound = perf.get("decay_bound")
+    if not _defined(bound):
+        return note + "."
+    side = "below" if perf["higher_is_better"] else "above"
+    return f"{note}: decayed {side} {_fmt(bound)}."
+
+
 def performance_svg(
     perf: dict[str, Any],
     estimate: dict[str, Any] | None,
@@ -131,7 +143,7 @@ def performance_svg(
     holdout, tolerance = perf["holdout"], perf["tolerance"]
     bound = None
     if _defined(holdout):
-        bound = holdout - tolerance if perf["higher_is_better"] else holdout + tolerance
+        bound = decay_bound(perf["metric"], holdout, tolerance)
         values += [holdout, bound]
     est = [w.get(perf["metric"]) for w in (estimate or {}).get("windows", [])]
     values += [v for v in est if _defined(v)]
@@ -316,7 +328,7 @@ def render(report: dict[str, Any]) -> str:
             "<h2>Performance over time (realized, from labels)</h2>",
             f"<p>{escape(perf['metric'])} on {perf['rows']:,} labelled rows: {_fmt(o['value'])} "
             f"[{_fmt(o['low'])}, {_fmt(o['high'])}] ({perf['confidence']:.0%} interval) vs "
-            f"holdout {_fmt(perf['holdout'])}; tolerance {perf['tolerance']:g}. "
+            f"holdout {_fmt(perf['holdout'])}; {escape(_tolerance_note(perf))} "
             + _undefined_note(perf)
             + f"{'<span class=drift>DEGRADED</span>' if perf['degraded'] else 'Not degraded.'}</p>",
             performance_svg(

@@ -4,10 +4,13 @@ label-free estimate for classifiers.
 Realized performance: the champion's metric (the spec's) per window of labelled rows, with
 a bootstrap confidence interval (resampling rows, ``bootstrap`` times; each resample is
 drawn as counts of the metric's distinct cells, exactly the row bootstrap summed by cell, in
-chunks of bounded size: see bootstrap.py). A window *decayed* when its whole
-interval is worse than the holdout metric by more than ``tolerance`` (metric units): the
-interval must clear the tolerance, so a small window with a wide interval does not alarm on
-noise. ``degraded`` is true when all labelled rows together, or the latest window, decayed.
+chunks of bounded size: see bootstrap.py). A window *decayed* when its whole interval is
+worse than the holdout metric by more than ``tolerance``: the interval must clear the
+tolerance, so a small window with a wide interval does not alarm on noise. The tolerance is
+relative for error metrics (RMSE, MAE, log loss: unbounded, in the target's units, so 0.05
+means 5% worse than the holdout's value) and absolute for bounded ones (ROC AUC, accuracy,
+F1, average precision, R^2: 0.05 means 0.05 lower); see :func:`decay_bound`. ``degraded``
+is true when all labelled rows together, or the latest window, decayed.
 
 Streaming detectors (river): ADWIN and Page-Hinkley on the error stream (0/1 errors for
 classifiers, absolute errors for regressors) and DDM on 0/1 errors, in row order; they
@@ -178,13 +181,42 @@ def undefined_reason(metric: str, o: Outcomes, rows: Any) -> str:
     return f"{metric} could not be computed on these {rows.size:,} rows"
 
 
+# Error metrics have no upper bound and take the target's scale (RMSE in rentals per hour,
+# in dollars...), so one number cannot be a tolerance for all of them: theirs is a share of
+# the holdout's value. Bounded metrics (at most 1) take it in their own units.
+RELATIVE_TOLERANCE = ("rmse", "mae", "log_loss")
+
+
+def tolerance_kind(metric: str) -> str:
+    """``relative`` (a share of the holdout's value) or ``absolute`` (metric units)."""
+    return "relative" if metric in RELATIVE_TOLERANCE else "absolute"
+
+
+def decay_bound(metric: str, holdout: float, tolerance: float) -> float:
+    """The worst value of ``metric`` that is not yet decay, given the holdout's value."""
+    if HIGHER_IS_BETTER[metric]:
+        return holdout - tolerance
+    if tolerance_kind(metric) == "relative":
+        return holdout + abs(holdout) * tolerance
+    return holdout + tolerance
+
+
+def tolerance_text(metric: str, tolerance: float) -> str:
+    """The tolerance as a person reads it: ``relative, 5% of the holdout's rmse`` or
+    ``absolute, 0.05``."""
+    if tolerance_kind(metric) == "relative":
+        return f"relative, {tolerance:.4g} = {tolerance:.1%} of the holdout's {metric}"
+    return f"absolute, {tolerance:g}"
+
+
 def decayed(metric: str, low: float, high: float, holdout: float, tolerance: float) -> bool:
     """The whole interval is worse than the holdout by more than the tolerance."""
     if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(holdout)):
         return False
+    bound = decay_bound(metric, holdout, tolerance)
     if HIGHER_IS_BETTER[metric]:
-        return high < holdout - tolerance
-    return low > holdout + tolerance
+        return high < bound
+    return low > bound
 
 
 def realized_performance(
@@ -224,6 +256,10 @@ def realized_performance(
         "higher_is_better": HIGHER_IS_BETTER[metric],
         "holdout": holdout if math.isfinite(holdout) else None,
         "tolerance": settings.tolerance,
+        "tolerance_kind": tolerance_kind(metric),
+        "decay_bound": decay_bound(metric, holdout, settings.tolerance)
+        if math.isfinite(holdout)
+        else None,
         "confidence": settings.confidence,
         "rows": int(all_rows.size),
         "overall": {

@@ -17,10 +17,14 @@ Schema, version 1 (``kind`` "driftloop.monitoring_report")::
     target_drift       <column> | null   (the target, when the current data has labels)
     prediction_drift   <column> | null   (binary classifiers: the positive class's
                                           probability; others: the prediction)
-    performance        null | {metric, higher_is_better, holdout, tolerance, confidence,
-                       rows, overall {value, low, high, decayed}, windows [{window, rows,
-                       value, low, high, decayed}], degraded, detectors {stream, rows,
-                       detections {ADWIN|PageHinkley|DDM: {count, rows, windows}}}}
+    performance        null | {metric, higher_is_better, holdout, tolerance,
+                       tolerance_kind (relative for rmse, mae and log_loss: a share of the
+                       holdout's value; absolute for bounded metrics), decay_bound (the
+                       worst value that is not decay; null without a holdout value),
+                       confidence, rows, overall {value, low, high, decayed}, windows
+                       [{window, rows, value, low, high, decayed}], degraded, detectors
+                       {stream, rows, detections {ADWIN|PageHinkley|DDM: {count, rows,
+                       windows}}}}
     estimated_performance  null | {kind: "estimate", method, note, metrics, windows,
                        overall, holdout, below_holdout_by_more_than_tolerance}
     summary      {drift_detected, column_drift, performance_degraded, exit_code (0 | 3 | 4),
@@ -49,6 +53,7 @@ from typing import Any
 
 from driftloop.core.spec import Spec
 from driftloop.monitoring.drift import ColumnDrift, DataDrift, _jsonable
+from driftloop.monitoring.performance import tolerance_text
 from driftloop.monitoring.reference import Reference
 
 SCHEMA_VERSION = 1
@@ -125,7 +130,8 @@ def build_report(
         messages.append(
             f"performance degraded: {realized['metric']} {number(o['value'])} "
             f"[{number(o['low'])}, {number(o['high'])}] vs holdout "
-            f"{number(realized['holdout'])} (tolerance {realized['tolerance']:g})"
+            f"{number(realized['holdout'])} (tolerance "
+            f"{tolerance_text(realized['metric'], realized['tolerance'])})"
         )
     drifted = drift.dataset_drift or bool(prediction and prediction.drift)
     drifted = drifted or bool(target and target.drift)

@@ -564,6 +564,7 @@ def _record(layout: Layout, report: dict[str, Any], url: str | None) -> None:
                     metric=perf["metric"],
                     holdout=perf["holdout"],
                     tolerance=perf["tolerance"],
+                    tolerance_kind=perf["tolerance_kind"],
                     overall=perf["overall"],
                     decayed_windows=[w for w in perf["windows"] if w["decayed"]],
                 )

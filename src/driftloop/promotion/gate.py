@@ -103,11 +103,19 @@ def tag_decision(registry: Registry, decision: dict[str, Any]) -> None:
 
 
 def load_champion(spec: Spec, layout: Layout, registry: Registry, version: str) -> Any:
-    """The champion's predictor, loaded now (it loads lazily): a broken one fails here."""
+    """The champion's predictor, loaded now (it loads lazily): a broken one fails here.
+
+    Its evaluation model: when the champion served a pipeline fitted again on its whole
+    window (``model.refit_on_all``), that one may have learnt from rows of the new holdout
+    (the holdout is the newest slice of a window that grew); with a time or arrival split,
+    the one fitted without its own holdout has not, and the challenger's figure comes from
+    a model fitted without this holdout: both sides are models that never saw these rows.
+    """
     from driftloop.models.package import Predictor
 
     try:
-        champion = Predictor(model_cache.fetch(registry, layout, version) / model_cache.PACKAGE)
+        folder = model_cache.fetch(registry, layout, version) / model_cache.PACKAGE
+        champion = Predictor(folder, evaluation=True)
         _ = champion.pipeline
     except Exception as exc:
         raise RegistryError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,40 @@ class Split:
 
 @dataclass
 class Trained:
-    pipeline: Any  # a fitted sklearn Pipeline
+    """A fitted model and its evidence.
+
+    ``evaluation`` is the pipeline fitted on ``split.train`` alone, whose holdout scores are
+    ``metrics`` (what the gate compares); ``pipeline`` is the one served: the same
+    configuration fitted again on every row of the window (``split.train`` and
+    ``split.holdout``) when ``model.refit_on_all`` is true, else ``evaluation`` itself.
+    """
+
+    pipeline: Any  # the fitted sklearn Pipeline that is served
     inputs: list[str]  # model input columns, in order
     categorical: list[str]
-    classes: list[Any] | None
-    metrics: dict[str, float]
+    classes: list[Any] | None  # the served pipeline's
+    metrics: dict[str, float]  # the evaluation pipeline's, on the holdout
     baseline: dict[str, float]
     split: Split
+    evaluation: Any = None  # the pipeline fitted without the holdout (None: ``pipeline``)
+    evaluation_classes: list[Any] | None = None
+
+    @property
+    def refit(self) -> bool:
+        """Whether the served pipeline learned from the holdout too."""
+        return self.evaluation is not None
+
+    @property
+    def evaluated(self) -> Any:
+        """The pipeline whose holdout scores are ``metrics``."""
+        return self.evaluation if self.evaluation is not None else self.pipeline
+
+    @cached_property
+    def served_rows(self) -> pl.DataFrame:
+        """The rows the served pipeline learned from (concatenated once)."""
+        if self.refit:
+            return pl.concat([self.split.train, self.split.holdout], how="vertical_relaxed")
+        return self.split.train
 
 
 def model_inputs(frame: pl.DataFrame, spec: Spec) -> tuple[list[str], list[str]]:
@@ -260,7 +288,27 @@ def fit(frame: pl.DataFrame, spec: Spec) -> Trained:
     y_test = _target(split.holdout, spec)
     metrics = score(spec, y_test, *_predict(pipeline, x_test, spec))
     baseline = score(spec, y_test, *_predict(_baseline(spec).fit(x_train, y_train), x_test, spec))
-    return Trained(pipeline, inputs, categorical, classes, metrics, baseline, split)
+    trained = Trained(pipeline, inputs, categorical, classes, metrics, baseline, split)
+    return refit_on_all(trained, spec) if spec.model.refit_on_all else trained
+
+
+def refit_on_all(trained: Trained, spec: Spec) -> Trained:
+    """The same configuration fitted again on every row of the window, holdout included,
+    to be served; the holdout's scores stay those of the model fitted without it."""
+    rows = pl.concat([trained.split.train, trained.split.holdout], how="vertical_relaxed")
+    served = build_pipeline(spec, trained.inputs, trained.categorical)
+    served.fit(to_pandas_inputs(rows, trained.inputs, trained.categorical), _target(rows, spec))
+    return Trained(
+        pipeline=served,
+        inputs=trained.inputs,
+        categorical=trained.categorical,
+        classes=list(served.classes_) if spec.task == "classification" else None,
+        metrics=trained.metrics,
+        baseline=trained.baseline,
+        split=trained.split,
+        evaluation=trained.pipeline,
+        evaluation_classes=trained.classes,
+    )
 
 
 def _target(frame: pl.DataFrame, spec: Spec) -> Any:

@@ -50,7 +50,9 @@ from driftloop.train.fit import Trained, fit
 log = logging.getLogger(__name__)
 
 
-TRAIN_VERSION = "2"  # 2: the gate is the promote stage's; the holdout's keys are an output
+# 2: the gate is the promote stage's; the holdout's keys are an output
+# 3: the served model is fitted again on every row of the window (model.refit_on_all)
+TRAIN_VERSION = "3"
 
 HOLDOUT = "holdout.parquet"  # the holdout's lineage keys, in the training output
 HOLDOUT_KEYS = (BATCH, "__file", "__row")
@@ -226,8 +228,13 @@ def _train_and_register(
     metric = spec.metric
     holdout = _holdout_keys(trained.split.holdout)
     predictions = _holdout_predictions(trained, spec)
+    served_rows = trained.served_rows
+    trained_on = _trained_on(trained)
+    # The reference is what the served model learned from (its sample also verifies the
+    # compiled path); the holdout's predictions and metric are the evaluation model's, the
+    # only ones made on rows the model had not seen.
     profile = reference_profile(
-        trained.split.train.select(trained.inputs),
+        served_rows.select(trained.inputs),
         holdout_predictions=predictions,
         holdout_metric={metric: trained.metrics.get(metric, float("nan"))},
         seed=spec.model.seed,
@@ -251,6 +258,9 @@ def _train_and_register(
             user_module=user_module,
             profile=profile,
             monitoring=_monitoring_reference(trained, spec, predictions),
+            evaluation=trained.evaluation,
+            evaluation_classes=trained.evaluation_classes,
+            trained_on=trained_on,
         )
         registered = registry.register(
             package,
@@ -262,6 +272,8 @@ def _train_and_register(
                 "split": trained.split.kind,
                 "train_rows": trained.split.train.height,
                 "holdout_rows": trained.split.holdout.height,
+                "refit_on_all": trained.refit,
+                "served_rows": served_rows.height,
                 "window": spec.model.window.model_dump(),
                 "inputs": ",".join(trained.inputs),
             },
@@ -270,8 +282,11 @@ def _train_and_register(
                 "driftloop.train_key": key,
                 "driftloop.batches": ",".join(m["batch_id"] for m in lineage),
                 "driftloop.code_version": __version__,
+                "driftloop.served_rows": str(served_rows.height),
+                "driftloop.holdout_rows": str(trained.split.holdout.height),
+                "driftloop.refit_on_all": str(trained.refit).lower(),
             },
-            lineage={"batches": lineage},
+            lineage={"batches": lineage, "trained_on": trained_on},
             spec_text=spec_text,
         )
         # Recorded at once: a version the state database does not know of could be left
@@ -299,7 +314,7 @@ def _train_and_register(
                 registered.version,
                 registered.run_id,
                 run_metrics,
-                {"batches": lineage},
+                {"batches": lineage, "trained_on": trained_on},
             ),
         )
     _precompile(entry)
@@ -317,6 +332,8 @@ def _train_and_register(
         "split": trained.split.kind,
         "train_rows": trained.split.train.height,
         "holdout_rows": trained.split.holdout.height,
+        "refit_on_all": trained.refit,
+        "served_rows": served_rows.height,
         "holdout": HOLDOUT,
         "inputs": lineage,
         "sections_hash": spec.section_hash(*TRAIN_SECTIONS),
@@ -328,6 +345,18 @@ def _train_and_register(
         holdout.write_parquet(tmp_dir / HOLDOUT)
         seal(tmp_dir, manifest)
     return manifest
+
+
+def _trained_on(trained: Trained) -> dict[str, Any]:
+    """The rows behind each figure: the holdout metric's model learned from ``train_rows``
+    and was scored on ``holdout_rows``; the served model learned from ``served_rows``."""
+    return {
+        "train_rows": trained.split.train.height,
+        "holdout_rows": trained.split.holdout.height,
+        "served_rows": trained.served_rows.height,
+        "refit_on_all": trained.refit,
+        "split": trained.split.kind,
+    }
 
 
 def _history_lost(db: StateDB, registry: Registry) -> str | None:
@@ -391,21 +420,23 @@ def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:
     from driftloop.models.inputs import to_pandas_inputs
 
     x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
-    if trained.classes is not None and len(trained.classes) == 2:
-        return pl.Series("prediction", trained.pipeline.predict_proba(x)[:, 1])
-    values = trained.pipeline.predict(x)
-    return pl.Series("prediction", [str(v) for v in values] if trained.classes else values)
+    model, classes = trained.evaluated, trained.evaluation_classes or trained.classes
+    if classes is not None and len(classes) == 2:
+        return pl.Series("prediction", model.predict_proba(x)[:, 1])
+    values = model.predict(x)
+    return pl.Series("prediction", [str(v) for v in values] if classes else values)
 
 
 def _monitoring_reference(
     trained: Trained, spec: Spec, predictions: pl.Series
 ) -> dict[str, pl.DataFrame]:
-    """What drift monitoring compares against: sorted training columns (target included),
-    the holdout's predictions, and the holdout's labels with the model's outputs."""
+    """What drift monitoring compares against: sorted training columns (target included;
+    every row the served model learned from), the holdout's predictions, and the holdout's
+    labels with the outputs of the model fitted without it."""
     from driftloop.models.inputs import to_pandas_inputs
     from driftloop.models.profile import holdout_frame, reference_columns
 
-    train = trained.split.train.select([*trained.inputs, spec.target])
+    train = trained.served_rows.select([*trained.inputs, spec.target])
     x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
     labels = trained.split.holdout.get_column(spec.target)
     importance = _permutation_importance(trained, x, labels, spec)
@@ -417,11 +448,12 @@ def _monitoring_reference(
             reference_columns(predictions.to_frame(), roles={"prediction": "prediction"}),
         ]
     )
-    outputs = pl.Series("prediction", trained.pipeline.predict(x))
+    model = trained.evaluated
+    outputs = pl.Series("prediction", model.predict(x))
     if trained.classes is None:
         return {"reference_columns": columns, "reference_holdout": holdout_frame(labels, outputs)}
-    classes = [str(c) for c in trained.classes]
-    holdout = holdout_frame(labels, outputs, trained.pipeline.predict_proba(x), classes)
+    classes = [str(c) for c in (trained.evaluation_classes or trained.classes)]
+    holdout = holdout_frame(labels, outputs, model.predict_proba(x), classes)
     return {"reference_columns": columns, "reference_holdout": holdout}
 
 
@@ -439,7 +471,7 @@ def _permutation_importance(
     rows = min(IMPORTANCE_ROWS, len(y))
     try:
         found = permutation_importance(
-            trained.pipeline,
+            trained.evaluated,
             x.iloc[:rows],
             y[:rows],
             n_repeats=2,
