@@ -22,24 +22,9 @@ from driftloop.ingest.stage import ingest
 from driftloop.pipeline import run
 
 from .helpers import write_spec
+from .test_ingest import SPEC as CSV_SPEC  # prep and features only
 
 BIN = Path(sys.executable).parent / "driftloop"
-CSV_SPEC = """
-name: tiny
-task: regression
-target: y
-sources:
-  - name: s
-    path: data/raw/s/*.csv
-contract:
-  columns:
-    x: {dtype: float, min: 0}
-    y: {dtype: float}
-features:
-  logs: [x]
-ingest: {settle_seconds: 0}
-model: {enabled: false}  # prep and features only here
-"""
 BAD_NAME = b"caf\xe9\n\x1b[31mPROMOTED.csv"  # Latin-1, a newline and an escape code
 BAD_SHOWN = "data/raw/s/caf\\udce9\\n\\x1b[31mPROMOTED.csv"  # as every output shows it
 
