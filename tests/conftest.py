@@ -24,7 +24,7 @@ def datasets() -> Path:
     return SHARED
 
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.moto"]
 
 
 @pytest.fixture(autouse=True)
