@@ -4,11 +4,19 @@ Embedded by default: tracking and registry in ``mlflow.db`` (SQLite) and artifac
 ``mlartifacts/`` inside the project; any other MLflow tracking URI points at a server.
 MLflow's deprecated stages are not used, only aliases.
 
-MLflow's process-wide configuration (its tracking and registry URIs) is set in one place,
-:func:`_use_store`, once per store a process uses. MLflow writes that choice into
-``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` "so that subprocesses inherit it"; they are
-put back at once, so a child process (a server, the loop) sees the store the user configured,
-never the last project this process opened.
+No MLflow process-wide state is left behind. Every read, alias move, tag and download goes
+through an ``MlflowClient`` or ``download_artifacts`` given this registry's URI explicitly;
+the one call that needs MLflow's fluent API (``mlflow.pyfunc.log_model`` inside a run, when
+registering) runs inside :func:`_fluent_store`, which points the fluent API at this store for
+that block only, under a process-wide lock, and then puts back what was there: the user's
+own ``mlflow.set_tracking_uri`` and the ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``
+variables (MLflow writes its choice into them "so that subprocesses inherit it"). So two
+projects in one process, a notebook's own MLflow setting and a child process (a server, the
+loop) each see the store they were given.
+
+Against ``mlflow server`` with proxied artifacts (``--serve-artifacts``), artifacts go up and
+come down through the server's ``mlflow-artifacts`` route: the driftloop side needs no
+credentials for the server's artifact store.
 """
 
 from __future__ import annotations
@@ -37,31 +45,38 @@ log = logging.getLogger(__name__)
 PACKAGE = "driftloop"  # the package folder's name among a model's MLflow artifacts
 
 _STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-_configured: str | None = None  # the store MLflow's fluent API points at in this process
-_configure_lock = threading.Lock()
+_fluent_lock = threading.Lock()  # one block at a time points MLflow's fluent API anywhere
 
 
-def _use_store(uri: str) -> None:
-    """Point MLflow's fluent API (runs, model logging, artifact downloads) at ``uri``."""
-    global _configured
-    if _configured == uri:
-        return
+@contextlib.contextmanager
+def _fluent_store(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (runs, model logging) pointed at ``uri`` for one block; afterwards
+    its tracking and registry URIs and their environment variables are as they were."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    with _configure_lock:
-        if _configured == uri:
-            return
-        if not log.isEnabledFor(logging.DEBUG):  # database migrations and similar are not news
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
-        saved = {name: os.environ.get(name) for name in _STORE_VARIABLES}
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        _configured = uri
+    with _fluent_lock:
+        saved_env = {name: os.environ.get(name) for name in _STORE_VARIABLES}
+        saved_tracking = getattr(tracking_utils, "_tracking_uri", None)
+        saved_registry = getattr(registry_utils, "_registry_uri", None)
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            yield
+        finally:
+            tracking_utils.set_tracking_uri(saved_tracking)  # None: unset, as it was
+            registry_utils._registry_uri = saved_registry  # set_registry_uri refuses None
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _quiet_by_default() -> None:
+    if not log.isEnabledFor(logging.DEBUG):  # database migrations and similar are not news
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 class MlflowRegistry:
@@ -93,10 +108,10 @@ class MlflowRegistry:
         """An MlflowClient on the store (created on the first write to an embedded store)."""
         if write and self._sqlite_path is not None:
             ensure_sqlite_store(self._sqlite_path, self.artifacts or self._sqlite_path.parent)
-        _use_store(self.uri)
         if self._client is None:
             from mlflow import MlflowClient
 
+            _quiet_by_default()
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
@@ -155,7 +170,8 @@ class MlflowRegistry:
         # The file's path, not an import: MLflow executes it (model from code) when it loads.
         code = importlib.util.find_spec("driftloop.models.mlflow_model_code")
         assert code is not None and code.origin is not None
-        with mlflow.start_run(experiment_id=self._experiment_id(client)) as run:
+        experiment = self._experiment_id(client)
+        with _fluent_store(self.uri), mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics(metrics)
             mlflow.set_tags(tags)
@@ -267,16 +283,17 @@ class MlflowRegistry:
             raise self._unavailable(exc, f"tagging v{version}") from None
 
     def lineage(self, version: str) -> dict[str, Any]:
-        import mlflow
-
         found = self.get_version(version)
         if found is None:
             raise self._no_version(version)
         try:
-            with _quiet_mlflow():
-                text = mlflow.artifacts.load_text(f"runs:/{found.run_id}/driftloop/lineage.json")
+            with _quiet_mlflow(), tempfile.TemporaryDirectory() as tmp:
+                got = self.client().download_artifacts(
+                    found.run_id, "driftloop/lineage.json", tmp
+                )
+                text = Path(got).read_text(encoding="utf-8")
         except Exception as exc:  # an older or foreign run: the model still serves
-            log.warning("v%s: no lineage in its run (%s)", version, exc)
+            log.warning("v%s: no lineage in its run (%s)", version, redact(str(exc)))
             return {}
         lineage: dict[str, Any] = json.loads(text)
         return lineage
@@ -286,9 +303,26 @@ class MlflowRegistry:
 
         if self.get_version(version) is None:
             raise self._no_version(version)
-        uri = f"models:/{self.model}/{version}/artifacts/{PACKAGE}"
+        # Not a models:/ URI: MLflow resolves those with the process-wide registry URI, not
+        # the one passed in. The version's storage location is asked of this store's client.
+        location = self._artifact_location(version)
         with _quiet_mlflow():
-            return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest)))
+            got = mlflow.artifacts.download_artifacts(
+                f"{location.rstrip('/')}/artifacts/{PACKAGE}",
+                dst_path=str(dest),
+                tracking_uri=self.uri,
+            )
+        return Path(got)
+
+    def _artifact_location(self, version: str) -> str:
+        """Where a version's model artifacts are (``mlflow-artifacts:/...`` on a server that
+        serves artifacts, ``file:...`` embedded), asked of this store alone."""
+        client = self.client()
+        location = str(client.get_model_version_download_uri(self.model, str(version)))
+        if location.startswith("models:/"):  # a logged model without a storage location
+            found = client.get_model_version(self.model, str(version))
+            location = str(client.get_logged_model(found.model_id).artifact_location)
+        return location
 
 
 def load_predictor(registry: Registry, model_uri: str) -> Any:
@@ -301,8 +335,10 @@ def load_predictor(registry: Registry, model_uri: str) -> Any:
     if not isinstance(registry, MlflowRegistry):
         raise RegistryError(f"{model_uri} is an MLflow model URI; {registry!r} is not MLflow's")
     registry.client()
-    with _quiet_mlflow():
-        folder = mlflow.artifacts.download_artifacts(f"{model_uri}/artifacts/driftloop")
+    with _quiet_mlflow(), _fluent_store(registry.uri):  # models:/ resolves process-wide
+        folder = mlflow.artifacts.download_artifacts(
+            f"{model_uri}/artifacts/driftloop", tracking_uri=registry.uri, registry_uri=registry.uri
+        )
     return Predictor(Path(folder))
 
 
