@@ -194,5 +194,7 @@ def test_a_served_version_comes_from_the_server_not_a_shared_folder(
     assert [p.read_bytes() for p in there if p.is_file()] == [
         p.read_bytes() for p in here if p.is_file()
     ]
-    assert not (server / "data").exists() and not (server / "mlartifacts").exists()
+    # the server's folder holds its own prediction log, and no data or store of the trainer's
+    assert not any((server / "data" / d).exists() for d in ("raw", "processed", "features"))
+    assert not (server / "mlartifacts").exists() and not (server / "mlflow.db").exists()
     assert httpx.get(f"{mlflow_server.uri}/health").status_code == 200
