@@ -261,7 +261,11 @@ def test_mlflow_ignores_and_keeps_the_process_wide_mlflow_setting(tmp_path: Path
 
 
 def test_mlflow_server_keeps_models_in_s3_through_its_proxy(
-    mlflow_server: MlflowServer, moto_server: MotoServer, no_aws: None, tmp_path: Path
+    mlflow_server: MlflowServer,
+    moto_server: MotoServer,
+    no_aws: None,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """The shared store: the client has no AWS credentials, the server's bucket gets the
     package, and a second machine (another project folder) gets it back through the server."""
@@ -273,6 +277,7 @@ def test_mlflow_server_keeps_models_in_s3_through_its_proxy(
     spec += f"model: {{tracking_uri: '{mlflow_server.uri}'}}\n"
     here = open_registry(parse_spec(read_yaml(spec)), Layout(tmp_path / "here"))
     version = register(here, tmp_path, 1)
+    assert "View run" not in capfd.readouterr().out  # MLflow's chatter is not the user's
     keys = [
         o["Key"]
         for page in moto_server.client("s3")

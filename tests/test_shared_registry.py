@@ -185,10 +185,10 @@ def test_a_served_version_comes_from_the_server_not_a_shared_folder(
     done = cli(env, "run", "-p", str(trainer))
     assert done.returncode == 0, done.stdout + done.stderr
     here = sorted(Layout(trainer).model_cache.glob("*/1-*/driftloop/*"))
-    with background_server(server, log=tmp_path / "serve.log", env=env, timeout=HANG_GUARD) as r:
-        with r.client() as c:
-            answer = c.post("/predict", json=record())
-            assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
+    log = tmp_path / "serve.log"
+    with background_server(server, log=log, env=env, timeout=HANG_GUARD) as r, r.client() as c:
+        answer = c.post("/predict", json=record())
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
     there = sorted(Layout(server).model_cache.glob("*/1-*/driftloop/*"))
     assert [p.name for p in there] == [p.name for p in here]
     assert [p.read_bytes() for p in there if p.is_file()] == [
@@ -198,3 +198,67 @@ def test_a_served_version_comes_from_the_server_not_a_shared_folder(
     assert not any((server / "data" / d).exists() for d in ("raw", "processed", "features"))
     assert not (server / "mlartifacts").exists() and not (server / "mlflow.db").exists()
     assert httpx.get(f"{mlflow_server.uri}/health").status_code == 200
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+REGISTRY_SECRET = "reg-Secret-91"  # a password in the tracking URI: it must never show
+
+
+def failing_run(project: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """``driftloop run`` that fails at train: its output, and the train's recorded run."""
+    done = cli(env, "run", "-p", str(project))
+    assert done.returncode == 1, done.stdout + done.stderr
+    with StateDB(Layout(project).state_db) as db:
+        [train] = [r for r in db.stage_runs() if r["stage"] == "train"]
+    return done.stdout + done.stderr, train
+
+
+def test_a_tracking_server_that_does_not_answer_is_named_and_retried(tmp_path: Path) -> None:
+    from driftloop.serving.client import free_port
+
+    port = free_port()  # nothing listens there
+    uri = f"http://driftloop:{REGISTRY_SECRET}@127.0.0.1:{port}"
+    project = write_spec(tmp_path / "p", SPEC + f"model: {{tracking_uri: '{uri}'}}\n").parent
+    land(project, "part-0.csv", 800, seed=1)
+    # MLflow's own retries (7, with a backoff: minutes) are the user's to tune; off here
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    out, train = failing_run(project, env)
+    assert f"the model registry at http://driftloop:***@127.0.0.1:{port} did not answer" in out
+    assert "check that the tracking server runs" in out and "model.tracking_uri" in out
+    assert "unexpected" not in out  # a known condition, said as such
+    assert train["status"] == "error"  # transient: tried again, not a failure of the data
+    again, retried = failing_run(project, env)
+    assert "FAILED train" in again and retried["attempts"] == train["attempts"] + 1
+    with StateDB(Layout(project).state_db) as db:
+        stored = json.dumps([db.stage_runs(), db.events(limit=1000)], default=str)
+    assert f"127.0.0.1:{port}" in stored  # the error is kept, with the URI ...
+    for text in (out, again, stored):
+        assert REGISTRY_SECRET not in text  # ... and never its password
+
+
+def test_a_server_whose_artifact_store_is_gone_is_named_and_retried(
+    postgres_server: Any, moto_server: Any, no_aws: None, tmp_path: Path
+) -> None:
+    from tests.fixtures.mlflow_server import mlflow_command, start_mlflow_server
+
+    if mlflow_command() is None:
+        pytest.skip("mlflow server is not installed (only mlflow-skinny is)")
+    broken = start_mlflow_server(postgres_server, moto_server, artifacts_bucket="no-such-bucket")
+    try:
+        project = write_spec(
+            tmp_path / "p", SPEC + f"model: {{tracking_uri: '{broken.uri}'}}\n"
+        ).parent
+        land(project, "part-0.csv", 800, seed=1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env |= {"OMP_NUM_THREADS": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        out, train = failing_run(project, env)
+    finally:
+        broken.stop()
+        import shutil
+
+        shutil.rmtree(broken.root, ignore_errors=True)
+    assert f"the model registry at {broken.uri} answers, but its artifact store did not" in out
+    assert "--artifacts-destination" in out and "bucket exists" in out
+    assert train["status"] == "error"  # transient: tried again
+    assert SECRET_KEY not in out and PASSWORD not in out

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PACKAGE = "driftloop"  # the package folder's name among a model's MLflow artifacts
 
 _STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# A run ended against a server prints "View run ... at: <url>" on stdout unless told not to.
+_QUIET_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 _fluent_lock = threading.Lock()  # one block at a time points MLflow's fluent API anywhere
 
 
@@ -57,21 +59,39 @@ def _fluent_store(uri: str) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     with _fluent_lock:
-        saved_env = {name: os.environ.get(name) for name in _STORE_VARIABLES}
+        saved_env = {name: os.environ.get(name) for name in (*_STORE_VARIABLES, _QUIET_URLS)}
         saved_tracking = getattr(tracking_utils, "_tracking_uri", None)
         saved_registry = getattr(registry_utils, "_registry_uri", None)
         try:
+            os.environ.setdefault(_QUIET_URLS, "true")
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             yield
         finally:
-            tracking_utils.set_tracking_uri(saved_tracking)  # None: unset, as it was
+            # None unsets, as it was (MLflow's annotation says str | Path; its code takes None)
+            tracking_utils.set_tracking_uri(saved_tracking)  # type: ignore[arg-type]
             registry_utils._registry_uri = saved_registry  # set_registry_uri refuses None
             for name, value in saved_env.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+# The path of a tracking server's artifact proxy (``--serve-artifacts``).
+_ARTIFACT_ROUTE = "/mlflow-artifacts/"
+# MLflow error codes of a server that may answer later.
+_TRANSIENT_CODES = frozenset(
+    {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
+)
+
+
+def _transient(exc: Any) -> bool:
+    """A failure that may pass by itself: no answer (MLflow's "API request to ... failed
+    with exception ...", after its own retries) or a server error."""
+    message = str(getattr(exc, "message", "") or "")
+    no_answer = message.startswith("API request to ") and "failed with exception" in message
+    return no_answer or getattr(exc, "error_code", None) in _TRANSIENT_CODES
 
 
 def _quiet_by_default() -> None:
@@ -116,13 +136,46 @@ class MlflowRegistry:
         return self._client
 
     def _unavailable(self, exc: Any, doing: str) -> RegistryUnavailableError:
+        first = str(getattr(exc, "message", exc)).splitlines()[0] if str(exc) else repr(exc)
+        if _ARTIFACT_ROUTE in first:
+            # The server answered; its proxy could not reach the store behind it.
+            return RegistryUnavailableError(
+                redact(
+                    f"the model registry at {self.uri} answers, but its artifact store did not "
+                    f"({doing}): {first}; the tracking server keeps the models' files in the "
+                    "store its 'mlflow server --artifacts-destination' names: check that the "
+                    "bucket exists and that the server's own credentials and endpoint reach "
+                    "it (driftloop needs none); it is tried again"
+                )
+            )
         return RegistryUnavailableError(
             redact(
-                f"the model registry at {self.uri} did not answer ({doing}): "
-                f"{exc.message.splitlines()[0]}; check model.tracking_uri / MLFLOW_TRACKING_URI; "
-                "it is tried again"
+                f"the model registry at {self.uri} did not answer ({doing}): {first}; check "
+                "that the tracking server runs and that model.tracking_uri / "
+                "MLFLOW_TRACKING_URI names it; it is tried again"
             )
         )
+
+    @contextlib.contextmanager
+    def _answering(self, doing: str) -> Iterator[None]:
+        """MLflow's failures while ``doing`` as driftloop's: a server or artifact store that
+        did not answer is a ``RegistryUnavailableError`` (the runner tries again); a request
+        the server refused is a ``RegistryError`` naming the store."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            if _transient(exc):
+                raise self._unavailable(exc, doing) from None
+            raise RegistryError(
+                redact(
+                    f"the model registry at {self.uri} refused {doing}: "
+                    f"{exc.message.splitlines()[0] if exc.message else exc.error_code}"
+                )
+            ) from None
+        except OSError as exc:  # requests' connection errors, a socket's timeout
+            raise self._unavailable(exc, doing) from None
 
     def _no_version(self, version: str, detail: str = "") -> RegistryError:
         return RegistryError(
@@ -143,13 +196,16 @@ class MlflowRegistry:
     ) -> Registered:
         """One MLflow run with params, metrics, spec and lineage; the model as a new version."""
         client = self.client(write=True)
-        with tempfile.TemporaryDirectory() as spare:
-            if package.name != PACKAGE:  # MLflow keeps the folder's name: artifacts/<name>
-                package = Path(shutil.copytree(package, Path(spare) / PACKAGE))
-            run_id, version = self._log(client, package, params, metrics, tags, lineage, spec_text)
-        client.set_registered_model_alias(self.model, CHALLENGER, version)
-        for key, value in tags.items():
-            client.set_model_version_tag(self.model, version, key, value)
+        with self._answering("registering a new version"):
+            with tempfile.TemporaryDirectory() as spare:
+                if package.name != PACKAGE:  # MLflow keeps the folder's name: artifacts/<name>
+                    package = Path(shutil.copytree(package, Path(spare) / PACKAGE))
+                run_id, version = self._log(
+                    client, package, params, metrics, tags, lineage, spec_text
+                )
+            client.set_registered_model_alias(self.model, CHALLENGER, version)
+            for key, value in tags.items():
+                client.set_model_version_tag(self.model, version, key, value)
         return Registered(run_id, version)
 
     def _log(
@@ -236,11 +292,12 @@ class MlflowRegistry:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return []
             raise self._unavailable(exc, "listing versions") from None
-        found = client.search_model_versions(f"name='{self.model}'")
-        return [
-            self._version(v, aliases)
-            for v in sorted(found, key=lambda v: int(v.version), reverse=True)
-        ]
+        with self._answering("listing versions"):
+            found = client.search_model_versions(f"name='{self.model}'")
+            return [
+                self._version(v, aliases)
+                for v in sorted(found, key=lambda v: int(v.version), reverse=True)
+            ]
 
     def _version(self, found: Any, aliases: dict[str, Any]) -> ModelVersion:
         run = self.client().get_run(found.run_id) if found.run_id else None
@@ -266,7 +323,8 @@ class MlflowRegistry:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
             raise self._unavailable(exc, f"reading v{version}") from None
-        return self._version(found, {a: version for a in (found.aliases or [])})
+        with self._answering(f"reading v{version}'s run"):
+            return self._version(found, {a: version for a in (found.aliases or [])})
 
     def tag(self, version: str, tags: dict[str, str]) -> None:
         from mlflow.exceptions import MlflowException
@@ -288,10 +346,13 @@ class MlflowRegistry:
             raise self._no_version(version)
         try:
             with _quiet_mlflow(), tempfile.TemporaryDirectory() as tmp:
-                got = self.client().download_artifacts(
-                    found.run_id, "driftloop/lineage.json", tmp
-                )
+                with self._answering(f"reading v{version}'s lineage"):
+                    got = self.client().download_artifacts(
+                        found.run_id, "driftloop/lineage.json", tmp
+                    )
                 text = Path(got).read_text(encoding="utf-8")
+        except RegistryUnavailableError:
+            raise  # not "no lineage": a copy cached now would keep {} for good
         except Exception as exc:  # an older or foreign run: the model still serves
             log.warning("v%s: no lineage in its run (%s)", version, redact(str(exc)))
             return {}
@@ -305,8 +366,8 @@ class MlflowRegistry:
             raise self._no_version(version)
         # Not a models:/ URI: MLflow resolves those with the process-wide registry URI, not
         # the one passed in. The version's storage location is asked of this store's client.
-        location = self._artifact_location(version)
-        with _quiet_mlflow():
+        with self._answering(f"downloading v{version}"), _quiet_mlflow():
+            location = self._artifact_location(version)
             got = mlflow.artifacts.download_artifacts(
                 f"{location.rstrip('/')}/artifacts/{PACKAGE}",
                 dst_path=str(dest),

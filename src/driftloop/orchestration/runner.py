@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from driftloop.core.errors import (
-    DiskFullError,
     DriftloopError,
     SpecError,
     TransientError,
@@ -231,8 +230,8 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
         seconds = time.perf_counter() - started
         expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
         message = redact(  # a third party's error may quote a URI with its password
-            str(exc)
-            if expected or isinstance(exc, DiskFullError)
+            str(exc)  # a TransientError's message already says what and that it is retried
+            if expected or isinstance(exc, TransientError)
             else str(disk_full(f"{stage} {batch_id}", exc))
             if is_disk_full(exc)
             else (
