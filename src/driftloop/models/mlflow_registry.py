@@ -94,6 +94,23 @@ def _transient(exc: Any) -> bool:
     return no_answer or getattr(exc, "error_code", None) in _TRANSIENT_CODES
 
 
+def _first_cause(exc: BaseException) -> Any:
+    """The failure to report: the artifact proxy's, when one is in ``exc``'s chain. (A run
+    that fails to upload is ended as FAILED on the way out; on a server whose artifact store
+    broke the connection, that second request fails too and hides the first.)"""
+    pending: list[BaseException] = [exc]
+    visited: set[int] = set()
+    while pending:  # both links: an error raised "from" its cause, while handling another
+        seen = pending.pop(0)
+        if id(seen) in visited:
+            continue
+        visited.add(id(seen))
+        if _ARTIFACT_ROUTE in str(getattr(seen, "message", seen)):
+            return seen
+        pending += [e for e in (seen.__cause__, seen.__context__) if e is not None]
+    return exc
+
+
 def _quiet_by_default() -> None:
     if not log.isEnabledFor(logging.DEBUG):  # database migrations and similar are not news
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -162,10 +179,14 @@ class MlflowRegistry:
         did not answer is a ``RegistryUnavailableError`` (the runner tries again); a request
         the server refused is a ``RegistryError`` naming the store."""
         from mlflow.exceptions import MlflowException
+        from requests import RequestException  # MLflow's HTTP client
 
         try:
             yield
-        except MlflowException as exc:
+        except (MlflowException, RequestException) as raised:
+            exc = _first_cause(raised)
+            if isinstance(exc, RequestException):  # an artifact request: HTTP, connection
+                raise self._unavailable(exc, doing) from None
             if _transient(exc):
                 raise self._unavailable(exc, doing) from None
             raise RegistryError(
@@ -174,8 +195,6 @@ class MlflowRegistry:
                     f"{exc.message.splitlines()[0] if exc.message else exc.error_code}"
                 )
             ) from None
-        except OSError as exc:  # requests' connection errors, a socket's timeout
-            raise self._unavailable(exc, doing) from None
 
     def _no_version(self, version: str, detail: str = "") -> RegistryError:
         return RegistryError(
