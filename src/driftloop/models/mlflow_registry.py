@@ -175,9 +175,10 @@ class MlflowRegistry:
 
     @contextlib.contextmanager
     def _answering(self, doing: str) -> Iterator[None]:
-        """MLflow's failures while ``doing`` as driftloop's: a server or artifact store that
-        did not answer is a ``RegistryUnavailableError`` (the runner tries again); a request
-        the server refused is a ``RegistryError`` naming the store."""
+        """MLflow's failures while ``doing`` as driftloop's ``RegistryUnavailableError``,
+        which the runner tries again: a server or artifact store that did not answer, and a
+        request the server refused (a permission, a race, a server-side setting: fixed where
+        the server is, without a new run key, so retried rather than failed for good)."""
         from mlflow.exceptions import MlflowException
         from requests import RequestException  # MLflow's HTTP client
 
@@ -189,10 +190,11 @@ class MlflowRegistry:
                 raise self._unavailable(exc, doing) from None
             if _transient(exc):
                 raise self._unavailable(exc, doing) from None
-            raise RegistryError(
+            detail = exc.message.splitlines()[0] if exc.message else ""
+            raise RegistryUnavailableError(
                 redact(
-                    f"the model registry at {self.uri} refused {doing}: "
-                    f"{exc.message.splitlines()[0] if exc.message else exc.error_code}"
+                    f"the model registry at {self.uri} refused {doing} ({exc.error_code}): "
+                    f"{detail}; see the tracking server's log; it is tried again"
                 )
             ) from None
 
