@@ -23,7 +23,8 @@ shown only with ``--verbose``.
      │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
      ├── StorageError                 a source or output location cannot be used
-     │    └── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
+     │    ├── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
+     │    └── EventQueueError         the SQS queue of ingest.events cannot be used
      ├── DiskFullError                no space left writing an output or the state database
      └── StateError                   the state database is unusable
           └── StateLockedError        another process held its write lock past the timeout
@@ -112,6 +113,10 @@ class StorageError(DriftloopError):
 
 class StorageSchemeError(StorageError):
     """A URL names a storage scheme driftloop has no store for (yet)."""
+
+
+class EventQueueError(StorageError):
+    """The SQS queue that bucket notifications arrive on is missing or refuses us."""
 
 
 class TransientError(DriftloopError):

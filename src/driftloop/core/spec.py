@@ -288,6 +288,33 @@ class QuarantineSpec(_Frozen):
     max_bad_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class EventsSpec(_Frozen):
+    """Bucket notifications that wake the loop: an SQS queue that S3 (directly, through SNS
+    or through EventBridge) sends object events to. Events are hints; a listing of the
+    sources every ``listing_seconds`` finds what a lost notification missed."""
+
+    queue: str  # sqs://<queue name>, or the queue's URL (https://sqs.<region>.../<account>/<name>)
+    listing_seconds: float = Field(300.0, gt=0.0)  # the reconciling listing's period
+    wait_seconds: int = Field(20, ge=1, le=20)  # SQS long polling (20 s is SQS's maximum)
+    visibility_seconds: int = Field(120, ge=10, le=43200)  # renewed while a message is held
+    # a message whose files are still not in the ledger after this long goes back to the
+    # queue (its receive count grows, so a redrive policy can move it to a dead-letter queue)
+    hold_seconds: float = Field(900.0, gt=0.0)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if value.startswith("sqs://") and value[6:].strip("/"):
+            return value
+        if value.startswith(("https://", "http://")) and value.rstrip("/").count("/") >= 4:
+            return value
+        raise ValueError(
+            f"queue {value!r} is not an SQS queue: write sqs://<queue name> (looked up in "
+            "the region of AWS_DEFAULT_REGION) or the queue's URL "
+            "(https://sqs.<region>.amazonaws.com/<account>/<name>)"
+        )
+
+
 class IngestSpec(_Frozen):
     settle_seconds: float = Field(1.0, ge=0.0)  # a file written in place must be this quiet
     # Files that land together form one batch (orders with the customers they name): new
@@ -296,6 +323,13 @@ class IngestSpec(_Frozen):
     # A symbolic link in a raw folder whose target is outside the project folder and outside
     # its source's folder is refused unless this is true (see core.storage.link_refusal).
     follow_links_outside: bool = False
+    # S3 event notifications through an SQS queue (core.sqs); a string is the queue alone
+    events: EventsSpec | None = None
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _queue_alone(cls, value: Any) -> Any:
+        return {"queue": value} if isinstance(value, str) else value
 
 
 Estimator = Literal[
