@@ -92,7 +92,9 @@ def sqs_client(queue: str) -> Any:
             "pip install 'driftloop[s3]'"
         ) from None
     region = _region_of(queue) if queue.startswith("http") else None
-    return boto3.client("sqs", region_name=region) if region else boto3.client("sqs")
+    # a session of its own: boto3's default session caches the credentials it found first
+    session = boto3.session.Session()
+    return session.client("sqs", region_name=region) if region else session.client("sqs")
 
 
 def queue_error(queue: str, exc: BaseException) -> EventQueueError:
