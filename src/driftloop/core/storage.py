@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from driftloop.core.errors import StorageError
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, RawStore, raw_store
 
@@ -71,7 +72,11 @@ def list_sources(
     found: list[tuple[str, RawObject]] = []
     for name, path in sources:
         store = stores[name] if stores else raw_store(path, layout.root, what=f"source {name!r}")
-        for obj in store.list(path):
+        try:
+            objects = store.list(path)
+        except StorageError as exc:  # the store's error names the bucket; this, the source
+            raise type(exc)(f"source {name!r} (path {path!r}): {exc}") from exc
+        for obj in objects:
             if not is_temporary(obj.key) and obj.key not in seen and not is_unnamed(obj.key):
                 seen.add(obj.key)
                 found.append((name, obj))
