@@ -551,6 +551,38 @@ class StateSpec(_Frozen):
         return value
 
 
+class StorageSpec(_Frozen):
+    """How object stores (``s3://`` sources) are reached; every field optional.
+
+    Unset, boto3's own configuration applies: ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``,
+    ``AWS_PROFILE``, the AWS config and credentials files. Credentials never go here: they
+    come from the environment (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), a profile
+    or the machine's role, and are never written into manifests, logs or errors.
+    """
+
+    endpoint_url: str | None = None  # an S3-compatible endpoint (MinIO, moto, ...)
+    region: str | None = None
+    profile: str | None = None  # a profile of the AWS config file
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"endpoint_url must be an http:// or https:// URL, got {value!r}")
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "endpoint_url holds credentials, which do not belong in driftloop.yaml; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead"
+            )
+        return value
+
+    def settings(self) -> dict[str, str | None]:
+        """The keywords an object store is built with (``rawstore.raw_store``)."""
+        return {"endpoint_url": self.endpoint_url, "region": self.region, "profile": self.profile}
+
+
 class Spec(_Frozen):
     """A whole ``driftloop.yaml``."""
 
@@ -571,8 +603,9 @@ class Spec(_Frozen):
     serving: ServingSpec = ServingSpec()
     retrain: RetrainSpec = RetrainSpec()
     state: StateSpec = StateSpec()
+    storage: StorageSpec = StorageSpec()
 
-    @field_validator("serving", "monitoring", "retrain", "state", mode="before")
+    @field_validator("serving", "monitoring", "retrain", "state", "storage", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         """An empty section (``serving:`` with nothing under it) means the defaults."""
