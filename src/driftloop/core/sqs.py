@@ -80,10 +80,11 @@ def _region_of(url: str) -> str | None:
     return found.group(1) if found else None
 
 
-def sqs_client(queue: str) -> Any:
+def sqs_client(queue: str, *, region: str | None = None, profile: str | None = None) -> Any:
     """A boto3 SQS client: credentials, region and endpoint from the usual AWS environment
-    (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SQS`` reach a local server), the region from
-    the queue's URL when it names one."""
+    (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SQS`` reach a local server); the region from
+    the queue's URL when it names one, else the spec's ``storage.region``; the spec's
+    ``storage.profile``. (``storage.endpoint_url`` is S3's, not SQS's.)"""
     try:
         import boto3
     except ImportError:
@@ -91,9 +92,9 @@ def sqs_client(queue: str) -> Any:
             f"ingest.events names the queue {queue_name(queue)!r}, and reading it needs boto3: "
             "pip install 'driftloop[s3]'"
         ) from None
-    region = _region_of(queue) if queue.startswith("http") else None
+    region = (_region_of(queue) if queue.startswith("http") else None) or region
     # a session of its own: boto3's default session caches the credentials it found first
-    session = boto3.session.Session()
+    session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
     return session.client("sqs", region_name=region) if region else session.client("sqs")
 
 
@@ -157,6 +158,8 @@ class EventConsumer:
         matches: Callable[[str], bool],
         on_hint: Callable[[tuple[S3Event, ...]], None],
         client: Any | None = None,
+        region: str | None = None,
+        profile: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = events
@@ -167,6 +170,7 @@ class EventConsumer:
         self.stats = ConsumerStats()
         self.latest = LatestEvents()
         self._client = client
+        self._region, self._profile = region, profile
         self._url: str | None = None
         self._held: dict[str, Held] = {}
         self._lock = threading.Lock()
@@ -178,7 +182,7 @@ class EventConsumer:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = sqs_client(self.queue)
+            self._client = sqs_client(self.queue, region=self._region, profile=self._profile)
         return self._client
 
     def url(self) -> str:

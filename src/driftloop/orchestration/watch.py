@@ -82,6 +82,7 @@ class Watcher:
         self._changed: set[str] = set()  # files changed in place, reported already
         self.consumer: EventConsumer | None = None  # ingest.events' queue, when set
         self._listing_seconds = 0.0
+        self._storage: dict[str, str | None] = {}  # the spec's storage settings
 
     def _state_url(self) -> str | None:
         """The spec's state.url for the lease; a spec broken at start leaves the default
@@ -246,8 +247,13 @@ class Watcher:
             return
         from driftloop.core.sqs import EventConsumer, queue_name, source_matcher
 
+        self._storage = spec.storage.settings()
         consumer = EventConsumer(
-            spec.ingest.events, matches=source_matcher(spec), on_hint=self._hinted
+            spec.ingest.events,
+            matches=source_matcher(spec),
+            on_hint=self._hinted,
+            region=spec.storage.region,
+            profile=spec.storage.profile,
         )
         consumer.start()
         self.consumer = consumer
@@ -264,7 +270,7 @@ class Watcher:
             if event.kind != "created":
                 continue
             try:
-                obj = raw_store(event.url, self.project).stat(event.url)
+                obj = raw_store(event.url, self.project, storage=self._storage).stat(event.url)
             except Exception:  # gone already, or no store for it: the pass will see
                 continue
             self.complete[obj.key] = obj.seen
@@ -318,7 +324,7 @@ def resolved(event: S3Event, spec: Spec, project: Path, db: StateDB) -> bool:
     if db.raw_file_at(event.url) is not None:
         return True
     try:
-        obj = raw_store(event.url, project).stat(event.url)
+        obj = raw_store(event.url, project, storage=spec.storage.settings()).stat(event.url)
     except FileNotFoundError:
         return True
     sha = db.known_sighting(obj.key, obj.size, obj.mtime_ns)
