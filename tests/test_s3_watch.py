@@ -4,6 +4,7 @@ queue that does not exist."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -162,3 +163,69 @@ def test_watch_refuses_a_queue_that_does_not_exist(s3_env: S3Env, tmp_path: Path
     assert "Traceback" not in result.stderr
     assert SECRET_KEY not in everything_written(project, result.stdout, result.stderr)
     assert ACCESS_KEY not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("serving")
+def test_up_serves_a_champion_trained_on_an_object_uploaded_to_the_bucket(
+    s3_env: S3Env, tmp_path: Path
+) -> None:
+    """``driftloop up`` against a bucket: uploads are served by a new champion with no
+    manual step (the loop woken by the queue, the server following the champion)."""
+    import httpx
+
+    from driftloop.serving.client import free_port
+    from tests.helpers import write_spec
+    from tests.test_lifecycle import SPEC, land
+    from tests.test_watch import QUICK, start, wait_for
+
+    queue = to_sqs(s3_env)
+    project = tmp_path / "synth"
+    spec = SPEC.replace("data/raw/s/*.csv", s3_env.url("raw/s/*.csv")).replace(
+        "ingest: {settle_seconds: 0}",
+        f"ingest: {{settle_seconds: 0, events: {{queue: '{queue}', listing_seconds: 3600, "
+        "wait_seconds: 1}}",
+    )
+    write_spec(project, spec + QUICK)
+    scratch = tmp_path / "scratch"
+
+    def upload(name: str, seed: int, start_day: int) -> None:
+        land(scratch, name, 600, seed=seed, start_day=start_day)
+        s3_env.put(f"raw/s/{name}", (scratch / "data" / "raw" / "s" / name).read_bytes())
+
+    port = free_port()
+    log = tmp_path / "up.log"
+    up = start("up", "-p", str(project), "--port", str(port), log=log)
+    record = {"t": "2024-01-05 10:00:00", "x1": 0.3, "x2": -1.2, "c": "b"}
+
+    def served(version: str) -> bool:
+        try:
+            answer = httpx.post(f"http://127.0.0.1:{port}/predict", json=record, timeout=5)
+        except httpx.TransportError:
+            return False
+        return answer.status_code == 200 and answer.json()["model"]["version"] == version
+
+    def decisions() -> int:
+        layout = Layout(project)
+        if not layout.state_db.exists():
+            return 0
+        with StateDB(layout.state_db) as db:
+            return db.last_event_id(("ModelPromoted", "PromotionRejected"))
+
+    try:
+        upload("week-1.csv", seed=1, start_day=0)
+        wait_for(lambda: served("1"), 300, "v1 served", log)  # the first champion
+        before = decisions()
+        upload("week-2.csv", seed=2, start_day=5)
+        wait_for(lambda: decisions() > before, 300, "the gate on the second upload", log)
+        with StateDB(Layout(project).state_db) as db:
+            last = db.last_event("ModelPromoted")
+            versions = db.events_after(0, ("ModelRegistered",))
+        assert last is not None and len(versions) == 2  # trained once per upload
+        wait_for(lambda: served(str(last["version"])), 120, "the champion served", log)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(120) == 0
+    assert _ledger(project) == [s3_env.url("raw/s/week-1.csv"), s3_env.url("raw/s/week-2.csv")]
+    assert in_queue(s3_env, queue) == (0, 0)
+    assert SECRET_KEY not in everything_written(project, log.read_text())
