@@ -221,3 +221,38 @@ def test_missing_credentials_are_one_clear_error(
     message = str(caught.value)
     assert url.rsplit("/", 1)[-1] in message and "no AWS credentials" in message
     assert "AWS_ACCESS_KEY_ID" in message
+
+
+def test_refused_credentials_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that checks credentials (moto with its IAM checks on) refuses unknown keys."""
+    from tests.fixtures.moto import SECRET_KEY, start_moto
+
+    server = start_moto(extra_env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        events = EventsSpec.model_validate({"queue": "sqs://raw-events"})
+        consumer = EventConsumer(events, matches=lambda u: True, on_hint=Hints())
+        with pytest.raises(EventQueueError) as caught:
+            consumer.start()
+    finally:
+        server.stop()
+    message = str(caught.value)
+    assert "'raw-events'" in message and "cannot be read" in message
+    assert "InvalidClientTokenId" in message and "sqs:ReceiveMessage" in message
+    assert SECRET_KEY not in message
+
+
+def test_the_spec_takes_a_queue_alone_or_a_section() -> None:
+    from driftloop.core.spec import IngestSpec
+
+    alone = IngestSpec.model_validate({"events": "sqs://raw-events"})
+    assert alone.events is not None and alone.events.queue == "sqs://raw-events"
+    assert alone.events.listing_seconds == 300.0
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/raw-events"
+    section = IngestSpec.model_validate({"events": {"queue": url, "listing_seconds": 60}})
+    assert section.events is not None and section.events.listing_seconds == 60
+    with pytest.raises(ValueError, match="is not an SQS queue: write sqs://<queue name>"):
+        IngestSpec.model_validate({"events": "s3://bucket/raw"})
+    with pytest.raises(ValueError, match="Extra inputs"):
+        IngestSpec.model_validate({"events": {"queue": "sqs://q", "listen_seconds": 5}})

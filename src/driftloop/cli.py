@@ -1001,8 +1001,11 @@ def watch(
     watcher = Watcher(project, interval=interval, on_pass=print_run, on_status=show)
 
     _on_stop_signals(watcher.request_stop)
+    landing = "files landing in data/raw"
+    if spec.ingest.events is not None:  # S3 event notifications on an SQS queue
+        landing = f"files its sources' notifications on {spec.ingest.events.queue} name"
     console.print(
-        f"watching {project.resolve()} ({spec.name}): files landing in data/raw flow "
+        f"watching {project.resolve()} ({spec.name}): {landing} flow "
         "through prep, features, checks, training and the gate; Ctrl-C stops"
     )
     try:

@@ -104,17 +104,22 @@ def queue_error(queue: str, exc: BaseException) -> EventQueueError:
     name = queue_name(queue)
     where = f"the SQS queue {name!r} (ingest.events in driftloop.yaml)"
     kind = type(exc).__name__
-    code = ""
+    code, said, status = "", "", 0
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
+        said = str(response.get("Error", {}).get("Message", ""))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    # a server may put the code in the message (moto answers the JSON protocol in XML)
+    code = next((c for c in (*_MISSING, *_REFUSED) if c in said), code) if said else code
     if code in _MISSING:
         return EventQueueError(
             f"{where} does not exist in this account and region: create it (aws sqs "
             "create-queue --queue-name NAME) and point the bucket's notifications at it, or "
             "fix the name; AWS_DEFAULT_REGION and AWS_ENDPOINT_URL choose where it is looked up"
         )
-    if code in _REFUSED or kind in ("NoCredentialsError", "PartialCredentialsError"):
+    refused = code in _REFUSED or status == 403 or code == "403"
+    if refused or kind in ("NoCredentialsError", "PartialCredentialsError"):
         why = f"AWS answered {code}" if code else "no AWS credentials were found"
         return EventQueueError(
             f"{where} cannot be read: {why}. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
