@@ -229,3 +229,38 @@ def test_up_serves_a_champion_trained_on_an_object_uploaded_to_the_bucket(
     assert _ledger(project) == [s3_env.url("raw/s/week-1.csv"), s3_env.url("raw/s/week-2.csv")]
     assert in_queue(s3_env, queue) == (0, 0)
     assert SECRET_KEY not in everything_written(project, log.read_text())
+
+
+def test_resolved_follows_the_ledger_and_the_bucket(s3_env: S3Env, tmp_path: Path) -> None:
+    """When the watcher lets a message go: the ledger took the object (or its content under
+    another key), or the object is gone; never while it is there and not taken."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from driftloop.core.s3events import S3Event
+    from driftloop.core.s3store import S3RawStore
+    from driftloop.core.spec import load_spec
+    from driftloop.core.state import RawFile
+    from driftloop.orchestration.watch import resolved
+
+    project = _project(tmp_path, s3_env, "sqs://unused", listing_seconds=60)
+    spec = load_spec(project)
+
+    def event(key: str) -> S3Event:
+        return S3Event(s3_env.bucket, key, "ObjectCreated:Put", datetime.now(UTC))
+
+    content = b"order_id\n1\n"
+    s3_env.put("raw/orders/a.csv", content)
+    s3_env.put("raw/orders/copy.csv", content)
+    store = S3RawStore()
+    with StateDB(Layout(project).state_db) as db:
+        assert not resolved(event("raw/orders/a.csv"), spec, project, db)  # there, not taken
+        assert resolved(event("raw/orders/gone.csv"), spec, project, db)  # nothing to take
+        sha = hashlib.sha256(content).hexdigest()
+        url = s3_env.url("raw/orders/a.csv")
+        db.create_batch("b1", [RawFile(sha, "orders", url, len(content), "b1")])
+        assert resolved(event("raw/orders/a.csv"), spec, project, db)  # committed
+        assert not resolved(event("raw/orders/copy.csv"), spec, project, db)  # not looked at
+        copy = store.stat(s3_env.url("raw/orders/copy.csv"))
+        db.record_sighting(copy.key, copy.size, copy.mtime_ns, sha)  # ingest hashed it
+        assert resolved(event("raw/orders/copy.csv"), spec, project, db)  # a re-upload
