@@ -264,3 +264,49 @@ def test_resolved_follows_the_ledger_and_the_bucket(s3_env: S3Env, tmp_path: Pat
         copy = store.stat(s3_env.url("raw/orders/copy.csv"))
         db.record_sighting(copy.key, copy.size, copy.mtime_ns, sha)  # ingest hashed it
         assert resolved(event("raw/orders/copy.csv"), spec, project, db)  # a re-upload
+
+
+@pytest.mark.slow
+def test_a_watcher_killed_mid_pass_loses_nothing_and_takes_nothing_twice(
+    s3_env: S3Env, tmp_path: Path
+) -> None:
+    """kill -9 of ``driftloop watch`` once the ledger has the upload: whether or not its
+    message was deleted yet, the restarted watcher ends with the object taken once and the
+    queue empty (a message the dead one held comes back after its visibility timeout and
+    finds the ledger's answer)."""
+    import os
+
+    from tests.test_watch import start, wait_for
+
+    queue = to_sqs(s3_env)
+    project = _project(tmp_path, s3_env, queue, listing_seconds=3600)
+    path = project / "driftloop.yaml"
+    path.write_text(
+        path.read_text().replace("wait_seconds: 1}", "wait_seconds: 1, visibility_seconds: 10}")
+    )
+    week = shop_week(tmp_path, 1)
+    first = start("watch", "-p", str(project), log=tmp_path / "first.log")
+    try:
+        s3_env.put("raw/customers/customers-0001.csv", week["customers"])
+        s3_env.put("raw/orders/orders-0001.csv", week["orders"])
+        wait_for(
+            lambda: len(_ledger(project)) == 2, 120, "the ledger's commit", tmp_path / "first.log"
+        )
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(60)
+    second = start("watch", "-p", str(project), log=tmp_path / "second.log")
+    try:
+        wait_for(
+            lambda: in_queue(s3_env, queue) == (0, 0),
+            120,
+            "the queue emptied",
+            tmp_path / "second.log",
+        )
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(120) == 0
+    assert _ledger(project) == [
+        s3_env.url("raw/customers/customers-0001.csv"),
+        s3_env.url("raw/orders/orders-0001.csv"),
+    ]
