@@ -195,3 +195,42 @@ def test_a_project_with_its_sources_in_a_bucket_runs_end_to_end(
     )
     assert SECRET_KEY not in everything
     assert ACCESS_KEY not in everything
+
+
+DAY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bike_sharing" / "day.csv"
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_init_from_an_object_writes_a_spec_whose_source_is_its_folder(
+    s3_env: S3Env, tmp_path: Path, kind: str
+) -> None:
+    """``init --from s3://...`` reads the sample through the store (a key with spaces and
+    letters outside ASCII, as landed); the first run takes the sample from the bucket."""
+    import polars as pl
+
+    data = DAY.read_bytes()
+    if kind == "parquet":
+        out = tmp_path / "day.parquet"
+        pl.read_csv(DAY).write_parquet(out)
+        data = out.read_bytes()
+    key = f"landing/bike days – Zürich.{kind}"
+    s3_env.put(key, data)
+    project = tmp_path / "bike"
+    init = cli("init", "-p", str(project), "--from", s3_env.url(key), "--target", "cnt")
+    assert init.returncode == 0, init.stdout + init.stderr
+    text = (project / "driftloop.yaml").read_text()
+    pattern = s3_env.url("landing/*.parquet" if kind == "parquet" else "landing/*")
+    assert f"path: {pattern}" in text, text
+    assert f"format: {kind}" in text
+    assert not (project / "data" / "raw").exists()  # nothing copied: the bucket is the source
+    run = cli("run", "-p", str(project))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ingested 1 new file(s)" in run.stdout, run.stdout
+    assert "731 rows in, 731 ok" in run.stdout, run.stdout
+    from driftloop.core.state import StateDB
+
+    with StateDB(project / ".driftloop" / "state.db") as db:
+        (batch,) = db.batches()
+        (taken,) = db.batch_files(batch.batch_id)
+    assert taken.path == s3_env.url(key)
+    assert taken.sha256 == hashlib.sha256(data).hexdigest()
