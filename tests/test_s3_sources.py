@@ -234,3 +234,61 @@ def test_init_from_an_object_writes_a_spec_whose_source_is_its_folder(
         (taken,) = db.batch_files(batch.batch_id)
     assert taken.path == s3_env.url(key)
     assert taken.sha256 == hashlib.sha256(data).hexdigest()
+
+
+STORAGE_SPEC = """
+name: tiny
+task: regression
+target: y
+sources:
+  - name: points
+    path: {path}
+contract:
+  columns:
+    x: {{dtype: float}}
+    y: {{dtype: float}}
+ingest: {{settle_seconds: 0}}
+model: {{enabled: false}}
+storage:
+{storage}
+"""
+
+
+def test_the_spec_storage_section_picks_the_endpoint_and_region(
+    s3_env: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``storage.endpoint_url`` wins over AWS_ENDPOINT_URL (here pointed at nothing)."""
+    import driftloop
+
+    s3_env.put("raw/a.csv", "x,y\n1,2\n2,4\n")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    project = tmp_path / "p"
+    storage = f"  endpoint_url: {s3_env.endpoint}\n  region: eu-west-1"
+    write_spec(project, STORAGE_SPEC.format(path=s3_env.url("raw/*.csv"), storage=storage))
+    result = driftloop.run(project)
+    assert result.ingest.batch is not None
+    assert [f.path for f in result.ingest.new_files] == [s3_env.url("raw/a.csv")]
+    assert [(r.stage, r.outcome) for r in result.reports] == [("prep", "ran"), ("features", "ran")]
+    from driftloop.orchestration.settled import quick_settled
+
+    assert quick_settled(project) is not None  # the quick answer lists with the same settings
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("  aws_secret_access_key: abc", "aws_secret_access_key"),
+        ("  endpoint_url: http://key:secret@127.0.0.1:9000", "holds credentials"),
+        ("  endpoint_url: 127.0.0.1:9000", "must be an http:// or https:// URL"),
+    ],
+)
+def test_credentials_have_no_place_in_the_storage_section(
+    tmp_path: Path, storage: str, expected: str
+) -> None:
+    from driftloop.core.errors import SpecError
+    from driftloop.core.spec import load_spec
+
+    write_spec(tmp_path, STORAGE_SPEC.format(path="s3://b/raw/*.csv", storage=storage))
+    with pytest.raises(SpecError, match=expected) as raised:
+        load_spec(tmp_path)
+    assert "secret" not in str(raised.value).replace("aws_secret_access_key", "")

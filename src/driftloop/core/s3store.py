@@ -165,7 +165,7 @@ class S3RawStore:
         """Translate botocore's errors into driftloop's, naming the bucket and key."""
         from botocore import exceptions as bx
 
-        where = f"s3://{bucket}/{key}" if key is not None else f"bucket {bucket!r}"
+        where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
         try:
             yield
         except bx.ClientError as exc:
