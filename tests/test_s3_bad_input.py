@@ -211,3 +211,34 @@ def test_an_object_overwritten_between_ingest_and_prep_is_not_read(
     assert prep.error is not None and "the file changed since it was ingested" in prep.error
     assert hashlib.sha256(ROWS.encode()).hexdigest()[:12] in prep.error
     assert not is_complete(Layout(project).processed / batch)  # nothing published from it
+
+
+def test_an_object_overwritten_at_once_with_as_many_bytes_is_refused(
+    s3_env: S3Env, tmp_path: Path
+) -> None:
+    """S3 keeps times to the second; the version (here the ETag) tells two versions apart
+    (whether or not they land in the same second: ``test_a_new_version_is_a_new_sighting``
+    shows the same second)."""
+    s3_env.put("raw/a.csv", ROWS)
+    project = project_reading(tmp_path, s3_env.url("raw/*.csv"))
+    assert driftloop.run(project).ingest.batch is not None
+    s3_env.put("raw/a.csv", ROWS.replace("1,2\n", "1,3\n"))  # same size
+    again = driftloop.run(project)
+    assert again.ingest.batch is None
+    (changed,) = again.ingest.changed
+    assert changed.startswith(f"{s3_env.url('raw/a.csv')}: changed in place since it was")
+
+
+def test_a_new_version_is_a_new_sighting_within_the_same_second() -> None:
+    """The ledger's sightings are keyed by (size, mtime_ns): two versions stamped with the
+    same second must differ there, and one version must always give the same time."""
+    from datetime import UTC, datetime
+
+    from driftloop.core.s3store import _mtime_ns
+
+    second = datetime(2026, 12, 2, 9, 30, 15, 250_000, tzinfo=UTC)
+    first, other = _mtime_ns(second, '"etag-a"'), _mtime_ns(second, '"etag-b"')
+    assert first != other
+    assert first == _mtime_ns(second.replace(microsecond=0), '"etag-a"')  # a HEAD's stamp
+    base = int(second.replace(microsecond=0).timestamp()) * 1_000_000_000
+    assert base <= first < base + 1_000_000_000 and base <= other < base + 1_000_000_000

@@ -6,8 +6,9 @@ literally, as the AWS CLI takes them: a space or a letter outside ASCII is itsel
 ``%20`` (notifications, which URL-encode keys, are decoded where they are read).
 
 Identity without reading content (:class:`~driftloop.core.rawstore.RawObject`): size, the
-last modification (whole seconds: what S3 keeps), and a version: the object's version id
-where the bucket has versioning, else its ETag. The content's identity is the SHA-256
+last modification (the second S3 keeps, with a sub-second part drawn from the version: see
+:func:`_mtime_ns`), and a version: the object's version id where the bucket has
+versioning, else its ETag. The content's identity is the SHA-256
 computed while the body streams: an ETag is not a content hash (a multipart upload's is not
 the MD5 of the content).
 
@@ -96,10 +97,15 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _seconds_ns(stamp: datetime) -> int:
-    """S3 keeps a modification time to the second (a listing may show milliseconds that a
-    HEAD does not): whole seconds, so that a listing and a stat agree."""
-    return int(stamp.timestamp()) * 1_000_000_000
+def _mtime_ns(stamp: datetime, version: str) -> int:
+    """An object's modification time, in nanoseconds: the second S3 keeps (a listing may
+    show milliseconds a HEAD does not, so whole seconds make both agree), plus a sub-second
+    part drawn from the version. The ledger's sightings are keyed by (size, mtime_ns): with
+    whole seconds alone, an object overwritten within the same second by content of the same
+    size would look unchanged; with the version folded in, every new version is a new
+    sighting. The time stays within the second S3 recorded."""
+    fraction = int.from_bytes(hashlib.sha256(version.encode()).digest()[:8], "big")
+    return int(stamp.timestamp()) * 1_000_000_000 + fraction % 1_000_000_000
 
 
 class S3RawStore:
@@ -280,7 +286,7 @@ class S3RawStore:
         return RawObject(
             f"{PREFIX}{bucket}/{item['Key']}",
             int(item["Size"]),
-            _seconds_ns(item["LastModified"]),
+            _mtime_ns(item["LastModified"], version),
             version,
         )
 
@@ -297,11 +303,9 @@ class S3RawStore:
         with self._calling(bucket, name):
             head = self.client.head_object(Bucket=bucket, Key=name)
         version = head.get("VersionId") if self.versioned(bucket) else None
+        version = version or str(head["ETag"]).strip('"')
         return RawObject(
-            key,
-            int(head["ContentLength"]),
-            _seconds_ns(head["LastModified"]),
-            version or str(head["ETag"]).strip('"'),
+            key, int(head["ContentLength"]), _mtime_ns(head["LastModified"], version), version
         )
 
     def open(self, key: str) -> BinaryIO:
