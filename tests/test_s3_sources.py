@@ -156,6 +156,8 @@ def test_a_project_with_its_sources_in_a_bucket_runs_end_to_end(
     assert not list(layout.state_dir.glob("raw-copies-*"))  # the local copies are gone
 
     # settled: nothing changed in the bucket, nothing to do (the quick answer lists it)
+    status = cli("status", "-p", str(project))
+    assert status.returncode == 0, status.stdout + status.stderr
     from driftloop.orchestration.settled import quick_settled
 
     assert quick_settled(project) is not None
@@ -191,8 +193,9 @@ def test_a_project_with_its_sources_in_a_bucket_runs_end_to_end(
         assert len(db.batches()) == 2
 
     everything = everything_written(
-        project, *(r.stdout + r.stderr for r in (first, settled, again, changed, second))
+        project, *(r.stdout + r.stderr for r in (first, status, settled, again, changed, second))
     )
+    assert s3_env.url("raw/orders/orders-0001.csv") in everything  # the outputs were read
     assert SECRET_KEY not in everything
     assert ACCESS_KEY not in everything
 
