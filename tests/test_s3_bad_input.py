@@ -242,3 +242,36 @@ def test_a_new_version_is_a_new_sighting_within_the_same_second() -> None:
     assert first == _mtime_ns(second.replace(microsecond=0), '"etag-a"')  # a HEAD's stamp
     base = int(second.replace(microsecond=0).timestamp()) * 1_000_000_000
     assert base <= first < base + 1_000_000_000 and base <= other < base + 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("SlowDown", 503, "StorageUnavailableError"),
+        ("InternalError", 500, "StorageUnavailableError"),
+        ("RequestTimeout", 400, "StorageUnavailableError"),
+        ("AccessDenied", 403, "StorageAccessError"),
+        ("NoSuchBucket", 404, "BucketNotFoundError"),
+        ("NoSuchKey", 404, "FileNotFoundError"),
+    ],
+)
+def test_what_s3_answers_becomes_an_error_that_says_what_to_do(
+    code: str, status: int, expected: str
+) -> None:
+    """The answers moto does not give on demand (throttling, 5xx), as botocore raises them:
+    transient ones are StorageUnavailableError (retried), the others are not."""
+    from botocore.exceptions import ClientError
+
+    from driftloop.core.errors import TransientError
+    from driftloop.core.s3store import S3RawStore
+
+    store = S3RawStore(endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    answer = {
+        "Error": {"Code": code, "Message": "..."},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    with pytest.raises(Exception) as raised, store._calling("landing", "raw/a.csv"):
+        raise ClientError(answer, "GetObject")
+    assert type(raised.value).__name__ == expected
+    assert isinstance(raised.value, TransientError) == (expected == "StorageUnavailableError")
+    assert "s3://landing" in str(raised.value)

@@ -72,6 +72,7 @@ _ENVIRONMENT = (
 )
 _clients: dict[tuple[str | None, ...], Any] = {}
 _clients_lock = threading.Lock()
+_versioned: dict[tuple[str | None, ...], bool] = {}  # (configuration, bucket) -> versioning on
 
 _ACCESS = {
     "AccessDenied",
@@ -125,20 +126,22 @@ class S3RawStore:
     ) -> None:
         self.root = root
         self.endpoint_url, self.region, self.profile = endpoint_url, region, profile
-        self._versioned: dict[str, bool] = {}
 
     # -- the client, and what its errors mean ------------------------------------------
 
-    @property
-    def client(self) -> Any:
-        """One boto3 client per configuration and process (creating one costs ~0.1 s;
-        clients are thread-safe)."""
-        key = (
+    def _config(self) -> tuple[str | None, ...]:
+        return (
             self.endpoint_url,
             self.region,
             self.profile,
             *(os.environ.get(n) for n in _ENVIRONMENT),
         )
+
+    @property
+    def client(self) -> Any:
+        """One boto3 client per configuration and process (creating one costs ~0.1 s;
+        clients are thread-safe)."""
+        key = self._config()
         with _clients_lock:
             found = _clients.get(key)
             if found is None:
@@ -241,15 +244,19 @@ class S3RawStore:
 
     def versioned(self, bucket: str) -> bool:
         """Whether the bucket keeps versions (then an object's version id is its identity);
-        asked once per store. No permission to ask is an unversioned bucket."""
-        if bucket not in self._versioned:
+        asked once per bucket, configuration and process (prep builds a store per file). No
+        permission to ask is an unversioned bucket."""
+        key = (*self._config(), bucket)
+        found = _versioned.get(key)
+        if found is None:
             try:
                 with self._calling(bucket, None):
                     answer = self.client.get_bucket_versioning(Bucket=bucket)
-                self._versioned[bucket] = answer.get("Status") == "Enabled"
+                found = answer.get("Status") == "Enabled"
             except StorageAccessError:
-                self._versioned[bucket] = False
-        return self._versioned[bucket]
+                found = False
+            _versioned[key] = found
+        return found
 
     def _listing(self, pattern: str) -> Iterator[RawObject]:
         bucket, key_pattern = split_url(pattern)
