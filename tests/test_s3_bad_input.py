@@ -275,3 +275,22 @@ def test_what_s3_answers_becomes_an_error_that_says_what_to_do(
     assert type(raised.value).__name__ == expected
     assert isinstance(raised.value, TransientError) == (expected == "StorageUnavailableError")
     assert "s3://landing" in str(raised.value)
+
+
+def test_without_boto3_an_s3_source_says_which_extra_to_install(tmp_path: Path) -> None:
+    project = project_reading(tmp_path, "s3://landing/raw/*.csv")
+    code = (  # boto3 made unimportable, as where the extra is not installed
+        "import sys\n"
+        "sys.modules['boto3'] = None\n"
+        "from driftloop.cli import main\n"
+        f"sys.argv = ['driftloop', 'run', '-p', {str(project)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "error: source 'points' (path 's3://landing/raw/*.csv'): s3:// sources need boto3, "
+        "which is not installed; install the S3 extra: pip install 'driftloop[s3]'\n"
+    )

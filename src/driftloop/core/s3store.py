@@ -88,6 +88,18 @@ _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 
 
+def _require_boto3() -> None:
+    """boto3 is the ``s3`` extra's: its absence is one line that says how to install it."""
+    try:
+        import boto3  # noqa: F401
+        import botocore  # noqa: F401
+    except ImportError:
+        raise StorageError(
+            "s3:// sources need boto3, which is not installed; install the S3 extra: "
+            "pip install 'driftloop[s3]'"
+        ) from None
+
+
 def split_url(url: str) -> tuple[str, str]:
     """(bucket, key) of ``s3://bucket/key``; the key may be empty or a glob."""
     if not url.lower().startswith(PREFIX):
@@ -145,6 +157,7 @@ class S3RawStore:
         with _clients_lock:
             found = _clients.get(key)
             if found is None:
+                _require_boto3()
                 import boto3
                 from botocore.config import Config
 
@@ -172,6 +185,7 @@ class S3RawStore:
     @contextmanager
     def _calling(self, bucket: str, key: str | None) -> Iterator[None]:
         """Translate botocore's errors into driftloop's, naming the bucket and key."""
+        _require_boto3()
         from botocore import exceptions as bx
 
         where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
