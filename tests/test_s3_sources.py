@@ -156,6 +156,8 @@ def test_a_project_with_its_sources_in_a_bucket_runs_end_to_end(
     assert not list(layout.state_dir.glob("raw-copies-*"))  # the local copies are gone
 
     # settled: nothing changed in the bucket, nothing to do (the quick answer lists it)
+    status = cli("status", "-p", str(project))
+    assert status.returncode == 0, status.stdout + status.stderr
     from driftloop.orchestration.settled import quick_settled
 
     assert quick_settled(project) is not None
@@ -191,7 +193,105 @@ def test_a_project_with_its_sources_in_a_bucket_runs_end_to_end(
         assert len(db.batches()) == 2
 
     everything = everything_written(
-        project, *(r.stdout + r.stderr for r in (first, settled, again, changed, second))
+        project, *(r.stdout + r.stderr for r in (first, status, settled, again, changed, second))
     )
+    assert s3_env.url("raw/orders/orders-0001.csv") in everything  # the outputs were read
     assert SECRET_KEY not in everything
     assert ACCESS_KEY not in everything
+
+
+DAY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bike_sharing" / "day.csv"
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_init_from_an_object_writes_a_spec_whose_source_is_its_folder(
+    s3_env: S3Env, tmp_path: Path, kind: str
+) -> None:
+    """``init --from s3://...`` reads the sample through the store (a key with spaces and
+    letters outside ASCII, as landed); the first run takes the sample from the bucket."""
+    import polars as pl
+
+    data = DAY.read_bytes()
+    if kind == "parquet":
+        out = tmp_path / "day.parquet"
+        pl.read_csv(DAY).write_parquet(out)
+        data = out.read_bytes()
+    key = f"landing/bike days – Zürich.{kind}"
+    s3_env.put(key, data)
+    project = tmp_path / "bike"
+    init = cli("init", "-p", str(project), "--from", s3_env.url(key), "--target", "cnt")
+    assert init.returncode == 0, init.stdout + init.stderr
+    text = (project / "driftloop.yaml").read_text()
+    pattern = s3_env.url("landing/*.parquet" if kind == "parquet" else "landing/*")
+    assert f"path: {pattern}" in text, text
+    assert f"format: {kind}" in text
+    assert not (project / "data" / "raw").exists()  # nothing copied: the bucket is the source
+    run = cli("run", "-p", str(project))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ingested 1 new file(s)" in run.stdout, run.stdout
+    assert "731 rows in, 731 ok" in run.stdout, run.stdout
+    from driftloop.core.state import StateDB
+
+    with StateDB(project / ".driftloop" / "state.db") as db:
+        (batch,) = db.batches()
+        (taken,) = db.batch_files(batch.batch_id)
+    assert taken.path == s3_env.url(key)
+    assert taken.sha256 == hashlib.sha256(data).hexdigest()
+
+
+STORAGE_SPEC = """
+name: tiny
+task: regression
+target: y
+sources:
+  - name: points
+    path: {path}
+contract:
+  columns:
+    x: {{dtype: float}}
+    y: {{dtype: float}}
+ingest: {{settle_seconds: 0}}
+model: {{enabled: false}}
+storage:
+{storage}
+"""
+
+
+def test_the_spec_storage_section_picks_the_endpoint_and_region(
+    s3_env: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``storage.endpoint_url`` wins over AWS_ENDPOINT_URL (here pointed at nothing)."""
+    import driftloop
+
+    s3_env.put("raw/a.csv", "x,y\n1,2\n2,4\n")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    project = tmp_path / "p"
+    storage = f"  endpoint_url: {s3_env.endpoint}\n  region: eu-west-1"
+    write_spec(project, STORAGE_SPEC.format(path=s3_env.url("raw/*.csv"), storage=storage))
+    result = driftloop.run(project)
+    assert result.ingest.batch is not None
+    assert [f.path for f in result.ingest.new_files] == [s3_env.url("raw/a.csv")]
+    assert [(r.stage, r.outcome) for r in result.reports] == [("prep", "ran"), ("features", "ran")]
+    from driftloop.orchestration.settled import quick_settled
+
+    assert quick_settled(project) is not None  # the quick answer lists with the same settings
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("  aws_secret_access_key: abc", "aws_secret_access_key"),
+        ("  endpoint_url: http://key:secret@127.0.0.1:9000", "holds credentials"),
+        ("  endpoint_url: 127.0.0.1:9000", "must be an http:// or https:// URL"),
+    ],
+)
+def test_credentials_have_no_place_in_the_storage_section(
+    tmp_path: Path, storage: str, expected: str
+) -> None:
+    from driftloop.core.errors import SpecError
+    from driftloop.core.spec import load_spec
+
+    write_spec(tmp_path, STORAGE_SPEC.format(path="s3://b/raw/*.csv", storage=storage))
+    with pytest.raises(SpecError, match=expected) as raised:
+        load_spec(tmp_path)
+    assert "secret" not in str(raised.value).replace("aws_secret_access_key", "")

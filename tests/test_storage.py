@@ -239,7 +239,7 @@ model: {enabled: false}
         ingest(spec, layout, db)
     message = str(raised.value)
     assert message.startswith("source 'orders' (path 's3://shop-landing/orders/*.csv'): ")
-    assert "bucket 'shop-landing': no AWS credentials were found" in message
+    assert "s3://shop-landing: no AWS credentials were found" in message
     assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in message
 
 

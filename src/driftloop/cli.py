@@ -60,7 +60,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 NOTHING_TO_DO = "nothing to do: every batch is up to date"
 EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
-EXIT_RETRY_LATER = 5  # the state database locked past the wait, or the disk full
+EXIT_RETRY_LATER = 5  # the state database locked past the wait, the disk full, S3 down
 
 
 def _print_version(value: bool) -> None:
@@ -189,8 +189,9 @@ def run(project: ProjectOpt = Path()) -> None:
     (drift, and performance from its labels); if the retrain policy says so, train a
     challenger and run the promotion gate, which promotes it or keeps the champion. Exits 0
     when the pass completes, 1 while a failure is unresolved (this run's or an earlier
-    one's: see 'driftloop batches'), 2 for a bad spec or arguments, 5 when the state
-    database stayed locked by another process or the disk is full (run again later)."""
+    one's: see 'driftloop batches'), 2 for a bad spec or arguments (or a bucket or
+    credentials S3 refuses), 5 when the state database stayed locked by another process,
+    the disk is full or an S3 endpoint did not answer (run again later)."""
     from driftloop.orchestration.settled import quick_settled
 
     settled = quick_settled(project)
@@ -1135,9 +1136,9 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
-    from driftloop.core.errors import DiskFullError, StateLockedError
+    from driftloop.core.errors import DiskFullError, StateLockedError, StorageUnavailableError
 
-    if isinstance(exc, (DiskFullError, StateLockedError)):
+    if isinstance(exc, (DiskFullError, StateLockedError, StorageUnavailableError)):
         code = EXIT_RETRY_LATER  # not the project's fault: the same command will work later
     if _state["verbose"]:
         import traceback

@@ -6,8 +6,9 @@ literally, as the AWS CLI takes them: a space or a letter outside ASCII is itsel
 ``%20`` (notifications, which URL-encode keys, are decoded where they are read).
 
 Identity without reading content (:class:`~driftloop.core.rawstore.RawObject`): size, the
-last modification (whole seconds: what S3 keeps), and a version: the object's version id
-where the bucket has versioning, else its ETag. The content's identity is the SHA-256
+last modification (the second S3 keeps, with a sub-second part drawn from the version: see
+:func:`_mtime_ns`), and a version: the object's version id where the bucket has
+versioning, else its ETag. The content's identity is the SHA-256
 computed while the body streams: an ETag is not a content hash (a multipart upload's is not
 the MD5 of the content).
 
@@ -71,6 +72,7 @@ _ENVIRONMENT = (
 )
 _clients: dict[tuple[str | None, ...], Any] = {}
 _clients_lock = threading.Lock()
+_versioned: dict[tuple[str | None, ...], bool] = {}  # (configuration, bucket) -> versioning on
 
 _ACCESS = {
     "AccessDenied",
@@ -86,6 +88,18 @@ _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 
 
+def _require_boto3() -> None:
+    """boto3 is the ``s3`` extra's: its absence is one line that says how to install it."""
+    try:
+        import boto3  # noqa: F401
+        import botocore  # noqa: F401
+    except ImportError:
+        raise StorageError(
+            "s3:// sources need boto3, which is not installed; install the S3 extra: "
+            "pip install 'driftloop[s3]'"
+        ) from None
+
+
 def split_url(url: str) -> tuple[str, str]:
     """(bucket, key) of ``s3://bucket/key``; the key may be empty or a glob."""
     if not url.lower().startswith(PREFIX):
@@ -96,10 +110,15 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _seconds_ns(stamp: datetime) -> int:
-    """S3 keeps a modification time to the second (a listing may show milliseconds that a
-    HEAD does not): whole seconds, so that a listing and a stat agree."""
-    return int(stamp.timestamp()) * 1_000_000_000
+def _mtime_ns(stamp: datetime, version: str) -> int:
+    """An object's modification time, in nanoseconds: the second S3 keeps (a listing may
+    show milliseconds a HEAD does not, so whole seconds make both agree), plus a sub-second
+    part drawn from the version. The ledger's sightings are keyed by (size, mtime_ns): with
+    whole seconds alone, an object overwritten within the same second by content of the same
+    size would look unchanged; with the version folded in, every new version is a new
+    sighting. The time stays within the second S3 recorded."""
+    fraction = int.from_bytes(hashlib.sha256(version.encode()).digest()[:8], "big")
+    return int(stamp.timestamp()) * 1_000_000_000 + fraction % 1_000_000_000
 
 
 class S3RawStore:
@@ -119,23 +138,26 @@ class S3RawStore:
     ) -> None:
         self.root = root
         self.endpoint_url, self.region, self.profile = endpoint_url, region, profile
-        self._versioned: dict[str, bool] = {}
 
     # -- the client, and what its errors mean ------------------------------------------
 
-    @property
-    def client(self) -> Any:
-        """One boto3 client per configuration and process (creating one costs ~0.1 s;
-        clients are thread-safe)."""
-        key = (
+    def _config(self) -> tuple[str | None, ...]:
+        return (
             self.endpoint_url,
             self.region,
             self.profile,
             *(os.environ.get(n) for n in _ENVIRONMENT),
         )
+
+    @property
+    def client(self) -> Any:
+        """One boto3 client per configuration and process (creating one costs ~0.1 s;
+        clients are thread-safe)."""
+        key = self._config()
         with _clients_lock:
             found = _clients.get(key)
             if found is None:
+                _require_boto3()
                 import boto3
                 from botocore.config import Config
 
@@ -163,9 +185,10 @@ class S3RawStore:
     @contextmanager
     def _calling(self, bucket: str, key: str | None) -> Iterator[None]:
         """Translate botocore's errors into driftloop's, naming the bucket and key."""
+        _require_boto3()
         from botocore import exceptions as bx
 
-        where = f"s3://{bucket}/{key}" if key is not None else f"bucket {bucket!r}"
+        where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
         try:
             yield
         except bx.ClientError as exc:
@@ -235,15 +258,19 @@ class S3RawStore:
 
     def versioned(self, bucket: str) -> bool:
         """Whether the bucket keeps versions (then an object's version id is its identity);
-        asked once per store. No permission to ask is an unversioned bucket."""
-        if bucket not in self._versioned:
+        asked once per bucket, configuration and process (prep builds a store per file). No
+        permission to ask is an unversioned bucket."""
+        key = (*self._config(), bucket)
+        found = _versioned.get(key)
+        if found is None:
             try:
                 with self._calling(bucket, None):
                     answer = self.client.get_bucket_versioning(Bucket=bucket)
-                self._versioned[bucket] = answer.get("Status") == "Enabled"
+                found = answer.get("Status") == "Enabled"
             except StorageAccessError:
-                self._versioned[bucket] = False
-        return self._versioned[bucket]
+                found = False
+            _versioned[key] = found
+        return found
 
     def _listing(self, pattern: str) -> Iterator[RawObject]:
         bucket, key_pattern = split_url(pattern)
@@ -280,7 +307,7 @@ class S3RawStore:
         return RawObject(
             f"{PREFIX}{bucket}/{item['Key']}",
             int(item["Size"]),
-            _seconds_ns(item["LastModified"]),
+            _mtime_ns(item["LastModified"], version),
             version,
         )
 
@@ -297,11 +324,9 @@ class S3RawStore:
         with self._calling(bucket, name):
             head = self.client.head_object(Bucket=bucket, Key=name)
         version = head.get("VersionId") if self.versioned(bucket) else None
+        version = version or str(head["ETag"]).strip('"')
         return RawObject(
-            key,
-            int(head["ContentLength"]),
-            _seconds_ns(head["LastModified"]),
-            version or str(head["ETag"]).strip('"'),
+            key, int(head["ContentLength"]), _mtime_ns(head["LastModified"], version), version
         )
 
     def open(self, key: str) -> BinaryIO:

@@ -47,8 +47,8 @@ UNNAMED = (
 def source_stores(spec: Spec, layout: Layout) -> dict[str, RawStore]:
     """Each source's store, chosen once from its path's URL scheme.
 
-    A scheme without a store (``s3://`` until issue 13) is a
-    :class:`~driftloop.core.errors.StorageSchemeError` naming the source and its path.
+    A scheme without a store is a :class:`~driftloop.core.errors.StorageSchemeError` naming
+    the source and its path. Object stores are built with the spec's ``storage`` settings.
     """
     storage = spec.storage.settings()
     return {

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from driftloop.core.errors import (
-    DiskFullError,
     DriftloopError,
     SpecError,
     TransientError,
@@ -232,7 +231,7 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
         expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
         message = redact(  # a third party's error may quote a URI with its password
             str(exc)
-            if expected or isinstance(exc, DiskFullError)
+            if expected or isinstance(exc, TransientError)  # its message says it is retried
             else str(disk_full(f"{stage} {batch_id}", exc))
             if is_disk_full(exc)
             else (
