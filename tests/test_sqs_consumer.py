@@ -256,3 +256,18 @@ def test_the_spec_takes_a_queue_alone_or_a_section() -> None:
         IngestSpec.model_validate({"events": "s3://bucket/raw"})
     with pytest.raises(ValueError, match="Extra inputs"):
         IngestSpec.model_validate({"events": {"queue": "sqs://q", "listen_seconds": 5}})
+
+
+def test_stopping_puts_held_messages_back_at_once(s3_env: S3Env) -> None:
+    url = to_sqs(s3_env)
+    hints = Hints()
+    consumer = _consumer(s3_env, url, hints, wait_seconds=1)
+    consumer.start()
+    s3_env.put("raw/a.csv", b"x\n1\n")
+    assert hints.arrived.wait(GUARD)
+    consumer.stop()
+    assert consumer.held() == [] and consumer.stats.counts["put_back"] >= 1
+    # visible again for the next consumer, without waiting out the visibility timeout
+    again = Hints()
+    _drain(_consumer(s3_env, url, again), again, 1)
+    assert again.events == hints.events

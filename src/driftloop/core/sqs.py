@@ -217,10 +217,16 @@ class EventConsumer:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop polling; held messages come back after their visibility timeout."""
+        """Stop polling and put every held message back on the queue at once (visibility 0),
+        for the next consumer. A long poll under way is not waited for: what it brings is
+        put back the same way when it returns (the thread is a daemon)."""
         self._stop.set()
         for thread in self._threads:
-            thread.join(self.spec.wait_seconds + 10.0)  # a hang guard: one long poll at most
+            if thread.name == "sqs-visibility":
+                thread.join(10.0)  # a hang guard: it wakes at once on the stop event
+        with self._lock:
+            held, self._held = list(self._held.values()), {}
+        self._put_back([(h.message_id, h.receipt) for h in held])
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -234,6 +240,9 @@ class EventConsumer:
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         messages = answer.get("Messages", [])
+        if self._stop.is_set():  # stopped during the long poll: not ours to handle
+            self._put_back([(str(m.get("MessageId")), str(m["ReceiptHandle"])) for m in messages])
+            return 0
         for message in messages:
             self.handle(message)
         return len(messages)
@@ -357,6 +366,19 @@ class EventConsumer:
             deleted += len(answer.get("Successful", []))
         self.stats.counts["deleted"] += deleted
         return deleted
+
+    def _put_back(self, messages: list[tuple[str, str]]) -> None:
+        """Make messages visible again now (best effort: else after their timeout)."""
+        for chunk in _chunks(messages):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0}
+                for i, (_, r) in enumerate(chunk)
+            ]
+            try:
+                self.client.change_message_visibility_batch(QueueUrl=self.url(), Entries=entries)
+            except Exception as exc:
+                log.warning("%s; the messages come back after their timeout", exc)
+            self.stats.counts["put_back"] += len(chunk)
 
     def _heartbeat(self) -> None:
         """Keep held messages invisible while they are held (every third of the timeout)."""
