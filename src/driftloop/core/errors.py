@@ -23,7 +23,8 @@ shown only with ``--verbose``.
      │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
      ├── StorageError                 a source or output location cannot be used
-     │    └── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
+     │    ├── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
+     │    └── StorageUnavailableError  the object store did not answer (retried: transient)
      ├── DiskFullError                no space left writing an output or the state database
      └── StateError                   the state database is unusable
           └── StateLockedError        another process held its write lock past the timeout
@@ -116,6 +117,10 @@ class StorageSchemeError(StorageError):
 
 class TransientError(DriftloopError):
     """A failure that may pass by itself; the loop retries it."""
+
+
+class StorageUnavailableError(StorageError, TransientError):
+    """The object store did not answer (no connection, a timeout, a 5xx or a throttle)."""
 
 
 class RegistryUnavailableError(RegistryError, TransientError):

@@ -1,0 +1,144 @@
+"""What only an object store's commit has: the conditional put of the marker, races between
+writers, another machine's attempts, and S3's errors (the shared contract is in
+tests/test_storage.py). All against the real moto server through boto3."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime
+
+import pytest
+
+from driftloop.core.errors import StorageError, StorageUnavailableError
+from driftloop.core.s3outputs import S3OutputStore
+from driftloop.core.urls import ObjectUrl
+
+from .fixtures.moto import SECRET_KEY, S3Env
+
+
+def _keys(s3: S3Env, prefix: str = "") -> list[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def _write(store: S3OutputStore, output: ObjectUrl, text: str) -> None:
+    with store.attempt(output) as attempt:
+        (attempt / "data.txt").write_text(text)
+        store.seal(attempt, {"text": text})
+
+
+def test_the_marker_names_the_committed_attempt_and_nothing_secret(s3_env: S3Env) -> None:
+    store, output = S3OutputStore(), ObjectUrl(s3_env.url("p/b1"))
+    _write(store, output, "one")
+    marker = json.loads(
+        s3_env.client().get_object(Bucket=s3_env.bucket, Key="p/b1/_SUCCESS")["Body"].read()
+    )
+    assert marker["files"] == ["data.txt", "manifest.json"]
+    assert marker["prefix"] == f"p/b1/_attempts/{marker['attempt']}/"
+    assert store.file(output, "data.txt") == f"s3://{s3_env.bucket}/{marker['prefix']}data.txt"
+    for key in _keys(s3_env):
+        body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
+        assert SECRET_KEY.encode() not in body, key
+
+
+def test_a_writer_whose_conditional_put_loses_leaves_the_winner_standing(s3_env: S3Env) -> None:
+    """Two writers of the same new output: the one that began first commits last and loses
+    (If-None-Match: *); its files are removed at once, the winner's output is intact."""
+    store, output = S3OutputStore(), ObjectUrl(s3_env.url("p/b1"))
+    with store.attempt(output) as slow:
+        (slow / "data.txt").write_text("slow")
+        _write(store, output, "fast")  # another writer commits meanwhile
+        store.seal(slow, {"text": "slow"})
+    assert store.read_manifest(output) == {"text": "fast"}
+    assert store.read_bytes(output, "data.txt") == b"fast"
+    marker = json.loads(_marker(s3_env, "p/b1"))
+    assert _keys(s3_env) == sorted(
+        ["p/b1/_SUCCESS", f"{marker['prefix']}data.txt", f"{marker['prefix']}manifest.json"]
+    )
+
+
+def test_a_replacement_loses_to_a_commit_it_did_not_see(s3_env: S3Env) -> None:
+    """If-Match on the marker the attempt saw: a newer commit in between wins."""
+    store, output = S3OutputStore(), ObjectUrl(s3_env.url("p/b1"))
+    _write(store, output, "old")
+    with store.attempt(output) as slow:
+        (slow / "data.txt").write_text("slow")
+        _write(store, output, "newer")  # replaces "old" while the slow attempt writes
+        store.seal(slow, {"text": "slow"})
+    assert store.read_bytes(output, "data.txt") == b"newer"
+    assert len([k for k in _keys(s3_env) if k.endswith("data.txt")]) == 1  # old and slow gone
+
+
+def test_a_failed_attempt_withdraws_only_the_output_it_saw(s3_env: S3Env) -> None:
+    store, output = S3OutputStore(), ObjectUrl(s3_env.url("p/b1"))
+    _write(store, output, "old")
+    with pytest.raises(RuntimeError), store.attempt(output) as attempt:
+        (attempt / "data.txt").write_text("x")
+        _write(store, output, "newer")  # another writer replaced "old" meanwhile
+        raise RuntimeError("this stage failed")
+    assert store.read_bytes(output, "data.txt") == b"newer"  # not withdrawn by the failure
+
+
+def test_a_sweep_waits_out_another_machines_attempt(s3_env: S3Env) -> None:
+    """Another machine's process cannot be asked whether it lives: its attempt is swept once
+    older than the grace period; a dead process of this machine's at once."""
+    store, base = S3OutputStore(), ObjectUrl(s3_env.url("p"))
+    _write(store, base / "b1", "one")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    elsewhere = f"p/b1/_attempts/{stamp}~4242~another-host~0000/data.txt"
+    s3_env.put(elsewhere, "theirs")
+    S3OutputStore(grace_seconds=3600).sweep(base)
+    assert elsewhere in _keys(s3_env)
+    S3OutputStore(grace_seconds=0).sweep(base)
+    assert elsewhere not in _keys(s3_env)
+    assert store.read_bytes(base / "b1", "data.txt") == b"one"
+    # this machine's, by a live process (this one): left alone whatever its age
+    mine = f"p/b2/_attempts/{stamp}~{_live_pid()}~{socket.gethostname()}~0000/data.txt"
+    s3_env.put(mine, "in progress")
+    S3OutputStore(grace_seconds=0).sweep(base)
+    assert mine in _keys(s3_env)
+
+
+def test_a_missing_bucket_is_named_with_the_fix(s3_env: S3Env) -> None:
+    store = S3OutputStore()
+    with pytest.raises(StorageError) as raised:
+        store.is_committed("s3://no-such-bucket-here/p/b1")
+    message = str(raised.value)
+    assert "'no-such-bucket-here' does not exist" in message
+    assert "create it or fix the outputs address" in message
+    assert SECRET_KEY not in message
+
+
+def test_an_endpoint_that_does_not_answer_is_transient(
+    s3_env: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nobody listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(StorageUnavailableError) as raised:
+        S3OutputStore().is_committed(s3_env.url("p/b1"))
+    message = str(raised.value)
+    assert f"s3://{s3_env.bucket}/p/b1/_SUCCESS" in message
+    assert "check AWS_ENDPOINT_URL" in message
+    assert SECRET_KEY not in message
+
+
+def test_a_foreign_marker_is_an_error_not_an_output(s3_env: S3Env) -> None:
+    s3_env.put("p/b1/_SUCCESS", "")  # as Spark or Hadoop writes it: empty
+    with pytest.raises(StorageError, match=r"p/b1/_SUCCESS: not a driftloop commit marker"):
+        S3OutputStore().is_committed(s3_env.url("p/b1"))
+
+
+def _marker(s3: S3Env, output_key: str) -> bytes:
+    body: bytes = (
+        s3.client().get_object(Bucket=s3.bucket, Key=f"{output_key}/_SUCCESS")["Body"].read()
+    )
+    return body
+
+
+def _live_pid() -> int:
+    import os
+
+    return os.getpid()
