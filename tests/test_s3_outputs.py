@@ -5,16 +5,22 @@ tests/test_storage.py). All against the real moto server through boto3."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from driftloop.core.errors import StorageError, StorageUnavailableError
+from driftloop.core.errors import SpecError, StorageError, StorageUnavailableError
+from driftloop.core.layout import Layout
 from driftloop.core.s3outputs import S3OutputStore
+from driftloop.core.spec import load_spec
 from driftloop.core.urls import ObjectUrl
 
 from .fixtures.moto import SECRET_KEY, S3Env
+from .helpers import write_spec
+from .test_lifecycle import SPEC
 
 
 def _keys(s3: S3Env, prefix: str = "") -> list[str]:
@@ -142,3 +148,36 @@ def _live_pid() -> int:
     import os
 
     return os.getpid()
+
+
+def test_the_outputs_root_comes_from_the_spec(tmp_path: Path) -> None:
+    """Every reader of a project asks its Layout, so every reader sees the same place."""
+    write_spec(tmp_path, SPEC)
+    assert Layout(tmp_path).processed == tmp_path / "data" / "processed"
+    assert not Layout(tmp_path).on_object_store
+    write_spec(tmp_path, SPEC + "outputs: s3://shop-outputs/prod/\n")
+    layout = Layout(tmp_path)
+    assert layout.on_object_store
+    assert layout.processed == "s3://shop-outputs/prod/processed"
+    assert layout.features / "b1" == "s3://shop-outputs/prod/features/b1"
+    assert layout.quarantine.parent == "s3://shop-outputs/prod"
+    assert layout.relative(layout.processed / "b1") == "s3://shop-outputs/prod/processed/b1"
+    assert layout.batch_checks == tmp_path / "data" / "monitoring" / "batches"  # still here
+    assert load_spec(tmp_path).outputs == "s3://shop-outputs/prod"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("data/out", "outputs must be an s3://bucket/prefix URL, got 'data/out'"),
+        ("s3://", "outputs must be an s3://bucket/prefix URL"),
+        ("s3://key:secret@bucket/p", "outputs holds credentials"),
+    ],
+)
+def test_an_outputs_value_that_is_no_bucket_url_is_refused(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    write_spec(tmp_path, SPEC + f"outputs: {value!r}\n")
+    with pytest.raises(SpecError, match=re.escape(expected)) as raised:
+        load_spec(tmp_path)
+    assert "secret" not in str(raised.value).replace("outputs holds credentials", "")

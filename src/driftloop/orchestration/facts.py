@@ -17,7 +17,7 @@ import json
 import os
 from datetime import datetime
 
-from driftloop.core.layout import read_manifest
+from driftloop.core.layout import is_complete, read_manifest
 from driftloop.core.outputs import SUCCESS
 from driftloop.core.stage import Context, Skip, StageCall, Work
 from driftloop.core.state import Batch
@@ -217,7 +217,8 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
     once, not once per plan."""
     through, passed = _trusted_seq(ctx)
     processed, featured = str(ctx.layout.processed), str(ctx.layout.features)
-    exists = os.path.exists
+    # a marker's GET each on an object store (is_complete), a stat each here
+    exists = _committed if ctx.layout.on_object_store else os.path.exists
     return [
         BatchFacts(b.batch_id, datetime.fromisoformat(b.created_at), True, True)
         if b.seq <= through
@@ -227,6 +228,11 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
         else b
         for b in ctx.once("batches", ctx.db.batches)
     ]
+
+
+def _committed(marker: str) -> bool:
+    """``os.path.exists`` of an ``<output>/_SUCCESS`` address, asked of the output's store."""
+    return is_complete(marker[: -len(SUCCESS) - 1])
 
 
 def _with_check(
