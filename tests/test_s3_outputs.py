@@ -153,8 +153,10 @@ def _live_pid() -> int:
 def test_the_outputs_root_comes_from_the_spec(tmp_path: Path) -> None:
     """Every reader of a project asks its Layout, so every reader sees the same place."""
     write_spec(tmp_path, SPEC)
-    assert Layout(tmp_path).processed == tmp_path / "data" / "processed"
-    assert not Layout(tmp_path).on_object_store
+    local = Layout(tmp_path)
+    assert local.processed == tmp_path / "data" / "processed"
+    assert local.batch_checks == tmp_path / "data" / "monitoring" / "batches"
+    assert not local.on_object_store
     write_spec(tmp_path, SPEC + "outputs: s3://shop-outputs/prod/\n")
     layout = Layout(tmp_path)
     assert layout.on_object_store
@@ -162,7 +164,9 @@ def test_the_outputs_root_comes_from_the_spec(tmp_path: Path) -> None:
     assert layout.features / "b1" == "s3://shop-outputs/prod/features/b1"
     assert layout.quarantine.parent == "s3://shop-outputs/prod"
     assert layout.relative(layout.processed / "b1") == "s3://shop-outputs/prod/processed/b1"
-    assert layout.batch_checks == tmp_path / "data" / "monitoring" / "batches"  # still here
+    assert layout.batch_checks == "s3://shop-outputs/prod/monitoring/batches"
+    assert layout.models == tmp_path / "data" / "models"  # still here, with the registry
+    assert layout.reports == tmp_path / "data" / "monitoring" / "reports"
     assert load_spec(tmp_path).outputs == "s3://shop-outputs/prod"
 
 

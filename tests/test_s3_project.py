@@ -74,7 +74,7 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     layout = Layout(project)
     assert layout.processed == f"s3://{s3_env.bucket}/proj/processed"
-    for local in ("processed", "features", "quarantine"):
+    for local in ("processed", "features", "quarantine", "monitoring/batches"):
         assert not (project / "data" / local).exists(), local  # nothing written here
     with StateDB(layout.state_db) as db:
         batches = [b.batch_id for b in db.batches()]
@@ -87,6 +87,7 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
         rows += frame.height
         assert "x1" in frame.columns
     assert rows == 600
+    assert is_complete(layout.batch_checks / batches[1])  # checked against the champion
     assert "champion" in _cli(project, "models").stdout  # trained, registered, promoted
     _no_stray_attempts(s3_env)
     again = _cli(project, "run")

@@ -84,9 +84,10 @@ class Layout:
         return self.monitoring / "feedback"
 
     @property
-    def batch_checks(self) -> Path:
-        """Each new batch's check against the champion (a stage output per batch)."""
-        return self.monitoring / "batches"
+    def batch_checks(self) -> Output:
+        """Each new batch's check against the champion (a stage output per batch; under the
+        outputs root, like processed and features)."""
+        return self.output_root / "monitoring" / "batches"
 
     @property
     def reports(self) -> Path:
