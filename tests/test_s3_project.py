@@ -83,7 +83,7 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
     for b in batches:
         assert is_complete(layout.processed / b) and is_complete(layout.features / b)
         assert read_manifest(layout.processed / b)["rows_in"] == 300
-        frame = driftloop.read_features(project, b).collect()  # through the marker
+        frame = driftloop.read_features(str(project), b).collect()  # through the marker
         rows += frame.height
         assert "x1" in frame.columns
     assert rows == 600
