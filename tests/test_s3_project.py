@@ -89,6 +89,12 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
     assert rows == 600
     assert is_complete(layout.batch_checks / batches[1])  # checked against the champion
     assert "champion" in _cli(project, "models").stdout  # trained, registered, promoted
+    url = str(layout.features / batches[1])
+    checked = _cli(project, "monitor", "--current", url, "--json")
+    assert checked.returncode in (0, 3, 4), checked.stderr[-3000:]  # a verdict, not an error
+    report = json.loads(checked.stdout)
+    assert report["current"]["path"] == url
+    assert report["current"]["rows"] == 300
     _no_stray_attempts(s3_env)
     again = _cli(project, "run")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -98,6 +104,9 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
     for key in _keys(s3_env, "proj/"):
         body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
         assert SECRET_KEY.encode() not in body, key
+    for path in project.rglob("*"):  # the state database, logs, the registry, reports
+        if path.is_file():
+            assert SECRET_KEY.encode() not in path.read_bytes(), path
 
 
 # Dies when the given output's marker is about to be put: the attempt's files are uploaded,

@@ -814,11 +814,11 @@ def serve(
 def monitor(
     project: ProjectOpt = Path(),
     current: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--current",
-            help="A CSV/Parquet batch, or a data/processed|features/<batch> folder "
-            "(default: the prediction log).",
+            help="A CSV/Parquet batch, or a data/processed|features/<batch> folder (its "
+            "s3:// URL for outputs on S3; default: the prediction log).",
         ),
     ] = None,
     days: Annotated[
