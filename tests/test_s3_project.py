@@ -96,10 +96,12 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
     assert report["current"]["path"] == url
     assert report["current"]["rows"] == 300
     _no_stray_attempts(s3_env)
+    status = _cli(project, "status")
+    assert status.returncode == 0, status.stdout[-3000:] + status.stderr[-3000:]
     again = _cli(project, "run")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing to do" in again.stdout, again.stdout
-    shown = "".join(r.stdout + r.stderr for r in (first, second, again))
+    shown = "".join(r.stdout + r.stderr for r in (first, second, status, checked, again))
     assert SECRET_KEY not in shown
     for key in _keys(s3_env, "proj/"):
         body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
@@ -153,3 +155,34 @@ def test_a_kill_during_a_stage_on_s3_leaves_nothing_half_visible(
     assert read_features(layout, batch).collect().height == 300  # processed once, whole
     with StateDB(layout.state_db) as db:
         assert len(db.batches()) == 1  # the file was ingested once
+
+
+def test_a_kill_during_the_check_of_a_new_batch_on_s3_repeats_nothing(
+    tmp_path: Path, s3_env: S3Env
+) -> None:
+    """The second batch's check against the champion is killed before its marker: the next
+    run checks it once, and nothing of the first batch is done again."""
+    project = _project(tmp_path, s3_env)
+    land(project, "a.csv", 300, seed=1)
+    assert _cli(project, "run").returncode == 0
+    before = {k for k in _keys(s3_env, "proj/") if "/_attempts/" in k}
+    land(project, "b.csv", 300, seed=2, start_day=5)
+    died = subprocess.run(
+        [sys.executable, "-c", DIE_AT_MARKER, str(project), "/monitoring/batches/"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert died.returncode == 9, died.stderr[-3000:]
+    layout = Layout(project)
+    with StateDB(layout.state_db) as db:
+        first, second = (b.batch_id for b in db.batches())
+    assert not is_complete(layout.batch_checks / second)
+    done = _cli(project, "run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert is_complete(layout.batch_checks / second)
+    _no_stray_attempts(s3_env)
+    after = {k for k in _keys(s3_env, "proj/") if "/_attempts/" in k}
+    assert {k for k in after if f"/{first}/" in k} == before  # the first batch untouched
+    assert read_features(layout, second).collect().height == 300
