@@ -9,10 +9,16 @@ import re
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from driftloop.core.errors import SpecError, StorageError, StorageUnavailableError
+from driftloop.core.errors import (
+    SpecError,
+    StorageError,
+    StorageUnavailableError,
+    TransientError,
+)
 from driftloop.core.layout import Layout
 from driftloop.core.s3outputs import S3OutputStore
 from driftloop.core.spec import load_spec
@@ -166,7 +172,8 @@ def test_the_outputs_root_comes_from_the_spec(tmp_path: Path) -> None:
     assert layout.relative(layout.processed / "b1") == "s3://shop-outputs/prod/processed/b1"
     assert layout.batch_checks == "s3://shop-outputs/prod/monitoring/batches"
     assert layout.models == tmp_path / "data" / "models"  # still here, with the registry
-    assert layout.reports == tmp_path / "data" / "monitoring" / "reports"
+    assert layout.reports == "s3://shop-outputs/prod/monitoring/reports"
+    assert layout.predictions == tmp_path / "data" / "monitoring" / "predictions"  # serving's
     assert load_spec(tmp_path).outputs == "s3://shop-outputs/prod"
 
 
@@ -185,3 +192,59 @@ def test_an_outputs_value_that_is_no_bucket_url_is_refused(
     with pytest.raises(SpecError, match=re.escape(expected)) as raised:
         load_spec(tmp_path)
     assert "secret" not in str(raised.value).replace("outputs holds credentials", "")
+
+
+class _Flaky:
+    """The real boto3 client with one fault injected where the network would fail: an
+    upload that never arrives, or a marker put that S3 takes but whose answer is lost."""
+
+    def __init__(self, real: Any, fail: str) -> None:
+        self.real, self.fail, self.uploads = real, fail, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def upload_file(self, *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import EndpointConnectionError
+
+        self.uploads += 1
+        if self.fail == "upload" and self.uploads == 2:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        return self.real.upload_file(*args, **kwargs)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ReadTimeoutError
+
+        answer = self.real.put_object(**kwargs)
+        if self.fail == "answer" and kwargs["Key"].endswith("/_SUCCESS"):
+            raise ReadTimeoutError(endpoint_url="http://127.0.0.1:1")
+        return answer
+
+
+def _two_files(store: S3OutputStore, output: ObjectUrl) -> None:
+    with store.attempt(output) as attempt:
+        (attempt / "data.txt").write_text("new")
+        store.seal(attempt, {"text": "new"})  # data.txt, then manifest.json
+
+
+def test_a_failed_upload_removes_its_files_and_says_where(s3_env: S3Env) -> None:
+    """A watcher lives on after a failed upload, so its sweep would never take its own
+    attempt: the attempt removes what it uploaded, and the stale output is withdrawn."""
+    output = ObjectUrl(s3_env.url("p/b1"))
+    _write(S3OutputStore(), output, "old")
+    flaky = S3OutputStore(client=_Flaky(s3_env.client(), "upload"))
+    with pytest.raises(StorageUnavailableError) as raised:
+        _two_files(flaky, output)
+    assert f"s3://{s3_env.bucket}/p/b1/_attempts/" in str(raised.value)
+    assert isinstance(raised.value, TransientError)  # the loop retries it
+    assert _keys(s3_env) == []  # nothing half-uploaded, the stale output withdrawn
+
+
+def test_a_lost_answer_to_the_marker_put_is_resolved_by_the_marker(s3_env: S3Env) -> None:
+    """S3 took the marker but the answer timed out: the marker names this attempt, so the
+    output is committed, not deleted."""
+    output = ObjectUrl(s3_env.url("p/b1"))
+    store = S3OutputStore(client=_Flaky(s3_env.client(), "answer"))
+    _two_files(store, output)
+    assert store.read_manifest(output) == {"text": "new"}
+    assert store.read_bytes(output, "data.txt") == b"new"

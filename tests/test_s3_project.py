@@ -74,7 +74,13 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     layout = Layout(project)
     assert layout.processed == f"s3://{s3_env.bucket}/proj/processed"
-    for local in ("processed", "features", "quarantine", "monitoring/batches"):
+    for local in (
+        "processed",
+        "features",
+        "quarantine",
+        "monitoring/batches",
+        "monitoring/reports",
+    ):
         assert not (project / "data" / local).exists(), local  # nothing written here
     with StateDB(layout.state_db) as db:
         batches = [b.batch_id for b in db.batches()]
@@ -96,8 +102,11 @@ def test_a_project_with_outputs_on_s3_runs_end_to_end(tmp_path: Path, s3_env: S3
     assert report["current"]["path"] == url
     assert report["current"]["rows"] == 300
     _no_stray_attempts(s3_env)
+    reports = _keys(s3_env, "proj/monitoring/reports/")  # the second batch's check, the command's
+    assert [k.rsplit(".", 1)[1] for k in reports] == ["html", "json"] * 2, reports
     status = _cli(project, "status")
     assert status.returncode == 0, status.stdout[-3000:] + status.stderr[-3000:]
+    assert "last monitoring (" in status.stdout  # read from the bucket
     again = _cli(project, "run")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing to do" in again.stdout, again.stdout

@@ -90,9 +90,9 @@ class Layout:
         return self.output_root / "monitoring" / "batches"
 
     @property
-    def reports(self) -> Path:
-        """Monitoring reports (json + html)."""
-        return self.monitoring / "reports"
+    def reports(self) -> Output:
+        """Monitoring reports (json + html; under the outputs root)."""
+        return self.output_root / "monitoring" / "reports"
 
     @property
     def models(self) -> Path:

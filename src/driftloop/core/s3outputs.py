@@ -95,10 +95,16 @@ class S3OutputStore:
             yield tmp
             if (tmp / SUCCESS).is_file():
                 outcome = self._publish(url, run, tmp, seen)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            if outcome == "unpublished":
+                with contextlib.suppress(Exception):  # the error in flight is the one to tell
+                    self._withdraw(url, seen)
+            raise
+        else:
             if outcome == "unpublished":
                 self._withdraw(url, seen)  # the stale output it was to replace
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def seal(self, attempt: Path, manifest: dict[str, Any]) -> None:
         """Write the manifest, then ``_SUCCESS``, into the local attempt folder: the upload
@@ -113,9 +119,15 @@ class S3OutputStore:
             if p.is_file() and p.name != SUCCESS
         )
         client = self._client()
-        for name in files:
-            where = f"s3://{url.bucket}/{prefix}{name}"
-            self._call(where, client.upload_file, str(tmp / name), url.bucket, prefix + name)
+        try:
+            for name in files:
+                where = f"s3://{url.bucket}/{prefix}{name}"
+                self._call(where, client.upload_file, str(tmp / name), url.bucket, prefix + name)
+        except BaseException:
+            # this process lives on (a watcher): its sweep would not take its own prefix
+            with contextlib.suppress(Exception):
+                self._delete_prefix(url.bucket, prefix)
+            raise
         body = {
             "format": MARKER_FORMAT,
             "attempt": run,
@@ -141,6 +153,16 @@ class S3OutputStore:
             log.info("%s: another writer committed it first; this attempt is dropped", url)
             self._delete_prefix(url.bucket, prefix)
             return "lost"
+        except BaseException:
+            # the put's outcome is unknown (a timeout after S3 took it?): the marker says
+            try:
+                now = self._marker(url)
+            except Exception:
+                now = None
+            if now is None or now.body.get("attempt") != run:
+                with contextlib.suppress(Exception):
+                    self._delete_prefix(url.bucket, prefix)
+                raise
         if seen is not None and seen.prefix != prefix:
             self._delete_prefix(url.bucket, seen.prefix)  # the attempt it superseded
         return "published"
@@ -371,3 +393,49 @@ def _sweep_local() -> None:
                 and not pid_alive(int(parts[2]))
             ):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+
+# Plain objects beside the committed outputs (monitoring reports): one PUT is atomic on S3,
+# so a reader sees a whole object or none, with no marker needed.
+
+
+def put_object(url: str, data: bytes, content_type: str) -> ObjectUrl:
+    where = _url(url)
+    S3OutputStore._call(
+        where,
+        default_client().put_object,
+        Bucket=where.bucket,
+        Key=where.key,
+        Body=data,
+        ContentType=content_type,
+    )
+    return where
+
+
+def get_object(url: str) -> bytes:
+    where = _url(url)
+    try:
+        answer = S3OutputStore._call(
+            where, default_client().get_object, Bucket=where.bucket, Key=where.key
+        )
+    except _LostError as exc:
+        raise FileNotFoundError(f"{where}: no such object") from exc
+    data: bytes = answer["Body"].read()
+    return data
+
+
+def list_objects(folder: str, suffix: str = "") -> list[ObjectUrl]:
+    """The objects directly in ``folder`` whose names end with ``suffix``, sorted."""
+    where = _url(folder)
+    prefix = f"{where.key}/" if where.key else ""
+    paginator = default_client().get_paginator("list_objects_v2")
+    pages = S3OutputStore._call(
+        where,
+        lambda: list(paginator.paginate(Bucket=where.bucket, Prefix=prefix, Delimiter="/")),
+    )
+    return sorted(
+        ObjectUrl(f"s3://{where.bucket}/{o['Key']}")
+        for page in pages
+        for o in page.get("Contents", [])
+        if o["Key"].endswith(suffix)
+    )

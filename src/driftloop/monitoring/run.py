@@ -42,8 +42,8 @@ EXIT_COLUMN_DRIFT = 4  # documented in cli.py: only columns drifted, below the d
 @dataclass(frozen=True)
 class MonitorResult:
     report: dict[str, Any]
-    json_path: Path | None
-    html_path: Path | None
+    json_path: Output | None
+    html_path: Output | None
 
     @property
     def drift_detected(self) -> bool:
