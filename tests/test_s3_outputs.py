@@ -248,3 +248,17 @@ def test_a_lost_answer_to_the_marker_put_is_resolved_by_the_marker(s3_env: S3Env
     _two_files(store, output)
     assert store.read_manifest(output) == {"text": "new"}
     assert store.read_bytes(output, "data.txt") == b"new"
+
+
+def test_a_replay_writes_its_outputs_in_its_own_folder(tmp_path: Path) -> None:
+    """A replay's policies are projects of their own: they must not write into (and
+    replace) the outputs the project keeps on its bucket."""
+    from driftloop.core.spec import parse_spec, read_yaml
+    from driftloop.orchestration.replay import policy_spec
+
+    text = SPEC + "outputs: s3://shop-outputs/prod\n"
+    policy = tmp_path / "policy"
+    landed = parse_spec(read_yaml(policy_spec(text, policy, {})))
+    assert landed.outputs is None
+    write_spec(policy, policy_spec(text, policy, {}))
+    assert Layout(policy).processed == policy / "data" / "processed"
