@@ -262,3 +262,16 @@ def test_a_replay_writes_its_outputs_in_its_own_folder(tmp_path: Path) -> None:
     assert landed.outputs is None
     write_spec(policy, policy_spec(text, policy, {}))
     assert Layout(policy).processed == policy / "data" / "processed"
+
+
+def test_a_bucket_gone_during_the_upload_is_named_with_the_fix(s3_env: S3Env) -> None:
+    """boto3's transfer wraps S3's answer in its own error: it is unwrapped, not shown raw."""
+    store = S3OutputStore()
+    with pytest.raises(StorageError) as raised, store.attempt(s3_env.url("p/b1")) as attempt:
+        (attempt / "data.txt").write_text("x")
+        store.seal(attempt, {"text": "x"})
+        s3_env.client().delete_bucket(Bucket=s3_env.bucket)  # empty until the upload
+    message = str(raised.value)
+    assert message.startswith(f"s3://{s3_env.bucket}/p/b1/_attempts/")
+    assert f"the bucket {s3_env.bucket!r} does not exist" in message
+    assert SECRET_KEY not in message

@@ -293,33 +293,19 @@ class S3OutputStore:
     @staticmethod
     def _call(where: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Call S3; its failures as driftloop's errors naming the bucket/key and the fix."""
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             return func(*args, **kwargs)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code == "NoSuchBucket":
-                raise StorageError(
-                    f"{where}: the bucket {where.partition('://')[2].split('/')[0]!r} does "
-                    "not exist; create it or fix the outputs address"
-                ) from None
-            if code in _LOST or status in ("404", "409", "412"):
-                raise _LostError(code) from None
-            if code in _TRANSIENT or status.startswith("5"):
-                raise StorageUnavailableError(
-                    f"{where}: S3 answered {code or status}; retried on the next pass"
-                ) from None
-            hint = {
-                "AccessDenied": "give these credentials s3:GetObject, s3:PutObject, "
-                "s3:DeleteObject and s3:ListBucket on it",
-                "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID / the profile",
-                "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY / the profile",
-            }.get(code, "check the address and the credentials' permissions")
-            raise StorageError(
-                f"{where}: S3 refused ({code or status}: {error.get('Message', '')}); {hint}"
+            raise _client_error(where, exc) from None
+        except S3UploadFailedError as exc:  # boto3's transfer wraps the ClientError
+            inner = exc.__context__
+            if isinstance(inner, ClientError):
+                raise _client_error(where, inner) from None
+            raise StorageUnavailableError(
+                f"{where}: the upload failed ({type(exc).__name__}); retried on the next pass"
             ) from None
         except NoCredentialsError:
             raise StorageError(
@@ -331,6 +317,33 @@ class S3OutputStore:
                 f"{where}: S3 did not answer ({type(exc).__name__}); check AWS_ENDPOINT_URL "
                 "and the network; retried on the next pass"
             ) from None
+
+
+def _client_error(where: str, exc: Any) -> Exception:
+    """The error to raise for S3's answer ``exc`` (a botocore ClientError) about ``where``."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    if code == "NoSuchBucket":
+        return StorageError(
+            f"{where}: the bucket {where.partition('://')[2].split('/')[0]!r} does "
+            "not exist; create it or fix the outputs address"
+        )
+    if code in _LOST or status in ("404", "409", "412"):
+        return _LostError(code)
+    if code in _TRANSIENT or status.startswith("5"):
+        return StorageUnavailableError(
+            f"{where}: S3 answered {code or status}; retried on the next pass"
+        )
+    hint = {
+        "AccessDenied": "give these credentials s3:GetObject, s3:PutObject, "
+        "s3:DeleteObject and s3:ListBucket on it",
+        "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID / the profile",
+        "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY / the profile",
+    }.get(code, "check the address and the credentials' permissions")
+    return StorageError(
+        f"{where}: S3 refused ({code or status}: {error.get('Message', '')}); {hint}"
+    )
 
 
 class _LostError(Exception):
