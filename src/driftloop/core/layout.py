@@ -1,6 +1,9 @@
 """Where things live in a project folder, and the atomic-output discipline.
 
 :class:`Layout` is the only place that spells a project path: every other module asks it.
+Stage outputs (processed, features, quarantine, batch checks, reports) live under its
+``output_root``: ``data/`` here, or the spec's ``outputs: s3://...`` (then they are
+:class:`~driftloop.core.urls.ObjectUrl` addresses, which join like paths).
 
 A stage writes its output into a place of its own run, writes ``manifest.json`` and then
 ``_SUCCESS`` last, and commits it (on this machine: a hidden temporary folder renamed into
