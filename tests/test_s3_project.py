@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import driftloop
-from driftloop.core.layout import Layout, is_complete, read_manifest
+from driftloop.core.layout import Layout, is_complete, read_manifest, scan_output
 from driftloop.core.state import StateDB
 from driftloop.core.urls import ObjectUrl
 from driftloop.features.stage import read_features
@@ -195,3 +195,26 @@ def test_a_kill_during_the_check_of_a_new_batch_on_s3_repeats_nothing(
     after = {k for k in _keys(s3_env, "proj/") if "/_attempts/" in k}
     assert {k for k in after if f"/{first}/" in k} == before  # the first batch untouched
     assert read_features(layout, second).collect().height == 300
+
+
+def test_bad_rows_are_quarantined_on_s3_with_their_reasons(tmp_path: Path, s3_env: S3Env) -> None:
+    project = _project(tmp_path, s3_env)
+    land(project, "a.csv", 300, seed=1)
+    raw = project / "data" / "raw" / "s" / "a.csv"
+    lines = raw.read_text().splitlines()
+    for i in (5, 50, 150):  # x1 is a float column: a word there breaks the contract
+        cells = lines[i].split(",")
+        cells[1] = "oops"
+        lines[i] = ",".join(cells)
+    raw.write_text("\n".join(lines) + "\n")
+    done = _cli(project, "run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    layout = Layout(project)
+    with StateDB(layout.state_db) as db:
+        [batch] = [b.batch_id for b in db.batches()]
+    assert f"rows and reasons: s3://{s3_env.bucket}/proj/quarantine/{batch}/" in done.stdout
+    manifest = read_manifest(layout.processed / batch)
+    assert (manifest["rows_ok"], manifest["rows_quarantined"]) == (297, 3)
+    bad = scan_output(layout.quarantine / batch, "rows.parquet").collect()
+    assert bad.height == 3
+    assert all("x1" in str(reason) for reason in bad.to_dicts())
