@@ -6,6 +6,7 @@ A new store is tested the moment it is registered: add it to ``RAW_STORES`` /
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -16,7 +17,13 @@ import pytest
 
 from driftloop.core.errors import StorageAccessError, StorageError, StorageSchemeError
 from driftloop.core.layout import Layout
-from driftloop.core.outputs import OUTPUT_STORES, LocalOutputStore, OutputStore, output_store
+from driftloop.core.outputs import (
+    OUTPUT_STORES,
+    Address,
+    LocalOutputStore,
+    OutputStore,
+    output_store,
+)
 from driftloop.core.rawstore import (
     RAW_STORES,
     LocalRawStore,
@@ -27,6 +34,7 @@ from driftloop.core.rawstore import (
 )
 from driftloop.core.spec import load_spec
 from driftloop.core.state import StateDB
+from driftloop.core.urls import ObjectUrl
 from driftloop.ingest.stage import ingest
 
 from .fixtures.moto import S3Env
@@ -248,8 +256,8 @@ def test_an_unknown_scheme_says_did_you_mean(tmp_path: Path) -> None:
         StorageSchemeError, match=r"unknown storage scheme 's4'; did you mean s3://"
     ):
         raw_store("s4://bucket/x.csv", tmp_path, what="source 's'")
-    with pytest.raises(StorageSchemeError, match=r"not supported yet"):
-        output_store("s3://bucket/data/processed/b1")
+    with pytest.raises(StorageSchemeError, match=r"unknown storage scheme 's4'"):
+        output_store("s4://bucket/data/processed/b1")
 
 
 # --- outputs: the commit protocol ------------------------------------------------------
@@ -258,20 +266,59 @@ def test_an_unknown_scheme_says_did_you_mean(tmp_path: Path) -> None:
 @dataclass
 class OutputCase:
     store: OutputStore
-    base: Path  # the address outputs go under
+    base: Address  # the address outputs go under
     leftovers: Callable[[], list[str]]  # everything stored under base, committed or not
+    committed: Callable[[str, list[str]], list[str]]  # what leftovers lists for one output
+    crash_hook: str  # code that makes a process die between its upload and its commit
 
 
-def _local_outputs(tmp_path: Path) -> OutputCase:
+def _local_outputs(request: pytest.FixtureRequest, tmp_path: Path) -> OutputCase:
     base = tmp_path / "data" / "processed"
     return OutputCase(
         OUTPUT_STORES["file"](),
         base,
         lambda: sorted(p.relative_to(base).as_posix() for p in base.rglob("*")),
+        lambda name, files: sorted([name, f"{name}/_SUCCESS", *(f"{name}/{f}" for f in files)]),
+        "import os, pathlib\npathlib.Path.rename = lambda *a: os._exit(9)\n",
     )
 
 
-OUTPUT_CASES: dict[str, Callable[[Path], OutputCase]] = {"file": _local_outputs}
+def _s3_outputs(request: pytest.FixtureRequest, tmp_path: Path) -> OutputCase:
+    s3: S3Env = request.getfixturevalue("s3_env")
+    base = ObjectUrl(s3.url("project/data/processed"))
+    client = s3.client()
+
+    def leftovers() -> list[str]:
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=s3.bucket, Prefix=f"{base.key}/"
+        )
+        return sorted(o["Key"][len(base.key) + 1 :] for p in pages for o in p.get("Contents", []))
+
+    def committed(name: str, files: list[str]) -> list[str]:
+        marker = json.loads(
+            client.get_object(Bucket=s3.bucket, Key=f"{base.key}/{name}/_SUCCESS")["Body"].read()
+        )
+        run = f"{name}/_attempts/{marker['attempt']}"
+        assert marker["prefix"] == f"{base.key}/{run}/"
+        return sorted([f"{name}/_SUCCESS", *(f"{run}/{f}" for f in files)])
+
+    hook = (  # the marker's put never happens: the files are uploaded, then the process dies
+        "import os\n"
+        "from botocore.client import BaseClient\n"
+        "call = BaseClient._make_api_call\n"
+        "def dying(self, op, params):\n"
+        "    if op == 'PutObject' and params['Key'].endswith('/_SUCCESS'):\n"
+        "        os._exit(9)\n"
+        "    return call(self, op, params)\n"
+        "BaseClient._make_api_call = dying\n"
+    )
+    return OutputCase(OUTPUT_STORES["s3"](), base, leftovers, committed, hook)
+
+
+OUTPUT_CASES: dict[str, Callable[[pytest.FixtureRequest, Path], OutputCase]] = {
+    "file": _local_outputs,
+    "s3": _s3_outputs,
+}
 
 
 def test_every_registered_output_store_has_a_contract_case() -> None:
@@ -280,14 +327,18 @@ def test_every_registered_output_store_has_a_contract_case() -> None:
 
 @pytest.fixture(params=sorted(OUTPUT_CASES))
 def out(request: pytest.FixtureRequest, tmp_path: Path) -> OutputCase:
-    return OUTPUT_CASES[request.param](tmp_path)
+    return OUTPUT_CASES[request.param](request, tmp_path)
 
 
-def _write(store: OutputStore, output: Path, text: str, *, seal: bool = True) -> None:
+def _write(store: OutputStore, output: Address, text: str, *, seal: bool = True) -> None:
     with store.attempt(output) as attempt:
         (attempt / "data.txt").write_text(text)
         if seal:
             store.seal(attempt, {"text": text})
+
+
+def _text(out: OutputCase, output: Address) -> str:
+    return out.store.read_bytes(output, "data.txt").decode()
 
 
 def test_a_sealed_attempt_is_committed_with_its_data_and_manifest(out: OutputCase) -> None:
@@ -295,8 +346,8 @@ def test_a_sealed_attempt_is_committed_with_its_data_and_manifest(out: OutputCas
     _write(out.store, output, "one")
     assert out.store.is_committed(output)
     assert out.store.read_manifest(output) == {"text": "one"}
-    assert (output / "data.txt").read_text() == "one"
-    assert out.leftovers() == ["b1", "b1/_SUCCESS", "b1/data.txt", "b1/manifest.json"]
+    assert _text(out, output) == "one"
+    assert out.leftovers() == out.committed("b1", ["data.txt", "manifest.json"])
 
 
 def test_an_uncommitted_output_is_never_visible(out: OutputCase) -> None:
@@ -308,6 +359,8 @@ def test_an_uncommitted_output_is_never_visible(out: OutputCase) -> None:
         assert not out.store.is_committed(attempt)
     assert not out.store.is_committed(output)  # never sealed: nothing published
     assert out.leftovers() == []
+    with pytest.raises(FileNotFoundError):
+        out.store.read_manifest(output)
 
 
 def test_a_crash_before_success_leaves_nothing_visible_and_is_swept(out: OutputCase) -> None:
@@ -315,15 +368,16 @@ def test_a_crash_before_success_leaves_nothing_visible_and_is_swept(out: OutputC
     import sys
 
     output = out.base / "b1"
-    code = (  # a process that dies inside the block: no exit runs
-        "import os, sys\n"
+    code = out.crash_hook + (  # a process that dies inside the commit: no exit code runs
+        "import sys\n"
         "from pathlib import Path\n"
         "from driftloop.core.outputs import output_store\n"
-        "output = Path(sys.argv[1])\n"
-        "block = output_store(output.parent).attempt(output)\n"
-        "attempt = block.__enter__()\n"
-        "(attempt / 'data.txt').write_text('half')\n"
-        "os._exit(9)\n"
+        "output = sys.argv[1] if '://' in sys.argv[1] else Path(sys.argv[1])\n"
+        "store = output_store(output)\n"
+        "with store.attempt(output) as attempt:\n"
+        "    (attempt / 'data.txt').write_text('half')\n"
+        "    store.seal(attempt, {'text': 'half'})\n"
+        "sys.exit('the commit was not interrupted')\n"
     )
     died = subprocess.run([sys.executable, "-c", code, str(output)], check=False)
     assert died.returncode == 9
@@ -342,11 +396,11 @@ def test_a_rerun_replaces_a_stale_output_only_once_complete(out: OutputCase) -> 
         # while the new attempt writes, readers still see the old, complete output
         assert out.store.is_committed(output)
         assert out.store.read_manifest(output) == {"text": "old"}
-        assert (output / "data.txt").read_text() == "old"
+        assert _text(out, output) == "old"
         out.store.seal(attempt, {"text": "new"})
     assert out.store.read_manifest(output) == {"text": "new"}
-    assert (output / "data.txt").read_text() == "new"
-    assert out.leftovers() == ["b1", "b1/_SUCCESS", "b1/data.txt", "b1/manifest.json"]
+    assert _text(out, output) == "new"
+    assert out.leftovers() == out.committed("b1", ["data.txt", "manifest.json"])
 
 
 def test_a_rerun_that_publishes_nothing_withdraws_the_stale_output(out: OutputCase) -> None:
@@ -368,6 +422,17 @@ def test_retract_withdraws_a_committed_output_at_once(out: OutputCase) -> None:
     assert not out.store.is_committed(output)
     assert out.leftovers() == []
     out.store.retract(output)  # withdrawing what is not there is a no-op
+
+
+def test_a_sweep_keeps_committed_outputs(out: OutputCase) -> None:
+    for name in ("b1", "b2"):
+        _write(out.store, out.base / name, name)
+    out.store.sweep(out.base)
+    assert out.leftovers() == sorted(
+        out.committed("b1", ["data.txt", "manifest.json"])
+        + out.committed("b2", ["data.txt", "manifest.json"])
+    )
+    assert [_text(out, out.base / n) for n in ("b1", "b2")] == ["b1", "b2"]
 
 
 def test_a_sweep_leaves_a_live_attempt_alone(tmp_path: Path) -> None:

@@ -214,15 +214,18 @@ def run(project: ProjectOpt = Path()) -> None:
         if not is_disk_full(exc):
             raise
         _fail(disk_full(f"driftloop run -p {project}", exc), EXIT_RETRY_LATER)
-    print_run(result)
+    print_run(result, project=project)
     if result.unresolved:
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
-def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
+def print_run(
+    result: RunResult, *, quiet_when_idle: bool = False, project: Path | None = None
+) -> None:
     """The run summary: what was ingested, what each stage did, what was quarantined."""
     from driftloop.core.layout import Layout
 
+    layout = Layout(project or Path())  # where its outputs are (on S3 for outputs: s3://...)
     console = _console()
     ing = result.ingest
     if ing.batch is not None:
@@ -313,7 +316,7 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             for line in reason_lines(m.get("quarantine_reasons", [])):
                 console.print(line, markup=False)
             if m["rows_quarantined"]:
-                where = Layout(Path()).relative(Layout(Path()).quarantine / report.batch_id)
+                where = layout.relative(layout.quarantine / report.batch_id)
                 console.print(f"  rows and reasons: {where}/")
         elif report.stage == "features":
             console.print(
@@ -392,7 +395,9 @@ def stage(
             _console().print(f"{name} {report.batch_id}: {what}")
         from driftloop.orchestration.loop import RunResult
 
-        print_run(RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True)
+        print_run(
+            RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True, project=project
+        )
     if report.outcome in ("failed", "failed-earlier"):
         raise typer.Exit(EXIT_STAGE_FAILED)
 
@@ -810,11 +815,11 @@ def serve(
 def monitor(
     project: ProjectOpt = Path(),
     current: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--current",
-            help="A CSV/Parquet batch, or a data/processed|features/<batch> folder "
-            "(default: the prediction log).",
+            help="A CSV/Parquet batch, or a data/processed|features/<batch> folder (its "
+            "s3:// URL for outputs on S3; default: the prediction log).",
         ),
     ] = None,
     days: Annotated[

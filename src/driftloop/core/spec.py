@@ -604,6 +604,27 @@ class Spec(_Frozen):
     retrain: RetrainSpec = RetrainSpec()
     state: StateSpec = StateSpec()
     storage: StorageSpec = StorageSpec()
+    # Where processed, features and quarantine are written: an s3://bucket/prefix URL;
+    # without it, data/ in the project folder (core/layout.Layout.output_root).
+    outputs: str | None = None
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        bucket = value[5:].split("/", 1)[0] if value.lower().startswith("s3://") else ""
+        if not bucket:
+            raise ValueError(
+                f"outputs must be an s3://bucket/prefix URL, got {value!r}; leave it out to "
+                "keep the outputs under data/ in the project folder"
+            )
+        if has_password(value) or "@" in bucket:
+            raise ValueError(
+                "outputs holds credentials, which do not belong in driftloop.yaml; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead"
+            )
+        return value.rstrip("/")
 
     @field_validator("serving", "monitoring", "retrain", "state", "storage", mode="before")
     @classmethod
