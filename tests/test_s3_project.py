@@ -218,3 +218,32 @@ def test_bad_rows_are_quarantined_on_s3_with_their_reasons(tmp_path: Path, s3_en
     bad = scan_output(layout.quarantine / batch, "rows.parquet").collect()
     assert bad.height == 3
     assert all("x1" in str(reason) for reason in bad.to_dicts())
+
+
+def test_watch_names_the_quarantine_on_s3(tmp_path: Path, s3_env: S3Env) -> None:
+    """``driftloop watch`` prints where the quarantined rows are: the bucket, not a local
+    folder that does not exist (it once printed data/quarantine/... for any project)."""
+    project = tmp_path / "p"
+    write_spec(
+        project, SPEC + QUICK + "model: {enabled: false}\n" + f"outputs: {s3_env.url('proj')}\n"
+    )
+    land(project, "a.csv", 300, seed=1)
+    raw = project / "data" / "raw" / "s" / "a.csv"
+    lines = raw.read_text().splitlines()
+    cells = lines[5].split(",")
+    cells[1] = "oops"  # x1 is a float column
+    lines[5] = ",".join(cells)
+    raw.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", "watch", "--until-idle", "-p", str(project)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,  # a hang guard
+        cwd=tmp_path,  # not the project: the message must not depend on where watch starts
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with StateDB(Layout(project).state_db) as db:
+        [batch] = [b.batch_id for b in db.batches()]
+    assert f"rows and reasons: s3://{s3_env.bucket}/proj/quarantine/{batch}/" in done.stdout
+    assert "rows and reasons: data/" not in done.stdout

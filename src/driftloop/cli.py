@@ -1004,7 +1004,10 @@ def watch(
             console.print(f"[red]pass failed[/red]: {state.last_error} (the loop goes on)")
         shown[0] = state.last_error
 
-    watcher = Watcher(project, interval=interval, on_pass=print_run, on_status=show)
+    def on_pass(result: RunResult) -> None:
+        print_run(result, project=project)  # outputs named where the project keeps them
+
+    watcher = Watcher(project, interval=interval, on_pass=on_pass, on_status=show)
 
     _on_stop_signals(watcher.request_stop)
     landing = "files landing in data/raw"
