@@ -139,6 +139,10 @@ class Cloud:
             runs = db.stage_runs(100_000)
         return sum(1 for r in runs if r["stage"] == "monitor" and r["status"] == "succeeded")
 
+    def running(self) -> list[dict[str, Any]]:
+        with self.db() as db:
+            return db.running()
+
     def settled(self) -> str | None:
         with self.db() as db:
             return db.fact("settled")
@@ -270,8 +274,15 @@ def test_the_shop_in_the_cloud_end_to_end_and_through_a_kill(
         # -- a multi-file upload, kill -9 of up's process group between its objects -------
         wanted += cloud.upload(4, cloud.week(4, drift=1.0))
         _until("week 4 in the ledger", lambda: cloud.ledger() == sorted(wanted), first_log)
-        os.killpg(loop.pid, signal.SIGKILL)  # the loop is busy with week 4
+        settled_before = cloud.settled()
+        _until(  # a stage of week 4 in flight (or, on a fast machine, the pass already over)
+            "a stage in flight or the pass over",
+            lambda: cloud.running() or cloud.settled() != settled_before,
+            first_log,
+        )
+        os.killpg(loop.pid, signal.SIGKILL)
         loop.wait(GUARD)
+    left_running = cloud.running()  # what the dead process left "running"
     wanted += cloud.upload(5, cloud.week(5, drift=1.0))  # ... the rest lands while it is down
     killed_settled = cloud.settled()
 
@@ -302,6 +313,11 @@ def test_the_shop_in_the_cloud_end_to_end_and_through_a_kill(
     for stage in ("processed", "features"):
         assert {f"proj/{stage}/{b}/_SUCCESS" for b in batches} <= set(markers)
     assert not _stray_attempts(cloud)  # the dead run's attempt swept by the next pass
+    with cloud.db() as db:
+        assert not db.running()  # what the dead process left running was reconciled ...
+        for run in left_running:  # ... and done again, once
+            if run["stage"] in ("prep", "features"):
+                assert db.succeeded(run["key"]), run
     assert in_queue(s3_env, cloud.queue) == (0, 0)
 
     # No secret anywhere driftloop writes: outputs, logs, the project, events, S3 objects.
