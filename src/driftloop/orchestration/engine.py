@@ -1,0 +1,97 @@
+"""Where the calls that fan out run: in this process, or on a Dask cluster (``engine:``).
+
+``engine: dask`` connects to the scheduler at ``engine.address``, or without one starts a
+``LocalCluster`` of ``engine.workers`` processes on this machine for the session (a flow
+run). Each worker is held to ``threads_per_worker`` threads, and Polars and OpenMP inside it
+to as many (``POLARS_MAX_THREADS``, ``OMP_NUM_THREADS`` in the worker's environment, set
+before it imports Polars): two workers that each took every core would only fight. Workers
+started by hand (``dask worker``) need the same variables; docs/architecture.md shows the
+commands. Dask is imported only when a session with ``engine: dask`` starts.
+
+Work goes to the cluster through :func:`run` (``Client.submit``); a worker process that dies
+mid-call is replaced by the nanny and the call is run again by the scheduler (Dask's
+``allowed-failures``); the runner's run keys make the second run finish what the first
+started, never do it twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from driftloop.core.spec import EngineSpec
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_client: Any = None  # the session's distributed.Client (None: calls run in this process)
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment each worker starts with: its threads, for Polars and OpenMP too."""
+    n = str(threads)
+    return {
+        "POLARS_MAX_THREADS": n,
+        "OMP_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+    }
+
+
+@contextmanager
+def session(spec: EngineSpec) -> Iterator[Any]:
+    """The cluster for the block (its ``distributed.Client``, or None for ``local``)."""
+    global _client
+    if spec.name != "dask":
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if spec.address is None:
+        cluster = LocalCluster(
+            n_workers=spec.workers,
+            threads_per_worker=spec.threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+            env=worker_env(spec.threads_per_worker),
+        )
+        client = Client(cluster)
+    else:
+        client = Client(spec.address)
+    with _lock:
+        _client = client
+    try:
+        yield client
+    finally:
+        with _lock:
+            _client = None
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the session's cluster (and wait for it), or here without one."""
+    with _lock:
+        client = _client
+    if client is None:
+        return fn(*args)
+    future = client.submit(fn, *args, pure=False)
+    result: T = future.result()
+    return result
+
+
+def worker_name() -> str | None:
+    """The Dask worker this code runs on (its address), or None outside a worker."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return str(get_worker().address)
+    except ValueError:  # not in a worker
+        return None
