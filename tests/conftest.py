@@ -24,7 +24,7 @@ def datasets() -> Path:
     return SHARED
 
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.moto"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.moto", "tests.fixtures.prefect_server"]
 
 
 @pytest.fixture(autouse=True)

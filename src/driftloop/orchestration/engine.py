@@ -16,6 +16,7 @@ started, never do it twice.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ def session(spec: EngineSpec) -> Iterator[Any]:
             threads_per_worker=spec.threads_per_worker,
             processes=True,
             dashboard_address=None,
+            silence_logs=logging.ERROR,  # the cluster's own INFO lines would drown the flow's
             host="127.0.0.1",
             env=worker_env(spec.threads_per_worker),
         )

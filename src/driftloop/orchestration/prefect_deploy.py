@@ -57,7 +57,7 @@ def lifecycle_trigger(spec: Spec, project: str) -> DeploymentEventTrigger:
         parameters={
             "project": project,
             "trigger_event": "{{ event.event }}",
-            "trigger_id": "{{ event.id }}",
+            "trigger_id": "{{ event.id | string }}",
         },
     )
 

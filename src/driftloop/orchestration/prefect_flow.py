@@ -130,9 +130,16 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 )
 def stage_task(project: str, call: dict[str, Any], label: str) -> dict[str, Any]:
     """A stage call: on the Dask cluster for the calls that fan out, here otherwise."""
+    from prefect.logging import get_run_logger
+
     if call["stage"] in FANNED_OUT:
-        return engine.run(call_stage, project, call)
-    return call_stage(project, call)
+        found = engine.run(call_stage, project, call)
+    else:
+        found = call_stage(project, call)
+    get_run_logger().info(
+        "%s: %s on %s (%.2f s)", label, found["outcome"], found["worker"], found["seconds"]
+    )
+    return found
 
 
 @task(task_run_name="begin", cache_policy=NO_CACHE)
@@ -257,6 +264,7 @@ def lifecycle(
         "calls": calls,
         "failed": failed,
     }
+    prefect_events.flush()  # before this process may end (a served run is a subprocess)
     if failed:
         raise StageFailedError(
             f"{len(failed)} stage call(s) failed: {'; '.join(failed)} "
