@@ -32,6 +32,7 @@ prefect-venv: $(PREFECT_STAMP)
 
 ## make test-prefect: the tests under a real Prefect server and a Dask LocalCluster
 test-prefect: $(PREFECT_STAMP)
+	$(PREFECT_VENV)/bin/python -m mypy  # with Prefect's own types, which .venv does not have
 	OMP_NUM_THREADS=1 $(PREFECT_VENV)/bin/python -m pytest -n 0 -m prefect
 
 ## make demo: set everything up and run the lifecycle on built-in data (./demo)

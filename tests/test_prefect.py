@@ -63,7 +63,7 @@ engine: {name: dask, workers: 2, threads_per_worker: 1}
 # unchanged: with barrier/ present, a call waits until two calls are inside at once (serial
 # calls would wait out the guard and fail: the proof of parallel calls); with kill-once
 # present, the first call to see it removes it and kills its own process (a Dask worker).
-FEATS = '''
+FEATS = """
 import os, signal, time, uuid
 from pathlib import Path
 import polars as pl
@@ -88,7 +88,7 @@ def extra(frame):
     else:
         os.kill(os.getpid(), signal.SIGKILL)
     return {"x1_x2": pl.col("x1") * pl.col("x2")}
-'''
+"""
 
 
 def land(project: Path, name: str, rows: int, seed: int, start_day: int, drift: bool) -> None:
@@ -189,8 +189,9 @@ def story(
 ) -> None:
     deployments = wait_for(
         "deployments",
-        lambda: len(api(server, "/deployments/filter", {})) >= 2 and api(
-            server, "/deployments/filter", {}
+        lambda: (
+            len(api(server, "/deployments/filter", {})) >= 2
+            and api(server, "/deployments/filter", {})
         ),
         serve,
     )
@@ -256,7 +257,9 @@ def story(
     new = [e["batch_id"] for e in log if e["type"] == "DataArrived"][-1]
     assert any(e["type"] == "DriftDetected" for e in log)
     retrain = [e for e in log if e["type"] == "RetrainRequested"]
-    assert "drift" in retrain[-1]["reason"]
+    # the check found the week drifted and the model decayed on its labels: either retrains
+    assert retrain[-1]["reason"].startswith(("drift", "performance degraded"))
+    assert retrain[-1]["new_batches"] == [new]
     started = Counter((e["stage"], e["batch_id"]) for e in log if e["type"] == "StageStarted")
     succeeded = Counter((e["stage"], e["batch_id"]) for e in log if e["type"] == "StageSucceeded")
     # the killed call ran again and finished; nothing else of any batch ran twice

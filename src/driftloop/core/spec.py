@@ -546,8 +546,7 @@ class EngineSpec(_Frozen):
                 raise ValueError(f"address is for engine name 'dask', not {self.name!r}")
             if "://" not in self.address:
                 raise ValueError(
-                    f"address {self.address!r} must be a scheduler URL such as "
-                    "tcp://scheduler:8786"
+                    f"address {self.address!r} must be a scheduler URL such as tcp://scheduler:8786"
                 )
         return self
 
