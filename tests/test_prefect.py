@@ -307,3 +307,31 @@ def test_prefect_retries_follow_driftloops_transient_permanent_split() -> None:
     assert retried(TransientError("the registry did not answer"))
     assert not retried(StageFailedError("prep b: too many bad rows"))
     assert not retried(SpecError("no stage 'prepp'"))
+
+
+def test_prefects_cache_key_is_the_run_key_while_its_output_is_committed(tmp_path: Path) -> None:
+    require_prefect()
+    import driftloop
+    from driftloop.orchestration.prefect_flow import _run_key
+    from driftloop.orchestration.runner import stage_def
+
+    from .test_state_store import TINY
+
+    write_spec(tmp_path, TINY.replace('state: {url: "URL"}\n', ""))
+    folder = tmp_path / "data" / "raw" / "s"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    driftloop.run(tmp_path)
+    layout = Layout(tmp_path)
+    with StateDB(layout.state_db) as db:
+        (batch,) = db.batches()
+        runs = [e for e in db.events(limit=100) if e["type"] == "StageSucceeded"]
+    prep_key = next(e["key"] for e in runs if e["stage"] == "prep")
+    call = {"stage": "prep", "batch_id": batch.batch_id}
+    params = {"project": str(tmp_path), "call": call}
+    assert _run_key(None, params) == f"driftloop-tiny-prep-{prep_key}"
+    assert _run_key(None, {"project": str(tmp_path), "call": {"stage": "ingest"}}) is None
+    assert stage_def("prep").keyed
+    # an output withdrawn (or deleted) is never taken for done: Prefect runs the task again
+    (layout.processed / batch.batch_id / "_SUCCESS").unlink()
+    assert _run_key(None, params) is None

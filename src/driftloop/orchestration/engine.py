@@ -56,7 +56,7 @@ def session(spec: EngineSpec) -> Iterator[Any]:
             n_workers=spec.workers,
             threads_per_worker=spec.threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: several clusters on one machine
             silence_logs=logging.ERROR,  # the cluster's own INFO lines would drown the flow's
             host="127.0.0.1",
             env=worker_env(spec.threads_per_worker),
