@@ -335,3 +335,26 @@ def test_prefects_cache_key_is_the_run_key_while_its_output_is_committed(tmp_pat
     # an output withdrawn (or deleted) is never taken for done: Prefect runs the task again
     (layout.processed / batch.batch_id / "_SUCCESS").unlink()
     assert _run_key(None, params) is None
+
+
+def test_driftloop_prefect_run_is_one_pass_as_a_flow_run(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    from .test_state_store import TINY
+
+    write_spec(tmp_path, TINY.replace('state: {url: "URL"}\n', ""))  # engine: local
+    folder = tmp_path / "data" / "raw" / "s"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_text("x,y\n1,2\n3,4\n-1,5\n")  # one row breaks x's min
+    env = {**os.environ, **prefect_server.env, "OMP_NUM_THREADS": "1"}
+    out = cli(tmp_path, "prefect", "run", env=env)
+    lines = [line.split(": ")[0] for line in out.splitlines() if ": ran (" in line]
+    assert [line.split(" ")[0] for line in lines] == ["prep", "features"], out
+    batch = lines[0].split(" ")[1]
+    runs = api(prefect_server, "/flow_runs/filter", {})
+    mine = [r for r in runs if r["parameters"].get("project") == str(tmp_path.resolve())]
+    assert [r["state_type"] for r in mine] == ["COMPLETED"]
+    layout = Layout(tmp_path)
+    assert is_complete(layout.processed / batch) and is_complete(layout.quarantine / batch)
+    # the second pass finds every output current: no task runs
+    assert "nothing to do" in cli(tmp_path, "prefect", "run", env=env)
