@@ -270,6 +270,21 @@ def story(
     layout = Layout(project)
     assert all(is_complete(layout.features / b) for b in [*batches, new])
 
+    # the prediction-log monitor's deployment runs (as its schedule would start it); no
+    # server has logged a prediction here, which it says without failing
+    (monitor,) = [d for d in deployments if d["schedules"]]
+    made = api(server, f"/deployments/{monitor['id']}/create_flow_run", {})
+    run = wait_for(
+        "the monitor's run",
+        lambda: (
+            (r := httpx.get(f"{server.api_url}/flow_runs/{made['id']}", timeout=30).json())
+            and r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
+            and r
+        ),
+        serve,
+    )
+    assert run["state_type"] == "COMPLETED", run["state"]
+
 
 def _drift_run(runs: list[dict[str, Any]]) -> bool:
     return any(r["parameters"]["trigger_event"] == "driftloop.DriftDetected" for r in runs)
