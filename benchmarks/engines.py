@@ -181,9 +181,10 @@ def main() -> None:
         per_batch = (wall - idle) / args.batches  # one worker: a batch's prep and features
         day = 1_000 * 24  # hourly files of 1,000 sources
         print(
-            f"projection: {day:,} batches a day at {per_batch:.2f} s each on one worker is "
-            f"{day * per_batch / 3600:.1f} worker-hours; on 16 workers "
-            f"{day * per_batch / 16 / 3600:.2f} h a day if they scale as 1 -> 2 did"
+            f"projection (paper, linear): {day:,} batches a day at {per_batch:.2f} s each on "
+            f"one worker is {day * per_batch / 3600:.1f} worker-hours, "
+            f"{day * per_batch / 16 / 3600:.2f} h on 16 workers if they scale linearly (the "
+            "1 -> 2 row above says whether this machine showed that)"
         )
 
 
