@@ -109,3 +109,17 @@ def test_each_dask_worker_holds_polars_and_openmp_to_its_threads() -> None:
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("prefect") is not None, reason="the prefect extra is installed here"
+)
+def test_ci_makes_a_missing_prefect_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    from .fixtures.prefect_server import require_prefect
+
+    monkeypatch.delenv("DRIFTLOOP_REQUIRE_PREFECT", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="make test-prefect"):
+        require_prefect()
+    monkeypatch.setenv("DRIFTLOOP_REQUIRE_PREFECT", "1")
+    with pytest.raises(pytest.fail.Exception, match="DRIFTLOOP_REQUIRE_PREFECT=1"):
+        require_prefect()
