@@ -373,3 +373,32 @@ def test_driftloop_prefect_run_is_one_pass_as_a_flow_run(
     assert is_complete(layout.processed / batch) and is_complete(layout.quarantine / batch)
     # the second pass finds every output current: no task runs
     assert "nothing to do" in cli(tmp_path, "prefect", "run", env=env)
+
+
+def test_a_call_that_fails_on_its_data_fails_the_flow_run_once_not_retried(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    from .test_state_store import TINY
+
+    write_spec(tmp_path, TINY.replace('state: {url: "URL"}\n', ""))
+    folder = tmp_path / "data" / "raw" / "s"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_text("x,y\n-1,2\n-3,4\n")  # every row breaks x's min: too many bad
+    env = {**os.environ, **prefect_server.env, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [*CLI, "prefect", "run", "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "1 stage call(s) failed: prep --batch" in out.stdout
+    assert "driftloop batches" in out.stdout
+    with StateDB(Layout(tmp_path).state_db) as db:
+        started = [e for e in db.events(limit=100) if e["type"] == "StageStarted"]
+    assert [e["stage"] for e in started] == ["prep"]  # once: Prefect did not retry it
+    runs = api(prefect_server, "/flow_runs/filter", {})
+    mine = [r for r in runs if r["parameters"].get("project") == str(tmp_path.resolve())]
+    assert [r["state_type"] for r in mine] == ["FAILED"]
