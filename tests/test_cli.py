@@ -111,8 +111,20 @@ def test_run_without_spec_and_with_bad_spec_fail_with_one_line(tmp_path: Path) -
     assert "Traceback" not in out.stderr
 
 
-def test_s3_source_and_sample_fail_with_one_line_naming_them(tmp_path: Path) -> None:
-    """Storage by URL: s3:// is refused up front (not a crash, not an empty glob)."""
+def test_s3_source_and_sample_fail_with_one_line_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage by URL: an S3 endpoint that does not answer is one line naming the source
+    (or the sample) and the fix, exit 5 (run again later): not a crash, not an empty glob."""
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     (tmp_path / "driftloop.yaml").write_text(
         "name: t\ntask: regression\ntarget: y\n"
         "sources: [{name: orders, path: 's3://landing/orders/*.csv'}]\n"
@@ -120,14 +132,14 @@ def test_s3_source_and_sample_fail_with_one_line_naming_them(tmp_path: Path) -> 
     )
     for args in (("run",), ("status",), ("init", "--from", "s3://landing/a.csv", "--target", "y")):
         out = cli(*args, "--force", cwd=tmp_path) if args[0] == "init" else cli(*args, cwd=tmp_path)
-        assert out.returncode == 2, (args, out.stderr)
+        assert out.returncode == 5, (args, out.stderr)
         assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-        assert "s3:// storage is not supported yet: the S3 extra arrives with issue 13" in (
-            out.stderr
-        )
+        assert f"the S3 endpoint {dead} did not answer" in out.stderr
+        assert "example-secret" not in out.stderr
         assert ("source 'orders' (path 's3://landing/orders/*.csv')" in out.stderr) == (
             args[0] != "init"
         )
+        assert ("s3://landing/a.csv" in out.stderr) == (args[0] == "init")
 
 
 def test_failing_stage_exits_1_and_names_the_batch(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from driftloop.models.registry import (
     version_info,
 )
 from driftloop.testing import InMemoryRegistry, forget, memory_store
+from tests.fixtures.mlflow_server import MlflowServer
+from tests.fixtures.moto import MotoServer
 
 SPEC = """
 name: contract
@@ -39,20 +42,41 @@ contract:
     y: {dtype: str, allowed: ["no", "yes"], nullable: false}
 """
 
-# A store of each kind in a test's folder. A kind added to registry.KINDS without an entry
-# here fails every contract test with a KeyError: add how to make one of its stores.
-STORES: dict[str, Callable[[Path], str]] = {
-    "mlflow": lambda folder: f"sqlite:///{folder / 'mlflow.db'}",
-    "memory": lambda folder: memory_store("contract").uri,
+
+# A store of each kind in a test's folder, and the shared one (`mlflow server` on PostgreSQL
+# with proxied S3 artifacts, tests/fixtures/mlflow_server.py). A kind added to
+# registry.KINDS without an entry here fails test_every_kind_has_a_store: add how to make
+# one of its stores.
+def _server_store(request: pytest.FixtureRequest, folder: Path) -> str:
+    request.getfixturevalue("no_aws")  # the client holds no S3 credentials: proxied artifacts
+    server = request.getfixturevalue("mlflow_server")
+    return str(server.uri)
+
+
+STORES: dict[str, tuple[str, Callable[[pytest.FixtureRequest, Path], str]]] = {
+    "mlflow": ("mlflow", lambda request, folder: f"sqlite:///{folder / 'mlflow.db'}"),
+    "mlflow-server": ("mlflow", _server_store),
+    "memory": ("memory", lambda request, folder: memory_store("contract").uri),
 }
 
 
-@pytest.fixture(params=sorted(KINDS))
+def test_every_kind_has_a_store() -> None:
+    assert set(KINDS) <= {kind for kind, _ in STORES.values()}
+
+
+@pytest.fixture(params=sorted(STORES))
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
-    uri = STORES[request.param](tmp_path)
-    spec = parse_spec(read_yaml(SPEC + f"model: {{tracking_uri: '{uri}'}}\n"))
+    kind, make = STORES[request.param]
+    uri = make(request, tmp_path)
+    # A shared server outlives the test: each test registers a model of its own there.
+    name = f"contract-{uuid.uuid4().hex[:8]}" if request.param == "mlflow-server" else "contract"
+    spec = parse_spec(
+        read_yaml(
+            SPEC.replace("name: contract", f"name: {name}") + f"model: {{tracking_uri: '{uri}'}}\n"
+        )
+    )
     opened = open_registry(spec, Layout(tmp_path))
-    assert kind_of(opened.uri) == request.param and opened.model == "contract"
+    assert kind_of(opened.uri) == kind and opened.model == name
     yield opened
     forget(uri)
 
@@ -100,7 +124,7 @@ def test_an_empty_registry_has_nothing_and_refuses_unknown_versions(
         lambda: registry.tag("1", {"a": "b"}),
         lambda: registry.download("1", tmp_path / "dl"),
     ):
-        with pytest.raises(RegistryError, match="'contract' has no version 1"):
+        with pytest.raises(RegistryError, match=f"'{registry.model}' has no version 1"):
             attempt()
 
 
@@ -151,9 +175,9 @@ def test_a_version_gives_back_its_package_and_lineage(registry: Registry, tmp_pa
     assert files(entry / model_cache.PACKAGE) == files(tmp_path / "p2")
     run_id = registry.versions()[0].run_id
     assert run_id is not None
-    assert model_cache.lookup(layout, "contract", registry.uri, "2", run_id) == entry
+    assert model_cache.lookup(layout, registry.model, registry.uri, "2", run_id) == entry
     assert model_cache.read_info(entry)["run_id"] == run_id
-    assert model_cache.lookup(layout, "contract", registry.uri, "2", "another-run") is None
+    assert model_cache.lookup(layout, registry.model, registry.uri, "2", "another-run") is None
 
 
 # -- MLflow ---------------------------------------------------------------------------------
@@ -212,6 +236,62 @@ def test_mlflow_that_does_not_answer_is_a_transient_error(tmp_path: Path) -> Non
     finally:
         del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         del os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+
+
+def test_mlflow_ignores_and_keeps_the_process_wide_mlflow_setting(tmp_path: Path) -> None:
+    """A notebook that points MLflow's fluent API elsewhere between two registrations: the
+    registry still writes to its own store, and leaves the notebook's setting as it was."""
+    import mlflow
+
+    first = mlflow_registry(tmp_path / "a")
+    register(first, tmp_path / "a", 1)
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    try:
+        assert register(first, tmp_path / "a", 2) == "2"
+        assert mlflow.get_tracking_uri() == elsewhere
+        assert [v.version for v in first.versions()] == ["2", "1"]
+        got = first.download("1", tmp_path / "dl")  # read from its store, not the notebook's
+        assert files(got) == files(tmp_path / "a" / "p1")
+        assert first.lineage("2") == {"batches": [{"batch_id": "b2"}]}
+        assert not (tmp_path / "elsewhere.db").exists()  # nothing was written there
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_mlflow_server_keeps_models_in_s3_through_its_proxy(
+    mlflow_server: MlflowServer,
+    moto_server: MotoServer,
+    no_aws: None,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The shared store: the client has no AWS credentials, the server's bucket gets the
+    package, and a second machine (another project folder) gets it back through the server."""
+    import boto3.session
+
+    assert boto3.session.Session().get_credentials() is None  # the client could not reach S3
+    name = f"proxied-{uuid.uuid4().hex[:8]}"
+    spec = SPEC.replace("name: contract", f"name: {name}")
+    spec += f"model: {{tracking_uri: '{mlflow_server.uri}'}}\n"
+    here = open_registry(parse_spec(read_yaml(spec)), Layout(tmp_path / "here"))
+    version = register(here, tmp_path, 1)
+    assert "View run" not in capfd.readouterr().out  # MLflow's chatter is not the user's
+    keys = [
+        o["Key"]
+        for page in moto_server.client("s3")
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=mlflow_server.bucket)
+        for o in page.get("Contents", [])
+    ]
+    assert any(k.endswith("/driftloop/pipeline.skops") for k in keys), keys
+    assert any(k.endswith("/driftloop/lineage.json") for k in keys), keys
+    there = open_registry(parse_spec(read_yaml(spec)), Layout(tmp_path / "there"))
+    entry = model_cache.fetch(there, Layout(tmp_path / "there"), version)
+    assert entry.is_relative_to(tmp_path / "there")
+    assert files(entry / model_cache.PACKAGE) == files(tmp_path / "p1")
+    assert model_cache.read_info(entry)["lineage"] == {"batches": [{"batch_id": "b1"}]}
 
 
 # -- in memory ------------------------------------------------------------------------------

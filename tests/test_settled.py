@@ -134,7 +134,7 @@ def test_a_settled_cli_run_imports_neither_the_spec_nor_the_state_layer(tmp_path
         f"sys.argv = ['driftloop', 'run', '-p', {str(project)!r}]\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
         "heavy = [m for m in ('sqlalchemy', 'driftloop.core.spec', 'driftloop.core.state',"
-        " 'polars') if m in sys.modules]\n"
+        " 'polars', 'boto3', 'botocore') if m in sys.modules]\n"
         "print('heavy:', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

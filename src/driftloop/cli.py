@@ -60,7 +60,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 NOTHING_TO_DO = "nothing to do: every batch is up to date"
 EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
-EXIT_RETRY_LATER = 5  # the state database locked past the wait, or the disk full
+EXIT_RETRY_LATER = 5  # the state database locked past the wait, the disk full, S3 down
 
 
 def _print_version(value: bool) -> None:
@@ -189,8 +189,9 @@ def run(project: ProjectOpt = Path()) -> None:
     (drift, and performance from its labels); if the retrain policy says so, train a
     challenger and run the promotion gate, which promotes it or keeps the champion. Exits 0
     when the pass completes, 1 while a failure is unresolved (this run's or an earlier
-    one's: see 'driftloop batches'), 2 for a bad spec or arguments, 5 when the state
-    database stayed locked by another process or the disk is full (run again later)."""
+    one's: see 'driftloop batches'), 2 for a bad spec or arguments (or a bucket or
+    credentials S3 refuses), 5 when the state database stayed locked by another process,
+    the disk is full or an S3 endpoint did not answer (run again later)."""
     from driftloop.orchestration.settled import quick_settled
 
     settled = quick_settled(project)
@@ -213,15 +214,18 @@ def run(project: ProjectOpt = Path()) -> None:
         if not is_disk_full(exc):
             raise
         _fail(disk_full(f"driftloop run -p {project}", exc), EXIT_RETRY_LATER)
-    print_run(result)
+    print_run(result, project=project)
     if result.unresolved:
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
-def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
+def print_run(
+    result: RunResult, *, quiet_when_idle: bool = False, project: Path | None = None
+) -> None:
     """The run summary: what was ingested, what each stage did, what was quarantined."""
     from driftloop.core.layout import Layout
 
+    layout = Layout(project or Path())  # where its outputs are (on S3 for outputs: s3://...)
     console = _console()
     ing = result.ingest
     if ing.batch is not None:
@@ -312,7 +316,7 @@ def print_run(result: RunResult, *, quiet_when_idle: bool = False) -> None:
             for line in reason_lines(m.get("quarantine_reasons", [])):
                 console.print(line, markup=False)
             if m["rows_quarantined"]:
-                where = Layout(Path()).relative(Layout(Path()).quarantine / report.batch_id)
+                where = layout.relative(layout.quarantine / report.batch_id)
                 console.print(f"  rows and reasons: {where}/")
         elif report.stage == "features":
             console.print(
@@ -391,7 +395,9 @@ def stage(
             _console().print(f"{name} {report.batch_id}: {what}")
         from driftloop.orchestration.loop import RunResult
 
-        print_run(RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True)
+        print_run(
+            RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True, project=project
+        )
     if report.outcome in ("failed", "failed-earlier"):
         raise typer.Exit(EXIT_STAGE_FAILED)
 
@@ -809,11 +815,11 @@ def serve(
 def monitor(
     project: ProjectOpt = Path(),
     current: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--current",
-            help="A CSV/Parquet batch, or a data/processed|features/<batch> folder "
-            "(default: the prediction log).",
+            help="A CSV/Parquet batch, or a data/processed|features/<batch> folder (its "
+            "s3:// URL for outputs on S3; default: the prediction log).",
         ),
     ] = None,
     days: Annotated[
@@ -1001,8 +1007,11 @@ def watch(
     watcher = Watcher(project, interval=interval, on_pass=print_run, on_status=show)
 
     _on_stop_signals(watcher.request_stop)
+    landing = "files landing in data/raw"
+    if spec.ingest.events is not None:  # S3 event notifications on an SQS queue
+        landing = f"files its sources' notifications on {spec.ingest.events.queue} name"
     console.print(
-        f"watching {project.resolve()} ({spec.name}): files landing in data/raw flow "
+        f"watching {project.resolve()} ({spec.name}): {landing} flow "
         "through prep, features, checks, training and the gate; Ctrl-C stops"
     )
     try:
@@ -1203,9 +1212,9 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
-    from driftloop.core.errors import DiskFullError, StateLockedError
+    from driftloop.core.errors import DiskFullError, StateLockedError, StorageUnavailableError
 
-    if isinstance(exc, (DiskFullError, StateLockedError)):
+    if isinstance(exc, (DiskFullError, StateLockedError, StorageUnavailableError)):
         code = EXIT_RETRY_LATER  # not the project's fault: the same command will work later
     if _state["verbose"]:
         import traceback

@@ -182,7 +182,7 @@ def _start_traffic(project: Path, url: str) -> Any:
     from driftloop.serving.records import request_records
 
     spec, layout = load_spec(project), Layout(project)
-    first = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))[0]
+    first = sorted(p for p in Path(layout.processed).iterdir() if not p.name.startswith("."))[0]
     rows = pl.read_parquet(first / "data.parquet").head(500)
     traffic = Traffic(url, request_records(rows, spec), concurrency=4)
     traffic.start()
@@ -216,7 +216,7 @@ def _send_feedback(project: Path, url: str, answers: list[Any]) -> int:
     from driftloop.core.spec import load_spec
 
     spec, layout = load_spec(project), Layout(project)
-    first = sorted(p for p in layout.processed.iterdir() if not p.name.startswith("."))[0]
+    first = sorted(p for p in Path(layout.processed).iterdir() if not p.name.startswith("."))[0]
     truth = pl.read_parquet(first / "data.parquet").head(500)[spec.target].to_list()
     items = [
         {"request_id": a.request_id, "record": 0, "label": truth[a.record]}
@@ -246,7 +246,7 @@ def _monitor_log(project: Path, step: Callable[[str], None]) -> None:
 
 
 def _summary(project: Path, console: Any) -> None:
-    processed = sorted(Layout(project).processed.glob("*/manifest.json"))
+    processed = sorted(Path(Layout(project).processed).glob("*/manifest.json"))
     total = {"rows_in": 0, "rows_ok": 0, "rows_quarantined": 0, "rows_duplicate": 0}
     for path in processed:
         manifest = json.loads(path.read_text(encoding="utf-8"))

@@ -18,6 +18,7 @@ import io
 import math
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from driftloop.core.errors import InitError, ProjectExistsError
 from driftloop.core.layout import Layout
-from driftloop.core.rawstore import raw_store
+from driftloop.core.rawstore import RawStore, raw_store
 from driftloop.core.spec import SPEC_FILENAME, CsvOptions, SourceSpec, load_spec
 from driftloop.prep.contract import normalize_strings
 from driftloop.prep.read import ROW, csv_rows, read_raw
@@ -464,9 +465,51 @@ def init_from_file(
     except OSError:
         raise InitError(f"{url}: no such file; pass the path of a CSV or Parquet sample") from None
     local = store.local_path(key)
-    if local is None:
-        raise InitError(f"{url}: {store.scheme}:// samples cannot be read yet")
-    sample = local
+    if local is not None:
+        return _init_from_local(
+            project, store, key, local, target, time_column, name, task, notes, header, names
+        )
+    # An object store's sample (s3://bucket/prefix/file.csv): read from a local copy, and the
+    # source is the sample's folder in the bucket, where the first run takes the sample itself
+    with tempfile.TemporaryDirectory(prefix="driftloop-init-") as scratch:
+        copy = Path(scratch) / key.rpartition("/")[2]
+        with store.open(key) as src, copy.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        folder = key.rpartition("/")[0]
+        return _init_from_local(
+            project,
+            store,
+            key,
+            copy,
+            target,
+            time_column,
+            name,
+            task,
+            notes,
+            header,
+            names,
+            folder=folder,
+        )
+
+
+def _init_from_local(
+    project: Path,
+    store: RawStore,
+    key: str,
+    sample: Path,
+    target: str,
+    time_column: str | None,
+    name: str | None,
+    task: str | None,
+    notes: list[str] | None,
+    header: bool | None,
+    names: list[str] | None,
+    *,
+    folder: str | None = None,
+) -> Path:
+    """:func:`init_from_file` once the sample is a file of this machine; ``folder``: the
+    object store's folder the sample came from (the source reads it; nothing is copied)."""
+    layout = Layout(project)
     is_parquet = sample.suffix.lower() in (".parquet", ".pq")
     opts = CsvOptions() if is_parquet else sniff_csv(sample)
     if names and header is not False:
@@ -493,7 +536,11 @@ def init_from_file(
         # CSV is a format, not an extension: a census file's '.data' sample has a '.test'
         # sibling, an export may land as '.txt'; every file in the folder is read as CSV
         # (one that is not is quarantined with the reason, never skipped unseen)
-        path=layout.source_pattern(source_name, "parquet" if is_parquet else None),
+        path=(
+            layout.source_pattern(source_name, "parquet" if is_parquet else None)
+            if folder is None
+            else f"{folder}/{'*.parquet' if is_parquet else '*'}"
+        ),
         format="parquet" if is_parquet else "csv",
         csv=opts,
     )
@@ -571,6 +618,12 @@ def init_from_file(
             time_column=time_column,
             id_column=id_column,
         )
+    if folder is not None:  # the sample stays where it is: the first run takes it there
+        layout.spec.write_text(text, encoding="utf-8")
+        load_spec(project)  # what init writes must load as is
+        if notes is not None:
+            notes.append(f"source {source_name!r} reads {source.path}; the sample is taken there")
+        return layout.spec
     raw_dir = layout.raw / source_name
     raw_dir.mkdir(parents=True, exist_ok=True)
     layout.spec.write_text(text, encoding="utf-8")

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
 __all__ = ["RunResult", "plan", "read_features", "run", "run_stage"]
 
 
-def read_features(project: Path, batch_id: str) -> pl.LazyFrame:
-    """The model columns of one batch (features are stored as a delta over processed rows)."""
+def read_features(project: Path | str, batch_id: str) -> pl.LazyFrame:
+    """The model columns of one batch (features are stored as a delta over processed rows),
+    wherever the project's outputs live (its folder, or the spec's ``outputs:`` bucket)."""
     from driftloop.features import stage as features_stage
 
-    return features_stage.read_features(Layout(project), batch_id)
+    return features_stage.read_features(Layout(Path(project)), batch_id)
 
 
 def run(project: Path, *, wait: bool = True, quick: bool = True) -> RunResult:

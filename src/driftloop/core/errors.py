@@ -23,15 +23,20 @@ shown only with ``--verbose``.
      │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
      ├── StorageError                 a source or output location cannot be used
-     │    └── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
+     │    ├── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
+     │    ├── BucketNotFoundError     an object store's bucket does not exist
+     │    ├── StorageAccessError      the store refused the credentials (or found none)
+     │    ├── EventQueueError         the SQS queue of ingest.events cannot be used
+     │    └── StorageUnavailableError the store did not answer, throttled or failed (5xx);
+     │                                retried: a TransientError too
      ├── DiskFullError                no space left writing an output or the state database
      └── StateError                   the state database is unusable
           └── StateLockedError        another process held its write lock past the timeout
 
-A ``TransientError`` says the failure may pass by itself (a registry that did not answer,
-a locked state database, a full disk): the loop retries it with a backoff, where other
-errors are failures of the data or spec. The CLI exits 5 for the last two (nothing was lost;
-fix the machine's condition and run again).
+A ``TransientError`` says the failure may pass by itself (a registry or an object store
+that did not answer, a locked state database, a full disk): the loop retries it with a
+backoff, where other errors are failures of the data or spec. The CLI exits 5 for the last
+three (nothing was lost; fix the machine's condition and run again).
 """
 
 from __future__ import annotations
@@ -114,12 +119,28 @@ class StorageSchemeError(StorageError):
     """A URL names a storage scheme driftloop has no store for (yet)."""
 
 
+class BucketNotFoundError(StorageError):
+    """An object store's bucket does not exist (or this account cannot see it)."""
+
+
+class StorageAccessError(StorageError):
+    """The object store refused the credentials, or none were found."""
+
+
+class EventQueueError(StorageError):
+    """The SQS queue that bucket notifications arrive on is missing or refuses us."""
+
+
 class TransientError(DriftloopError):
     """A failure that may pass by itself; the loop retries it."""
 
 
 class RegistryUnavailableError(RegistryError, TransientError):
     """The model registry did not answer."""
+
+
+class StorageUnavailableError(StorageError, TransientError):
+    """The object store did not answer, throttled the request or failed on its side (5xx)."""
 
 
 class StateError(DriftloopError):

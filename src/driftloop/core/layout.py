@@ -1,6 +1,9 @@
 """Where things live in a project folder, and the atomic-output discipline.
 
 :class:`Layout` is the only place that spells a project path: every other module asks it.
+Stage outputs (processed, features, quarantine, batch checks, reports) live under its
+``output_root``: ``data/`` here, or the spec's ``outputs: s3://...`` (then they are
+:class:`~driftloop.core.urls.ObjectUrl` addresses, which join like paths).
 
 A stage writes its output into a place of its own run, writes ``manifest.json`` and then
 ``_SUCCESS`` last, and commits it (on this machine: a hidden temporary folder renamed into
@@ -12,10 +15,18 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from driftloop.core.outputs import output_store
+from driftloop.core.outputs import Address, output_store
+from driftloop.core.urls import ObjectUrl
+
+if TYPE_CHECKING:
+    import polars as pl
+
+# A stage output's address: a folder of this machine, or a URL on an object store.
+Output = Path | ObjectUrl
 
 
 @dataclass(frozen=True)
@@ -32,17 +43,29 @@ class Layout:
     def raw(self) -> Path:
         return self.root / "data" / "raw"
 
-    @property
-    def processed(self) -> Path:
-        return self.root / "data" / "processed"
+    @cached_property
+    def output_root(self) -> Output:
+        """Where processed, features and quarantine live: the spec's ``outputs:`` URL
+        (``s3://bucket/prefix``), else ``data/`` in the project folder. Read from the spec
+        file here, so that every reader of a project sees the same place."""
+        url = _spec_outputs(self.spec)
+        return ObjectUrl(url) if url else self.root / "data"
 
     @property
-    def features(self) -> Path:
-        return self.root / "data" / "features"
+    def on_object_store(self) -> bool:
+        return isinstance(self.output_root, ObjectUrl)
 
     @property
-    def quarantine(self) -> Path:
-        return self.root / "data" / "quarantine"
+    def processed(self) -> Output:
+        return self.output_root / "processed"
+
+    @property
+    def features(self) -> Output:
+        return self.output_root / "features"
+
+    @property
+    def quarantine(self) -> Output:
+        return self.output_root / "quarantine"
 
     @property
     def promotions(self) -> Path:
@@ -64,14 +87,15 @@ class Layout:
         return self.monitoring / "feedback"
 
     @property
-    def batch_checks(self) -> Path:
-        """Each new batch's check against the champion (a stage output per batch)."""
-        return self.monitoring / "batches"
+    def batch_checks(self) -> Output:
+        """Each new batch's check against the champion (a stage output per batch; under the
+        outputs root, like processed and features)."""
+        return self.output_root / "monitoring" / "batches"
 
     @property
-    def reports(self) -> Path:
-        """Monitoring reports (json + html)."""
-        return self.monitoring / "reports"
+    def reports(self) -> Output:
+        """Monitoring reports (json + html; under the outputs root)."""
+        return self.output_root / "monitoring" / "reports"
 
     @property
     def models(self) -> Path:
@@ -84,7 +108,7 @@ class Layout:
         return self.root / "data" / "replay"
 
     @property
-    def outputs(self) -> tuple[Path, ...]:
+    def outputs(self) -> tuple[Output, ...]:
         """The folders of stage outputs (committed by the atomic-output protocol)."""
         return (
             self.processed,
@@ -129,8 +153,11 @@ class Layout:
         tail = "*" if suffix is None else f"*.{suffix}"
         return f"{self.relative(self.raw / source)}/{tail}"
 
-    def relative(self, path: Path) -> str:
-        """A path as the user sees it: relative to the project when inside it."""
+    def relative(self, path: Output) -> str:
+        """A path as the user sees it: relative to the project when inside it (a URL as
+        it is)."""
+        if isinstance(path, str):
+            return str(path)
         try:
             # abspath, not resolve: a raw file may be a symlink to data kept elsewhere
             return path.absolute().relative_to(self.root.absolute()).as_posix()
@@ -142,16 +169,50 @@ class Layout:
 # belongs to (driftloop.core.outputs; a rename on this machine).
 
 
-def is_complete(output_dir: Path) -> bool:
+def _spec_outputs(spec: Path) -> str | None:
+    """The ``outputs:`` of a spec file, or None (no file, no key, or not a URL: loading the
+    spec reports what is wrong with it)."""
+    try:
+        text = spec.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if "outputs:" not in text:  # the common case: no YAML parse
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    value = data.get("outputs") if isinstance(data, dict) else None
+    if isinstance(value, str) and value.lower().startswith("s3://"):
+        return value.rstrip("/")
+    return None
+
+
+def output_file(output_dir: Output, name: str) -> Address:
+    """Where a committed output's file is read from: a path here, the committed attempt's
+    URL on an object store (Polars reads both)."""
+    return output_store(output_dir).file(output_dir, name)
+
+
+def scan_output(output_dir: Output, name: str = "data.parquet") -> pl.LazyFrame:
+    """A committed output's Parquet file, lazily (credentials from the AWS environment)."""
+    import polars as pl
+
+    return pl.scan_parquet(output_file(output_dir, name))
+
+
+def is_complete(output_dir: Address) -> bool:
     """The output is committed (``_SUCCESS`` published): readers trust nothing else."""
     return output_store(output_dir).is_committed(output_dir)
 
 
-def read_manifest(output_dir: Path) -> dict[str, Any]:
+def read_manifest(output_dir: Address) -> dict[str, Any]:
     return output_store(output_dir).read_manifest(output_dir)
 
 
-def atomic_output(final_dir: Path) -> AbstractContextManager[Path]:
+def atomic_output(final_dir: Address) -> AbstractContextManager[Path]:
     """Yield a place of this run's own; when the caller sealed it, commit it as ``final_dir``.
 
     The caller writes data files into it and then calls :func:`seal`. An existing
@@ -163,7 +224,7 @@ def atomic_output(final_dir: Path) -> AbstractContextManager[Path]:
     return output_store(final_dir).attempt(final_dir)
 
 
-def retract(output_dir: Path) -> None:
+def retract(output_dir: Address) -> None:
     """Withdraw a published output."""
     output_store(output_dir).retract(output_dir)
 
@@ -173,7 +234,7 @@ def seal(output_dir: Path, manifest: dict[str, Any]) -> None:
     output_store(output_dir).seal(output_dir, manifest)
 
 
-def sweep_temporaries(parent: Path) -> None:
+def sweep_temporaries(parent: Address) -> None:
     """Remove leftovers of a run that was killed before its commit."""
     output_store(parent).sweep(parent)
 
@@ -184,7 +245,7 @@ DATA_FILE = "data.parquet"
 COMPRESSION: Literal["lz4"] = "lz4"
 
 
-def parquet_rows(path: Path) -> int:
+def parquet_rows(path: Address) -> int:
     """The rows of a Parquet file, from its metadata."""
     import polars as pl
 

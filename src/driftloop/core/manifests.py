@@ -8,12 +8,11 @@ models existed, so outputs written by earlier versions still read.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.core.layout import read_manifest
+from driftloop.core.layout import Output, read_manifest
 
 
 class _Manifest(BaseModel):
@@ -163,6 +162,6 @@ class PromoteManifest(_Manifest):
 M = TypeVar("M", bound=_Manifest)
 
 
-def read(output: Path, kind: type[M]) -> M:
+def read(output: Output, kind: type[M]) -> M:
     """A committed output's manifest as its stage's model."""
     return kind.model_validate(read_manifest(output))

@@ -11,11 +11,14 @@ which is stale either way; an attempt a crash abandoned is removed by
 :class:`LocalOutputStore` keeps the rename commit: the attempt is a hidden folder beside the
 final one (``.tmp-<name>~<pid>~<host>~<random>``) holding data, manifest and ``_SUCCESS``,
 renamed into place in one step; a sweep removes only attempts whose process is gone. An
-object store has no rename; its implementation (issue 13) writes to a run-specific prefix
-and publishes the marker with a conditional put, naming that prefix.
+object store has no rename: :class:`~driftloop.core.s3outputs.S3OutputStore` uploads an
+attempt under a run-specific prefix and publishes the marker with a conditional put, naming
+that prefix; readers resolve a committed output's files through the store
+(:meth:`OutputStore.file`).
 
-Outputs are addressed by URL (a :class:`~pathlib.Path` on this machine today), and the store
-is chosen from the address (:func:`output_store`), so callers need no store argument.
+Outputs are addressed by URL (a :class:`~pathlib.Path` on this machine, an ``s3://`` URL on
+a bucket), and the store is chosen from the address (:func:`output_store`), so callers need
+no store argument.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ Address = Path | str
 class OutputStore(Protocol):
     """Where stage outputs are written, committed, read and withdrawn."""
 
-    def attempt(self, output: Path) -> AbstractContextManager[Path]:
+    def attempt(self, output: Address) -> AbstractContextManager[Path]:
         """A place of this run's own to write ``output``'s files; committed when the block
         ends sealed, else dropped (and the earlier output withdrawn)."""
         ...
@@ -52,15 +55,23 @@ class OutputStore(Protocol):
         """Write the manifest, then the commit marker last."""
         ...
 
-    def is_committed(self, output: Path) -> bool: ...
+    def is_committed(self, output: Address) -> bool: ...
 
-    def read_manifest(self, output: Path) -> dict[str, Any]: ...
+    def read_manifest(self, output: Address) -> dict[str, Any]: ...
 
-    def retract(self, output: Path) -> None:
+    def file(self, output: Address, name: str) -> Address:
+        """Where a committed output's file is read from (a path, or a URL for Polars)."""
+        ...
+
+    def read_bytes(self, output: Address, name: str) -> bytes:
+        """A committed output's (small) file."""
+        ...
+
+    def retract(self, output: Address) -> None:
         """Withdraw a committed output (readers stop seeing it at once)."""
         ...
 
-    def sweep(self, parent: Path) -> None:
+    def sweep(self, parent: Address) -> None:
         """Remove what crashed attempts left under ``parent``."""
         ...
 
@@ -71,7 +82,8 @@ class LocalOutputStore:
     scheme = "file"
 
     @contextlib.contextmanager
-    def attempt(self, output: Path) -> Iterator[Path]:
+    def attempt(self, output: Address) -> Iterator[Path]:
+        output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.parent / f".tmp-{output.name}{_owner()}"
         tmp.mkdir()
@@ -102,15 +114,23 @@ class LocalOutputStore:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def is_committed(self, output: Path) -> bool:
-        return (output / SUCCESS).is_file()
+    def is_committed(self, output: Address) -> bool:
+        return (Path(output) / SUCCESS).is_file()
 
-    def read_manifest(self, output: Path) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads((output / MANIFEST).read_text(encoding="utf-8"))
+    def read_manifest(self, output: Address) -> dict[str, Any]:
+        text = (Path(output) / MANIFEST).read_text(encoding="utf-8")
+        result: dict[str, Any] = json.loads(text)
         return result
 
-    def retract(self, output: Path) -> None:
+    def file(self, output: Address, name: str) -> Path:
+        return Path(output) / name
+
+    def read_bytes(self, output: Address, name: str) -> bytes:
+        return (Path(output) / name).read_bytes()
+
+    def retract(self, output: Address) -> None:
         """Rename the output aside (one atomic step), then delete it."""
+        output = Path(output)
         if not output.exists():
             return
         old = output.parent / f".old-{output.name}{_owner()}"
@@ -118,7 +138,7 @@ class LocalOutputStore:
         _fsync_dir(output.parent)
         shutil.rmtree(old, ignore_errors=True)
 
-    def sweep(self, parent: Path) -> None:
+    def sweep(self, parent: Address) -> None:
         try:
             entries = list(os.scandir(parent))  # names only: 10,000s of batch folders
         except OSError:  # no such folder yet
@@ -155,9 +175,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _s3_store() -> OutputStore:
+    from driftloop.core.s3outputs import S3OutputStore  # boto3 only when S3 is used
+
+    return S3OutputStore()
+
+
 # The registry of output stores by URL scheme; tests/test_storage.py runs the commit
 # contract over each.
-OUTPUT_STORES: dict[str, Callable[[], OutputStore]] = {"file": LocalOutputStore}
+OUTPUT_STORES: dict[str, Callable[[], OutputStore]] = {"file": LocalOutputStore, "s3": _s3_store}
 
 
 def output_store(address: Address) -> OutputStore:

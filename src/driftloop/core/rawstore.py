@@ -2,8 +2,8 @@
 
 A source's ``path`` is a URL or a plain path. Its scheme picks the store once, at the edge
 (:func:`raw_store`): a plain path or ``file://`` is :class:`LocalRawStore`; ``s3://`` is
-refused with a clear error until the S3 extra arrives (issue 13). Stages see only the
-protocol:
+:class:`driftloop.core.s3store.S3RawStore` (boto3, imported only when an ``s3://`` store is
+used). Stages see only the protocol:
 
 - :meth:`RawStore.list` the objects a glob matches, each with its identity
   (:class:`RawObject`: key, size, modification time, and a version or ETag where the backend
@@ -36,7 +36,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
@@ -365,9 +365,21 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
+def _s3(root: Path, **storage: str | None) -> RawStore:
+    from driftloop.core.s3store import S3RawStore  # boto3 only when an s3:// store is used
+
+    return S3RawStore(root, **storage)
+
+
+def _local(root: Path, **storage: str | None) -> RawStore:
+    return LocalRawStore(root)  # the spec's storage section is for object stores
+
+
 # The registry of stores by URL scheme. A store takes the project folder (local keys are
-# relative to it). A new store is registered here and tested by tests/test_storage.py.
-RAW_STORES: dict[str, Callable[[Path], RawStore]] = {"file": LocalRawStore}
+# relative to it) and the spec's ``storage`` settings as keywords (endpoint_url, region,
+# profile; each None when unset). A new store is registered here and tested by
+# tests/test_storage.py.
+RAW_STORES: dict[str, Callable[..., RawStore]] = {"file": _local, "s3": _s3}
 
 
 @functools.lru_cache(maxsize=64)
@@ -376,12 +388,19 @@ def _name_matcher(pattern: str) -> Callable[[str], object]:
     return re.compile(fnmatch.translate(pattern)).match
 
 
-def raw_store(url: str, root: Path, *, what: str | None = None) -> RawStore:
+def raw_store(
+    url: str,
+    root: Path,
+    *,
+    what: str | None = None,
+    storage: Mapping[str, str | None] | None = None,
+) -> RawStore:
     """The store for a URL (a source's path, or a ledger key), chosen by its scheme.
 
-    ``what`` names the URL's owner in the error (``source 'orders'``).
+    ``what`` names the URL's owner in the error (``source 'orders'``); ``storage``: the
+    spec's ``storage`` settings (:meth:`driftloop.core.spec.StorageSpec.settings`).
     """
     factory = RAW_STORES.get(url_scheme(url))
     if factory is None:
         raise no_store(url, RAW_STORES, what)
-    return factory(root)
+    return factory(root, **(storage or {}))

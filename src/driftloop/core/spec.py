@@ -288,6 +288,33 @@ class QuarantineSpec(_Frozen):
     max_bad_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class EventsSpec(_Frozen):
+    """Bucket notifications that wake the loop: an SQS queue that S3 (directly, through SNS
+    or through EventBridge) sends object events to. Events are hints; a listing of the
+    sources every ``listing_seconds`` finds what a lost notification missed."""
+
+    queue: str  # sqs://<queue name>, or the queue's URL (https://sqs.<region>.../<account>/<name>)
+    listing_seconds: float = Field(300.0, gt=0.0)  # the reconciling listing's period
+    wait_seconds: int = Field(20, ge=1, le=20)  # SQS long polling (20 s is SQS's maximum)
+    visibility_seconds: int = Field(120, ge=10, le=43200)  # renewed while a message is held
+    # a message whose files are still not in the ledger after this long goes back to the
+    # queue (its receive count grows, so a redrive policy can move it to a dead-letter queue)
+    hold_seconds: float = Field(900.0, gt=0.0)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if value.startswith("sqs://") and value[6:].strip("/"):
+            return value
+        if value.startswith(("https://", "http://")) and value.rstrip("/").count("/") >= 4:
+            return value
+        raise ValueError(
+            f"queue {value!r} is not an SQS queue: write sqs://<queue name> (looked up in "
+            "the region of AWS_DEFAULT_REGION) or the queue's URL "
+            "(https://sqs.<region>.amazonaws.com/<account>/<name>)"
+        )
+
+
 class IngestSpec(_Frozen):
     settle_seconds: float = Field(1.0, ge=0.0)  # a file written in place must be this quiet
     # Files that land together form one batch (orders with the customers they name): new
@@ -296,6 +323,13 @@ class IngestSpec(_Frozen):
     # A symbolic link in a raw folder whose target is outside the project folder and outside
     # its source's folder is refused unless this is true (see core.storage.link_refusal).
     follow_links_outside: bool = False
+    # S3 event notifications through an SQS queue (core.sqs); a string is the queue alone
+    events: EventsSpec | None = None
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _queue_alone(cls, value: Any) -> Any:
+        return {"queue": value} if isinstance(value, str) else value
 
 
 Estimator = Literal[
@@ -551,6 +585,38 @@ class EngineSpec(_Frozen):
         return self
 
 
+class StorageSpec(_Frozen):
+    """How object stores (``s3://`` sources) are reached; every field optional.
+
+    Unset, boto3's own configuration applies: ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``,
+    ``AWS_PROFILE``, the AWS config and credentials files. Credentials never go here: they
+    come from the environment (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), a profile
+    or the machine's role, and are never written into manifests, logs or errors.
+    """
+
+    endpoint_url: str | None = None  # an S3-compatible endpoint (MinIO, moto, ...)
+    region: str | None = None
+    profile: str | None = None  # a profile of the AWS config file
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"endpoint_url must be an http:// or https:// URL, got {value!r}")
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "endpoint_url holds credentials, which do not belong in driftloop.yaml; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead"
+            )
+        return value
+
+    def settings(self) -> dict[str, str | None]:
+        """The keywords an object store is built with (``rawstore.raw_store``)."""
+        return {"endpoint_url": self.endpoint_url, "region": self.region, "profile": self.profile}
+
+
 class Spec(_Frozen):
     """A whole ``driftloop.yaml``."""
 
@@ -571,9 +637,33 @@ class Spec(_Frozen):
     serving: ServingSpec = ServingSpec()
     retrain: RetrainSpec = RetrainSpec()
     state: StateSpec = StateSpec()
+    storage: StorageSpec = StorageSpec()
     engine: EngineSpec = EngineSpec()
+    # Where processed, features and quarantine are written: an s3://bucket/prefix URL;
+    # without it, data/ in the project folder (core/layout.Layout.output_root).
+    outputs: str | None = None
 
-    @field_validator("serving", "monitoring", "retrain", "state", "engine", mode="before")
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        bucket = value[5:].split("/", 1)[0] if value.lower().startswith("s3://") else ""
+        if not bucket:
+            raise ValueError(
+                f"outputs must be an s3://bucket/prefix URL, got {value!r}; leave it out to "
+                "keep the outputs under data/ in the project folder"
+            )
+        if has_password(value) or "@" in bucket:
+            raise ValueError(
+                "outputs holds credentials, which do not belong in driftloop.yaml; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead"
+            )
+        return value.rstrip("/")
+
+    @field_validator(
+        "serving", "monitoring", "retrain", "state", "storage", "engine", mode="before"
+    )
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         """An empty section (``serving:`` with nothing under it) means the defaults."""

@@ -22,10 +22,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
-from driftloop.core.layout import Layout
+from driftloop.core.layout import Layout, Output
 from driftloop.core.spec import Spec
 from driftloop.core.state import CurrentKeys, StateDB
 
@@ -96,7 +95,7 @@ class Work:
     start time, it writes the output and returns the output's manifest)."""
 
     key: str
-    output: Path
+    output: Output
     run: Callable[[float], Manifest]
     batch_id: str = "-"  # the batch recorded with the stage run ('-' for project-wide stages)
 

@@ -7,9 +7,10 @@ being written and are never listed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from driftloop.core.errors import StorageError
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, RawStore, raw_store
 
@@ -46,11 +47,14 @@ UNNAMED = (
 def source_stores(spec: Spec, layout: Layout) -> dict[str, RawStore]:
     """Each source's store, chosen once from its path's URL scheme.
 
-    A scheme without a store (``s3://`` until issue 13) is a
-    :class:`~driftloop.core.errors.StorageSchemeError` naming the source and its path.
+    A scheme without a store is a :class:`~driftloop.core.errors.StorageSchemeError` naming
+    the source and its path. Object stores are built with the spec's ``storage`` settings.
     """
+    storage = spec.storage.settings()
     return {
-        source.name: raw_store(source.path, layout.root, what=f"source {source.name!r}")
+        source.name: raw_store(
+            source.path, layout.root, what=f"source {source.name!r}", storage=storage
+        )
         for source in spec.sources
     }
 
@@ -60,18 +64,31 @@ def candidate_files(
 ) -> list[tuple[str, RawObject]]:
     """(source name, object) for every complete object a source's glob matches; the first
     source wins."""
+    stores = stores or source_stores(spec, layout)
     return list_sources([(s.name, s.path) for s in spec.sources], layout, stores)
 
 
 def list_sources(
-    sources: Iterable[tuple[str, str]], layout: Layout, stores: dict[str, RawStore] | None = None
+    sources: Iterable[tuple[str, str]],
+    layout: Layout,
+    stores: dict[str, RawStore] | None = None,
+    storage: Mapping[str, str | None] | None = None,
 ) -> list[tuple[str, RawObject]]:
-    """:func:`candidate_files` for (name, path) pairs, with no spec at hand."""
+    """:func:`candidate_files` for (name, path) pairs, with no spec at hand (``storage``:
+    the spec's storage settings, :meth:`~driftloop.core.spec.StorageSpec.settings`)."""
     seen: set[str] = set()
     found: list[tuple[str, RawObject]] = []
     for name, path in sources:
-        store = stores[name] if stores else raw_store(path, layout.root, what=f"source {name!r}")
-        for obj in store.list(path):
+        store = (
+            stores[name]
+            if stores
+            else raw_store(path, layout.root, what=f"source {name!r}", storage=storage)
+        )
+        try:
+            objects = store.list(path)
+        except StorageError as exc:  # the store's error names the bucket; this, the source
+            raise type(exc)(f"source {name!r} (path {path!r}): {exc}") from exc
+        for obj in objects:
             if not is_temporary(obj.key) and obj.key not in seen and not is_unnamed(obj.key):
                 seen.add(obj.key)
                 found.append((name, obj))

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from driftloop.core.errors import StorageSchemeError
 
 # Schemes with a store on the way, and where it arrives.
-PLANNED = {"s3": "the S3 extra arrives with issue 13"}
+PLANNED: dict[str, str] = {}
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -37,3 +37,35 @@ def no_store(url: str, known: Iterable[str], owner: str | None = None) -> Storag
         f"{where}: unknown storage scheme {scheme!r}{hint}; use a path on this machine "
         "(relative to the project, absolute, or file://...)"
     )
+
+
+class ObjectUrl(str):
+    """An object store's address (``s3://bucket/prefix``) that joins like a path, so that
+    code written for a project folder (``layout.processed / batch_id``) reads the same for
+    outputs on a bucket: ``ObjectUrl("s3://b/p") / "x"`` is ``s3://b/p/x``."""
+
+    __slots__ = ()
+
+    def __truediv__(self, name: str) -> ObjectUrl:
+        return ObjectUrl(f"{self.rstrip('/')}/{str(name).strip('/')}")
+
+    @property
+    def name(self) -> str:
+        """The last part of the address (``x`` for ``s3://b/p/x``)."""
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> ObjectUrl:
+        head, _, tail = self.rstrip("/").rpartition("/")
+        if head.endswith(":/") or not tail:  # the bucket itself has no parent in the store
+            return self
+        return ObjectUrl(head)
+
+    @property
+    def bucket(self) -> str:
+        return self.partition("://")[2].partition("/")[0]
+
+    @property
+    def key(self) -> str:
+        """The key (prefix) within the bucket, without slashes at either end."""
+        return self.partition("://")[2].partition("/")[2].strip("/")

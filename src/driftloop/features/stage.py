@@ -25,8 +25,10 @@ from driftloop.core.layout import (
     Layout,
     atomic_output,
     is_complete,
+    output_file,
     parquet_rows,
     retract,
+    scan_output,
     seal,
 )
 from driftloop.core.manifests import FeaturesManifest, PrepManifest
@@ -79,7 +81,7 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
         )
         with atomic_output(out_dir) as tmp:
             try:
-                frame, added = features_with_delta(pl.scan_parquet(in_dir / DATA_FILE), spec, func)
+                frame, added = features_with_delta(scan_output(in_dir), spec, func)
                 schema = frame.collect_schema()
                 # A delta over the processed rows when the computed columns are known: only
                 # they are written, and read_features puts them beside the processed ones.
@@ -105,7 +107,9 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
                     }
                 ],
                 # a delta has as many rows as the processed rows it sits beside
-                "rows": parquet_rows(tmp / DATA_FILE if added is None else in_dir / DATA_FILE),
+                "rows": parquet_rows(
+                    tmp / DATA_FILE if added is None else output_file(in_dir, DATA_FILE)
+                ),
                 "storage": "full" if added is None else "delta",
                 "base_columns": [] if added is None else [c for c in schema if c not in added],
                 "columns": list(schema),  # in order (the schema mapping is stored sorted)
@@ -135,7 +139,7 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
             f"{layout.relative(out_dir)}: no complete features output; run 'driftloop run'"
         )
     manifest = manifests.read(out_dir, FeaturesManifest)
-    stored = pl.scan_parquet(out_dir / DATA_FILE)
+    stored = scan_output(out_dir)
     base_dir = layout.processed / batch_id
     base_key = manifests.read(base_dir, PrepManifest).run_key if is_complete(base_dir) else None
     if base_key != manifest.inputs[0].run_key:
@@ -145,7 +149,7 @@ def read_features(layout: Layout, batch_id: str) -> pl.LazyFrame:
         )
     if manifest.storage == "full":
         return stored
-    base = pl.scan_parquet(base_dir / DATA_FILE).select(manifest.base_columns)
+    base = scan_output(base_dir).select(manifest.base_columns)
     if manifest.base_columns == manifest.columns:
         return base  # the features compute nothing: the processed columns are the features
     return pl.concat([base, stored], how="horizontal").select(manifest.columns)

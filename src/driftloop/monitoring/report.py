@@ -51,6 +51,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from driftloop.core.layout import Output
 from driftloop.core.spec import Spec
 from driftloop.monitoring.drift import ColumnDrift, DataDrift, _jsonable
 from driftloop.monitoring.performance import tolerance_text
@@ -170,15 +171,25 @@ def build_report(
     return report
 
 
-def write_reports(folder: Path, report: dict[str, Any], now: dt.datetime) -> tuple[Path, Path]:
-    """``<UTC time>-<model>-v<version>.json`` and ``.html``, each written then renamed."""
+def write_reports(
+    folder: Output, report: dict[str, Any], now: dt.datetime
+) -> tuple[Output, Output]:
+    """``<UTC time>-<model>-v<version>.json`` and ``.html``, each written then renamed (one
+    PUT each on S3, which is atomic)."""
     from driftloop.monitoring.html import render
 
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S")
     stem = f"{stamp}-{report['model']['name']}-v{report['model']['version']}"
+    json_text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False)
+    if isinstance(folder, str):
+        from driftloop.core.s3outputs import put_object
+
+        html = put_object(folder / f"{stem}.html", render(report).encode(), "text/html")
+        # the JSON last: status reads the newest JSON, whose HTML is then there
+        return put_object(folder / f"{stem}.json", json_text.encode(), "application/json"), html
+    folder.mkdir(parents=True, exist_ok=True)
     json_path, html_path = folder / f"{stem}.json", folder / f"{stem}.html"
-    _atomic_write(json_path, json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
+    _atomic_write(json_path, json_text)
     _atomic_write(html_path, render(report))
     return json_path, html_path
 

@@ -22,8 +22,9 @@ import numpy as np
 import polars as pl
 
 from driftloop.core.errors import MonitoringError
-from driftloop.core.layout import Layout
+from driftloop.core.layout import Layout, Output
 from driftloop.core.spec import Spec
+from driftloop.core.urls import ObjectUrl, url_scheme
 from driftloop.monitoring.drift import ColumnDrift, column_drift, data_drift
 from driftloop.monitoring.performance import (
     Outcomes,
@@ -41,8 +42,8 @@ EXIT_COLUMN_DRIFT = 4  # documented in cli.py: only columns drifted, below the d
 @dataclass(frozen=True)
 class MonitorResult:
     report: dict[str, Any]
-    json_path: Path | None
-    html_path: Path | None
+    json_path: Output | None
+    html_path: Output | None
 
     @property
     def drift_detected(self) -> bool:
@@ -102,27 +103,42 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
 
 
 def read_current_batch(
-    spec: Spec, layout: Layout, path: Path
+    spec: Spec, layout: Layout, path: Output
 ) -> tuple[pl.DataFrame, dict[str, Any] | None]:
-    """Processed rows of a batch: a processed/features batch folder as prep wrote it, or a
-    raw CSV/Parquet file put through prep here (the same read, cleaning and contract), with
-    what prep made of it (None for a batch folder)."""
-    from driftloop.core.layout import is_complete
+    """Processed rows of a batch: a processed/features batch folder as prep wrote it (or
+    its URL, for outputs on an object store), or a raw CSV/Parquet file put through prep
+    here (the same read, cleaning and contract), with what prep made of it (None for a
+    batch folder)."""
+    from driftloop.core.layout import is_complete, scan_output
 
+    if isinstance(path, ObjectUrl):
+        if path.parent not in (layout.features, layout.processed):
+            raise MonitoringError(
+                f"{path}: not a batch of this project's outputs ({layout.processed}/<batch> "
+                f"or {layout.features}/<batch>); pass one of those"
+            )
+        processed = layout.processed / path.name
+        if not is_complete(processed):
+            raise MonitoringError(
+                f"{processed}: no complete processed output for batch {path.name}; "
+                "run 'driftloop run'"
+            )
+        return scan_output(processed).collect(), None
     if not path.exists():
         raise MonitoringError(
             f"{path}: no such file or folder; pass a CSV/Parquet file or a "
             "data/processed/<batch> or data/features/<batch> folder"
         )
     folder = path if path.is_dir() else path.parent
-    if folder.parent.resolve() in (layout.features.resolve(), layout.processed.resolve()):
+    batch_folders = [Path(f).resolve() for f in (layout.features, layout.processed)]
+    if not layout.on_object_store and folder.parent.resolve() in batch_folders:
         processed = layout.processed / folder.name
         if not is_complete(processed):
             raise MonitoringError(
                 f"{processed}: no complete processed output for batch {folder.name}; "
                 "run 'driftloop run'"
             )
-        return pl.read_parquet(processed / "data.parquet"), None
+        return scan_output(processed).collect(), None
     if path.is_dir():
         raise MonitoringError(
             f"{path}: a folder that is not a batch of data/processed or data/features; "
@@ -193,7 +209,7 @@ def _predict(champion: Champion, records: pl.DataFrame, spec: Spec) -> pl.DataFr
     return out
 
 
-def current_from_batch(spec: Spec, layout: Layout, champion: Champion, path: Path) -> Current:
+def current_from_batch(spec: Spec, layout: Layout, champion: Champion, path: Output) -> Current:
     records, prepped = read_current_batch(spec, layout, path)
     missing = [c for c in spec.contract.columns if c not in records.columns and c != spec.target]
     if missing:
@@ -451,7 +467,8 @@ def monitor(
     champion = load_champion(spec, layout, version)
     loaded = time.perf_counter()
     if current is not None:
-        cur = current_from_batch(spec, layout, champion, Path(current))
+        where = ObjectUrl(current) if url_scheme(str(current)) == "s3" else Path(current)
+        cur = current_from_batch(spec, layout, champion, where)
     else:
         end = until or now
         span = dt.timedelta(days=days if days is not None else settings.window_days)

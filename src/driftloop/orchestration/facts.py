@@ -15,9 +15,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 
-from driftloop.core.layout import read_manifest
+from driftloop.core.layout import is_complete, read_manifest
 from driftloop.core.outputs import SUCCESS
 from driftloop.core.stage import Context, Skip, StageCall, Work
 from driftloop.core.state import Batch
@@ -157,7 +158,7 @@ def _covered(
         return {}
     found = json.loads(found_json)
     seqs = _seqs(ctx)
-    checks, exists, versions = str(ctx.layout.batch_checks), os.path.exists, frozenset({champion})
+    checks, exists, versions = str(ctx.layout.batch_checks), _exists(ctx), frozenset({champion})
     covered = {}
     for f in batches:
         if seqs[f.batch_id] > through:
@@ -217,7 +218,7 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
     once, not once per plan."""
     through, passed = _trusted_seq(ctx)
     processed, featured = str(ctx.layout.processed), str(ctx.layout.features)
-    exists = os.path.exists
+    exists = _exists(ctx)
     return [
         BatchFacts(b.batch_id, datetime.fromisoformat(b.created_at), True, True)
         if b.seq <= through
@@ -227,6 +228,17 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
         else b
         for b in ctx.once("batches", ctx.db.batches)
     ]
+
+
+def _committed(marker: str) -> bool:
+    """``os.path.exists`` of an ``<output>/_SUCCESS`` address, asked of the output's store."""
+    return is_complete(marker[: -len(SUCCESS) - 1])
+
+
+def _exists(ctx: Context) -> Callable[[str], bool]:
+    """Whether an ``<output>/_SUCCESS`` is there: a stat each here (os.path, not pathlib:
+    10,000s of batches), a GET of the marker each on an object store."""
+    return _committed if ctx.layout.on_object_store else os.path.exists
 
 
 def _with_check(
@@ -247,7 +259,7 @@ def _with_check(
         features_key = current.get(("features", b))
         key = check_key(sections, str(features_key), champion)
         out = os.path.join(str(ctx.layout.batch_checks), b, SUCCESS)  # noqa: PTH118
-        if current.get(("monitor", b)) == key and os.path.exists(out):  # noqa: PTH110
+        if current.get(("monitor", b)) == key and _exists(ctx)(out):
             versions = frozenset({champion})
         elif features_key is None or not is_current(
             ctx, "monitor", stage_def("monitor").work(ctx, StageCall("monitor", b, champion))
@@ -256,7 +268,7 @@ def _with_check(
         else:
             versions = frozenset({champion})
     out_dir = ctx.layout.batch_checks / b
-    if found is None and (out_dir / SUCCESS).exists():  # (rare: found is None)
+    if found is None and is_complete(out_dir):  # (rare: found is None)
         # a check written before its findings were kept in the state database
         summary = read_manifest(out_dir)["summary"]
         found = {

@@ -119,6 +119,8 @@ def policy_spec(spec_text: str, project: Path, retrain: dict[str, Any]) -> str:
     }
     # its own state database too, whatever the project's spec or DRIFTLOOP_STATE_URL say
     data["state"] = {"url": f"sqlite:///{(project / '.driftloop' / 'state.db').resolve()}"}
+    # and its own outputs, in its folder: never the project's bucket (outputs: s3://...)
+    data.pop("outputs", None)
     monitoring = data.get("monitoring") or {}
     data["monitoring"] = {**monitoring, "on_new_data": True}
     parse_spec(data, "replay spec")  # fails here, not in the middle of a replay

@@ -22,18 +22,16 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from driftloop.core.errors import (
-    DiskFullError,
     DriftloopError,
     SpecError,
     TransientError,
     disk_full,
     is_disk_full,
 )
-from driftloop.core.layout import Layout, is_complete, read_manifest
+from driftloop.core.layout import Layout, Output, is_complete, read_manifest
 from driftloop.core.procs import pid_alive
 from driftloop.core.redact import redact
 from driftloop.core.spec import did_you_mean
@@ -73,7 +71,7 @@ class StageReport:
         error: str | None = None,
         *,
         key: str | None = None,
-        manifest_dir: Path | None = None,
+        manifest_dir: Output | None = None,
     ) -> None:
         self.stage, self.batch_id, self.outcome = stage, batch_id, outcome
         self.seconds, self.error, self.key = seconds, error, key
@@ -232,7 +230,7 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
         expected = isinstance(exc, DriftloopError) and not isinstance(exc, TransientError)
         message = redact(  # a third party's error may quote a URI with its password
             str(exc)
-            if expected or isinstance(exc, DiskFullError)
+            if expected or isinstance(exc, TransientError)  # its message says it is retried
             else str(disk_full(f"{stage} {batch_id}", exc))
             if is_disk_full(exc)
             else (

@@ -40,7 +40,16 @@ if TYPE_CHECKING:
 FACT = "settled"
 STATE_URL_ENV = "DRIFTLOOP_STATE_URL"  # as core.spec has it (not imported: see quick_settled)
 # what picks the state database and the registry, besides the spec
-ENVIRONMENT = (STATE_URL_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# (and where s3:// sources are listed: names, never credentials)
+ENVIRONMENT = (
+    STATE_URL_ENV,
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class Basis:
     spec_sha256: str
     sources: tuple[tuple[str, str], ...]  # (name, path) of each source, in order
     module: str | None  # the user's feature module's file, if any
+    storage: tuple[tuple[str, str | None], ...] = ()  # the spec's storage settings
 
     @classmethod
     def of(cls, spec: Spec, layout: Layout) -> Basis:
@@ -62,6 +72,7 @@ class Basis:
             spec_sha256=hashlib.sha256(layout.spec.read_bytes()).hexdigest(),
             sources=tuple((s.name, s.path) for s in spec.sources),
             module=module,
+            storage=tuple(sorted(spec.storage.settings().items())),
         )
 
 
@@ -150,12 +161,13 @@ def quick_settled(project: Path) -> Settled | None:
             spec_sha256=fact["spec_sha256"],
             sources=tuple((str(n), str(p)) for n, p in fact["sources"]),
             module=fact["module"],
+            storage=tuple((str(k), v) for k, v in fact.get("storage", ())),
         )
         if hashlib.sha256(layout.spec.read_bytes()).hexdigest() != basis.spec_sha256:
             return None
         if folder_stamps(basis, layout) != fact["folders"]:
             return None  # a file landed or left: no need to list them all to know
-        listed = list_sources(basis.sources, layout)
+        listed = list_sources(basis.sources, layout, storage=dict(basis.storage))
     except (ValueError, KeyError, TypeError, OSError, DriftloopError):
         return None  # an older fact, a spec gone, a source that cannot be listed: not sure
     if fingerprint(basis, layout, seen.progress, listed) != fact["fingerprint"]:

@@ -151,10 +151,19 @@ def contract_changes(spec: Any, proposed: list[dict[str, Any]]) -> list[dict[str
 
 def _last_verdict(layout: Layout) -> dict[str, Any] | None:
     """The newest monitoring report's summary (batch checks and scheduled runs alike)."""
-    reports = sorted(layout.reports.glob("*.json"))
-    if not reports:
-        return None
-    report = json.loads(reports[-1].read_text(encoding="utf-8"))
+    folder = layout.reports
+    if isinstance(folder, str):  # on S3: one listing, one GET
+        from driftloop.core.s3outputs import get_object, list_objects
+
+        reports: list[Any] = list_objects(folder, ".json")
+        if not reports:
+            return None
+        report = json.loads(get_object(reports[-1]))
+    else:
+        reports = sorted(folder.glob("*.json"))
+        if not reports:
+            return None
+        report = json.loads(reports[-1].read_text(encoding="utf-8"))
     return {
         "generated_at": report["generated_at"],
         "model_version": report["model"]["version"],

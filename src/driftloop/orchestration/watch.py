@@ -1,7 +1,10 @@
 """``driftloop watch``: the loop that runs by itself.
 
 Holds the project's writer lease, listens for files landing under ``data/raw`` (the raw
-store's notifications: watchdog on this machine; polling when the OS cannot notify), and
+store's notifications: watchdog on this machine; polling when the OS cannot notify) and,
+when the spec sets ``ingest.events``, for S3 event notifications on an SQS queue
+(:mod:`driftloop.core.sqs`: each message wakes a pass and is deleted once the ledger has its
+objects; a listing every ``ingest.events.listing_seconds`` finds what a lost one missed), and
 makes a pass (:func:`run_pass`) whenever something landed, a transient failure's backoff ran
 out, or a timer fired. On ``monitoring.schedule_minutes`` it also monitors the prediction
 log. A pass that fails (a broken spec edited in place, a disk error) is reported and the
@@ -18,14 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftloop.core.errors import DriftloopError, first_line
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, Subscription, raw_store
-from driftloop.core.spec import load_spec
+from driftloop.core.spec import Spec, load_spec
 from driftloop.core.text import shown
 from driftloop.orchestration.lease import Lease
 from driftloop.orchestration.loop import RunResult, run_pass
+
+if TYPE_CHECKING:
+    from driftloop.core.s3events import S3Event
+    from driftloop.core.sqs import EventConsumer
+    from driftloop.core.state import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,9 @@ class Watcher:
         # their (size, mtime_ns) then: ingest takes them without waiting out the settle time.
         self.complete: dict[str, tuple[int, int]] = {}
         self._changed: set[str] = set()  # files changed in place, reported already
+        self.consumer: EventConsumer | None = None  # ingest.events' queue, when set
+        self._listing_seconds = 0.0
+        self._storage: dict[str, str | None] = {}  # the spec's storage settings
 
     def _state_url(self) -> str | None:
         """The spec's state.url for the lease; a spec broken at start leaves the default
@@ -88,6 +100,7 @@ class Watcher:
         lease.acquire()
         observer = self._observe()
         try:
+            self._consume()
             while not self.stop.is_set() and not lease.lost.is_set():
                 self._wake.clear()
                 result = self._pass()
@@ -99,6 +112,8 @@ class Watcher:
         finally:
             if observer is not None:
                 observer.stop()
+            if self.consumer is not None:
+                self.consumer.stop()
             lease.release()
 
     def wake(self) -> None:
@@ -111,8 +126,10 @@ class Watcher:
 
     def _pass(self) -> RunResult | None:
         started = time.perf_counter()
+        since = time.monotonic()  # the consumer's clock: messages before this can settle
         try:
             result = run_pass(self.project, wait=False, backoff=True, complete=dict(self.complete))
+            self._settle(since)
         except DriftloopError as exc:
             self._failed(first_line(exc))
             return None
@@ -153,6 +170,14 @@ class Watcher:
             return max(self.interval, 5.0)  # a broken spec: do not spin
         if result.ingest.still_writing or any(r.outcome == "waiting" for r in result.reports):
             return min(self.interval, 0.5)
+        if self.consumer is not None:
+            # The queue wakes the loop; the timer is the reconciling listing (and the
+            # scheduled monitoring's clock).
+            pause = max(self.interval, self._listing_seconds)
+            if self.state.next_monitor is not None:
+                due = (self.state.next_monitor - self.clock()).total_seconds()
+                pause = min(pause, max(self.interval, due))
+            return pause
         if self.state.notifications == "watchdog":
             # The OS wakes the loop when a file lands; the timer is only a safety net (and
             # the scheduled monitoring's clock), so an idle project costs next to nothing.
@@ -211,6 +236,58 @@ class Watcher:
             self.state.notifications = f"polling every {self.interval:g}s"
             return None
 
+    def _consume(self) -> None:
+        """Start the SQS consumer when the spec sets ``ingest.events`` (a queue that does
+        not exist or refuses the credentials raises :class:`EventQueueError`)."""
+        try:
+            spec = load_spec(self.project)
+        except DriftloopError:
+            return  # a broken spec: the passes report it; restart once it is fixed
+        if spec.ingest.events is None:
+            return
+        from driftloop.core.sqs import EventConsumer, queue_name, source_matcher
+
+        self._storage = spec.storage.settings()
+        consumer = EventConsumer(
+            spec.ingest.events,
+            matches=source_matcher(spec),
+            on_hint=self._hinted,
+            region=spec.storage.region,
+            profile=spec.storage.profile,
+        )
+        consumer.start()
+        self.consumer = consumer
+        self._listing_seconds = spec.ingest.events.listing_seconds
+        self.state.notifications = (
+            f"sqs {queue_name(spec.ingest.events.queue)} + listing every "
+            f"{spec.ingest.events.listing_seconds:g}s"
+        )
+
+    def _hinted(self, events: tuple[S3Event, ...]) -> None:
+        """A message named objects a source matches (the consumer's thread): an object
+        that is there is complete (an S3 put is atomic), so ingest need not wait for it."""
+        for event in events:
+            if event.kind != "created":
+                continue
+            try:
+                obj = raw_store(event.url, self.project, storage=self._storage).stat(event.url)
+            except Exception:  # gone already, or no store for it: the pass will see
+                continue
+            self.complete[obj.key] = obj.seen
+        self._wake.set()
+
+    def _settle(self, since: float) -> None:
+        """Delete the queue's messages whose objects the ledger now holds (or that are
+        gone): only after the commit, so a crash before it leaves the message to return."""
+        consumer = self.consumer
+        if consumer is None or not consumer.held():
+            return
+        spec = load_spec(self.project)
+        from driftloop.core.state import StateDB
+
+        with StateDB(self.layout.state_db, url=spec.state.url) as db:
+            consumer.settle(lambda event: resolved(event, spec, self.project, db), since=since)
+
     def _status(self) -> None:
         if self.on_status is not None:
             self.on_status(self.state)
@@ -237,3 +314,18 @@ def _summary(result: RunResult) -> str:
         else:
             parts.append(f"{r.stage} {r.outcome}")
     return "; ".join(parts) or "nothing new"
+
+
+def resolved(event: S3Event, spec: Spec, project: Path, db: StateDB) -> bool:
+    """Whether a pass has done what an event asked: the ledger took content under the
+    object's URL (this content, or earlier content it reports as changed in place), or the
+    ledger holds the object's content under another name (a re-upload), or the object is
+    gone (a removal, or a put removed since: nothing to take)."""
+    if db.raw_file_at(event.url) is not None:
+        return True
+    try:
+        obj = raw_store(event.url, project, storage=spec.storage.settings()).stat(event.url)
+    except FileNotFoundError:
+        return True
+    sha = db.known_sighting(obj.key, obj.size, obj.mtime_ns)
+    return sha is not None and db.raw_file(sha) is not None

@@ -4,7 +4,9 @@ write processed rows and quarantine atomically with their manifests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +33,7 @@ from driftloop.core.layout import (
     seal,
 )
 from driftloop.core.manifests import PrepManifest
-from driftloop.core.rawstore import raw_store
+from driftloop.core.rawstore import CHUNK, RawStore, raw_store
 from driftloop.core.spec import SourceSpec, Spec
 from driftloop.core.stage import Context, StageCall, StageDef, Work, run_key
 from driftloop.core.state import Batch, RawFile, StateDB
@@ -140,9 +142,19 @@ STAGE = StageDef(
 
 
 def _read(
-    layout: Layout, db: StateDB, f: RawFile, source: SourceSpec | None, threshold: int | None
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    f: RawFile,
+    source: SourceSpec | None,
+    threshold: int | None,
+    copies: Path,
 ) -> RawRead:
-    """Read a ledger file, after checking it is still the content that was ingested."""
+    """Read a ledger file, after checking it is still the content that was ingested.
+
+    A file of a store without local paths (S3) is first copied into ``copies`` (a folder of
+    this prep's own, removed after it), hashed while it streams: Polars and pyarrow then read
+    a local file, and the copy is the content the ledger took or it is not read."""
     if source is None:
         return RawRead(
             f.path,
@@ -150,21 +162,47 @@ def _read(
             error=f"no source in driftloop.yaml matches this file any more (it was ingested "
             f"for source {f.source!r}); add a source whose path matches it",
         )
-    unavailable = _unavailable(layout, db, f)
+    unavailable = _unavailable(spec, layout, db, f)
     if unavailable is not None:
         return RawRead(f.path, None, error=unavailable)
-    store = raw_store(f.path, layout.root)  # a ledger key names its store
+    store = raw_store(f.path, layout.root, storage=spec.storage.settings())
     path = store.local_path(f.path)
-    if path is None:  # Polars and pyarrow read paths; a remote store's reader comes with it
-        return RawRead(f.path, None, error=f"{store.scheme}:// files cannot be read yet")
+    if path is None:
+        copied = _copy(store, f, copies)
+        if isinstance(copied, str):
+            return RawRead(f.path, None, error=copied)
+        path = copied
     return read_raw(path, source, f.path, stream_min_bytes=threshold)
 
 
-def _unavailable(layout: Layout, db: StateDB, f: RawFile) -> str | None:
+def _copy(store: RawStore, f: RawFile, copies: Path) -> Path | str:
+    """The ledger file's content in a local file (named by its hash), or why not."""
+    target = copies / f.sha256
+    if target.is_file():  # a file read twice in one prep (a joined source's): copied once
+        return target
+    copies.mkdir(parents=True, exist_ok=True)
+    partial = copies / f".{f.sha256}.part"
+    digest = hashlib.sha256()
+    try:
+        with store.open(f.path) as body, partial.open("wb") as out:
+            while block := body.read(CHUNK):
+                digest.update(block)
+                out.write(block)
+    except FileNotFoundError:
+        partial.unlink(missing_ok=True)
+        return "the file is gone since it was ingested (no such object)"
+    if digest.hexdigest() != f.sha256:
+        partial.unlink()
+        return _changed(f.sha256, digest.hexdigest())
+    partial.rename(target)
+    return target
+
+
+def _unavailable(spec: Spec, layout: Layout, db: StateDB, f: RawFile) -> str | None:
     """Why a ledger file's content, as it was ingested, cannot be read again, or None: the
     file is gone, or it changed in place (its size and time are compared with what was
     hashed at ingest; it is hashed again only when they differ)."""
-    store = raw_store(f.path, layout.root)  # a ledger key names its store
+    store = raw_store(f.path, layout.root, storage=spec.storage.settings())  # a key names its store
     try:
         obj = store.stat(f.path)
     except OSError as exc:
@@ -178,8 +216,12 @@ def _unavailable(layout: Layout, db: StateDB, f: RawFile) -> str | None:
     if now == f.sha256:
         db.record_sighting(f.path, obj.size, obj.mtime_ns, now)
         return None
+    return _changed(f.sha256, now)
+
+
+def _changed(ingested: str, now: str) -> str:
     return (
-        f"the file changed since it was ingested (sha256 {f.sha256[:12]}..., now "
+        f"the file changed since it was ingested (sha256 {ingested[:12]}..., now "
         f"{now[:12]}...); raw files must not be modified in place: land changed data as a "
         "new file"
     )
@@ -188,7 +230,9 @@ def _unavailable(layout: Layout, db: StateDB, f: RawFile) -> str | None:
 STALE = "is stale:"  # in a stale batch's failure, after "batch <id> " (status finds it)
 
 
-def _stale(layout: Layout, db: StateDB, batch: Batch, files: list[Placed]) -> str | None:
+def _stale(
+    spec: Spec, layout: Layout, db: StateDB, batch: Batch, files: list[Placed]
+) -> str | None:
     """Why a batch that has committed outputs cannot be prepared again, or None.
 
     Its outputs were built from raw files one of which is now gone or changed: a new prep
@@ -200,7 +244,7 @@ def _stale(layout: Layout, db: StateDB, batch: Batch, files: list[Placed]) -> st
     missing = [
         (f.path, why)
         for f, source in files
-        if source is not None and (why := _unavailable(layout, db, f)) is not None
+        if source is not None and (why := _unavailable(spec, layout, db, f)) is not None
     ]
     if not missing:
         return None
@@ -219,7 +263,14 @@ def _stale(layout: Layout, db: StateDB, batch: Batch, files: list[Placed]) -> st
 
 
 def _plan(
-    spec: Spec, layout: Layout, db: StateDB, batch: Batch, files: list[Placed], *, exact: bool
+    spec: Spec,
+    layout: Layout,
+    db: StateDB,
+    batch: Batch,
+    files: list[Placed],
+    copies: Path,
+    *,
+    exact: bool,
 ) -> PrepPlan:
     sources = {s.name: s for s in spec.sources}
     threshold = None if exact else STREAM_MIN_BYTES
@@ -227,7 +278,7 @@ def _plan(
         SourceRead(
             sources.get(name or "", spec.primary),  # an unplaced file is reported as primary
             f.sha256,
-            _read(layout, db, f, sources.get(name or ""), threshold),
+            _read(spec, layout, db, f, sources.get(name or ""), threshold, copies),
             in_batch=f.batch_id == batch.batch_id,
         )
         for f, name in files
@@ -270,18 +321,22 @@ def _run_prep(
     started: float,
 ) -> dict[str, Any]:
     """Plan, run and write one batch's prep; raise after writing quarantine if it fails."""
-    stale = _stale(layout, db, batch, files)
+    stale = _stale(spec, layout, db, batch, files)
     if stale is not None:  # before any output is touched: the earlier one is kept
         raise StaleBatchError(stale)
     failure: str | None = None
     # Processed is the outer context: quarantine (inner) is published first, so processed
     # rows never appear without their quarantine beside them.
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
     with (
+        # local copies of files from a store without local paths, removed after the prep
+        tempfile.TemporaryDirectory(prefix="raw-copies-", dir=layout.state_dir) as copied,
         atomic_output(layout.processed / batch.batch_id) as ptmp,
         atomic_output(layout.quarantine / batch.batch_id) as qtmp,
     ):
+        copies = Path(copied)
         good, bad, dups = ptmp / DATA_FILE, qtmp / "rows.parquet", qtmp / "duplicates.parquet"
-        plan = _plan(spec, layout, db, batch, files, exact=False)
+        plan = _plan(spec, layout, db, batch, files, copies, exact=False)
         try:
             filled = _sink(plan, good, bad, dups)
         except pl.exceptions.ComputeError:
@@ -290,7 +345,7 @@ def _run_prep(
             # A row the streaming reader cannot take (too many fields, a broken quote):
             # read every file again with the exact reader, which sets such rows aside.
             log.info("batch %s: streaming read failed; re-reading exactly", batch.batch_id)
-            plan = _plan(spec, layout, db, batch, files, exact=True)
+            plan = _plan(spec, layout, db, batch, files, copies, exact=True)
             filled = _sink(plan, good, bad, dups)
         check_output_schema(pl.scan_parquet(good), spec)
         ok, quarantined, duplicate = (parquet_rows(p) for p in (good, bad, dups))

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from driftloop.core.errors import RegistryError, TrainError, first_line
-from driftloop.core.layout import Layout
+from driftloop.core.layout import Layout, scan_output
 from driftloop.core.manifests import Decision as DecisionRecord
 from driftloop.core.spec import Spec
 from driftloop.core.state import StateDB
@@ -145,9 +145,7 @@ def holdout_records(layout: Layout, db: StateDB, holdout: pl.DataFrame) -> pl.Da
     wanted = holdout.select(keys).with_row_index("__order")
     processed = pl.concat(
         [
-            pl.scan_parquet(layout.processed / seq_to_id[seq] / "data.parquet").with_columns(
-                pl.lit(seq).alias(BATCH)
-            )
+            scan_output(layout.processed / seq_to_id[seq]).with_columns(pl.lit(seq).alias(BATCH))
             for seq in wanted.get_column(BATCH).unique().to_list()
         ],
         how="diagonal_relaxed",

@@ -85,11 +85,17 @@ def feature_batches(
     features, processed = layout.relative(layout.features), layout.relative(layout.processed)
     published = current if current is not None else {}
     root = str(layout.features)  # (os.path, not pathlib: 10,000s of batches)
+    remote = layout.on_object_store  # there, a GET of each marker (its store's question)
     for batch in db.batches() if batches is None else batches:
         b = batch.batch_id
-        if b not in committed and not os.path.exists(f"{root}/{b}/{SUCCESS}"):  # noqa: PTH110
+        if b not in committed and not (
+            is_complete(layout.features / b) if remote else os.path.exists(f"{root}/{b}/{SUCCESS}")  # noqa: PTH110
+        ):
             continue
-        key = published.get(("features", b)) or read_manifest(Path(root, b))["run_key"]
+        key = (
+            published.get(("features", b))
+            or read_manifest(layout.features / b if remote else Path(root, b))["run_key"]
+        )
         found.append(
             {
                 "batch_id": b,
