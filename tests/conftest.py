@@ -24,7 +24,12 @@ def datasets() -> Path:
     return SHARED
 
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.moto", "tests.fixtures.mlflow_server"]
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.moto",
+    "tests.fixtures.mlflow_server",
+    "tests.fixtures.prefect_server",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -1132,6 +1132,77 @@ def demo(
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
+prefect_app = typer.Typer(
+    help="The lifecycle under Prefect 3, fanned out on Dask (the prefect extra).",
+    no_args_is_help=True,
+)
+app.add_typer(prefect_app, name="prefect")
+
+PREFECT_MISSING = (
+    "driftloop prefect needs the prefect extra, which is not installed here (no module "
+    "{name!r}): pip install 'driftloop[prefect]' into an environment of its own (Prefect "
+    "3.9 needs an older FastAPI than serving installs; make prefect-venv does it)"
+)
+
+
+def _prefect_module(name: str) -> Any:
+    """A module of the Prefect side, or one line saying how to install the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"driftloop.orchestration.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in ("prefect", "distributed", "dask"):
+            raise
+        _fail_text(PREFECT_MISSING.format(name=exc.name))
+
+
+@prefect_app.command("run")
+def prefect_run(project: ProjectOpt = Path()) -> None:
+    """One pass as a Prefect flow run (on PREFECT_API_URL's server, or a temporary one)."""
+    from driftloop.core.errors import DriftloopError
+
+    flow_module = _prefect_module("prefect_flow")
+    try:
+        summary = flow_module.lifecycle(project=str(project))
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    except flow_module.StageFailedError as exc:
+        _console().print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_STAGE_FAILED) from None
+    for c in summary["calls"]:
+        _console().print(f"{c['stage']} {c['batch_id']}: {c['outcome']} ({c['worker']})")
+    if not summary["calls"]:
+        _console().print("nothing to do: every output is up to date")
+
+
+@prefect_app.command("serve")
+def prefect_serve(project: ProjectOpt = Path()) -> None:
+    """Create the project's deployments (the lifecycle, run by its events; the prediction-
+    log monitor, on a schedule) on PREFECT_API_URL's server and run their flows here."""
+    from driftloop.core.errors import DriftloopError
+
+    deploy = _prefect_module("prefect_deploy")
+    try:
+        deploy.serve(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+
+
+@prefect_app.command("ingest")
+def prefect_ingest(project: ProjectOpt = Path()) -> None:
+    """Take complete new files into a batch and send driftloop.DataArrived to Prefect's
+    event bus (what a file watcher or a queue consumer runs when a file lands)."""
+    from driftloop.core.errors import DriftloopError
+
+    deploy = _prefect_module("prefect_deploy")
+    try:
+        batch = deploy.ingest_and_relay(project)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    _console().print(f"batch {batch}: DataArrived sent" if batch else "no new complete file")
+
+
 def _on_stop_signals(stop: Callable[[], None]) -> None:
     """Ctrl-C and SIGTERM stop a long-running command cleanly (between its steps)."""
     import signal

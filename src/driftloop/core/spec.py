@@ -551,6 +551,40 @@ class StateSpec(_Frozen):
         return value
 
 
+class EngineSpec(_Frozen):
+    """Where the stage calls run when an orchestrator runs the flow (``driftloop prefect``).
+
+    ``name: local`` (the default) runs them in the flow's own process; ``name: dask`` runs
+    the calls that fan out (prep, features and the checks, one per batch) on a Dask cluster:
+    the scheduler at ``address``, or without one a ``LocalCluster`` of ``workers`` processes
+    on this machine. Each worker is held to ``threads_per_worker`` threads and Polars and
+    OpenMP inside it to as many (``POLARS_MAX_THREADS``, ``OMP_NUM_THREADS``), so workers do
+    not each take every core. ``engine: dask`` alone is short for ``{name: dask}``. The
+    built-in loop (``run``, ``watch``, ``up``) ignores this section.
+    """
+
+    name: Literal["local", "dask"] = "local"
+    address: str | None = None  # tcp://host:8786; None: a LocalCluster on this machine
+    workers: int = Field(2, ge=1, le=256)  # the LocalCluster's worker processes
+    threads_per_worker: int = Field(1, ge=1, le=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _address_for_dask(self) -> EngineSpec:
+        if self.address is not None:
+            if self.name != "dask":
+                raise ValueError(f"address is for engine name 'dask', not {self.name!r}")
+            if "://" not in self.address:
+                raise ValueError(
+                    f"address {self.address!r} must be a scheduler URL such as tcp://scheduler:8786"
+                )
+        return self
+
+
 class StorageSpec(_Frozen):
     """How object stores (``s3://`` sources) are reached; every field optional.
 
@@ -604,6 +638,7 @@ class Spec(_Frozen):
     retrain: RetrainSpec = RetrainSpec()
     state: StateSpec = StateSpec()
     storage: StorageSpec = StorageSpec()
+    engine: EngineSpec = EngineSpec()
     # Where processed, features and quarantine are written: an s3://bucket/prefix URL;
     # without it, data/ in the project folder (core/layout.Layout.output_root).
     outputs: str | None = None
@@ -626,7 +661,9 @@ class Spec(_Frozen):
             )
         return value.rstrip("/")
 
-    @field_validator("serving", "monitoring", "retrain", "state", "storage", mode="before")
+    @field_validator(
+        "serving", "monitoring", "retrain", "state", "storage", "engine", mode="before"
+    )
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         """An empty section (``serving:`` with nothing under it) means the defaults."""

@@ -1,0 +1,273 @@
+"""The lifecycle as a Prefect 3 flow (the ``prefect`` extra), built from the pass planner.
+
+One flow run is one pass, as :func:`driftloop.orchestration.loop.run_pass` makes it, with
+every stage call a Prefect task:
+
+1. ``begin``: the decisions the registry missed are applied, what a killed run left is put
+   right, and complete new raw files are ingested (``DataArrived``);
+2. then the planner's waves, asked for again until a plan is empty: prep and features
+   mapped over the batches that need them, the checks of new batches against the champion
+   (mapped too), the retrain policy's training (``RetrainRequested``) and the gate;
+3. after each wave the events the state database logged go to Prefect's event bus
+   (:mod:`driftloop.orchestration.prefect_events`).
+
+Each task calls the stage's one idempotent entry point (:func:`~driftloop.orchestration.
+runner.run_call`) in whatever process runs it, so Prefect may retry any task anywhere.
+Retries follow driftloop's split: a call that failed on its data or spec
+(:class:`StageFailedError`) is not retried; any other failure is (:class:`TransientStageError`,
+a lost Dask worker, a dropped connection). Prefect's cache is keyed by the call's run key,
+and consulted only while that key's output is committed, so an output withdrawn or deleted
+is never taken for done.
+
+With ``engine: dask`` in the spec the calls that fan out (prep, features and the checks, one
+per batch) run on Dask workers (:mod:`driftloop.orchestration.engine`); ingest, training and
+the gate run in the flow's own process, one task each, with every core of that machine.
+
+Prefect is imported by this module only; nothing else in driftloop imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.cache_policies import NO_CACHE
+
+from driftloop.core.errors import DriftloopError, TransientError
+from driftloop.core.layout import Layout, is_complete, sweep_temporaries
+from driftloop.core.spec import load_spec
+from driftloop.core.stage import Context, StageCall, Work
+from driftloop.core.state import StateDB
+from driftloop.orchestration import engine, planner, prefect_events
+from driftloop.orchestration.facts import advance_watermark, gather
+from driftloop.orchestration.reconcile import reconcile_runs, reconcile_versions
+from driftloop.orchestration.runner import claimed, run_call, stage_def
+
+log = logging.getLogger(__name__)
+
+FLOW_NAME = "driftloop-lifecycle"
+MAX_ROUNDS = 8  # plans asked for in one flow run, as a pass does (4 suffice)
+RETRIES = 4  # a transient failure is tried this many more times by Prefect
+RETRY_DELAYS = [1.0, 2.0, 4.0, 8.0]  # seconds, doubling, as the runner's backoff starts
+FANNED_OUT = frozenset({"prep", "features", "monitor"})  # one call per batch: on the cluster
+
+
+class TransientStageError(RuntimeError):
+    """A stage call failed on something other than its data (retried)."""
+
+
+class StageFailedError(RuntimeError):
+    """A stage call failed on its data or spec: not retried until its key changes, or a
+    user retries or dismisses it (``driftloop batches``)."""
+
+
+def call_stage(project: str, call: dict[str, Any]) -> dict[str, Any]:
+    """One stage call through the runner, in the process that runs it (the flow's, or a
+    Dask worker's): the report as plain data, with where it ran. Raises
+    :class:`StageFailedError` or :class:`TransientStageError` when it did not succeed."""
+    path = Path(project)
+    spec = load_spec(path)
+    layout = Layout(path)
+    with StateDB(layout.state_db, url=spec.state.url) as db:
+        report = run_call(Context(spec, layout, db), StageCall(**call))
+        status = (db.run_info(report.key) or {}).get("status") if report.key else None
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    found = {
+        "stage": report.stage,
+        "batch_id": report.batch_id,
+        "outcome": report.outcome,
+        "seconds": report.seconds,
+        "key": report.key,
+        "error": report.error,
+        "worker": engine.worker_name() or where,
+    }
+    what = f"{report.stage} {report.batch_id}"
+    if report.outcome in ("failed", "failed-earlier"):
+        if status == "error":  # not on its data: the runner runs it again when asked
+            raise TransientStageError(f"{what}: {report.error}")
+        raise StageFailedError(f"{what}: {report.error}")
+    if report.outcome == "waiting":  # another worker holds the unit: ask again shortly
+        raise TransientStageError(f"{what}: waiting: {report.error}")
+    return found
+
+
+def _run_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect's cache key: the call's run key, while that key's output is committed
+    (None otherwise: Prefect then runs the task, and driftloop decides)."""
+    path = Path(parameters["project"])
+    call = StageCall(**parameters["call"])
+    definition = stage_def(call.stage)
+    if not definition.keyed:
+        return None
+    spec = load_spec(path)
+    layout = Layout(path)
+    with StateDB(layout.state_db, url=spec.state.url) as db:
+        work = definition.work(Context(spec, layout, db), call)
+    if not isinstance(work, Work) or not is_complete(work.output):
+        return None
+    return f"driftloop-{spec.name}-{call.stage}-{work.key}"
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retries a task only when driftloop's runner would (its transient side)."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, StageFailedError):
+        return False
+    return not (isinstance(exc, DriftloopError) and not isinstance(exc, TransientError))
+
+
+@task(
+    task_run_name="{label}",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=_transient,
+    cache_key_fn=_run_key,
+    persist_result=True,
+)
+def stage_task(project: str, call: dict[str, Any], label: str) -> dict[str, Any]:
+    """A stage call: on the Dask cluster for the calls that fan out, here otherwise."""
+    from prefect.logging import get_run_logger
+
+    if call["stage"] in FANNED_OUT:
+        found = engine.run(call_stage, project, call)
+    else:
+        found = call_stage(project, call)
+    get_run_logger().info(
+        "%s: %s on %s (%.2f s)", label, found["outcome"], found["worker"], found["seconds"]
+    )
+    return found
+
+
+@task(task_run_name="begin", cache_policy=NO_CACHE)
+def begin(project: str) -> dict[str, Any]:
+    """What a pass does before it plans: the registry follows the decisions, what a killed
+    run left is put right, and complete new files are ingested (one worker at a time)."""
+    path = Path(project)
+    spec = load_spec(path)
+    layout = Layout(path)
+    with StateDB(layout.state_db, url=spec.state.url) as db:
+        applied = []
+        if spec.model.enabled:
+            from driftloop.promotion.alias import apply_pending_decisions
+
+            applied = apply_pending_decisions(spec, layout, db)
+        for folder in layout.outputs:
+            sweep_temporaries(folder)
+        interrupted = reconcile_runs(db)
+        if spec.model.enabled:
+            reconcile_versions(
+                spec, layout, db, train_interrupted=any(r["stage"] == "train" for r in interrupted)
+            )
+        with claimed(db, "ingest") as holder:
+            batch = None
+            if holder is None:
+                batch = run_call(Context(spec, layout, db), StageCall("ingest")).manifest.get(
+                    "batch_id"
+                )
+        prefect_events.relay(db, spec.name)
+    return {"batch_id": batch, "applied": len(applied), "interrupted": len(interrupted)}
+
+
+def _plan(project: str) -> planner.Plan:
+    from datetime import UTC, datetime
+
+    path = Path(project)
+    spec = load_spec(path)
+    layout = Layout(path)
+    with StateDB(layout.state_db, url=spec.state.url) as db:
+        ctx = Context(spec, layout, db)
+        facts = gather(ctx)
+        found = planner.plan(spec, facts, datetime.now(UTC))
+        if not found.waves:
+            advance_watermark(ctx, facts)
+        return found
+
+
+def _retrain_requested(project: str, reason: str) -> None:
+    from driftloop.orchestration.loop import _request_retrain
+
+    path = Path(project)
+    spec = load_spec(path)
+    layout = Layout(path)
+    with StateDB(layout.state_db, url=spec.state.url) as db:
+        _request_retrain(Context(spec, layout, db), reason)
+
+
+def _relay(project: str) -> None:
+    path = Path(project)
+    spec = load_spec(path)
+    with StateDB(Layout(path).state_db, url=spec.state.url) as db:
+        prefect_events.relay(db, spec.name)
+
+
+def _label(call: StageCall) -> str:
+    return str(call)
+
+
+@flow(name=FLOW_NAME, log_prints=False)
+def lifecycle(
+    project: str,
+    trigger_event: str | None = None,
+    trigger_id: str | None = None,
+) -> dict[str, Any]:
+    """One pass of the lifecycle over ``project`` (the folder of its ``driftloop.yaml``).
+    ``trigger_event`` / ``trigger_id``: the event that started this run (a deployment
+    trigger fills them in), kept in the run's parameters and its result."""
+    project = str(Path(project).resolve())
+    spec = load_spec(Path(project))
+    calls: list[dict[str, Any]] = []
+    failed: list[str] = []
+    with engine.session(spec.engine):
+        began = begin(project)
+        done_or_failed: set[tuple[str, str | None]] = set()
+        for _ in range(MAX_ROUNDS):
+            plan = _plan(project)
+            progressed = False
+            blocked: set[str | None] = set()
+            for wave in plan.waves:
+                todo = [
+                    c
+                    for c in wave
+                    if c.batch_id not in blocked and (c.stage, c.batch_id) not in done_or_failed
+                ]
+                for c in todo:
+                    if c.reason is not None:
+                        _retrain_requested(project, c.reason)
+                futures = stage_task.map(
+                    unmapped(project),
+                    [c.to_json() for c in todo],
+                    [_label(c) for c in todo],
+                )
+                for c, future in zip(todo, futures, strict=True):
+                    future.wait()
+                    if future.state.is_completed():
+                        result = future.result()
+                        calls.append(result)
+                        progressed = progressed or result["outcome"] == "ran"
+                        if result["outcome"] not in ("ran", "cached"):
+                            blocked.add(c.batch_id)
+                    else:
+                        why = str(future.state.message or future.state.name)
+                        failed.append(f"{c}: {why}")
+                        done_or_failed.add((c.stage, c.batch_id))
+                        blocked.add(c.batch_id)
+                _relay(project)
+            if not progressed:
+                break
+    summary = {
+        "trigger": {"event": trigger_event, "id": trigger_id},
+        "ingested": began["batch_id"],
+        "calls": calls,
+        "failed": failed,
+    }
+    prefect_events.flush()  # before this process may end (a served run is a subprocess)
+    if failed:
+        raise StageFailedError(
+            f"{len(failed)} stage call(s) failed: {'; '.join(failed)} "
+            "(driftloop batches lists them, with retry and dismiss)"
+        )
+    return summary
