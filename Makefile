@@ -39,10 +39,12 @@ test-prefect: $(PREFECT_STAMP)
 demo: $(STAMP)
 	$(BIN)/driftloop demo --project demo
 
-## make test: lint, format check, type check, and the whole test suite (slow tests included)
+## make test: lint, format check, type check, and the whole test suite (slow tests included;
+## the Prefect tests last, in .venv-prefect)
 test: $(STAMP) lint typecheck
 	# two test workers on two cores: one OpenMP thread each, or they oversubscribe and crawl
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not prefect"
+	$(MAKE) test-prefect
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
