@@ -238,7 +238,7 @@ def bench_latency(server: MotoServer, rows: int, runs: int) -> None:
     env.pop("AWS_ENDPOINT_URL", None)
     queue, probe_queue = notifications(server)
     s3 = server.client("s3")
-    # the spec's storage section names the endpoint, for S3 and SQS alike
+    # storage.endpoint_url is S3's: the queue is found through the SQS endpoint variable
     env_s3 = {**env, "AWS_ENDPOINT_URL_SQS": server.endpoint}
     events = f"  events: {{queue: 'sqs://{queue}', wait_seconds: 20, listing_seconds: 3600}}\n"
     local = latency_project(work, "local", rows)

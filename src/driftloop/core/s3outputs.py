@@ -353,9 +353,9 @@ class S3OutputStore:
             ) from None
         except BotoCoreError as exc:  # no connection, a timeout: may pass
             raise StorageUnavailableError(
-                f"{where}: S3 did not answer ({type(exc).__name__}); check "
-                "storage.endpoint_url in driftloop.yaml (or AWS_ENDPOINT_URL) and the "
-                "network; retried on the next pass"
+                f"{where}: S3 did not answer ({type(exc).__name__}); check AWS_ENDPOINT_URL "
+                "(or storage.endpoint_url in driftloop.yaml, which wins) and the network; "
+                "retried on the next pass"
             ) from None
 
 
