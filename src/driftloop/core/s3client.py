@@ -73,14 +73,15 @@ _bound: dict[str, S3Settings] = {}  # an outputs root URL (no trailing /) -> its
 _bound_lock = threading.Lock()
 
 
-def require_boto3(what: str = "s3:// storage") -> None:
-    """boto3 is the ``s3`` extra's: its absence is one line that says how to install it."""
+def require_boto3(what: str = "s3:// storage needs") -> None:
+    """boto3 is the ``s3`` extra's: its absence is one line that says how to install it
+    (``what`` is the sentence's subject and verb)."""
     try:
         import boto3  # noqa: F401
         import botocore  # noqa: F401
     except ImportError:
         raise StorageError(
-            f"{what} needs boto3, which is not installed; install the S3 extra: "
+            f"{what} boto3, which is not installed; install the S3 extra: "
             "pip install 'driftloop[s3]'"
         ) from None
 

@@ -69,7 +69,7 @@ _MISSING_KEY = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 
 
 def _require_boto3() -> None:
-    require_boto3("s3:// sources")
+    require_boto3("s3:// sources need")
 
 
 def split_url(url: str) -> tuple[str, str]:
