@@ -44,6 +44,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
@@ -188,9 +189,10 @@ class Probe:
             )
             now = time.time()
             for message in answer.get("Messages", []):
-                body = json.loads(message["Body"])
-                for record in body.get("Records", []):
-                    self.seen.setdefault(record["s3"]["object"]["key"], now)
+                with contextlib.suppress(ValueError, KeyError, TypeError):  # a test event
+                    for record in json.loads(message["Body"]).get("Records", []):
+                        key = unquote_plus(record["s3"]["object"]["key"])  # URL-encoded
+                        self.seen.setdefault(key, now)
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
 
     def wait(self, key: str, timeout: float = 60) -> float:
