@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: prefect-venv test-prefect demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history reliability clean install
+.PHONY: prefect-venv test-prefect demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,11 @@ bench-latency: $(STAMP)
 ## a no-op pass and a one-new-batch pass at 100, 1,000 and 10,000 batches of history
 bench-history: $(STAMP)
 	$(BIN)/python benchmarks/history.py
+
+## S3 (a moto server it starts) vs the local disk: prep throughput and event-to-deploy latency
+## (ARGS="--rows 200000 --runs 2" for a smaller run)
+bench-s3: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/s3.py $(ARGS)
 
 ## the reliability probe: kill -9, fuzzed files, schemathesis, swaps, a soak, a secret sweep
 ## (ARGS="--quick" for a smoke run; schemathesis goes in benchmarks/.venv-schemathesis)

@@ -13,13 +13,15 @@ protocol for any output address; :mod:`driftloop.core.outputs` implements it per
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from driftloop.core.outputs import Address, output_store
+from driftloop.core import s3client
+from driftloop.core.outputs import SUCCESS, Address, output_store
 from driftloop.core.urls import ObjectUrl
 
 if TYPE_CHECKING:
@@ -48,8 +50,12 @@ class Layout:
         """Where processed, features and quarantine live: the spec's ``outputs:`` URL
         (``s3://bucket/prefix``), else ``data/`` in the project folder. Read from the spec
         file here, so that every reader of a project sees the same place."""
-        url = _spec_outputs(self.spec)
-        return ObjectUrl(url) if url else self.root / "data"
+        url, storage = _spec_outputs(self.spec)
+        if url is None:
+            return self.root / "data"
+        # every address under the root reaches S3 as the spec's storage section says
+        s3client.bind(url, s3client.S3Settings.of(storage))
+        return ObjectUrl(url)
 
     @property
     def on_object_store(self) -> bool:
@@ -169,25 +175,27 @@ class Layout:
 # belongs to (driftloop.core.outputs; a rename on this machine).
 
 
-def _spec_outputs(spec: Path) -> str | None:
-    """The ``outputs:`` of a spec file, or None (no file, no key, or not a URL: loading the
-    spec reports what is wrong with it)."""
+def _spec_outputs(spec: Path) -> tuple[str | None, object]:
+    """The ``outputs:`` URL of a spec file, or None (no file, no key, or not a URL: loading
+    the spec reports what is wrong with it), and its ``storage:`` section."""
     try:
         text = spec.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        return None
+        return None, None
     if "outputs:" not in text:  # the common case: no YAML parse
-        return None
+        return None, None
     import yaml
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
-        return None
-    value = data.get("outputs") if isinstance(data, dict) else None
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    value = data.get("outputs")
     if isinstance(value, str) and value.lower().startswith("s3://"):
-        return value.rstrip("/")
-    return None
+        return value.rstrip("/"), data.get("storage")
+    return None, None
 
 
 def output_file(output_dir: Output, name: str) -> Address:
@@ -197,15 +205,42 @@ def output_file(output_dir: Output, name: str) -> Address:
 
 
 def scan_output(output_dir: Output, name: str = "data.parquet") -> pl.LazyFrame:
-    """A committed output's Parquet file, lazily (credentials from the AWS environment)."""
+    """A committed output's Parquet file, lazily (on S3: where the spec's ``storage:``
+    section and the AWS environment say, as boto3 reaches it)."""
+    return scan_parquet(output_file(output_dir, name))
+
+
+def scan_parquet(path: Address) -> pl.LazyFrame:
+    """A Parquet file here or on S3, lazily, with the storage options its address needs."""
     import polars as pl
 
-    return pl.scan_parquet(output_file(output_dir, name))
+    return pl.scan_parquet(path, storage_options=storage_options(path))
+
+
+def storage_options(path: Address) -> dict[str, str] | None:
+    """Polars' ``storage_options`` for an address: None for a path, or for S3 where the
+    AWS environment alone applies."""
+    if isinstance(path, Path) or not str(path).lower().startswith("s3://"):
+        return None
+    return s3client.polars_options(str(path))
 
 
 def is_complete(output_dir: Address) -> bool:
     """The output is committed (``_SUCCESS`` published): readers trust nothing else."""
     return output_store(output_dir).is_committed(output_dir)
+
+
+def committed_outputs(parent: Output) -> set[str]:
+    """The names of the committed outputs in ``parent`` (a stage's folder): a scan here, one
+    paginated listing on an object store (not a request per output)."""
+    store = output_store(parent)
+    listing = getattr(store, "committed", None)
+    if listing is not None:
+        found: set[str] = listing(parent)
+        return found
+    if not isinstance(parent, Path) or not parent.is_dir():
+        return set()
+    return {e.name for e in os.scandir(parent) if os.path.exists(f"{e.path}/{SUCCESS}")}  # noqa: PTH110
 
 
 def read_manifest(output_dir: Address) -> dict[str, Any]:
@@ -249,4 +284,4 @@ def parquet_rows(path: Address) -> int:
     """The rows of a Parquet file, from its metadata."""
     import polars as pl
 
-    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    return int(scan_parquet(path).select(pl.len()).collect().item())

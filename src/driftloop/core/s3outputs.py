@@ -20,8 +20,10 @@ A run id is ``<UTC time>~<pid>~<host>~<random>``: :meth:`S3OutputStore.sweep` re
 prefixes no marker names whose process is gone (this machine) or which are older than the
 grace period (another machine's), as the local store does with its hidden folders.
 
-boto3 is imported on first use, and credentials come from boto3's usual chain (the
-``AWS_*`` variables, a profile, an instance role): the store never holds, logs or writes them.
+boto3 is imported on first use. The client is :mod:`driftloop.core.s3client`'s, with the
+settings the spec's ``storage:`` section bound to the outputs root (endpoint, region,
+profile) over the AWS environment; credentials come from boto3's usual chain (the ``AWS_*``
+variables, a profile, an instance role): the store never holds, logs or writes them.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from driftloop.core import s3client
 from driftloop.core.errors import StorageError, StorageUnavailableError
 from driftloop.core.outputs import MANIFEST, SUCCESS, Address, LocalOutputStore
 from driftloop.core.procs import pid_alive
@@ -118,7 +120,7 @@ class S3OutputStore:
             for p in tmp.rglob("*")
             if p.is_file() and p.name != SUCCESS
         )
-        client = self._client()
+        client = self._client(url)
         try:
             for name in files:
                 where = f"s3://{url.bucket}/{prefix}{name}"
@@ -194,7 +196,7 @@ class S3OutputStore:
         where = self.file(output, name)
         try:
             answer = self._call(
-                where, self._client().get_object, Bucket=where.bucket, Key=where.key
+                where, self._client(where).get_object, Bucket=where.bucket, Key=where.key
             )
         except _LostError as exc:  # withdrawn between the marker and the read
             raise FileNotFoundError(f"{where}: withdrawn while it was read") from exc
@@ -214,7 +216,7 @@ class S3OutputStore:
         try:  # only the output this caller saw: a newer commit by someone else stands
             self._call(
                 url / SUCCESS,
-                self._client().delete_object,
+                self._client(url).delete_object,
                 Bucket=url.bucket,
                 Key=f"{url.key}/{SUCCESS}",
                 IfMatch=seen.etag,
@@ -225,26 +227,61 @@ class S3OutputStore:
 
     def sweep(self, parent: Address) -> None:
         """Remove attempt prefixes under ``parent`` that no marker names and nobody writes
-        any more, and this machine's local attempt folders whose process is gone."""
+        any more, and this machine's local attempt folders whose process is gone.
+
+        One paginated listing (1,000 keys a request) finds the attempts and the markers; a
+        marker is read only where the listing leaves a doubt (no marker, or more than one
+        attempt), so a sweep of settled outputs costs its listing alone, not a GET each."""
         _sweep_local()
         url = _url(parent)
         base = f"{url.key}/" if url.key else ""
         runs: dict[str, dict[str, float]] = {}  # output name -> run -> newest upload time
-        paginator = self._client().get_paginator("list_objects_v2")
-        pages = self._call(url, lambda: list(paginator.paginate(Bucket=url.bucket, Prefix=base)))
-        for page in pages:
+        marked: set[str] = set()  # outputs whose marker the listing showed
+        for page in self._pages(url, base):
             for obj in page.get("Contents", []):
                 parts = obj["Key"][len(base) :].split("/")
-                if len(parts) > 3 and parts[1] == ATTEMPTS:
+                if len(parts) == 2 and parts[1] == SUCCESS:
+                    marked.add(parts[0])
+                elif len(parts) > 3 and parts[1] == ATTEMPTS:
                     seen = runs.setdefault(parts[0], {})
                     stamp = obj["LastModified"].timestamp()
                     seen[parts[2]] = max(seen.get(parts[2], 0.0), stamp)
         for name, attempts in runs.items():
+            if name in marked and len(attempts) == 1:
+                # a marker names an attempt whose files stay until the marker stops naming
+                # it: with one attempt listed beside a marker, that attempt is the committed
+                continue
             marker = self._marker(url / name)
             committed = marker.body.get("attempt") if marker is not None else None
             for run, newest in attempts.items():
                 if run != committed and not self._in_progress(run, newest):
                     self._delete_prefix(url.bucket, f"{base}{name}/{ATTEMPTS}/{run}/")
+
+    def committed(self, parent: Address) -> set[str]:
+        """The names of the committed outputs directly under ``parent`` (those with a
+        marker), from one paginated listing instead of a GET of each marker."""
+        url = _url(parent)
+        base = f"{url.key}/" if url.key else ""
+        found = set()
+        for page in self._pages(url, base):
+            for obj in page.get("Contents", []):
+                parts = obj["Key"][len(base) :].split("/")
+                if len(parts) == 2 and parts[1] == SUCCESS:
+                    found.add(parts[0])
+        return found
+
+    def _pages(self, url: ObjectUrl, prefix: str) -> list[dict[str, Any]]:
+        """ListObjectsV2 under ``prefix``, every page (1,000 keys each)."""
+        paginator = self._client(url).get_paginator("list_objects_v2")
+        pages: list[dict[str, Any]] = self._call(
+            url,
+            lambda: list(
+                paginator.paginate(
+                    Bucket=url.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}
+                )
+            ),
+        )
+        return pages
 
     def _in_progress(self, run: str, newest: float) -> bool:
         parts = run.split(_SEP)
@@ -258,7 +295,7 @@ class S3OutputStore:
         where = url / SUCCESS
         try:
             answer = self._call(
-                where, self._client().get_object, Bucket=url.bucket, Key=f"{url.key}/{SUCCESS}"
+                where, self._client(url).get_object, Bucket=url.bucket, Key=f"{url.key}/{SUCCESS}"
             )
         except _LostError:
             return None
@@ -273,9 +310,9 @@ class S3OutputStore:
         return Marker(str(answer["ETag"]), body)
 
     def _delete_prefix(self, bucket: str, prefix: str) -> None:
-        client = self._client()
-        paginator = client.get_paginator("list_objects_v2")
         where = ObjectUrl(f"s3://{bucket}/{prefix}")
+        client = self._client(where)
+        paginator = client.get_paginator("list_objects_v2")
         pages = self._call(where, lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix)))
         keys = [{"Key": o["Key"]} for page in pages for o in page.get("Contents", [])]
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
@@ -287,8 +324,10 @@ class S3OutputStore:
                 Delete={"Objects": chunk, "Quiet": True},
             )
 
-    def _client(self) -> Any:
-        return self._given if self._given is not None else default_client()
+    def _client(self, url: str) -> Any:
+        """The client for ``url``: the given one, else the one its outputs root's settings
+        (the spec's ``storage:``) pick (:mod:`driftloop.core.s3client`)."""
+        return self._given if self._given is not None else default_client(url)
 
     @staticmethod
     def _call(where: str, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -315,7 +354,8 @@ class S3OutputStore:
         except BotoCoreError as exc:  # no connection, a timeout: may pass
             raise StorageUnavailableError(
                 f"{where}: S3 did not answer ({type(exc).__name__}); check AWS_ENDPOINT_URL "
-                "and the network; retried on the next pass"
+                "(or storage.endpoint_url in driftloop.yaml, which wins) and the network; "
+                "retried on the next pass"
             ) from None
 
 
@@ -350,34 +390,11 @@ class _LostError(Exception):
     """A conditional request lost, or the object is not there (404/409/412)."""
 
 
-_clients: dict[tuple[str | None, ...], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def default_client() -> Any:
-    """One boto3 S3 client per process and AWS environment (clients are thread-safe;
-    creating one costs tens of milliseconds). Credentials stay in boto3's own chain."""
-    env = tuple(
-        os.environ.get(name)
-        for name in (
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3",
-            "AWS_DEFAULT_REGION",
-            "AWS_REGION",
-            "AWS_PROFILE",
-            "AWS_ACCESS_KEY_ID",
-        )
-    )
-    with _clients_lock:
-        client = _clients.get(env)
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(retries={"mode": "standard", "max_attempts": 5})
-            client = boto3.session.Session().client("s3", config=config)
-            _clients[env] = client
-        return client
+def default_client(url: str) -> Any:
+    """The boto3 S3 client for an output address: its outputs root's settings (the spec's
+    ``storage:``) over the AWS environment, shared with the sources
+    (:func:`driftloop.core.s3client.client`)."""
+    return s3client.client(s3client.settings_for(url))
 
 
 def _url(address: Address) -> ObjectUrl:
@@ -416,7 +433,7 @@ def put_object(url: str, data: bytes, content_type: str) -> ObjectUrl:
     where = _url(url)
     S3OutputStore._call(
         where,
-        default_client().put_object,
+        default_client(where).put_object,
         Bucket=where.bucket,
         Key=where.key,
         Body=data,
@@ -429,7 +446,7 @@ def get_object(url: str) -> bytes:
     where = _url(url)
     try:
         answer = S3OutputStore._call(
-            where, default_client().get_object, Bucket=where.bucket, Key=where.key
+            where, default_client(where).get_object, Bucket=where.bucket, Key=where.key
         )
     except _LostError as exc:
         raise FileNotFoundError(f"{where}: no such object") from exc
@@ -441,7 +458,7 @@ def list_objects(folder: str, suffix: str = "") -> list[ObjectUrl]:
     """The objects directly in ``folder`` whose names end with ``suffix``, sorted."""
     where = _url(folder)
     prefix = f"{where.key}/" if where.key else ""
-    paginator = default_client().get_paginator("list_objects_v2")
+    paginator = default_client(where).get_paginator("list_objects_v2")
     pages = S3OutputStore._call(
         where,
         lambda: list(paginator.paginate(Bucket=where.bucket, Prefix=prefix, Delimiter="/")),

@@ -31,7 +31,6 @@ import builtins
 import errno
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -47,31 +46,12 @@ from driftloop.core.errors import (
 )
 from driftloop.core.rawstore import CHUNK, OnChange, RawObject, Subscription, glob_regex
 from driftloop.core.redact import redact
+from driftloop.core.s3client import ENVIRONMENT, S3Settings, endpoint_of, require_boto3
+from driftloop.core.s3client import client as shared_client
 
 SCHEME = "s3"
 PREFIX = "s3://"
-# botocore's own retries, within one call; the runner retries a call that still fails
-RETRIES = {"max_attempts": 3, "mode": "standard"}
 PAGE_SIZE = 1000  # keys per listing request (S3's own maximum)
-CONNECT_TIMEOUT = 10.0  # seconds: a hang guard for an endpoint that accepts and says nothing
-READ_TIMEOUT = 60.0
-
-# What boto3 reads from the environment, which picks the client (the secret is part of the
-# cache's key in memory only, so a changed credential gets a new client; it is never shown)
-_ENVIRONMENT = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-)
-_clients: dict[tuple[str | None, ...], Any] = {}
-_clients_lock = threading.Lock()
 _versioned: dict[tuple[str | None, ...], bool] = {}  # (configuration, bucket) -> versioning on
 
 _ACCESS = {
@@ -89,15 +69,7 @@ _MISSING_KEY = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 
 
 def _require_boto3() -> None:
-    """boto3 is the ``s3`` extra's: its absence is one line that says how to install it."""
-    try:
-        import boto3  # noqa: F401
-        import botocore  # noqa: F401
-    except ImportError:
-        raise StorageError(
-            "s3:// sources need boto3, which is not installed; install the S3 extra: "
-            "pip install 'driftloop[s3]'"
-        ) from None
+    require_boto3("s3:// sources need")
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -141,46 +113,26 @@ class S3RawStore:
 
     # -- the client, and what its errors mean ------------------------------------------
 
+    @property
+    def settings(self) -> S3Settings:
+        return S3Settings(self.endpoint_url, self.region, self.profile)
+
     def _config(self) -> tuple[str | None, ...]:
         return (
             self.endpoint_url,
             self.region,
             self.profile,
-            *(os.environ.get(n) for n in _ENVIRONMENT),
+            *(os.environ.get(n) for n in ENVIRONMENT),
         )
 
     @property
     def client(self) -> Any:
-        """One boto3 client per configuration and process (creating one costs ~0.1 s;
-        clients are thread-safe)."""
-        key = self._config()
-        with _clients_lock:
-            found = _clients.get(key)
-            if found is None:
-                _require_boto3()
-                import boto3
-                from botocore.config import Config
-
-                session = boto3.session.Session(profile_name=self.profile)
-                found = session.client(
-                    "s3",
-                    endpoint_url=self.endpoint_url,
-                    region_name=self.region,
-                    config=Config(
-                        retries=RETRIES,
-                        connect_timeout=CONNECT_TIMEOUT,
-                        read_timeout=READ_TIMEOUT,
-                    ),
-                )
-                _clients[key] = found
-        return found
+        """The process's client for these settings (:func:`driftloop.core.s3client.client`)."""
+        return shared_client(self.settings)
 
     def endpoint(self) -> str:
         """Where requests go, for messages (a URL holds no credentials here)."""
-        try:
-            return redact(str(self.client.meta.endpoint_url))
-        except Exception:  # no region, a bad profile: the error says so elsewhere
-            return self.endpoint_url or "the default AWS endpoint"
+        return endpoint_of(self.settings)
 
     @contextmanager
     def _calling(self, bucket: str, key: str | None) -> Iterator[None]:

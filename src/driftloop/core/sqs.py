@@ -86,16 +86,18 @@ def sqs_client(queue: str, *, region: str | None = None, profile: str | None = N
     the queue's URL when it names one, else the spec's ``storage.region``; the spec's
     ``storage.profile``. (``storage.endpoint_url`` is S3's, not SQS's.)"""
     try:
-        import boto3
+        import boto3  # noqa: F401
     except ImportError:
         raise EventQueueError(
             f"ingest.events names the queue {queue_name(queue)!r}, and reading it needs boto3: "
             "pip install 'driftloop[s3]'"
         ) from None
+    from driftloop.core.s3client import S3Settings, client
+
     region = (_region_of(queue) if queue.startswith("http") else None) or region
-    # a session of its own: boto3's default session caches the credentials it found first
-    session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
-    return session.client("sqs", region_name=region) if region else session.client("sqs")
+    # the factory S3 uses (one client per settings and environment, standard retries); the
+    # long poll's 20 s wait stays under its read timeout
+    return client(S3Settings(region=region, profile=profile), service="sqs")
 
 
 def queue_error(queue: str, exc: BaseException) -> EventQueueError:

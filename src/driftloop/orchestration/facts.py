@@ -3,10 +3,10 @@ manifest only where the database cannot say).
 
 A pass's cost follows new work, not history: batches up to the *watermark* (every batch
 through it was current when a pass last ended, under the same spec and feature code) are
-taken as current when their outputs are still committed (a ``_SUCCESS`` check each, once
-per pass), without computing their keys again; only the batches after it are keyed in
-full. What a batch's check against the
-champion found (drift, decay) is read from the state database too.
+taken as current when their outputs are still committed (a ``_SUCCESS`` stat each here, one
+paginated listing of a stage folder's markers on an object store, once per pass), without
+computing their keys again; only the batches after it are keyed in full. What a batch's
+check against the champion found (drift, decay) is read from the state database too.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from driftloop.core.layout import is_complete, read_manifest
 from driftloop.core.outputs import SUCCESS
 from driftloop.core.stage import Context, Skip, StageCall, Work
 from driftloop.core.state import Batch
+from driftloop.core.urls import ObjectUrl
 from driftloop.monitoring.stage import (
     CHECKED,
     MONITOR_SECTIONS,
@@ -151,19 +152,20 @@ def _covered(
     ctx: Context, batches: list[BatchFacts], champion: str | None, mark: tuple[int, str]
 ) -> dict[str, BatchFacts]:
     """Batch id -> facts, for the featured batches up to the checked mark whose check is
-    still committed (a ``_SUCCESS`` check each): checked against the champion, with what
-    the mark says the check found."""
+    still committed (one listing of the checks' markers on an object store): checked
+    against the champion, with what the mark says the check found."""
     through, found_json = mark
     if champion is None or through == 0:
         return {}
     found = json.loads(found_json)
     seqs = _seqs(ctx)
-    checks, exists, versions = str(ctx.layout.batch_checks), _exists(ctx), frozenset({champion})
+    checks, versions = str(ctx.layout.batch_checks), frozenset({champion})
+    committed = _committed_under(ctx)  # (a fresh listing per call: checks commit in a pass)
     covered = {}
     for f in batches:
         if seqs[f.batch_id] > through:
             break
-        if f.featured and exists(f"{checks}/{f.batch_id}/{SUCCESS}"):
+        if f.featured and committed(checks, f.batch_id):
             drift, decay = found.get(f.batch_id, (False, False))
             covered[f.batch_id] = BatchFacts(
                 f.batch_id, f.arrived, f.prepped, f.featured, None, versions, drift, decay
@@ -218,16 +220,34 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
     once, not once per plan."""
     through, passed = _trusted_seq(ctx)
     processed, featured = str(ctx.layout.processed), str(ctx.layout.features)
-    exists = _exists(ctx)
+    committed = _committed_under(ctx)
     return [
         BatchFacts(b.batch_id, datetime.fromisoformat(b.created_at), True, True)
         if b.seq <= through
         and b.batch_id not in passed
-        and exists(f"{processed}/{b.batch_id}/{SUCCESS}")
-        and exists(f"{featured}/{b.batch_id}/{SUCCESS}")
+        and committed(processed, b.batch_id)
+        and committed(featured, b.batch_id)
         else b
         for b in ctx.once("batches", ctx.db.batches)
     ]
+
+
+def _committed_under(ctx: Context) -> Callable[[str, str], bool]:
+    """Whether ``<folder>/<batch>`` is committed: a stat of its ``_SUCCESS`` here (os.path,
+    not pathlib: 10,000s of batches); on an object store, one paginated listing of the
+    folder's markers, made on the first question (1,000 keys a request, not a GET each)."""
+    if not ctx.layout.on_object_store:
+        return lambda folder, b: os.path.exists(f"{folder}/{b}/{SUCCESS}")  # noqa: PTH110
+    from driftloop.core.layout import committed_outputs
+
+    listed: dict[str, set[str]] = {}
+
+    def committed(folder: str, b: str) -> bool:
+        if folder not in listed:
+            listed[folder] = committed_outputs(ObjectUrl(folder))
+        return b in listed[folder]
+
+    return committed
 
 
 def _committed(marker: str) -> bool:

@@ -31,6 +31,7 @@ from driftloop.core.errors import TrainError, first_line
 from driftloop.core.layout import (
     Layout,
     atomic_output,
+    committed_outputs,
     is_complete,
     read_manifest,
     seal,
@@ -85,11 +86,13 @@ def feature_batches(
     features, processed = layout.relative(layout.features), layout.relative(layout.processed)
     published = current if current is not None else {}
     root = str(layout.features)  # (os.path, not pathlib: 10,000s of batches)
-    remote = layout.on_object_store  # there, a GET of each marker (its store's question)
+    remote = layout.on_object_store
+    # there, one paginated listing of the features' markers (not a GET of each marker)
+    listed = committed_outputs(layout.features) if remote else set()
     for batch in db.batches() if batches is None else batches:
         b = batch.batch_id
         if b not in committed and not (
-            is_complete(layout.features / b) if remote else os.path.exists(f"{root}/{b}/{SUCCESS}")  # noqa: PTH110
+            b in listed if remote else os.path.exists(f"{root}/{b}/{SUCCESS}")  # noqa: PTH110
         ):
             continue
         key = (
