@@ -53,3 +53,39 @@ def test_every_requirement_has_a_matching_pin(lock_name: str) -> None:
         f"requirements/{lock_name} does not match pyproject.toml: {'; '.join(problems)}; "
         "run make lock, then make test, and commit both"
     )
+
+
+def _uv_env(**env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
+    return subprocess.run(
+        [sys.executable, str(REPO / ".ci" / "uv-env.py")],
+        env={**clean, "PIP_CONFIG_FILE": os.devnull, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+
+
+def test_uv_gets_the_indexes_pip_is_configured_with() -> None:
+    """make runs uv with pip's indexes (pip.conf, PIP_* variables) as UV_* variables; a
+    UV_* variable already set wins; pip's defaults give nothing."""
+    assert _uv_env() == ""
+    out = _uv_env(
+        PIP_INDEX_URL="https://mirror.example.invalid/simple",
+        PIP_EXTRA_INDEX_URL="file:///srv/a/simple file:///srv/b/simple",
+        PIP_FIND_LINKS="/srv/wheels",
+    )
+    assert set(f" {out}".split(" UV_")) == {
+        "",
+        "DEFAULT_INDEX=https://mirror.example.invalid/simple",
+        "INDEX='file:///srv/a/simple file:///srv/b/simple'",
+        "FIND_LINKS=/srv/wheels",
+        "INDEX_STRATEGY=unsafe-best-match",
+    }
+    kept = _uv_env(PIP_FIND_LINKS="/srv/wheels", UV_FIND_LINKS="/mine")
+    assert "UV_FIND_LINKS" not in kept
