@@ -212,6 +212,10 @@ def test_init_ci_on_an_existing_project_writes_only_the_workflow(tmp_path: Path)
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr
     other = _cli("init", "--ci", "gitlab", "-p", "shop", cwd=tmp_path)
     assert other.returncode == 2 and "--ci must be github or azure" in other.stderr
+    both = _cli("init", "--example", "shop", "-p", "new", "--ci", "azure", cwd=tmp_path)
+    assert both.returncode == 0, both.stderr
+    assert (tmp_path / "new" / "driftloop.yaml").is_file()
+    assert (tmp_path / "azure-pipelines-driftloop-new.yml").is_file()
 
 
 @pytest.mark.slow

@@ -174,22 +174,16 @@ def init(
     console = _console()
     if ci is not None and ci not in ("github", "azure"):
         _fail_text(f"--ci must be github or azure, got {ci!r}")
+    ci_only = ci is not None and example is None and from_file is None and target is None
+    path: Path | None = None
     try:
-        project.mkdir(parents=True, exist_ok=True)
-        if ci is not None and example is None and from_file is None:
-            from driftloop.export.ci import write_workflow
-
-            written = write_workflow(project, ci, deploy=deploy, sample=ci_sample, force=force)
-            console.print(
-                f"wrote {_name(written)}; commit it with sample files under "
-                f"{_name(project / ci_sample)}/<source>/"
-            )
-            return
+        if not ci_only:
+            project.mkdir(parents=True, exist_ok=True)
         if example is not None:
             from driftloop.init import init_example
 
             path = init_example(project, example, force=force)
-        else:
+        elif not ci_only:  # --ci alone: only the workflow, for the existing driftloop.yaml
             if from_file is None or target is None:
                 raise typer.BadParameter("pass --from FILE and --target COLUMN, or --example NAME")
             if task not in (None, "classification", "regression"):
@@ -211,6 +205,8 @@ def init(
             )
             for line in notes:
                 console.print(line, markup=False)
+        if path is not None:
+            console.print(f"wrote {path}; next: driftloop run -p {project}")
         if ci is not None:
             from driftloop.export.ci import write_workflow
 
@@ -221,7 +217,6 @@ def init(
             )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
-    console.print(f"wrote {path}; next: driftloop run -p {project}")
 
 
 @app.command()
