@@ -12,21 +12,35 @@ FROM ${BASE} AS build
 # prefect: the Prefect flow and Dask (dask worker, dask scheduler). Add mlflow-server for an
 # image that also runs the tracking server (the full mlflow package).
 ARG EXTRAS=s3,postgres,prefect
+# Behind a proxy that re-signs TLS, pip needs that CA: mount the bundle and name it here
+# (buildah/podman build --volume /etc/ssl/certs/ca-certificates.crt:/etc/build-ca.crt:ro
+#  --build-arg PIP_CERT=/etc/build-ca.crt). Unset, pip and uv use their own CA bundles.
+ARG PIP_CERT
+# uv resolves and installs (pip's resolver backtracks for many minutes over s3fs' and
+# prefect's pins); it lives in a venv of its own in this stage only
+ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
+    UV_LINK_MODE=copy
 WORKDIR /src
-RUN python3 -m venv /opt/driftloop
+RUN if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
+    && python3 -m venv /opt/uv \
+    && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}" \
+    && python3 -m venv --without-pip /opt/driftloop
 COPY pyproject.toml README.md ./
 COPY src ./src
-# a wheel is built from the sources (hatchling, in pip's isolated build environment) and
-# installed with the extras' dependencies into the venv; the sources stay in this stage
-RUN /opt/driftloop/bin/pip install --no-cache-dir ".[${EXTRAS}]" \
-    && /opt/driftloop/bin/pip check \
+# a wheel is built from the sources (hatchling, in an isolated build environment) and
+# installed with the extras' dependencies into the venv; the sources stay in this stage.
+# SSL_CERT_FILE: uv's name for the CA bundle that PIP_CERT names.
+RUN if [ -n "${PIP_CERT:-}" ]; then export SSL_CERT_FILE="$PIP_CERT"; fi \
+    && /opt/uv/bin/uv pip install --python /opt/driftloop/bin/python ".[${EXTRAS}]" \
+    && /opt/uv/bin/uv pip check --python /opt/driftloop/bin/python \
     && /opt/driftloop/bin/driftloop --version
 
 FROM ${BASE} AS runtime
 # a fixed uid, so a mounted project folder can be given to it (chown 10001)
-RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/driftloop \
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/driftloop \
     --shell /usr/sbin/nologin driftloop \
     && mkdir -p /project \
     && chown driftloop:driftloop /project
@@ -35,11 +49,14 @@ COPY --from=build /opt/driftloop /opt/driftloop
 # the container's CPU limit, and serving runs several processes: one thread each unless a
 # role says otherwise (a training container with 4 CPUs: -e OMP_NUM_THREADS=4).
 # Polars reads the CPU limit itself; a Dask worker sets POLARS_MAX_THREADS to its --nthreads.
+# GIT_PYTHON_REFRESH: the image has no git; MLflow's look for one would print a page per run.
 ENV PATH=/opt/driftloop/bin:$PATH \
     OMP_NUM_THREADS=1 \
+    GIT_PYTHON_REFRESH=quiet \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-USER driftloop
+# numeric, so a runtime can tell it is not root (Kubernetes runAsNonRoot)
+USER 10001:10001
 WORKDIR /project
 EXPOSE 8000
 # driftloop serve answers /health without a token; the other roles serve no HTTP: compose
