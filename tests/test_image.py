@@ -53,9 +53,11 @@ def _tool(name: str) -> str:
 
 def _instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments out."""
-    joined = re.sub(r"\\\n\s*", " ", "\n".join(
-        line for line in text.splitlines() if not line.lstrip().startswith("#")
-    ))
+    joined = re.sub(
+        r"\\\n\s*",
+        " ",
+        "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")),
+    )
     found = []
     for line in joined.splitlines():
         if line.strip():
