@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from tests.fixtures.buildah import RUN_GUARD_SECONDS, BuiltImage, stop_group
+from tests.fixtures.moto import MotoServer
 from tests.serving_helpers import record
 from tests.test_lifecycle import SPEC, land
 
@@ -212,6 +213,51 @@ def test_compose_mlflow_command_parses_as_mlflow_server() -> None:
     assert ctx.params["serve_artifacts"] is True
     assert ctx.params["workers"] in (1, "1")
     assert service["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_compose_s3_setup_makes_buckets_and_notifications(moto_server: MotoServer) -> None:
+    """The s3-setup service's script, run as the service runs it (its environment from the
+    compose file, the endpoint the moto server's): the buckets exist, an object landing
+    under raw/ arrives on the queue, and a second run changes nothing and succeeds."""
+    service = _compose()["services"]["s3-setup"]
+    assert service["entrypoint"] == ["python", "/setup/s3_setup.py"]
+    assert service["volumes"] == ["./s3_setup.py:/setup/s3_setup.py:ro"]
+    names = {
+        key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))  # the defaults
+        for key, value in service["environment"].items()
+        if key.startswith(("DRIFTLOOP_", "MLFLOW_"))
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(moto_server.env())
+    env.update(names)
+    script = COMPOSE.parent / "s3_setup.py"
+    for _ in range(2):  # again: idempotent
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=LINT_GUARD_SECONDS,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    s3, sqs = moto_server.client("s3"), moto_server.client("sqs")
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    raw = names["DRIFTLOOP_RAW_BUCKET"]
+    assert {raw, names["DRIFTLOOP_OUTPUTS_BUCKET"], names["MLFLOW_ARTIFACTS_BUCKET"]} <= buckets
+    url = sqs.get_queue_url(QueueName=names["DRIFTLOOP_EVENTS_QUEUE"])["QueueUrl"]
+    s3.put_object(Bucket=raw, Key="raw/orders/orders-0001.csv", Body=b"a,b\n1,2\n")
+    s3.put_object(Bucket=raw, Key="elsewhere/x.csv", Body=b"a\n1\n")  # not under raw/
+    keys: list[str] = []
+    deadline = time.monotonic() + LINT_GUARD_SECONDS  # a hang guard; messages are awaited
+    while time.monotonic() < deadline:
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1, MaxNumberOfMessages=10)
+        for message in got.get("Messages", []):
+            body = json.loads(message["Body"])
+            keys += [r["s3"]["object"]["key"] for r in body.get("Records", [])]
+        if "raw/orders/orders-0001.csv" in keys:
+            break
+    assert keys == ["raw/orders/orders-0001.csv"], keys
 
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
