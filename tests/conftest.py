@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.fixtures.moto",
     "tests.fixtures.mlflow_server",
     "tests.fixtures.prefect_server",
+    "tests.fixtures.buildah",
 ]
 
 
