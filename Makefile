@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: prefect-venv test-prefect demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability clean install
+.PHONY: validators prefect-venv test-prefect demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ prefect-venv: $(PREFECT_STAMP)
 test-prefect: $(PREFECT_STAMP)
 	$(PREFECT_VENV)/bin/python -m mypy  # with Prefect's own types, which .venv does not have
 	OMP_NUM_THREADS=1 $(PREFECT_VENV)/bin/python -m pytest -n 0 -m prefect
+
+# The npm validators of the exported files (driftloop export aws), in .tools/node_modules
+# (gitignored); the tests find them there and skip without them, unless CI requires them
+ASL_VALIDATOR_VERSION := 4.0.0
+TOOLS_STAMP := .tools/.installed-$(ASL_VALIDATOR_VERSION)
+$(TOOLS_STAMP):
+	npm install --prefix .tools --no-audit --no-fund asl-validator@$(ASL_VALIDATOR_VERSION)
+	touch $(TOOLS_STAMP)
+
+validators: $(TOOLS_STAMP)
 
 ## make demo: set everything up and run the lifecycle on built-in data (./demo)
 demo: $(STAMP)
