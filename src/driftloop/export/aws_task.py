@@ -68,9 +68,7 @@ def plan_output(plan: Plan) -> dict[str, Any]:
         if call.stage in ("prep", "features") and call.batch_id not in batches:
             batches.append(str(call.batch_id))
     checks = [
-        {"batch_id": c.batch_id, "champion": c.champion}
-        for c in plan.calls
-        if c.stage == "monitor"
+        {"batch_id": c.batch_id, "champion": c.champion} for c in plan.calls if c.stage == "monitor"
     ]
     return {
         "batches": batches,
