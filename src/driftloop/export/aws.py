@@ -162,7 +162,9 @@ def _caught(state: dict[str, Any], result_path: str | None) -> dict[str, Any]:
     return state
 
 
-def _map(items: str, selector: dict[str, str], states: dict[str, Any], start: str, next_: str):
+def _map(
+    items: str, selector: dict[str, str], states: dict[str, Any], start: str, next_: str
+) -> dict[str, Any]:
     return _caught(
         {
             "Type": "Map",
@@ -365,7 +367,9 @@ def _assume(service: str) -> dict[str, Any]:
     }
 
 
-def _role(service: str, statements: list[dict[str, Any]], managed: list[str] | None = None):
+def _role(
+    service: str, statements: list[dict[str, Any]], managed: list[Any] | None = None
+) -> dict[str, Any]:
     props: dict[str, Any] = {"AssumeRolePolicyDocument": _assume(service)}
     if statements:
         props["Policies"] = [
@@ -386,19 +390,19 @@ def _arn(bucket: str, key: str = "") -> dict[str, Any]:
 def _s3_statements(bucket: str, prefixes: list[str], outputs: ObjectUrl) -> list[dict[str, Any]]:
     """Read the raw prefixes (never write them); read and write the outputs prefix."""
     out_prefix = outputs.key.rstrip("/") + "/" if outputs.key else ""
-    listing = [{"bucket": bucket, "prefixes": prefixes}]
+    listing: list[tuple[str, list[str]]] = [(bucket, prefixes)]
     if outputs.bucket == bucket:
-        listing[0]["prefixes"] = sorted({*prefixes, out_prefix})
+        listing = [(bucket, sorted({*prefixes, out_prefix}))]
     else:
-        listing.append({"bucket": outputs.bucket, "prefixes": [out_prefix]})
+        listing.append((outputs.bucket, [out_prefix]))
     statements: list[dict[str, Any]] = [
         {
             "Effect": "Allow",
             "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
-            "Resource": _arn(item["bucket"]),
-            "Condition": {"StringLike": {"s3:prefix": [f"{p}*" for p in item["prefixes"]]}},
+            "Resource": _arn(name),
+            "Condition": {"StringLike": {"s3:prefix": [f"{p}*" for p in listed]}},
         }
-        for item in listing
+        for name, listed in listing
     ]
     statements.append(
         {
