@@ -388,8 +388,12 @@ def test_a_big_manifest_stays_out_of_the_output() -> None:
     found = aws_task.stage_output(report, Plan())
     assert len(json.dumps(found)) < aws_task.OUTPUT_LIMIT
     assert "omitted" in found["manifest"]
-    small = aws_task.stage_output(StageReport("prep", "b1", "ran", 1.0, {"rows": 3}), Plan())
-    assert small["manifest"] == {"rows": 3} and small["plan"]["batches"] == []
+    small = aws_task.stage_output(StageReport("prep", "b1", "ran", 1.0, {"rows": 3}))
+    assert small["manifest"] == {"rows": 3} and "plan" not in small
+    ingest = aws_task.stage_output(
+        StageReport("ingest", "b1", "ran"), Plan([[StageCall("prep", "b1")]])
+    )
+    assert ingest["plan"]["batches"] == ["b1"]
 
 
 def test_without_a_token_nothing_is_sent() -> None:

@@ -79,10 +79,12 @@ def plan_output(plan: Plan) -> dict[str, Any]:
     }
 
 
-def stage_output(report: StageReport, plan: Plan) -> dict[str, Any]:
-    """A successful stage call: its report and manifest, and the plan made after it (the
-    ingest step's ``plan.batches`` is what the machine's Map goes over)."""
-    found = {**report.to_json(), "plan": plan_output(plan)}
+def stage_output(report: StageReport, plan: Plan | None = None) -> dict[str, Any]:
+    """A successful stage call: its report and manifest, and for ingest the plan made after
+    it (its ``plan.batches`` is what the machine's Map goes over)."""
+    found = report.to_json()
+    if plan is not None:
+        found["plan"] = plan_output(plan)
     if len(_text(found)) > OUTPUT_LIMIT:  # a big manifest stays in the outputs, not here
         found["manifest"] = {"omitted": f"more than {OUTPUT_LIMIT} bytes; see the outputs"}
     return found
@@ -132,12 +134,16 @@ def reporting(token: str | None) -> Iterator[None]:
 
 
 def report_stage(token: str | None, project: Path, report: StageReport) -> None:
-    """Send a stage call's result: its failure, or its output with the plan made after it."""
+    """Send a stage call's result: its failure, or its output (ingest's with the plan made
+    after it)."""
     if not token:
         return
     failure = stage_failure(report)
     if failure is not None:
         send_failure(token, *failure)
+        return
+    if report.stage != "ingest":  # only ingest's step branches on the plan after it
+        send_success(token, stage_output(report))
         return
     from driftloop.pipeline import plan
 
