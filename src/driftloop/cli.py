@@ -45,8 +45,8 @@ TaskTokenOpt = Annotated[
         "--task-token",
         envvar="DRIFTLOOP_TASK_TOKEN",
         show_envvar=False,
-        help="A Step Functions task token: the result goes back with SendTaskSuccess "
-        "(or SendTaskFailure); see driftloop export aws.",
+        help="A Step Functions task token (or DRIFTLOOP_TASK_TOKEN): the result goes back "
+        "with SendTaskSuccess, an error with SendTaskFailure; see driftloop export aws.",
     ),
 ]
 _state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_shown": set()}
@@ -1157,7 +1157,7 @@ def demo(
 
 
 export_app = typer.Typer(
-    help="Write what another runner needs from driftloop.yaml (its files, validated).",
+    help="Write what another runner needs, from driftloop.yaml.",
     no_args_is_help=True,
 )
 app.add_typer(export_app, name="export")
