@@ -30,10 +30,8 @@ from driftloop.export import aws, aws_task
 from driftloop.orchestration.planner import Plan
 from driftloop.orchestration.runner import StageReport
 
+from .fixtures.validators import npm_tool
 from .helpers import write_spec
-
-ROOT = Path(__file__).resolve().parents[1]
-ASL_VALIDATOR = ROOT / ".tools" / "node_modules" / ".bin" / "asl-validator"
 
 SPEC = """
 name: shop
@@ -273,28 +271,20 @@ def test_the_roles_grant_what_each_part_needs_and_no_more(tmp_path: Path) -> Non
 # --- the validators ----------------------------------------------------------------
 
 
-def _validator(path: Path, what: str) -> Path:
-    if path.exists():
-        return path
-    why = f"{what} is not installed"
-    if os.environ.get("DRIFTLOOP_REQUIRE_VALIDATORS") == "1":
-        pytest.fail(f"{why} and DRIFTLOOP_REQUIRE_VALIDATORS=1; run make validators")
-    pytest.skip(f"{why}; make validators installs it")
-
-
 def _cfn_lint() -> Any:
     """cfn-lint's API (in process: its rules load once, not per template)."""
     try:
         from cfnlint import api
     except ImportError:
-        _validator(ROOT / "cfn-lint-not-installed", "cfn-lint")
+        why = "cfn-lint is not installed"
+        if os.environ.get("DRIFTLOOP_REQUIRE_VALIDATORS") == "1":
+            pytest.fail(f"{why} and DRIFTLOOP_REQUIRE_VALIDATORS=1; make install")
+        pytest.skip(f"{why}; make install (the dev extra) to lint the template")
     return api
 
 
-def _lint(tool: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(tool), *args], capture_output=True, text=True, check=False, timeout=600
-    )
+def _lint(tool: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*tool, *args], capture_output=True, text=True, check=False, timeout=600)
 
 
 def test_cfn_lint_passes_the_template_and_catches_a_broken_definition(tmp_path: Path) -> None:
@@ -313,7 +303,7 @@ def test_cfn_lint_passes_the_template_and_catches_a_broken_definition(tmp_path: 
 
 
 def test_asl_validator_passes_the_machine_and_catches_a_dangling_next(tmp_path: Path) -> None:
-    tool = _validator(ASL_VALIDATOR, "asl-validator (npm)")
+    tool = npm_tool("asl-validator")
     machine_file, _ = aws.write(_spec(tmp_path), tmp_path / "out")
     clean = _lint(tool, "--json-path", str(machine_file))
     assert clean.returncode == 0, clean.stdout + clean.stderr
@@ -399,7 +389,8 @@ def test_a_big_manifest_stays_out_of_the_output() -> None:
 def test_without_a_token_nothing_is_sent() -> None:
     with aws_task.reporting(None):  # no client made: boto3 would need a region here
         pass
-    aws_task.report_stage(None, Path(), StageReport("prep", "b1", "failed", error="x"))
+    failed = StageReport("prep", "b1", "failed", error="x")
+    aws_task.report_stage(None, failed, lambda: pytest.fail("no plan is made without a token"))
     with pytest.raises(KeyError), aws_task.reporting(""):
         raise KeyError("an empty token is no token: the error goes on, nothing is sent")
 

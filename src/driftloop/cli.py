@@ -154,18 +154,46 @@ def init(
         str | None,
         typer.Option(help="With --no-header: the column names, comma-separated (a,b,c)."),
     ] = None,
+    ci: Annotated[
+        str | None,
+        typer.Option(
+            "--ci",
+            help="Also write a CI workflow: github or azure (alone: for the existing "
+            "driftloop.yaml). It validates the spec, runs a pass on the sample, deploys on main.",
+        ),
+    ] = None,
+    deploy: Annotated[
+        str,
+        typer.Option(
+            help="With --ci: the deploy step on main: 'aws' (apply the stack 'driftloop "
+            "export aws' writes), 'none', or a shell command of your own.",
+        ),
+    ] = "aws",
+    ci_sample: Annotated[
+        str,
+        typer.Option(
+            help="With --ci: the folder, in the project, of the sample files the pass reads "
+            "(one subfolder per source).",
+        ),
+    ] = "ci/sample",
 ) -> None:
-    """Write driftloop.yaml, inferred from a sample file or from a built-in example."""
+    """Write driftloop.yaml, inferred from a sample file or from a built-in example; with
+    --ci, a CI workflow too (or only that, in a project that has a driftloop.yaml)."""
     from driftloop.core.errors import DriftloopError
 
     console = _console()
+    if ci is not None and ci not in ("github", "azure"):
+        _fail_text(f"--ci must be github or azure, got {ci!r}")
+    ci_only = ci is not None and example is None and from_file is None and target is None
+    path: Path | None = None
     try:
-        project.mkdir(parents=True, exist_ok=True)
+        if not ci_only:
+            project.mkdir(parents=True, exist_ok=True)
         if example is not None:
             from driftloop.init import init_example
 
             path = init_example(project, example, force=force)
-        else:
+        elif not ci_only:  # --ci alone: only the workflow, for the existing driftloop.yaml
             if from_file is None or target is None:
                 raise typer.BadParameter("pass --from FILE and --target COLUMN, or --example NAME")
             if task not in (None, "classification", "regression"):
@@ -187,9 +215,18 @@ def init(
             )
             for line in notes:
                 console.print(line, markup=False)
+        if path is not None:
+            console.print(f"wrote {path}; next: driftloop run -p {project}")
+        if ci is not None:
+            from driftloop.export.ci import write_workflow
+
+            written = write_workflow(project, ci, deploy=deploy, sample=ci_sample, force=force)
+            console.print(
+                f"wrote {_name(written)}; commit it with sample files under "
+                f"{_name(project / ci_sample)}/<source>/"
+            )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
-    console.print(f"wrote {path}; next: driftloop run -p {project}")
 
 
 @app.command()
@@ -393,12 +430,13 @@ def stage(
     """Run one stage call, as an orchestrator's task would: idempotent, safe on any worker."""
     from driftloop.core.errors import DriftloopError
     from driftloop.export import aws_task
+    from driftloop.pipeline import plan as make_plan
     from driftloop.pipeline import run_stage
 
     try:
         with aws_task.reporting(task_token):
             report = run_stage(project, name, batch_id=batch, champion=champion)
-            aws_task.report_stage(task_token, project, report)
+            aws_task.report_stage(task_token, report, lambda: make_plan(project))
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:

@@ -1,6 +1,8 @@
-"""What driftloop writes for other runners from a project's ``driftloop.yaml``.
+"""What driftloop writes for other tools from a project's ``driftloop.yaml``.
 
-Each target is a module of pure functions from the spec to the files it needs (a state
-machine and a CloudFormation template for AWS, in :mod:`driftloop.export.aws`), and every
-runner runs the same ``driftloop stage ...`` calls the planner makes.
+Each target is a module of pure functions from the spec to the files it needs (a CI workflow
+for GitHub Actions or Azure Pipelines in :mod:`driftloop.export.ci`; a Step Functions state
+machine and a CloudFormation template in :mod:`driftloop.export.aws`, whose steps run the
+same ``driftloop stage ...`` calls the planner makes, and report back through
+:mod:`driftloop.export.aws_task`).
 """

@@ -15,9 +15,8 @@ is not driftloop's verdict on the data), or ``driftloop.<ErrorClass>`` / ``drift
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftloop.core.errors import DriftloopError, TransientError, first_line
@@ -133,9 +132,9 @@ def reporting(token: str | None) -> Iterator[None]:
         raise
 
 
-def report_stage(token: str | None, project: Path, report: StageReport) -> None:
+def report_stage(token: str | None, report: StageReport, plan_after: Callable[[], Plan]) -> None:
     """Send a stage call's result: its failure, or its output (ingest's with the plan made
-    after it)."""
+    after it, by ``plan_after``: the caller's, since this layer does not plan)."""
     if not token:
         return
     failure = stage_failure(report)
@@ -145,6 +144,4 @@ def report_stage(token: str | None, project: Path, report: StageReport) -> None:
     if report.stage != "ingest":  # only ingest's step branches on the plan after it
         send_success(token, stage_output(report))
         return
-    from driftloop.pipeline import plan
-
-    send_success(token, stage_output(report, plan(project)))
+    send_success(token, stage_output(report, plan_after()))
