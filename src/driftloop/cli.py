@@ -39,6 +39,16 @@ app = typer.Typer(
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder (holds driftloop.yaml).")
 ]
+TaskTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task-token",
+        envvar="DRIFTLOOP_TASK_TOKEN",
+        show_envvar=False,
+        help="A Step Functions task token (or DRIFTLOOP_TASK_TOKEN): the result goes back "
+        "with SendTaskSuccess, an error with SendTaskFailure; see driftloop export aws.",
+    ),
+]
 _state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_shown": set()}
 
 
@@ -415,13 +425,18 @@ def stage(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The stage's manifest as JSON.")] = False,
+    task_token: TaskTokenOpt = None,
 ) -> None:
     """Run one stage call, as an orchestrator's task would: idempotent, safe on any worker."""
     from driftloop.core.errors import DriftloopError
+    from driftloop.export import aws_task
+    from driftloop.pipeline import plan as make_plan
     from driftloop.pipeline import run_stage
 
     try:
-        report = run_stage(project, name, batch_id=batch, champion=champion)
+        with aws_task.reporting(task_token):
+            report = run_stage(project, name, batch_id=batch, champion=champion)
+            aws_task.report_stage(task_token, report, lambda: make_plan(project))
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
@@ -443,13 +458,18 @@ def stage(
 def plan(
     project: ProjectOpt = Path(),
     as_json: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
+    task_token: TaskTokenOpt = None,
 ) -> None:
     """The stage calls a pass would make now, in waves of independent calls (nothing runs)."""
     from driftloop.core.errors import DriftloopError
+    from driftloop.export import aws_task
     from driftloop.pipeline import plan as make_plan
 
     try:
-        found = make_plan(project)
+        with aws_task.reporting(task_token):
+            found = make_plan(project)
+            if task_token:
+                aws_task.send_success(task_token, aws_task.plan_output(found))
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
@@ -864,16 +884,21 @@ def monitor(
         typer.Option(help="Prediction-log window in days, ending now (default: the spec's)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    task_token: TaskTokenOpt = None,
 ) -> None:
     """Drift and performance of the champion: exit 0 if no column drifted and nothing
     degraded, 3 for dataset, target or prediction drift or degradation, 4 when only some
     columns drifted (below the dataset threshold). A raw file goes through the source's
     prep first: only the rows prep would keep are scored."""
     from driftloop.core.errors import DriftloopError
+    from driftloop.export import aws_task
     from driftloop.monitoring.run import monitor as run_monitor
 
     try:
-        result = run_monitor(project, current=current, days=days)
+        with aws_task.reporting(task_token):
+            result = run_monitor(project, current=current, days=days)
+            if task_token:
+                aws_task.send_success(task_token, aws_task.monitor_output(result))
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
@@ -1167,6 +1192,32 @@ def demo(
         _fail(exc, EXIT_STAGE_FAILED)
     if not ok:
         raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+export_app = typer.Typer(
+    help="Write what another runner needs, from driftloop.yaml.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("aws")
+def export_aws(
+    project: ProjectOpt = Path(),
+    out: Annotated[Path, typer.Option(help="Folder to write into.")] = Path("aws"),
+    image: Annotated[str | None, typer.Option(help="The Image parameter's default.")] = None,
+) -> None:
+    """A Step Functions state machine and a CloudFormation template (see docs/deploy-aws.md)."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.spec import load_spec
+    from driftloop.export import aws
+
+    try:
+        written = aws.write(load_spec(project), out, image)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    for path in written:
+        _console().print(f"wrote {_name(path)}")
 
 
 prefect_app = typer.Typer(

@@ -72,8 +72,10 @@ class StageReport:
         *,
         key: str | None = None,
         manifest_dir: Output | None = None,
+        retry: bool = False,
     ) -> None:
         self.stage, self.batch_id, self.outcome = stage, batch_id, outcome
+        self.retry = retry  # a failure that is not the data's: the next pass runs it again
         self.seconds, self.error, self.key = seconds, error, key
         self._manifest, self._manifest_dir = manifest, manifest_dir
 
@@ -240,7 +242,9 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
         )
         log.debug("%s %s failed", stage, batch_id, exc_info=True)
         db.finish_run(key, stage, batch_id, seconds, None, message, retry=not expected)
-        return StageReport(stage, batch_id, "failed", seconds, error=message, key=key)
+        return StageReport(
+            stage, batch_id, "failed", seconds, error=message, key=key, retry=not expected
+        )
     seconds = time.perf_counter() - started
     db.finish_run(key, stage, batch_id, seconds, layout.relative(work.output), None)
     return StageReport(stage, batch_id, "ran", seconds, manifest, key=key)
