@@ -136,7 +136,8 @@ def test_rollback_and_promote_from_the_page_are_recorded(client: TestClient, pro
 
 def test_actions_need_an_admin_token_when_the_server_has_tokens(project: Path) -> None:
     app = create_ui_app(project, metrics_url="http://127.0.0.1:9/metrics")
-    app.state.tokens = Tokens(parse_tokens("s3cret-reader-token-1:predict,s3cret-admin-token-22:admin", str))
+    entries = "s3cret-reader-token-1:predict,s3cret-admin-token-22:admin"
+    app.state.tokens = Tokens(parse_tokens(entries, str))
     c = TestClient(app)
     assert c.post("/ui/models/rollback", json={"reason": "x"}).status_code == 401
     reader = {"Authorization": "Bearer s3cret-reader-token-1"}

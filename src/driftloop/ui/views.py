@@ -373,7 +373,7 @@ def drift_view(project: Project, page: int | None) -> dict[str, Any]:
             report = json.loads(_read_text(project, report_path))
         except (OSError, ValueError, TypeError):
             continue
-        checks.append(_check_row(b, manifest, report))
+        checks.append(_check_row(b, manifest, report, project.spec.metric))
     features: list[str] = []
     for c in checks:
         for name in c["scores"]:
@@ -400,7 +400,9 @@ def _read_text(project: Project, path: str) -> str:
     return (found if found.is_absolute() else project.root / found).read_text(encoding="utf-8")
 
 
-def _check_row(batch: Batch, manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def _check_row(
+    batch: Batch, manifest: dict[str, Any], report: dict[str, Any], metric: str
+) -> dict[str, Any]:
     scores: dict[str, tuple[float | None, bool]] = {}
     for c in report.get("data_drift", {}).get("columns", []):
         effect, threshold = c.get("effect"), c.get("effect_threshold")
@@ -410,7 +412,15 @@ def _check_row(batch: Batch, manifest: dict[str, Any], report: dict[str, Any]) -
         scores[c["column"]] = (score, bool(c.get("drift")))
     perf = report.get("performance") or {}
     overall = perf.get("overall") or {}
-    estimated = (report.get("estimated_performance") or {}).get("overall") or {}
+    # the estimate (no labels needed) has no interval: one value per metric it can estimate
+    estimate = report.get("estimated_performance") or {}
+    value = (estimate.get("overall") or {}).get(perf.get("metric") or metric)
+    flags = estimate.get("below_holdout_by_more_than_tolerance") or {}
+    estimated = (
+        {"value": value, "decayed": bool(flags.get(perf.get("metric") or metric))}
+        if value is not None
+        else {}
+    )
     return {
         "batch_id": batch.batch_id,
         "created_at": batch.created_at,
@@ -418,7 +428,7 @@ def _check_row(batch: Batch, manifest: dict[str, Any], report: dict[str, Any]) -
         "summary": manifest.get("summary", {}),
         "scores": scores,
         "realized": overall,
-        "estimated": estimated if isinstance(estimated, dict) else {},
+        "estimated": estimated,
         "holdout": perf.get("holdout"),
         "decay_bound": perf.get("decay_bound"),
         "report": manifest["paths"].get("html"),
