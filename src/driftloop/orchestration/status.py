@@ -15,15 +15,18 @@ from driftloop.core.layout import Layout, is_complete
 from driftloop.core.state import StateDB
 
 
-def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[str, Any]:
-    """Champion, recent stage runs and durations, pending work, last drift verdict, events."""
+def project_status(
+    project: Path, *, events: int = 15, runs: int = 15, spec: Any = None
+) -> dict[str, Any]:
+    """Champion, recent stage runs and durations, pending work, last drift verdict, events.
+    ``spec``: the project's, when the caller has read it already (the dashboard)."""
     from driftloop.core.spec import load_spec
     from driftloop.core.storage import candidate_files, unmatched_files
     from driftloop.monitoring.stage import recorded_champion
     from driftloop.orchestration.loop import new_batches
 
     layout = Layout(project)
-    spec = load_spec(project)
+    spec = spec or load_spec(project)
     with StateDB(layout.state_db, url=spec.state.url) as db:
         batches = db.batches()
         champion = recorded_champion(db, spec.name)

@@ -73,8 +73,8 @@ def now_view(project: Project) -> dict[str, Any]:
 
     if not project.has_state():
         return {"empty": True, "project": project.spec.name}
-    status = project_status(project.root, events=0, runs=10)
-    failures = batch_failures(project.root)
+    status = project_status(project.root, events=0, runs=10, spec=project.spec)
+    failures = batch_failures(project.root, spec=project.spec)
     champion = status["champion"]
     with project.db() as db:
         load_failed = db.last_event("ModelLoadFailed")
