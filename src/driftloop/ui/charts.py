@@ -100,12 +100,12 @@ def batch_bars(bars: Sequence[Bar], *, height: int = 180) -> Markup:
             f'<rect x="{x}" y="{top_pad}" width="{slot - 2}" height="{height - bottom - top_pad}" '
             'fill="transparent"/></a>'
         )
-    step = max(1, len(bars) // 6)
+    step = max(1, math.ceil(100 / slot))  # labels 100 px apart at least: no overlaps
     for i in range(0, len(bars), step):
         mid = left + i * slot + slot / 2
         parts.append(
             f'<text x="{mid:.1f}" y="{height - bottom + 14}" text-anchor="middle" '
-            f'font-size="10">{escape(bars[i].label[:10])}</text>'
+            f'font-size="10">{escape(bars[i].label[:16])}</text>'
         )
     return _svg(width, height, "rows per batch: ok, quarantined, duplicate", "".join(parts))
 
@@ -122,7 +122,7 @@ def heatmap(
     if not rows or not columns:
         return Markup("")
     label_w, head_h, cell_w, cell_h = 130, 90, 34, 16
-    width = label_w + cell_w * len(columns) + 4
+    width = label_w + cell_w * len(columns) + 70  # room for the last names, slanted
     height = head_h + cell_h * len(rows) + 4
     parts = []
     for j, name in enumerate(columns):
@@ -275,6 +275,6 @@ def line_chart(
     for i in range(0, len(labels), step):
         parts.append(
             f'<text x="{x(labels[i]):.1f}" y="{height - 12}" text-anchor="middle" '
-            f'font-size="10">{escape(labels[i][:12])}</text>'
+            f'font-size="10">{escape(labels[i][:16])}</text>'
         )
     return _svg(width, height, ", ".join(series), "".join(parts))
