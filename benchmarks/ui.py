@@ -132,7 +132,7 @@ def build_big(project: Path, batches: int, versions: int) -> Any:
         for i in range(3, batches):
             batch_id = f"2024{i:06d}-{i:012x}"
             path = f"data/raw/s/b{i:04d}.csv"
-            db.create_batch(batch_id, [RawFile(f"{i:064x}", "s", path, 30_000)])
+            db.create_batch(batch_id, [RawFile(f"{i:064x}", "s", path, 30_000, batch_id)])
             for stage, folder, manifest in (
                 ("prep", layout.processed, prep),
                 ("monitor", layout.batch_checks, check),
