@@ -181,6 +181,22 @@ def test_the_page_asks_only_for_its_own_assets(client: TestClient) -> None:
     assert client.get("/ui/static/../app.py").status_code == 404
 
 
+def test_the_serving_app_serves_the_dashboard_with_its_own_numbers(project: Path) -> None:
+    from driftloop.serving.app import create_app
+    from driftloop.ui import with_ui
+
+    app = with_ui(create_app(project, tokens=Tokens()), project)
+    with TestClient(app) as c:  # the lifespan loads the champion (from the memory registry)
+        record = {"t": "2024-01-02 10:00:00", "x1": 0.1, "x2": 0.2, "c": "a"}
+        served = c.post("/predict", json=record)
+        assert served.status_code == 200, served.text
+        version = served.json()["model"]["version"]
+        tile = c.get("/ui/now/serving").text
+        assert "1 in all" in tile  # the request above, read from the server's own metrics
+        assert f"this worker: v{version}" in tile
+        assert f">v{_alias(project)}</a>" in c.get("/ui/now").text
+
+
 def test_serving_numbers_come_from_the_exposition() -> None:
     from driftloop.serving.metrics import ServingMetrics
 
@@ -194,7 +210,7 @@ def test_serving_numbers_come_from_the_exposition() -> None:
     shown = summary(first, None)
     assert (shown["rps"], shown["total_requests"], shown["errors"]) == (None, 100, 3)
     assert (shown["p50_ms"], shown["p99_ms"]) == (2.5, 250.0)  # bucket bounds
-    assert list(shown["versions"].values()) == ["4"]
+    assert shown["versions"] == {"this worker": "4"}
     for _ in range(50):
         metrics.latency.labels("/predict").observe(0.7)
         metrics.requests.labels("/predict", "200").inc()

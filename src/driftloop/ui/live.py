@@ -26,7 +26,7 @@ class Reading:
     requests: float
     errors: float
     buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count), sorted
-    versions: dict[str, str]  # worker pid -> version
+    versions: dict[str, str]  # 'pid N' (or 'this worker') -> the version it serves
     errors_by_kind: dict[str, float] = field(default_factory=dict)
 
 
@@ -50,7 +50,8 @@ def parse(text: str, at: float) -> Reading:
                 bound = float(labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + s.value
             elif s.name == "driftloop_model_version":
-                versions[labels.get("pid", "this worker")] = f"{s.value:g}"
+                who = f"pid {labels['pid']}" if "pid" in labels else "this worker"
+                versions[who] = f"{s.value:g}"
     return Reading(at, requests, errors, tuple(sorted(buckets.items())), versions, kinds)
 
 
