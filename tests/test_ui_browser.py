@@ -108,21 +108,19 @@ def test_a_rollback_from_the_page_moves_the_champion_and_the_server_follows(
     serving = httpx.get(f"{server.url}/ready").json()["model"]["version"]
     page.goto(f"{server.url}/ui/models")
     page.fill("#rollback-form input[name=reason]", "the browser test rolls back")
-    page.click("#rollback-form button")
-    page.wait_for_selector("#action-result.done")
-    result = page.locator("#action-result").inner_text()
+    with page.expect_navigation():  # the page reloads itself to show the new champion
+        page.click("#rollback-form button")
+        page.wait_for_selector("#action-result.done")
+        result = page.locator("#action-result").inner_text()
     assert f"(was v{serving})" in result
     new = result.split("champion: v", 1)[1].split(" ", 1)[0]
     assert new != serving
+    decisions = page.locator("#decisions").inner_text()
+    assert "the browser test rolls back (from the dashboard)" in decisions
     deadline = time.monotonic() + HANG_GUARD_MS / 1000
     while httpx.get(f"{server.url}/ready").json()["model"]["version"] != new:
         assert time.monotonic() < deadline, "the server did not follow the rollback"
         time.sleep(0.1)
-    page.goto(f"{server.url}/ui/models")
-    assert (
-        "the browser test rolls back (from the dashboard)"
-        in page.locator("#decisions").inner_text()
-    )
 
 
 def test_the_event_log_shows_a_file_that_lands(
