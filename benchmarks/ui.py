@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -45,9 +46,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent
 VIEWS = ("now", "data", "models", "drift", "events")
 CHROMIUM = "/usr/bin/chromium"
-MEASURE = """() => {
+MEASURE = """async () => {
   const n = performance.getEntriesByType('navigation')[0];
-  const fcp = performance.getEntriesByName('first-contentful-paint')[0];
+  // the paint entry can come after the load event: wait for it (a guard of 5 s)
+  const fcp = await new Promise((done) => {
+    new PerformanceObserver((found) => {
+      const paint = found.getEntriesByName('first-contentful-paint')[0];
+      if (paint) done(paint);
+    }).observe({ type: 'paint', buffered: true });
+    setTimeout(() => done(null), 5000);
+  });
   const res = performance.getEntriesByType('resource');
   return {
     ttfb: n.responseStart - n.startTime,
@@ -221,7 +229,7 @@ def measure(browser: Any, url: str, loads: int, shots: Path | None) -> dict[str,
                 page.screenshot(path=str(shots / f"{view}.png"), full_page=False)
             context.close()
         out[view] = {
-            k: statistics.median(float(f[k]) for f in found if f[k] is not None)
+            k: statistics.median([float(f[k]) for f in found if f[k] is not None] or [math.nan])
             for k in ("ttfb", "fcp", "usable", "load", "bytes", "requests")
         }
     return out
