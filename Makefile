@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: image test-image prefect-venv test-prefect demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability clean install lock validators
+.PHONY: image test-image prefect-venv test-prefect demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability bench-ui clean install lock validators
 
 # The locks: every package and version the tests passed with, for .venv (the dev extra) and
 # .venv-prefect (dev and prefect extras together: Prefect 3.9 needs an older FastAPI than
@@ -141,6 +141,11 @@ bench-history: $(STAMP)
 ## (ARGS="--rows 200000 --runs 2" for a smaller run)
 bench-s3: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/s3.py $(ARGS)
+
+## the dashboard in headless Chromium: page weight and time to a usable page, for the demo
+## project (./demo, made first if absent) and one of 1,000 batches and 100 versions
+bench-ui: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/ui.py --demo demo $(ARGS)
 
 ## the reliability probe: kill -9, fuzzed files, schemathesis, swaps, a soak, a secret sweep
 ## (ARGS="--quick" for a smoke run; schemathesis goes in benchmarks/.venv-schemathesis)

@@ -844,11 +844,14 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: serving.workers).")
     ] = None,
+    ui: Annotated[bool, typer.Option(help="Serve the dashboard under /ui too.")] = True,
 ) -> None:
-    """Serve the champion over HTTP (/predict, /feedback, /model, /metrics); follow promotions."""
+    """Serve the champion over HTTP (/predict, /feedback, /model, /metrics) and the
+    dashboard (/ui); follow promotions."""
     from driftloop.core.errors import DriftloopError
     from driftloop.core.spec import load_spec
     from driftloop.serving.auth import check_binding, load_tokens
+    from driftloop.serving.run import APP_FACTORY
     from driftloop.serving.run import serve as run_server
 
     try:
@@ -860,12 +863,43 @@ def serve(
     where = f"http://{host or settings.host}:{settings.port if port is None else port}"
     _console().print(
         f"serving the champion of {spec.name} on {where} ({workers or settings.workers} "
-        f"worker(s)); API docs at {where}/docs; Ctrl-C stops"
+        f"worker(s)); API docs at {where}/docs"
+        + (f"; the dashboard at {where}/ui" if ui else "")
+        + "; Ctrl-C stops"
     )
+    factory = "driftloop.ui.app:serving_app_from_environment" if ui else APP_FACTORY
     try:
-        run_server(project, host=host, port=port, workers=workers)
+        run_server(project, host=host, port=port, workers=workers, app_factory=factory)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
+
+
+@app.command()
+def ui(
+    project: ProjectOpt = Path(),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8050,
+    metrics_url: Annotated[
+        str | None,
+        typer.Option(help="The server's /metrics for the Now view (default: serving's address)."),
+    ] = None,
+) -> None:
+    """The dashboard alone (no model loaded): Now, Data, Models, Drift, Events under /ui."""
+    import uvicorn
+
+    from driftloop.core.errors import DriftloopError
+    from driftloop.serving.auth import check_binding, load_tokens
+    from driftloop.ui.app import create_ui_app
+
+    try:
+        check_binding(host, load_tokens())
+        app_ = create_ui_app(project.resolve(), metrics_url=metrics_url)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    _console().print(
+        f"the dashboard of {project.resolve()} on http://{host}:{port}/ui; Ctrl-C stops"
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()

@@ -263,5 +263,6 @@ def _summary(project: Path, console: Any) -> None:
     )
     console.print(
         f"explore: 'driftloop status -p {project}', 'driftloop models -p {project}', "
-        f"{Layout(project).reports}/, 'driftloop up -p {project}' to run it all again"
+        f"{Layout(project).reports}/, 'driftloop ui -p {project}' (the dashboard), "
+        f"'driftloop up -p {project}' to run it all again (the dashboard at /ui)"
     )

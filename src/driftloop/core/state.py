@@ -763,6 +763,35 @@ class StateDB:
         stmt = sa.select(events).order_by(events.c.id.desc()).limit(limit)
         return [self._event(r) for r in reversed(self._rows(stmt))]
 
+    def events_page(
+        self,
+        *,
+        types: tuple[str, ...] = (),
+        batch_id: str | None = None,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A page of events, newest first: of the given types, naming ``batch_id`` in their
+        payload, with ids below ``before`` or above ``after`` (the dashboard's event log)."""
+        stmt = sa.select(events)
+        if types:
+            stmt = stmt.where(events.c.type.in_(types))
+        if batch_id:
+            # payloads are JSON written with sort_keys and the default separators
+            stmt = stmt.where(events.c.payload.contains(json.dumps({"batch_id": batch_id})[1:-1]))
+        if before is not None:
+            stmt = stmt.where(events.c.id < before)
+        if after is not None:
+            stmt = stmt.where(events.c.id > after)
+        stmt = stmt.order_by(events.c.id.desc()).limit(limit)
+        return [self._event(r) for r in self._rows(stmt)]
+
+    def event_types(self) -> list[str]:
+        """Every event type the log holds, sorted."""
+        stmt = sa.select(events.c.type).distinct().order_by(events.c.type)
+        return [str(r[0]) for r in self._rows(stmt)]
+
     # -- leases --------------------------------------------------------------------------
 
     def take_lease(

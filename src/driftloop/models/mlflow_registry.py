@@ -315,13 +315,32 @@ class MlflowRegistry:
             raise self._unavailable(exc, "listing versions") from None
         with self._answering("listing versions"):
             found = client.search_model_versions(f"name='{self.model}'")
+            runs = self._runs(client, [v.run_id for v in found if v.run_id])
             return [
-                self._version(v, aliases)
+                self._version(v, aliases, runs)
                 for v in sorted(found, key=lambda v: int(v.version), reverse=True)
             ]
 
-    def _version(self, found: Any, aliases: dict[str, Any]) -> ModelVersion:
-        run = self.client().get_run(found.run_id) if found.run_id else None
+    def _runs(self, client: Any, run_ids: list[str]) -> dict[str, Any]:
+        """The versions' runs from one search of the model's experiment, not one request per
+        version (100 versions: one query instead of 100); a run elsewhere is asked alone."""
+        experiment = client.get_experiment_by_name(self.model) if run_ids else None
+        if experiment is None:
+            return {}
+        wanted = ", ".join(f"'{r}'" for r in run_ids)
+        found = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"attributes.run_id IN ({wanted})",
+            max_results=len(run_ids),
+        )
+        return {run.info.run_id: run for run in found}
+
+    def _version(
+        self, found: Any, aliases: dict[str, Any], runs: dict[str, Any] | None = None
+    ) -> ModelVersion:
+        run = (runs or {}).get(found.run_id)
+        if run is None and found.run_id:
+            run = self.client().get_run(found.run_id)
         version = str(found.version)
         return ModelVersion(
             version=version,

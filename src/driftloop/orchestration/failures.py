@@ -21,11 +21,12 @@ from driftloop.core.spec import did_you_mean, load_spec
 from driftloop.core.state import StateDB
 
 
-def batch_failures(project: Path) -> dict[str, Any]:
+def batch_failures(project: Path, *, spec: Any = None) -> dict[str, Any]:
     """Every batch's count, and the failed stage runs still in the way (unresolved or
-    dismissed, with who dismissed them and why), oldest batch first."""
+    dismissed, with who dismissed them and why), oldest batch first. ``spec``: the
+    project's, when the caller has read it already (the dashboard)."""
     layout = Layout(project)
-    spec = load_spec(project)
+    spec = spec or load_spec(project)
     with StateDB(layout.state_db, url=spec.state.url) as db:
         found = db.failures()
         dismissals = {e["key"]: e for e in db.events_after(0, ("FailureDismissed",)) if "key" in e}

@@ -11,19 +11,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from driftloop.core.layout import Layout, is_complete
+from driftloop.core.layout import Layout, committed_outputs
 from driftloop.core.state import StateDB
 
 
-def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[str, Any]:
-    """Champion, recent stage runs and durations, pending work, last drift verdict, events."""
+def project_status(
+    project: Path, *, events: int = 15, runs: int = 15, spec: Any = None
+) -> dict[str, Any]:
+    """Champion, recent stage runs and durations, pending work, last drift verdict, events.
+    ``spec``: the project's, when the caller has read it already (the dashboard)."""
     from driftloop.core.spec import load_spec
     from driftloop.core.storage import candidate_files, unmatched_files
     from driftloop.monitoring.stage import recorded_champion
     from driftloop.orchestration.loop import new_batches
 
     layout = Layout(project)
-    spec = load_spec(project)
+    spec = spec or load_spec(project)
     with StateDB(layout.state_db, url=spec.state.url) as db:
         batches = db.batches()
         champion = recorded_champion(db, spec.name)
@@ -31,16 +34,17 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"
         ]
         pending = []
+        # one listing per stage folder, not a check per batch (1,000 batches: 2 scans)
+        committed = {
+            stage: committed_outputs(folder)
+            for stage, folder in (("prep", layout.processed), ("features", layout.features))
+        }
         for batch in batches:
-            missing = [
-                stage
-                for stage, folder in (("prep", layout.processed), ("features", layout.features))
-                if not is_complete(folder / batch.batch_id)
-            ]
+            missing = [stage for stage, done in committed.items() if batch.batch_id not in done]
             if missing:
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
         new, last = new_batches(layout, db)
-        known = {f.path: f.sha256 for b in batches for f in db.batch_files(b.batch_id)}
+        known = {f.path: f.sha256 for files in db.files_by_batch().values() for f in files}
         listed = candidate_files(spec, layout)
         waiting_files = [o.key for _, o in listed if o.key not in known]
         # taken under this name with other content (a pass hashed it and refused it)

@@ -23,6 +23,9 @@ from driftloop.core.spec import load_spec
 PROJECT_ENV = "DRIFTLOOP_SERVE_PROJECT"
 LOG_LEVEL_ENV = "DRIFTLOOP_SERVE_LOG_LEVEL"
 METRICS_PREFIX = "driftloop-metrics-"
+# the app factory uvicorn's workers call; ``driftloop serve`` names the one that adds the
+# dashboard (driftloop.ui, a layer above this one)
+APP_FACTORY = "driftloop.serving.run:app_from_environment"
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -37,8 +40,12 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     workers: int | None = None,
+    app_factory: str = APP_FACTORY,
 ) -> None:
-    """Serve the project's champion until interrupted (Ctrl-C or SIGTERM: a clean stop)."""
+    """Serve the project's champion until interrupted (Ctrl-C or SIGTERM: a clean stop).
+
+    ``app_factory``: ``module:function`` of the app each worker builds (default: the
+    serving app alone)."""
     import uvicorn
 
     from driftloop.serving.auth import check_binding, load_tokens
@@ -52,7 +59,7 @@ def serve(
     check_binding(host or settings.host, load_tokens())
     prepare_environment(project, settings.threads_per_worker)
     uvicorn.run(
-        "driftloop.serving.run:app_from_environment",
+        app_factory,
         factory=True,
         host=host or settings.host,
         port=settings.port if port is None else port,
