@@ -109,16 +109,27 @@ class MicroBatcher:
             model = self.slot.current
             if model is None:  # the route checks readiness first; a slot never empties
                 raise RuntimeError("micro-batcher started before a model was loaded")
+            scored: list[tuple[list[Job], Scored]] = []
             try:
-                answers = await loop.run_in_executor(self._executor, self._score, model, jobs)
+                answers = await loop.run_in_executor(
+                    self._executor, self._score, model, jobs, scored
+                )
             except Exception as exc:  # a bug here must not stop the loop for everyone
                 log.exception("scoring a batch failed")
                 answers = [Answer(model, [], [], f"{type(exc).__name__}: {exc}") for _ in jobs]
             for job, answer in zip(jobs, answers, strict=True):
                 if not job.future.done():
                     job.future.set_result(answer)
+            if scored:
+                # Metrics and the prediction log after the answers: building the log's
+                # frame costs more than scoring a few records on the row path. Same thread,
+                # so batches are logged in order, before the next batch is scored.
+                await loop.run_in_executor(self._executor, self._log, model, scored)
 
-    def _score(self, model: ServedModel, jobs: list[Job]) -> list[Answer]:
+    def _score(
+        self, model: ServedModel, jobs: list[Job], done: list[tuple[list[Job], Scored]]
+    ) -> list[Answer]:
+        """Answers for the jobs; what was scored is added to ``done`` (for the log)."""
         records = [r for job in jobs for r in job.records]
         try:
             scored = model.score(records)
@@ -127,13 +138,22 @@ class MicroBatcher:
                 raise
             # One request's records broke the model: score each request alone, so the
             # others are still answered and only the culprit fails.
-            return [self._score_alone(model, job) for job in jobs]
-        self._on_scored(model, jobs, scored)
+            return [self._score_alone(model, job, done) for job in jobs]
+        done.append((jobs, scored))
         return split(model, jobs, scored)
 
-    def _score_alone(self, model: ServedModel, job: Job) -> Answer:
+    def _log(self, model: ServedModel, done: list[tuple[list[Job], Scored]]) -> None:
+        for jobs, scored in done:
+            try:
+                self._on_scored(model, jobs, scored)
+            except Exception:  # the answers are out; a broken log must not stop the loop
+                log.exception("logging a scored batch failed")
+
+    def _score_alone(
+        self, model: ServedModel, job: Job, done: list[tuple[list[Job], Scored]]
+    ) -> Answer:
         try:
-            return self._score(model, [job])[0]
+            return self._score(model, [job], done)[0]
         except Exception as exc:
             log.exception(
                 "model %s v%s failed on request %s", model.name, model.version, job.request_id
