@@ -85,7 +85,7 @@ class ServedModel:
         model = cls(name, version, predictor, contract, dict(info or {}), engine=predictor)
         verdict = inference.load(compiled, threads) if compiled is not None else None
         if verdict is None:  # not compiled here before: compile, verify, keep for next time
-            warm = contract.check([example_record(contract)] * 2).features
+            warm = contract.check([example_record(contract)] * 2, predictor.user_function).features
             assert warm is not None  # the Polars path always builds the frame
             verdict = inference.compile_package(predictor, folder, extra=[warm], threads=threads)
             if compiled is not None:

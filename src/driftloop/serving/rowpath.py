@@ -39,7 +39,7 @@ from driftloop.prep.rules import typed_allowed
 ROW_LIMIT = 16  # micro-batches up to this many records take the row path
 _TRUE = frozenset(["true", "t", "yes", "y", "1"])
 _FALSE = frozenset(["false", "f", "no", "n", "0"])
-_FLOAT = re.compile(r"-?(?:\d{1,15}(?:\.\d{0,15})?|\.\d{1,15})(?:[eE]-?\d{1,2})?")
+_FLOAT = re.compile(r"-?(?:\d{1,20}(?:\.\d{0,20})?|\.\d{1,20})(?:[eE][+-]?\d{1,3})?")
 _INT = re.compile(r"-?\d{1,18}(?:\.0*)?")
 _DIRECTIVES = {"%Y": r"(\d{4})", "%m": r"(\d{2})", "%d": r"(\d{2})"}
 _TIME_DIRECTIVES = {"%H": r"(\d{2})", "%M": r"(\d{2})", "%S": r"(\d{2})"}
