@@ -49,7 +49,7 @@ features:
   logs: [count]
   buckets: [{column: amount, edges: [0, 10, 100], name: amount_band}]
   exclude: [day]
-model: {estimator: hist_gradient_boosting, split: random}
+model: {estimator: hist_gradient_boosting, split: random, params: {max_iter: 30}}
 """
 CITIES = ["Oslo", "Lima", "Pune", "Kyiv", "Accra"]
 
@@ -86,7 +86,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
     from driftloop.features.compute import build_features
 
     spec = parse_spec(read_yaml(SPEC))
-    frame = build_features(_frame(1500, 1).lazy(), spec).collect()
+    frame = build_features(_frame(800, 1).lazy(), spec).collect()
     trained = fit(frame, spec)
     folder = tmp_path_factory.mktemp("rowpath") / "pkg"
     write_package(
