@@ -61,12 +61,14 @@ class MicroBatcher:
         max_records: int,
         on_scored: Callable[[ServedModel, list[Job], Scored], None],
         max_queued: int = 20_000,
+        after_answers: Callable[[ServedModel, list[Job], Scored], None] | None = None,
     ) -> None:
         self.slot = slot
         self.max_records = max_records
         self.max_queued = max_queued
         self.queued = 0  # records waiting (event-loop thread only)
-        self._on_scored = on_scored
+        self._on_scored = on_scored  # before the answers (metrics)
+        self._after_answers = after_answers  # after them (the prediction log)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="driftloop-predict")
         self._task: asyncio.Task[None] | None = None
@@ -120,10 +122,10 @@ class MicroBatcher:
             for job, answer in zip(jobs, answers, strict=True):
                 if not job.future.done():
                     job.future.set_result(answer)
-            if scored:
-                # Metrics and the prediction log after the answers: building the log's
-                # frame costs more than scoring a few records on the row path. Same thread,
-                # so batches are logged in order, before the next batch is scored.
+            if scored and self._after_answers is not None:
+                # The prediction log after the answers: building its frame costs more than
+                # scoring a few records on the row path. Same thread, so batches are logged
+                # in order, before the next batch is scored.
                 await loop.run_in_executor(self._executor, self._log, model, scored)
 
     def _score(
@@ -139,13 +141,15 @@ class MicroBatcher:
             # One request's records broke the model: score each request alone, so the
             # others are still answered and only the culprit fails.
             return [self._score_alone(model, job, done) for job in jobs]
+        self._on_scored(model, jobs, scored)
         done.append((jobs, scored))
         return split(model, jobs, scored)
 
     def _log(self, model: ServedModel, done: list[tuple[list[Job], Scored]]) -> None:
+        assert self._after_answers is not None
         for jobs, scored in done:
             try:
-                self._on_scored(model, jobs, scored)
+                self._after_answers(model, jobs, scored)
             except Exception:  # the answers are out; a broken log must not stop the loop
                 log.exception("logging a scored batch failed")
 
