@@ -42,6 +42,7 @@ contract:
     channel: {dtype: str, allowed: [web, app, store]}
     segment: {dtype: str, allowed: [A, B], new_values: report}
     city: {dtype: str}
+    code: {dtype: str, regex: '[A-Z]{2}-\\d{3}'}
     y: {dtype: str, allowed: ["no", "yes"], nullable: false}
 features:
   datetime_parts: {when: [year, month, weekday, hour, dayofyear, quarter], day: [day]}
@@ -76,6 +77,12 @@ def _frame(n: int, seed: int) -> pl.DataFrame:
             "channel": rng.choice(["web", "app", "store"], n),
             "segment": rng.choice(["A", "B"], n),
             "city": [None if rng.random() < 0.1 else str(c) for c in rng.choice(CITIES, n)],
+            "code": [
+                f"{a}{b}-{k:03d}"
+                for a, b, k in zip(
+                    *rng.choice(list("ABC"), (2, n)), rng.integers(0, 999, n), strict=True
+                )
+            ],
             "y": np.where(signal > 0.5, "yes", "no"),
         }
     )
@@ -170,6 +177,11 @@ def _value(column: str) -> st.SearchStrategy[str | None]:
         "channel": st.sampled_from(["web", "app", "store", "Web", " web", "shop"]),
         "segment": st.sampled_from(["A", "B", "C", "a"]),
         "city": st.one_of(st.sampled_from(CITIES), st.text(max_size=6)),
+        "code": st.one_of(
+            st.from_regex(r"\A[A-Z]{2}-\d{3}\Z"),
+            st.from_regex(r"\A[A-Za-z]{1,3}-\d{2,4}.?\Z"),
+            st.sampled_from(["AB-123\n", "AB-١٢٣", "ab-123", " AB-123"]),
+        ),
     }
     return st.one_of(typical[column], typical[column], markers, st.text(max_size=5))
 
@@ -177,7 +189,7 @@ def _value(column: str) -> st.SearchStrategy[str | None]:
 @st.composite
 def _record(draw: st.DrawFn) -> dict[str, str | None]:
     columns = ["when", "day", "amount", "count", "filled", "mean_filled", "ratio_den"]
-    columns += ["flag", "channel", "segment", "city"]
+    columns += ["flag", "channel", "segment", "city", "code"]
     return {c: draw(_value(c)) for c in columns}
 
 

@@ -1,4 +1,4 @@
-"""The row-wise scoring path: a few clean records through contract, features and trees in Python.
+r"""The row-wise scoring path: a few clean records through contract, features and trees in Python.
 
 The Polars path (:meth:`RequestContract.check`, then the compiled pipeline) builds frames
 for every micro-batch; for one record that costs milliseconds, while the trees take
@@ -14,8 +14,10 @@ microseconds. This path does the same work on plain Python values for the record
   Polars path, which writes the refusal or the flags exactly as before;
 - features: the built-ins (date parts, ratios, log1p, buckets) are computed row-wise; a
   model with a user's feature function (Polars code over a frame, which cannot run on a
-  dict) has no row path, and neither has a contract with a ``regex`` rule (Python's and
-  Rust's regular expressions differ at the edges), nor a model served by scikit-learn.
+  dict) has no row path, and neither has a contract with a ``regex`` rule beyond what
+  Python's and Rust's regular expressions read alike (literals, classes, groups,
+  quantifiers, anchors, ``\d \w \s``: on printable ASCII values only; other values are
+  declined), nor a model served by scikit-learn.
 
 Declining is always safe: the caller then takes the Polars path. The property tests
 (tests/test_rowpath.py) check that whatever this path accepts, the Polars path accepts with
@@ -140,6 +142,7 @@ class _Column:
     high: Any
     allowed: frozenset[Any] | None
     plausible: tuple[float | None, float | None] | None
+    pattern: re.Pattern[str] | None = None  # the regex rule (searched as Polars does)
 
 
 @dataclass
@@ -190,6 +193,10 @@ class RowPath:
                 lo, hi = c.plausible
                 if (lo is not None and not value >= lo) or (hi is not None and not value <= hi):
                     raise Declined
+            if c.pattern is not None and not (
+                value.isascii() and value.isprintable() and c.pattern.search(value)
+            ):
+                raise Declined
             out[c.name] = value
         return out
 
@@ -276,11 +283,20 @@ def row_path(contract: Any, compiled: Any, user_function: Any) -> tuple[RowPath 
     return path, f"row-wise for micro-batches of up to {ROW_LIMIT} clean records"
 
 
+# A pattern Python's ``re`` and Rust's ``regex`` (Polars) read alike on printable ASCII
+# text: literals, classes, groups, alternation, quantifiers, anchors, \d \w \s and escaped
+# punctuation; no flags, lookaround, POSIX or Unicode classes, word boundaries.
+_PORTABLE = re.compile(r"(?:[^\\\[(]|\\[dwsDWS]|\\[^A-Za-z0-9]|\[(?!:)|\((?!\?))*")
+
+
 def _column(
     name: str, rule: ColumnContract, fill: Any, nullable: bool
 ) -> tuple[_Column | None, str]:
+    pattern = None
     if rule.regex is not None:
-        return None, "a regex rule (Python's and Polars' regular expressions differ)"
+        if _PORTABLE.fullmatch(rule.regex) is None:
+            return None, "a regex rule outside what Python's and Polars' regexes read alike"
+        pattern = re.compile(rule.regex if rule.regex.startswith("^") else f"^{rule.regex}")
     parse: Parser | None
     if rule.dtype == "float":
         parse = _parse_float
@@ -305,7 +321,7 @@ def _column(
         high = int(rule.max) if rule.dtype == "int" and float(rule.max).is_integer() else rule.max
     allowed = frozenset(typed_allowed(rule)) if rule.allowed is not None else None
     plausible = (rule.plausible.min, rule.plausible.max) if rule.plausible is not None else None
-    return _Column(name, parse, fill, nullable, low, high, allowed, plausible), ""
+    return _Column(name, parse, fill, nullable, low, high, allowed, plausible, pattern), ""
 
 
 def _features(
