@@ -65,10 +65,6 @@ class Champion:
     reference: Reference
     holdout: pl.DataFrame | None
     profile: dict[str, Any]
-    # the verified compiled path the server scores with (models/inference.py), when the
-    # model cache holds one: the check scores as the server does, without loading the
-    # scikit-learn pipeline
-    compiled: Any = None
 
 
 @dataclass
@@ -97,18 +93,13 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
     from driftloop.models import cache as model_cache
 
     # from the machine's model cache (downloaded into it the first time)
-    entry = model_cache.fetch(registry, layout, str(version))
-    folder = entry / model_cache.PACKAGE
+    folder = model_cache.fetch(registry, layout, str(version)) / model_cache.PACKAGE
     profile = profile_from_json((folder / "reference_profile.json").read_text(encoding="utf-8"))
     columns = folder / "reference_columns.parquet"
     reference = Reference.read(columns) if columns.is_file() else Reference.from_profile(profile)
     holdout_path = folder / "reference_holdout.parquet"
     holdout = pl.read_parquet(holdout_path) if holdout_path.is_file() else None
-    from driftloop.models import inference
-
-    verdict = inference.load(entry / model_cache.COMPILED)
-    compiled = verdict.compiled if verdict is not None else None
-    return Champion(version, Predictor(folder), reference, holdout, profile, compiled)
+    return Champion(version, Predictor(folder), reference, holdout, profile)
 
 
 def read_current_batch(
@@ -214,15 +205,8 @@ def prep_raw_file(
 
 def _predict(champion: Champion, records: pl.DataFrame, spec: Spec) -> pl.DataFrame:
     inputs = [c for c in spec.contract.columns if c in records.columns and c != spec.target]
-    if champion.compiled is None:
-        out: pl.DataFrame = champion.predictor.predict(records.select(inputs))
-        return out
-    features = champion.predictor.features(records.select(inputs))
-    labels, proba = champion.compiled.predict_features(features)
-    columns: dict[str, Any] = {"prediction": labels}
-    for i, cls in enumerate(champion.predictor.classes or ()):
-        columns[f"proba_{cls}"] = proba[:, i]
-    return pl.DataFrame(columns)
+    out: pl.DataFrame = champion.predictor.predict(records.select(inputs))
+    return out
 
 
 def current_from_batch(spec: Spec, layout: Layout, champion: Champion, path: Output) -> Current:
@@ -490,10 +474,7 @@ def monitor(
         span = dt.timedelta(days=days if days is not None else settings.window_days)
         cur = current_from_log(spec, layout, champion, since=end - span, until=end)
     features = champion.predictor.features(cur.records)
-    # a compiled path exists only for histogram gradient boosting, which has no
-    # feature_importances_: the pipeline need not be loaded to find that out
-    importance = None if champion.compiled is not None else feature_importance(champion.predictor)
-    source = "model_feature_importances"
+    importance, source = feature_importance(champion.predictor), "model_feature_importances"
     if importance is None:
         importance, source = champion.reference.importance(), "permutation_importance"
     rng_seed = settings.seed
