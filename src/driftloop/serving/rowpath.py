@@ -175,7 +175,7 @@ class RowPath:
                     raise Declined
                 if (self.empty_is_null and not text) or text in self.markers:
                     text = None
-            value = text if text is None or c.parse is None else c.parse(text)
+            value: Any = text if text is None or c.parse is None else c.parse(text)
             if value is None:
                 value = c.fill
                 if value is None:
