@@ -22,6 +22,7 @@ from typing import Any
 from driftloop.serving.champion import ModelSlot
 from driftloop.serving.model import Scored, ServedModel
 from driftloop.serving.records import Problem
+from driftloop.serving.rowpath import ROW_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,15 @@ class MicroBatcher:
             if model is None:  # the route checks readiness first; a slot never empties
                 raise RuntimeError("micro-batcher started before a model was loaded")
             scored: list[tuple[list[Job], Scored]] = []
+            # A small clean batch on the row path costs about 0.1 ms: scored here, on the
+            # event loop, it skips two thread hand-offs that cost more under load. Anything
+            # else (or anything the row path declines) goes to the prediction thread.
+            answers = self._score_inline(model, jobs, scored) if size <= ROW_LIMIT else None
             try:
-                answers = await loop.run_in_executor(
-                    self._executor, self._score, model, jobs, scored
-                )
+                if answers is None:
+                    answers = await loop.run_in_executor(
+                        self._executor, self._score, model, jobs, scored
+                    )
             except Exception as exc:  # a bug here must not stop the loop for everyone
                 log.exception("scoring a batch failed")
                 answers = [Answer(model, [], [], f"{type(exc).__name__}: {exc}") for _ in jobs]
@@ -124,9 +130,9 @@ class MicroBatcher:
                     job.future.set_result(answer)
             if scored and self._after_answers is not None:
                 # The prediction log after the answers: building its frame costs more than
-                # scoring a few records on the row path. Same thread, so batches are logged
-                # in order, before the next batch is scored.
-                await loop.run_in_executor(self._executor, self._log, model, scored)
+                # scoring a few records on the row path. On the prediction thread, so
+                # batches are logged in order; not awaited (stop() drains the thread).
+                self._executor.submit(self._log, model, scored)
 
     def _score(
         self, model: ServedModel, jobs: list[Job], done: list[tuple[list[Job], Scored]]
@@ -142,6 +148,22 @@ class MicroBatcher:
             # others are still answered and only the culprit fails.
             return [self._score_alone(model, job, done) for job in jobs]
         self._on_scored(model, jobs, scored)
+        done.append((jobs, scored))
+        return split(model, jobs, scored)
+
+    def _score_inline(
+        self, model: ServedModel, jobs: list[Job], done: list[tuple[list[Job], Scored]]
+    ) -> list[Answer] | None:
+        """Answers from the row path, or None (no row path, declined, or it failed: the
+        prediction thread then scores the batch as usual)."""
+        try:
+            scored = model.score_rows([r for job in jobs for r in job.records])
+            if scored is None:
+                return None
+            self._on_scored(model, jobs, scored)
+        except Exception:
+            log.exception("the row path failed; the batch goes to the prediction thread")
+            return None
         done.append((jobs, scored))
         return split(model, jobs, scored)
 

@@ -115,15 +115,19 @@ class ServedModel:
         return classes
 
     def score(self, records: list[dict[str, str | None]]) -> Scored:
-        if self.rows is not None and len(records) <= ROW_LIMIT:
-            try:
-                typed, labels, proba = self.rows.score(records)
-            except Declined:  # a record the row path is not sure about: Polars decides
-                pass
-            else:
-                checked = Checked(None, None, {}, {}, typed, self.typed_schema)
-                return Scored(checked, list(range(len(records))), labels, proba)
-        return self.score_frames(records)
+        scored = self.score_rows(records)
+        return scored if scored is not None else self.score_frames(records)
+
+    def score_rows(self, records: list[dict[str, str | None]]) -> Scored | None:
+        """The row path (rowpath.py), or None when it has none for this model or batch."""
+        if self.rows is None or len(records) > ROW_LIMIT:
+            return None
+        try:
+            typed, labels, proba = self.rows.score(records)
+        except Declined:  # a record the row path is not sure about: Polars decides
+            return None
+        checked = Checked(None, None, {}, {}, typed, self.typed_schema)
+        return Scored(checked, list(range(len(records))), labels, proba)
 
     def score_frames(self, records: list[dict[str, str | None]]) -> Scored:
         """The Polars path, for any batch (see :meth:`score`)."""
