@@ -194,7 +194,7 @@ def _record(draw: st.DrawFn) -> dict[str, str | None]:
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(_record(), min_size=1, max_size=3))
 def test_whatever_the_row_path_takes_the_polars_path_takes_alike(
