@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -36,7 +37,8 @@ def main() -> None:
     batch = sorted(p for p in layout.processed.iterdir() if (p / "_SUCCESS").is_file())[-1]
     frame = pl.read_parquet(batch / "data.parquet").head(200)
     bodies = request_records(frame, spec)
-    log = Path(tempfile.mkdtemp(prefix="driftloop-keepalive-")) / "serve.log"
+    work = Path(tempfile.mkdtemp(prefix="driftloop-keepalive-"))
+    log = work / "serve.log"
     env = {"OMP_NUM_THREADS": "1"}
     with background_server(args.project, log=log, env=env) as server, httpx.Client() as client:
         times: dict[str, list[float]] = {"health": [], "predict": []}
@@ -52,6 +54,7 @@ def main() -> None:
                 times["health"].append(health)
                 times["predict"].append(predict)
         model = client.get(f"{server.url}/model").json()
+    shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]
     p50 = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     p90 = {k: statistics.quantiles(v, n=10)[-1] * 1e3 for k, v in times.items()}

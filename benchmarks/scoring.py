@@ -28,6 +28,7 @@ for _name in ("OMP_NUM_THREADS", "POLARS_MAX_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -144,6 +145,7 @@ def main() -> None:
     print(f"  user function  {med['user']:.3f} ms per record  (Polars: no row path)")
     print(f"  trees only     {med['trees']:.3f} ms per record")
     print(f"target <= 0.3 ms per record: {'met' if med['row'] <= 0.3 else 'NOT met'}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
