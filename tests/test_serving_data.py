@@ -22,7 +22,9 @@ from driftloop.core.spec import load_spec
 from driftloop.features.stage import read_features
 from driftloop.models.mlflow_registry import load_predictor
 from driftloop.models.registry import open_registry
+from driftloop.serving.model import ServedModel
 from driftloop.serving.records import RequestContract, request_records
+from driftloop.serving.rowpath import ROW_LIMIT
 
 from .serving_helpers import SERVING, serving
 from .test_lifecycle_data import CASES, train_fresh
@@ -55,6 +57,26 @@ def test_per_request_features_and_http_predictions_equal_the_batch(
         c for c in batch_features.columns if not c.startswith("__") and c != spec.target
     ]
     assert_frame_equal(checked.features.select(model_columns), batch_features.select(model_columns))
+
+    # The row path (micro-batches of up to ROW_LIMIT records): what it takes, it scores as
+    # the Polars path does, and these real records it takes (the rest go to Polars).
+    served = ServedModel.load(spec.name, str(version), predictor._folder, unknown_category="reject")
+    assert served.rows is not None, served.info["inference"]["row_path"]
+    taken = 0
+    for start in range(0, len(texts), 25 * ROW_LIMIT):  # about 1 batch in 25, for time
+        part = texts[start : start + ROW_LIMIT]
+        fast, slow = served.score(part), served.score_frames(part)
+        if fast.checked.features is not None:
+            continue  # declined: score() took the Polars path itself
+        taken += 1
+        assert slow.checked.problems == {} and slow.checked.flags == {}
+        assert fast.checked.typed.to_dicts() == slow.checked.typed.to_dicts()
+        if slow.proba is None:
+            np.testing.assert_allclose(fast.labels, slow.labels, rtol=1e-12)
+        else:
+            assert list(fast.labels) == list(slow.labels)
+            np.testing.assert_allclose(fast.proba, slow.proba, rtol=0, atol=1e-12)
+    assert taken >= len(range(0, len(texts), 25 * ROW_LIMIT)) // 2
 
     # Predictions: over HTTP, in requests of 500 records, == scikit-learn on the batch features.
     labels, proba = predictor.predict_features(batch_features)

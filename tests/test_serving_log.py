@@ -110,7 +110,9 @@ def test_log_columns_never_collide_with_contract_columns() -> None:
     from driftloop.serving.records import Checked
 
     typed = pl.DataFrame({"ts": [1.0, 2.0], "prediction": ["a", "b"], "request_id": [7, 8]})
-    checked = Checked(features=typed, typed=typed, problems={}, flags={1: ["unknown category"]})
+    checked = Checked(
+        features=typed, typed_frame=typed, problems={}, flags={1: ["unknown category"]}
+    )
     scored = Scored(
         checked, [0, 1], np.array(["no", "yes"], dtype=object), np.array([[0.9, 0.1], [0.2, 0.8]])
     )

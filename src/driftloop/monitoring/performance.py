@@ -298,11 +298,13 @@ def streaming_detectors(o: Outcomes) -> dict[str, Any]:
     if o.classes is not None:
         detectors["DDM"] = drift.binary.DDM()
     found: dict[str, list[int]] = {name: [] for name in detectors}
-    for i, e in enumerate(errors.tolist()):
-        for name, detector in detectors.items():
-            detector.update(bool(e) if name == "DDM" else e)
+    values = errors.tolist()
+    for name, detector in detectors.items():  # independent: one tight loop each
+        update, rows = detector.update, found[name]
+        for i, e in enumerate([bool(v) for v in values] if name == "DDM" else values):
+            update(e)
             if detector.drift_detected:
-                found[name].append(i)
+                rows.append(i)
     return {
         "stream": stream,
         "rows": int(errors.size),

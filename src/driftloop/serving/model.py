@@ -27,7 +27,9 @@ from driftloop.core.predlog import (
     REQUEST_ID,
     TS,
 )
+from driftloop.prep.rules import POLARS_TYPES
 from driftloop.serving.records import Checked, Problem, RequestContract, UnknownCategory
+from driftloop.serving.rowpath import ROW_LIMIT, Declined, RowPath, row_path
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class ServedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     engine: Any = None  # what scores model columns: a CompiledPipeline, or the predictor
+    rows: RowPath | None = None  # the row-wise path for small clean batches, if it has one
+    typed_schema: dict[str, pl.DataType] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -81,7 +85,8 @@ class ServedModel:
         model = cls(name, version, predictor, contract, dict(info or {}), engine=predictor)
         verdict = inference.load(compiled, threads) if compiled is not None else None
         if verdict is None:  # not compiled here before: compile, verify, keep for next time
-            warm = contract.check([example_record(contract)] * 2).features
+            warm = contract.check([example_record(contract)] * 2, predictor.user_function).features
+            assert warm is not None  # the Polars path always builds the frame
             verdict = inference.compile_package(predictor, folder, extra=[warm], threads=threads)
             if compiled is not None:
                 try:
@@ -96,6 +101,9 @@ class ServedModel:
             "verified_rows": verdict.rows,
             "max_difference": verdict.max_difference,
         }
+        model.rows, why = row_path(contract, verdict.compiled, predictor.user_function)
+        model.info["inference"]["row_path"] = why
+        model.typed_schema = {n: POLARS_TYPES[c.dtype] for n, c in contract.columns.items()}
         model.warm_up()
         model.info["load_seconds"] = round(time.perf_counter() - started, 3)
         model.info["loaded_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -107,7 +115,24 @@ class ServedModel:
         return classes
 
     def score(self, records: list[dict[str, str | None]]) -> Scored:
+        scored = self.score_rows(records)
+        return scored if scored is not None else self.score_frames(records)
+
+    def score_rows(self, records: list[dict[str, str | None]]) -> Scored | None:
+        """The row path (rowpath.py), or None when it has none for this model or batch."""
+        if self.rows is None or len(records) > ROW_LIMIT:
+            return None
+        try:
+            typed, labels, proba = self.rows.score(records)
+        except Declined:  # a record the row path is not sure about: Polars decides
+            return None
+        checked = Checked(None, None, {}, {}, typed, self.typed_schema)
+        return Scored(checked, list(range(len(records))), labels, proba)
+
+    def score_frames(self, records: list[dict[str, str | None]]) -> Scored:
+        """The Polars path, for any batch (see :meth:`score`)."""
         checked = self.contract.check(records, self.predictor.user_function)
+        assert checked.features is not None
         accepted = [i for i in range(len(records)) if i not in checked.problems]
         if len(accepted) == len(records):
             rows = checked.features
@@ -123,6 +148,7 @@ class ServedModel:
         """Run every code path once (query plans, the pipeline) before the first request."""
         record = example_record(self.contract)
         self.score([record, record])
+        self.score_frames([record, record])
 
     def log_frame(
         self, scored: Scored, request_ids: list[str], record_index: list[int], ts: list[datetime]

@@ -59,10 +59,23 @@ class RequestShapeError(Exception):
 class Checked:
     """The outcome of the contract check for a micro-batch of records."""
 
-    features: pl.DataFrame  # one row per record (refused records too), model columns
-    typed: pl.DataFrame  # the records as typed contract columns (what the prediction log keeps)
+    # one row per record (refused records too), model columns; None when the row path
+    # (rowpath.py) scored the batch: it builds no frame
+    features: pl.DataFrame | None
+    # the records as typed contract columns (what the prediction log keeps), or None while
+    # only ``typed_rows`` hold them (the row path: the frame is built for the log, after
+    # the answer)
+    typed_frame: pl.DataFrame | None
     problems: dict[int, list[Problem]]  # record position -> why it is refused
     flags: dict[int, list[str]]  # record position -> accepted with these remarks
+    typed_rows: list[dict[str, Any]] | None = None
+    schema: dict[str, pl.DataType] | None = None
+
+    @property
+    def typed(self) -> pl.DataFrame:
+        if self.typed_frame is None:
+            self.typed_frame = pl.DataFrame(self.typed_rows or [], schema=self.schema)
+        return self.typed_frame
 
 
 @dataclass

@@ -61,12 +61,16 @@ def start_server(spec: Spec, layout: Layout) -> Server:
     }
 
     def scored(model: ServedModel, jobs: list[Job], result: Scored) -> None:
-        _record(metrics, logs["predictions"], model, jobs, result)
+        _observe(metrics, model, jobs, result)
+
+    def answered(model: ServedModel, jobs: list[Job], result: Scored) -> None:
+        _log(logs["predictions"], model, jobs, result)
 
     batcher = MicroBatcher(
         slot,
         max_records=settings.batch_max_records,
         on_scored=scored,
+        after_answers=answered,
         max_queued=settings.queue_max_records,
     )
     source = ChampionSource(spec, layout)
@@ -167,16 +171,15 @@ async def stop_server(server: Server) -> None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def _record(
-    metrics: ServingMetrics,
-    predictions: FrameLog,
-    model: ServedModel,
-    jobs: list[Job],
-    result: Scored,
-) -> None:
-    """Metrics and the prediction log for a scored batch (on the prediction thread)."""
+def _observe(metrics: ServingMetrics, model: ServedModel, jobs: list[Job], result: Scored) -> None:
+    """Metrics for a scored batch (on the prediction thread, before the answers)."""
     metrics.batch.observe(sum(len(j.records) for j in jobs))
     metrics.observe_predictions(result.labels, result.proba, model.classes)
+
+
+def _log(predictions: FrameLog, model: ServedModel, jobs: list[Job], result: Scored) -> None:
+    """The prediction log's rows for a scored batch (on the prediction thread, after the
+    answers: building the frame costs more than scoring a few records on the row path)."""
     request_ids = [j.request_id for j in jobs for _ in j.records]
     index = [k for j in jobs for k in range(len(j.records))]
     ts = [j.received for j in jobs for _ in j.records]
