@@ -8,7 +8,8 @@ it from an error); 4 ``driftloop monitor`` found a column drifted, below the dat
 threshold (a warning: a unit change upstream, say; the retrain policy does not act on it);
 5 the machine, not the project: the state database stayed locked by another process past
 the wait (``DRIFTLOOP_STATE_LOCK_SECONDS``, 30 s) or the disk is full; nothing was lost,
-run again once the cause is gone. Errors
+run again once the cause is gone (``driftloop stage`` also exits 5 when its call failed on
+anything but its data, or another worker holds it: what an orchestrator retries). Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
 commands, so ``--help`` answers fast.
 """
@@ -398,6 +399,8 @@ def stage(
         print_run(
             RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True, project=project
         )
+    if report.transient:  # another worker holds it, or it failed on the machine: run again
+        raise typer.Exit(EXIT_RETRY_LATER)
     if report.outcome in ("failed", "failed-earlier"):
         raise typer.Exit(EXIT_STAGE_FAILED)
 
@@ -1201,6 +1204,33 @@ def prefect_ingest(project: ProjectOpt = Path()) -> None:
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     _console().print(f"batch {batch}: DataArrived sent" if batch else "no new complete file")
+
+
+export_app = typer.Typer(
+    help="Write what another runner needs to run this project's lifecycle.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("airflow")
+def export_airflow(
+    project: ProjectOpt = Path(),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder to write the DAG file to (default: PROJECT/airflow)."),
+    ] = None,
+) -> None:
+    """An Airflow 3 DAG file: scheduled on the raw data's asset (with an SQS watcher when the
+    spec has ingest.events), each task one 'driftloop stage' call."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.export.airflow import export
+
+    try:
+        path = export(project, out)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    _console().print(f"wrote {path}: copy it into Airflow's dags folder (see docs/deploy-airflow.md)")
 
 
 def _on_stop_signals(stop: Callable[[], None]) -> None:
