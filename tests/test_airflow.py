@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 import time
@@ -96,7 +95,7 @@ def test_an_s3_project_with_events_gets_an_sqs_watcher_on_its_raw_prefix(tmp_pat
         spec, project=tmp_path, spec_file="driftloop.yaml", driftloop="dl", queue_url=QUEUE_URL
     )
     compile(text, "dag.py", "exec")
-    assert "Asset(uri='s3://landing/raw/s', name='driftloop_synth_raw', watchers=[AssetWatcher(" in text
+    assert "Asset(uri='s3://landing/raw/s', name='driftloop_synth_raw', watchers=[Asset" in text
     assert f"sqs_queue={QUEUE_URL!r}" in text and "wait_time_seconds=20" in text
     with pytest.raises(Exception, match="needs its URL"):
         render(spec, project=tmp_path, spec_file="driftloop.yaml", driftloop="dl")
@@ -158,25 +157,43 @@ def test_export_refuses_an_events_queue_it_cannot_find(s3_env: S3Env, tmp_path: 
     assert not (tmp_path / "dags").exists()
 
 
-def test_a_stage_call_exits_5_on_the_machine_and_1_on_the_data(tmp_path: Path) -> None:
-    """The split the DAG's retries follow: exit 5 retried, exit 1 failed at once."""
+def test_a_stage_report_says_whether_running_it_again_may_succeed(tmp_path: Path) -> None:
+    """The split the DAG's retries follow (``driftloop stage`` exits 5 on ``transient``)."""
+    from driftloop.core.errors import QuarantineLimitError
+    from driftloop.core.stage import Work
+    from driftloop.orchestration.runner import keyed_run
+
+    def flaky(started: float) -> dict[str, object]:
+        raise OSError("the disk hiccuped")
+
+    def invalid(started: float) -> dict[str, object]:
+        raise QuarantineLimitError("too many bad rows")
+
+    layout = Layout(tmp_path)
+    with StateDB(layout.state_db) as db:
+        out = tmp_path / "out"
+        machine = keyed_run(db, layout, "prep", Work("k1", out, flaky, "b1"))
+        assert (machine.outcome, machine.transient) == ("failed", True)
+        data = keyed_run(db, layout, "prep", Work("k2", out, invalid, "b2"))
+        assert (data.outcome, data.transient) == ("failed", False)
+        assert data.to_json()["transient"] is False
+        assert db.claim("prep:b3", "elsewhere:1:x", seconds=600, now=time.time())
+        held = keyed_run(db, layout, "prep", Work("k3", out, flaky, "b3"), unit="prep:b3")
+        assert (held.outcome, held.transient) == ("waiting", True)
+
+
+def test_a_stage_call_that_fails_on_its_data_exits_1_not_5(tmp_path: Path) -> None:
     write_spec(tmp_path, SPEC + 'features: {function: "feats:extra"}\n')
-    (tmp_path / "feats.py").write_text(
-        "def extra(frame):\n    raise RuntimeError('the feature store did not answer')\n"
-    )
+    (tmp_path / "feats.py").write_text("def extra(frame):\n    raise RuntimeError('no')\n")
     land(tmp_path, "a.csv", 60, seed=1)
     p = str(tmp_path)
     assert cli("stage", "ingest", "-p", p).returncode == 0
     [batch] = [c["batch_id"] for c in json.loads(cli("plan", "-p", p, "--json").stdout)["waves"][0]]
     assert cli("stage", "prep", "-p", p, "--batch", batch).returncode == 0
-    transient = cli("stage", "features", "-p", p, "--batch", batch, "--json")
-    assert transient.returncode == 5, transient.stdout + transient.stderr
-    report = json.loads(transient.stdout)
-    assert report["transient"] is True and "did not answer" in report["error"]
-    (tmp_path / "feats.py").write_text("def extra(frame):\n    return 1\n")  # not a mapping
-    permanent = cli("stage", "features", "-p", p, "--batch", batch, "--json")
-    assert permanent.returncode == 1, permanent.stdout + permanent.stderr
-    assert json.loads(permanent.stdout)["transient"] is False
+    failed = cli("stage", "features", "-p", p, "--batch", batch, "--json")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    report = json.loads(failed.stdout)
+    assert report["transient"] is False and "raised RuntimeError: no" in report["error"]
 
 
 # -- under Airflow ------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ found dataset, target or prediction drift or degraded performance (so cron and C
 it from an error); 4 ``driftloop monitor`` found a column drifted, below the dataset drift
 threshold (a warning: a unit change upstream, say; the retrain policy does not act on it);
 5 the machine, not the project: the state database stayed locked by another process past
-the wait (``DRIFTLOOP_STATE_LOCK_SECONDS``, 30 s) or the disk is full; nothing was lost,
+the wait (``DRIFTLOOP_STATE_LOCK_SECONDS``, 30 s), the disk is full, or S3 or the model
+registry did not answer; nothing was lost,
 run again once the cause is gone (``driftloop stage`` also exits 5 when its call failed on
 anything but its data, or another worker holds it: what an orchestrator retries). Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
@@ -1218,7 +1219,7 @@ def export_airflow(
     project: ProjectOpt = Path(),
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Folder to write the DAG file to (default: PROJECT/airflow)."),
+        typer.Option("--out", "-o", help="Folder to write the DAG to (default: PROJECT/airflow)."),
     ] = None,
 ) -> None:
     """An Airflow 3 DAG file: scheduled on the raw data's asset (with an SQS watcher when the
@@ -1230,7 +1231,7 @@ def export_airflow(
         path = export(project, out)
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
-    _console().print(f"wrote {path}: copy it into Airflow's dags folder (see docs/deploy-airflow.md)")
+    _console().print(f"wrote {path}: put it in Airflow's dags folder (docs/deploy-airflow.md)")
 
 
 def _on_stop_signals(stop: Callable[[], None]) -> None:
@@ -1245,9 +1246,9 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
-    from driftloop.core.errors import DiskFullError, StateLockedError, StorageUnavailableError
+    from driftloop.core.errors import TransientError
 
-    if isinstance(exc, (DiskFullError, StateLockedError, StorageUnavailableError)):
+    if isinstance(exc, TransientError):  # the disk, the state lock, S3 or the registry
         code = EXIT_RETRY_LATER  # not the project's fault: the same command will work later
     if _state["verbose"]:
         import traceback

@@ -73,7 +73,10 @@ def raw_assets(spec: Spec, project: Path) -> list[RawAsset]:
         if root not in roots:
             roots.append(root)
     suffix = [""] if len(roots) == 1 else [f"_{i}" for i in range(1, len(roots) + 1)]
-    return [RawAsset(root, f"driftloop_{spec.name}_raw{s}") for root, s in zip(roots, suffix)]
+    return [
+        RawAsset(root, f"driftloop_{spec.name}_raw{s}")
+        for root, s in zip(roots, suffix, strict=True)
+    ]
 
 
 def render(
