@@ -26,7 +26,7 @@ from driftloop.core.state import StateDB
 from driftloop.export.airflow import dag_id, raw_root, render
 from driftloop.orchestration.runner import STAGES
 
-from .fixtures.airflow import AirflowHome, make_home, stop_group
+from .fixtures.airflow import AirflowHome, json_of, make_home, stop_group
 from .fixtures.moto import S3Env
 from .helpers import write_spec
 from .s3_notifications import to_sqs
@@ -220,8 +220,8 @@ def test_airflow_dags_test_runs_the_lifecycle_on_a_real_project(tmp_path: Path) 
     # the DAG imports cleanly where Airflow parses it
     home.run("dags", "reserialize")
     errors = home.run("dags", "list-import-errors", "--output", "json")
-    assert json.loads(errors.stdout or "[]") == [], errors.stdout
-    listed = json.loads(home.run("dags", "list", "--output", "json").stdout)
+    assert json_of(errors.stdout) == [], errors.stdout
+    listed = json_of(home.run("dags", "list", "--output", "json").stdout)
     assert [d["dag_id"] for d in listed] == ["driftloop_synth"]
     done = home.run("dags", "test", "driftloop_synth", check=False)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
