@@ -305,6 +305,7 @@ def test_an_object_put_in_the_bucket_starts_the_dag_run_under_airflow_standalone
     from driftloop.serving.client import free_port
 
     queue = to_sqs(s3_env)
+    s3_env.client("sqs").purge_queue(QueueUrl=queue)  # S3's s3:TestEvent would start a run
     project = tmp_path / "synth"
     spec = SPEC.replace("data/raw/s/*.csv", s3_env.url("raw/s/*.csv")).replace(
         "ingest: {settle_seconds: 0}",
