@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.fixtures.moto",
     "tests.fixtures.mlflow_server",
     "tests.fixtures.prefect_server",
+    "tests.fixtures.buildah",
 ]
 
 
@@ -36,3 +37,20 @@ pytest_plugins = [
 def _no_state_url(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's DRIFTLOOP_STATE_URL must not send the tests' state elsewhere."""
     monkeypatch.delenv("DRIFTLOOP_STATE_URL", raising=False)
+
+
+_STRAYS = ("mlflow.db", "mlruns")  # MLflow's defaults when nothing names a store
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_mlflow_store() -> object:
+    """No test (and no driftloop code) may fall back to MLflow's default store in the
+    working directory: every store driftloop uses is named by the spec or the test."""
+    before = {name for name in _STRAYS if (Path.cwd() / name).exists()}
+    yield
+    made = {name for name in _STRAYS if (Path.cwd() / name).exists()} - before
+    if made:
+        pytest.fail(
+            f"{', '.join(sorted(made))} appeared in {Path.cwd()}: something used MLflow's "
+            "default store instead of the one the spec or the test names"
+        )

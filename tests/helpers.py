@@ -18,6 +18,24 @@ sources:
 """
 
 
+# A one-source regression spec with no model, for tests of where data is read from and
+# written to; ``{path}`` is the source, and a test appends what it needs (outputs, storage).
+TINY_SPEC = """
+name: tiny
+task: regression
+target: y
+sources:
+  - name: points
+    path: {path}
+contract:
+  columns:
+    x: {{dtype: float}}
+    y: {{dtype: float}}
+ingest: {{settle_seconds: 0}}
+model: {{enabled: false}}
+"""
+
+
 def write_spec(project: Path, text: str) -> Path:
     project.mkdir(parents=True, exist_ok=True)
     path = project / "driftloop.yaml"

@@ -159,7 +159,7 @@ def test_export_refuses_an_events_queue_it_cannot_find(s3_env: S3Env, tmp_path: 
 
 
 def test_a_stage_report_says_whether_running_it_again_may_succeed(tmp_path: Path) -> None:
-    """The split the DAG's retries follow (``driftloop stage`` exits 5 on ``transient``)."""
+    """The split the DAG's retries follow (``driftloop stage`` exits 5 on ``retry``)."""
     from driftloop.core.errors import QuarantineLimitError
     from driftloop.core.stage import Work
     from driftloop.orchestration.runner import keyed_run
@@ -174,13 +174,13 @@ def test_a_stage_report_says_whether_running_it_again_may_succeed(tmp_path: Path
     with StateDB(layout.state_db) as db:
         out = tmp_path / "out"
         machine = keyed_run(db, layout, "prep", Work("k1", out, flaky, "b1"))
-        assert (machine.outcome, machine.transient) == ("failed", True)
+        assert (machine.outcome, machine.retry) == ("failed", True)
         data = keyed_run(db, layout, "prep", Work("k2", out, invalid, "b2"))
-        assert (data.outcome, data.transient) == ("failed", False)
-        assert data.to_json()["transient"] is False
+        assert (data.outcome, data.retry) == ("failed", False)
+        assert data.to_json()["retry"] is False
         assert db.claim("prep:b3", "elsewhere:1:x", seconds=600, now=time.time())
         held = keyed_run(db, layout, "prep", Work("k3", out, flaky, "b3"), unit="prep:b3")
-        assert (held.outcome, held.transient) == ("waiting", True)
+        assert held.outcome == "waiting"  # the CLI exits 5 for it too
 
 
 def test_a_stage_call_that_fails_on_its_data_exits_1_not_5(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_a_stage_call_that_fails_on_its_data_exits_1_not_5(tmp_path: Path) -> No
     failed = cli("stage", "features", "-p", p, "--batch", batch, "--json")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     report = json.loads(failed.stdout)
-    assert report["transient"] is False and "raised RuntimeError: no" in report["error"]
+    assert report["retry"] is False and "raised RuntimeError: no" in report["error"]
 
 
 # -- under Airflow ------------------------------------------------------------------------------

@@ -26,25 +26,12 @@ from driftloop.ingest.stage import ingest
 from driftloop.orchestration.runner import run_call
 
 from .fixtures.moto import SECRET_KEY, MotoServer, S3Env, moto_command, start_moto
-from .helpers import write_spec
+from .helpers import TINY_SPEC, write_spec
 
 HANG_GUARD = 600  # seconds: a guard against a hung command, never a timing assertion
 ROWS = "x,y\n" + "".join(f"{i},{2 * i}\n" for i in range(1, 41))
 
-SPEC = """
-name: tiny
-task: regression
-target: y
-sources:
-  - name: points
-    path: {path}
-contract:
-  columns:
-    x: {{dtype: float}}
-    y: {{dtype: float}}
-ingest: {{settle_seconds: 0}}
-model: {{enabled: false}}
-"""
+SPEC = TINY_SPEC
 
 
 def project_reading(tmp_path: Path, path: str) -> Path:

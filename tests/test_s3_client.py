@@ -14,27 +14,17 @@ from driftloop.core.layout import Layout, is_complete, scan_output
 from driftloop.core.state import StateDB
 
 from .fixtures.moto import SECRET_KEY, S3Env
-from .helpers import write_spec
+from .helpers import TINY_SPEC, write_spec
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port
 
-SPEC = """
-name: tiny
-task: regression
-target: y
-sources:
-  - name: points
-    path: {path}
-contract:
-  columns:
-    x: {{dtype: float}}
-    y: {{dtype: float}}
-ingest: {{settle_seconds: 0}}
-model: {{enabled: false}}
-outputs: {outputs}
+SPEC = (
+    TINY_SPEC
+    + """outputs: {outputs}
 storage:
   endpoint_url: {endpoint}
 """
+)
 
 CSV = "x,y\n" + "".join(f"{i},{2 * i}\n" for i in range(50))
 

@@ -275,3 +275,66 @@ def test_a_bucket_gone_during_the_upload_is_named_with_the_fix(s3_env: S3Env) ->
     assert message.startswith(f"s3://{s3_env.bucket}/p/b1/_attempts/")
     assert f"the bucket {s3_env.bucket!r} does not exist" in message
     assert SECRET_KEY not in message
+
+
+class _Gets:
+    """GetObject requests by key, from botocore's before-send hook on the outputs' client."""
+
+    def __init__(self, store: S3OutputStore, output: ObjectUrl) -> None:
+        self.keys: list[str] = []
+        self.client = store._client(output)
+
+    def __call__(self, request: Any, event_name: str, **_: Any) -> None:
+        if event_name.endswith(".GetObject"):
+            self.keys.append(request.url.split("?")[0].rsplit("/", 2)[-2:][-1])
+
+    def __enter__(self) -> _Gets:
+        self.client.meta.events.register("before-send.s3.GetObject", self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.meta.events.unregister("before-send.s3.GetObject", self)
+
+
+def test_within_one_view_a_marker_and_a_manifest_are_fetched_once(s3_env: S3Env) -> None:
+    """A pass asks many times whether an output is committed and reads its manifest from
+    several stages: inside ``one_view`` that is one GET of each; outside, one a question."""
+    from driftloop.core.outputs import one_view
+
+    store, output = S3OutputStore(), ObjectUrl(s3_env.url("p/b1"))
+    _write(store, output, "one")
+
+    def ask() -> None:
+        for _ in range(3):
+            assert store.is_committed(output)
+            assert store.read_manifest(output) == {"text": "one"}
+            assert store.file(output, "data.txt").endswith("/data.txt")
+
+    with _Gets(store, output) as outside:
+        ask()
+    assert outside.keys.count("_SUCCESS") == 9 and outside.keys.count("manifest.json") == 3
+    with _Gets(store, output) as inside, one_view():
+        ask()
+        _write(store, output, "two")  # its own commit: remembered, not asked again
+        assert store.read_manifest(output) == {"text": "two"}
+    assert inside.keys.count("_SUCCESS") == 1  # the first question only
+    assert inside.keys.count("manifest.json") == 2  # "one", then "two"
+
+
+def test_a_view_reads_past_another_writers_commit(s3_env: S3Env) -> None:
+    """Another worker replaces an output this pass read: the attempt remembered is gone, so
+    the reader asks the marker again and reads the new output, not an error."""
+    import threading
+
+    from driftloop.core.outputs import one_view
+
+    store, output = S3OutputStore(), ObjectUrl(s3_env.url("p/b1"))
+    _write(store, output, "old")
+    with one_view():
+        assert store.read_bytes(output, "data.txt") == b"old"
+        # a thread starts outside the view: another writer, as another worker would be
+        other = threading.Thread(target=_write, args=(S3OutputStore(), output, "new"))
+        other.start()
+        other.join()
+        assert store.read_bytes(output, "data.txt") == b"new"
+        assert store.read_manifest(output) == {"text": "new"}

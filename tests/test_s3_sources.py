@@ -18,7 +18,7 @@ from driftloop.core import s3store
 from driftloop.core.s3store import S3RawStore
 
 from .fixtures.moto import ACCESS_KEY, SECRET_KEY, S3Env
-from .helpers import write_spec
+from .helpers import TINY_SPEC, write_spec
 
 CONTENT = b"x,y\n1,2\n"
 
@@ -239,22 +239,12 @@ def test_init_from_an_object_writes_a_spec_whose_source_is_its_folder(
     assert taken.sha256 == hashlib.sha256(data).hexdigest()
 
 
-STORAGE_SPEC = """
-name: tiny
-task: regression
-target: y
-sources:
-  - name: points
-    path: {path}
-contract:
-  columns:
-    x: {{dtype: float}}
-    y: {{dtype: float}}
-ingest: {{settle_seconds: 0}}
-model: {{enabled: false}}
-storage:
+STORAGE_SPEC = (
+    TINY_SPEC
+    + """storage:
 {storage}
 """
+)
 
 
 def test_the_spec_storage_section_picks_the_endpoint_and_region(

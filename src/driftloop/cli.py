@@ -41,6 +41,16 @@ app = typer.Typer(
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder (holds driftloop.yaml).")
 ]
+TaskTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task-token",
+        envvar="DRIFTLOOP_TASK_TOKEN",
+        show_envvar=False,
+        help="A Step Functions task token (or DRIFTLOOP_TASK_TOKEN): the result goes back "
+        "with SendTaskSuccess, an error with SendTaskFailure; see driftloop export aws.",
+    ),
+]
 _state: dict[str, Any] = {"verbose": False, "unmatched_shown": set(), "refused_shown": set()}
 
 
@@ -146,18 +156,46 @@ def init(
         str | None,
         typer.Option(help="With --no-header: the column names, comma-separated (a,b,c)."),
     ] = None,
+    ci: Annotated[
+        str | None,
+        typer.Option(
+            "--ci",
+            help="Also write a CI workflow: github or azure (alone: for the existing "
+            "driftloop.yaml). It validates the spec, runs a pass on the sample, deploys on main.",
+        ),
+    ] = None,
+    deploy: Annotated[
+        str,
+        typer.Option(
+            help="With --ci: the deploy step on main: 'aws' (apply the stack 'driftloop "
+            "export aws' writes), 'none', or a shell command of your own.",
+        ),
+    ] = "aws",
+    ci_sample: Annotated[
+        str,
+        typer.Option(
+            help="With --ci: the folder, in the project, of the sample files the pass reads "
+            "(one subfolder per source).",
+        ),
+    ] = "ci/sample",
 ) -> None:
-    """Write driftloop.yaml, inferred from a sample file or from a built-in example."""
+    """Write driftloop.yaml, inferred from a sample file or from a built-in example; with
+    --ci, a CI workflow too (or only that, in a project that has a driftloop.yaml)."""
     from driftloop.core.errors import DriftloopError
 
     console = _console()
+    if ci is not None and ci not in ("github", "azure"):
+        _fail_text(f"--ci must be github or azure, got {ci!r}")
+    ci_only = ci is not None and example is None and from_file is None and target is None
+    path: Path | None = None
     try:
-        project.mkdir(parents=True, exist_ok=True)
+        if not ci_only:
+            project.mkdir(parents=True, exist_ok=True)
         if example is not None:
             from driftloop.init import init_example
 
             path = init_example(project, example, force=force)
-        else:
+        elif not ci_only:  # --ci alone: only the workflow, for the existing driftloop.yaml
             if from_file is None or target is None:
                 raise typer.BadParameter("pass --from FILE and --target COLUMN, or --example NAME")
             if task not in (None, "classification", "regression"):
@@ -179,9 +217,18 @@ def init(
             )
             for line in notes:
                 console.print(line, markup=False)
+        if path is not None:
+            console.print(f"wrote {path}; next: driftloop run -p {project}")
+        if ci is not None:
+            from driftloop.export.ci import write_workflow
+
+            written = write_workflow(project, ci, deploy=deploy, sample=ci_sample, force=force)
+            console.print(
+                f"wrote {_name(written)}; commit it with sample files under "
+                f"{_name(project / ci_sample)}/<source>/"
+            )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
-    console.print(f"wrote {path}; next: driftloop run -p {project}")
 
 
 @app.command()
@@ -380,13 +427,18 @@ def stage(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The stage's manifest as JSON.")] = False,
+    task_token: TaskTokenOpt = None,
 ) -> None:
     """Run one stage call, as an orchestrator's task would: idempotent, safe on any worker."""
     from driftloop.core.errors import DriftloopError
+    from driftloop.export import aws_task
+    from driftloop.pipeline import plan as make_plan
     from driftloop.pipeline import run_stage
 
     try:
-        report = run_stage(project, name, batch_id=batch, champion=champion)
+        with aws_task.reporting(task_token):
+            report = run_stage(project, name, batch_id=batch, champion=champion)
+            aws_task.report_stage(task_token, report, lambda: make_plan(project))
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
@@ -400,7 +452,7 @@ def stage(
         print_run(
             RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True, project=project
         )
-    if report.transient:  # another worker holds it, or it failed on the machine: run again
+    if report.retry or report.outcome == "waiting":  # the machine, or another worker has it
         raise typer.Exit(EXIT_RETRY_LATER)
     if report.outcome in ("failed", "failed-earlier"):
         raise typer.Exit(EXIT_STAGE_FAILED)
@@ -410,13 +462,18 @@ def stage(
 def plan(
     project: ProjectOpt = Path(),
     as_json: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
+    task_token: TaskTokenOpt = None,
 ) -> None:
     """The stage calls a pass would make now, in waves of independent calls (nothing runs)."""
     from driftloop.core.errors import DriftloopError
+    from driftloop.export import aws_task
     from driftloop.pipeline import plan as make_plan
 
     try:
-        found = make_plan(project)
+        with aws_task.reporting(task_token):
+            found = make_plan(project)
+            if task_token:
+                aws_task.send_success(task_token, aws_task.plan_output(found))
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
@@ -831,16 +888,21 @@ def monitor(
         typer.Option(help="Prediction-log window in days, ending now (default: the spec's)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    task_token: TaskTokenOpt = None,
 ) -> None:
     """Drift and performance of the champion: exit 0 if no column drifted and nothing
     degraded, 3 for dataset, target or prediction drift or degradation, 4 when only some
     columns drifted (below the dataset threshold). A raw file goes through the source's
     prep first: only the rows prep would keep are scored."""
     from driftloop.core.errors import DriftloopError
+    from driftloop.export import aws_task
     from driftloop.monitoring.run import monitor as run_monitor
 
     try:
-        result = run_monitor(project, current=current, days=days)
+        with aws_task.reporting(task_token):
+            result = run_monitor(project, current=current, days=days)
+            if task_token:
+                aws_task.send_success(task_token, aws_task.monitor_output(result))
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     if as_json:
@@ -1136,6 +1198,32 @@ def demo(
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
+export_app = typer.Typer(
+    help="Write what another runner needs, from driftloop.yaml.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("aws")
+def export_aws(
+    project: ProjectOpt = Path(),
+    out: Annotated[Path, typer.Option(help="Folder to write into.")] = Path("aws"),
+    image: Annotated[str | None, typer.Option(help="The Image parameter's default.")] = None,
+) -> None:
+    """A Step Functions state machine and a CloudFormation template (see docs/deploy-aws.md)."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.core.spec import load_spec
+    from driftloop.export import aws
+
+    try:
+        written = aws.write(load_spec(project), out, image)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    for path in written:
+        _console().print(f"wrote {_name(path)}")
+
+
 prefect_app = typer.Typer(
     help="The lifecycle under Prefect 3, fanned out on Dask (the prefect extra).",
     no_args_is_help=True,
@@ -1205,13 +1293,6 @@ def prefect_ingest(project: ProjectOpt = Path()) -> None:
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
     _console().print(f"batch {batch}: DataArrived sent" if batch else "no new complete file")
-
-
-export_app = typer.Typer(
-    help="Write what another runner needs to run this project's lifecycle.",
-    no_args_is_help=True,
-)
-app.add_typer(export_app, name="export")
 
 
 @export_app.command("airflow")

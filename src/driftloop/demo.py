@@ -25,6 +25,9 @@ from typing import Any
 from driftloop.core.layout import Layout
 from driftloop.pipeline import RunResult
 
+# Each wait ends when its event happens; the guard only stops a demo that hangs, so it is
+# generous: a machine busy with other work may take minutes to train (seen: over 180 s).
+HANG_GUARD_SECONDS = 1200.0
 EXAMPLE = "shop"
 # The demo's loop settings (appended to the example's spec, which has no such sections):
 # a new model every 3 batches, or at once when a new batch shows drift or decay.
@@ -77,7 +80,7 @@ def run_demo(
     ok = True
     try:
         with background_server(project, log=log, wait_ready=False) as server:
-            wait_until_ready(server, 180.0, time.perf_counter())
+            wait_until_ready(server, HANG_GUARD_SECONDS, time.perf_counter())
             step(f"the loop trained and promoted v1; {server.url} answers with it")
             traffic = _start_traffic(project, server.url)
             time.sleep(1.5)
@@ -86,13 +89,15 @@ def run_demo(
             mark = _trainings(project)
             write_batch(project, EXAMPLE, batch=2, rows=rows, drift=0.0)
             step("week 2 landed (an ordinary week)")
-            _wait(lambda: _checked(project) >= 1, 120, "the check of week 2")
+            _wait(lambda: _checked(project) >= 1, HANG_GUARD_SECONDS, "the check of week 2")
             ok = ok and _trainings(project) == mark
             step("week 2 checked against v1; no training yet (retrain.every_batches is 3)")
 
             write_batch(project, EXAMPLE, batch=3, rows=rows, drift=0.8)
             step("week 3 landed, and it has drifted")
-            promoted = _wait(lambda: _promoted_after(project, "1"), 180, "a new champion")
+            promoted = _wait(
+                lambda: _promoted_after(project, "1"), HANG_GUARD_SECONDS, "a new champion"
+            )
             swapped = _first_answer_by(traffic.answers, promoted[0], promoted[1])
             if swapped is not None:
                 step(

@@ -84,6 +84,7 @@ def run_stage(
 ) -> StageReport:
     """One stage call (``driftloop stage NAME``): idempotent, so any worker may make it, and
     again: a call whose output is current is a cache hit."""
+    from driftloop.core.outputs import one_view
     from driftloop.core.spec import load_spec
     from driftloop.core.stage import Context, StageCall
     from driftloop.core.state import StateDB
@@ -91,5 +92,5 @@ def run_stage(
 
     spec = load_spec(project)
     layout = Layout(project)
-    with StateDB(layout.state_db, url=spec.state.url) as db:
+    with one_view(), StateDB(layout.state_db, url=spec.state.url) as db:
         return run_call(Context(spec, layout, db), StageCall(stage, batch_id, champion))

@@ -6,7 +6,9 @@ shown only with ``--verbose``.
 
     DriftloopError
      ├── SpecError                    driftloop.yaml is missing, unreadable or invalid
-     │    └── SpecNotFoundError       no driftloop.yaml in the project folder
+     │    ├── SpecNotFoundError       no driftloop.yaml in the project folder
+     │    └── ExportError             the spec lacks what an export needs (``export aws``:
+     │                                sources and outputs on S3, a shared state database)
      ├── ProjectError                 the project folder is not usable
      │    ├── ProjectExistsError      ``init`` would overwrite an existing project
      │    └── ProjectLockedError      another ``driftloop watch`` holds the project
@@ -54,6 +56,11 @@ class SpecError(DriftloopError):
 
 class SpecNotFoundError(SpecError):
     """No driftloop.yaml where one was expected."""
+
+
+class ExportError(SpecError):
+    """The spec cannot be exported to the target asked for (what is missing, and how to
+    add it, is in the message)."""
 
 
 class ProjectError(DriftloopError):

@@ -24,6 +24,7 @@ no store argument.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -39,6 +40,34 @@ from driftloop.core.urls import no_store, url_scheme
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
+
+# What a store that must ask a server which attempt is committed (S3) learned during one
+# pass or stage call: a committed output's marker is read once there, not by every reader.
+# Only what was seen committed is remembered, and a store updates it with its own commits
+# and withdrawals; another worker's change to an output this pass already read is seen by
+# the next pass (a reader whose remembered attempt is gone asks again).
+_REMEMBERED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "driftloop_remembered_markers", default=None
+)
+
+
+@contextlib.contextmanager
+def one_view() -> Iterator[None]:
+    """Within the block (a pass, a stage call), remember the commit markers read."""
+    if _REMEMBERED.get() is not None:  # nested: the outer block's view
+        yield
+        return
+    token = _REMEMBERED.set({})
+    try:
+        yield
+    finally:
+        _REMEMBERED.reset(token)
+
+
+def remembered() -> dict[str, Any] | None:
+    """The markers remembered in the current block, or None outside one."""
+    return _REMEMBERED.get()
+
 
 Address = Path | str
 

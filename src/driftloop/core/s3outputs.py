@@ -43,7 +43,7 @@ from typing import Any
 
 from driftloop.core import s3client
 from driftloop.core.errors import StorageError, StorageUnavailableError
-from driftloop.core.outputs import MANIFEST, SUCCESS, Address, LocalOutputStore
+from driftloop.core.outputs import MANIFEST, SUCCESS, Address, LocalOutputStore, remembered
 from driftloop.core.procs import pid_alive
 from driftloop.core.urls import ObjectUrl
 
@@ -140,7 +140,7 @@ class S3OutputStore:
         condition = {"IfMatch": seen.etag} if seen is not None else {"IfNoneMatch": "*"}
         marker = f"{url.key}/{SUCCESS}"
         try:
-            self._call(
+            answer = self._call(
                 url / SUCCESS,
                 client.put_object,
                 Bucket=url.bucket,
@@ -153,18 +153,21 @@ class S3OutputStore:
             # another writer committed (or withdrew) this output since the attempt began:
             # theirs stands, this attempt's files go
             log.info("%s: another writer committed it first; this attempt is dropped", url)
+            _forget(url)
             self._delete_prefix(url.bucket, prefix)
             return "lost"
         except BaseException:
             # the put's outcome is unknown (a timeout after S3 took it?): the marker says
             try:
-                now = self._marker(url)
+                now = self._marker(url, fresh=True)
             except Exception:
                 now = None
             if now is None or now.body.get("attempt") != run:
                 with contextlib.suppress(Exception):
                     self._delete_prefix(url.bucket, prefix)
                 raise
+        else:
+            _remember(url, Marker(str(answer["ETag"]), body))
         if seen is not None and seen.prefix != prefix:
             self._delete_prefix(url.bucket, seen.prefix)  # the attempt it superseded
         return "published"
@@ -177,7 +180,18 @@ class S3OutputStore:
         return self._marker(_url(output)) is not None
 
     def read_manifest(self, output: Address) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.read_bytes(output, MANIFEST))
+        known = remembered()
+        if known is None or isinstance(output, Path):
+            result: dict[str, Any] = json.loads(self.read_bytes(output, MANIFEST))
+            return result
+        # an attempt's files never change (its prefix is its own): within a pass, a
+        # manifest is fetched once
+        where = str(self.file(output, MANIFEST))
+        data = known.get(where)
+        if not isinstance(data, bytes):
+            data = self.read_bytes(output, MANIFEST)
+            known[str(self.file(output, MANIFEST))] = data  # the attempt it was read from
+        result = json.loads(data)
         return result
 
     def file(self, output: Address, name: str) -> ObjectUrl:
@@ -193,15 +207,19 @@ class S3OutputStore:
     def read_bytes(self, output: Address, name: str) -> bytes:
         if isinstance(output, Path):
             return (output / name).read_bytes()
-        where = self.file(output, name)
-        try:
-            answer = self._call(
-                where, self._client(where).get_object, Bucket=where.bucket, Key=where.key
-            )
-        except _LostError as exc:  # withdrawn between the marker and the read
-            raise FileNotFoundError(f"{where}: withdrawn while it was read") from exc
-        data: bytes = answer["Body"].read()
-        return data
+        for last in (False, True):
+            where = self.file(output, name)
+            try:
+                answer = self._call(
+                    where, self._client(where).get_object, Bucket=where.bucket, Key=where.key
+                )
+            except _LostError as exc:  # withdrawn between the marker and the read
+                if not last and _forget(_url(output)):
+                    continue  # the attempt remembered was replaced: ask the marker again
+                raise FileNotFoundError(f"{where}: withdrawn while it was read") from exc
+            data: bytes = answer["Body"].read()
+            return data
+        raise AssertionError("unreachable")
 
     # --- withdrawing and sweeping --------------------------------------------------------
 
@@ -211,6 +229,7 @@ class S3OutputStore:
         self._withdraw(url, self._marker(url))
 
     def _withdraw(self, url: ObjectUrl, seen: Marker | None) -> None:
+        _forget(url)
         if seen is None:
             return
         try:  # only the output this caller saw: a newer commit by someone else stands
@@ -251,7 +270,7 @@ class S3OutputStore:
                 # a marker names an attempt whose files stay until the marker stops naming
                 # it: with one attempt listed beside a marker, that attempt is the committed
                 continue
-            marker = self._marker(url / name)
+            marker = self._marker(url / name, fresh=True)
             committed = marker.body.get("attempt") if marker is not None else None
             for run, newest in attempts.items():
                 if run != committed and not self._in_progress(run, newest):
@@ -291,7 +310,13 @@ class S3OutputStore:
 
     # --- S3 ------------------------------------------------------------------------------
 
-    def _marker(self, url: ObjectUrl) -> Marker | None:
+    def _marker(self, url: ObjectUrl, *, fresh: bool = False) -> Marker | None:
+        """The output's commit marker; the one remembered in this pass unless ``fresh``
+        (where acting on a stale one could delete what another writer committed)."""
+        known = remembered()
+        if not fresh and known is not None and str(url) in known:
+            found: Marker = known[str(url)]
+            return found
         where = url / SUCCESS
         try:
             answer = self._call(
@@ -307,7 +332,9 @@ class S3OutputStore:
                 f"{where}: not a driftloop commit marker (expected JSON naming the committed "
                 f"attempt's prefix: {exc}); delete it and run the stage again"
             ) from exc
-        return Marker(str(answer["ETag"]), body)
+        marker = Marker(str(answer["ETag"]), body)
+        _remember(url, marker)
+        return marker
 
     def _delete_prefix(self, bucket: str, prefix: str) -> None:
         where = ObjectUrl(f"s3://{bucket}/{prefix}")
@@ -388,6 +415,18 @@ def _client_error(where: str, exc: Any) -> Exception:
 
 class _LostError(Exception):
     """A conditional request lost, or the object is not there (404/409/412)."""
+
+
+def _remember(url: ObjectUrl, marker: Marker) -> None:
+    known = remembered()
+    if known is not None:
+        known[str(url)] = marker
+
+
+def _forget(url: ObjectUrl) -> bool:
+    """Forget a remembered marker; whether there was one."""
+    known = remembered()
+    return known is not None and known.pop(str(url), None) is not None
 
 
 def default_client(url: str) -> Any:

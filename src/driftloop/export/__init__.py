@@ -1,7 +1,9 @@
-"""What ``driftloop export`` writes: the project's lifecycle in another runner's own terms,
-generated from ``driftloop.yaml`` (an Airflow DAG: :mod:`driftloop.export.airflow`).
+"""What driftloop writes for other tools from a project's ``driftloop.yaml``.
 
-Every generated file runs the same idempotent per-stage entry points (``driftloop stage
-...``) that the built-in loop and the Prefect flow run, so the runner only decides when and
-where a call runs, never what it does.
+Each target is a module of pure functions from the spec to the files it needs (a CI workflow
+for GitHub Actions or Azure Pipelines in :mod:`driftloop.export.ci`; a Step Functions state
+machine and a CloudFormation template in :mod:`driftloop.export.aws`, whose steps run the
+same ``driftloop stage ...`` calls the planner makes, and report back through
+:mod:`driftloop.export.aws_task`; an Airflow 3 DAG in :mod:`driftloop.export.airflow`, whose
+tasks run those calls as subprocesses).
 """

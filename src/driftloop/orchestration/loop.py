@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.core.layout import Layout, sweep_temporaries
+from driftloop.core.outputs import one_view
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
 from driftloop.core.state import StateDB, state_exists
@@ -102,7 +103,20 @@ def run_pass(
     complete: dict[str, tuple[int, int]] | None = None,
 ) -> RunResult:
     """One pass over the project (see the module docstring). ``complete``: raw files the
-    caller saw finished (see :func:`driftloop.ingest.stage.ingest`)."""
+    caller saw finished (see :func:`driftloop.ingest.stage.ingest`). Within a pass, each
+    committed output's marker is asked for once (:func:`driftloop.core.outputs.one_view`)."""
+    with one_view():
+        return _run_pass(project, wait=wait, backoff=backoff, now=now, complete=complete)
+
+
+def _run_pass(
+    project: Path,
+    *,
+    wait: bool,
+    backoff: bool,
+    now: datetime | None,
+    complete: dict[str, tuple[int, int]] | None,
+) -> RunResult:
     layout = Layout(project)
     spec = load_spec(project)
     checked = check_model_params_once(spec, layout) if spec.model.enabled else None

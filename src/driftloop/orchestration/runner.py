@@ -72,12 +72,10 @@ class StageReport:
         *,
         key: str | None = None,
         manifest_dir: Output | None = None,
-        transient: bool = False,
+        retry: bool = False,
     ) -> None:
         self.stage, self.batch_id, self.outcome = stage, batch_id, outcome
-        # not done, and not for a reason of its data: the same call may succeed when made
-        # again (it failed on the machine, or another worker holds it)
-        self.transient = transient
+        self.retry = retry  # a failure that is not the data's: the next pass runs it again
         self.seconds, self.error, self.key = seconds, error, key
         self._manifest, self._manifest_dir = manifest, manifest_dir
 
@@ -96,7 +94,7 @@ class StageReport:
             "seconds": self.seconds,
             "error": self.error,
             "key": self.key,
-            "transient": self.transient,
+            "retry": self.retry,
             "manifest": self.manifest,
         }
 
@@ -214,11 +212,11 @@ def keyed_run(
         wait = min(longest, first * 2 ** (attempts - 1))
         finished = datetime.fromisoformat(info["finished_at"])
         if (datetime.now(UTC) - finished).total_seconds() < wait:
-            return StageReport(stage, batch_id, "waiting", error=info["error"], transient=True)
+            return StageReport(stage, batch_id, "waiting", error=info["error"])
     with claimed(db, unit or f"{stage}:{batch_id}") as holder:
         if holder is not None:  # another worker runs this unit now: its result will do
             why = f"another worker runs it ({holder})"
-            return StageReport(stage, batch_id, "waiting", error=why, transient=True)
+            return StageReport(stage, batch_id, "waiting", error=why)
         if _cached(db, stage, work, None):  # finished by another worker meanwhile
             return StageReport(stage, batch_id, "cached", key=key, manifest_dir=work.output)
         return _run(db, layout, stage, work)
@@ -246,7 +244,7 @@ def _run(db: StateDB, layout: Layout, stage: str, work: Work) -> StageReport:
         log.debug("%s %s failed", stage, batch_id, exc_info=True)
         db.finish_run(key, stage, batch_id, seconds, None, message, retry=not expected)
         return StageReport(
-            stage, batch_id, "failed", seconds, error=message, key=key, transient=not expected
+            stage, batch_id, "failed", seconds, error=message, key=key, retry=not expected
         )
     seconds = time.perf_counter() - started
     db.finish_run(key, stage, batch_id, seconds, layout.relative(work.output), None)
