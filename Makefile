@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: image test-image prefect-venv test-prefect demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability bench-ui clean install lock validators
+.PHONY: image test-image prefect-venv test-prefect airflow-venv test-airflow demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability bench-ui clean install lock validators
 
 # The locks: every package and version the tests passed with, for .venv (the dev extra) and
 # .venv-prefect (dev and prefect extras together: Prefect 3.9 needs an older FastAPI than
@@ -52,6 +52,28 @@ test-prefect: $(PREFECT_STAMP)
 	$(PREFECT_VENV)/bin/python -m mypy  # with Prefect's own types, which .venv does not have
 	OMP_NUM_THREADS=1 $(PREFECT_VENV)/bin/python -m pytest -n 0 -m prefect
 
+# Airflow 3 in a venv of its own: it pins an older FastAPI (and more) than .venv's serving
+# side. Unlike .venv-prefect it does not see .venv at all: the generated DAG's tasks run
+# .venv's driftloop command as a subprocess, so Airflow never imports driftloop. One
+# version, pinned (Airflow's constraint files are not on a package index); the Amazon
+# provider with aiobotocore for the SQS watcher.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_VERSION := 3.3.2
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-airflow-$(AIRFLOW_VERSION)
+$(AIRFLOW_STAMP):
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet 'apache-airflow==$(AIRFLOW_VERSION)' \
+	  'apache-airflow-providers-amazon[aiobotocore]'
+	$(AIRFLOW_VENV)/bin/python -m pip check
+	touch $(AIRFLOW_STAMP)
+
+airflow-venv: $(AIRFLOW_STAMP)
+
+## make test-airflow: the generated DAG under Airflow 3 (airflow dags test, airflow standalone)
+test-airflow: $(STAMP) $(AIRFLOW_STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 0 -m airflow
+
 ## make lock: resolve the locks again from pyproject.toml, keeping every pinned version that
 ## still fits (UPGRADE=1: the newest that fit); then run make test and commit them together
 lock: $(UV_BIN)
@@ -90,11 +112,12 @@ demo: $(STAMP)
 	$(BIN)/driftloop demo --project demo
 
 ## make test: lint, format check, type check, and the whole test suite (slow tests included;
-## the Prefect tests last, in .venv-prefect)
+## the Prefect tests last, in .venv-prefect, then the Airflow ones, with .venv-airflow)
 test: $(STAMP) lint typecheck
 	# two test workers on two cores: one OpenMP thread each, or they oversubscribe and crawl
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not prefect and not image"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not prefect and not image and not airflow"
 	$(MAKE) test-prefect
+	$(MAKE) test-airflow
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -106,10 +129,10 @@ typecheck: $(STAMP)
 
 ## quick feedback: everything but the slow end-to-end tests
 unit: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow and not prefect and not image"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow and not prefect and not image and not airflow"
 
 slow: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "slow and not prefect and not image"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "slow and not prefect and not image and not airflow"
 
 ## make run-all PROJECT=path: one full pass over what is in data/raw (same as driftloop run)
 PROJECT ?= .
@@ -153,4 +176,4 @@ reliability: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reliability.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(PREFECT_VENV) $(TOOLS)/uv $(TOOLS)/node_modules demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PREFECT_VENV) $(AIRFLOW_VENV) $(TOOLS)/uv $(TOOLS)/node_modules demo .pytest_cache .mypy_cache .ruff_cache

@@ -7,8 +7,10 @@ found dataset, target or prediction drift or degraded performance (so cron and C
 it from an error); 4 ``driftloop monitor`` found a column drifted, below the dataset drift
 threshold (a warning: a unit change upstream, say; the retrain policy does not act on it);
 5 the machine, not the project: the state database stayed locked by another process past
-the wait (``DRIFTLOOP_STATE_LOCK_SECONDS``, 30 s) or the disk is full; nothing was lost,
-run again once the cause is gone. Errors
+the wait (``DRIFTLOOP_STATE_LOCK_SECONDS``, 30 s), the disk is full, or S3 or the model
+registry did not answer; nothing was lost,
+run again once the cause is gone (``driftloop stage`` also exits 5 when its call failed on
+anything but its data, or another worker holds it: what an orchestrator retries). Errors
 print as one line; ``--verbose`` adds the traceback. Heavy libraries load inside the
 commands, so ``--help`` answers fast.
 """
@@ -450,6 +452,8 @@ def stage(
         print_run(
             RunResult(ingest=_no_ingest(), reports=[report]), quiet_when_idle=True, project=project
         )
+    if report.retry or report.outcome == "waiting":  # the machine, or another worker has it
+        raise typer.Exit(EXIT_RETRY_LATER)
     if report.outcome in ("failed", "failed-earlier"):
         raise typer.Exit(EXIT_STAGE_FAILED)
 
@@ -1325,6 +1329,26 @@ def prefect_ingest(project: ProjectOpt = Path()) -> None:
     _console().print(f"batch {batch}: DataArrived sent" if batch else "no new complete file")
 
 
+@export_app.command("airflow")
+def export_airflow(
+    project: ProjectOpt = Path(),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder to write the DAG to (default: PROJECT/airflow)."),
+    ] = None,
+) -> None:
+    """An Airflow 3 DAG file: scheduled on the raw data's asset (with an SQS watcher when the
+    spec has ingest.events), each task one 'driftloop stage' call."""
+    from driftloop.core.errors import DriftloopError
+    from driftloop.export.airflow import export
+
+    try:
+        path = export(project, out)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    _console().print(f"wrote {path}: put it in Airflow's dags folder (docs/deploy-airflow.md)")
+
+
 def _on_stop_signals(stop: Callable[[], None]) -> None:
     """Ctrl-C and SIGTERM stop a long-running command cleanly (between its steps)."""
     import signal
@@ -1337,9 +1361,9 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
-    from driftloop.core.errors import DiskFullError, StateLockedError, StorageUnavailableError
+    from driftloop.core.errors import TransientError
 
-    if isinstance(exc, (DiskFullError, StateLockedError, StorageUnavailableError)):
+    if isinstance(exc, TransientError):  # the disk, the state lock, S3 or the registry
         code = EXIT_RETRY_LATER  # not the project's fault: the same command will work later
     if _state["verbose"]:
         import traceback

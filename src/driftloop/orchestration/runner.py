@@ -94,6 +94,7 @@ class StageReport:
             "seconds": self.seconds,
             "error": self.error,
             "key": self.key,
+            "retry": self.retry,
             "manifest": self.manifest,
         }
 
