@@ -421,7 +421,7 @@ def test_deployments_on_a_work_pool_run_on_a_prefect_worker(
         d for d in api(prefect_server, "/deployments/filter", {}) if d["name"] == "tiny"
     ]
     assert deployment["work_pool_name"] == "driftloop-test"
-    assert deployment["entrypoint"] == "driftloop.orchestration.prefect_flow:lifecycle"
+    assert deployment["entrypoint"] == "driftloop.orchestration.prefect_flow.lifecycle"
     pool = httpx.get(f"{prefect_server.api_url}/work_pools/driftloop-test", timeout=30).json()
     assert pool["type"] == "process"
     # a second deploy updates the same deployments

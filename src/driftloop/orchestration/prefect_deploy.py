@@ -5,7 +5,7 @@ the small flows beside the lifecycle (the ``prefect`` extra).
 on a work pool of type ``process`` (made if it does not exist), and returns: a
 ``prefect worker start --pool NAME`` on any machine with driftloop and the extra installed
 runs each flow run in a subprocess. Those deployments name their flows by module path
-(``driftloop.orchestration.prefect_flow:lifecycle``), so the worker needs no copy of any
+(``driftloop.orchestration.prefect_flow.lifecycle``), so the worker needs no copy of any
 source: the installed package is the code, the project folder (or S3 and PostgreSQL) the
 data and state.
 
