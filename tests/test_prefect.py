@@ -31,6 +31,7 @@ import pytest
 from driftloop.core.errors import SpecError, TransientError
 from driftloop.core.layout import Layout, is_complete
 from driftloop.core.state import StateDB
+from driftloop.serving.client import background_server
 
 from .fixtures.prefect_server import PrefectServer, require_prefect
 from .helpers import write_spec
@@ -213,8 +214,34 @@ def story(
     assert "DataArrived sent" in cli(project, "prefect", "ingest", env=env)
     first = wait_for("the first lifecycle runs", lambda: settled(server, 2), serve)
     assert champion(project) == "1"
+    shutil_rmtree(project / "barrier")  # the server's feature calls come one at a time
+    # a real driftloop serve follows the champion the flows promote
+    server_log = project.parent / "model-server.log"
+    with background_server(project, log=server_log, env={"OMP_NUM_THREADS": "1"}) as model:
+        wait_for("v1 served", lambda: served(model.url) == "1", serve)
+        drifted_week(server, project, serve, env, first)
+        wait_for("v2 served, with no restart", lambda: served(model.url) == "2", serve)
+    monitor_run(server, deployments, serve)
+
+
+def served(url: str) -> str | None:
+    """The model version ``driftloop serve`` answers /predict with (None: not answering)."""
+    record = {"t": "2024-01-20 10:00:00", "x1": 0.3, "x2": -0.1, "c": "a"}
+    try:
+        answer = httpx.post(f"{url}/predict", json=record, timeout=10)
+    except httpx.TransportError:
+        return None
+    return str(answer.json()["model"]["version"]) if answer.status_code == 200 else None
+
+
+def drifted_week(
+    server: PrefectServer,
+    project: Path,
+    serve: subprocess.Popen[str],
+    env: dict[str, str],
+    first: list[dict[str, Any]],
+) -> None:
     assert [r["state_type"] for r in first] == ["COMPLETED"] * len(first)
-    shutil_rmtree(project / "barrier")
 
     log = events(project)
     batches = [e["batch_id"] for e in log if e["type"] == "DataArrived"]
@@ -270,8 +297,12 @@ def story(
     layout = Layout(project)
     assert all(is_complete(layout.features / b) for b in [*batches, new])
 
-    # the prediction-log monitor's deployment runs (as its schedule would start it); no
-    # server has logged a prediction here, which it says without failing
+
+def monitor_run(
+    server: PrefectServer, deployments: list[dict[str, Any]], serve: subprocess.Popen[str]
+) -> None:
+    """The prediction-log monitor's deployment runs (as its schedule would start it) over
+    the few predictions the server logged, and completes whatever it finds."""
     (monitor,) = [d for d in deployments if d["schedules"]]
     made = api(server, f"/deployments/{monitor['id']}/create_flow_run", {})
     run = wait_for(
