@@ -148,13 +148,15 @@ def main() -> None:
         for name in args.only:
             project = root / name
             build(project, args.batches, args.months_per_batch, ENGINES[name])
+            load = os.getloadavg()[0]
             wall = timed(project, name, env)
             calls, seconds = stage_seconds(project)
             idle = timed(project, name, env)  # the same call with nothing to do: fixed costs
             results[name] = (wall, calls, seconds, idle)
             print(
                 f"{name:8} wall {wall:7.2f} s  {calls} stage calls, {seconds:7.2f} s in them; "
-                f"a pass with nothing to do {idle:5.2f} s",
+                f"a pass with nothing to do {idle:5.2f} s; load {load:.2f} -> "
+                f"{os.getloadavg()[0]:.2f} (1-min average, {os.cpu_count()} cores)",
                 flush=True,
             )
     finally:
@@ -175,7 +177,11 @@ def main() -> None:
                     "stage call against the built-in loop"
                 )
     if "dask1" in results and "dask2" in results:
-        print(f"2 workers against 1: {results['dask1'][0] / results['dask2'][0]:.2f}x")
+        one, two = results["dask1"], results["dask2"]
+        print(
+            f"2 workers against 1: {one[0] / two[0]:.2f}x on the wall; "
+            f"{(one[0] - one[3]) / (two[0] - two[3]):.2f}x without the fixed cost of a pass"
+        )
     if "dask1" in results:
         wall, calls, seconds, idle = results["dask1"]
         per_batch = (wall - idle) / args.batches  # one worker: a batch's prep and features

@@ -15,13 +15,17 @@ import pytest
 from driftloop.core.layout import Layout
 from driftloop.core.state import StateDB
 
-from .serving_helpers import serving, synthetic_project
+from .serving_helpers import SERVING, serving, synthetic_project
+from .test_lifecycle import land
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
 
 
 def test_drifted_traffic_and_a_changed_concept_are_seen_in_the_log(tmp_path: Path) -> None:
-    project = synthetic_project(tmp_path / "synth", versions=1)
+    # new data alone never trains here: only a drift or decay does
+    project = synthetic_project(
+        tmp_path / "synth", versions=1, extra=SERVING + "retrain: {every_batches: 0}\n"
+    )
     rng = np.random.default_rng(7)
     sent = 0
     with serving(project) as server, server.client() as client:
@@ -64,3 +68,22 @@ def test_drifted_traffic_and_a_changed_concept_are_seen_in_the_log(tmp_path: Pat
     with StateDB(Layout(project).state_db) as db:
         kinds = {e["type"] for e in db.events(limit=50)}
     assert {"DriftDetected", "PerformanceDegraded"} <= kinds
+
+    # The retrain policy acts on what the prediction-log monitor found (the planner's one
+    # rule, for the built-in loop and the Prefect flow alike): with no batch since the last
+    # training there is nothing new to learn from, and the pass says so ...
+    from driftloop.pipeline import run
+
+    quiet = run(project)
+    assert not quiet.retrain and "nothing new to learn from" in str(quiet.waiting)
+    # ... and the next batch, ordinary as it is, is trained on at once (every_batches is 0)
+    land(project, "part-9.csv", 800, seed=9, start_day=6)
+    after = run(project)
+    assert not after.failed, [(r.stage, r.error) for r in after.failed]
+    assert str(after.retrain).startswith("performance degraded in the prediction log")
+    ran = [r.stage for r in after.reports if r.outcome == "ran"]
+    assert ran.index("train") < ran.index("promote") < ran.index("monitor")  # trained first
+    with StateDB(Layout(project).state_db) as db:
+        (request,) = [e for e in db.events(limit=200) if e["type"] == "RetrainRequested"][-1:]
+        assert request["reason"] == after.retrain
+        assert db.last_event("ModelRegistered")["version"] == "2"

@@ -120,3 +120,35 @@ def _trained_facts() -> dict[str, Any]:
 def test_a_training_not_decided_yet_goes_to_the_gate_first() -> None:
     facts = Facts((batch("a"), batch("b")), **_trained_facts(), undecided=True)
     assert plan(spec(retrain={"every_batches": 1}), facts, NOW).waves == [[StageCall("promote")]]
+
+
+def test_a_drift_or_decay_the_prediction_log_monitor_found_retrains_on_new_data() -> None:
+    # one new batch, checked against the champion and found ordinary: the policy waits ...
+    quiet = (batch("a"), batch("b", checked_against=frozenset({"1"})))
+    s = spec(retrain={"every_batches": 3})
+    assert plan(s, Facts(quiet, **_trained_facts()), NOW).waves == []
+    # ... until the scheduled monitor finds drift (or decay) in the prediction log: then the
+    # same rule as a batch check's finding trains, first, without waiting for a check
+    for found, word in (({"log_drift": True}, "drift"), ({"log_decay": True}, "performance")):
+        facts = Facts(quiet, **_trained_facts(), **found)
+        (train, promote) = plan(s, facts, NOW).waves
+        assert train[0].stage == "train" and promote == [StageCall("promote")]
+        assert str(train[0].reason).startswith(word) and "prediction log" in str(train[0].reason)
+    unchecked = Facts((batch("a"), batch("b")), **_trained_facts(), log_drift=True)
+    assert calls(plan(s, unchecked, NOW)) == [
+        ["train"],
+        ["promote"],
+        ["monitor --batch b --champion 1"],
+    ]
+    # the policy's switches hold for it too
+    off = spec(retrain={"every_batches": 3, "on_drift": False})
+    assert plan(off, Facts(quiet, **_trained_facts(), log_drift=True), NOW).waves == []
+
+
+def test_a_log_finding_with_no_new_batch_waits_and_says_why() -> None:
+    for training in (None, "succeeded"):  # the training over these very batches is done
+        trained = Facts((batch("a"),), **_trained_facts(), log_decay=True, training=training)
+        found = plan(spec(retrain={"every_batches": 3}), trained, NOW)
+        assert found.waves == []
+        assert "prediction-log monitor found decay against v1" in str(found.waiting)
+        assert "nothing new to learn from" in str(found.waiting)

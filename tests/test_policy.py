@@ -57,6 +57,21 @@ def test_every_n_batches_unless_drift_or_decay_comes_first() -> None:
     assert retrain_reason(quiet, situation(drift=True, decay=True), NOW) is None
 
 
+def test_what_the_prediction_log_monitor_found_retrains_as_a_batch_check_would() -> None:
+    policy = RetrainSpec(every_batches=3)
+    log_drift = retrain_reason(policy, situation(log_drift=True), NOW)
+    assert str(log_drift).startswith("drift detected in the prediction log")
+    log_decay = retrain_reason(policy, situation(log_drift=True, log_decay=True), NOW)
+    assert str(log_decay).startswith("performance degraded in the prediction log")
+    # a batch's own finding is named first; nothing new to learn from: no training
+    assert "on new data" in str(retrain_reason(policy, situation(drift=True, log_drift=True), NOW))
+    assert retrain_reason(policy, situation(new_batches=0, log_decay=True), NOW) is None
+    quiet = RetrainSpec(every_batches=3, on_drift=False, on_decay=False)
+    assert retrain_reason(quiet, situation(log_drift=True, log_decay=True), NOW) is None
+    cool = RetrainSpec(every_batches=3, cooldown_minutes=180)  # the cooldown holds for it too
+    assert retrain_reason(cool, situation(log_decay=True), NOW) is None
+
+
 def test_cooldown_and_schedule() -> None:
     cool = RetrainSpec(every_batches=1, cooldown_minutes=180)
     assert retrain_reason(cool, situation(decay=True), NOW) is None  # trained 2 h ago

@@ -31,6 +31,7 @@ import pytest
 from driftloop.core.errors import SpecError, TransientError
 from driftloop.core.layout import Layout, is_complete
 from driftloop.core.state import StateDB
+from driftloop.serving.client import background_server
 
 from .fixtures.prefect_server import PrefectServer, require_prefect
 from .helpers import write_spec
@@ -213,8 +214,34 @@ def story(
     assert "DataArrived sent" in cli(project, "prefect", "ingest", env=env)
     first = wait_for("the first lifecycle runs", lambda: settled(server, 2), serve)
     assert champion(project) == "1"
+    shutil_rmtree(project / "barrier")  # the server's feature calls come one at a time
+    # a real driftloop serve follows the champion the flows promote
+    server_log = project.parent / "model-server.log"
+    with background_server(project, log=server_log, env={"OMP_NUM_THREADS": "1"}) as model:
+        wait_for("v1 served", lambda: served(model.url) == "1", serve)
+        drifted_week(server, project, serve, env, first)
+        wait_for("v2 served, with no restart", lambda: served(model.url) == "2", serve)
+    monitor_run(server, deployments, serve)
+
+
+def served(url: str) -> str | None:
+    """The model version ``driftloop serve`` answers /predict with (None: not answering)."""
+    record = {"t": "2024-01-20 10:00:00", "x1": 0.3, "x2": -0.1, "c": "a"}
+    try:
+        answer = httpx.post(f"{url}/predict", json=record, timeout=10)
+    except httpx.TransportError:
+        return None
+    return str(answer.json()["model"]["version"]) if answer.status_code == 200 else None
+
+
+def drifted_week(
+    server: PrefectServer,
+    project: Path,
+    serve: subprocess.Popen[str],
+    env: dict[str, str],
+    first: list[dict[str, Any]],
+) -> None:
     assert [r["state_type"] for r in first] == ["COMPLETED"] * len(first)
-    shutil_rmtree(project / "barrier")
 
     log = events(project)
     batches = [e["batch_id"] for e in log if e["type"] == "DataArrived"]
@@ -270,8 +297,12 @@ def story(
     layout = Layout(project)
     assert all(is_complete(layout.features / b) for b in [*batches, new])
 
-    # the prediction-log monitor's deployment runs (as its schedule would start it); no
-    # server has logged a prediction here, which it says without failing
+
+def monitor_run(
+    server: PrefectServer, deployments: list[dict[str, Any]], serve: subprocess.Popen[str]
+) -> None:
+    """The prediction-log monitor's deployment runs (as its schedule would start it) over
+    the few predictions the server logged, and completes whatever it finds."""
     (monitor,) = [d for d in deployments if d["schedules"]]
     made = api(server, f"/deployments/{monitor['id']}/create_flow_run", {})
     run = wait_for(
@@ -402,3 +433,76 @@ def test_a_call_that_fails_on_its_data_fails_the_flow_run_once_not_retried(
     runs = api(prefect_server, "/flow_runs/filter", {})
     mine = [r for r in runs if r["parameters"].get("project") == str(tmp_path.resolve())]
     assert [r["state_type"] for r in mine] == ["FAILED"]
+
+
+def test_deployments_on_a_work_pool_run_on_a_prefect_worker(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    """``driftloop prefect deploy`` creates the deployments on a process work pool and
+    returns; a real ``prefect worker start --pool`` process runs the flow run a
+    ``DataArrived`` triggers (the machine that runs flows needs only the worker)."""
+    from .test_state_store import TINY
+
+    project = tmp_path / "proj"
+    write_spec(project, TINY.replace('state: {url: "URL"}\n', ""))
+    env = {**os.environ, **prefect_server.env, "OMP_NUM_THREADS": "1"}
+    out = cli(project, "prefect", "deploy", "--pool", "driftloop-test", env=env)
+    assert "deployment driftloop-lifecycle/tiny on work pool 'driftloop-test'" in out, out
+    (deployment,) = [
+        d for d in api(prefect_server, "/deployments/filter", {}) if d["name"] == "tiny"
+    ]
+    assert deployment["work_pool_name"] == "driftloop-test"
+    assert deployment["entrypoint"] == "driftloop.orchestration.prefect_flow.lifecycle"
+    pool = httpx.get(f"{prefect_server.api_url}/work_pools/driftloop-test", timeout=30).json()
+    assert pool["type"] == "process"
+    # a second deploy updates the same deployments
+    cli(project, "prefect", "deploy", "--pool", "driftloop-test", env=env)
+    assert (
+        len([d for d in api(prefect_server, "/deployments/filter", {}) if d["name"] == "tiny"]) == 1
+    )
+
+    prefect = Path(sys.executable).parent / "prefect"
+    worker_log = tmp_path / "worker.log"
+    worker = subprocess.Popen(
+        [str(prefect), "worker", "start", "--pool", "driftloop-test", "--type", "process"],
+        stdout=worker_log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        cwd=tmp_path,  # not the project: the flow is found by its module path
+        start_new_session=True,
+    )
+    try:
+        wait_for(  # the trigger's automation exists before the event is sent
+            "the lifecycle's trigger",
+            lambda: api(prefect_server, "/automations/filter", {}),
+            worker,
+        )
+        folder = project / "data" / "raw" / "s"
+        folder.mkdir(parents=True)
+        (folder / "a.csv").write_text("x,y\n1,2\n3,4\n")
+        assert "DataArrived sent" in cli(project, "prefect", "ingest", env=env)
+
+        def done() -> list[dict[str, Any]] | None:
+            runs = [
+                r
+                for r in flow_runs(prefect_server)
+                if r["deployment_id"] == deployment["id"]
+                and r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
+            ]
+            return runs or None
+
+        (run,) = wait_for("the flow run on the worker", done, worker)
+        assert run["state_type"] == "COMPLETED", (run["state"], worker_log.read_text()[-3000:])
+        assert run["parameters"]["trigger_event"] == "driftloop.DataArrived"
+        assert run["work_pool_name"] == "driftloop-test"
+        (batch,) = [e["batch_id"] for e in events(project) if e["type"] == "DataArrived"]
+        layout = Layout(project)
+        assert is_complete(layout.processed / batch) and is_complete(layout.features / batch)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=60)

@@ -1315,6 +1315,29 @@ def prefect_serve(project: ProjectOpt = Path()) -> None:
         _fail(exc, EXIT_BAD_INPUT)
 
 
+@prefect_app.command("deploy")
+def prefect_deploy(
+    project: ProjectOpt = Path(),
+    pool: Annotated[
+        str, typer.Option("--pool", help="the process work pool (created if missing)")
+    ] = "driftloop",
+) -> None:
+    """Create the project's deployments (the lifecycle, run by its events; the prediction-
+    log monitor, on a schedule) on a process work pool of PREFECT_API_URL's server, and
+    return: 'prefect worker start --pool POOL' runs their flows, wherever driftloop is
+    installed."""
+    from driftloop.core.errors import DriftloopError
+
+    deploy = _prefect_module("prefect_deploy")
+    try:
+        names = deploy.deploy(project, pool)
+    except DriftloopError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    for name in names:
+        _console().print(f"deployment {name} on work pool {pool!r}")
+    _console().print(f"start a worker for it: prefect worker start --pool {pool}")
+
+
 @prefect_app.command("ingest")
 def prefect_ingest(project: ProjectOpt = Path()) -> None:
     """Take complete new files into a batch and send driftloop.DataArrived to Prefect's

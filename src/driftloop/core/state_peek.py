@@ -20,12 +20,15 @@ from pathlib import Path
 
 SCHEMA_VERSION = 3  # PRAGMA user_version of a current state file (see core/state_store.py)
 
-# A text that changes whenever a batch is formed, a stage run starts or ends, or a decision
-# is recorded or applied (``repr`` of these rows: see :func:`progress_marker`).
+# A text that changes whenever a batch is formed, a stage run starts or ends, a decision
+# is recorded or applied, or a drift or decay is found (the prediction-log monitor's too,
+# which the retrain policy acts on) (``repr`` of these rows: see :func:`progress_marker`).
 PROGRESS = (
     "SELECT count(*), max(seq) FROM batches",
     "SELECT count(*), sum(attempts), max(started_at), max(finished_at) FROM stage_runs",
     "SELECT count(*), max(id), sum(applied) FROM promotions",
+    "SELECT (SELECT max(id) FROM events WHERE type = 'DriftDetected'),"
+    " (SELECT max(id) FROM events WHERE type = 'PerformanceDegraded')",
 )
 FACT = "SELECT value FROM facts WHERE name = ?"
 _BUSY = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -224,8 +224,11 @@ def data_drift(
     importance_source: str = "feature_importance",
     seed: int = 0,
     workers: int | None = None,
+    executor: Executor | None = None,
 ) -> DataDrift:
-    """Drift of every reference column of the given roles that ``current`` holds."""
+    """Drift of every reference column of the given roles that ``current`` holds, one
+    test per column: on ``workers`` threads here, or on ``executor`` (a Dask cluster's,
+    when an orchestrator installed one: :func:`driftloop.core.executor.current`)."""
     wanted = [
         ref
         for ref in reference.columns.values()
@@ -236,15 +239,21 @@ def data_drift(
     weights = _weights(wanted, importance if settings.weight_by_importance else None)
     workers = workers or min(len(wanted), os.cpu_count() or 1) or 1
 
-    def one(ref: ReferenceColumn) -> ColumnDrift:
-        return column_drift(
-            ref, current.get_column(ref.name), settings, seed=seed, importance=weights.get(ref.name)
-        )
-
     # the biggest columns first, so the pool is not left waiting on one at the end
     order = sorted(wanted, key=lambda r: -r.count)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = dict(zip([r.name for r in order], pool.map(one, order), strict=True))
+    pieces = (
+        order,
+        [current.get_column(r.name) for r in order],  # each test gets its column only
+        [settings] * len(order),
+        [seed] * len(order),
+        [weights.get(r.name) for r in order],
+    )
+    if executor is not None:  # an orchestrator's (a Dask cluster's): the same tests there
+        found = list(executor.map(_column_drift_of, *pieces))
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            found = list(pool.map(_column_drift_of, *pieces))
+    done = dict(zip([r.name for r in order], found, strict=True))
     columns = [done[r.name] for r in wanted]
     n = len(columns)
     share = sum(c.drift for c in columns) / n if n else 0.0
@@ -257,6 +266,17 @@ def data_drift(
     return DataDrift(
         columns, weighted >= settings.drift_share, share, weighted, settings.drift_share, kind
     )
+
+
+def _column_drift_of(
+    ref: ReferenceColumn,
+    series: pl.Series,
+    settings: MonitoringSpec,
+    seed: int,
+    importance: float | None,
+) -> ColumnDrift:
+    """One column's test, from its own inputs only (a piece an executor may run anywhere)."""
+    return column_drift(ref, series, settings, seed=seed, importance=importance)
 
 
 def _weights(

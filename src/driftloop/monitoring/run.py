@@ -455,6 +455,7 @@ def monitor(
     ``monitoring.window_days``) before it. ``version``: a model version to compare
     instead of the champion (the loop checks a batch against the champion it arrived under).
     """
+    from driftloop.core import executor as fan_out
     from driftloop.core.spec import load_spec
     from driftloop.monitoring.report import build_report, write_reports
 
@@ -485,6 +486,7 @@ def monitor(
         importance=importance,
         importance_source=source,
         seed=rng_seed,
+        executor=fan_out.current(),  # an orchestrator's cluster, or None: threads here
     )
     target = _single(champion.reference, "target", cur.labels, settings, rng_seed)
     prediction = None

@@ -8,10 +8,13 @@ the worker's environment, set before it imports Polars): two workers that each t
 core would only fight. Workers started by hand (``dask worker``) need the same variables;
 docs/architecture.md shows the commands. Dask is imported only when a cluster starts.
 
-Work goes to the cluster through :func:`run` (``Client.submit``); a worker process that dies
-mid-call is replaced by the nanny and the call is run again by the scheduler (Dask's
-``allowed-failures``); the runner's run keys make the second run finish what the first
-started, never do it twice.
+Under Prefect the flow hands the session's cluster to ``prefect_dask.DaskTaskRunner``
+(:func:`scheduler_address`), so the per-batch calls are Prefect task runs on the Dask
+workers; the stages fan their own pieces out on it (:class:`ClusterExecutor`, installed as
+:func:`driftloop.core.executor.current` for the session); anything else goes to it through
+:func:`run` (``Client.submit``). A worker process that dies mid-call is replaced by the
+nanny and the call is run again by the scheduler (Dask's ``allowed-failures``); the runner's
+run keys make the second run finish what the first started, never do it twice.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from driftloop.core import executor
 from driftloop.core.spec import EngineSpec
 
 T = TypeVar("T")
@@ -79,9 +84,26 @@ class _Session:
             self.cluster.close()
 
 
+class ClusterExecutor(Executor):
+    """The session's cluster as a ``concurrent.futures`` executor (Dask's own), connected
+    on the first submit: what a stage fans out on (:mod:`driftloop.core.executor`)."""
+
+    def __init__(self, found: _Session) -> None:
+        self._session = found
+        self._executor: Any = None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with _lock:
+            if self._executor is None:
+                self._executor = self._session.connect().get_executor(pure=False)
+        future: Future[T] = self._executor.submit(fn, *args, **kwargs)
+        return future
+
+
 @contextmanager
 def session(spec: EngineSpec) -> Iterator[None]:
-    """The block's engine: with ``dask``, the calls :func:`run` is given go to a cluster."""
+    """The block's engine: with ``dask``, the calls :func:`run` is given go to a cluster,
+    and the stages fan out on it (:func:`driftloop.core.executor.current`)."""
     global _session
     if spec.name != "dask":
         yield
@@ -90,11 +112,21 @@ def session(spec: EngineSpec) -> Iterator[None]:
     with _lock:
         _session = found
     try:
-        yield
+        with executor.installed(ClusterExecutor(found)):
+            yield
     finally:
         with _lock:
             _session = None
         found.close()
+
+
+def scheduler_address() -> str:
+    """The session's scheduler (its LocalCluster started now if it is not yet)."""
+    with _lock:
+        if _session is None:
+            raise RuntimeError("no Dask session is open (engine.session(spec) first)")
+        client = _session.connect()
+    return str(client.scheduler.address)
 
 
 def run(fn: Callable[..., T], *args: Any) -> T:

@@ -132,7 +132,27 @@ def gather(ctx: Context) -> Facts:
         and last.get("sections_hash") not in (None, spec.section_hash(*TRAIN_SECTIONS)),
         training=(db.run_info(plan.key) or {}).get("status") if plan else None,
         undecided=undecided,
+        **_log_findings(ctx, champion),
     )
+
+
+LOG_FINDINGS = ("DriftDetected", "PerformanceDegraded")
+
+
+def _log_findings(ctx: Context, champion: str | None) -> dict[str, bool]:
+    """What the prediction-log monitor (``driftloop monitor``, scheduled) found against the
+    champion since the last model was registered: its events, read from there on (a few)."""
+    if champion is None:
+        return {"log_drift": False, "log_decay": False}
+    after = ctx.db.last_event_id(("ModelRegistered",))
+    found = {
+        e["type"]
+        for e in ctx.db.events_after(after, LOG_FINDINGS)
+        if str(e.get("version")) == champion
+        and isinstance(e.get("current"), dict)
+        and e["current"].get("kind") == "prediction_log"
+    }
+    return {"log_drift": "DriftDetected" in found, "log_decay": "PerformanceDegraded" in found}
 
 
 def _checked_mark(ctx: Context, champion: str | None, sections: str) -> tuple[int, str]:

@@ -47,6 +47,10 @@ class Facts:
     train_sections_changed: bool = False  # the model's spec sections changed since then
     training: str | None = None  # status of the training over the current features, if any
     undecided: bool = False  # a registered version the gate has not decided on yet
+    # what the scheduled prediction-log monitor found against the champion since the last
+    # training (its DriftDetected / PerformanceDegraded): retrains as a batch check's would
+    log_drift: bool = False
+    log_decay: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,8 @@ def _model_plan(spec: Spec, facts: Facts, now: datetime) -> Plan:
             for b in new
             if b.rows != 0 and facts.champion not in b.checked_against
         ]
-    if facts.training == "succeeded":
-        return Plan([checks] if checks else [])
+    if facts.training == "succeeded":  # on exactly these batches: nothing new since
+        return Plan([checks] if checks else [], waiting=None if new else _log_waits(spec, facts))
     if facts.training == "failed":  # on exactly these features and spec: reported as such
         return Plan([[StageCall("train")]])
     promote = StageCall("promote")  # the gate, on the training just made
@@ -129,11 +133,27 @@ def _model_plan(spec: Spec, facts: Facts, now: datetime) -> Plan:
             f"{len(new)} new batch(es) since the last training; the retrain policy waits "
             f"(every_batches {spec.retrain.every_batches}, no drift or decay found)"
         )
+    else:
+        waiting = _log_waits(spec, facts)
     return Plan(waiting=waiting)
 
 
+def _log_waits(spec: Spec, facts: Facts) -> str | None:
+    """Why a drift or decay the prediction-log monitor found does not train (no new batch:
+    a retrain would fit the same rows), or None when it found none the policy acts on."""
+    drift = facts.log_drift and spec.retrain.on_drift
+    if not (drift or (facts.log_decay and spec.retrain.on_decay)):
+        return None
+    return (
+        f"the prediction-log monitor found {'drift' if drift else 'decay'} against "
+        f"v{facts.champion}, but no batch arrived since the last training (nothing new to "
+        "learn from): the next one retrains"
+    )
+
+
 def _situation(facts: Facts, new: list[BatchFacts], *, signals: bool) -> Situation:
-    """The retrain policy's facts; without ``signals``, as if the checks found nothing."""
+    """The retrain policy's facts; without ``signals``, as if the checks of new batches found
+    nothing (what the prediction-log monitor found is known already, and counts)."""
     return Situation(
         trained_before=facts.trained_before,
         spec_changed=facts.train_sections_changed,
@@ -142,4 +162,6 @@ def _situation(facts: Facts, new: list[BatchFacts], *, signals: bool) -> Situati
         drift=signals and any(b.drift for b in new),
         decay=signals and any(b.decay for b in new),
         last_trained_at=facts.last_trained_at,
+        log_drift=facts.log_drift,  # known before any check runs: counts either way
+        log_decay=facts.log_decay,
     )

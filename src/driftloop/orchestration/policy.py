@@ -2,7 +2,11 @@
 new one due, and why?
 
 The facts arrive as a :class:`Situation` (counted by the loop from the state database);
-"now" arrives as an argument. The answer is a reason to record with the
+"now" arrives as an argument. A drift or decay counts wherever it was found: by the check
+of a new batch against the champion, or by the scheduled prediction-log monitor
+(``driftloop monitor``) against the champion since the last training. Either retrains when
+there is new data to learn from; without any, a retrain would fit the same rows, so the
+policy waits for the next batch (and the planner says so). The answer is a reason to record with the
 ``RetrainRequested`` event, or None.
 """
 
@@ -25,6 +29,8 @@ class Situation:
     drift: bool  # DriftDetected on data that arrived since the last training
     decay: bool  # PerformanceDegraded on such data
     last_trained_at: datetime | None
+    log_drift: bool = False  # DriftDetected by the prediction-log monitor since then
+    log_decay: bool = False  # PerformanceDegraded by it
 
 
 def retrain_reason(policy: RetrainSpec, situation: Situation, now: datetime) -> str | None:
@@ -42,8 +48,12 @@ def retrain_reason(policy: RetrainSpec, situation: Situation, now: datetime) -> 
             return None
     if policy.on_decay and s.decay:
         return f"performance degraded on new data ({s.new_batches} new batch(es))"
+    if policy.on_decay and s.log_decay:
+        return f"performance degraded in the prediction log ({s.new_batches} new batch(es))"
     if policy.on_drift and s.drift:
         return f"drift detected on new data ({s.new_batches} new batch(es))"
+    if policy.on_drift and s.log_drift:
+        return f"drift detected in the prediction log ({s.new_batches} new batch(es))"
     if policy.every_batches and s.new_batches >= policy.every_batches:
         return f"{s.new_batches} new batch(es) (retrain.every_batches {policy.every_batches})"
     if policy.every_hours is not None and s.new_data_since is not None:

@@ -20,8 +20,14 @@ and consulted only while that key's output is committed, so an output withdrawn 
 is never taken for done.
 
 With ``engine: dask`` in the spec the calls that fan out (prep, features and the checks, one
-per batch) run on Dask workers (:mod:`driftloop.orchestration.engine`); ingest, training and
-the gate run in the flow's own process, one task each, with every core of that machine.
+per batch) are mapped through ``prefect_dask.DaskTaskRunner`` on the session's cluster
+(:mod:`driftloop.orchestration.engine`: a ``LocalCluster`` with the spec's workers and
+threads, or the spec's ``address``): each is a Prefect task run executed by a Dask worker,
+retries and cache included. The runner is made per flow run from the project's spec (a
+deployment's flow is loaded by its entry point, so it cannot carry one cluster's settings),
+and entered in the flow body; the flow's own task runner stays Prefect's thread pool, which
+runs the mapped calls with ``engine: local``. Ingest, training and the gate are called as
+tasks in the flow's own process, one at a time, with every core of that machine.
 
 Prefect is imported by this module only; nothing else in driftloop imports it.
 """
@@ -31,6 +37,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,7 @@ from prefect.cache_policies import NO_CACHE
 
 from driftloop.core.errors import DriftloopError, TransientError
 from driftloop.core.layout import Layout, is_complete, sweep_temporaries
-from driftloop.core.spec import load_spec
+from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context, StageCall, Work
 from driftloop.core.state import StateDB
 from driftloop.orchestration import engine, planner, prefect_events
@@ -132,10 +140,7 @@ def stage_task(project: str, call: dict[str, Any], label: str) -> dict[str, Any]
     """A stage call: on the Dask cluster for the calls that fan out, here otherwise."""
     from prefect.logging import get_run_logger
 
-    if call["stage"] in FANNED_OUT:
-        found = engine.run(call_stage, project, call)
-    else:
-        found = call_stage(project, call)
+    found = call_stage(project, call)  # where the task runs: a Dask worker, or here
     get_run_logger().info(
         "%s: %s on %s (%.2f s)", label, found["outcome"], found["worker"], found["seconds"]
     )
@@ -208,6 +213,45 @@ def _label(call: StageCall) -> str:
     return str(call)
 
 
+@contextmanager
+def _fan_out(spec: Spec) -> Iterator[Any]:
+    """The task runner the calls that fan out are mapped with: ``DaskTaskRunner`` on the
+    session's cluster with ``engine: dask`` (None: the flow's own)."""
+    if spec.engine.name != "dask":
+        yield None
+        return
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    # the cluster the session started (or the spec's scheduler); the session closes it
+    with DaskTaskRunner(address=engine.scheduler_address()) as runner:
+        yield runner
+
+
+def _map(runner: Any, project: str, todo: list[StageCall]) -> list[Any]:
+    """The calls as task runs: mapped over ``runner`` (or the flow's) when they fan out,
+    otherwise called here one after another (training and the gate: every core is theirs)."""
+    calls, labels = [c.to_json() for c in todo], [_label(c) for c in todo]
+    if todo and all(c.stage in FANNED_OUT for c in todo):
+        if runner is None:
+            return list(stage_task.map(unmapped(project), calls, labels))
+        params = {"project": unmapped(project), "call": calls, "label": labels}
+        return list(runner.map(stage_task, params))
+    return [_Done(stage_task(project, c.to_json(), _label(c), return_state=True)) for c in todo]
+
+
+class _Done:
+    """A task called in the flow's process, seen as a future (its final state)."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def wait(self) -> None:
+        return None
+
+    def result(self) -> Any:
+        return self.state.result()
+
+
 @flow(name=FLOW_NAME, log_prints=False)
 def lifecycle(
     project: str,
@@ -221,7 +265,7 @@ def lifecycle(
     spec = load_spec(Path(project))
     calls: list[dict[str, Any]] = []
     failed: list[str] = []
-    with engine.session(spec.engine):
+    with engine.session(spec.engine), _fan_out(spec) as runner:
         began = begin(project)
         done_or_failed: set[tuple[str, str | None]] = set()
         for _ in range(MAX_ROUNDS):
@@ -237,11 +281,7 @@ def lifecycle(
                 for c in todo:
                     if c.reason is not None:
                         _retrain_requested(project, c.reason)
-                futures = stage_task.map(
-                    unmapped(project),
-                    [c.to_json() for c in todo],
-                    [_label(c) for c in todo],
-                )
+                futures = _map(runner, project, todo)
                 for c, future in zip(todo, futures, strict=True):
                     future.wait()
                     if future.state.is_completed():

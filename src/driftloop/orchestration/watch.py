@@ -7,9 +7,11 @@ when the spec sets ``ingest.events``, for S3 event notifications on an SQS queue
 objects; a listing every ``ingest.events.listing_seconds`` finds what a lost one missed), and
 makes a pass (:func:`run_pass`) whenever something landed, a transient failure's backoff ran
 out, or a timer fired. On ``monitoring.schedule_minutes`` it also monitors the prediction
-log. A pass that fails (a broken spec edited in place, a disk error) is reported and the
-loop goes on; Ctrl-C or SIGTERM stops it between passes, and since every step is
-idempotent, so does ``kill -9``.
+log; a drift or decay found there makes the next pass at once, and the retrain policy
+retrains on it when new batches arrived since the last training (the planner's rule, the
+same under Prefect). A pass that fails (a broken spec edited in place, a disk error) is
+reported and the loop goes on; Ctrl-C or SIGTERM stops it between passes, and since every
+step is idempotent, so does ``kill -9``.
 """
 
 from __future__ import annotations
@@ -210,9 +212,13 @@ class Watcher:
             log.exception("scheduled monitoring failed")
             self.state.last_error = f"monitoring: {type(exc).__name__}: {first_line(exc)}"
             return
-        messages = "; ".join(result.report["summary"]["messages"])
+        summary = result.report["summary"]
+        messages = "; ".join(summary["messages"])
         self.state.last_work = f"{now:%H:%M:%S} monitored the prediction log: {messages}"
         self._status()
+        if summary["drift_detected"] or summary["performance_degraded"]:
+            # the retrain policy acts on it (planner): the next pass now, not after the pause
+            self._wake.set()
 
     def _observe(self) -> Subscription | None:
         """Notifications from the raw store that wake the loop when anything changes under

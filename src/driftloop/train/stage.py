@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 
 from driftloop import __version__
+from driftloop.core import executor as fan_out
 from driftloop.core.errors import TrainError, first_line
 from driftloop.core.layout import (
     Layout,
@@ -247,6 +248,7 @@ def _train_and_register(
         holdout_predictions=predictions,
         holdout_metric={metric: trained.metrics.get(metric, float("nan"))},
         seed=spec.model.seed,
+        executor=fan_out.current(),  # an orchestrator's cluster, or None: one query here
     )
     user_module = (
         user_module_path(spec.features.function, layout.root) if spec.features.function else None
