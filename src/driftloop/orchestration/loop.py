@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +41,12 @@ from driftloop.core.state import StateDB, state_exists
 from driftloop.core.storage import candidate_files, placement, unmatched_files
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
-from driftloop.orchestration.facts import advance_watermark, gather
+from driftloop.orchestration.facts import (
+    advance_watermark,
+    gather,
+    record_outputs_seen,
+    trust_outputs,
+)
 from driftloop.orchestration.reconcile import reconcile_runs, reconcile_versions
 from driftloop.orchestration.runner import StageReport, claimed, run_call
 
@@ -114,12 +121,24 @@ def run_pass(
             from driftloop.promotion.alias import apply_pending_decisions
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
-        listed = candidate_files(spec, layout)  # the sources' files, once for the whole pass
+        # the sources' files, once for the whole pass: between rechecks, the files the ledger
+        # took are known by its record of them (no stat each; see orchestration/settled.py)
+        checked_at = time.time()
+        due = settled.recheck_due(db.fact(settled.CHECKED), spec.ingest.recheck_seconds)
+        taken_before = db.ingested_sightings()
+        known = None if due else trusted_identities(taken_before, complete)
+        listed = candidate_files(spec, layout, known=known)
         unmatched = unmatched_files(spec, layout, listed)
-        if not applied and db.fact(settled.FACT) == settled.current(
-            spec, layout, db, listed, unmatched
+        ctx = Context(spec, layout, db, now=now)
+        outputs_trusted = trust_outputs(ctx, due=due)  # else each is checked: a recheck
+        if (
+            not applied
+            and outputs_trusted
+            and db.fact(settled.FACT) == settled.current(spec, layout, db, listed, unmatched)
         ):
             # nothing changed since a pass settled
+            if due:  # every identity as recorded: a clean recheck
+                db.record_fact(settled.CHECKED, repr(checked_at))
             return RunResult(IngestResult(batch=None), unmatched=unmatched)
         for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
@@ -139,7 +158,15 @@ def run_pass(
         with claimed(db, "ingest") as holder:  # one worker forms a batch at a time
             found = IngestResult(batch=None)
             if holder is None:
-                found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
+                found = ingest(
+                    spec,
+                    layout,
+                    db,
+                    wait=wait,
+                    complete=complete,
+                    listed_files=listed,
+                    taken_before=taken_before,
+                )
         result = RunResult(
             found,
             applied=applied,
@@ -147,7 +174,6 @@ def run_pass(
             unmatched=unmatched,
             reconciled=reconciled,
         )
-        ctx = Context(spec, layout, db, now=now)
         ctx.memo["placement"] = placement(listed)
         for _ in range(MAX_ROUNDS):
             facts = gather(ctx)
@@ -156,10 +182,28 @@ def run_pass(
             if not execute(ctx, plan, result, backoff=backoff):
                 break
         advance_watermark(ctx, facts)  # the last plan's facts: after the work it followed
+        record_outputs_seen(ctx)
+        if due and holder is None:  # a recheck: clean, or to be made again by the next pass
+            clean = not (found.changed or found.unreadable)
+            db.record_fact(settled.CHECKED, repr(checked_at) if clean else "0")
         if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
             # what this pass saw of the sources (a file landing since changes the next one's)
             db.record_fact(settled.FACT, settled.current(spec, layout, db, listed, unmatched))
     return result
+
+
+def trusted_identities(
+    taken: set[tuple[str, int, int]], complete: Mapping[str, tuple[int, int]] | None
+) -> dict[str, tuple[int, int]]:
+    """Key -> (size, mtime_ns) of the files the ledger took, as last seen (the latest, where a
+    file was seen more than once), but the ones a watcher was told were written again."""
+    known: dict[str, tuple[int, int]] = {}
+    for key, size, mtime_ns in taken:
+        if key not in known or known[key][1] < mtime_ns:
+            known[key] = (size, mtime_ns)
+    for key in complete or ():
+        known.pop(key, None)
+    return known
 
 
 def _settles(result: RunResult) -> bool:
