@@ -281,7 +281,12 @@ def _committed_under(ctx: Context) -> Callable[[str, str], bool]:
 
         trusted = ctx.memo.get(TRUSTED_OUTPUTS) or {}
         now = output_stamps(ctx.layout) if trusted else {}
-        unchanged = {f for f, stamp in now.items() if trusted.get(f) == stamp != "missing"}
+        unchanged = {
+            str(folder)
+            for folder in ctx.layout.outputs
+            if (stamp := trusted.get(ctx.layout.relative(folder))) is not None
+            and stamp == now.get(ctx.layout.relative(folder)) != "missing"
+        }
 
         def committed_here(folder: str, b: str) -> bool:
             return folder in unchanged or os.path.exists(f"{folder}/{b}/{SUCCESS}")  # noqa: PTH110

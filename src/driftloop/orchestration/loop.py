@@ -124,6 +124,7 @@ def run_pass(
         # the sources' files, once for the whole pass: between rechecks, the files the ledger
         # took are known by its record of them (no stat each; see orchestration/settled.py)
         checked_at = time.time()
+        plain = settled.plain_names(settled.Basis.of(spec, layout), layout)  # before listing
         due = settled.recheck_due(db.fact(settled.CHECKED), spec.ingest.recheck_seconds)
         taken_before = db.ingested_sightings()
         known = None if due else trusted_identities(taken_before, complete)
@@ -134,7 +135,7 @@ def run_pass(
         if (
             not applied
             and outputs_trusted
-            and db.fact(settled.FACT) == settled.current(spec, layout, db, listed, unmatched)
+            and db.fact(settled.FACT) == settled.current(spec, layout, db, listed, unmatched, plain)
         ):
             # nothing changed since a pass settled
             if due:  # every identity as recorded: a clean recheck
@@ -188,7 +189,8 @@ def run_pass(
             db.record_fact(settled.CHECKED, repr(checked_at) if clean else "0")
         if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
             # what this pass saw of the sources (a file landing since changes the next one's)
-            db.record_fact(settled.FACT, settled.current(spec, layout, db, listed, unmatched))
+            fact = settled.current(spec, layout, db, listed, unmatched, plain)
+            db.record_fact(settled.FACT, fact)
     return result
 
 
@@ -197,13 +199,15 @@ def trusted_identities(
 ) -> dict[str, tuple[int, int]]:
     """Key -> (size, mtime_ns) of the files the ledger took, as last seen (the latest, where a
     file was seen more than once), but the ones a watcher was told were written again."""
-    known: dict[str, tuple[int, int]] = {}
-    for key, size, mtime_ns in taken:
-        if key not in known or known[key][1] < mtime_ns:
-            known[key] = (size, mtime_ns)
+    # the latest of a key's sightings last (a dict keeps the last value given for a key)
+    known = {key: (size, mtime_ns) for key, size, mtime_ns in sorted(taken, key=_mtime)}
     for key in complete or ():
         known.pop(key, None)
     return known
+
+
+def _mtime(sighting: tuple[str, int, int]) -> int:
+    return sighting[2]
 
 
 def _settles(result: RunResult) -> bool:

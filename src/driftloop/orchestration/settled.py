@@ -94,10 +94,8 @@ class Basis:
         )
 
 
-def fingerprint(
-    basis: Basis, layout: Layout, progress: str, listed: list[tuple[str, RawObject]]
-) -> str:
-    """``progress``: the state's progress marker; ``listed``: the sources' listing."""
+def fingerprint(basis: Basis, layout: Layout, progress: str, names: str) -> str:
+    """``progress``: the state's progress marker; ``names``: :func:`source_names`."""
     import driftloop  # a release may key the stages differently
 
     digest = hashlib.sha256(f"{driftloop.__version__}\0{basis.spec_sha256}".encode())
@@ -106,11 +104,46 @@ def fingerprint(
     if basis.module is not None:
         module = Path(basis.module)
         digest.update(module.read_bytes() if module.is_file() else b"missing")
-    digest.update("\n".join([f"{o.key}\0{s}" for s, o in listed]).encode())  # names
+    digest.update(names.encode())
     for folder, stamp in output_stamps(layout).items():
         digest.update(f"{folder}\0{stamp}\n".encode())
     digest.update(progress.encode())
     return digest.hexdigest()
+
+
+def _plain_folder(path: str) -> str | None:
+    """The folder of a source's glob when it is a plain folder of this machine."""
+    folder, _, _ = path.replace(os.sep, "/").rpartition("/")
+    if not folder or "://" in folder or any(c in folder for c in "*?["):
+        return None
+    return folder
+
+
+def plain_names(basis: Basis, layout: Layout) -> str:
+    """A digest of every name in the sources' plain folders (one directory read each, no
+    look at any file): a file landing, leaving or renamed there changes it. Taken before
+    the listing a pass works from, so that a file landing during the pass changes it."""
+    digest = hashlib.sha256()
+    for name, path in basis.sources:
+        folder = _plain_folder(path)
+        if folder is None:
+            continue
+        try:
+            found = sorted(os.listdir(layout.root / folder))  # noqa: PTH208 - names: 10,000s
+        except OSError:
+            found = ["\0missing"]
+        digest.update(f"{name}\0{folder}\0{len(found)}\n".encode())
+        digest.update("\0".join(found).encode(errors="surrogateescape"))
+    return digest.hexdigest()
+
+
+def source_names(basis: Basis, plain: str, listed: list[tuple[str, RawObject]]) -> str:
+    """:func:`plain_names`, and the listed keys of the other sources (globs across folders,
+    object stores)."""
+    plain_sources = {n for n, p in basis.sources if _plain_folder(p) is not None}
+    others = [f"{o.key}\0{s}" for s, o in listed if s not in plain_sources]
+    text = "\n".join([plain, *others])
+    return hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()
 
 
 def identities(listed: list[tuple[str, RawObject]]) -> str:
@@ -125,12 +158,12 @@ def output_stamps(layout: Layout) -> dict[str, str]:
     10,000 names). A marker removed inside an output's own folder does not: a recheck
     finds that."""
     stamps = {}
-    for folder in layout.outputs:
+    for folder in layout.outputs:  # named as in the project (however its path is spelled)
         try:
             st = os.stat(folder)  # noqa: PTH116
-            stamps[str(folder)] = f"{st.st_ino}:{st.st_mtime_ns}"
+            stamps[layout.relative(folder)] = f"{st.st_ino}:{st.st_mtime_ns}"
         except OSError:
-            stamps[str(folder)] = "missing"
+            stamps[layout.relative(folder)] = "missing"
     return stamps
 
 
@@ -152,11 +185,14 @@ def current(
     db: StateDB,
     listed: list[tuple[str, RawObject]],
     unmatched: list[dict[str, str]],
+    plain: str,
 ) -> str:
     """The fact a pass would record now (compare it with ``db.fact(FACT)``); ``unmatched``:
-    the files in the sources' folders that no pattern matches, reported by every pass."""
+    the files in the sources' folders that no pattern matches, reported by every pass;
+    ``plain``: :func:`plain_names` as the pass began."""
     basis = Basis.of(spec, layout)
-    found = fingerprint(basis, layout, db.progress_marker(), listed)
+    names = source_names(basis, plain, listed)
+    found = fingerprint(basis, layout, db.progress_marker(), names)
     folders = folder_stamps(basis, layout)
     fact = {
         "fingerprint": found,
@@ -181,8 +217,8 @@ def folder_stamps(basis: Basis, layout: Layout) -> dict[str, int]:
     equal stamps still need the listing (a file rewritten in place does not change them)."""
     stamps = {}
     for _, path in basis.sources:
-        folder, _, _ = path.replace(os.sep, "/").rpartition("/")
-        if not folder or "://" in folder or any(c in folder for c in "*?["):
+        folder = _plain_folder(path)
+        if folder is None:
             continue
         try:
             stamps[folder] = os.stat(layout.root / folder).st_mtime_ns  # noqa: PTH116
@@ -219,15 +255,18 @@ def quick_settled(project: Path) -> Settled | None:
         if folder_stamps(basis, layout) != fact["folders"]:
             return None  # a file landed or left: no need to list them all to know
         due = recheck_due(seen.checked, basis.recheck_seconds, started)
+        plain = plain_names(basis, layout)
         # between rechecks the names alone (a directory read); on one, every identity
-        listed = list_sources(
-            basis.sources, layout, storage=dict(basis.storage), names_only=not due
-        )
+        listed: list[tuple[str, RawObject]] = []
+        if due or any(_plain_folder(p) is None for _, p in basis.sources):
+            storage = dict(basis.storage)
+            listed = list_sources(basis.sources, layout, storage=storage, names_only=not due)
         if due and identities(listed) != fact["identities"]:
             return None  # a file changed in place (or was touched): the ordinary pass looks
+        names = source_names(basis, plain, listed)
     except (ValueError, KeyError, TypeError, OSError, DriftloopError):
         return None  # an older fact, a spec gone, a source that cannot be listed: not sure
-    if fingerprint(basis, layout, seen.progress, listed) != fact["fingerprint"]:
+    if fingerprint(basis, layout, seen.progress, names) != fact["fingerprint"]:
         return None
     if due and seen.checked is not None:  # a clean recheck: the next ones can wait again
         touch_fact(layout.state_db, CHECKED, seen.checked, repr(started))
