@@ -37,7 +37,7 @@ from typing import Any
 from driftloop.core.layout import Layout, sweep_temporaries
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
-from driftloop.core.state import StateDB, state_exists
+from driftloop.core.state import Batch, StateDB, state_exists
 from driftloop.core.storage import candidate_files, placement, unmatched_files
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
@@ -292,13 +292,19 @@ def _trained(ctx: Context, batch_id: str) -> bool:
     return last is not None and batch_id in {m["batch_id"] for m in last["inputs"]}
 
 
-def new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Batches with features that the last successful training did not see, and its manifest."""
+def new_batches(
+    layout: Layout, db: StateDB, batches: list[Batch] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Batches with features that the last successful training did not see, and its manifest
+    (``batches``: the caller's read of the state database's batches, if it has one)."""
     from driftloop.train.stage import feature_batches, last_training
 
     last = last_training(layout, db)
     seen = {m["batch_id"] for m in last["inputs"]} if last else set()
-    return [b for b in feature_batches(layout, db) if b["batch_id"] not in seen], last
+    # the published keys: no manifest read per batch (10,000s of batches)
+    current = {("features", b): key for b, key in db.current_keys_of("features").items()}
+    found = feature_batches(layout, db, current=current, batches=batches)
+    return [b for b in found if b["batch_id"] not in seen], last
 
 
 def work(project: Path, *, until_idle: bool, interval: float, stop: threading.Event) -> int:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from driftloop.core.layout import Layout, is_complete
+from driftloop.core.layout import Layout, committed_outputs
 from driftloop.core.state import StateDB
 
 
@@ -31,16 +31,19 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"
         ]
         pending = []
+        # the committed outputs of each stage: one scan (a listing on an object store)
+        committed = {
+            stage: committed_outputs(folder)
+            for stage, folder in (("prep", layout.processed), ("features", layout.features))
+        }
         for batch in batches:
-            missing = [
-                stage
-                for stage, folder in (("prep", layout.processed), ("features", layout.features))
-                if not is_complete(folder / batch.batch_id)
-            ]
+            missing = [stage for stage, done in committed.items() if batch.batch_id not in done]
             if missing:
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
-        new, last = new_batches(layout, db)
-        known = {f.path: f.sha256 for b in batches for f in db.batch_files(b.batch_id)}
+        new, last = new_batches(layout, db, batches)
+        # the ledger and what was seen of it in one read each, not a query per file
+        known = {f.path: f.sha256 for files in db.files_by_batch().values() for f in files}
+        taken = db.ingested_sightings()
         listed = candidate_files(spec, layout)
         waiting_files = [o.key for _, o in listed if o.key not in known]
         # taken under this name with other content (a pass hashed it and refused it)
@@ -48,6 +51,7 @@ def project_status(project: Path, *, events: int = 15, runs: int = 15) -> dict[s
             o.key
             for _, o in listed
             if o.key in known
+            and (o.key, o.size, o.mtime_ns) not in taken
             and db.known_sighting(o.key, o.size, o.mtime_ns) not in (None, known[o.key])
         ]
         lease = db.lease("watch")
