@@ -184,9 +184,11 @@ def run_pass(
                 break
         advance_watermark(ctx, facts)  # the last plan's facts: after the work it followed
         record_outputs_seen(ctx)
-        if due and holder is None:  # a recheck: clean, or to be made again by the next pass
-            clean = not (found.changed or found.unreadable)
-            db.record_fact(settled.CHECKED, repr(checked_at) if clean else "0")
+        clean = not (found.changed or found.unreadable)
+        if due and holder is None and clean:  # a clean recheck: the next passes can trust
+            db.record_fact(settled.CHECKED, repr(checked_at))
+        elif not clean:  # (a watcher is told of a write) every pass checks until it is fixed
+            db.record_fact(settled.CHECKED, "0")
         if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
             # what this pass saw of the sources (a file landing since changes the next one's)
             fact = settled.current(spec, layout, db, listed, unmatched, plain)

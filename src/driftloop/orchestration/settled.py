@@ -139,9 +139,10 @@ def plain_names(basis: Basis, layout: Layout) -> str:
 
 def source_names(basis: Basis, plain: str, listed: list[tuple[str, RawObject]]) -> str:
     """:func:`plain_names`, and the listed keys of the other sources (globs across folders,
-    object stores)."""
+    object stores), with the object's version where the store has one (an object store's
+    listing gives it for free: an object overwritten in place is seen at once there)."""
     plain_sources = {n for n, p in basis.sources if _plain_folder(p) is not None}
-    others = [f"{o.key}\0{s}" for s, o in listed if s not in plain_sources]
+    others = [f"{o.key}\0{s}\0{o.version}" for s, o in listed if s not in plain_sources]
     text = "\n".join([plain, *others])
     return hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()
 
