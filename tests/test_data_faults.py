@@ -247,6 +247,11 @@ def test_a_batch_whose_raw_file_is_gone_keeps_its_outputs_and_is_reported_stale(
     assert project_status(tmp_path)["stale_batches"] == []
 
 
+# ingest.recheck_seconds: 0, so that every pass checks every raw file's identity (the
+# default checks them every 300 s: tests/test_settled.py shows a change noticed then)
+EVERY_PASS = CSV_SPEC.replace("{settle_seconds: 0}", "{settle_seconds: 0, recheck_seconds: 0}")
+
+
 def test_a_file_changed_in_place_is_refused_not_counted_twice(tmp_path: Path) -> None:
     """A file rewritten in place (its rows plus new ones) used to be ingested again as a file
     of its own: its first rows were in two batches and trained on twice. The rule: a raw
@@ -254,7 +259,7 @@ def test_a_file_changed_in_place_is_refused_not_counted_twice(tmp_path: Path) ->
     until the original is back; new rows land under a new name."""
     from driftloop.orchestration.status import project_status
 
-    write_spec(tmp_path, CSV_SPEC)
+    write_spec(tmp_path, EVERY_PASS)  # every file's identity checked on every pass
     land_csv(tmp_path, "a.csv", _rows(3))
     first = run(tmp_path).ingest.batch
     assert first is not None
@@ -298,7 +303,7 @@ def test_run_prints_a_file_changed_in_place(
 ) -> None:
     from driftloop.cli import print_run
 
-    write_spec(tmp_path, CSV_SPEC)
+    write_spec(tmp_path, EVERY_PASS)  # every file's identity checked on every pass
     land_csv(tmp_path, "a.csv", _rows(3))
     run(tmp_path)
     land_csv(tmp_path, "a.csv", _rows(4))
@@ -312,7 +317,7 @@ def test_watch_reports_a_file_changed_in_place_once_and_goes_on(tmp_path: Path) 
     from driftloop.orchestration.loop import RunResult
     from driftloop.orchestration.watch import Watcher
 
-    write_spec(tmp_path, CSV_SPEC)
+    write_spec(tmp_path, EVERY_PASS)  # every file's identity checked on every pass
     land_csv(tmp_path, "a.csv", _rows(3))
     run(tmp_path)
     land_csv(tmp_path, "a.csv", _rows(4))  # changed in place before the watch starts

@@ -4,6 +4,7 @@ the next pass an ordinary one."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -16,7 +17,9 @@ import pytest
 import driftloop
 from driftloop.core.layout import Layout
 from driftloop.core.state import StateDB
+from driftloop.orchestration import settled
 from driftloop.orchestration.lease import Lease
+from driftloop.orchestration.loop import run_pass
 from driftloop.orchestration.settled import quick_settled
 
 from .helpers import write_spec
@@ -93,7 +96,6 @@ def _older_state_file(p: Path) -> None:
     "change",
     [
         _land,
-        _rewrite_in_place,
         _remove_raw,
         _edit_spec,
         _withdraw_output,
@@ -108,6 +110,73 @@ def test_anything_that_could_change_the_plan_makes_an_ordinary_pass(
     project = settled_project(tmp_path)
     change(project)
     assert quick_settled(project) is None
+
+
+def _recheck_due(p: Path) -> None:
+    """As if ``ingest.recheck_seconds`` had passed since every identity and output was last
+    checked (the time recorded 301 s earlier)."""
+    with StateDB(Layout(p).state_db) as db:
+        at = float(db.fact(settled.CHECKED) or "0")
+        db.record_fact(settled.CHECKED, repr(at - 301))
+        outputs = json.loads(db.fact(settled.OUTPUTS) or "{}")
+        outputs["checked_at"] = float(outputs.get("checked_at") or 0) - 301
+        db.record_fact(settled.OUTPUTS, json.dumps(outputs, sort_keys=True))
+
+
+def test_a_file_rewritten_in_place_is_noticed_on_the_recheck(tmp_path: Path) -> None:
+    """Between rechecks (``ingest.recheck_seconds``, 300 s by default) a pass reads the
+    sources' names and takes the ledger's record of its files' identities: a file rewritten
+    in place (no name changes) is noticed by the first pass after the next recheck, the quick
+    answer's or the ordinary one's, and reported by every pass after until it is put back."""
+    project = settled_project(tmp_path)
+    _rewrite_in_place(project)
+    assert quick_settled(project) is not None  # names only: not yet
+    assert run_pass(project).ingest.changed == []  # the ordinary pass trusts the ledger too
+    _recheck_due(project)
+    assert quick_settled(project) is None  # the recheck looks at every file
+    for _ in range(2):  # reported on the recheck's pass and on every pass after it
+        result = driftloop.run(project)
+        [changed] = result.ingest.changed
+        assert changed.startswith("data/raw/s/a.csv: changed in place since it was ingested")
+        assert result.ingest.batch is None
+    assert quick_settled(project) is None
+
+
+def test_a_clean_recheck_by_the_quick_answer_is_recorded(tmp_path: Path) -> None:
+    project = settled_project(tmp_path)
+    _recheck_due(project)
+    with StateDB(Layout(project).state_db) as db:
+        before = float(db.fact(settled.CHECKED) or "0")
+    assert quick_settled(project) is not None  # every identity as the ledger has it
+    with StateDB(Layout(project).state_db) as db:
+        after = float(db.fact(settled.CHECKED) or "0")
+    assert after > before + 300  # the next settled passes read names alone again
+
+
+def test_a_landed_file_is_noticed_at_once_between_rechecks(tmp_path: Path) -> None:
+    project = settled_project(tmp_path)
+    land(project, "b.csv", [(5, 6)])
+    result = driftloop.run(project)
+    assert result.ingest.batch is not None
+    assert [f.path for f in result.ingest.new_files] == ["data/raw/s/b.csv"]
+
+
+def test_an_output_marker_removed_inside_its_folder_is_noticed_on_the_recheck(
+    tmp_path: Path,
+) -> None:
+    """An output whose folder is gone or renamed is noticed at once (its stage folder
+    changed); a ``_SUCCESS`` removed inside an output's own folder changes nothing a pass
+    stamps, so the first ordinary pass after the recheck interval finds it and runs the
+    stage again."""
+    project = settled_project(tmp_path)
+    [out] = (project / "data/processed").iterdir()
+    (out / "_SUCCESS").unlink()
+    assert run_pass(project).reports == []  # trusted: its stage folder is as it was
+    _recheck_due(project)
+    result = run_pass(project)
+    assert [(r.stage, r.outcome) for r in result.reports][:1] == [("prep", "ran")]
+    assert (out / "_SUCCESS").is_file()
+    assert quick_settled(project) is not None  # and the project settles again
 
 
 @pytest.mark.parametrize("name", ["DRIFTLOOP_STATE_URL", "MLFLOW_TRACKING_URI"])

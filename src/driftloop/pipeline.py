@@ -67,12 +67,15 @@ def plan(project: Path) -> Plan:
     from driftloop.core.stage import Context
     from driftloop.core.state import StateDB
     from driftloop.orchestration import planner
-    from driftloop.orchestration.facts import gather
+    from driftloop.orchestration.facts import gather, trust_outputs
+    from driftloop.orchestration.settled import CHECKED, recheck_due
 
     spec = load_spec(project)
     layout = Layout(project)
     with StateDB(layout.state_db, url=spec.state.url) as db:
-        return planner.plan(spec, gather(Context(spec, layout, db)), datetime.now(UTC))
+        ctx = Context(spec, layout, db)
+        trust_outputs(ctx, due=recheck_due(db.fact(CHECKED), spec.ingest.recheck_seconds))
+        return planner.plan(spec, gather(ctx), datetime.now(UTC))
 
 
 def run_stage(

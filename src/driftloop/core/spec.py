@@ -323,6 +323,11 @@ class IngestSpec(_Frozen):
     # A symbolic link in a raw folder whose target is outside the project folder and outside
     # its source's folder is refused unless this is true (see core.storage.link_refusal).
     follow_links_outside: bool = False
+    # How often a pass checks every raw file the ledger took (a stat each) and every output
+    # it trusts (a ``_SUCCESS`` each) for a change made behind driftloop's back; between
+    # checks a pass looks only at names, new files and changed folders, so its cost follows
+    # new work (see orchestration/settled.py). 0: on every pass.
+    recheck_seconds: float = Field(300.0, ge=0.0)
     # S3 event notifications through an SQS queue (core.sqs); a string is the queue alone
     events: EventsSpec | None = None
 

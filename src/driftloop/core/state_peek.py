@@ -8,8 +8,10 @@ only. The progress marker is the same statements :class:`~driftloop.core.state.S
 runs (``PROGRESS``: one text for both, so both give the same answer). A server's state
 (PostgreSQL) is always read through :class:`~driftloop.core.state.StateDB`.
 
-Nothing here writes: anything out of the ordinary (no file yet, an older schema, a locked or
-damaged file) is ``None``, and the caller takes the ordinary path, which deals with it.
+Nothing here writes but :func:`touch_fact` (the time of a recheck a settled pass made, set
+only if no other process changed it): anything out of the ordinary (no file yet, an older
+schema, a locked or damaged file) is ``None``, and the caller takes the ordinary path, which
+deals with it.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ class Peek:
     settled: str | None  # the fact ``settled``
     progress: str  # :func:`progress_marker`
     busy: bool  # a lease or claim is held, or a recorded decision is not applied yet
+    checked: str | None = None  # the fact named by ``peek``'s ``checked``, if asked for
 
 
-def peek(path: Path, fact: str) -> Peek | None:
+def peek(path: Path, fact: str, checked: str | None = None) -> Peek | None:
     """The embedded state file's :class:`Peek`, or None when it cannot simply be read."""
     if not path.is_file():
         return None
@@ -63,11 +66,33 @@ def peek(path: Path, fact: str) -> Peek | None:
         if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             return None
         conn.execute("BEGIN")  # one snapshot for all the reads
-        row = conn.execute(FACT, ("settled",)).fetchone()
+        row = conn.execute(FACT, (fact,)).fetchone()
+        other = conn.execute(FACT, (checked,)).fetchone() if checked is not None else None
         marker = progress_marker([conn.execute(q).fetchone() for q in PROGRESS])
         busy = bool(conn.execute(_BUSY).fetchone()[0])
-        return Peek(settled=None if row is None else str(row[0]), progress=marker, busy=busy)
+        return Peek(
+            settled=None if row is None else str(row[0]),
+            progress=marker,
+            busy=busy,
+            checked=None if other is None else str(other[0]),
+        )
     except sqlite3.Error:  # locked for longer than a moment, damaged, another schema
         return None
+    finally:
+        conn.close()
+
+
+def touch_fact(path: Path, fact: str, was: str, value: str) -> None:
+    """Best effort: set a fact of the embedded state file from ``was`` (as read) to
+    ``value``, unless another process changed it meanwhile (one short write; a locked or
+    read-only file leaves it as it was, and a later pass records it)."""
+    try:
+        conn = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        conn.execute("UPDATE facts SET value = ? WHERE name = ? AND value = ?", (value, fact, was))
+    except sqlite3.Error:
+        pass
     finally:
         conn.close()

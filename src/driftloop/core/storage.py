@@ -60,12 +60,16 @@ def source_stores(spec: Spec, layout: Layout) -> dict[str, RawStore]:
 
 
 def candidate_files(
-    spec: Spec, layout: Layout, stores: dict[str, RawStore] | None = None
+    spec: Spec,
+    layout: Layout,
+    stores: dict[str, RawStore] | None = None,
+    known: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[tuple[str, RawObject]]:
     """(source name, object) for every complete object a source's glob matches; the first
-    source wins."""
+    source wins. ``known``: identities (size, mtime_ns) to take as they are instead of a
+    ``stat`` each, where the store can list names alone (a folder of this machine)."""
     stores = stores or source_stores(spec, layout)
-    return list_sources([(s.name, s.path) for s in spec.sources], layout, stores)
+    return list_sources([(s.name, s.path) for s in spec.sources], layout, stores, known=known)
 
 
 def list_sources(
@@ -73,9 +77,13 @@ def list_sources(
     layout: Layout,
     stores: dict[str, RawStore] | None = None,
     storage: Mapping[str, str | None] | None = None,
+    known: Mapping[str, tuple[int, int]] | None = None,
+    names_only: bool = False,
 ) -> list[tuple[str, RawObject]]:
     """:func:`candidate_files` for (name, path) pairs, with no spec at hand (``storage``:
-    the spec's storage settings, :meth:`~driftloop.core.spec.StorageSpec.settings`)."""
+    the spec's storage settings, :meth:`~driftloop.core.spec.StorageSpec.settings`).
+    ``names_only``: the keys alone, with no look at each object (size and mtime_ns -1),
+    where the store can name objects without one."""
     seen: set[str] = set()
     found: list[tuple[str, RawObject]] = []
     for name, path in sources:
@@ -84,8 +92,14 @@ def list_sources(
             if stores
             else raw_store(path, layout.root, what=f"source {name!r}", storage=storage)
         )
+        trusting = getattr(store, "list_trusting", None)
         try:
-            objects = store.list(path)
+            if names_only and trusting is not None:
+                objects = [RawObject(k, -1, -1) for k in store.keys(path)]
+            elif known is not None and trusting is not None:
+                objects = trusting(path, known)
+            else:
+                objects = store.list(path)
         except StorageError as exc:  # the store's error names the bucket; this, the source
             raise type(exc)(f"source {name!r} (path {path!r}): {exc}") from exc
         for obj in objects:

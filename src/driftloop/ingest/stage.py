@@ -56,6 +56,7 @@ def ingest(
     sleep: Callable[[float], None] = time.sleep,
     complete: Mapping[str, tuple[int, int]] | None = None,
     listed_files: list[tuple[str, RawObject]] | None = None,
+    taken_before: set[tuple[str, int, int]] | None = None,
 ) -> IngestResult:
     """Take every new, complete raw file into one new batch (or none if nothing is new).
 
@@ -67,14 +68,15 @@ def ingest(
     or renamed into place: ``driftloop watch`` learns this from the store's notifications)
     to their (size, mtime_ns) then; such a file, unchanged since, needs no settle time.
     ``listed_files``: the sources' listing (:func:`driftloop.core.storage.candidate_files`),
-    when the caller has it.
+    when the caller has it; ``taken_before``: :meth:`StateDB.ingested_sightings`, likewise.
     """
     settle = spec.ingest.settle_seconds
     stores = source_stores(spec, layout)
     listed = candidate_files(spec, layout, stores) if listed_files is None else listed_files
     # A file the ledger already took, unchanged since (same key, size and time), is passed
     # over without a look: a pass costs what landed, not what landed before.
-    taken_before = db.ingested_sightings()
+    if taken_before is None:
+        taken_before = db.ingested_sightings()
     listed = [(s, o) for s, o in listed if (o.key, o.size, o.mtime_ns) not in taken_before]
     done = complete or {}
 

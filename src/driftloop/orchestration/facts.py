@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -252,12 +253,65 @@ def _trusted(ctx: Context) -> list[BatchFacts | Batch]:
     ]
 
 
+TRUSTED_OUTPUTS = "trusted_outputs"  # ctx.memo: output_stamps the last pass left, or {}
+
+
+def trust_outputs(ctx: Context, *, due: bool) -> bool:
+    """Between rechecks (``due`` False), a pass trusts that the outputs it asks about (the
+    batches through the watermark or the checked mark, committed when the pass that
+    recorded them ended) are still committed, in each stage folder still as the last pass
+    left it (:func:`~driftloop.orchestration.settled.output_stamps`): an output withdrawn,
+    deleted or left behind changes its folder, and that folder's outputs are checked one by
+    one as before. A recheck checks them all. True when the outputs are trusted (no
+    recheck of them due)."""
+    from driftloop.orchestration.settled import OUTPUTS, recheck_due
+
+    found = None if ctx.layout.on_object_store else ctx.db.fact(OUTPUTS)
+    seen = json.loads(found) if found else {}
+    at = seen.get("checked_at") if isinstance(seen, dict) else None
+    due = due or recheck_due(None if at is None else str(at), ctx.spec.ingest.recheck_seconds)
+    ctx.memo[TRUSTED_OUTPUTS] = {} if due else dict(seen.get("stamps", {}))
+    ctx.memo[OUTPUTS_CHECKED_AT] = time.time() if due else at
+    return not due
+
+
+OUTPUTS_CHECKED_AT = "outputs_checked_at"  # ctx.memo: when the outputs were last all checked
+
+
+def record_outputs_seen(ctx: Context) -> None:
+    """After a pass: its output folders as it leaves them, for the next pass to trust, and
+    when a pass last checked every output it trusts (this one's start, if it did)."""
+    from driftloop.orchestration.settled import OUTPUTS, output_stamps
+
+    if ctx.layout.on_object_store or OUTPUTS_CHECKED_AT not in ctx.memo:
+        return
+    found = {"stamps": output_stamps(ctx.layout), "checked_at": ctx.memo[OUTPUTS_CHECKED_AT]}
+    seen = json.dumps(found, sort_keys=True)
+    if ctx.db.fact(OUTPUTS) != seen:
+        ctx.db.record_fact(OUTPUTS, seen)
+
+
 def _committed_under(ctx: Context) -> Callable[[str, str], bool]:
     """Whether ``<folder>/<batch>`` is committed: a stat of its ``_SUCCESS`` here (os.path,
-    not pathlib: 10,000s of batches); on an object store, one paginated listing of the
+    not pathlib: 10,000s of batches), unless the folder is as the last pass left it and no
+    recheck is due (:func:`trust_outputs`); on an object store, one paginated listing of the
     folder's markers, made on the first question (1,000 keys a request, not a GET each)."""
     if not ctx.layout.on_object_store:
-        return lambda folder, b: os.path.exists(f"{folder}/{b}/{SUCCESS}")  # noqa: PTH110
+        from driftloop.orchestration.settled import output_stamps
+
+        trusted = ctx.memo.get(TRUSTED_OUTPUTS) or {}
+        now = output_stamps(ctx.layout) if trusted else {}
+        unchanged = {
+            str(folder)
+            for folder in ctx.layout.outputs
+            if (stamp := trusted.get(ctx.layout.relative(folder))) is not None
+            and stamp == now.get(ctx.layout.relative(folder)) != "missing"
+        }
+
+        def committed_here(folder: str, b: str) -> bool:
+            return folder in unchanged or os.path.exists(f"{folder}/{b}/{SUCCESS}")  # noqa: PTH110
+
+        return committed_here
     from driftloop.core.layout import committed_outputs
 
     listed: dict[str, set[str]] = {}

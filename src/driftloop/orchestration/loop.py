@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,11 +38,16 @@ from driftloop.core.layout import Layout, sweep_temporaries
 from driftloop.core.outputs import one_view
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context
-from driftloop.core.state import StateDB, state_exists
+from driftloop.core.state import Batch, StateDB, state_exists
 from driftloop.core.storage import candidate_files, placement, unmatched_files
 from driftloop.ingest.stage import IngestResult, ingest
 from driftloop.orchestration import planner, settled
-from driftloop.orchestration.facts import advance_watermark, gather
+from driftloop.orchestration.facts import (
+    advance_watermark,
+    gather,
+    record_outputs_seen,
+    trust_outputs,
+)
 from driftloop.orchestration.reconcile import reconcile_runs, reconcile_versions
 from driftloop.orchestration.runner import StageReport, claimed, run_call
 
@@ -128,12 +135,25 @@ def _run_pass(
             from driftloop.promotion.alias import apply_pending_decisions
 
             applied = apply_pending_decisions(spec, layout, db)  # first: the alias follows the log
-        listed = candidate_files(spec, layout)  # the sources' files, once for the whole pass
+        # the sources' files, once for the whole pass: between rechecks, the files the ledger
+        # took are known by its record of them (no stat each; see orchestration/settled.py)
+        checked_at = time.time()
+        plain = settled.plain_names(settled.Basis.of(spec, layout), layout)  # before listing
+        due = settled.recheck_due(db.fact(settled.CHECKED), spec.ingest.recheck_seconds)
+        taken_before = db.ingested_sightings()
+        known = None if due else trusted_identities(taken_before, complete)
+        listed = candidate_files(spec, layout, known=known)
         unmatched = unmatched_files(spec, layout, listed)
-        if not applied and db.fact(settled.FACT) == settled.current(
-            spec, layout, db, listed, unmatched
+        ctx = Context(spec, layout, db, now=now)
+        outputs_trusted = trust_outputs(ctx, due=due)  # else each is checked: a recheck
+        if (
+            not applied
+            and outputs_trusted
+            and db.fact(settled.FACT) == settled.current(spec, layout, db, listed, unmatched, plain)
         ):
             # nothing changed since a pass settled
+            if due:  # every identity as recorded: a clean recheck
+                db.record_fact(settled.CHECKED, repr(checked_at))
             return RunResult(IngestResult(batch=None), unmatched=unmatched)
         for folder in layout.outputs:
             sweep_temporaries(folder)  # what a killed run left (it changed the fingerprint)
@@ -153,7 +173,15 @@ def _run_pass(
         with claimed(db, "ingest") as holder:  # one worker forms a batch at a time
             found = IngestResult(batch=None)
             if holder is None:
-                found = ingest(spec, layout, db, wait=wait, complete=complete, listed_files=listed)
+                found = ingest(
+                    spec,
+                    layout,
+                    db,
+                    wait=wait,
+                    complete=complete,
+                    listed_files=listed,
+                    taken_before=taken_before,
+                )
         result = RunResult(
             found,
             applied=applied,
@@ -161,7 +189,6 @@ def _run_pass(
             unmatched=unmatched,
             reconciled=reconciled,
         )
-        ctx = Context(spec, layout, db, now=now)
         ctx.memo["placement"] = placement(listed)
         for _ in range(MAX_ROUNDS):
             facts = gather(ctx)
@@ -170,10 +197,33 @@ def _run_pass(
             if not execute(ctx, plan, result, backoff=backoff):
                 break
         advance_watermark(ctx, facts)  # the last plan's facts: after the work it followed
+        record_outputs_seen(ctx)
+        clean = not (found.changed or found.unreadable)
+        if due and holder is None and clean:  # a clean recheck: the next passes can trust
+            db.record_fact(settled.CHECKED, repr(checked_at))
+        elif not clean:  # (a watcher is told of a write) every pass checks until it is fixed
+            db.record_fact(settled.CHECKED, "0")
         if not plan.waves and _settles(result) and not settled.time_sensitive(spec, plan.waiting):
             # what this pass saw of the sources (a file landing since changes the next one's)
-            db.record_fact(settled.FACT, settled.current(spec, layout, db, listed, unmatched))
+            fact = settled.current(spec, layout, db, listed, unmatched, plain)
+            db.record_fact(settled.FACT, fact)
     return result
+
+
+def trusted_identities(
+    taken: set[tuple[str, int, int]], complete: Mapping[str, tuple[int, int]] | None
+) -> dict[str, tuple[int, int]]:
+    """Key -> (size, mtime_ns) of the files the ledger took, as last seen (the latest, where a
+    file was seen more than once), but the ones a watcher was told were written again."""
+    # the latest of a key's sightings last (a dict keeps the last value given for a key)
+    known = {key: (size, mtime_ns) for key, size, mtime_ns in sorted(taken, key=_mtime)}
+    for key in complete or ():
+        known.pop(key, None)
+    return known
+
+
+def _mtime(sighting: tuple[str, int, int]) -> int:
+    return sighting[2]
 
 
 def _settles(result: RunResult) -> bool:
@@ -258,13 +308,19 @@ def _trained(ctx: Context, batch_id: str) -> bool:
     return last is not None and batch_id in {m["batch_id"] for m in last["inputs"]}
 
 
-def new_batches(layout: Layout, db: StateDB) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Batches with features that the last successful training did not see, and its manifest."""
+def new_batches(
+    layout: Layout, db: StateDB, batches: list[Batch] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Batches with features that the last successful training did not see, and its manifest
+    (``batches``: the caller's read of the state database's batches, if it has one)."""
     from driftloop.train.stage import feature_batches, last_training
 
     last = last_training(layout, db)
     seen = {m["batch_id"] for m in last["inputs"]} if last else set()
-    return [b for b in feature_batches(layout, db) if b["batch_id"] not in seen], last
+    # the published keys: no manifest read per batch (10,000s of batches)
+    current = {("features", b): key for b, key in db.current_keys_of("features").items()}
+    found = feature_batches(layout, db, current=current, batches=batches)
+    return [b for b in found if b["batch_id"] not in seen], last
 
 
 def work(project: Path, *, until_idle: bool, interval: float, stop: threading.Event) -> int:

@@ -34,7 +34,7 @@ def project_status(
             d for d in db.decisions(spec.name, effective=True) if d["decision"] != "rejected"
         ]
         pending = []
-        # one listing per stage folder, not a check per batch (1,000 batches: 2 scans)
+        # the committed outputs of each stage: one scan (a listing on an object store)
         committed = {
             stage: committed_outputs(folder)
             for stage, folder in (("prep", layout.processed), ("features", layout.features))
@@ -43,8 +43,10 @@ def project_status(
             missing = [stage for stage, done in committed.items() if batch.batch_id not in done]
             if missing:
                 pending.append({"batch_id": batch.batch_id, "missing": missing})
-        new, last = new_batches(layout, db)
+        new, last = new_batches(layout, db, batches)
+        # the ledger and what was seen of it in one read each, not a query per file
         known = {f.path: f.sha256 for files in db.files_by_batch().values() for f in files}
+        taken = db.ingested_sightings()
         listed = candidate_files(spec, layout)
         waiting_files = [o.key for _, o in listed if o.key not in known]
         # taken under this name with other content (a pass hashed it and refused it)
@@ -52,6 +54,7 @@ def project_status(
             o.key
             for _, o in listed
             if o.key in known
+            and (o.key, o.size, o.mtime_ns) not in taken
             and db.known_sighting(o.key, o.size, o.mtime_ns) not in (None, known[o.key])
         ]
         lease = db.lease("watch")
