@@ -112,12 +112,12 @@ demo: $(STAMP)
 	$(BIN)/driftloop demo --project demo
 
 ## make test: lint, format check, type check, and the whole test suite (slow tests included;
-## the Prefect tests last, in .venv-prefect, then the Airflow ones, with .venv-airflow)
+## then the Prefect tests, in .venv-prefect, beside the Airflow ones, with .venv-airflow)
 test: $(STAMP) lint typecheck
 	# two test workers on two cores: one OpenMP thread each, or they oversubscribe and crawl
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not prefect and not image and not airflow"
-	$(MAKE) test-prefect
-	$(MAKE) test-airflow
+	# the Prefect and the Airflow tests side by side: each mostly waits on its own servers
+	$(MAKE) --output-sync=target -j2 test-prefect test-airflow
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
