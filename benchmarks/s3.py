@@ -296,7 +296,7 @@ def bench_latency(server: MotoServer, rows: int, runs: int) -> None:
             stack.enter_context(up(project, port, env_s3 if where == "s3" else env))
             land(where, 0, rows)
             latency.wait_for_version(urls[where], probe_body, "1", 900)
-            latency.idle(project, latency.parts_batch(project, "1"))
+            time.sleep(3)  # the first model has no check after it to wait for
         print(f"\n== event-to-deploy: {rows:,} rows a file, local and S3 taking turns")
         for k in range(1, runs + 1):
             order = ("local", "s3") if k % 2 else ("s3", "local")  # neither always first
