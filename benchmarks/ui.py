@@ -7,8 +7,10 @@ Two projects:
 
 - the demo project (``driftloop demo --project demo``, made first when the folder has no
   project), served by ``driftloop serve`` (the serving app with the dashboard, the way
-  ``driftloop up`` serves it) with traffic going to ``/predict`` meanwhile, so the Now view
-  has serving numbers to show;
+  ``driftloop up`` serves it) with traffic going to ``/predict`` meanwhile (two clients
+  that never pause: the server is saturated), so the Now view has serving numbers to show;
+  then by ``driftloop ui``'s app alone (what the demo's last line tells a person to open;
+  no server runs then);
 - a project with ``--batches`` batches and ``--versions`` model versions, built fast: three
   real batches from the real code (``driftloop.run``; the registry in this process's
   memory), then the rest written as the stages write them (ledger rows and ``DataArrived``
@@ -284,7 +286,12 @@ def main() -> None:
                     found = measure(browser, server.url, args.loads, args.screenshots)
                 finally:
                     traffic.stop()
-            table(f"demo project ({args.demo}), driftloop serve", found)
+            table(f"demo project ({args.demo}), driftloop serve, /predict traffic beside", found)
+            # what the demo tells a person to open next: `driftloop ui -p demo`, the dashboard
+            # alone (no server running, so the Now view says serving is not answering)
+            with ThreadServer(create_ui_app(args.demo)) as s:
+                found = measure(browser, s.url, args.loads, None)
+            table(f"demo project ({args.demo}), driftloop ui", found)
         if args.batches:
             with tempfile.TemporaryDirectory() as tmp:
                 project = Path(tmp) / "big"
