@@ -39,7 +39,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from tests.helpers import write_bare_package  # noqa: E402  (the tests' model package)
 
 from serve import NUMBERS, SPEC, generate  # noqa: E402  (the benchmark's own table)
 
@@ -54,8 +56,6 @@ def build(frame: pl.LazyFrame) -> pl.LazyFrame:
 def served(folder: Path, rows: int, user: bool) -> Any:
     from driftloop.core.spec import parse_spec, read_yaml
     from driftloop.features.compute import build_features, load_user_function
-    from driftloop.models.package import write_package
-    from driftloop.models.profile import reference_profile
     from driftloop.serving.model import ServedModel
     from driftloop.train.fit import fit
 
@@ -73,21 +73,7 @@ def served(folder: Path, rows: int, user: bool) -> Any:
     frame = build_features(typed.lazy(), spec, function).collect()
     trained = fit(frame, spec)
     package = folder / "pkg"
-    write_package(
-        package,
-        spec=spec,
-        pipeline=trained.pipeline,
-        inputs=trained.inputs,
-        categorical=trained.categorical,
-        classes=trained.classes,
-        user_module=folder / "feats.py" if user else None,
-        profile=reference_profile(
-            trained.split.train.select(trained.inputs),
-            holdout_predictions=pl.Series("prediction", [0.5]),
-            holdout_metric={},
-            seed=0,
-        ),
-    )
+    write_bare_package(package, spec, trained, user_module=folder / "feats.py" if user else None)
     return ServedModel.load(spec.name, "1", package, unknown_category="reject"), raw
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -60,3 +61,29 @@ def link_raw(project: Path, source: str, *files: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for f in files:
         (folder / f.name).symlink_to(f)
+
+
+def write_bare_package(
+    folder: Path, spec: Any, trained: Any, user_module: Path | None = None
+) -> Path:
+    """A model package from a fit (``driftloop.train.fit.fit``) with a minimal reference
+    profile and no monitoring reference: what the inference and serving tests load."""
+    from driftloop.models.package import write_package
+    from driftloop.models.profile import reference_profile
+
+    write_package(
+        folder,
+        spec=spec,
+        pipeline=trained.pipeline,
+        inputs=trained.inputs,
+        categorical=trained.categorical,
+        classes=trained.classes,
+        user_module=user_module,
+        profile=reference_profile(
+            trained.split.train.select(trained.inputs),
+            holdout_predictions=pl.Series("prediction", [0.5]),
+            holdout_metric={},
+            seed=0,
+        ),
+    )
+    return folder

@@ -10,9 +10,10 @@ import pytest
 
 from driftloop.core.spec import parse_spec, read_yaml
 from driftloop.models import inference
-from driftloop.models.package import Predictor, write_package
-from driftloop.models.profile import reference_profile
+from driftloop.models.package import Predictor
 from driftloop.train.fit import fit
+
+from .helpers import write_bare_package
 
 SPEC = """
 name: compiled
@@ -57,21 +58,7 @@ def package(
     ).with_columns(pl.col("x1").fill_nan(None))
     trained = fit(frame, spec)
     folder = tmp_path / "pkg"
-    write_package(
-        folder,
-        spec=spec,
-        pipeline=trained.pipeline,
-        inputs=trained.inputs,
-        categorical=trained.categorical,
-        classes=trained.classes,
-        user_module=None,
-        profile=reference_profile(
-            trained.split.train.select(trained.inputs),
-            holdout_predictions=pl.Series("prediction", [0.5]),
-            holdout_metric={},
-            seed=0,
-        ),
-    )
+    write_bare_package(folder, spec, trained)
     return Predictor(folder)
 
 

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftloop.core.spec import parse_spec, read_yaml
-from driftloop.models.package import write_package
-from driftloop.models.profile import reference_profile
 from driftloop.serving.model import ServedModel
 from driftloop.serving.rowpath import ROW_LIMIT, row_path
 from driftloop.train.fit import fit
+
+from .helpers import write_bare_package
 
 SPEC = """
 name: rows
@@ -96,21 +96,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
     frame = build_features(_frame(800, 1).lazy(), spec).collect()
     trained = fit(frame, spec)
     folder = tmp_path_factory.mktemp("rowpath") / "pkg"
-    write_package(
-        folder,
-        spec=spec,
-        pipeline=trained.pipeline,
-        inputs=trained.inputs,
-        categorical=trained.categorical,
-        classes=trained.classes,
-        user_module=None,
-        profile=reference_profile(
-            trained.split.train.select(trained.inputs),
-            holdout_predictions=pl.Series("prediction", [0.5]),
-            holdout_metric={},
-            seed=0,
-        ),
-    )
+    write_bare_package(folder, spec, trained)
     served = ServedModel.load("rows", "1", folder, unknown_category="reject")
     assert served.rows is not None, served.info["inference"]
     return served

@@ -185,9 +185,13 @@ class LocalRawStore:
         inside = absolute.is_relative_to(root) and ".." not in Path(folder).parts
         return f"{absolute.relative_to(root).as_posix()}/" if inside else None
 
-    def _list_folder(self, folder: str, name: str) -> builtins.list[RawObject]:
+    def _list_folder(
+        self, folder: str, name: str, known: Mapping[str, tuple[int, int]] | None = None
+    ) -> builtins.list[RawObject]:
         """A pattern whose folder part is plain (``data/raw/s/*.csv``): one ``scandir`` of
-        that folder, with no path object per file (a source may hold 10,000s of files)."""
+        that folder, with no path object per file (a source may hold 10,000s of files).
+        The identity (size, mtime_ns) of a key in ``known`` is taken from there, not from a
+        ``stat``."""
         prefix = self._prefix(folder)
         try:
             entries = list(os.scandir(self.path(folder)))
@@ -198,13 +202,19 @@ class LocalRawStore:
         for entry in entries:
             if entry.name.startswith(".") or not matches(entry.name):
                 continue
+            key = prefix + entry.name if prefix is not None else self.key(Path(entry.path))
+            key = key.removeprefix("./")
+            seen = known.get(key) if known is not None else None
             try:
+                if seen is not None:
+                    if entry.is_file():  # the directory's own entry type: no stat
+                        found.append(RawObject(key, *seen))
+                    continue
                 st = entry.stat()
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                key = prefix + entry.name if prefix is not None else self.key(Path(entry.path))
-                found.append(RawObject(key.removeprefix("./"), st.st_size, st.st_mtime_ns))
+                found.append(RawObject(key, st.st_size, st.st_mtime_ns))
         found.sort()  # by key (keys are unique: the tuples' order is the keys')
         return found
 
@@ -218,31 +228,7 @@ class LocalRawStore:
         folder, _, name = pattern.replace(os.sep, "/").rpartition("/")
         if not (folder and not glob.has_magic(folder) and not name.startswith(".")):
             return self.list(pattern)
-        prefix = self._prefix(folder)
-        try:
-            entries = list(os.scandir(self.path(folder)))
-        except OSError:  # no such folder (yet)
-            return []
-        found = []
-        matches = _name_matcher(name)
-        for entry in entries:
-            if entry.name.startswith(".") or not matches(entry.name):
-                continue
-            key = prefix + entry.name if prefix is not None else self.key(Path(entry.path))
-            key = key.removeprefix("./")
-            seen = known.get(key)
-            try:
-                if seen is not None:
-                    if entry.is_file():  # the directory's own entry type: no stat
-                        found.append(RawObject(key, *seen))
-                    continue
-                st = entry.stat()
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found.append(RawObject(key, st.st_size, st.st_mtime_ns))
-        found.sort()
-        return found
+        return self._list_folder(folder, name, known)
 
     def stat(self, key: str) -> RawObject:
         return self._stat(self.path(key))
