@@ -107,7 +107,10 @@ def test_an_uploaded_object_is_ingested_once_on_its_notification(
         _until("both objects in the ledger", lambda: _ledger(project) == wanted)
         _until("the queue emptied", lambda: in_queue(s3_env, queue) == (0, 0))
         counts = watcher.consumer.stats.counts
-        assert counts["wanted"] >= 2 and counts["settled"] >= 2
+        # the consumer counts a deletion once S3's answer is back: the queue can be seen
+        # empty a moment before (a busy machine made that moment long enough to see)
+        _until("both messages counted as settled", lambda: counts["settled"] >= 2)
+        assert counts["wanted"] >= 2
         assert counts["test"] == (0 if shape == "s3-eventbridge-sqs" else 1)  # EB sends none
         assert counts["not_s3"] == 0 and counts["malformed"] == 0
     assert _ledger(project) == wanted  # each once
