@@ -3,6 +3,7 @@ through FastAPI's TestClient, the actions from the page, the live parts, the cha
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,14 +210,18 @@ def test_serving_numbers_come_from_the_exposition() -> None:
     first = parse(metrics.exposition().decode(), at=10.0)
     shown = summary(first, None)
     assert (shown["rps"], shown["total_requests"], shown["errors"]) == (None, 100, 3)
-    assert (shown["p50_ms"], shown["p99_ms"]) == (2.5, 250.0)  # bucket bounds
+    # interpolated inside the buckets (1-2.5 ms and 100-250 ms), as Prometheus does
+    assert shown["p50_ms"] == pytest.approx(1.0 + 1.5 * 50 / 98)
+    assert shown["p99_ms"] == pytest.approx(100.0 + 150.0 * (99 - 98) / 2)
     assert shown["versions"] == {"this worker": "4"}
     for _ in range(50):
         metrics.latency.labels("/predict").observe(0.7)
         metrics.requests.labels("/predict", "200").inc()
     later = summary(parse(metrics.exposition().decode(), at=20.0), first)
-    assert later["rps"] == 5.0 and later["p50_ms"] == 1000.0  # only the last 10 s
+    assert later["rps"] == 5.0  # only the last 10 s: all 50 in the 0.5-1 s bucket
+    assert later["p50_ms"] == pytest.approx(750.0)
     assert quantile((), 0.5) is None
+    assert quantile(((1.0, 0.0), (math.inf, 5.0)), 0.5) == math.inf  # above every bound
 
 
 def test_pages_and_charts_hold_up_at_many_batches() -> None:

@@ -3,8 +3,9 @@ version each worker serves, read from the server's own Prometheus exposition (``
 in the serving process, the same text without a request).
 
 Rates and quantiles are over the interval since the previous reading (the first reading has
-only the totals since the server started); quantiles are read off the latency histogram's
-buckets, so they are as coarse as the buckets (:data:`driftloop.serving.metrics.LATENCY_BUCKETS`).
+only the totals since the server started); quantiles are interpolated inside the latency
+histogram's buckets, so they are only as exact as the buckets
+(:data:`driftloop.serving.metrics.LATENCY_BUCKETS`).
 """
 
 from __future__ import annotations
@@ -56,14 +57,20 @@ def parse(text: str, at: float) -> Reading:
 
 
 def quantile(buckets: tuple[tuple[float, float], ...], q: float) -> float | None:
-    """The upper bound of the bucket the q-quantile falls in (None without observations;
-    inf when it is above the last finite bucket)."""
+    """The q-quantile, interpolated linearly inside the bucket it falls in, as Prometheus's
+    ``histogram_quantile`` does (None without observations; inf when it is above the last
+    finite bucket). Exact only to the bucket: the buckets' bounds are what was measured."""
     if not buckets or buckets[-1][1] <= 0:
         return None
     want = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
     for bound, count in buckets:
         if count >= want:
-            return bound
+            if math.isinf(bound):
+                return math.inf
+            inside = count - below
+            return lower + (bound - lower) * ((want - below) / inside if inside > 0 else 1.0)
+        lower, below = bound, count
     return math.inf
 
 
