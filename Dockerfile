@@ -35,8 +35,10 @@ COPY src ./src
 # installed with the extras' dependencies into the venv; the sources stay in this stage.
 # The lock (make lock) pins every version the tests passed with: a constraint, so extras it
 # does not cover (mlflow-server) still resolve. SSL_CERT_FILE: uv's name for PIP_CERT's CA.
+# --compile-bytecode: the runtime sets PYTHONDONTWRITEBYTECODE, so without .pyc files every
+# process (each `driftloop stage` task) would compile its imports from source again.
 RUN if [ -n "${PIP_CERT:-}" ]; then export SSL_CERT_FILE="$PIP_CERT"; fi \
-    && /opt/uv/bin/uv pip install --python /opt/driftloop/bin/python \
+    && /opt/uv/bin/uv pip install --compile-bytecode --python /opt/driftloop/bin/python \
        --constraint requirements/image.lock ".[${EXTRAS}]" \
     && /opt/uv/bin/uv pip check --python /opt/driftloop/bin/python \
     && /opt/driftloop/bin/driftloop --version

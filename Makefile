@@ -25,7 +25,7 @@ $(UV_BIN):
 
 $(STAMP): pyproject.toml $(LOCK_DEV) | $(UV_BIN)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(UV) pip sync --quiet --python $(BIN)/python $(LOCK_DEV)
+	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python $(LOCK_DEV)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
@@ -40,7 +40,7 @@ $(PREFECT_STAMP): pyproject.toml $(LOCK_PREFECT) | $(UV_BIN)
 	test -x $(PREFECT_VENV)/bin/python || $(PYTHON) -m venv $(PREFECT_VENV)
 	# a .venv-prefect made before the lock saw .venv's packages through this file
 	rm -f "$$($(PREFECT_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz-driftloop-venv.pth"
-	$(UV) pip sync --quiet --python $(PREFECT_VENV)/bin/python $(LOCK_PREFECT)
+	$(UV) pip sync --quiet --compile-bytecode --python $(PREFECT_VENV)/bin/python $(LOCK_PREFECT)
 	$(UV) pip install --quiet --python $(PREFECT_VENV)/bin/python --no-deps -e .
 	$(UV) pip check --quiet --python $(PREFECT_VENV)/bin/python
 	touch $(PREFECT_STAMP)
@@ -63,7 +63,7 @@ LOCK_AIRFLOW := requirements/airflow.lock
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-airflow
 $(AIRFLOW_STAMP): $(LOCK_AIRFLOW) | $(UV_BIN)
 	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(UV) pip sync --quiet --python $(AIRFLOW_VENV)/bin/python $(LOCK_AIRFLOW)
+	$(UV) pip sync --quiet --compile-bytecode --python $(AIRFLOW_VENV)/bin/python $(LOCK_AIRFLOW)
 	$(UV) pip check --quiet --python $(AIRFLOW_VENV)/bin/python
 	touch $(AIRFLOW_STAMP)
 
