@@ -273,6 +273,7 @@ def test_a_pass_runs_on_dask_workers_that_share_no_folder(
         if i == 0:
             cli("stage", "ingest")
     out = cli("prefect", "run")
+    print(out)  # with -s: the run as the README shows it
 
     ran = {}
     for line in out.splitlines():
@@ -292,7 +293,7 @@ def test_a_pass_runs_on_dask_workers_that_share_no_folder(
         assert is_complete(layout.processed / batch) and is_complete(layout.features / batch)
     with StateDB(layout.state_db, url=postgres_url) as db:
         promoted = [e for e in db.events(limit=10_000) if e["type"] == "ModelPromoted"]
-    assert [e["version"] for e in promoted] == [1]
+    assert [str(e["version"]) for e in promoted] == ["1"]
 
     # Prefect's task results (its cache records) are on S3 beside the outputs, not on a disk
     listed = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="out/prefect-results/")
@@ -304,3 +305,27 @@ def test_a_pass_runs_on_dask_workers_that_share_no_folder(
     for worker in cluster.workers:
         assert _written(worker, before[worker.root]) == [], worker.root
         assert (worker.folders["tmp"] / DASK_WRITES).is_dir()  # its own TMPDIR, not ours
+
+
+def test_stage_results_go_beside_s3_outputs_and_stay_local_otherwise(tmp_path: Path) -> None:
+    from prefect.filesystems import RemoteFileSystem
+
+    from driftloop.core.spec import load_spec
+    from driftloop.orchestration.prefect_flow import stage_task
+    from driftloop.orchestration.prefect_results import block_name, result_storage, stored
+
+    base = "name: r\ntarget: y\nsources: [{name: s, path: data/raw/s/*.csv}]\n"
+    write_spec(tmp_path / "local", base)
+    assert result_storage(load_spec(tmp_path / "local")) is None
+    assert stored(stage_task, load_spec(tmp_path / "local")) is stage_task
+
+    extra = "outputs: s3://bkt/team/proj/\nstorage: {endpoint_url: 'http://minio:9000', region: eu-west-1}\n"
+    write_spec(tmp_path / "s3", base + extra)
+    storage = result_storage(load_spec(tmp_path / "s3"))
+    assert isinstance(storage, RemoteFileSystem)
+    assert storage.basepath == "s3://bkt/team/proj/prefect-results"
+    # where S3 is, never who: credentials come from the environment of each process
+    assert storage.settings == {
+        "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "eu-west-1"}
+    }
+    assert block_name(load_spec(tmp_path / "s3")) == "driftloop-results-r"

@@ -12,13 +12,15 @@ With ``outputs: s3://bucket/prefix`` in the spec the records go to
 ``s3://bucket/prefix/prefect-results/`` instead (Prefect's ``RemoteFileSystem``, fsspec's
 s3fs, reached with the spec's ``storage:`` settings and the standard AWS variables, the
 same way as every other S3 address of the project), so every worker and the flow share one
-cache. A project with its outputs in its folder keeps Prefect's default (one machine).
+cache. Prefect takes a result storage only as a block saved on its server, so the flow run
+saves it (``remote-file-system/driftloop-results-<project>``, where S3 is, no credentials). A project with its outputs in its folder keeps Prefect's default (one machine).
 
 Prefect is imported when the storage is made: only a flow run calls this.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from driftloop.core.spec import Spec
@@ -46,8 +48,18 @@ def result_storage(spec: Spec) -> Any | None:
     return RemoteFileSystem(basepath=f"{spec.outputs.rstrip('/')}/{FOLDER}", settings=settings)
 
 
+def block_name(spec: Spec) -> str:
+    """The name the storage is saved under on the Prefect server (one per project)."""
+    return "driftloop-results-" + re.sub(r"[^a-z0-9-]+", "-", spec.name.lower()).strip("-")
+
+
 def stored(task: Any, spec: Spec) -> Any:
     """``task`` with its results kept where :func:`result_storage` says (itself when that
-    is Prefect's default)."""
+    is Prefect's default). Prefect takes only a storage block saved on its server (a task
+    run on a worker reads it from there): it is saved as :func:`block_name`, a
+    ``remote-file-system`` block that names the place and holds no credentials."""
     storage = result_storage(spec)
-    return task if storage is None else task.with_options(result_storage=storage)
+    if storage is None:
+        return task
+    storage.save(block_name(spec), overwrite=True)
+    return task.with_options(result_storage=storage)
