@@ -158,11 +158,12 @@ def cluster(tmp_path: Path, s3_env: S3Env) -> Iterator[Cluster]:
         sched = tmp_path / "scheduler"
         sched.mkdir()
         file = sched / "scheduler.json"
+        start = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0"]
+        start += ["--dashboard-address", ":0", "--scheduler-file", str(file)]
         with (sched / "scheduler.log").open("wb") as log:
             procs.append(
                 subprocess.Popen(
-                    [*CLI[:1], "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0"]
-                    + ["--dashboard-address", ":0", "--scheduler-file", str(file)],
+                    start,
                     cwd=sched,
                     env={**base, "HOME": str(sched), "TMPDIR": str(sched)},
                     stdout=log,
@@ -319,7 +320,10 @@ def test_stage_results_go_beside_s3_outputs_and_stay_local_otherwise(tmp_path: P
     assert result_storage(load_spec(tmp_path / "local")) is None
     assert stored(stage_task, load_spec(tmp_path / "local")) is stage_task
 
-    extra = "outputs: s3://bkt/team/proj/\nstorage: {endpoint_url: 'http://minio:9000', region: eu-west-1}\n"
+    extra = (
+        "outputs: s3://bkt/team/proj/\n"
+        "storage: {endpoint_url: 'http://minio:9000', region: eu-west-1}\n"
+    )
     write_spec(tmp_path / "s3", base + extra)
     storage = result_storage(load_spec(tmp_path / "s3"))
     assert isinstance(storage, RemoteFileSystem)

@@ -13,7 +13,8 @@ With ``outputs: s3://bucket/prefix`` in the spec the records go to
 s3fs, reached with the spec's ``storage:`` settings and the standard AWS variables, the
 same way as every other S3 address of the project), so every worker and the flow share one
 cache. Prefect takes a result storage only as a block saved on its server, so the flow run
-saves it (``remote-file-system/driftloop-results-<project>``, where S3 is, no credentials). A project with its outputs in its folder keeps Prefect's default (one machine).
+saves it (``remote-file-system/driftloop-results-<project>``, where S3 is, no credentials).
+A project with its outputs in its folder keeps Prefect's default (one machine).
 
 Prefect is imported when the storage is made: only a flow run calls this.
 """
