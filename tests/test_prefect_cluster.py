@@ -84,6 +84,38 @@ def extra(frame):
 """
 
 
+# A call made again, with its output committed: first as a task run on the cluster (its run
+# key is Prefect's cache key; no record under it yet, so the task runs, driftloop answers
+# "cached", and the worker writes the record), then as a task run in this other process,
+# whose local storage path is not the worker's: a hit only if the record is where both see.
+AGAIN = """
+import sys
+from prefect import flow, unmapped
+from prefect_dask.task_runners import DaskTaskRunner
+from pathlib import Path
+from driftloop.core.spec import load_spec
+from driftloop.orchestration.prefect_flow import stage_task
+from driftloop.orchestration.prefect_results import stored
+
+project, address, batch = sys.argv[1:4]
+task = stored(stage_task, load_spec(Path(project)))
+call = {"stage": "prep", "batch_id": batch}
+
+
+@flow
+def again():
+    with DaskTaskRunner(address=address) as runner:
+        params = {"project": unmapped(project), "call": [call], "label": ["on a worker"]}
+        (future,) = runner.map(task, params)
+        future.wait()
+        print("worker:", future.state.name, future.result()["worker"])
+    print("here:", task(project, call, "here", return_state=True).name)
+
+
+again()
+"""
+
+
 def _unshare() -> list[str]:
     """The ``unshare`` command that gives a process a mount namespace of its own (as root,
     or as an unprivileged user mapped to root in a user namespace), or skip/fail."""
@@ -296,11 +328,26 @@ def test_a_pass_runs_on_dask_workers_that_share_no_folder(
         promoted = [e for e in db.events(limit=10_000) if e["type"] == "ModelPromoted"]
     assert [str(e["version"]) for e in promoted] == ["1"]
 
-    # Prefect's task results (its cache records) are on S3 beside the outputs, not on a disk
+    # Prefect's task results (its cache records) are on S3 beside the outputs, shared: a
+    # record a worker wrote is a cache hit in another process, with a local path of its own
+    env["PREFECT_LOCAL_STORAGE_PATH"] = str(tmp_path / "elsewhere")
+    again = subprocess.run(
+        [sys.executable, "-c", AGAIN, str(project), cluster.scheduler, batches[0]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=GUARD,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    worker, here = again.stdout.strip().splitlines()[-2:]
+    assert worker.split()[:2] == ["worker:", "Completed"], again.stdout + again.stderr
+    assert worker.split()[2] in {w.address for w in cluster.workers}, again.stdout
+    assert here == "here: Cached", again.stdout + again.stderr
     listed = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="out/prefect-results/")
-    assert listed.get("KeyCount", 0) >= 4, listed  # prep and features of two batches at least
-    local = home / ".prefect" / "storage"
-    assert not local.exists() or not any(local.iterdir()), sorted(local.rglob("*"))
+    assert listed.get("KeyCount", 0) == 1, listed  # the record, where every process sees it
+    for local in (home / ".prefect" / "storage", tmp_path / "elsewhere"):
+        assert not local.exists() or not any(local.iterdir()), sorted(local.rglob("*"))
 
     # nothing under a worker's folders but what Dask itself writes
     for worker in cluster.workers:
@@ -315,7 +362,10 @@ def test_stage_results_go_beside_s3_outputs_and_stay_local_otherwise(tmp_path: P
     from driftloop.orchestration.prefect_flow import stage_task
     from driftloop.orchestration.prefect_results import block_name, result_storage, stored
 
-    base = "name: r\ntarget: y\nsources: [{name: s, path: data/raw/s/*.csv}]\n"
+    base = SPEC.split("outputs:")[0].format(
+        name="r", bucket="b", tracking="http://127.0.0.1:1", scheduler="tcp://127.0.0.1:1",
+        state="postgresql://postgres@127.0.0.1:1/db",
+    )  # fmt: skip
     write_spec(tmp_path / "local", base)
     assert result_storage(load_spec(tmp_path / "local")) is None
     assert stored(stage_task, load_spec(tmp_path / "local")) is stage_task
