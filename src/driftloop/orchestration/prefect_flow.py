@@ -50,7 +50,7 @@ from driftloop.core.layout import Layout, is_complete, sweep_temporaries
 from driftloop.core.spec import Spec, load_spec
 from driftloop.core.stage import Context, StageCall, Work
 from driftloop.core.state import StateDB
-from driftloop.orchestration import engine, planner, prefect_events
+from driftloop.orchestration import engine, planner, prefect_events, prefect_results
 from driftloop.orchestration.facts import advance_watermark, gather
 from driftloop.orchestration.reconcile import reconcile_runs, reconcile_versions
 from driftloop.orchestration.runner import claimed, run_call, stage_def
@@ -227,16 +227,17 @@ def _fan_out(spec: Spec) -> Iterator[Any]:
         yield runner
 
 
-def _map(runner: Any, project: str, todo: list[StageCall]) -> list[Any]:
-    """The calls as task runs: mapped over ``runner`` (or the flow's) when they fan out,
-    otherwise called here one after another (training and the gate: every core is theirs)."""
+def _map(runner: Any, project: str, todo: list[StageCall], stage: Any = stage_task) -> list[Any]:
+    """The calls as task runs of ``stage`` (:data:`stage_task` with the project's result
+    storage): mapped over ``runner`` (or the flow's) when they fan out, otherwise called
+    here one after another (training and the gate: every core is theirs)."""
     calls, labels = [c.to_json() for c in todo], [_label(c) for c in todo]
     if todo and all(c.stage in FANNED_OUT for c in todo):
         if runner is None:
-            return list(stage_task.map(unmapped(project), calls, labels))
+            return list(stage.map(unmapped(project), calls, labels))
         params = {"project": unmapped(project), "call": calls, "label": labels}
-        return list(runner.map(stage_task, params))
-    return [_Done(stage_task(project, c.to_json(), _label(c), return_state=True)) for c in todo]
+        return list(runner.map(stage, params))
+    return [_Done(stage(project, c.to_json(), _label(c), return_state=True)) for c in todo]
 
 
 class _Done:
@@ -265,6 +266,8 @@ def lifecycle(
     spec = load_spec(Path(project))
     calls: list[dict[str, Any]] = []
     failed: list[str] = []
+    # results (Prefect's cache records) where every worker sees them: beside S3 outputs
+    stage = prefect_results.stored(stage_task, spec)
     with engine.session(spec.engine), _fan_out(spec) as runner:
         began = begin(project)
         done_or_failed: set[tuple[str, str | None]] = set()
@@ -281,7 +284,7 @@ def lifecycle(
                 for c in todo:
                     if c.reason is not None:
                         _retrain_requested(project, c.reason)
-                futures = _map(runner, project, todo)
+                futures = _map(runner, project, todo, stage)
                 for c, future in zip(todo, futures, strict=True):
                     future.wait()
                     if future.state.is_completed():

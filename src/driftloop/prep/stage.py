@@ -327,10 +327,11 @@ def _run_prep(
     failure: str | None = None
     # Processed is the outer context: quarantine (inner) is published first, so processed
     # rows never appear without their quarantine beside them.
-    layout.state_dir.mkdir(parents=True, exist_ok=True)
     with (
-        # local copies of files from a store without local paths, removed after the prep
-        tempfile.TemporaryDirectory(prefix="raw-copies-", dir=layout.state_dir) as copied,
+        # local copies of files from a store without local paths, removed after the prep:
+        # in this process's temporary folder (TMPDIR), never in the project folder, which a
+        # Dask worker on another machine may hold read-only (its code only)
+        tempfile.TemporaryDirectory(prefix="raw-copies-") as copied,
         atomic_output(layout.processed / batch.batch_id) as ptmp,
         atomic_output(layout.quarantine / batch.batch_id) as qtmp,
     ):
