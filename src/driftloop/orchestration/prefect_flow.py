@@ -5,9 +5,12 @@ every stage call a Prefect task:
 
 1. ``begin``: the decisions the registry missed are applied, what a killed run left is put
    right, and complete new raw files are ingested (``DataArrived``);
-2. then the planner's waves, asked for again until a plan is empty: prep and features
-   mapped over the batches that need them, the checks of new batches against the champion
-   (mapped too), the retrain policy's training (``RetrainRequested``) and the gate;
+2. then the planner's waves, asked for again until a plan is empty: prep and features of
+   the batches that need them, all submitted at once with each batch's features after its
+   prep (no barrier between the two waves: a worker free after one prep takes the next
+   prep or a features call, never waits for the wave's slowest), the checks of new batches
+   against the champion (one per batch too), the retrain policy's training
+   (``RetrainRequested``) and the gate;
 3. after each wave the events the state database logged go to Prefect's event bus
    (:mod:`driftloop.orchestration.prefect_events`).
 
@@ -20,13 +23,13 @@ and consulted only while that key's output is committed, so an output withdrawn 
 is never taken for done.
 
 With ``engine: dask`` in the spec the calls that fan out (prep, features and the checks, one
-per batch) are mapped through ``prefect_dask.DaskTaskRunner`` on the session's cluster
+per batch) are submitted through ``prefect_dask.DaskTaskRunner`` on the session's cluster
 (:mod:`driftloop.orchestration.engine`: a ``LocalCluster`` with the spec's workers and
 threads, or the spec's ``address``): each is a Prefect task run executed by a Dask worker,
 retries and cache included. The runner is made per flow run from the project's spec (a
 deployment's flow is loaded by its entry point, so it cannot carry one cluster's settings),
 and entered in the flow body; the flow's own task runner stays Prefect's thread pool, which
-runs the mapped calls with ``engine: local``. Ingest, training and the gate are called as
+runs those calls with ``engine: local``. Ingest, training and the gate are called as
 tasks in the flow's own process, one at a time, with every core of that machine.
 
 Prefect is imported by this module only; nothing else in driftloop imports it.
@@ -222,7 +225,7 @@ def _label(call: StageCall) -> str:
 
 @contextmanager
 def _fan_out(spec: Spec) -> Iterator[Any]:
-    """The task runner the calls that fan out are mapped with: ``DaskTaskRunner`` on the
+    """The task runner the calls that fan out are submitted to: ``DaskTaskRunner`` on the
     session's cluster with ``engine: dask`` (None: the flow's own)."""
     if spec.engine.name != "dask":
         yield None
