@@ -274,12 +274,12 @@ def _submit(runner: Any, project: str, todo: list[list[StageCall]]) -> list[tupl
     submitted: list[tuple[StageCall, Any]] = []
     last: dict[str | None, Any] = {}
     for c in (c for group in by_batch.values() for c in group):
-        params = {"project": project, "call": c.to_json(), "label": _label(c)}
-        params["after"] = last.get(c.batch_id)
+        after = last.get(c.batch_id)
         if runner is None:
-            future = stage_task.submit(**params)
+            future = stage_task.submit(project, c.to_json(), _label(c), after)
         else:
-            future = runner.submit(stage_task, params)
+            params = {"project": project, "call": c.to_json(), "label": _label(c)}
+            future = runner.submit(stage_task, {**params, "after": after})
         last[c.batch_id] = future
         submitted.append((c, future))
     return submitted
