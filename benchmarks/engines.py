@@ -1,6 +1,7 @@
 """The same multi-batch workload through the built-in loop, Prefect, and Prefect on Dask.
 
     .venv-prefect/bin/python benchmarks/engines.py [--batches 24] [--months-per-batch 4]
+                                                   [--repeat 1] [--rounds 1]
                                                    [--only builtin prefect dask1 dask2]
 
 Runs in ``.venv-prefect`` (``make prefect-venv``): it starts its own ``prefect server`` on
@@ -10,9 +11,11 @@ OpenMP too): on 2 cores the honest test of distribution is one thread per worker
 
 The workload: ``--batches`` batches of the NYC taxi sample (``../shared/datasets``), each
 one CSV of ``--months-per-batch`` consecutive monthly files (10,000 rows a month; batch i
-starts at month i, so no two batches hold the same content), already
-ingested; the timed pass makes prep and features of every batch (``model.enabled: false``,
-the data stages that fan out). Each row is a fresh project built the same way, timed as one
+starts at month i, so no two batches hold the same content), written ``--repeat`` times
+over (copy r with its dates moved 28 r years on, so no row is a duplicate: a prep-heavy
+batch, ``--repeat`` times the rows and the stage work per call), already ingested; the
+timed pass makes prep and features of every batch (``model.enabled: false``, the data
+stages that fan out). Each row is a fresh project built the same way, timed as one
 CLI call in a fresh process (start-up included):
 
 - ``builtin``: ``driftloop run`` (the embedded loop);
@@ -25,21 +28,35 @@ the same call again with nothing to do (the fixed cost of a pass: for Prefect, a
 and, on Dask, a cluster started), and for the Prefect rows the orchestration's cost per
 stage call: (wall - builtin wall - the difference of the idle passes) / calls. The
 targets (issue 14, section 4): Prefect adds at most 0.3 s per stage call; 2
-workers at least 1.7x faster than 1. Then a paper projection from the measured per-batch
-cost: a day of hourly files for 1,000 sources on a 16-worker cluster.
+workers at least 1.7x faster than 1. ``--rounds N`` runs the rows N times, interleaved
+(dask1, dask2, dask1, ...: on a shared machine both see the same load), each on a fresh
+project, and prints every run and the median.
+
+Where the time goes, per Prefect row (a second line): the CPU seconds of the pass's own
+processes (the CLI, its flow, the Dask scheduler and workers) and of the Prefect server, and
+from Prefect's API (the work pass's task runs' start and end times): the seconds inside
+the task runs (the stage's own seconds, and the rest: Prefect's task engine and driftloop's
+opening of the project, per call), how busy the workers were between the first task run's
+start and the last one's end, and the flow's time before the first and after the last.
+Then a paper projection from the measured per-batch cost: a day of hourly files for 1,000
+sources on a 16-worker cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -91,7 +108,18 @@ ENGINES = {
 }
 
 
-def build(project: Path, batches: int, months: int, engine: str | None) -> None:
+def _moved(lines: list[str], years: int) -> list[str]:
+    """The rows with their pickup and dropoff dates ``years`` on (a distinct copy)."""
+    out = []
+    for line in lines:
+        vendor, pickup, dropoff, rest = line.split(",", 3)
+        pickup = f"{int(pickup[:4]) + years}{pickup[4:]}" if pickup[:4].isdigit() else pickup
+        dropoff = f"{int(dropoff[:4]) + years}{dropoff[4:]}" if dropoff[:4].isdigit() else dropoff
+        out.append(f"{vendor},{pickup},{dropoff},{rest}")
+    return out
+
+
+def build(project: Path, batches: int, months: int, engine: str | None, repeat: int = 1) -> None:
     """A project whose ``batches`` batches are ingested and nothing else is done."""
     project.mkdir(parents=True)
     (project / "driftloop.yaml").write_text(SPEC + (engine or ""))
@@ -103,6 +131,9 @@ def build(project: Path, batches: int, months: int, engine: str | None) -> None:
         lines = parts[0].read_text().splitlines(keepends=True)
         for part in parts[1:]:
             lines += part.read_text().splitlines(keepends=True)[1:]
+        rows = lines[1:]
+        for r in range(1, repeat):  # 28 years: leap days stay leap days
+            lines += _moved(rows, 28 * r)
         (folder / f"batch-{i:03d}.csv").write_text("".join(lines))
         out = subprocess.run(
             [*CLI, "stage", "ingest", "-p", str(project)], capture_output=True, text=True
@@ -120,22 +151,85 @@ def stage_seconds(project: Path) -> tuple[int, float]:
     return int(rows[0]), float(rows[1])
 
 
-def timed(project: Path, name: str, env: dict[str, str]) -> float:
+def timed(project: Path, name: str, env: dict[str, str]) -> tuple[float, float]:
+    """The pass's wall seconds, and the CPU seconds of its processes (the CLI and every
+    process it started and waited for: the flow, the Dask scheduler, nannies, workers)."""
     verb = ["run"] if name == "builtin" else ["prefect", "run"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
         [*CLI, *verb, "-p", str(project)], capture_output=True, text=True, env=env, check=False
     )
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise SystemExit(f"{name}: exit {out.returncode}\n{out.stdout}\n{out.stderr[-3000:]}")
-    return wall
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds so far of the processes in a process group (the Prefect server's)."""
+    total = 0
+    for pid in Path("/proc").iterdir():
+        if not pid.name.isdigit():
+            continue
+        try:
+            fields = (pid / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # pgrp, then utime and stime in clock ticks
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _api(url: str, path: str, body: dict[str, Any]) -> Any:
+    import httpx
+
+    response = httpx.post(f"{url}{path}", json=body, timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+def _at(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def timeline(url: str, project: Path, workers: int, stage_s: float) -> str:
+    """Where the work pass's wall went, from Prefect's API: its task runs' start and end."""
+    runs = _api(url, "/flow_runs/filter", {"sort": "START_TIME_ASC"})
+    mine = [r for r in runs if r["parameters"].get("project") == str(project.resolve())]
+    if not mine or mine[0]["start_time"] is None:
+        return "  (no flow run found in the API)"
+    flow = mine[0]  # the work pass (the second is the pass with nothing to do)
+    body = {"flow_runs": {"id": {"any_": [flow["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    tasks = [
+        t
+        for t in _api(url, "/task_runs/filter", body)
+        if t["name"].startswith(("prep ", "features ")) and t["start_time"] and t["end_time"]
+    ]
+    if not tasks:
+        return "  (no task runs found in the API)"
+    first = min(_at(t["start_time"]) for t in tasks)
+    last = max(_at(t["end_time"]) for t in tasks)
+    inside = sum(_at(t["end_time"]) - _at(t["start_time"]) for t in tasks)
+    span = last - first
+    return (
+        f"  task runs: {len(tasks)}, {inside:.2f} s inside them ({inside / len(tasks):.3f} s "
+        f"each, of which the stage {stage_s / len(tasks):.3f} s); workers busy "
+        f"{inside / max(span * workers, 1e-9):.0%} of the {span:.2f} s from the first task "
+        f"run's start to the last one's end; the flow before the first "
+        f"{first - _at(flow['start_time']):.2f} s, after the last "
+        f"{_at(flow['end_time']) - last:.2f} s"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=24)
     parser.add_argument("--months-per-batch", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1, help="each batch's rows, N copies")
+    parser.add_argument("--rounds", type=int, default=1, help="the rows N times, interleaved")
     parser.add_argument("--only", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     args = parser.parse_args()
     if not TAXI.is_dir():
@@ -143,28 +237,47 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="driftloop-engines-"))
     server = start_server()
     env = {**os.environ, **server.env, "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    results: dict[str, tuple[float, int, float, float]] = {}
+    server_group = os.getpgid(server.process.pid)
+    runs: dict[str, list[tuple[float, int, float, float]]] = {}
     try:
-        for name in args.only:
-            project = root / name
-            build(project, args.batches, args.months_per_batch, ENGINES[name])
-            load = os.getloadavg()[0]
-            wall = timed(project, name, env)
-            calls, seconds = stage_seconds(project)
-            idle = timed(project, name, env)  # the same call with nothing to do: fixed costs
-            results[name] = (wall, calls, seconds, idle)
-            print(
-                f"{name:8} wall {wall:7.2f} s  {calls} stage calls, {seconds:7.2f} s in them; "
-                f"a pass with nothing to do {idle:5.2f} s; load {load:.2f} -> "
-                f"{os.getloadavg()[0]:.2f} (1-min average, {os.cpu_count()} cores)",
-                flush=True,
-            )
+        for round_ in range(args.rounds):
+            for name in args.only:
+                project = root / f"{name}-{round_}"
+                build(project, args.batches, args.months_per_batch, ENGINES[name], args.repeat)
+                load = os.getloadavg()[0]
+                served = group_cpu(server_group)
+                wall, cpu = timed(project, name, env)
+                served = group_cpu(server_group) - served
+                calls, seconds = stage_seconds(project)
+                idle, idle_cpu = timed(project, name, env)  # nothing to do: fixed costs
+                runs.setdefault(name, []).append((wall, calls, seconds, idle))
+                print(
+                    f"{name:8} wall {wall:7.2f} s  {calls} stage calls, {seconds:7.2f} s in them; "
+                    f"a pass with nothing to do {idle:5.2f} s; load {load:.2f} -> "
+                    f"{os.getloadavg()[0]:.2f} (1-min average, {os.cpu_count()} cores)",
+                    flush=True,
+                )
+                cpu_line = (
+                    f"  cpu: {cpu:.2f} s in the pass's processes ({idle_cpu:.2f} s with nothing"
+                    f" to do), {served:.2f} s in the Prefect server"
+                )
+                if name != "builtin":
+                    workers = 2 if name == "dask2" else 1
+                    cpu_line += "\n" + timeline(server.api_url, project, workers, seconds)
+                print(cpu_line, flush=True)
+                shutil.rmtree(project, ignore_errors=True)
     finally:
         server.stop()
         shutil.rmtree(server.home, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
-    rows = args.batches * args.months_per_batch * 10_000
-    print(f"\n{args.batches} batches, {rows:,} rows, load {os.getloadavg()[0]:.2f}")
+    # the median run of each row (by wall), whole: its idle pass goes with it
+    results = {
+        name: sorted(found)[len(found) // 2] if len(found) % 2 else _middle(found)
+        for name, found in runs.items()
+    }
+    rows = args.batches * args.months_per_batch * 10_000 * args.repeat
+    what = "median of " + str(args.rounds) + " interleaved runs" if args.rounds > 1 else "one run"
+    print(f"\n{args.batches} batches, {rows:,} rows, load {os.getloadavg()[0]:.2f} ({what})")
     base = results.get("builtin")
     if base is not None:
         for name in ("prefect", "dask1", "dask2"):
@@ -182,6 +295,11 @@ def main() -> None:
             f"2 workers against 1: {one[0] / two[0]:.2f}x on the wall; "
             f"{(one[0] - one[3]) / (two[0] - two[3]):.2f}x without the fixed cost of a pass"
         )
+        if args.rounds > 1:
+            pairs = [
+                f"{a[0] / b[0]:.2f}x" for a, b in zip(runs["dask1"], runs["dask2"], strict=False)
+            ]
+            print(f"  round by round (each pair run back to back): {', '.join(pairs)}")
     if "dask1" in results:
         wall, calls, seconds, idle = results["dask1"]
         per_batch = (wall - idle) / args.batches  # one worker: a batch's prep and features
@@ -192,6 +310,18 @@ def main() -> None:
             f"{day * per_batch / 16 / 3600:.2f} h on 16 workers if they scale linearly (the "
             "1 -> 2 row above says whether this machine showed that)"
         )
+
+
+def _middle(found: list[tuple[float, int, float, float]]) -> tuple[float, int, float, float]:
+    """Of an even number of runs, the two middle ones averaged (the median)."""
+    ordered = sorted(found)
+    a, b = ordered[len(found) // 2 - 1], ordered[len(found) // 2]
+    return (
+        statistics.mean([a[0], b[0]]),
+        a[1],
+        statistics.mean([a[2], b[2]]),
+        statistics.mean([a[3], b[3]]),
+    )
 
 
 if __name__ == "__main__":

@@ -355,6 +355,30 @@ def test_prefect_retries_follow_driftloops_transient_permanent_split() -> None:
     assert not retried(SpecError("no stage 'prepp'"))
 
 
+def test_prep_and_features_are_one_stretch_chained_by_batch_and_the_model_waves_are_not(
+    tmp_path: Path,
+) -> None:
+    require_prefect()
+    from driftloop.core.stage import StageCall
+    from driftloop.orchestration.prefect_flow import _stretches, stage_task
+
+    prep = [StageCall("prep", "a"), StageCall("prep", "b")]
+    features = [StageCall("features", "a"), StageCall("features", "b")]
+    checks = [StageCall("monitor", "a", champion="1")]
+    waves = [prep, features, [StageCall("train", reason="drift")], [StageCall("promote")], checks]
+    assert list(_stretches(waves)) == [
+        [prep, features],  # submitted together: no barrier between them
+        [[StageCall("train", reason="drift")]],
+        [[StageCall("promote")]],
+        [checks],
+    ]
+    # a features call after a prep that did not run nor find its output is not made (the
+    # project does not exist: calling the stage would fail)
+    skipped = {"stage": "prep", "batch_id": "a", "outcome": "skipped", "seconds": 0.0}
+    found = stage_task.fn(str(tmp_path / "none"), features[0].to_json(), "f", after=skipped)
+    assert found["outcome"] == "blocked" and found["stage"] == "features"
+
+
 def test_prefects_cache_key_is_the_run_key_while_its_output_is_committed(tmp_path: Path) -> None:
     require_prefect()
     import driftloop

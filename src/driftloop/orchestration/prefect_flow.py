@@ -5,9 +5,12 @@ every stage call a Prefect task:
 
 1. ``begin``: the decisions the registry missed are applied, what a killed run left is put
    right, and complete new raw files are ingested (``DataArrived``);
-2. then the planner's waves, asked for again until a plan is empty: prep and features
-   mapped over the batches that need them, the checks of new batches against the champion
-   (mapped too), the retrain policy's training (``RetrainRequested``) and the gate;
+2. then the planner's waves, asked for again until a plan is empty: prep and features of
+   the batches that need them, all submitted at once with each batch's features after its
+   prep (no barrier between the two waves: a worker free after one prep takes the next
+   prep or a features call, never waits for the wave's slowest), the checks of new batches
+   against the champion (one per batch too), the retrain policy's training
+   (``RetrainRequested``) and the gate;
 3. after each wave the events the state database logged go to Prefect's event bus
    (:mod:`driftloop.orchestration.prefect_events`).
 
@@ -20,13 +23,13 @@ and consulted only while that key's output is committed, so an output withdrawn 
 is never taken for done.
 
 With ``engine: dask`` in the spec the calls that fan out (prep, features and the checks, one
-per batch) are mapped through ``prefect_dask.DaskTaskRunner`` on the session's cluster
+per batch) are submitted through ``prefect_dask.DaskTaskRunner`` on the session's cluster
 (:mod:`driftloop.orchestration.engine`: a ``LocalCluster`` with the spec's workers and
 threads, or the spec's ``address``): each is a Prefect task run executed by a Dask worker,
 retries and cache included. The runner is made per flow run from the project's spec (a
 deployment's flow is loaded by its entry point, so it cannot carry one cluster's settings),
 and entered in the flow body; the flow's own task runner stays Prefect's thread pool, which
-runs the mapped calls with ``engine: local``. Ingest, training and the gate are called as
+runs those calls with ``engine: local``. Ingest, training and the gate are called as
 tasks in the flow's own process, one at a time, with every core of that machine.
 
 Prefect is imported by this module only; nothing else in driftloop imports it.
@@ -42,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task, unmapped
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from driftloop.core.errors import DriftloopError, TransientError
@@ -136,10 +139,17 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     cache_key_fn=_run_key,
     persist_result=True,
 )
-def stage_task(project: str, call: dict[str, Any], label: str) -> dict[str, Any]:
-    """A stage call: on the Dask cluster for the calls that fan out, here otherwise."""
+def stage_task(
+    project: str, call: dict[str, Any], label: str, after: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A stage call: on the Dask cluster for the calls that fan out, here otherwise.
+    ``after``: the result of the same batch's call it follows (its prep, for features),
+    resolved by Prefect before this runs; when that one did not run or find its output
+    (skipped, dismissed), this call is not made: ``blocked``, as the built-in loop does."""
     from prefect.logging import get_run_logger
 
+    if after is not None and after["outcome"] not in ("ran", "cached"):
+        return {**after, "stage": call["stage"], "outcome": "blocked", "seconds": 0.0}
     found = call_stage(project, call)  # where the task runs: a Dask worker, or here
     get_run_logger().info(
         "%s: %s on %s (%.2f s)", label, found["outcome"], found["worker"], found["seconds"]
@@ -215,7 +225,7 @@ def _label(call: StageCall) -> str:
 
 @contextmanager
 def _fan_out(spec: Spec) -> Iterator[Any]:
-    """The task runner the calls that fan out are mapped with: ``DaskTaskRunner`` on the
+    """The task runner the calls that fan out are submitted to: ``DaskTaskRunner`` on the
     session's cluster with ``engine: dask`` (None: the flow's own)."""
     if spec.engine.name != "dask":
         yield None
@@ -227,17 +237,54 @@ def _fan_out(spec: Spec) -> Iterator[Any]:
         yield runner
 
 
-def _map(runner: Any, project: str, todo: list[StageCall], stage: Any = stage_task) -> list[Any]:
+def _stretches(waves: list[list[StageCall]]) -> Iterator[list[list[StageCall]]]:
+    """The plan's waves, consecutive fanned-out ones together (prep then features: submitted
+    at once, each batch's calls chained), the others one at a time (training, the gate)."""
+    run: list[list[StageCall]] = []
+    for wave in waves:
+        if wave and all(c.stage in FANNED_OUT for c in wave):
+            run.append(wave)
+            continue
+        if run:
+            yield run
+            run = []
+        yield [wave]
+    if run:
+        yield run
+
+
+def _submit(
+    runner: Any, project: str, todo: list[list[StageCall]], stage: Any = stage_task
+) -> list[tuple[StageCall, Any]]:
     """The calls as task runs of ``stage`` (:data:`stage_task` with the project's result
-    storage): mapped over ``runner`` (or the flow's) when they fan out, otherwise called
-    here one after another (training and the gate: every core is theirs)."""
-    calls, labels = [c.to_json() for c in todo], [_label(c) for c in todo]
-    if todo and all(c.stage in FANNED_OUT for c in todo):
+    storage), every one submitted before any is waited for: the calls that
+    fan out to ``runner`` (or the flow's own), each after the same batch's call in an
+    earlier wave (features after its prep, passed as ``after``: Prefect, and with Dask the
+    scheduler, start it when that one is done, with no barrier between the waves), so two
+    workers are never left waiting for the slowest prep of a wave. Training and the gate
+    are called here, one after another (every core is theirs)."""
+    calls = [c for wave in todo for c in wave]
+    if not all(c.stage in FANNED_OUT for c in calls):
+        return [
+            (c, _Done(stage(project, c.to_json(), _label(c), return_state=True))) for c in calls
+        ]
+    # batch by batch (its prep, then its features): Dask runs earlier submissions first,
+    # so the batches finish one after another rather than all at the end
+    by_batch: dict[str | None, list[StageCall]] = {}
+    for c in calls:
+        by_batch.setdefault(c.batch_id, []).append(c)
+    submitted: list[tuple[StageCall, Any]] = []
+    last: dict[str | None, Any] = {}
+    for c in (c for group in by_batch.values() for c in group):
+        after = last.get(c.batch_id)
         if runner is None:
-            return list(stage.map(unmapped(project), calls, labels))
-        params = {"project": unmapped(project), "call": calls, "label": labels}
-        return list(runner.map(stage, params))
-    return [_Done(stage(project, c.to_json(), _label(c), return_state=True)) for c in todo]
+            future = stage.submit(project, c.to_json(), _label(c), after)
+        else:
+            params = {"project": project, "call": c.to_json(), "label": _label(c)}
+            future = runner.submit(stage, {**params, "after": after})
+        last[c.batch_id] = future
+        submitted.append((c, future))
+    return submitted
 
 
 class _Done:
@@ -275,26 +322,32 @@ def lifecycle(
             plan = _plan(project)
             progressed = False
             blocked: set[str | None] = set()
-            for wave in plan.waves:
+            for stretch in _stretches(plan.waves):
                 todo = [
-                    c
-                    for c in wave
-                    if c.batch_id not in blocked and (c.stage, c.batch_id) not in done_or_failed
+                    [
+                        c
+                        for c in wave
+                        if c.batch_id not in blocked and (c.stage, c.batch_id) not in done_or_failed
+                    ]
+                    for wave in stretch
                 ]
-                for c in todo:
+                for c in (c for wave in todo for c in wave):
                     if c.reason is not None:
                         _retrain_requested(project, c.reason)
-                futures = _map(runner, project, todo, stage)
-                for c, future in zip(todo, futures, strict=True):
+                for c, future in _submit(runner, project, todo, stage):
                     future.wait()
-                    if future.state.is_completed():
+                    state = future.state
+                    if state.is_completed():
                         result = future.result()
-                        calls.append(result)
+                        if result["outcome"] != "blocked":
+                            calls.append(result)
                         progressed = progressed or result["outcome"] == "ran"
                         if result["outcome"] not in ("ran", "cached"):
                             blocked.add(c.batch_id)
+                    elif state.is_pending():  # NotReady: the batch's earlier call failed
+                        blocked.add(c.batch_id)
                     else:
-                        why = str(future.state.message or future.state.name)
+                        why = str(state.message or state.name)
                         failed.append(f"{c}: {why}")
                         done_or_failed.add((c.stage, c.batch_id))
                         blocked.add(c.batch_id)
