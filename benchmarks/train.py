@@ -83,7 +83,7 @@ ingest: {settle_seconds: 0, follow_links_outside: true}
 """
 
 
-def make_project(table: str, folder: Path, rows: int) -> Path | None:
+def make_project(table: str, folder: Path, rows: int, refit: bool = True) -> Path | None:
     """A project with the table's raw file and its features computed (no model yet)."""
     sys.path.insert(0, str(HERE))
     project = folder / table
@@ -113,6 +113,12 @@ def make_project(table: str, folder: Path, rows: int) -> Path | None:
         raw = project / "data" / "raw" / "bank"
         raw.mkdir(parents=True)
         (raw / source.name).symlink_to(source)
+    if not refit:  # the served model is the one fitted without the holdout: one fit
+        import yaml
+
+        data = yaml.safe_load(spec)
+        data["model"] = {**(data.get("model") or {}), "refit_on_all": False}
+        spec = yaml.safe_dump(data, sort_keys=False)
     (project / "driftloop.yaml").write_text(spec)
     driftloop = str(BIN / "driftloop")
     ingest = json.loads(_check([driftloop, "stage", "ingest", "-p", str(project), "--json"]))
@@ -221,7 +227,7 @@ def one_turn(project: Path, work: Path, turn: int) -> dict[str, Any]:
     shutil.copytree(project, copy, symlinks=True)
     cmd = [str(BIN / "driftloop"), "stage", "train", "-p", str(copy), "--json"]
     out, wall, stage_rss = measured(cmd)
-    manifest = json.loads(out)
+    manifest = json.loads(out)["manifest"]
     shutil.rmtree(copy, ignore_errors=True)
     return {
         "bare_fit_s": bare["fit_s"],
@@ -241,6 +247,11 @@ def main() -> None:
     parser.add_argument("--tables", default="serve,latency,bank")
     parser.add_argument("--rows", type=int, default=26_000, help="rows of the serve table")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="model.refit_on_all: false (the stage then fits once, like the bare fit)",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -264,7 +275,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="driftloop-trainbench-"))
     try:
         for table in args.tables.split(","):
-            project = make_project(table, work, args.rows)
+            project = make_project(table, work, args.rows, refit=not args.no_refit)
             if project is None:
                 continue
             turns = [one_turn(project, work, i) for i in range(args.runs)]

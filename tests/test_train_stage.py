@@ -119,6 +119,8 @@ def test_the_holdout_outputs_fit_keeps_are_a_fresh_scoring_of_the_evaluated_mode
     kept = train_stage._holdout_outputs(trained)
     again = train_stage._holdout_outputs(fresh)
     assert list(kept[1]) == list(again[1])  # labels
+    # labels taken from the probabilities are the estimator's own predict
+    assert list(kept[1]) == list(trained.evaluated.predict(kept[0]))
     np.testing.assert_array_equal(kept[2], again[2])  # probabilities, bit for bit
     assert train_stage._holdout_predictions(trained, spec).equals(
         train_stage._holdout_predictions(fresh, spec)

@@ -342,7 +342,14 @@ def _baseline(spec: Spec) -> Any:
 
 
 def _predict(model: Any, x: Any, spec: Spec) -> tuple[Any, Any, list[Any] | None]:
-    """(labels or values, class probabilities or None, the probabilities' class order)."""
+    """(labels or values, class probabilities or None, the probabilities' class order).
+
+    A classifier's label is its class of highest probability, which is what each of
+    driftloop's estimators' (and the prior baseline's) ``predict`` returns: taken from
+    ``predict_proba``, the holdout goes through the pipeline once, not twice (as
+    ``models.package.Predictor`` does)."""
     if spec.task == "classification":
-        return model.predict(x), model.predict_proba(x), [str(c) for c in model.classes_]
+        proba = model.predict_proba(x)
+        labels = np.asarray(model.classes_, dtype=object)[proba.argmax(axis=1)]
+        return labels, proba, [str(c) for c in model.classes_]
     return model.predict(x), None, None
