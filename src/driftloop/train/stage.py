@@ -170,11 +170,6 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     spec_text = layout.spec.read_text(encoding="utf-8")
 
     def run(started: float) -> dict[str, Any]:
-        # MLflow, skops and Treelite imported in a thread while the data is read and the
-        # model fitted (scikit-learn's fitting releases the GIL): registering, packaging and
-        # compiling then find them loaded.
-        preload = threading.Thread(target=_preload, name="driftloop-preload", daemon=True)
-        preload.start()
         parts: dict[str, float] = {}
         with _timed(parts, "read"):
             frame = training_frame(layout, lineage)
@@ -394,18 +389,6 @@ def _timed(parts: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         parts[name] = parts.get(name, 0.0) + time.perf_counter() - began
-
-
-def _preload() -> None:
-    """Import what registering, packaging and compiling use (run in a thread during the fit).
-    A failure here is only logged: the same import, where it is needed, reports it."""
-    import importlib
-
-    for name in ("mlflow", "mlflow.pyfunc", "mlflow.tracking", "skops.io", "treelite.sklearn"):
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # the caller's own import raises it properly
-            log.debug("preloading %s failed: %s", name, first_line(exc))
 
 
 def _trained_on(trained: Trained) -> dict[str, Any]:
