@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: image test-image prefect-venv test-prefect airflow-venv test-airflow demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-history bench-s3 reliability bench-ui clean install lock validators
+.PHONY: image test-image prefect-venv test-prefect airflow-venv test-airflow demo test lint typecheck unit slow run-all bench-prep bench-drift bench-serve bench-replay bench-latency bench-train bench-history bench-s3 reliability bench-ui clean install lock validators
 
 # The locks: every package and version the tests passed with, for .venv (the dev extra) and
 # .venv-prefect (dev and prefect extras together: Prefect 3.9 needs an older FastAPI than
@@ -155,6 +155,11 @@ bench-replay: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(BIN)/python benchmarks/latency.py
+
+## the train stage against the bare fit of the same model: each part's time and peak memory
+## (ARGS="--tables serve --runs 1" for a shorter run)
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train.py $(ARGS)
 
 ## a no-op pass and a one-new-batch pass at 100, 1,000 and 10,000 batches of history
 bench-history: $(STAMP)

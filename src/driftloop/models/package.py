@@ -128,9 +128,10 @@ class Predictor:
     ``evaluation=True`` gives the model whose holdout scores the version was registered
     with: the pipeline fitted without the holdout when the served one was fitted again on
     every row (``EVALUATION_PIPELINE``), else the served pipeline itself.
+    ``pipeline``: the served pipeline already in memory (not with ``evaluation``).
     """
 
-    def __init__(self, folder: Path, *, evaluation: bool = False) -> None:
+    def __init__(self, folder: Path, *, evaluation: bool = False, pipeline: Any = None) -> None:
         from driftloop.core.spec import parse_spec
         from driftloop.features.compute import load_user_function
 
@@ -144,7 +145,9 @@ class Predictor:
             self.file = EVALUATION_PIPELINE
             self.classes = meta["evaluation_classes"]
         self._folder = folder
-        self._pipeline: Any = None
+        # ``pipeline``: the fitted pipeline the folder's file holds, already in memory (the
+        # train stage's, which spares loading it again)
+        self._pipeline: Any = pipeline
         reference = self.spec.features.function
         self.user_function = (
             load_user_function(reference, folder / USER_CODE) if reference else None

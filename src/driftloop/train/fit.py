@@ -49,6 +49,10 @@ class Trained:
     split: Split
     evaluation: Any = None  # the pipeline fitted without the holdout (None: ``pipeline``)
     evaluation_classes: list[Any] | None = None
+    # What the evaluated pipeline made of the holdout, kept from scoring it so that the
+    # stage's reference and predictions do not run the holdout through it again:
+    # (model inputs as pandas, labels or values, class probabilities or None).
+    holdout_outputs: tuple[Any, Any, Any] | None = None
 
     @property
     def refit(self) -> bool:
@@ -286,9 +290,19 @@ def fit(frame: pl.DataFrame, spec: Spec) -> Trained:
     classes = list(pipeline.classes_) if spec.task == "classification" else None
     x_test = to_pandas_inputs(split.holdout, inputs, categorical)
     y_test = _target(split.holdout, spec)
-    metrics = score(spec, y_test, *_predict(pipeline, x_test, spec))
+    labels, proba, order = _predict(pipeline, x_test, spec)
+    metrics = score(spec, y_test, labels, proba, order)
     baseline = score(spec, y_test, *_predict(_baseline(spec).fit(x_train, y_train), x_test, spec))
-    trained = Trained(pipeline, inputs, categorical, classes, metrics, baseline, split)
+    trained = Trained(
+        pipeline,
+        inputs,
+        categorical,
+        classes,
+        metrics,
+        baseline,
+        split,
+        holdout_outputs=(x_test, labels, proba),
+    )
     return refit_on_all(trained, spec) if spec.model.refit_on_all else trained
 
 
@@ -308,6 +322,7 @@ def refit_on_all(trained: Trained, spec: Spec) -> Trained:
         split=trained.split,
         evaluation=trained.pipeline,
         evaluation_classes=trained.classes,
+        holdout_outputs=trained.holdout_outputs,
     )
 
 
@@ -327,7 +342,14 @@ def _baseline(spec: Spec) -> Any:
 
 
 def _predict(model: Any, x: Any, spec: Spec) -> tuple[Any, Any, list[Any] | None]:
-    """(labels or values, class probabilities or None, the probabilities' class order)."""
+    """(labels or values, class probabilities or None, the probabilities' class order).
+
+    A classifier's label is its class of highest probability, which is what each of
+    driftloop's estimators' (and the prior baseline's) ``predict`` returns: taken from
+    ``predict_proba``, the holdout goes through the pipeline once, not twice (as
+    ``models.package.Predictor`` does)."""
     if spec.task == "classification":
-        return model.predict(x), model.predict_proba(x), [str(c) for c in model.classes_]
+        proba = model.predict_proba(x)
+        labels = np.asarray(model.classes_, dtype=object)[proba.argmax(axis=1)]
+        return labels, proba, [str(c) for c in model.classes_]
     return model.predict(x), None, None

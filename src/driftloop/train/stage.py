@@ -14,12 +14,14 @@ in the key so that a changed policy gets a challenger of its own to decide on.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,8 +170,10 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
     spec_text = layout.spec.read_text(encoding="utf-8")
 
     def run(started: float) -> dict[str, Any]:
-        frame = training_frame(layout, lineage)
-        _enough_rows(frame, spec)
+        parts: dict[str, float] = {}
+        with _timed(parts, "read"):
+            frame = training_frame(layout, lineage)
+            _enough_rows(frame, spec)
         return _train_and_register(
             spec,
             layout,
@@ -181,6 +185,7 @@ def work(ctx: Context, call: StageCall) -> Work | Skip:
             out_dir,
             spec_text,
             started,
+            parts,
         )
 
     # recorded with the newest batch it learned from
@@ -230,11 +235,16 @@ def _train_and_register(
     out_dir: Path,
     spec_text: str,
     started: float,
+    parts: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """Fit, profile, package, register, cache and compile; ``parts`` collects each step's
+    seconds (the manifest's ``timings``)."""
     from driftloop.models.package import write_package
     from driftloop.models.profile import reference_profile
 
-    trained = fit(frame, spec)
+    parts = {} if parts is None else parts
+    with _timed(parts, "fit"):
+        trained = fit(frame, spec)
     metric = spec.metric
     holdout = _holdout_keys(trained.split.holdout)
     predictions = _holdout_predictions(trained, spec)
@@ -243,13 +253,15 @@ def _train_and_register(
     # The reference is what the served model learned from (its sample also verifies the
     # compiled path); the holdout's predictions and metric are the evaluation model's, the
     # only ones made on rows the model had not seen.
-    profile = reference_profile(
-        served_rows.select(trained.inputs),
-        holdout_predictions=predictions,
-        holdout_metric={metric: trained.metrics.get(metric, float("nan"))},
-        seed=spec.model.seed,
-        executor=fan_out.current(),  # an orchestrator's cluster, or None: one query here
-    )
+    with _timed(parts, "profile"):
+        profile = reference_profile(
+            served_rows.select(trained.inputs),
+            holdout_predictions=predictions,
+            holdout_metric={metric: trained.metrics.get(metric, float("nan"))},
+            seed=spec.model.seed,
+            executor=fan_out.current(),  # an orchestrator's cluster, or None: one query here
+        )
+    monitoring = _monitoring_reference(trained, spec, predictions, parts)
     user_module = (
         user_module_path(spec.features.function, layout.root) if spec.features.function else None
     )
@@ -259,76 +271,87 @@ def _train_and_register(
     }
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "driftloop"
-        write_package(
-            package,
-            spec=spec,
-            pipeline=trained.pipeline,
-            inputs=trained.inputs,
-            categorical=trained.categorical,
-            classes=trained.classes,
-            user_module=user_module,
-            profile=profile,
-            monitoring=_monitoring_reference(trained, spec, predictions),
-            evaluation=trained.evaluation,
-            evaluation_classes=trained.evaluation_classes,
-            trained_on=trained_on,
-        )
-        registered = registry.register(
-            package,
-            params={
-                "estimator": spec.model.estimator,
-                "params": spec.model.params,
-                "seed": spec.model.seed,
-                "metric": metric,
-                "split": trained.split.kind,
-                "train_rows": trained.split.train.height,
-                "holdout_rows": trained.split.holdout.height,
-                "refit_on_all": trained.refit,
-                "served_rows": served_rows.height,
-                "window": spec.model.window.model_dump(),
-                "inputs": ",".join(trained.inputs),
-            },
-            metrics=run_metrics,
-            tags={
-                "driftloop.train_key": key,
-                "driftloop.batches": ",".join(m["batch_id"] for m in lineage),
-                "driftloop.code_version": __version__,
-                "driftloop.served_rows": str(served_rows.height),
-                "driftloop.holdout_rows": str(trained.split.holdout.height),
-                "driftloop.refit_on_all": str(trained.refit).lower(),
-            },
-            lineage={"batches": lineage, "trained_on": trained_on},
-            spec_text=spec_text,
-        )
-        # Recorded at once: a version the state database does not know of could be left
-        # undecided by a kill (orchestration/reconcile.py decides the ones it knows).
-        db.record_event(
-            "ModelRegistered",
-            {
-                "model": spec.name,
-                "version": registered.version,
-                "run_id": registered.run_id,
-                "store": model_cache.store_id(registry.uri),
-            },
-        )
-        lost = _history_lost(db, registry)
+        with _timed(parts, "package"):
+            write_package(
+                package,
+                spec=spec,
+                pipeline=trained.pipeline,
+                inputs=trained.inputs,
+                categorical=trained.categorical,
+                classes=trained.classes,
+                user_module=user_module,
+                profile=profile,
+                monitoring=monitoring,
+                evaluation=trained.evaluation,
+                evaluation_classes=trained.evaluation_classes,
+                trained_on=trained_on,
+            )
+        # The compiled path is built and verified in a thread while MLflow registers the
+        # version (it decides nothing about promotion; serving needs it); joined below.
+        compiling = _Compile(package, trained.pipeline)
+        compiling.start()
+        with _timed(parts, "register"):
+            registered = registry.register(
+                package,
+                params={
+                    "estimator": spec.model.estimator,
+                    "params": spec.model.params,
+                    "seed": spec.model.seed,
+                    "metric": metric,
+                    "split": trained.split.kind,
+                    "train_rows": trained.split.train.height,
+                    "holdout_rows": trained.split.holdout.height,
+                    "refit_on_all": trained.refit,
+                    "served_rows": served_rows.height,
+                    "window": spec.model.window.model_dump(),
+                    "inputs": ",".join(trained.inputs),
+                },
+                metrics=run_metrics,
+                tags={
+                    "driftloop.train_key": key,
+                    "driftloop.batches": ",".join(m["batch_id"] for m in lineage),
+                    "driftloop.code_version": __version__,
+                    "driftloop.served_rows": str(served_rows.height),
+                    "driftloop.holdout_rows": str(trained.split.holdout.height),
+                    "driftloop.refit_on_all": str(trained.refit).lower(),
+                },
+                lineage={"batches": lineage, "trained_on": trained_on},
+                spec_text=spec_text,
+            )
+            # Recorded at once: a version the state database does not know of could be left
+            # undecided by a kill (orchestration/reconcile.py decides the ones it knows).
+            db.record_event(
+                "ModelRegistered",
+                {
+                    "model": spec.name,
+                    "version": registered.version,
+                    "run_id": registered.run_id,
+                    "store": model_cache.store_id(registry.uri),
+                },
+            )
+            lost = _history_lost(db, registry)
         # Serving on this machine starts from this copy instead of a download.
-        entry = model_cache.store(
-            layout,
-            registry.model,
-            registry.uri,
-            registered.version,
-            run_id=registered.run_id,
-            package=package,
-            info=package_info(
-                spec.name,
+        with _timed(parts, "cache"):
+            entry = model_cache.store(
+                layout,
+                registry.model,
+                registry.uri,
                 registered.version,
-                registered.run_id,
-                run_metrics,
-                {"batches": lineage, "trained_on": trained_on},
-            ),
-        )
-    _precompile(entry)
+                run_id=registered.run_id,
+                package=package,
+                info=package_info(
+                    spec.name,
+                    registered.version,
+                    registered.run_id,
+                    run_metrics,
+                    {"batches": lineage, "trained_on": trained_on},
+                ),
+            )
+        with _timed(parts, "compile_wait"):
+            compiling.join()
+    parts["compile"] = compiling.seconds  # in the thread, beside registration
+    compiling.save(entry)
+    parts["total_s"] = time.perf_counter() - started
     manifest = {
         "stage": "train",
         "stage_version": TRAIN_VERSION,
@@ -348,7 +371,7 @@ def _train_and_register(
         "holdout": HOLDOUT,
         "inputs": lineage,
         "sections_hash": spec.section_hash(*TRAIN_SECTIONS),
-        "timings": {"total_s": round(time.perf_counter() - started, 4)},
+        "timings": {k: round(v, 4) for k, v in parts.items()},
         "registry_warning": lost,
     }
     manifest = TrainManifest.model_validate(manifest).as_json()  # its shape, checked
@@ -356,6 +379,16 @@ def _train_and_register(
         holdout.write_parquet(tmp_dir / HOLDOUT)
         seal(tmp_dir, manifest)
     return manifest
+
+
+@contextlib.contextmanager
+def _timed(parts: dict[str, float], name: str) -> Iterator[None]:
+    """Add the block's seconds to ``parts[name]``."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        parts[name] = parts.get(name, 0.0) + time.perf_counter() - began
 
 
 def _trained_on(trained: Trained) -> dict[str, Any]:
@@ -413,58 +446,100 @@ def _holdout_keys(holdout: pl.DataFrame) -> pl.DataFrame:
     return holdout.select(HOLDOUT_KEYS)
 
 
-def _precompile(entry: Path) -> None:
-    """Compile and verify the new version for serving now, while scikit-learn is loaded; a
-    server then starts without importing it. A model that does not compile is still served
-    (by scikit-learn), so a failure here is only logged."""
-    from driftloop.models import inference
+class _Compile(threading.Thread):
+    """Compile and verify the new version for serving (a server then starts without
+    importing scikit-learn), in a thread beside registration: it decides nothing about the
+    promotion. Verified against the fitted pipeline in memory (no reload from the package).
+    A model that does not compile is still served (by scikit-learn), so a failure is only
+    logged, by :meth:`save`."""
 
-    try:
-        verdict = inference.precompile(entry / model_cache.PACKAGE, entry / model_cache.COMPILED)
-    except Exception as exc:
-        log.warning("compiling %s for serving failed: %s", entry, exc)
-        return
-    log.info("serving path for %s: %s", entry.name, verdict.reason)
+    def __init__(self, package: Path, pipeline: Any) -> None:
+        super().__init__(name="driftloop-compile", daemon=True)
+        self.package, self.pipeline = package, pipeline
+        self.verdict: Any = None
+        self.error: Exception | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        from driftloop.models import inference
+        from driftloop.models.package import Predictor
+
+        began = time.perf_counter()
+        try:
+            predictor = Predictor(self.package, pipeline=self.pipeline)
+            self.verdict = inference.compile_package(predictor, self.package)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.seconds = time.perf_counter() - began
+
+    def save(self, entry: Path) -> None:
+        """Keep the verified compiled path in the cache entry (after :meth:`join`)."""
+        from driftloop.models import inference
+
+        try:
+            if self.error is not None:
+                raise self.error
+            inference.save(entry / model_cache.COMPILED, self.verdict)
+        except Exception as exc:
+            log.warning("compiling %s for serving failed: %s", entry, exc)
+            return
+        log.info("serving path for %s: %s", entry.name, self.verdict.reason)
 
 
 def _holdout_predictions(trained: Trained, spec: Spec) -> pl.Series:
-    from driftloop.models.inputs import to_pandas_inputs
-
-    x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
-    model, classes = trained.evaluated, trained.evaluation_classes or trained.classes
+    """The evaluated model's predictions on the holdout (kept from scoring it in ``fit``)."""
+    _, values, proba = _holdout_outputs(trained)
+    classes = trained.evaluation_classes or trained.classes
     if classes is not None and len(classes) == 2:
-        return pl.Series("prediction", model.predict_proba(x)[:, 1])
-    values = model.predict(x)
+        return pl.Series("prediction", proba[:, 1])
     return pl.Series("prediction", [str(v) for v in values] if classes else values)
 
 
+def _holdout_outputs(trained: Trained) -> tuple[Any, Any, Any]:
+    """(inputs as pandas, labels or values, probabilities or None) of the evaluated model on
+    the holdout: those ``fit`` kept, else computed here."""
+    if trained.holdout_outputs is not None:
+        return trained.holdout_outputs
+    from driftloop.models.inputs import to_pandas_inputs
+
+    x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
+    model = trained.evaluated
+    proba = model.predict_proba(x) if trained.classes is not None else None
+    return x, model.predict(x), proba
+
+
 def _monitoring_reference(
-    trained: Trained, spec: Spec, predictions: pl.Series
+    trained: Trained, spec: Spec, predictions: pl.Series, parts: dict[str, float]
 ) -> dict[str, pl.DataFrame]:
     """What drift monitoring compares against: sorted training columns (target included;
     every row the served model learned from), the holdout's predictions, and the holdout's
     labels with the outputs of the model fitted without it."""
-    from driftloop.models.inputs import to_pandas_inputs
     from driftloop.models.profile import holdout_frame, reference_columns
 
     train = trained.served_rows.select([*trained.inputs, spec.target])
-    x = to_pandas_inputs(trained.split.holdout, trained.inputs, trained.categorical)
+    x, values, proba = _holdout_outputs(trained)
     labels = trained.split.holdout.get_column(spec.target)
-    importance = _permutation_importance(trained, x, labels, spec)
-    columns = pl.concat(
-        [
-            reference_columns(
-                train, roles={spec.target: "target"}, seed=spec.model.seed, importance=importance
-            ),
-            reference_columns(predictions.to_frame(), roles={"prediction": "prediction"}),
-        ]
-    )
-    model = trained.evaluated
-    outputs = pl.Series("prediction", model.predict(x))
-    if trained.classes is None:
-        return {"reference_columns": columns, "reference_holdout": holdout_frame(labels, outputs)}
-    classes = [str(c) for c in (trained.evaluation_classes or trained.classes)]
-    holdout = holdout_frame(labels, outputs, model.predict_proba(x), classes)
+    with _timed(parts, "importance"):
+        importance = _permutation_importance(trained, x, labels, spec)
+    with _timed(parts, "reference"):
+        columns = pl.concat(
+            [
+                reference_columns(
+                    train,
+                    roles={spec.target: "target"},
+                    seed=spec.model.seed,
+                    importance=importance,
+                ),
+                reference_columns(predictions.to_frame(), roles={"prediction": "prediction"}),
+            ]
+        )
+        outputs = pl.Series("prediction", values)
+        if trained.classes is None:
+            holdout = holdout_frame(labels, outputs)
+        else:
+            classes = [str(c) for c in (trained.evaluation_classes or trained.classes)]
+            holdout = holdout_frame(labels, outputs, proba, classes)
     return {"reference_columns": columns, "reference_holdout": holdout}
 
 
@@ -475,20 +550,25 @@ def _permutation_importance(
     trained: Trained, x: Any, labels: pl.Series, spec: Spec
 ) -> dict[str, float] | None:
     """Each input's permutation importance on (up to 1,000 rows of) the holdout: how much the
-    model's score (accuracy or R^2) drops when that column is shuffled; None if it fails."""
+    model's score (accuracy or R^2) drops when that column is shuffled; None if it fails.
+
+    Its many small predictions run on one OpenMP thread: on 1,000 rows a second thread
+    costs more in synchronisation than it saves, and much more on a busy machine."""
     from sklearn.inspection import permutation_importance
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     y = labels.cast(pl.String if trained.classes else pl.Float64).to_numpy()
     rows = min(IMPORTANCE_ROWS, len(y))
     try:
-        found = permutation_importance(
-            trained.evaluated,
-            x.iloc[:rows],
-            y[:rows],
-            n_repeats=2,
-            random_state=spec.model.seed,
-            n_jobs=1,
-        )
+        with threadpool_limits(limits=1, user_api="openmp"):
+            found = permutation_importance(
+                trained.evaluated,
+                x.iloc[:rows],
+                y[:rows],
+                n_repeats=2,
+                random_state=spec.model.seed,
+                n_jobs=1,
+            )
     except ValueError as exc:  # e.g. a holdout with one class only
         log.info("no permutation importance: %s", first_line(exc))
         return None
