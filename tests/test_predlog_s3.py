@@ -97,7 +97,9 @@ def test_a_refused_put_keeps_the_rows_and_retries_until_the_bucket_is_there(
     assert len(parts) == 1 and read_part(parts[0]).height == 3
 
 
-def _drifted_traffic(client: object, rng: np.random.Generator, requests: int) -> int:
+def drifted_traffic(client: object, rng: np.random.Generator, requests: int) -> int:
+    """Requests whose inputs moved (x1 by two standard deviations) and whose labels, sent as
+    feedback, follow a turned-around concept (y falls with x1); the rows sent."""
     sent = 0
     for _ in range(requests):
         x1 = rng.normal(2.0, 1.0, 50)  # the inputs moved by two standard deviations
@@ -136,7 +138,7 @@ def test_a_monitor_elsewhere_reads_what_serving_logged_on_s3(tmp_path: Path, s3_
     result = run(served)
     assert not result.failed, [(r.stage, r.error) for r in result.failed]
     with serving(served) as server, server.client() as client:
-        sent = _drifted_traffic(client, np.random.default_rng(7), 12)
+        sent = drifted_traffic(client, np.random.default_rng(7), 12)
     # the server flushed its logs on shutdown: to the bucket, nothing on its own disk
     assert not (served / "data" / "monitoring" / "predictions").exists()
     assert _keys(s3_env, "proj/monitoring/predictions/date=")
