@@ -71,25 +71,36 @@ def _prefixed(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.rename(renames)
 
 
+READERS = 16  # parts on S3 read at once (each is one GET, mostly waiting on the network)
+
+
+def _read_one(part: Output, required: list[str]) -> pl.DataFrame:
+    try:
+        frame = _prefixed(read_part(part))
+    except DriftloopError:
+        raise  # the store's own error (S3 refused, a bucket gone) names it and the fix
+    except Exception as exc:  # polars raises several kinds for a bad file
+        raise MonitoringError(
+            f"{part}: not a readable Parquet part ({type(exc).__name__}: {exc}); move it "
+            "out of the log folder or delete it"
+        ) from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise MonitoringError(
+            f"{part}: lacks the column(s) {missing} every log part must have "
+            f"({', '.join(required)}); it was not written by driftloop's serving"
+        )
+    return frame.with_columns(pl.col(TS).dt.replace_time_zone(None))
+
+
 def _read(parts: list[Output], required: list[str]) -> pl.DataFrame:
-    frames = []
-    for part in parts:
-        try:
-            frame = _prefixed(read_part(part))
-        except DriftloopError:
-            raise  # the store's own error (S3 refused, a bucket gone) names it and the fix
-        except Exception as exc:  # polars raises several kinds for a bad file
-            raise MonitoringError(
-                f"{part}: not a readable Parquet part ({type(exc).__name__}: {exc}); move it "
-                "out of the log folder or delete it"
-            ) from None
-        missing = [c for c in required if c not in frame.columns]
-        if missing:
-            raise MonitoringError(
-                f"{part}: lacks the column(s) {missing} every log part must have "
-                f"({', '.join(required)}); it was not written by driftloop's serving"
-            )
-        frames.append(frame.with_columns(pl.col(TS).dt.replace_time_zone(None)))
+    if len(parts) > 1 and not isinstance(parts[0], Path):  # on S3: several GETs at once
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(READERS, len(parts))) as pool:
+            frames = list(pool.map(lambda p: _read_one(p, required), parts))  # in order
+    else:
+        frames = [_read_one(p, required) for p in parts]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
