@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from driftloop.core.layout import Layout, is_complete
@@ -84,6 +85,22 @@ def test_the_dag_is_python_that_calls_every_stage_the_plan_can_ask_for(tmp_path:
     assert "features.expand(batch_id=prepped)" in text
     assert "@task.branch" in text and 'return "train"' in text
     assert "AirflowFailException" in text and "EXIT_RETRY_LATER = 5" in text
+
+
+def test_a_monitoring_schedule_adds_a_dag_that_monitors_the_prediction_log(
+    tmp_path: Path,
+) -> None:
+    spec = spec_of(SPEC + "monitoring: {schedule_minutes: 15}\n")
+    text = render(spec, project=tmp_path, spec_file="driftloop.yaml", driftloop="dl")
+    compile(text, "dag.py", "exec")
+    assert "dag_id='driftloop_synth_prediction_log'," in text
+    assert "schedule=timedelta(minutes=15.0)" in text and "catchup=False" in text
+    assert 'driftloop("monitor", answers=(0, EXIT_DRIFT, EXIT_COLUMN_DRIFT))' in text
+    assert "retrain_policy(monitor_predictions())" in text
+    for off in ("monitoring: {schedule_minutes: null}\n", "model: {enabled: false}\n"):
+        plain = render(spec_of(SPEC + off), project=tmp_path, spec_file="x", driftloop="dl")
+        assert "prediction_log" not in plain and "@dag(" in plain
+        compile(plain, "dag.py", "exec")
 
 
 def test_an_s3_project_with_events_gets_an_sqs_watcher_on_its_raw_prefix(tmp_path: Path) -> None:
@@ -223,7 +240,11 @@ def test_airflow_dags_test_runs_the_lifecycle_on_a_real_project(tmp_path: Path) 
     errors = home.run("dags", "list-import-errors", "--output", "json")
     assert json_of(errors.stdout) == [], errors.stdout
     listed = json_of(home.run("dags", "list", "--output", "json").stdout)
-    assert [d["dag_id"] for d in listed] == ["driftloop_synth"]
+    # the lifecycle, and the prediction log's monitor (monitoring.schedule_minutes: 60)
+    assert sorted(d["dag_id"] for d in listed) == [
+        "driftloop_synth",
+        "driftloop_synth_prediction_log",
+    ]
     done = home.run("dags", "test", "driftloop_synth", check=False)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
     layout = Layout(project)
@@ -238,6 +259,44 @@ def test_airflow_dags_test_runs_the_lifecycle_on_a_real_project(tmp_path: Path) 
     # nothing left to do: the plan is empty
     plan = json.loads(cli("plan", "-p", str(project), "--json").stdout)
     assert plan["waves"] == []
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+@pytest.mark.xdist_group("serving")
+def test_the_prediction_log_dag_finds_decay_in_what_serving_logged_and_retrains(
+    tmp_path: Path, s3_env: S3Env
+) -> None:
+    from driftloop.pipeline import run
+
+    from .serving_helpers import SERVING, serving
+    from .test_predlog_s3 import drifted_traffic
+
+    project = tmp_path / "synth"
+    write_spec(
+        project,
+        SPEC
+        + SERVING
+        + "retrain: {every_batches: 0}\n"  # new data alone never trains: decay does
+        + "monitoring: {permutations: 99, schedule_minutes: 30}\n"
+        + f"outputs: {s3_env.url('out')}\n",
+    )
+    for i in range(2):  # a champion, then a batch it never saw (checked, not trained on)
+        land(project, f"part-{i}.csv", 800, seed=i + 1, start_day=3 * i)
+        done = run(project)
+        assert not done.failed, [(r.stage, r.error) for r in done.failed]
+    with serving(project) as server, server.client() as client:
+        drifted_traffic(client, np.random.default_rng(7), 8)  # logged to the bucket
+    home = make_home(tmp_path, s3_env.server.env())  # the tasks' driftloop reads the bucket
+    export_into(project, home)
+    tested = home.run("dags", "test", "driftloop_synth_prediction_log", check=False)
+    assert tested.returncode == 0, tested.stdout[-6000:] + tested.stderr[-6000:]
+    events = events_of(project)
+    kinds = [e["type"] for e in events]
+    assert "PerformanceDegraded" in kinds
+    started = [e["stage"] for e in events if e["type"] == "StageStarted"]
+    assert started.count("train") == 2  # the first pass's, and the schedule's
+    assert [e["version"] for e in events if e["type"] == "ModelRegistered"] == ["1", "2"]
 
 
 @pytest.mark.airflow

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from driftloop.core.spec import load_spec
@@ -27,7 +28,9 @@ from driftloop.export import aws
 
 from .fixtures.moto import SECRET_KEY, MotoServer, S3Env
 from .helpers import write_spec
+from .serving_helpers import SERVING, serving
 from .test_lifecycle import SPEC, land
+from .test_predlog_s3 import drifted_traffic
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +49,16 @@ def _execute_state_machines(server: MotoServer) -> None:
 def _project(tmp_path: Path, s3: S3Env) -> Path:
     project = tmp_path / "p"
     spec = SPEC.replace("path: data/raw/s/*.csv", f"path: {s3.url('raw/s/*.csv')}")
-    # every second batch trains, drift alone does not: the second execution does not train
-    policy = "retrain: {every_batches: 2, on_drift: false, on_decay: false}\n"
+    # every second batch trains, and a decay the schedule's monitor finds in the prediction
+    # log; drift alone does not: the second execution does not train
+    policy = "retrain: {every_batches: 2, on_drift: false, on_decay: true}\n"
     write_spec(
-        project, spec + policy + "monitoring: {permutations: 99}\n" + f"outputs: {s3.url('out')}\n"
+        project,
+        spec
+        + policy
+        + SERVING
+        + "monitoring: {permutations: 99}\n"
+        + f"outputs: {s3.url('out')}\n",
     )
     return project
 
@@ -174,8 +183,8 @@ def test_the_generated_machine_runs_both_branches_on_s3_data(tmp_path: Path, s3_
     assert "retrain policy waits" in output["plan"]["waiting"]
     assert "Train" not in _entered(second["history"])
 
-    # the schedule: no prediction has been logged, so the monitor fails on the data, with
-    # driftloop's error name, and the machine's Catch ends the execution (no retry)
+    # the schedule, before anything was served: no prediction logged, so the monitor fails
+    # on the data, with driftloop's error name, and the machine's Catch ends the execution
     runner.ran.clear()
     third = runner.execute(arn, {"trigger": "schedule"})
     assert third["status"] == "FAILED"
@@ -184,8 +193,27 @@ def test_the_generated_machine_runs_both_branches_on_s3_data(tmp_path: Path, s3_
     assert [e["taskFailedEventDetails"]["error"] for e in failed] == ["driftloop.MonitoringError"]
     # moto (5.2) keeps SendTaskFailure's error, not its cause: the cause is the line the
     # command printed, which the runner saw
-    assert "error: " in runner.outputs[-1], runner.outputs[-1]
+    assert "no predictions in s3://" in runner.outputs[-1], runner.outputs[-1]
     assert third["error"] == "driftloop.StageFailed"
 
-    shown = json.dumps([first, second, third], default=str) + "".join(runner.outputs)
+    # the served traffic moved and its labels turned around: serving logs it to the outputs
+    # bucket (as the ECS service would), and the schedule's monitor, a task of its own,
+    # finds the decay there and takes the retraining branch
+    with serving(project) as server, server.client() as client:
+        sent = drifted_traffic(client, np.random.default_rng(7), 8)
+    assert s3_env.client().list_objects_v2(
+        Bucket=s3_env.bucket, Prefix="out/monitoring/predictions/date="
+    )["KeyCount"]
+    runner.ran.clear()
+    fourth = runner.execute(arn, {"trigger": "schedule"})
+    assert fourth["status"] == "SUCCEEDED", (fourth["history"][-3:], runner.outputs[-2:])
+    assert runner.ran == [["monitor"], ["stage", "train"], ["stage", "promote"]]
+    output = json.loads(fourth["output"])
+    assert output["monitor"]["decay"] is True
+    assert str(output["monitor"]["report"]).startswith(f"s3://{s3_env.bucket}/out/")
+    assert sent == 400
+    assert output["train"]["outcome"] == "ran"
+    assert "DriftOrDecay" in _entered(fourth["history"])
+
+    shown = json.dumps([first, second, third, fourth], default=str) + "".join(runner.outputs)
     assert SECRET_KEY not in shown

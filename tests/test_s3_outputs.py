@@ -173,7 +173,10 @@ def test_the_outputs_root_comes_from_the_spec(tmp_path: Path) -> None:
     assert layout.batch_checks == "s3://shop-outputs/prod/monitoring/batches"
     assert layout.models == tmp_path / "data" / "models"  # still here, with the registry
     assert layout.reports == "s3://shop-outputs/prod/monitoring/reports"
-    assert layout.predictions == tmp_path / "data" / "monitoring" / "predictions"  # serving's
+    # the logs serving writes are shared too, so a monitor elsewhere reads them
+    assert layout.predictions == "s3://shop-outputs/prod/monitoring/predictions"
+    assert layout.feedback == "s3://shop-outputs/prod/monitoring/feedback"
+    assert local.predictions == tmp_path / "data" / "monitoring" / "predictions"
     assert load_spec(tmp_path).outputs == "s3://shop-outputs/prod"
 
 

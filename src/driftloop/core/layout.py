@@ -83,14 +83,17 @@ class Layout:
         return self.root / "data" / "monitoring"
 
     @property
-    def predictions(self) -> Path:
-        """What /predict saw and answered (parquet, partitioned by date)."""
-        return self.monitoring / "predictions"
+    def predictions(self) -> Output:
+        """What /predict saw and answered (parquet, partitioned by date; under the outputs
+        root, so that a monitor elsewhere reads what serving logged:
+        :mod:`driftloop.core.logparts`)."""
+        return self.output_root / "monitoring" / "predictions"
 
     @property
-    def feedback(self) -> Path:
-        """True labels sent to /feedback, by request id (parquet, partitioned by date)."""
-        return self.monitoring / "feedback"
+    def feedback(self) -> Output:
+        """True labels sent to /feedback, by request id (parquet, partitioned by date; under
+        the outputs root, like the predictions)."""
+        return self.output_root / "monitoring" / "feedback"
 
     @property
     def batch_checks(self) -> Output:

@@ -508,3 +508,20 @@ def list_objects(folder: str, suffix: str = "") -> list[ObjectUrl]:
         for o in page.get("Contents", [])
         if o["Key"].endswith(suffix)
     )
+
+
+def list_folders(folder: str) -> list[ObjectUrl]:
+    """The "folders" directly in ``folder`` (the common prefixes of one delimited listing),
+    sorted: a log's date partitions are found without listing every part."""
+    where = _url(folder)
+    prefix = f"{where.key}/" if where.key else ""
+    paginator = default_client(where).get_paginator("list_objects_v2")
+    pages = S3OutputStore._call(
+        where,
+        lambda: list(paginator.paginate(Bucket=where.bucket, Prefix=prefix, Delimiter="/")),
+    )
+    return sorted(
+        ObjectUrl(f"s3://{where.bucket}/{p['Prefix'].rstrip('/')}")
+        for page in pages
+        for p in page.get("CommonPrefixes", [])
+    )

@@ -9,6 +9,12 @@ bucket starts a run. Prep and features are mapped over the batches the ingest ta
 checks of new batches over the plan's monitor calls, and a branch asks the retrain policy
 (``driftloop plan``) whether to train.
 
+Where the spec has ``monitoring.schedule_minutes`` (and a model), the same file holds a
+second DAG, ``driftloop_<name>_prediction_log``, on that schedule: ``driftloop monitor`` on
+the prediction log that serving wrote (under the outputs root: on S3 it is shared with the
+servers wherever they run), and on drift or decay the retrain policy's branch to train and
+promote, as the lifecycle DAG's.
+
 Every task runs ``driftloop stage ... --json`` as a subprocess of the virtualenv driftloop is
 installed in (``DRIFTLOOP_BIN``), so Airflow's environment never imports driftloop: Airflow
 3 pins dependencies (FastAPI among them) older than driftloop's serving side needs, and the
@@ -32,6 +38,7 @@ from driftloop.core.errors import SpecError
 from driftloop.core.spec import Spec
 
 TEMPLATE = Path(__file__).with_name("airflow_dag.py.tmpl")
+MONITOR_TEMPLATE = Path(__file__).with_name("airflow_monitor.py.tmpl")
 GLOB_CHARS = re.compile(r"[*?\[{]")
 RETRIES = 4  # a transient failure is tried this many more times, as the Prefect flow does
 RETRY_DELAY_SECONDS = 10  # the first wait; doubled each retry, up to 5 minutes
@@ -50,6 +57,25 @@ def dag_id(spec: Spec) -> str:
     """The DAG's id: ``driftloop_<project name>`` with anything but letters, digits, ``_``,
     ``-`` and ``.`` made ``_`` (Airflow's rule for ids)."""
     return "driftloop_" + re.sub(r"[^A-Za-z0-9_.-]", "_", spec.name)
+
+
+def monitor_dag_id(spec: Spec) -> str:
+    """The prediction-log monitor's DAG id: the lifecycle's, then ``_prediction_log``."""
+    return f"{dag_id(spec)}_prediction_log"
+
+
+def monitor_dag(spec: Spec) -> str:
+    """The scheduled prediction-log monitor's DAG (text to append), or "" when the spec has
+    no schedule or no model."""
+    minutes = spec.monitoring.schedule_minutes
+    if minutes is None or not spec.model.enabled:
+        return ""
+    return Template(MONITOR_TEMPLATE.read_text(encoding="utf-8")).substitute(
+        monitor_dag_id=repr(monitor_dag_id(spec)),
+        minutes=repr(minutes),
+        retries=RETRIES,
+        retry_delay=RETRY_DELAY_SECONDS,
+    )
 
 
 def raw_root(path: str, project: Path) -> str:
@@ -139,8 +165,20 @@ def render(
         schedule=schedule,
         retries=RETRIES,
         retry_delay=RETRY_DELAY_SECONDS,
+        monitor_note=monitor_note(spec),
+        monitor_dag=monitor_dag(spec),
     )
     return text
+
+
+def monitor_note(spec: Spec) -> str:
+    if not monitor_dag(spec):
+        return ""
+    return (
+        f"\nThe second DAG, {monitor_dag_id(spec)}, monitors the prediction log every "
+        f"{spec.monitoring.schedule_minutes:g}\nminute(s) (monitoring.schedule_minutes) and "
+        "retrains on drift or decay as the policy says."
+    )
 
 
 def driftloop_command() -> str:

@@ -1,14 +1,15 @@
 """The prediction log and the feedback that serving writes, read for monitoring.
 
 Layout (written by ``driftloop serve``, one Parquet part per flush; see
-driftloop/serving/logbook.py)::
+driftloop/serving/logbook.py), under the outputs root (``data/`` here, or the spec's
+``outputs: s3://...``, where a monitor on another machine reads it)::
 
-    data/monitoring/predictions/date=YYYY-MM-DD/part-*.parquet
+    <outputs>/monitoring/predictions/date=YYYY-MM-DD/part-*.parquet
         the contract's input columns as their contract types, then __ts (Datetime us, UTC),
         __request_id (String), __record (Int32: the record's index in its request),
         __model_name, __model_version (String), __prediction (String label, or Float64 for
         regression), __proba_<class> (Float64, classifiers), __flags (String, nullable)
-    data/monitoring/feedback/date=YYYY-MM-DD/part-*.parquet
+    <outputs>/monitoring/feedback/date=YYYY-MM-DD/part-*.parquet
         __ts, __request_id, __record (Int32), __label (String; cast to the target's type)
 
 The log's own columns start with ``__`` so that they never collide with a contract column.
@@ -25,19 +26,18 @@ from pathlib import Path
 
 import polars as pl
 
-from driftloop.core.errors import MonitoringError
-from driftloop.core.layout import Layout
+from driftloop.core.errors import DriftloopError, MonitoringError
+from driftloop.core.layout import Layout, Output
+from driftloop.core.logparts import list_parts, read_part
 from driftloop.core.predlog import (
     CORRECTION,
     FEEDBACK_COLUMNS,
     KEYS,
     LABEL,
-    PART_GLOB,
     PREDICTION_COLUMNS,
     RECORD,
     REQUEST_ID,
     TS,
-    partition_day,
 )
 
 _PLAIN = (
@@ -52,19 +52,14 @@ _PLAIN = (
 )
 
 
-def _parts(folder: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[Path]:
-    """Part files whose date partition can hold rows in [since, until)."""
-    found = []
-    for day_dir in sorted(folder.iterdir() if folder.is_dir() else []):
-        day = partition_day(day_dir.name)
-        if day is None:
-            continue  # not a partition driftloop wrote
-        if since is not None and day < since.astimezone(dt.UTC).date():
-            continue
-        if until is not None and day > until.astimezone(dt.UTC).date():
-            continue
-        found += sorted(day_dir.glob(PART_GLOB))
-    return found
+def _parts(folder: Output, since: dt.datetime | None, until: dt.datetime | None) -> list[Output]:
+    """Parts whose date partition can hold rows in [since, until), on this machine or on S3
+    (only those days' partitions are listed)."""
+    return list_parts(
+        folder,
+        since.astimezone(dt.UTC).date() if since is not None else None,
+        until.astimezone(dt.UTC).date() if until is not None else None,
+    )
 
 
 def _prefixed(frame: pl.DataFrame) -> pl.DataFrame:
@@ -76,23 +71,36 @@ def _prefixed(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.rename(renames)
 
 
-def _read(parts: list[Path], required: list[str]) -> pl.DataFrame:
-    frames = []
-    for part in parts:
-        try:
-            frame = _prefixed(pl.read_parquet(part))
-        except Exception as exc:  # polars raises several kinds for a bad file
-            raise MonitoringError(
-                f"{part}: not a readable Parquet part ({type(exc).__name__}: {exc}); move it "
-                "out of the log folder or delete it"
-            ) from None
-        missing = [c for c in required if c not in frame.columns]
-        if missing:
-            raise MonitoringError(
-                f"{part}: lacks the column(s) {missing} every log part must have "
-                f"({', '.join(required)}); it was not written by driftloop's serving"
-            )
-        frames.append(frame.with_columns(pl.col(TS).dt.replace_time_zone(None)))
+READERS = 16  # parts on S3 read at once (each is one GET, mostly waiting on the network)
+
+
+def _read_one(part: Output, required: list[str]) -> pl.DataFrame:
+    try:
+        frame = _prefixed(read_part(part))
+    except DriftloopError:
+        raise  # the store's own error (S3 refused, a bucket gone) names it and the fix
+    except Exception as exc:  # polars raises several kinds for a bad file
+        raise MonitoringError(
+            f"{part}: not a readable Parquet part ({type(exc).__name__}: {exc}); move it "
+            "out of the log folder or delete it"
+        ) from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise MonitoringError(
+            f"{part}: lacks the column(s) {missing} every log part must have "
+            f"({', '.join(required)}); it was not written by driftloop's serving"
+        )
+    return frame.with_columns(pl.col(TS).dt.replace_time_zone(None))
+
+
+def _read(parts: list[Output], required: list[str]) -> pl.DataFrame:
+    if len(parts) > 1 and not isinstance(parts[0], Path):  # on S3: several GETs at once
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(READERS, len(parts))) as pool:
+            frames = list(pool.map(lambda p: _read_one(p, required), parts))  # in order
+    else:
+        frames = [_read_one(p, required) for p in parts]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 

@@ -253,7 +253,8 @@ def current_from_log(
     window = {"since": since.isoformat(), "until": until.isoformat()}
     if logged.is_empty():
         raise MonitoringError(
-            f"no predictions in data/monitoring/predictions between {since:%Y-%m-%d %H:%M} and "
+            f"no predictions in {layout.relative(layout.predictions)} between "
+            f"{since:%Y-%m-%d %H:%M} and "
             f"{until:%Y-%m-%d %H:%M} UTC; widen the window (--days) or pass --current PATH"
         )
     target_type = POLARS_TYPES[spec.contract.columns[spec.target].dtype]

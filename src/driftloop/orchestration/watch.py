@@ -199,7 +199,14 @@ class Watcher:
         if self.state.next_monitor is not None and now < self.state.next_monitor:
             return
         self.state.next_monitor = now + timedelta(minutes=minutes)
-        if not any(self.layout.predictions.glob("date=*/*.parquet")):
+        from driftloop.core.logparts import any_parts
+
+        try:
+            served = any_parts(self.layout.predictions)
+        except DriftloopError as exc:  # the bucket did not answer: the next tick asks again
+            log.warning("scheduled monitoring: %s", first_line(exc))
+            return
+        if not served:
             return  # nothing served yet
         try:
             from driftloop.monitoring.run import monitor

@@ -3,26 +3,33 @@
 The request path only appends a small Polars frame to a list (under a lock held for that
 append); a thread writes the buffer as Parquet every ``flush_seconds``, or sooner once
 ``flush_rows`` rows wait, into ``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of
-each row's ``__ts``, UTC). A file is written under a hidden name and renamed, so readers never
-see half a file. When the disk cannot keep up and ``buffer_rows`` are waiting, new rows are
-dropped and counted (``dropped``) rather than making requests wait; the count is exported
-as a metric and logged. ``close`` writes whatever is left.
+each row's ``__ts``, UTC). The folder is on this machine, or on S3 when the project's outputs
+are (:mod:`driftloop.core.logparts`: a file is renamed into place, an object is one PUT, so
+readers never see half a part; names are unique per writer, so replicas sharing a bucket
+never overwrite each other). Only the thread talks to the store: a request never waits on a
+disk or on S3. A write that fails (S3 down, a bucket policy that refuses) keeps its rows
+buffered for the next flush; when the store cannot keep up and ``buffer_rows`` are waiting,
+new rows are dropped and counted (``dropped``) rather than making requests wait; the count
+is exported as a metric and logged. ``close`` writes whatever is left.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from driftloop.core.predlog import TS, partition
+from driftloop.core.errors import DriftloopError, first_line
+from driftloop.core.logparts import write_part, writer_tag
+from driftloop.core.predlog import TS
+
+if TYPE_CHECKING:
+    from driftloop.core.layout import Output
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +39,7 @@ class FrameLog:
 
     def __init__(
         self,
-        folder: Path,
+        folder: Output,
         *,
         buffer_rows: int,
         flush_rows: int,
@@ -53,7 +60,8 @@ class FrameLog:
         self._stop = threading.Event()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
-        self._tag = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._tag = writer_tag()
+        self.failures = 0  # flushes that failed (their rows kept, if there was room)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -140,13 +148,9 @@ class FrameLog:
             self._on_drop(frame.height)
 
     def _write(self, frame: pl.DataFrame, day: str) -> None:
-        folder = self.folder / partition(day)
-        folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         name = f"part-{stamp}-{self._tag}-{next(self._seq):06d}.parquet"
-        tmp = folder / f".{name}.tmp"
-        frame.write_parquet(tmp, compression="lz4")
-        tmp.rename(folder / name)
+        write_part(self.folder, day, name, frame)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -154,5 +158,19 @@ class FrameLog:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # the log must not take the server down; rows stay counted
-                log.exception("%s: writing the log failed", self.folder)
+            except Exception as exc:  # the log must not take the server down; rows stay
+                self.failures += 1
+                if not isinstance(exc, DriftloopError):  # not the store's answer: a bug
+                    log.exception("%s: writing the log failed", self.folder)
+                    continue
+                # driftloop's storage errors name the bucket and key and never a credential;
+                # the first line only, so a long botocore answer does not flood the log
+                log.warning(
+                    "%s: writing the log failed (%s: %s); %d row(s) kept for the next "
+                    "flush, %d dropped so far",
+                    self.folder,
+                    type(exc).__name__,
+                    first_line(exc),
+                    self.pending,
+                    self.dropped,
+                )
