@@ -23,7 +23,8 @@ from .test_lifecycle import land
 from .test_reports_browser import browser  # noqa: F401 - the shared Chromium fixture
 from .ui_project import build
 
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's project, server and Chromium: one worker builds them
+pytestmark = pytest.mark.xdist_group("ui_browser")
 HANG_GUARD_MS = 60_000  # generous: a wait for an event, not a timing
 
 
