@@ -272,7 +272,7 @@ def test_champion_loaded_in_another_process_predicts_the_same(
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,  # a hang guard: at load 20 loading the model took over 120 s
         )
     finally:
         moved.rename(project / "driftloop.yaml")

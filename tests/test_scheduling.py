@@ -12,6 +12,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # as make test runs the suite
 PYTEST = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup"]
+# plugins the small suite does not use: each worker would import them
+QUICK = [f"-pno:{name}" for name in ("cacheprovider", "hypothesispytest", "anyio", "typeguard")]
 HANG_GUARD = 300.0  # seconds: a stuck run fails, a slow one does not
 
 RECORD = """
@@ -45,7 +47,7 @@ def test_a_group_stays_on_one_worker_and_slow_tests_go_first(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env |= {"ORDER_LOG": str(log), "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [*PYTEST, "-p", "no:cacheprovider", "-v", "--rootdir", str(tmp_path), str(tmp_path)],
+        [*PYTEST, *QUICK, "-v", "--rootdir", str(tmp_path), str(tmp_path)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
