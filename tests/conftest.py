@@ -24,6 +24,40 @@ def datasets() -> Path:
     return SHARED
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's own hook, which names the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first, and the ``xdist_group`` marks honoured.
+
+    ``make test``'s two workers take the tests in this order (a group as a whole): a long
+    test taken last keeps one worker busy while the other has nothing left to do; taken
+    first, the short ones fill in around it. Stable: otherwise the order is the collection's.
+
+    ``--dist loadgroup`` keeps a group on one worker by the ``@group`` suffix xdist (3.8)
+    puts on each test's node id; since pytest 9.2 keeps node ids structured, that assignment
+    is lost and every group is silently spread like ungrouped tests (pytest-xdist issue
+    1386). Here the suffix is put where pytest 9.2 keeps the id; where xdist has put it
+    (an older pytest, or a fixed xdist) nothing is done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        if not names or "@" in item.nodeid:
+            continue
+        from _pytest.nodeid import NodeId  # pytest >= 9.2, where the suffix was lost
+
+        grouped = f"{item.nodeid}@{'_'.join(sorted(names))}"
+        item._id = NodeId.parse(grouped)
+        if item.nodeid != grouped:
+            raise pytest.UsageError(
+                f"{item.nodeid}: could not mark it for its xdist group {grouped!r}; this "
+                "pytest keeps node ids differently: update tests/conftest.py"
+            )
+
+
 pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.moto",

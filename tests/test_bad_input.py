@@ -29,6 +29,9 @@ from .corpus import (
     write_corpus_spec,
 )
 
+# the tests share the module's run of the whole corpus: one worker runs it
+pytestmark = pytest.mark.xdist_group("bad_input")
+
 CORPUS = bad_corpus()
 PREFIX = f"data/raw/{SOURCE}/"
 CONTRACT_REASON = re.compile(

@@ -305,7 +305,6 @@ def test_a_multi_year_feed_initialised_from_its_first_slice(datasets: Path, tmp_
     assert {"contact", "month", "poutcome"} <= columns
 
 
-@pytest.mark.xdist_group("serving")
 def test_predict_scores_a_new_value_and_refuses_an_empty_record(tmp_path: Path) -> None:
     """/predict, served by a real process: a value an open list does not name is scored
     (200, with a flag saying so); an empty record is refused (422), since no field is

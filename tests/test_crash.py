@@ -28,7 +28,7 @@ from .crash_trials import QUICK, crash_problems, finish, kill_watch_at_random, s
 from .helpers import write_spec
 from .test_lifecycle import SPEC
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 TRIALS = 20
 ROWS = 400

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 
 def test_the_demo_runs_the_loop_through_drift_retraining_and_a_hot_swap(tmp_path: Path) -> None:

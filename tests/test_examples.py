@@ -20,6 +20,9 @@ from driftloop.features.stage import read_features
 from driftloop.init import init_example
 from driftloop.pipeline import run
 
+# the tests share the module's run of the shop example: one worker runs it
+pytestmark = pytest.mark.xdist_group("examples")
+
 
 def _manifest(project: Path, area: str, batch_id: str) -> dict[str, Any]:
     path = project / "data" / area / batch_id / "manifest.json"

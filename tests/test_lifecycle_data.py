@@ -25,7 +25,8 @@ from .helpers import BIKE_SOURCE, link_raw, write_spec
 from .test_datasets import BANK as DATASETS_BANK
 from .test_datasets import TELCO_SINGLE
 
-pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+# the tests share the module's projects, one trained per dataset: one worker trains them
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow, pytest.mark.xdist_group("lifecycle_data")]
 
 PREP_ONLY = "model: {enabled: false}  # prep and features only here"
 # The prep tests' contracts, with training switched on.
@@ -271,7 +272,7 @@ def test_champion_loaded_in_another_process_predicts_the_same(
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,  # a hang guard: at load 20 loading the model took over 120 s
         )
     finally:
         moved.rename(project / "driftloop.yaml")

@@ -18,7 +18,7 @@ from driftloop.core.state import StateDB
 from .serving_helpers import SERVING, serving, synthetic_project
 from .test_lifecycle import land
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 
 def test_drifted_traffic_and_a_changed_concept_are_seen_in_the_log(tmp_path: Path) -> None:

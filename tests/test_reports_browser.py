@@ -22,7 +22,8 @@ from .helpers import write_spec
 from .test_lifecycle import SPEC, land
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's Chromium and monitoring report: one worker builds them
+pytestmark = pytest.mark.xdist_group("reports_browser")
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from tests.fixtures.postgres import PASSWORD
 from tests.s3_notifications import in_queue, to_sqs
 from tests.test_s3_sources import everything_written, s3_shop_project
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "driftloop.cli"]
 GUARD = 600.0  # seconds: a hang guard for what the test waits for, never a timing assertion

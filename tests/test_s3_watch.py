@@ -169,7 +169,6 @@ def test_watch_refuses_a_queue_that_does_not_exist(s3_env: S3Env, tmp_path: Path
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("serving")
 def test_up_serves_a_champion_trained_on_an_object_uploaded_to_the_bucket(
     s3_env: S3Env, tmp_path: Path
 ) -> None:

@@ -25,7 +25,8 @@ from .helpers import write_spec
 from .serving_helpers import SERVING, record
 from .test_lifecycle import SPEC, land
 
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's project, where the run leaves what the server then reads
+pytestmark = pytest.mark.xdist_group("secrets")
 
 SECRET = "s3cr3t-Pa55word"
 HANG_GUARD = 300.0

@@ -23,7 +23,8 @@ from driftloop.models.registry import CHAMPION, open_registry
 
 from .serving_helpers import Running, record, serving, stop, synthetic_project
 
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's trained project and server: one worker builds them
+pytestmark = pytest.mark.xdist_group("serving_app")
 
 
 @pytest.fixture(scope="module")

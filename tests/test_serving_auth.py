@@ -36,7 +36,8 @@ from .helpers import write_spec
 from .serving_helpers import SERVING, record, synthetic_project
 from .test_lifecycle import SPEC
 
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's trained project: one worker builds it
+pytestmark = pytest.mark.xdist_group("serving_auth")
 
 PREDICT = "predict-token-0123456789abcdef"
 FEEDBACK = "feedback-token-0123456789abcdef"

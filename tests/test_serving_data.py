@@ -29,7 +29,7 @@ from driftloop.serving.rowpath import ROW_LIMIT
 from .serving_helpers import SERVING, serving
 from .test_lifecycle_data import CASES, train_fresh
 
-pytestmark = [pytest.mark.shared_data, pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("name", ["bike", "telco"])

@@ -24,7 +24,8 @@ from .helpers import write_spec
 from .serving_helpers import SERVING, Running, record, serving, synthetic_project
 from .test_lifecycle import SPEC
 
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's trained project and server: one worker builds them
+pytestmark = pytest.mark.xdist_group("serving_limits")
 
 HANG_GUARD = 120.0  # seconds; the limits below are 1-2 s
 LIMITS = SERVING + (

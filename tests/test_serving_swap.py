@@ -36,7 +36,7 @@ from driftloop.promotion.alias import manual_alias_change
 
 from .serving_helpers import record, serving, synthetic_project
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 HANG_GUARD = 600.0  # seconds: a stuck server fails the test, a slow one does not
 TWO_WORKERS = """

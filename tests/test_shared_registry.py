@@ -37,7 +37,7 @@ from .helpers import write_spec
 from .serving_helpers import record
 from .test_lifecycle import SPEC, land
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "driftloop.cli"]
 HANG_GUARD = 600.0  # seconds: a stuck process fails the test, a slow one does not

@@ -20,7 +20,8 @@ from .serving_helpers import Running, record, serving, synthetic_project
 
 ROOT = Path(__file__).parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's project, server and Chromium: one worker builds them
+pytestmark = pytest.mark.xdist_group("small_things")
 
 
 def test_one_version_everywhere(tmp_path: Path) -> None:

@@ -22,6 +22,9 @@ from driftloop.ui.views import page_of
 
 from .ui_project import build
 
+# the tests share the module's trained project: one worker builds it
+pytestmark = pytest.mark.xdist_group("ui")
+
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[InMemoryRegistry]:

@@ -19,11 +19,13 @@ import pytest
 from driftloop.pipeline import run_stage
 from driftloop.serving.client import BackgroundServer, background_server
 
+from .serving_helpers import HANG_GUARD
 from .test_lifecycle import land
 from .test_reports_browser import browser  # noqa: F401 - the shared Chromium fixture
 from .ui_project import build
 
-pytestmark = pytest.mark.xdist_group("serving")
+# the tests share the module's project, server and Chromium: one worker builds them
+pytestmark = pytest.mark.xdist_group("ui_browser")
 HANG_GUARD_MS = 60_000  # generous: a wait for an event, not a timing
 
 
@@ -31,7 +33,7 @@ HANG_GUARD_MS = 60_000  # generous: a wait for an event, not a timing
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, BackgroundServer]]:
     project = tmp_path_factory.mktemp("ui-browser")
     build(project)  # the embedded MLflow registry: the server process reads it too
-    with background_server(project, log=project / "serve.log", timeout=120) as server:
+    with background_server(project, log=project / "serve.log", timeout=HANG_GUARD) as server:
         yield project, server
 
 

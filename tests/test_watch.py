@@ -22,7 +22,7 @@ from driftloop.serving.client import free_port
 from .helpers import write_spec
 from .test_lifecycle import SPEC, land
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "driftloop.cli"]
 HANG_GUARD = 600.0  # seconds
