@@ -67,7 +67,7 @@ model:
   window: {{kind: last_rows, size: {rows}}}   # the newest file
 promotion: {{min_improvement: 0.0}}
 monitoring: {{permutations: 199, schedule_minutes: null}}
-serving: {{workers: 2, events_poll_seconds: 0.1}}
+serving: {{workers: 2}}   # the default polls; a promotion here is noticed by notification
 """
 
 
