@@ -304,12 +304,15 @@ def main() -> None:
             stop(p)
     print(f"load at the end {os.getloadavg()[0]:.1f}")
     names = list(projects[0].results[0].parts) if projects and projects[0].results else []
-    print(f"{'median':<12}{'total':>7}" + "".join(f"{n:>14}" for n in names))
+    width = {n: max(len(n) + 2, 8) for n in names}
+    print(f"{'median':<12}{'total':>8}" + "".join(f"{n:>{width[n]}}" for n in names))
     medians = {}
     for p in projects:
         medians[p.mode] = statistics.median(r.total for r in p.results)
-        cells = "".join(f"{statistics.median(r.parts[n] for r in p.results):>14.2f}" for n in names)
-        print(f"{p.mode:<12}{medians[p.mode]:>7.2f}{cells}")
+        cells = "".join(
+            f"{statistics.median(r.parts[n] for r in p.results):>{width[n]}.2f}" for n in names
+        )
+        print(f"{p.mode:<12}{medians[p.mode]:>8.2f}{cells}")
     if "check" in medians:
         total = medians["check"]
         print(
