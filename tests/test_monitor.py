@@ -249,3 +249,35 @@ def test_an_extreme_float_does_not_overflow_the_drift_tests(
         column = columns[name]
         assert column["test"] is not None and column["value"] is not None, column
         assert column["current_count"] == 2_000  # the extreme values are counted, not dropped
+
+
+def test_a_champion_is_read_once_per_process_and_again_when_its_package_changes(
+    project: Path, elec: pl.DataFrame, tmp_path: Path
+) -> None:
+    """The loop's process checks every batch against the same champion: read once (and
+    ahead, after a promotion); a package rewritten in place is read again."""
+    from driftloop.core.spec import load_spec
+    from driftloop.monitoring.run import load_champion, preload_champion
+
+    spec, layout = load_spec(project), Layout(project)
+    preload_champion(project, "1")
+    first = load_champion(spec, layout)
+    assert first.version == "1"
+    assert first.predictor._pipeline is not None  # the preload loaded the pipeline too
+    assert load_champion(spec, layout, "1") is first
+    profile = first.predictor._folder / "reference_profile.json"
+    stat = profile.stat()
+    os.utime(profile, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    again = load_champion(spec, layout, "1")
+    assert again is not first
+    # and the report made on what was read once is the report made on a fresh read
+    batch = tmp_path / "b.csv"
+    elec[30_000:31_000].write_csv(batch)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    import driftloop
+
+    a = driftloop.monitor(project, current=batch, now=now, write=False, record_events=False)
+    os.utime(profile, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    b = driftloop.monitor(project, current=batch, now=now, write=False, record_events=False)
+    strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
+    assert strip(a.report) == strip(b.report)

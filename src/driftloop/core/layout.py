@@ -156,6 +156,12 @@ class Layout:
     def state_db(self) -> Path:
         return self.state_dir / "state.db"
 
+    @property
+    def champion_moved(self) -> Path:
+        """Rewritten whenever the champion alias moves (promotion/alias.py): servers on this
+        machine watch it to follow a promotion at once (serving/champion.py)."""
+        return self.state_dir / "champion-moved"
+
     def source_pattern(self, source: str, suffix: str | None) -> str:
         """The glob a new source's files land under: ``data/raw/<source>/*.<suffix>``, or
         every file there (``*``) without a suffix."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,10 +79,14 @@ class Current:
 
 
 def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Champion:
-    """The champion (or the given version) with its reference data."""
+    """The champion (or the given version) with its reference data.
 
-    from driftloop.models.package import Predictor
-    from driftloop.models.profile import profile_from_json
+    A version read before by this process is taken from memory (:data:`KEPT` of them, the
+    latest used; keyed by the model cache's folder and its files' times, which a version
+    never changes): the loop's process checks every new batch against the same champion,
+    and :func:`preload_champion` reads a new one as soon as it is promoted, off the path.
+    """
+
     from driftloop.models.registry import CHAMPION, open_registry
 
     registry = open_registry(spec, layout)
@@ -94,12 +100,56 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
 
     # from the machine's model cache (downloaded into it the first time)
     folder = model_cache.fetch(registry, layout, str(version)) / model_cache.PACKAGE
+    key = _memo_key(folder)
+    with _KEPT_LOCK:
+        found = _KEPT.get(key)
+        if found is not None:
+            _KEPT.move_to_end(key)
+            return found
+    champion = _read_champion(str(version), folder)
+    with _KEPT_LOCK:
+        _KEPT[key] = champion
+        while len(_KEPT) > KEPT:
+            _KEPT.popitem(last=False)
+    return champion
+
+
+KEPT = 2  # champions a process keeps read (the one checked against, and a new one)
+_KEPT: OrderedDict[tuple[str, tuple[int, ...]], Champion] = OrderedDict()
+_KEPT_LOCK = threading.Lock()
+
+
+def _memo_key(folder: Path) -> tuple[str, tuple[int, ...]]:
+    """A cache folder and its files' modification times (a package rewritten in place, as
+    a test may do, is read again)."""
+    times = tuple(sorted(f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()))
+    return str(folder.resolve()), times
+
+
+def _read_champion(version: str, folder: Path) -> Champion:
+    from driftloop.models.package import Predictor
+    from driftloop.models.profile import profile_from_json
+
     profile = profile_from_json((folder / "reference_profile.json").read_text(encoding="utf-8"))
     columns = folder / "reference_columns.parquet"
     reference = Reference.read(columns) if columns.is_file() else Reference.from_profile(profile)
     holdout_path = folder / "reference_holdout.parquet"
     holdout = pl.read_parquet(holdout_path) if holdout_path.is_file() else None
     return Champion(version, Predictor(folder), reference, holdout, profile)
+
+
+def preload_champion(project: Path, version: str) -> None:
+    """Read ``version`` (its reference, holdout and fitted pipeline) into this process's
+    memory, so the next batch's check against it starts with the model loaded; for a
+    background thread after a promotion (a failure is logged: the check reads it then)."""
+    from driftloop.core.spec import load_spec
+
+    try:
+        spec = load_spec(project)
+        champion = load_champion(spec, Layout(project), version)
+        champion.predictor.pipeline  # noqa: B018  # loaded on first use: now
+    except Exception as exc:
+        log.warning("reading v%s ahead of the next check failed: %s", version, exc)
 
 
 def read_current_batch(

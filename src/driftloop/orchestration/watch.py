@@ -153,12 +153,30 @@ class Watcher:
             )
         if result.progressed:
             self.state.last_work = f"{self.clock():%H:%M:%S} {_summary(result)}"
+        self._preload(result)
         new_changed = [c for c in result.ingest.changed if c not in self._changed]
         self._changed = set(result.ingest.changed)  # told once (ingest logged each)
         if (result.progressed or new_unmatched or new_changed) and self.on_pass is not None:
             self.on_pass(result)
         self._status()
         return result
+
+    def _preload(self, result: RunResult) -> None:
+        """A version the gate just promoted is read into this process in the background
+        (off the path: the next batch's check against it starts with the model loaded)."""
+        for report in result.reports:
+            if report.stage != "promote" or report.outcome != "ran":
+                continue
+            decision = (report.manifest or {}).get("decision") or {}
+            if decision.get("decision") == "promoted":
+                from driftloop.monitoring.run import preload_champion
+
+                threading.Thread(
+                    target=preload_champion,
+                    args=(self.project, str(decision["version"])),
+                    name="driftloop-preload",
+                    daemon=True,
+                ).start()
 
     def _failed(self, message: str) -> None:
         if message != self.state.last_error:

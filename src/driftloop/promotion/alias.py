@@ -105,6 +105,19 @@ def move_alias(
         db.withdraw(decision_id, f"{type(exc).__name__}: {first_line(exc)}")
         raise
     db.mark_applied(decision_id)
+    signal_champion_moved(layout)
+
+
+def signal_champion_moved(layout: Layout) -> None:
+    """Tell servers on this machine that the alias moved (``ChampionMoved`` is recorded):
+    ``layout.champion_moved`` is rewritten, and a server watching it checks the registry at
+    once instead of at its next poll. Best effort: a server that is not told polls
+    (``serving.events_poll_seconds``), so a failure here is logged, never raised."""
+    try:
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        layout.champion_moved.write_bytes(b"")
+    except OSError as exc:
+        log.warning("could not signal the champion's move to local servers: %s", exc)
 
 
 def apply_pending_decisions(
@@ -126,6 +139,7 @@ def apply_pending_decisions(
         if newest is not None and decision["id"] == newest["id"]:
             open_registry(spec, layout, registry).set_alias(CHAMPION, str(decision["version"]))
             db.mark_applied(int(decision["id"]))
+            signal_champion_moved(layout)
             applied.append(decision)
             log.warning(
                 "applied a recorded decision the registry had missed: %s v%s (%s)",

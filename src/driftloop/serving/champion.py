@@ -1,10 +1,11 @@
 """Following the champion: which version it is, fetching it, and swapping it in.
 
 The registry's ``champion`` alias is the truth. A background thread reads it every
-``serving.poll_seconds``, and sooner when the state database records that the alias moved
-(``ChampionMoved``, written by the promotion gate and by ``driftloop models promote`` /
-``rollback`` on the same machine once the alias has moved; checking it is one small SQLite
-query). When the alias
+``serving.poll_seconds``, and sooner when the alias moved: at once when the promotion gate
+or ``driftloop models promote`` / ``rollback`` on this machine rewrites the state folder's
+``champion-moved`` file (an OS notification, watchdog), else within
+``serving.events_poll_seconds`` when the state database records ``ChampionMoved`` (checking
+it is one small SQLite query; a shared PostgreSQL state reaches other machines so). When the alias
 names another version, the thread loads it (from the local model cache, or downloads it),
 warms it up, and only then swaps it in: requests keep being answered by the old model
 meanwhile. A load that fails leaves the old model serving; the failure is logged, counted
@@ -174,6 +175,8 @@ class ChampionWatcher:
         self.first_attempt = threading.Event()  # set once the first champion load was tried
         self.registry_checked_at: float | None = None  # time.time() of the last good check
         self._failed: tuple[str, float] | None = None  # a version that failed, retry after
+        self._observer: Any = None  # watchdog's, on the state folder, once it exists
+        self.notified = threading.Event()  # set once the state folder is watched
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="driftloop-champion", daemon=True)
@@ -184,6 +187,46 @@ class ChampionWatcher:
         self._check_now.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._observer:
+            self._observer.stop()
+            self._observer.join(timeout)
+        self._observer = None
+
+    def _watch_moves(self) -> None:
+        """Check the registry at once when ``champion-moved`` in the state folder is
+        rewritten (promotion/alias.py); without the folder yet, or without OS notifications,
+        the polls alone follow the alias (tried again at the next tick)."""
+        folder = self.source.layout.state_dir
+        if self._observer is not None or not folder.is_dir():
+            return
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        name = self.source.layout.champion_moved.name
+        wake = self._check_now
+
+        class _Moved(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type not in ("created", "modified", "closed", "moved"):
+                    return
+                path = event.dest_path if event.event_type == "moved" else event.src_path
+                if Path(os.fsdecode(path)).name == name:
+                    wake.set()
+
+        observer = Observer()
+        try:
+            observer.schedule(_Moved(), str(folder), recursive=False)
+            observer.start()
+        except Exception as exc:  # no inotify watches left, an exotic file system, ...
+            log.warning(
+                "no notifications of promotions (%s); polling the state database every %gs",
+                exc,
+                self.events_poll_seconds,
+            )
+            self._observer = False  # not tried again
+            return
+        self._observer = observer
+        self.notified.set()
 
     def check_now(self) -> None:
         """Ask for a registry check at the next tick (used by tests and signals)."""
@@ -202,6 +245,7 @@ class ChampionWatcher:
         mark = self._quietly(self.source.promotion_mark) or 0
         next_poll = 0.0
         while not self._stop.is_set():
+            self._watch_moves()
             now = time.monotonic()
             latest = self._quietly(self.source.promotion_mark) or mark
             if latest != mark or now >= next_poll or self._check_now.is_set():
