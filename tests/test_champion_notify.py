@@ -24,7 +24,7 @@ from driftloop.serving.model import ServedModel
 
 from .serving_helpers import synthetic_project
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = [pytest.mark.slow]
 
 HANG_GUARD = 300.0  # seconds: far below the hour of both polls
 

@@ -120,7 +120,6 @@ def drifted_traffic(client: object, rng: np.random.Generator, requests: int) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("serving")
 def test_a_monitor_elsewhere_reads_what_serving_logged_on_s3(tmp_path: Path, s3_env: S3Env) -> None:
     from driftloop.pipeline import run
 
