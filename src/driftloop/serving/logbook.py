@@ -1,12 +1,16 @@
 """The prediction and feedback logs: a bounded buffer in memory, written by a background thread.
 
-The request path only appends a small Polars frame to a list (under a lock held for that
-append); a thread writes the buffer as Parquet every ``flush_seconds``, or sooner once
-``flush_rows`` rows wait, into ``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of
-each row's ``__ts``, UTC). A file is written under a hidden name and renamed, so readers never
-see half a file. When the disk cannot keep up and ``buffer_rows`` are waiting, new rows are
-dropped and counted (``dropped``) rather than making requests wait; the count is exported
-as a metric and logged. ``close`` writes whatever is left.
+The request path only appends to a list (under a lock held for that append): a Polars
+frame, or rows not yet made into one (anything with a ``height``: the prediction log hands
+over each scored batch as it is, and the writer thread builds one frame for all the batches
+waiting, with the ``build`` function it was given; building a frame per request cost the
+event loop more than scoring the request). A thread writes the buffer as Parquet every
+``flush_seconds``, or sooner once ``flush_rows`` rows wait, into
+``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of each row's ``__ts``, UTC). A file
+is written under a hidden name and renamed, so readers never see half a file. When the disk
+cannot keep up and ``buffer_rows`` are waiting, new rows are dropped and counted
+(``dropped``) rather than making requests wait; the count is exported as a metric and
+logged. ``close`` writes whatever is left.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -27,8 +32,19 @@ from driftloop.core.predlog import TS, partition
 log = logging.getLogger(__name__)
 
 
+class Rows(Protocol):
+    """Rows waiting to be made into a frame by the log's ``build`` (at flush time)."""
+
+    @property
+    def height(self) -> int: ...
+
+
+Build = Callable[[list[Any]], list[pl.DataFrame]]
+
+
 class FrameLog:
-    """Append frames from any thread; a background thread writes them as Parquet."""
+    """Append frames (or :class:`Rows` for ``build``) from any thread; a background thread
+    writes them as Parquet."""
 
     def __init__(
         self,
@@ -38,6 +54,7 @@ class FrameLog:
         flush_rows: int,
         flush_seconds: float,
         on_drop: Callable[[int], None] | None = None,
+        build: Build | None = None,
     ) -> None:
         self.folder = folder
         self.buffer_rows = buffer_rows
@@ -46,7 +63,8 @@ class FrameLog:
         self.dropped = 0
         self.written = 0
         self._on_drop = on_drop
-        self._frames: list[pl.DataFrame] = []
+        self._build = build
+        self._frames: list[pl.DataFrame | Rows] = []
         self._rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -61,8 +79,12 @@ class FrameLog:
         )
         self._thread.start()
 
-    def append(self, frame: pl.DataFrame) -> bool:
-        """Queue rows for writing; False (and counted as dropped) when the buffer is full."""
+    def append(self, frame: pl.DataFrame | Rows) -> bool:
+        """Queue rows for writing; False (and counted as dropped) when the buffer is full.
+
+        Anything but a frame is passed to ``build`` when the log is flushed."""
+        if not isinstance(frame, pl.DataFrame) and self._build is None:
+            raise TypeError(f"{self.folder}: this log takes Polars frames (it has no build)")
         if frame.height == 0:
             return True
         with self._lock:
@@ -109,7 +131,7 @@ class FrameLog:
         if not frames:
             return 0
         try:
-            frame = pl.concat(frames, how="diagonal_relaxed")
+            frame = pl.concat(self._made(frames), how="diagonal_relaxed")
             day = pl.col(TS).dt.date()
             parts = list(
                 frame.with_columns(day.alias("__day")).partition_by("__day", as_dict=True).items()
@@ -128,7 +150,25 @@ class FrameLog:
             self.written += part.height
         return frame.height
 
-    def _put_back(self, frame: pl.DataFrame) -> None:
+    def _made(self, items: list[pl.DataFrame | Rows]) -> list[pl.DataFrame]:
+        """Frames for the buffered items, in order; each run of rows built in one call."""
+        frames: list[pl.DataFrame] = []
+        run: list[Rows] = []
+        for item in items:
+            if isinstance(item, pl.DataFrame):
+                if run:
+                    assert self._build is not None  # append() refuses rows without one
+                    frames += self._build(run)
+                    run = []
+                frames.append(item)
+            else:
+                run.append(item)
+        if run:
+            assert self._build is not None
+            frames += self._build(run)
+        return frames
+
+    def _put_back(self, frame: pl.DataFrame | Rows) -> None:
         """Rows that could not be written wait for the next flush, if there is room."""
         with self._lock:
             if self._rows + frame.height <= self.buffer_rows:
