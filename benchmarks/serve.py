@@ -19,10 +19,11 @@ busy-loop process per core running beside (a CPU-heavy job on the same machine).
 FastAPI endpoint returning a constant (benchmarks/ceiling.py, same uvicorn, protocol and
 two workers) is loaded alike: the HTTP ceiling driftloop is compared with. The serving
 workers' peak RSS is reported next to the model's own footprint (the RSS a process gains
-by loading it as a worker does, above the worker's libraries). Prints requests/s, p50 and p99 latency, errors and the ratios; the time
-from start to the first answered request; the in-process floor (the model alone on one
-record) and the HTTP overhead above it (p50 at concurrency 1 minus the floor); and checks
-that both servers' predictions equal the batch path's to 1e-6.
+by loading it as a worker does, above the worker's libraries). Prints requests/s, p50 and
+p99 latency, errors and the ratios; the time from start to the first answered request; the
+in-process floor (the model alone on one record) and the HTTP overhead above it (p50 at
+concurrency 1 minus the floor); and checks that both servers' predictions equal the batch
+path's to 1e-6.
 """
 
 from __future__ import annotations
