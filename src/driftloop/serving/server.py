@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,9 @@ def _observe(metrics: ServingMetrics, model: ServedModel, jobs: list[Job], resul
 def _log(predictions: FrameLog, model: ServedModel, jobs: list[Job], result: Scored) -> None:
     """Hand a scored batch to the prediction log (on the event loop, after the answers): its
     rows are made into a frame by the log's writer thread (:func:`prediction_frames`)."""
-    if result.accepted:
-        predictions.append(ScoredBatch(model, jobs, result))
+    if result.accepted:  # the requests' ids, sizes and times; not their raw records
+        held = [(j.request_id, len(j.records), j.received) for j in jobs]
+        predictions.append(ScoredBatch(model, held, result))
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class ScoredBatch:
     """A scored micro-batch waiting in the prediction log."""
 
     model: ServedModel
-    jobs: list[Job]
+    requests: list[tuple[str, int, datetime]]  # request id, records, received
     scored: Scored
 
     @property
@@ -225,9 +227,9 @@ def prediction_frames(batches: list[ScoredBatch]) -> list[pl.DataFrame]:
 
 
 def _frame(model: ServedModel, batches: list[ScoredBatch]) -> pl.DataFrame:
-    request_ids = [j.request_id for b in batches for j in b.jobs for _ in j.records]
-    index = [k for b in batches for j in b.jobs for k in range(len(j.records))]
-    ts = [j.received for b in batches for j in b.jobs for _ in j.records]
+    request_ids = [rid for b in batches for rid, n, _ in b.requests for _ in range(n)]
+    index = [k for b in batches for _, n, _ in b.requests for k in range(n)]
+    ts = [at for b in batches for _, n, at in b.requests for _ in range(n)]
     if len(batches) == 1:
         return model.log_frame(batches[0].scored, request_ids, index, ts)
     # row-path batches: every record accepted, typed rows, no flags; joined into one
