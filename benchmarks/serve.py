@@ -13,11 +13,17 @@ serves that same registered version with:
 
 Every server runs on 127.0.0.1 with the same CPU budget (the same cores, with
 OMP_NUM_THREADS=1 per worker so no server oversubscribes them) and is loaded by wrk (from
-the Debian package) with single-record requests at concurrency 8 and 32, cycling through 200
-different records. Prints requests/s, p50 and p99 latency, errors and the ratios; the time
-from start to the first answered request; the in-process floor (the model alone on one
-record) and the HTTP overhead above it (p50 at concurrency 1 minus the floor); and checks
-that both servers' predictions equal the batch path's to 1e-6.
+the Debian package; without it, by benchmarks/httpload.py) with single-record requests at
+concurrency 8 and 32, cycling through 200 different records, and again at 32 with a
+busy-loop process per core running beside (a CPU-heavy job on the same machine). A bare
+FastAPI endpoint returning a constant (benchmarks/ceiling.py, same uvicorn, protocol and
+two workers) is loaded alike: the HTTP ceiling driftloop is compared with. The serving
+workers' peak RSS is reported next to the model's own footprint (the RSS a process gains
+by loading it as a worker does, above the worker's libraries). Prints requests/s, p50 and
+p99 latency, errors and the ratios; the time from start to the first answered request; the
+in-process floor (the model alone on one record) and the HTTP overhead above it (p50 at
+concurrency 1 minus the floor); and checks that both servers' predictions equal the batch
+path's to 1e-6.
 """
 
 from __future__ import annotations
@@ -147,6 +153,7 @@ class Server:
     predict: str  # path
     wrap: bool  # MLflow wants {"dataframe_records": [...]}
     ready_seconds: float
+    pid: int = 0  # the server's process (uvicorn's workers are its children)
 
 
 @contextmanager
@@ -175,10 +182,10 @@ def started(
                     break
             except httpx.TransportError:
                 pass
-            if time.perf_counter() - began > 120:
-                raise SystemExit(f"{name} did not answer in 120 s")
+            if time.perf_counter() - began > 300:  # generous: a loaded machine starts slowly
+                raise SystemExit(f"{name} did not answer in 300 s")
             time.sleep(0.02)
-        yield Server(name, url, predict, wrap, time.perf_counter() - began)
+        yield Server(name, url, predict, wrap, time.perf_counter() - began, process.pid)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -216,10 +223,34 @@ def lua_script(bodies: list[dict[str, Any]], wrap: bool, folder: Path) -> Path:
     payloads = [json.dumps({"dataframe_records": [b]} if wrap else b) for b in bodies]
     path = folder / ("mlflow.lua" if wrap else "driftloop.lua")
     path.write_text(LUA.replace("{BODIES}", "{" + ",".join(lua_string(p) for p in payloads) + "}"))
+    path.with_suffix(".json").write_text(  # the same bodies for httpload.py
+        json.dumps([{"dataframe_records": [b]} if wrap else b for b in bodies])
+    )
     return path
 
 
 def load(server: Server, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    """wrk when installed, else benchmarks/httpload.py (the script's folder holds both
+    inputs: the Lua script and the bodies as JSON)."""
+    if shutil.which("wrk") is None:
+        bodies = script.with_suffix(".json")
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "httpload.py"),
+                f"{server.url}{server.predict}",
+                str(bodies),
+                str(connections),
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+        result: dict[str, float] = json.loads(line.removeprefix("RESULT "))
+        result["rps"] = result["requests"] / result["seconds"]
+        return result
     threads = min(2, connections)
     out = subprocess.run(
         [
@@ -236,7 +267,7 @@ def load(server: Server, script: Path, connections: int, seconds: float) -> dict
         check=True,
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    result: dict[str, float] = json.loads(line.removeprefix("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
     result["rps"] = result["requests"] / result["seconds"]
     return result
 
@@ -332,7 +363,7 @@ def report(results: dict[str, dict[str, Any]], base: dict[str, Any], n_records: 
         f"driftloop at concurrency 1: {single['rps']:.0f} req/s, p50 {single['p50_ms']:.2f} ms: "
         f"HTTP and queueing add {single['p50_ms'] - base['driftloop_ms']:.2f} ms to the floor"
     )
-    worst = max(r["max_diff"] for r in results.values())
+    worst = max(r["max_diff"] for r in results.values() if "max_diff" in r)
     print(
         f"same predictions from every server (P(yes) of {n_records} records, to 1e-6): "
         f"{'yes' if worst <= 1e-6 else 'NO'} (max difference {worst:.2g})"
@@ -360,6 +391,130 @@ def demo_ready(work: Path, starts: int = 3) -> list[float]:
     return seconds
 
 
+BUSY = "while True: pass"
+
+
+@contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """A CPU-heavy job beside the benchmark: one busy-loop process per core."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True) for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _status(pid: int, field: str) -> int:
+    """A /proc/<pid>/status field in KiB (0 when the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def worker_peaks(root: int) -> list[int]:
+    """Peak RSS (VmHWM, KiB) of each child of ``root`` (uvicorn's worker processes)."""
+    peaks = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == root:
+            peaks.append(_status(int(stat.parent.name), "VmHWM"))
+    return [p for p in peaks if p]
+
+
+FOOTPRINT = """
+import os, sys
+from pathlib import Path
+def rss():
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+bare = rss()
+sys.path.insert(0, sys.argv[2])
+import serve
+from driftloop.core.layout import Layout
+from driftloop.core.spec import load_spec
+from driftloop.models import cache as model_cache
+from driftloop.models.registry import CHAMPION, open_registry
+from driftloop.serving.model import ServedModel
+import fastapi, uvicorn, treelite, sklearn.ensemble
+project = Path(sys.argv[1])
+spec, layout = load_spec(project), Layout(project)
+registry = open_registry(spec, layout)
+version = str(registry.alias(CHAMPION))
+entry = model_cache.fetch(registry, layout, version)
+libraries = rss()
+served = ServedModel.load(spec.name, version, entry / "driftloop", unknown_category="reject",
+                          compiled=entry / model_cache.COMPILED)
+print(bare, libraries, rss())
+"""
+
+
+def footprint(project: Path) -> dict[str, int]:
+    """KiB: a bare interpreter, with the libraries a worker imports, and after loading the
+    model as a worker does (so the model's own footprint is the last minus the second)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    out = subprocess.run(
+        [sys.executable, "-c", FOOTPRINT, str(project), str(HERE)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.split()
+    bare, libraries, loaded = (int(x) for x in out[-3:])
+    return {"bare": bare, "libraries": libraries, "model": loaded - libraries}
+
+
+def report_more(results: dict[str, dict[str, Any]], memory: dict[str, Any]) -> None:
+    ours, ceiling = results["driftloop"], results["ceiling"]
+    share = ours[32]["rps"] / ceiling[32]["rps"]
+    print(
+        f"HTTP ceiling (bare FastAPI constant, same uvicorn and workers) at concurrency 32: "
+        f"{ceiling[32]['rps']:.0f} req/s, p50 {ceiling[32]['p50_ms']:.2f} ms; driftloop "
+        f"reaches {share:.0%} of it (target >= 70%: {verdict(share >= 0.7)})"
+    )
+    for anchor in ("mlflow-1w", "mlflow-2w"):
+        theirs = results[anchor]["busy32"]
+        mine = ours["busy32"]
+        ratio = mine["p99_ms"] / theirs["p99_ms"]
+        print(
+            f"with a busy loop per core beside, concurrency 32 vs {anchor}: driftloop "
+            f"{mine['rps']:.0f} req/s p99 {mine['p99_ms']:.1f} ms, {anchor} "
+            f"{theirs['rps']:.0f} req/s p99 {theirs['p99_ms']:.1f} ms: {ratio:.3f}x the p99 "
+            f"(target <= 1/5: {verdict(ratio <= 0.2)})"
+        )
+    busy = ceiling["busy32"]
+    print(
+        f"  (the ceiling with the busy loops: {busy['rps']:.0f} req/s, p99 {busy['p99_ms']:.1f} ms)"
+    )
+    mib = 1024
+    peak = max(memory["peaks"])
+    model, libraries, bare = memory["model"], memory["libraries"], memory["bare"]
+    print(
+        f"memory: serving worker peak RSS {peak / mib:.0f} MiB (workers: "
+        + ", ".join(f"{p / mib:.0f}" for p in memory["peaks"])
+        + f" MiB); bare interpreter {bare / mib:.0f} MiB, with the worker's libraries "
+        f"{libraries / mib:.0f} MiB, the model loaded as a worker loads it adds "
+        f"{model / mib:.1f} MiB"
+    )
+    allowed = libraries + 1.5 * model
+    print(
+        f"  peak <= libraries + 1.5 x model ({allowed / mib:.0f} MiB): "
+        f"{verdict(peak <= allowed)}; peak above the libraries: {(peak - libraries) / mib:.0f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per load run")
@@ -376,7 +531,7 @@ def main() -> None:
         )
         return
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install wrk")
+        print("wrk is not installed: the load comes from benchmarks/httpload.py (Python)")
     os.environ["OMP_NUM_THREADS"] = "1"
     work = Path(tempfile.mkdtemp(prefix="driftloop-serve-bench-"))
     project = work / "project"
@@ -399,7 +554,9 @@ def main() -> None:
         ("mlflow-1w", True, ["--workers", "1"]),
         ("mlflow-2w", True, ["--workers", "2"]),
         ("driftloop", False, []),
+        ("ceiling", False, []),
     ]
+    memory: dict[str, Any] = {}
     for name, wrap, extra in configs:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -419,25 +576,50 @@ def main() -> None:
                 *extra,
             ]
             path = "/invocations"
+        elif name == "ceiling":
+            cmd = [
+                str(BIN / "uvicorn"),
+                "ceiling:app",
+                "--app-dir",
+                str(HERE),
+                "--workers",
+                "2",
+                "--http",
+                "httptools",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+            path = "/predict"
         else:
             cmd = [str(BIN / "driftloop"), "serve", "-p", str(project), "--port", str(port)]
             path = "/predict"
         with started(name, cmd, env, url, path, wrap, bodies[0]) as server:
-            if not wrap:
+            if name == "driftloop":
                 settled(url)
             load(server, scripts[wrap], 8, 3)  # warm-up
             row: dict[str, Any] = {"ready_s": server.ready_seconds}
             for c in (8, 32):
                 row[c] = load(server, scripts[wrap], c, args.seconds)
+            with busy_cores(os.cpu_count() or 2):
+                row["busy32"] = load(server, scripts[wrap], 32, args.seconds)
+            results[name] = row
+            print(f"  {name}: done")
+            if name == "ceiling":
+                continue
             if not wrap:
                 row[1] = load(server, scripts[wrap], 1, max(3.0, args.seconds / 2))
+                memory["peaks"] = worker_peaks(server.pid)
             got = predictions(server, bodies)
             if reference is None:
                 reference = got
             row["max_diff"] = float(np.max(np.abs(got - reference)))
-            results[name] = row
-            print(f"  {name}: done")
+    memory.update(footprint(project))
     report(results, floor(project, bodies), len(bodies))
+    report_more(results, memory)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -157,3 +157,38 @@ def test_the_batcher_refuses_work_beyond_its_queue() -> None:
         waiting.cancel()
 
     asyncio.run(scenario())
+
+
+class Pending:
+    """Rows handed over unbuilt (as the prediction log hands over scored batches)."""
+
+    def __init__(self, n: int, day: datetime, start: int) -> None:
+        self.args = (n, day, start)
+
+    @property
+    def height(self) -> int:
+        return self.args[0]
+
+
+def test_rows_handed_over_unbuilt_are_built_in_runs_in_order(tmp_path: Path) -> None:
+    """Consecutive pending items reach ``build`` together, frames keep their place, and the
+    buffer counts pending rows like built ones."""
+    calls: list[int] = []
+
+    def build(items: list[Pending]) -> list[pl.DataFrame]:
+        calls.append(len(items))
+        return [rows(*item.args) for item in items]
+
+    day = datetime(2026, 12, 2, 9, tzinfo=UTC)
+    log = FrameLog(tmp_path, buffer_rows=9, flush_rows=100, flush_seconds=60, build=build)
+    assert log.append(Pending(2, day, 0))
+    assert log.append(Pending(2, day, 2))
+    assert log.append(rows(2, day, start=4))
+    assert log.append(Pending(3, day, 6))
+    assert not log.append(Pending(1, day, 9))  # over buffer_rows: dropped and counted
+    assert (log.pending, log.dropped) == (9, 1)
+    assert log.flush() == 9
+    assert calls == [2, 1]
+    assert written(tmp_path)[REQUEST_ID].to_list() == [f"r{i}" for i in range(9)]
+    with pytest.raises(TypeError, match="takes Polars frames"):
+        FrameLog(tmp_path, buffer_rows=9, flush_rows=9, flush_seconds=60).append(Pending(1, day, 0))

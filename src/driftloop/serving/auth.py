@@ -162,8 +162,10 @@ bearer = HTTPBearer(
 )
 
 
-def configured_tokens(request: Request) -> Tokens:
-    """The app's tokens (a dependency, so tests can override it)."""
+async def configured_tokens(request: Request) -> Tokens:
+    """The app's tokens (a dependency, so tests can override it). ``async`` because it does
+    no I/O: FastAPI runs a plain ``def`` dependency in its thread pool, a hand-off to another
+    thread and back that cost more than the rest of a keep-alive /predict."""
     tokens: Tokens = request.app.state.tokens
     return tokens
 
@@ -172,7 +174,7 @@ def require(scope: str) -> Any:
     """A dependency that lets a request through with a token allowing ``scope``; it returns
     that token (None when the API is open)."""
 
-    def check(
+    async def check(  # async: no thread-pool hop (see configured_tokens); no I/O here
         tokens: Annotated[Tokens, Depends(configured_tokens)],
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ApiToken | None:

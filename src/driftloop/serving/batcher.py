@@ -6,6 +6,11 @@ waiting, up to ``max_records``, in a single call. Nothing waits on purpose: whil
 is scored, the next one gathers (continuous batching), so a lone request is scored at once
 and a crowd shares the cost. Each batch is scored by one model, read from the slot when the
 batch starts, so every response names the version that actually scored it.
+
+A request that finds the batcher idle (nothing queued, nothing being scored) and fits the
+row path is scored by its own handler, on the event loop: the queue and the batcher task's
+wake-up would only add latency to a batch of one. Scored batches go to the prediction log
+after the answers, as they are (the log's writer thread makes the frames).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class Job:
     single: bool  # the body was one object, not a list: problems name no record index
     request_id: str
     received: datetime
-    future: asyncio.Future[Answer] = field(repr=False)
+    future: asyncio.Future[Answer] | None = field(repr=False)  # None: scored by its handler
 
 
 @dataclass
@@ -73,6 +78,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="driftloop-predict")
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # the batcher task holds a batch (event-loop thread only)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
@@ -94,6 +100,16 @@ class MicroBatcher:
     ) -> Answer:
         if self.queued + len(records) > self.max_queued:
             raise OverloadedError(f"{self.queued} records are waiting to be scored")
+        model = self.slot.current
+        if not self._busy and self._queue.empty() and len(records) <= ROW_LIMIT and model:
+            # Nothing waits and nothing is being scored: score here (the row path's ~0.1 ms,
+            # synchronous, so no other request can slip in between).
+            job = Job(records, single, request_id, received, None)
+            scored: list[tuple[list[Job], Scored]] = []
+            answers = self._score_inline(model, [job], scored)
+            if answers is not None:
+                self._logged(model, scored)
+                return answers[0]
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Job(records, single, request_id, received, future))
         self.queued += len(records)
@@ -102,7 +118,9 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            self._busy = False
             jobs = [await self._queue.get()]
+            self._busy = True
             size = len(jobs[0].records)
             while size < self.max_records and not self._queue.empty():
                 job = self._queue.get_nowait()
@@ -126,13 +144,9 @@ class MicroBatcher:
                 log.exception("scoring a batch failed")
                 answers = [Answer(model, [], [], f"{type(exc).__name__}: {exc}") for _ in jobs]
             for job, answer in zip(jobs, answers, strict=True):
-                if not job.future.done():
+                if job.future is not None and not job.future.done():
                     job.future.set_result(answer)
-            if scored and self._after_answers is not None:
-                # The prediction log after the answers: building its frame costs more than
-                # scoring a few records on the row path. On the prediction thread, so
-                # batches are logged in order; not awaited (stop() drains the thread).
-                self._executor.submit(self._log, model, scored)
+            self._logged(model, scored)
 
     def _score(
         self, model: ServedModel, jobs: list[Job], done: list[tuple[list[Job], Scored]]
@@ -167,8 +181,11 @@ class MicroBatcher:
         done.append((jobs, scored))
         return split(model, jobs, scored)
 
-    def _log(self, model: ServedModel, done: list[tuple[list[Job], Scored]]) -> None:
-        assert self._after_answers is not None
+    def _logged(self, model: ServedModel, done: list[tuple[list[Job], Scored]]) -> None:
+        """The prediction log after the answers, in the order batches were scored (a hand-off
+        of the batch as it is: the log's writer thread builds the frames)."""
+        if self._after_answers is None:
+            return
         for jobs, scored in done:
             try:
                 self._after_answers(model, jobs, scored)

@@ -1,10 +1,15 @@
 """The prediction and feedback logs: a bounded buffer in memory, written by a background thread.
 
-The request path only appends a small Polars frame to a list (under a lock held for that
-append); a thread writes the buffer as Parquet every ``flush_seconds``, or sooner once
-``flush_rows`` rows wait, into ``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of
-each row's ``__ts``, UTC). The folder is on this machine, or on S3 when the project's outputs
-are (:mod:`driftloop.core.logparts`: a file is renamed into place, an object is one PUT, so
+The request path only appends to a list (under a lock held for that append): a Polars
+frame, or rows not yet made into one (anything with a ``height``: the prediction log hands
+over each scored batch as it is, and the writer thread builds one frame for all the batches
+waiting, with the ``build`` function it was given; building a frame per request cost the
+event loop more than scoring the request). A thread writes the buffer as Parquet every
+``flush_seconds``, or sooner once ``flush_rows`` rows wait, into
+``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of each row's ``__ts``, UTC).
+
+The folder is on this machine, or on S3 when the project's outputs are
+(:mod:`driftloop.core.logparts`: a file is renamed into place, an object is one PUT, so
 readers never see half a part; names are unique per writer, so replicas sharing a bucket
 never overwrite each other). Only the thread talks to the store: a request never waits on a
 disk or on S3. A write that fails (S3 down, a bucket policy that refuses) keeps its rows
@@ -20,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
@@ -34,8 +39,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class Rows(Protocol):
+    """Rows waiting to be made into a frame by the log's ``build`` (at flush time)."""
+
+    @property
+    def height(self) -> int: ...
+
+
+Build = Callable[[list[Any]], list[pl.DataFrame]]
+
+
 class FrameLog:
-    """Append frames from any thread; a background thread writes them as Parquet."""
+    """Append frames (or :class:`Rows` for ``build``) from any thread; a background thread
+    writes them as Parquet."""
 
     def __init__(
         self,
@@ -45,6 +61,7 @@ class FrameLog:
         flush_rows: int,
         flush_seconds: float,
         on_drop: Callable[[int], None] | None = None,
+        build: Build | None = None,
     ) -> None:
         self.folder = folder
         self.buffer_rows = buffer_rows
@@ -53,7 +70,8 @@ class FrameLog:
         self.dropped = 0
         self.written = 0
         self._on_drop = on_drop
-        self._frames: list[pl.DataFrame] = []
+        self._build = build
+        self._frames: list[pl.DataFrame | Rows] = []
         self._rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -69,8 +87,12 @@ class FrameLog:
         )
         self._thread.start()
 
-    def append(self, frame: pl.DataFrame) -> bool:
-        """Queue rows for writing; False (and counted as dropped) when the buffer is full."""
+    def append(self, frame: pl.DataFrame | Rows) -> bool:
+        """Queue rows for writing; False (and counted as dropped) when the buffer is full.
+
+        Anything but a frame is passed to ``build`` when the log is flushed."""
+        if not isinstance(frame, pl.DataFrame) and self._build is None:
+            raise TypeError(f"{self.folder}: this log takes Polars frames (it has no build)")
         if frame.height == 0:
             return True
         with self._lock:
@@ -117,7 +139,7 @@ class FrameLog:
         if not frames:
             return 0
         try:
-            frame = pl.concat(frames, how="diagonal_relaxed")
+            frame = pl.concat(self._made(frames), how="diagonal_relaxed")
             day = pl.col(TS).dt.date()
             parts = list(
                 frame.with_columns(day.alias("__day")).partition_by("__day", as_dict=True).items()
@@ -136,7 +158,25 @@ class FrameLog:
             self.written += part.height
         return frame.height
 
-    def _put_back(self, frame: pl.DataFrame) -> None:
+    def _made(self, items: list[pl.DataFrame | Rows]) -> list[pl.DataFrame]:
+        """Frames for the buffered items, in order; each run of rows built in one call."""
+        frames: list[pl.DataFrame] = []
+        run: list[Rows] = []
+        for item in items:
+            if isinstance(item, pl.DataFrame):
+                if run:
+                    assert self._build is not None  # append() refuses rows without one
+                    frames += self._build(run)
+                    run = []
+                frames.append(item)
+            else:
+                run.append(item)
+        if run:
+            assert self._build is not None
+            frames += self._build(run)
+        return frames
+
+    def _put_back(self, frame: pl.DataFrame | Rows) -> None:
         """Rows that could not be written wait for the next flush, if there is room."""
         with self._lock:
             if self._rows + frame.height <= self.buffer_rows:

@@ -88,12 +88,21 @@ class ServingMetrics:
             for value in np.asarray(labels, dtype=float):
                 self.value.observe(float(value))
             return
-        names, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
-        for name, count in zip(names, counts, strict=True):
-            self.predicted.labels(str(name)).inc(int(count))
+        if len(labels) <= 16:  # a request or two: np.unique's sorting costs more than a loop
+            counted: dict[str, int] = {}
+            for label in labels:
+                counted[str(label)] = counted.get(str(label), 0) + 1
+            pairs = list(counted.items())
+        else:
+            names, counts = np.unique(
+                np.asarray(labels, dtype=object).astype(str), return_counts=True
+            )
+            pairs = [(str(n), int(c)) for n, c in zip(names, counts, strict=True)]
+        for name, count in pairs:
+            self.predicted.labels(name).inc(count)
         if proba is not None and len(classes) == 2:
-            for p in proba[:, 1]:
-                self.positive.observe(float(p))
+            for p in proba[:, 1].tolist():
+                self.positive.observe(p)
 
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

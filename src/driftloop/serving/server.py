@@ -7,8 +7,12 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import polars as pl
 
 from driftloop.core.events import Event, ModelLoadFailed, ModelServed
 from driftloop.core.layout import Layout
@@ -19,6 +23,7 @@ from driftloop.serving.logbook import FrameLog
 from driftloop.serving.metrics import ServingMetrics
 from driftloop.serving.model import Scored, ServedModel
 from driftloop.serving.ratelimit import RateLimiter
+from driftloop.serving.records import Checked
 from driftloop.serving.request_ids import RequestIds
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,7 @@ def start_server(spec: Spec, layout: Layout) -> Server:
             flush_rows=settings.log.flush_rows,
             flush_seconds=settings.log.flush_seconds,
             on_drop=dropped(kind),
+            build=prediction_frames if kind == "predictions" else None,
         )
         for kind, folder in (("predictions", layout.predictions), ("feedback", layout.feedback))
     }
@@ -178,13 +184,64 @@ def _observe(metrics: ServingMetrics, model: ServedModel, jobs: list[Job], resul
 
 
 def _log(predictions: FrameLog, model: ServedModel, jobs: list[Job], result: Scored) -> None:
-    """The prediction log's rows for a scored batch (on the prediction thread, after the
-    answers: building the frame costs more than scoring a few records on the row path)."""
-    request_ids = [j.request_id for j in jobs for _ in j.records]
-    index = [k for j in jobs for k in range(len(j.records))]
-    ts = [j.received for j in jobs for _ in j.records]
-    if result.accepted:
-        predictions.append(model.log_frame(result, request_ids, index, ts))
+    """Hand a scored batch to the prediction log (on the event loop, after the answers): its
+    rows are made into a frame by the log's writer thread (:func:`prediction_frames`)."""
+    if result.accepted:  # the requests' ids, sizes and times; not their raw records
+        held = [(j.request_id, len(j.records), j.received) for j in jobs]
+        predictions.append(ScoredBatch(model, held, result))
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A scored micro-batch waiting in the prediction log."""
+
+    model: ServedModel
+    requests: list[tuple[str, int, datetime]]  # request id, records, received
+    scored: Scored
+
+    @property
+    def height(self) -> int:
+        return len(self.scored.accepted)
+
+
+def prediction_frames(batches: list[ScoredBatch]) -> list[pl.DataFrame]:
+    """The prediction log's frames for scored batches, in order (on the log's writer thread).
+
+    Consecutive row-path batches of one model (typed rows, every record accepted, no flags)
+    become one frame: building a frame costs about the same for one row as for a thousand."""
+    frames: list[pl.DataFrame] = []
+    run: list[ScoredBatch] = []
+    for batch in batches:
+        rows_only = batch.scored.checked.typed_frame is None
+        if rows_only and (not run or batch.model is run[0].model):
+            run.append(batch)
+            continue
+        if run:
+            frames.append(_frame(run[0].model, run))
+        run = [batch] if rows_only else []
+        if not rows_only:
+            frames.append(_frame(batch.model, [batch]))
+    if run:
+        frames.append(_frame(run[0].model, run))
+    return frames
+
+
+def _frame(model: ServedModel, batches: list[ScoredBatch]) -> pl.DataFrame:
+    request_ids = [rid for b in batches for rid, n, _ in b.requests for _ in range(n)]
+    index = [k for b in batches for _, n, _ in b.requests for k in range(n)]
+    ts = [at for b in batches for _, n, at in b.requests for _ in range(n)]
+    if len(batches) == 1:
+        return model.log_frame(batches[0].scored, request_ids, index, ts)
+    # row-path batches: every record accepted, typed rows, no flags; joined into one
+    rows = [r for b in batches for r in b.scored.checked.typed_rows or []]
+    probas = [b.scored.proba for b in batches]
+    joined = Scored(
+        Checked(None, None, {}, {}, rows, model.typed_schema),
+        list(range(len(rows))),
+        np.concatenate([b.scored.labels for b in batches]),
+        None if probas[0] is None else np.vstack(probas),
+    )
+    return model.log_frame(joined, request_ids, index, ts)
 
 
 def _event(layout: Layout, url: str | None, event: Event) -> None:
