@@ -12,7 +12,7 @@ OpenMP too): on 2 cores the honest test of distribution is one thread per worker
 The workload: ``--batches`` batches of the NYC taxi sample (``../shared/datasets``), each
 one CSV of ``--months-per-batch`` consecutive monthly files (10,000 rows a month; batch i
 starts at month i, so no two batches hold the same content), written ``--repeat`` times
-over (copy r with its dates moved 28 r years on, so no row is a duplicate: a prep-heavy
+over (copy r with its times moved r seconds on, so no row is a duplicate: a prep-heavy
 batch, ``--repeat`` times the rows and the stage work per call), already ingested; the
 timed pass makes prep and features of every batch (``model.enabled: false``, the data
 stages that fan out). Each row is a fresh project built the same way, timed as one
@@ -108,13 +108,20 @@ ENGINES = {
 }
 
 
-def _moved(lines: list[str], years: int) -> list[str]:
-    """The rows with their pickup and dropoff dates ``years`` on (a distinct copy)."""
+def _moved(lines: list[str], seconds: int) -> list[str]:
+    """The rows with their pickup and dropoff times ``seconds`` later (a distinct copy, in
+    the same months: the batch's time range, and so prep's work per row, stay the same)."""
+    import datetime as dt
+
+    step, fmt = dt.timedelta(seconds=seconds), "%Y-%m-%d %H:%M:%S"
     out = []
     for line in lines:
         vendor, pickup, dropoff, rest = line.split(",", 3)
-        pickup = f"{int(pickup[:4]) + years}{pickup[4:]}" if pickup[:4].isdigit() else pickup
-        dropoff = f"{int(dropoff[:4]) + years}{dropoff[4:]}" if dropoff[:4].isdigit() else dropoff
+        try:
+            pickup = (dt.datetime.strptime(pickup, fmt) + step).strftime(fmt)
+            dropoff = (dt.datetime.strptime(dropoff, fmt) + step).strftime(fmt)
+        except ValueError:
+            pass  # a row the contract quarantines stays as it is
         out.append(f"{vendor},{pickup},{dropoff},{rest}")
     return out
 
@@ -132,8 +139,8 @@ def build(project: Path, batches: int, months: int, engine: str | None, repeat: 
         for part in parts[1:]:
             lines += part.read_text().splitlines(keepends=True)[1:]
         rows = lines[1:]
-        for r in range(1, repeat):  # 28 years: leap days stay leap days
-            lines += _moved(rows, 28 * r)
+        for r in range(1, repeat):
+            lines += _moved(rows, r)
         (folder / f"batch-{i:03d}.csv").write_text("".join(lines))
         out = subprocess.run(
             [*CLI, "stage", "ingest", "-p", str(project)], capture_output=True, text=True
