@@ -46,42 +46,6 @@ REPO = HERE.parent
 BIN = Path(sys.executable).parent
 SHARED = Path(os.environ.get("DRIFTLOOP_SHARED_DATA", REPO.parent / "shared" / "datasets"))
 
-BANK_SPEC = """
-name: bank
-task: classification
-target: y
-sources:
-  - name: bank
-    path: data/raw/bank/*.csv
-    csv: {separator: ";", null_values: ["", unknown]}
-contract:
-  columns:
-    age: {dtype: int, min: 16, max: 110, nullable: false}
-    job: {dtype: str}
-    marital: {dtype: str, allowed: [married, single, divorced]}
-    education: {dtype: str}
-    default: {dtype: str, allowed: ["no", "yes"]}
-    housing: {dtype: str, allowed: ["no", "yes"]}
-    loan: {dtype: str, allowed: ["no", "yes"]}
-    contact: {dtype: str, allowed: [telephone, cellular]}
-    month: {dtype: str, allowed: [mar, apr, may, jun, jul, aug, sep, oct, nov, dec]}
-    day_of_week: {dtype: str, allowed: [mon, tue, wed, thu, fri]}
-    duration: {dtype: int, min: 0}
-    campaign: {dtype: int, min: 1}
-    pdays: {dtype: int, min: 0}
-    previous: {dtype: int, min: 0}
-    poutcome: {dtype: str}
-    emp.var.rate: {dtype: float}
-    cons.price.idx: {dtype: float}
-    cons.conf.idx: {dtype: float}
-    euribor3m: {dtype: float, min: 0}
-    nr.employed: {dtype: float}
-    y: {dtype: str, allowed: ["no", "yes"], nullable: false}
-features:
-  exclude: [duration]
-ingest: {settle_seconds: 0, follow_links_outside: true}
-"""
-
 
 def make_project(table: str, folder: Path, rows: int, refit: bool = True) -> Path | None:
     """A project with the table's raw file and its features computed (no model yet)."""
@@ -109,6 +73,9 @@ def make_project(table: str, folder: Path, rows: int, refit: bool = True) -> Pat
         if not source.is_file():
             print(f"bank: {source} not found (set DRIFTLOOP_SHARED_DATA); skipped")
             return None
+        sys.path.insert(0, str(REPO))
+        from tests.helpers import BANK_SPEC
+
         spec = BANK_SPEC
         raw = project / "data" / "raw" / "bank"
         raw.mkdir(parents=True)

@@ -7,6 +7,44 @@ from typing import Any
 
 import polars as pl
 
+# The bank marketing file (shared datasets) as one source with its contract; callers add
+# what they need (a test: ``model: {enabled: false}``; benchmarks/train.py the model).
+BANK_SPEC = """
+name: bank
+task: classification
+target: y
+sources:
+  - name: bank
+    path: data/raw/bank/*.csv
+    csv: {separator: ";", null_values: ["", unknown]}
+contract:
+  columns:
+    age: {dtype: int, min: 16, max: 110, nullable: false}
+    job: {dtype: str}
+    marital: {dtype: str, allowed: [married, single, divorced]}
+    education: {dtype: str}
+    default: {dtype: str, allowed: ["no", "yes"]}
+    housing: {dtype: str, allowed: ["no", "yes"]}
+    loan: {dtype: str, allowed: ["no", "yes"]}
+    contact: {dtype: str, allowed: [telephone, cellular]}
+    month: {dtype: str, allowed: [mar, apr, may, jun, jul, aug, sep, oct, nov, dec]}
+    day_of_week: {dtype: str, allowed: [mon, tue, wed, thu, fri]}
+    duration: {dtype: int, min: 0}
+    campaign: {dtype: int, min: 1}
+    pdays: {dtype: int, min: 0}
+    previous: {dtype: int, min: 0}
+    poutcome: {dtype: str}
+    emp.var.rate: {dtype: float}
+    cons.price.idx: {dtype: float}
+    cons.conf.idx: {dtype: float}
+    euribor3m: {dtype: float, min: 0}
+    nr.employed: {dtype: float}
+    y: {dtype: str, allowed: ["no", "yes"], nullable: false}
+features:
+  exclude: [duration]
+ingest: {settle_seconds: 0, follow_links_outside: true}  # datasets linked in place
+"""
+
 # The bike-sharing hourly file as one source; tests add the contract they need.
 BIKE_SOURCE = """
 name: bike

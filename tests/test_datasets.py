@@ -10,7 +10,7 @@ import pytest
 
 from driftloop.pipeline import run
 
-from .helpers import features_of, link_raw, write_spec
+from .helpers import BANK_SPEC, features_of, link_raw, write_spec
 
 pytestmark = pytest.mark.shared_data
 
@@ -144,42 +144,7 @@ def test_telco_blank_totalcharges_follow_the_contract(datasets: Path, tmp_path: 
     assert manifest["imputed"]["TotalCharges"]["filled"] == 11  # type: ignore[index]
 
 
-BANK = """
-name: bank
-task: classification
-target: y
-sources:
-  - name: bank
-    path: data/raw/bank/*.csv
-    csv: {separator: ";", null_values: ["", unknown]}
-contract:
-  columns:
-    age: {dtype: int, min: 16, max: 110, nullable: false}
-    job: {dtype: str}
-    marital: {dtype: str, allowed: [married, single, divorced]}
-    education: {dtype: str}
-    default: {dtype: str, allowed: ["no", "yes"]}
-    housing: {dtype: str, allowed: ["no", "yes"]}
-    loan: {dtype: str, allowed: ["no", "yes"]}
-    contact: {dtype: str, allowed: [telephone, cellular]}
-    month: {dtype: str, allowed: [mar, apr, may, jun, jul, aug, sep, oct, nov, dec]}
-    day_of_week: {dtype: str, allowed: [mon, tue, wed, thu, fri]}
-    duration: {dtype: int, min: 0}
-    campaign: {dtype: int, min: 1}
-    pdays: {dtype: int, min: 0}
-    previous: {dtype: int, min: 0}
-    poutcome: {dtype: str}
-    emp.var.rate: {dtype: float}
-    cons.price.idx: {dtype: float}
-    cons.conf.idx: {dtype: float}
-    euribor3m: {dtype: float, min: 0}
-    nr.employed: {dtype: float}
-    y: {dtype: str, allowed: ["no", "yes"], nullable: false}
-features:
-  exclude: [duration]
-ingest: {settle_seconds: 0, follow_links_outside: true}  # datasets linked in place
-model: {enabled: false}  # prep and features only here
-"""
+BANK = BANK_SPEC + "model: {enabled: false}  # prep and features only here\n"
 
 
 def test_bank_semicolon_quoted_crlf_with_unknown_as_null(datasets: Path, tmp_path: Path) -> None:

@@ -493,8 +493,8 @@ def get_object(url: str) -> bytes:
     return data
 
 
-def list_objects(folder: str, suffix: str = "") -> list[ObjectUrl]:
-    """The objects directly in ``folder`` whose names end with ``suffix``, sorted."""
+def _listing(folder: str) -> tuple[ObjectUrl, list[dict[str, Any]]]:
+    """One delimited listing of ``folder``: its pages (objects and common prefixes)."""
     where = _url(folder)
     prefix = f"{where.key}/" if where.key else ""
     paginator = default_client(where).get_paginator("list_objects_v2")
@@ -502,6 +502,12 @@ def list_objects(folder: str, suffix: str = "") -> list[ObjectUrl]:
         where,
         lambda: list(paginator.paginate(Bucket=where.bucket, Prefix=prefix, Delimiter="/")),
     )
+    return where, pages
+
+
+def list_objects(folder: str, suffix: str = "") -> list[ObjectUrl]:
+    """The objects directly in ``folder`` whose names end with ``suffix``, sorted."""
+    where, pages = _listing(folder)
     return sorted(
         ObjectUrl(f"s3://{where.bucket}/{o['Key']}")
         for page in pages
@@ -513,13 +519,7 @@ def list_objects(folder: str, suffix: str = "") -> list[ObjectUrl]:
 def list_folders(folder: str) -> list[ObjectUrl]:
     """The "folders" directly in ``folder`` (the common prefixes of one delimited listing),
     sorted: a log's date partitions are found without listing every part."""
-    where = _url(folder)
-    prefix = f"{where.key}/" if where.key else ""
-    paginator = default_client(where).get_paginator("list_objects_v2")
-    pages = S3OutputStore._call(
-        where,
-        lambda: list(paginator.paginate(Bucket=where.bucket, Prefix=prefix, Delimiter="/")),
-    )
+    where, pages = _listing(folder)
     return sorted(
         ObjectUrl(f"s3://{where.bucket}/{p['Prefix'].rstrip('/')}")
         for page in pages
