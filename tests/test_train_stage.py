@@ -185,3 +185,51 @@ def test_a_compiled_path_that_fails_in_its_thread_is_logged_and_the_version_stil
     entry = model_cache.fetch(registry, Layout(tmp_path), manifest["version"])
     assert (entry / model_cache.PACKAGE).is_dir()
     assert not (entry / model_cache.COMPILED).exists()  # scikit-learn serves it
+
+
+@pytest.mark.parametrize(
+    ("estimator", "task", "shortcut"),
+    [
+        ("hist_gradient_boosting", "classification", True),
+        ("random_forest", "classification", True),
+        ("hist_gradient_boosting", "regression", True),
+        ("logistic_regression", "classification", False),  # one-hot: the whole pipeline
+    ],
+)
+def test_importance_on_rows_prepared_once_is_the_whole_pipelines(
+    estimator: str, task: str, shortcut: bool
+) -> None:
+    """The tree pipelines' rows are prepared once and the estimator alone is scored on the
+    shuffled columns; the numbers are scikit-learn's on the whole pipeline, bit for bit."""
+    from sklearn.inspection import permutation_importance
+
+    frame, spec = features(1200)
+    frame = frame.with_columns(  # nulls in a number and in a category
+        pl.when(pl.col("__row") % 7 == 0).then(None).otherwise(pl.col("x")).alias("x"),
+        pl.when(pl.col("__row") % 11 == 0).then(None).otherwise(pl.col("c")).alias("c"),
+    )
+    if task == "regression":
+        frame = frame.with_columns((pl.col("x").fill_null(0) * 3 + pl.col("z")).alias("y"))
+    data = yaml.safe_load(SPEC) | {"task": task}
+    if task == "regression":
+        data["contract"]["columns"]["y"] = {"dtype": "float", "nullable": False}
+    data["model"] = {"estimator": estimator, "params": {"max_iter": 30}}
+    if estimator == "random_forest":
+        data["model"]["params"] = {"n_estimators": 20}
+    spec = parse_spec(data)
+    trained = fit(frame, spec)
+    x, _, _ = train_stage._holdout_outputs(trained)
+    labels = trained.split.holdout.get_column("y")
+    prepared = train_stage._prepared_once(trained.evaluated, x, trained.inputs)
+    assert (prepared is not None) is shortcut
+    found = train_stage._permutation_importance(trained, x, labels, spec)
+    rows = min(train_stage.IMPORTANCE_ROWS, len(labels))
+    y = labels.cast(pl.String if trained.classes else pl.Float64).to_numpy()[:rows]
+    whole = permutation_importance(
+        trained.evaluated, x.iloc[:rows], y, n_repeats=2, random_state=spec.model.seed, n_jobs=1
+    )
+    expected = {
+        c: max(0.0, float(v)) for c, v in zip(trained.inputs, whole.importances_mean, strict=True)
+    }
+    assert found == expected
+    assert found["x"] > 0
