@@ -151,7 +151,7 @@ def child_bare(project: Path) -> None:
     from driftloop.core.spec import load_spec
     from driftloop.core.state import StateDB
     from driftloop.models.inputs import to_pandas_inputs
-    from driftloop.train.fit import build_pipeline, model_inputs
+    from driftloop.train.fit import build_pipeline, groups_rare, model_inputs
     from driftloop.train.stage import feature_batches, training_frame
 
     spec = load_spec(project)
@@ -162,7 +162,7 @@ def child_bare(project: Path) -> None:
     inputs, categorical = model_inputs(frame, spec)
     x = to_pandas_inputs(frame, inputs, categorical)
     y = frame.get_column(spec.target).cast(pl.String).to_numpy().astype(object)
-    pipeline = build_pipeline(spec, inputs, categorical)
+    pipeline = build_pipeline(spec, inputs, categorical, group_rare=groups_rare(frame, categorical))
     start = time.perf_counter()
     pipeline.fit(x, y)
     fit_s = time.perf_counter() - start

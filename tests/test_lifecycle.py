@@ -616,3 +616,38 @@ def test_a_model_file_calling_builtins_is_refused(tmp_path: Path, name: str) -> 
         load_pipeline(path)
     assert f"'builtins.{name}'" in str(info.value)
     assert "types outside scikit-learn/NumPy/SciPy" in str(info.value)
+
+
+@pytest.mark.parametrize("estimator", ["hist_gradient_boosting", "random_forest"])
+def test_an_encoder_that_needs_not_group_rare_values_codes_them_the_same(estimator: str) -> None:
+    """With fewer than 255 values (null counted) a column has no rare values to group: the
+    encoder built without grouping (which spares counting every value in Python) prepares the
+    same codes, and the model predicts the same, bit for bit; from 255 on, grouping stays."""
+    from driftloop.models.inputs import to_pandas_inputs
+    from driftloop.train.fit import MAX_CODES, build_pipeline, groups_rare, model_inputs
+
+    spec = parse_spec(read_yaml(SPEC + f"model: {{estimator: {estimator}}}\n"))
+    rng = np.random.default_rng(3)
+    n = 3000
+    for cities, null_every in ((MAX_CODES - 2, 17), (MAX_CODES - 1, 0), (MAX_CODES, 0)):
+        # every value once, then a long tail of rare ones
+        c = [f"city{i}" for i in range(cities)]
+        c += [f"city{i}" for i in rng.zipf(1.3, n - cities) % cities]
+        if null_every:
+            c = [None if i % null_every == 0 else v for i, v in enumerate(c)]
+        frame = pl.DataFrame({"x1": rng.normal(size=n), "c": c, "y": rng.choice(["no", "yes"], n)})
+        inputs, categorical = model_inputs(frame, spec)
+        distinct = frame.get_column("c").n_unique()
+        assert distinct == cities + (1 if null_every else 0)
+        assert groups_rare(frame, categorical) is (distinct >= MAX_CODES)
+        x, y = to_pandas_inputs(frame, inputs, categorical), frame.get_column("y").to_numpy()
+        grouped = build_pipeline(spec, inputs, categorical).fit(x, y)
+        plain = build_pipeline(spec, inputs, categorical, group_rare=False).fit(x, y)
+        prepared = grouped.named_steps["prepare"].transform(x)
+        if distinct < MAX_CODES:
+            np.testing.assert_array_equal(prepared, plain.named_steps["prepare"].transform(x))
+            np.testing.assert_array_equal(grouped.predict_proba(x), plain.predict_proba(x))
+        else:  # the encoder still groups the rarest into one code
+            cat = grouped.named_steps["prepare"].named_transformers_["cat"]
+            encoder = cat.named_steps["encode"] if hasattr(cat, "named_steps") else cat
+            assert encoder.infrequent_categories_[0] is not None
