@@ -14,12 +14,19 @@ taking turns in one run (so a burst of load hits both alike), each in its own fr
   ``timings.total_s``: read, fit, score, profile, package, register, cache, compile), each
   part of it (the manifest's other ``timings``), and the command's wall time (with the
   interpreter's start and imports).
+- ``warm stage``: the same stage as ``driftloop watch`` and ``up`` run it after their first
+  training: in one process, the stage trains a copy of the project (paying for the
+  imports of scikit-learn, MLflow and the rest, about 3-4 s), then a second copy, which is
+  the one timed. The bare fit is timed after its imports too, so this is the like-for-like
+  figure; the cold command (one process per training, as a Step Functions or Airflow task
+  runs it) is compared with the bare fit's whole process, imports included.
 
 Peak memory is each process's peak resident set size from the kernel (``wait4``), beside an
 ``interpreter`` process that imports what the stage imports and does nothing else. The
 model's own footprint is the bare fit's peak minus an interpreter that imports what the bare
-fit imports. Targets (issue 17): stage <= 1.5 x bare fit + 1 s; stage peak <= interpreter +
-1.5 x the model's footprint.
+fit imports. Targets (issue 17): stage <= 1.5 x bare fit + 1 s (the warm stage against the
+bare fit; the cold command against the bare fit's process, both with their imports); stage
+peak <= interpreter + 1.5 x the model's footprint.
 
 Tables: ``serve``: ``benchmarks/serve.py``'s generated 20-column table (26,000 rows by
 default, the size of the first report); ``latency``: ``benchmarks/latency.py``'s 100,000-row
@@ -169,6 +176,23 @@ def child_bare(project: Path) -> None:
     print(json.dumps({"fit_s": fit_s, "rows": frame.height, "inputs": len(inputs)}))
 
 
+def child_warm(projects: str) -> None:
+    """The stage in one process, as the loop runs it: a first training (the imports), then
+    the timed one; prints the second manifest's timings."""
+    import contextlib
+    import io
+
+    from driftloop.cli import app
+
+    timings = {}
+    for project in projects.split(","):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            app(["stage", "train", "-p", project, "--json"], standalone_mode=False)
+        timings = json.loads(out.getvalue())["manifest"]["timings"]
+    print(json.dumps(timings))
+
+
 def child_interpreter(kind: str) -> None:
     """Only the imports: the bare fit's (polars, pandas, scikit-learn) or the stage's."""
     import polars  # noqa: F401
@@ -188,16 +212,25 @@ def child_interpreter(kind: str) -> None:
 
 # -- the parent -----------------------------------------------------------------------------
 def one_turn(project: Path, work: Path, turn: int) -> dict[str, Any]:
-    out, _, bare_rss = measured([sys.executable, __file__, "--child", "bare", str(project)])
+    out, bare_wall, bare_rss = measured([sys.executable, __file__, "--child", "bare", str(project)])
     bare = json.loads(out.strip().splitlines()[-1])
-    copy = work / f"{project.name}-run{turn}"
-    shutil.copytree(project, copy, symlinks=True)
-    cmd = [str(BIN / "driftloop"), "stage", "train", "-p", str(copy), "--json"]
+    copies = [work / f"{project.name}-run{turn}-{i}" for i in range(3)]
+    for copy in copies:
+        shutil.copytree(project, copy, symlinks=True)
+    cmd = [str(BIN / "driftloop"), "stage", "train", "-p", str(copies[0]), "--json"]
     out, wall, stage_rss = measured(cmd)
     manifest = json.loads(out)["manifest"]
-    shutil.rmtree(copy, ignore_errors=True)
+    out, _, _ = measured(
+        [sys.executable, __file__, "--child", "warm", ",".join(str(c) for c in copies[1:])]
+    )
+    warm = json.loads(out.strip().splitlines()[-1])
+    for copy in copies:
+        shutil.rmtree(copy, ignore_errors=True)
     return {
         "bare_fit_s": bare["fit_s"],
+        "bare_wall_s": bare_wall,
+        "warm_s": warm["total_s"],
+        "warm_parts": {k: v for k, v in warm.items() if k != "total_s"},
         "bare_rss": bare_rss,
         "rows": bare["rows"],
         "inputs": bare["inputs"],
@@ -227,6 +260,8 @@ def main() -> None:
             child_bare(Path(where))
         elif kind == "store":
             child_store(Path(where))
+        elif kind == "warm":
+            child_warm(where)
         else:
             child_interpreter(where)
         return
@@ -256,23 +291,31 @@ def report(table: str, turns: list[dict[str, Any]], interp: dict[str, float]) ->
         return statistics.median(t[key] for t in turns)
 
     first = turns[0]
-    bare, stage = med("bare_fit_s"), med("stage_s")
+    bare, stage, warm = med("bare_fit_s"), med("stage_s"), med("warm_s")
     loads = ", ".join(f"{t['load']:.1f}" for t in turns)
     print(
         f"\n{table}: {first['rows']:,} rows x {first['inputs']} inputs; median of "
         f"{len(turns)} turns (load {loads})"
     )
-    print(f"  bare fit      {bare:7.2f} s")
+    print(f"  bare fit      {bare:7.2f} s  (its process {med('bare_wall_s'):.2f} s with imports)")
+    print(f"  warm stage    {warm:7.2f} s  ({warm / bare:.1f}x the bare fit; as watch/up run it)")
+    for part in first["warm_parts"]:
+        values = [t["warm_parts"].get(part, 0.0) for t in turns]
+        print(f"    {part:<22}{statistics.median(values):7.2f} s")
     print(
-        f"  train stage   {stage:7.2f} s  ({stage / bare:.1f}x the bare fit; "
-        f"command {med('stage_wall_s'):.2f} s with start and imports)"
+        f"  cold command  {med('stage_wall_s'):7.2f} s  (a process per training; the stage "
+        f"{stage:.2f} s of it, its imports included)"
     )
-    for part in first["parts"]:
+    for part in ("fit", "register", "package"):
         values = [t["parts"].get(part, 0.0) for t in turns]
         print(f"    {part:<22}{statistics.median(values):7.2f} s")
     limit = 1.5 * bare + 1
-    verdict = "met" if stage <= limit else "NOT met"
-    print(f"  target stage <= 1.5 x bare + 1 s = {limit:.2f} s: {verdict}")
+    verdict = "met" if warm <= limit else "NOT met"
+    print(f"  target warm stage <= 1.5 x bare + 1 s = {limit:.2f} s: {verdict}")
+    bare_wall, cold = med("bare_wall_s"), med("stage_wall_s")
+    limit = 1.5 * bare_wall + 1
+    verdict = "met" if cold <= limit else "NOT met"
+    print(f"  target cold command <= 1.5 x bare process + 1 s = {limit:.2f} s: {verdict}")
     footprint = med("bare_rss") - interp["bare"]
     print(
         f"  peak RSS: bare fit {med('bare_rss'):.0f} MiB (model's footprint {footprint:.0f} MiB "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from driftloop import __version__
@@ -554,30 +555,71 @@ def _permutation_importance(
 
     Where the pipeline's preparation maps each input to one column by a value-by-value
     transform (passed through, imputed, ordinal-encoded: the tree estimators), the rows are
-    prepared once and the estimator alone is scored on the shuffled columns. scikit-learn
-    shuffles every column with the same seed, so this is the number the whole pipeline
-    gives, without preparing the rows again for each of its ``2 x inputs`` predictions.
+    prepared once and every shuffled copy is scored by the estimator in one prediction
+    (:func:`_shuffled_scores`): the numbers of scikit-learn's ``permutation_importance`` on
+    the whole pipeline, without its ``2 x inputs`` preparations and predictions.
 
-    Its many small predictions run on one OpenMP thread: on 1,000 rows a second thread
-    costs more in synchronisation than it saves, and much more on a busy machine."""
+    Elsewhere scikit-learn's many small predictions run on one OpenMP thread: on 1,000 rows
+    a second thread costs more in synchronisation than it saves, and much more on a busy
+    machine."""
     from sklearn.inspection import permutation_importance
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     y = labels.cast(pl.String if trained.classes else pl.Float64).to_numpy()
     rows = min(IMPORTANCE_ROWS, len(y))
-    model, data, columns = trained.evaluated, x.iloc[:rows], list(trained.inputs)
+    data = x.iloc[:rows]
     try:
-        with threadpool_limits(limits=1, user_api="openmp"):
-            prepared = _prepared_once(trained.evaluated, data, trained.inputs)
-            if prepared is not None:
-                model, data, columns = prepared
-            found = permutation_importance(
-                model, data, y[:rows], n_repeats=2, random_state=spec.model.seed, n_jobs=1
-            )
+        prepared = _prepared_once(trained.evaluated, data, trained.inputs)
+        if prepared is not None:
+            estimator, matrix, columns = prepared
+            drops = _shuffled_scores(estimator, matrix, y[:rows], IMPORTANCE_REPEATS, spec)
+        else:
+            columns = list(trained.inputs)
+            with threadpool_limits(limits=1, user_api="openmp"):
+                drops = permutation_importance(
+                    trained.evaluated,
+                    data,
+                    y[:rows],
+                    n_repeats=IMPORTANCE_REPEATS,
+                    random_state=spec.model.seed,
+                    n_jobs=1,
+                ).importances_mean
     except ValueError as exc:  # e.g. a holdout with one class only
         log.info("no permutation importance: %s", first_line(exc))
         return None
-    return {c: max(0.0, float(v)) for c, v in zip(columns, found.importances_mean, strict=True)}
+    return {c: max(0.0, float(v)) for c, v in zip(columns, drops, strict=True)}
+
+
+IMPORTANCE_REPEATS = 2  # shuffles of each input
+_PREDICT_ROWS = 100_000  # rows of shuffled copies scored in one prediction, at most
+
+
+def _shuffled_scores(estimator: Any, x: Any, y: Any, repeats: int, spec: Spec) -> Any:
+    """Each column's mean drop in the estimator's score (``score``: accuracy or R^2) over
+    ``repeats`` shuffles of it: scikit-learn's ``permutation_importance(estimator, x, y,
+    n_repeats=repeats, random_state=spec.model.seed).importances_mean``, shuffle for shuffle
+    (the same seeds, each column's shuffles applied in turn to its shuffled copy), with the
+    copies stacked so that the estimator predicts them in a few calls instead of one each."""
+    from sklearn.metrics import accuracy_score, r2_score
+
+    score = accuracy_score if spec.task == "classification" else r2_score
+    seed = np.random.RandomState(spec.model.seed).randint(np.iinfo(np.int32).max + 1)
+    copies = []
+    for column in range(x.shape[1]):
+        shuffles, order, shuffled = np.random.RandomState(seed), np.arange(len(x)), x.copy()
+        for _ in range(repeats):
+            shuffles.shuffle(order)
+            shuffled[:, column] = shuffled[order, column]
+            copies.append(shuffled.copy())
+    per_call = max(1, _PREDICT_ROWS // len(x))
+    predictions = [
+        estimator.predict(np.concatenate(copies[i : i + per_call]))
+        for i in range(0, len(copies), per_call)
+    ]
+    scores = np.array(
+        [score(y, p) for p in np.split(np.concatenate(predictions), len(copies))]
+    ).reshape(x.shape[1], repeats)
+    return np.mean(score(y, estimator.predict(x)) - scores, axis=1)
 
 
 # Transformers that map each value of a column to one value, whatever the other rows hold
@@ -609,4 +651,5 @@ def _prepared_once(pipeline: Any, x: Any, inputs: list[str]) -> tuple[Any, Any, 
     columns = [str(c) for c in prepare.get_feature_names_out()]
     if sorted(columns) != sorted(inputs):
         return None
-    return estimator, prepare.transform(x), columns
+    prepared = prepare.transform(x)
+    return (estimator, prepared, columns) if isinstance(prepared, np.ndarray) else None
