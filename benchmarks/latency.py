@@ -126,9 +126,17 @@ def _t(ts: str) -> float:
 def breakdown(project: Path, name: str, version: str, landed: float, served: float) -> Breakdown:
     """The path from the file landing (``landed``) to /predict answering with ``version``
     (``served``), part by part, from the state database and the registry's run."""
-    with StateDB(Layout(project).state_db) as db:
-        events = db.events(10_000)
-        runs = db.stage_runs(10_000)
+    deadline = time.time() + 60  # the worker records ModelServed just after it swaps
+    while True:
+        with StateDB(Layout(project).state_db) as db:
+            events = db.events(10_000)
+            runs = db.stage_runs(10_000)
+        served_events = [
+            e for e in events if e["type"] == "ModelServed" and str(e["version"]) == version
+        ]
+        if served_events or time.time() > deadline:
+            break
+        time.sleep(0.05)
     arrived = next(
         e
         for e in events
@@ -139,8 +147,9 @@ def breakdown(project: Path, name: str, version: str, landed: float, served: flo
         e for e in events if e["type"] == "ModelRegistered" and str(e["version"]) == version
     )
     moved = next(e for e in events if e["type"] == "ChampionMoved" and str(e["version"]) == version)
-    swaps = [e for e in events if e["type"] == "ModelServed" and str(e["version"]) == version]
-    first_swap = min(swaps, key=lambda e: e["at"])
+    if not served_events:
+        raise SystemExit(f"v{version} answered, but no worker recorded ModelServed within 60 s")
+    first_swap = min(served_events, key=lambda e: e["at"])
 
     def run(stage: str, batch: str | None) -> dict[str, Any] | None:
         found = [

@@ -440,29 +440,32 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
 bare = rss()
-sys.path.insert(0, sys.argv[2])
-import serve
+# What a serving worker has before its first model: uvicorn, the app's modules, and the
+# registry client its champion thread reads the alias with (then the cached package).
+import uvicorn
+import driftloop.serving.app
 from driftloop.core.layout import Layout
 from driftloop.core.spec import load_spec
 from driftloop.models import cache as model_cache
-from driftloop.models.registry import CHAMPION, open_registry
+from driftloop.models.registry import CHAMPION
+from driftloop.serving.champion import ChampionSource
 from driftloop.serving.model import ServedModel
-import fastapi, uvicorn, treelite, sklearn.ensemble
 project = Path(sys.argv[1])
 spec, layout = load_spec(project), Layout(project)
-registry = open_registry(spec, layout)
-version = str(registry.alias(CHAMPION))
-entry = model_cache.fetch(registry, layout, version)
+source = ChampionSource(spec, layout)
+version = str(source.registry.alias(CHAMPION))
+entry = model_cache.fetch(source.registry, layout, version)
 libraries = rss()
 served = ServedModel.load(spec.name, version, entry / "driftloop", unknown_category="reject",
                           compiled=entry / model_cache.COMPILED)
-print(bare, libraries, rss())
+print(bare, libraries, rss(), "sklearn" in sys.modules)
 """
 
 
-def footprint(project: Path) -> dict[str, int]:
-    """KiB: a bare interpreter, with the libraries a worker imports, and after loading the
-    model as a worker does (so the model's own footprint is the last minus the second)."""
+def footprint(project: Path) -> dict[str, Any]:
+    """KiB: a bare interpreter, a worker's libraries and registry client before its first
+    model, and after loading the model as a worker does (the model's own footprint is the
+    last minus the second)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
     out = subprocess.run(
@@ -472,8 +475,13 @@ def footprint(project: Path) -> dict[str, int]:
         check=True,
         env=env,
     ).stdout.split()
-    bare, libraries, loaded = (int(x) for x in out[-3:])
-    return {"bare": bare, "libraries": libraries, "model": loaded - libraries}
+    bare, libraries, loaded = (int(x) for x in out[-4:-1])
+    return {
+        "bare": bare,
+        "libraries": libraries,
+        "model": loaded - libraries,
+        "sklearn": out[-1] == "True",
+    }
 
 
 def report_more(results: dict[str, dict[str, Any]], memory: dict[str, Any]) -> None:
