@@ -43,7 +43,7 @@ import httpx
 import numpy as np
 import polars as pl
 
-from driftloop.core.layout import Layout
+from driftloop.core.layout import Layout, read_manifest
 from driftloop.core.state import StateDB
 from driftloop.serving.client import free_port
 
@@ -184,7 +184,8 @@ def breakdown(project: Path, name: str, version: str, landed: float, served: flo
     parts["swap notice"] = first_swap["at"] - first_swap["seconds"] - _t(moved["ts"])
     parts["swap load"] = float(first_swap["seconds"])
     parts["gaps"] = served - landed - sum(parts.values())
-    return Breakdown(served - landed, parts, on_path, batch_id)
+    timings = read_manifest(project / train["output"]).get("timings", {}) if train["output"] else {}
+    return Breakdown(served - landed, parts, on_path, batch_id, timings)
 
 
 def registry_run_started(project: Path, run_id: str) -> float:
@@ -204,6 +205,7 @@ class Breakdown:
     parts: dict[str, float]
     check_on_path: bool
     batch_id: str
+    train_parts: dict[str, float]  # the train stage's manifest timings
 
 
 def idle(project: Path, batch_id: str, timeout: float = 120) -> None:
@@ -307,6 +309,8 @@ def main() -> None:
                     f"(check {where}): {detail}",
                     flush=True,
                 )
+                inside = ", ".join(f"{s} {v:.2f}" for s, v in found.train_parts.items())
+                print(f"  the train stage's own parts: {inside}", flush=True)
                 idle(p.root, found.batch_id)
     finally:
         for p in projects:
