@@ -440,10 +440,13 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
 bare = rss()
-# What a serving worker has before its first model: uvicorn, the app's modules, and the
-# registry client its champion thread reads the alias with (then the cached package).
+# What a serving worker has before its first model: the app `driftloop serve`'s workers
+# build (uvicorn, the serving app, the dashboard), and the registry client its champion
+# thread reads the alias with (then the cached package).
 import uvicorn
-import driftloop.serving.app
+os.environ["DRIFTLOOP_SERVE_PROJECT"] = sys.argv[1]
+from driftloop.ui.app import serving_app_from_environment
+app = serving_app_from_environment()
 from driftloop.core.layout import Layout
 from driftloop.core.spec import load_spec
 from driftloop.models import cache as model_cache
@@ -512,9 +515,9 @@ def report_more(results: dict[str, dict[str, Any]], memory: dict[str, Any]) -> N
     print(
         f"memory: serving worker peak RSS {peak / mib:.0f} MiB (workers: "
         + ", ".join(f"{p / mib:.0f}" for p in memory["peaks"])
-        + f" MiB); bare interpreter {bare / mib:.0f} MiB, with the worker's libraries "
+        + f" MiB); bare interpreter {bare / mib:.0f} MiB, a worker before its first model "
         f"{libraries / mib:.0f} MiB, the model loaded as a worker loads it adds "
-        f"{model / mib:.1f} MiB"
+        f"{model / mib:.1f} MiB (scikit-learn imported by the load: {memory['sklearn']})"
     )
     allowed = libraries + 1.5 * model
     print(
