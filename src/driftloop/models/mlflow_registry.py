@@ -225,8 +225,6 @@ class MlflowRegistry:
                     client, package, params, metrics, tags, lineage, spec_text
                 )
             client.set_registered_model_alias(self.model, CHALLENGER, version)
-            for key, value in tags.items():
-                client.set_model_version_tag(self.model, version, key, value)
         return Registered(run_id, version)
 
     def _log(
@@ -265,10 +263,12 @@ class MlflowRegistry:
                     artifacts={PACKAGE: str(package)},
                     signature=package_signature(package),
                     pip_requirements=_requirements(__version__),
-                    registered_model_name=self.model,
-                    await_registration_for=0,
                 )
-        return str(run.info.run_id), str(info.registered_model_version)
+                # The version with its tags in one request (not one request per tag after)
+                version = mlflow.register_model(
+                    info.model_uri, self.model, await_registration_for=0, tags=tags
+                )
+        return str(run.info.run_id), str(version.version)
 
     def _experiment_id(self, client: Any) -> str:
         found = client.get_experiment_by_name(self.model)
