@@ -192,3 +192,54 @@ def test_rows_handed_over_unbuilt_are_built_in_runs_in_order(tmp_path: Path) -> 
     assert written(tmp_path)[REQUEST_ID].to_list() == [f"r{i}" for i in range(9)]
     with pytest.raises(TypeError, match="takes Polars frames"):
         FrameLog(tmp_path, buffer_rows=9, flush_rows=9, flush_seconds=60).append(Pending(1, day, 0))
+
+
+def test_rows_handed_over_are_made_into_frames_between_flushes(tmp_path: Path) -> None:
+    """Every ``build_rows`` rows handed over, the writer builds them (a tenth of the memory
+    as Python objects) without writing; the flush then writes them in order."""
+    calls: list[int] = []
+
+    def build(items: list[Pending]) -> list[pl.DataFrame]:
+        calls.append(len(items))
+        return [rows(*item.args) for item in items]
+
+    day = datetime(2026, 12, 3, 9, tzinfo=UTC)
+    log = FrameLog(
+        tmp_path, buffer_rows=100, flush_rows=100, flush_seconds=600, build=build, build_rows=3
+    )
+    log.start()
+    assert log.append(Pending(2, day, 0))
+    assert calls == []  # 2 rows: not yet
+    assert log.append(Pending(2, day, 2))
+    deadline = time.monotonic() + 300  # a hang guard, not a speed claim
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [2]
+    assert written(tmp_path).height == 0  # built, not written
+    assert log.pending == 4  # still counted against buffer_rows
+    assert log.append(rows(2, day, start=4))
+    assert log.append(Pending(1, day, 6))
+    log.close()
+    assert calls == [2, 1]
+    assert written(tmp_path)[REQUEST_ID].to_list() == [f"r{i}" for i in range(7)]
+    assert (log.written, log.dropped) == (7, 0)
+
+
+def test_rows_that_do_not_build_stay_for_the_flush(tmp_path: Path) -> None:
+    failing = [True]
+
+    def build(items: list[Pending]) -> list[pl.DataFrame]:
+        if failing[0]:
+            raise ValueError("two models' columns")
+        return [rows(*item.args) for item in items]
+
+    day = datetime(2026, 12, 3, 9, tzinfo=UTC)
+    log = FrameLog(tmp_path, buffer_rows=100, flush_rows=100, flush_seconds=600, build=build)
+    log.append(Pending(2, day, 0))
+    log.append(rows(1, day, start=2))
+    with pytest.raises(ValueError):
+        log.compact()
+    assert log.pending == 3
+    failing[0] = False
+    assert log.flush() == 3
+    assert written(tmp_path)[REQUEST_ID].to_list() == ["r0", "r1", "r2"]

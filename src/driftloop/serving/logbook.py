@@ -6,7 +6,12 @@ over each scored batch as it is, and the writer thread builds one frame for all 
 waiting, with the ``build`` function it was given; building a frame per request cost the
 event loop more than scoring the request). A thread writes the buffer as Parquet every
 ``flush_seconds``, or sooner once ``flush_rows`` rows wait, into
-``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of each row's ``__ts``, UTC).
+``<folder>/date=YYYY-MM-DD/part-*.parquet`` (the date of each row's ``__ts``, UTC). Between
+two flushes it makes the rows handed over into frames every ``build_rows`` rows, without
+writing them: a scored record waiting as Python objects (its typed row, its arrays, its
+request id) holds about ten times the memory of the same row in a frame, and a busy worker
+hands over thousands a second (a buffer of ``buffer_rows``, when the store is down for a
+while, would otherwise hold hundreds of megabytes).
 
 The folder is on this machine, or on S3 when the project's outputs are
 (:mod:`driftloop.core.logparts`: a file is renamed into place, an object is one PUT, so
@@ -48,6 +53,8 @@ class Rows(Protocol):
 
 Build = Callable[[list[Any]], list[pl.DataFrame]]
 
+BUILD_ROWS = 2_000  # rows handed over unbuilt before the writer makes them into frames
+
 
 class FrameLog:
     """Append frames (or :class:`Rows` for ``build``) from any thread; a background thread
@@ -62,18 +69,22 @@ class FrameLog:
         flush_seconds: float,
         on_drop: Callable[[int], None] | None = None,
         build: Build | None = None,
+        build_rows: int = BUILD_ROWS,
     ) -> None:
         self.folder = folder
         self.buffer_rows = buffer_rows
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self.build_rows = build_rows
         self.dropped = 0
         self.written = 0
         self._on_drop = on_drop
         self._build = build
         self._frames: list[pl.DataFrame | Rows] = []
         self._rows = 0
+        self._unbuilt = 0  # rows handed over for ``build`` since the last compaction
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # one flush or compaction at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._seq = itertools.count()
@@ -103,7 +114,9 @@ class FrameLog:
                 self._frames.append(frame)
                 self._rows += frame.height
                 dropped = False
-                full = self._rows >= self.flush_rows
+                if not isinstance(frame, pl.DataFrame):
+                    self._unbuilt += frame.height
+                full = self._rows >= self.flush_rows or self._unbuilt >= self.build_rows
         if dropped:
             if self._on_drop is not None:
                 self._on_drop(frame.height)
@@ -134,8 +147,26 @@ class FrameLog:
 
     def flush(self) -> int:
         """Write what is buffered now; return the number of rows written."""
+        with self._writing:
+            return self._flush()
+
+    def compact(self) -> None:
+        """Make the rows handed over so far into frames, in place, without writing them."""
+        with self._writing:
+            with self._lock:
+                items, self._frames, self._unbuilt = self._frames, [], 0
+            try:
+                built = self._made(items)
+            except Exception:
+                with self._lock:  # as they were, for the flush to try (and report) again
+                    self._frames[:0] = items
+                raise
+            with self._lock:  # before what was appended meanwhile, as they came
+                self._frames[:0] = built
+
+    def _flush(self) -> int:
         with self._lock:
-            frames, self._frames, self._rows = self._frames, [], 0
+            frames, self._frames, self._rows, self._unbuilt = self._frames, [], 0, 0
         if not frames:
             return 0
         try:
@@ -182,6 +213,8 @@ class FrameLog:
             if self._rows + frame.height <= self.buffer_rows:
                 self._frames.append(frame)
                 self._rows += frame.height
+                if not isinstance(frame, pl.DataFrame):
+                    self._unbuilt += frame.height
                 return
             self.dropped += frame.height
         if self._on_drop is not None:
@@ -193,11 +226,20 @@ class FrameLog:
         write_part(self.folder, day, name, frame)
 
     def _loop(self) -> None:
+        due = time.monotonic() + self.flush_seconds
         while not self._stop.is_set():
-            self._wake.wait(self.flush_seconds)
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
             try:
-                self.flush()
+                if (
+                    self._stop.is_set()
+                    or time.monotonic() >= due
+                    or self.pending >= self.flush_rows
+                ):
+                    due = time.monotonic() + self.flush_seconds
+                    self.flush()
+                else:  # woken by build_rows rows handed over
+                    self.compact()
             except Exception as exc:  # the log must not take the server down; rows stay
                 self.failures += 1
                 if not isinstance(exc, DriftloopError):  # not the store's answer: a bug
