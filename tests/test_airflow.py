@@ -285,10 +285,17 @@ def test_the_prediction_log_dag_finds_decay_in_what_serving_logged_and_retrains(
         land(project, f"part-{i}.csv", 800, seed=i + 1, start_day=3 * i)
         done = run(project)
         assert not done.failed, [(r.stage, r.error) for r in done.failed]
-    with serving(project) as server, server.client() as client:
-        drifted_traffic(client, np.random.default_rng(7), 8)  # logged to the bucket
     home = make_home(tmp_path, s3_env.server.env())  # the tasks' driftloop reads the bucket
     export_into(project, home)
+    # before any traffic: nothing logged, so nothing to monitor: said, not failed
+    quiet = home.run("dags", "test", "driftloop_synth_prediction_log", check=False)
+    assert quiet.returncode == 0, quiet.stdout[-6000:] + quiet.stderr[-6000:]
+    assert "nothing to monitor" in quiet.stdout + quiet.stderr
+    assert [e["stage"] for e in events_of(project) if e["type"] == "StageStarted"].count(
+        "train"
+    ) == 1
+    with serving(project) as server, server.client() as client:
+        drifted_traffic(client, np.random.default_rng(7), 8)  # logged to the bucket
     tested = home.run("dags", "test", "driftloop_synth_prediction_log", check=False)
     assert tested.returncode == 0, tested.stdout[-6000:] + tested.stderr[-6000:]
     events = events_of(project)

@@ -203,12 +203,19 @@ def test_prediction_log_window_with_feedback(project: Path, elec: pl.DataFrame) 
     assert Path(result.json_path or "").is_file() and Path(result.html_path or "").is_file()
 
 
-def test_no_champion_and_no_data_are_clear_errors(tmp_path: Path, project: Path) -> None:
+def test_no_champion_and_no_data_are_said_and_a_missing_file_is_an_error(
+    tmp_path: Path, project: Path
+) -> None:
     write_spec(tmp_path, ELEC)
     out = monitor_cli(tmp_path)
-    assert out.returncode == 2 and "no champion" in out.stderr
+    assert out.returncode == 6 and "nothing to monitor: model" in out.stderr
+    assert "no champion" in out.stderr
     empty = monitor_cli(project, "--days", "0.01")
-    assert empty.returncode == 2 and "no predictions" in empty.stderr
+    assert empty.returncode == 6 and "nothing to monitor: no predictions" in empty.stderr
+    said = json.loads(monitor_cli(project, "--days", "0.01", "--json").stdout)
+    assert "no predictions" in said["nothing_to_monitor"]
+    assert said["summary"]["drift_detected"] is False
+    assert said["summary"]["performance_degraded"] is False
     missing = monitor_cli(project, "--current", str(tmp_path / "nope.csv"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
 

@@ -73,6 +73,7 @@ EXIT_DRIFT = 3  # driftloop monitor: drift detected or performance degraded
 NOTHING_TO_DO = "nothing to do: every batch is up to date"
 EXIT_COLUMN_DRIFT = 4  # driftloop monitor: only columns drifted, below the dataset threshold
 EXIT_RETRY_LATER = 5  # the state database locked past the wait, the disk full, S3 down
+EXIT_NOTHING_TO_MONITOR = 6  # driftloop monitor: no champion yet, or no prediction logged
 
 
 def _print_version(value: bool) -> None:
@@ -926,25 +927,50 @@ def monitor(
 ) -> None:
     """Drift and performance of the champion: exit 0 if no column drifted and nothing
     degraded, 3 for dataset, target or prediction drift or degradation, 4 when only some
-    columns drifted (below the dataset threshold). A raw file goes through the source's
-    prep first: only the rows prep would keep are scored."""
-    from driftloop.core.errors import DriftloopError
+    columns drifted (below the dataset threshold), 6 when there is nothing to monitor (no
+    champion yet, or no prediction in the log's window: a quiet hour, said, not failed, for
+    a schedule). A raw file goes through the source's prep first: only the rows prep would
+    keep are scored."""
+    from driftloop.core.errors import DriftloopError, NothingToMonitorError
     from driftloop.export import aws_task
     from driftloop.monitoring.run import monitor as run_monitor
 
+    nothing = None
     try:
         with aws_task.reporting(task_token):
-            result = run_monitor(project, current=current, days=days)
-            if task_token:
-                aws_task.send_success(task_token, aws_task.monitor_output(result))
+            try:
+                result = run_monitor(project, current=current, days=days)
+            except NothingToMonitorError as exc:
+                nothing = str(exc)
+            if task_token:  # the machine's branch; with nothing to monitor: neither, and why
+                aws_task.send_success(
+                    task_token,
+                    aws_task.monitor_output(result)
+                    if nothing is None
+                    else aws_task.nothing_output(nothing),
+                )
     except DriftloopError as exc:
         _fail(exc, EXIT_BAD_INPUT)
+    if nothing is not None:
+        _nothing_to_monitor(nothing, as_json)
     if as_json:
         sys.stdout.write(json.dumps(result.report, indent=2, sort_keys=True) + "\n")
     else:
         print_monitor(result.report)
     if result.exit_code:
         raise typer.Exit(result.exit_code)  # EXIT_DRIFT, or EXIT_COLUMN_DRIFT (a warning)
+
+
+def _nothing_to_monitor(why: str, as_json: bool) -> NoReturn:
+    """Exit 6, saying why: with ``--json`` a report a scheduler reads like any other (no
+    drift, no decay), else one line on stderr."""
+    if as_json:
+        summary = {"drift_detected": False, "performance_degraded": False, "messages": [why]}
+        answer = {"nothing_to_monitor": why, "summary": summary, "current": {"rows": 0}}
+        sys.stdout.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stderr.write(f"nothing to monitor: {why}\n")
+    raise typer.Exit(EXIT_NOTHING_TO_MONITOR)
 
 
 def print_monitor(report: dict[str, Any]) -> None:

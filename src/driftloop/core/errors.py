@@ -24,6 +24,7 @@ shown only with ``--verbose``.
      ├── RegistryError                the model registry (MLflow) refused or lacks what is asked
      │    └── RegistryUnavailableError  it did not answer (retried: a TransientError too)
      ├── MonitoringError              monitoring lacks what it compares (no champion, no data)
+     │    └── NothingToMonitorError  no champion yet, or no prediction in the window: exit 6
      ├── StorageError                 a source or output location cannot be used
      │    ├── StorageSchemeError      its URL names a storage driftloop has no store for (yet)
      │    ├── BucketNotFoundError     an object store's bucket does not exist
@@ -116,6 +117,12 @@ class RegistryError(DriftloopError):
 
 class MonitoringError(DriftloopError):
     """Monitoring cannot compare: no champion, no current data, or an unreadable log."""
+
+
+class NothingToMonitorError(MonitoringError):
+    """Nothing to compare yet, and nothing wrong: no champion, or no prediction in the log's
+    window (a quiet hour). ``driftloop monitor`` exits 6; a scheduled monitor (Step
+    Functions, Airflow, Prefect, ``watch``) says so and succeeds."""
 
 
 class StorageError(DriftloopError):

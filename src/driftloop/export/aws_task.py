@@ -98,6 +98,12 @@ def monitor_output(result: MonitorResult) -> dict[str, Any]:
     }
 
 
+def nothing_output(why: str) -> dict[str, Any]:
+    """What ``driftloop monitor`` sends when there is nothing to monitor (exit 6): no
+    drift, no decay, so the machine's choice ends the execution, which succeeds."""
+    return {"drift": False, "decay": False, "exit_code": 6, "report": None, "nothing": why}
+
+
 def _text(payload: dict[str, Any]) -> str:
     return json.dumps(payload, default=str, sort_keys=True)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from driftloop.core.errors import MonitoringError
+from driftloop.core.errors import MonitoringError, NothingToMonitorError
 from driftloop.core.layout import Layout, Output
 from driftloop.core.spec import Spec
 from driftloop.core.urls import ObjectUrl, url_scheme
@@ -92,7 +92,7 @@ def load_champion(spec: Spec, layout: Layout, version: str | None = None) -> Cha
     registry = open_registry(spec, layout)
     version = version or registry.alias(CHAMPION)
     if version is None:
-        raise MonitoringError(
+        raise NothingToMonitorError(
             f"model {spec.name!r} has no champion to monitor; run 'driftloop run' to train "
             "and promote one"
         )
@@ -302,7 +302,7 @@ def current_from_log(
     logged = predlog.read_predictions(layout.root, since=since, until=until)
     window = {"since": since.isoformat(), "until": until.isoformat()}
     if logged.is_empty():
-        raise MonitoringError(
+        raise NothingToMonitorError(
             f"no predictions in {layout.relative(layout.predictions)} between "
             f"{since:%Y-%m-%d %H:%M} and "
             f"{until:%Y-%m-%d %H:%M} UTC; widen the window (--days) or pass --current PATH"

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from driftloop.core.errors import DriftloopError, first_line
+from driftloop.core.errors import DriftloopError, NothingToMonitorError, first_line
 from driftloop.core.layout import Layout
 from driftloop.core.rawstore import RawObject, Subscription, raw_store
 from driftloop.core.spec import Spec, load_spec
@@ -230,6 +230,9 @@ class Watcher:
             from driftloop.monitoring.run import monitor
 
             result = monitor(self.project, now=now)
+        except NothingToMonitorError as exc:  # a quiet window: nothing wrong
+            log.info("scheduled monitoring: nothing to monitor: %s", first_line(exc))
+            return
         except DriftloopError as exc:
             log.warning("scheduled monitoring: %s", first_line(exc))
             return
