@@ -95,7 +95,8 @@ def test_a_monitoring_schedule_adds_a_dag_that_monitors_the_prediction_log(
     compile(text, "dag.py", "exec")
     assert "dag_id='driftloop_synth_prediction_log'," in text
     assert "schedule=timedelta(minutes=15.0)" in text and "catchup=False" in text
-    assert 'driftloop("monitor", answers=(0, EXIT_DRIFT, EXIT_COLUMN_DRIFT))' in text
+    assert '"monitor", answers=(0, EXIT_DRIFT, EXIT_COLUMN_DRIFT, EXIT_NOTHING_TO_MONITOR)' in text
+    assert "EXIT_NOTHING_TO_MONITOR = 6" in text
     assert "retrain_policy(monitor_predictions())" in text
     for off in ("monitoring: {schedule_minutes: null}\n", "model: {enabled: false}\n"):
         plain = render(spec_of(SPEC + off), project=tmp_path, spec_file="x", driftloop="dl")
