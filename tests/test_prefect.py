@@ -106,10 +106,22 @@ def land(project: Path, name: str, rows: int, seed: int, start_day: int, drift: 
     frame.write_csv(folder / name)
 
 
-def api(server: PrefectServer, path: str, body: dict[str, Any]) -> Any:
-    response = httpx.post(f"{server.api_url}{path}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
+def api(server: PrefectServer, path: str, body: dict[str, Any] | None = None) -> Any:
+    """POST (GET without a body) to the server's API; a 503 or 429 is tried again, as
+    Prefect's own client does (its server answers 503 while its SQLite database is busy,
+    as on a loaded machine)."""
+    deadline = time.monotonic() + HANG_GUARD
+    pause = 0.5
+    while True:
+        url = f"{server.api_url}{path}"
+        response = (
+            httpx.get(url, timeout=30) if body is None else httpx.post(url, json=body, timeout=30)
+        )
+        if response.status_code not in (429, 503) or time.monotonic() > deadline:
+            response.raise_for_status()
+            return response.json()
+        time.sleep(pause)
+        pause = min(pause * 2, 10.0)
 
 
 def wait_for(what: str, found: Callable[[], Any], proc: subprocess.Popen[str] | None) -> Any:
@@ -308,7 +320,7 @@ def monitor_run(
     run = wait_for(
         "the monitor's run",
         lambda: (
-            (r := httpx.get(f"{server.api_url}/flow_runs/{made['id']}", timeout=30).json())
+            (r := api(server, f"/flow_runs/{made['id']}"))
             and r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
             and r
         ),
@@ -477,7 +489,7 @@ def test_deployments_on_a_work_pool_run_on_a_prefect_worker(
     ]
     assert deployment["work_pool_name"] == "driftloop-test"
     assert deployment["entrypoint"] == "driftloop.orchestration.prefect_flow.lifecycle"
-    pool = httpx.get(f"{prefect_server.api_url}/work_pools/driftloop-test", timeout=30).json()
+    pool = api(prefect_server, "/work_pools/driftloop-test")
     assert pool["type"] == "process"
     # a second deploy updates the same deployments
     cli(project, "prefect", "deploy", "--pool", "driftloop-test", env=env)
